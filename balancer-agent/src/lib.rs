@@ -1,0 +1,9 @@
+//! balancer: a node-level, eBPF-assisted L7 load balancer for gRPC.
+//!
+//! The agent terminates the HTTP/2 connections of enrolled pods (redirected
+//! into it by the kernel programs, or arriving on explicit listeners) and
+//! forwards every stream — every gRPC call — to an endpoint chosen for that
+//! call.
+
+pub mod model;
+pub mod redirect;

@@ -1,0 +1,365 @@
+//! What the agent balances, whatever it was learned from.
+//!
+//! Static mode (the YAML file, [`crate::config`]) and Kubernetes mode both
+//! produce a [`Model`]; the kernel maps and the demultiplexer are built from
+//! it and nothing else. A `Model` is plain data and already validated: every
+//! constructor of one (the config parser, the Kubernetes translator) checks it
+//! with [`Model::validate`].
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Labels of an endpoint; route backends select endpoints by them.
+pub type Labels = BTreeMap<String, String>;
+
+/// The whole balanced state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Model {
+    pub services: Vec<Service>,
+    /// cgroup v2 directories whose processes are redirected by the kernel
+    /// programs (static `enroll:`; in Kubernetes the enrolled pods' cgroups).
+    pub enrolled: Vec<PathBuf>,
+}
+
+/// One balanced Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// Unique name (`namespace/name` in Kubernetes).
+    pub name: String,
+    /// What clients dial: connections to these are redirected to the agent.
+    pub vips: Vec<SocketAddr>,
+    /// Optional explicit listener: no eBPF needed to reach this service.
+    pub listen: Option<SocketAddr>,
+    pub policy: Policy,
+    pub endpoints: Vec<Endpoint>,
+    /// First match wins; a call that matches no route goes to all ready
+    /// endpoints.
+    pub routes: Vec<Route>,
+}
+
+/// How a service picks the endpoint for each call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight calls.
+    LeastRequest,
+    /// Power of two choices over a peak-EWMA of latency times load.
+    PeakEwma,
+}
+
+impl Policy {
+    pub const NAMES: [&'static str; 3] = ["round-robin", "least-request", "peak-ewma"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastRequest => "least-request",
+            Policy::PeakEwma => "peak-ewma",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round-robin" => Ok(Policy::RoundRobin),
+            "least-request" => Ok(Policy::LeastRequest),
+            "peak-ewma" => Ok(Policy::PeakEwma),
+            other => Err(ModelError::UnknownPolicy(other.to_owned())),
+        }
+    }
+}
+
+/// One endpoint (a pod's address) of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub labels: Labels,
+    pub state: EndpointState,
+    /// Locality hints (EndpointSlice `zone` / `nodeName`), kept for display
+    /// and future locality-aware picking.
+    pub zone: Option<String>,
+    pub node: Option<String>,
+}
+
+impl Endpoint {
+    pub fn ready(address: SocketAddr, labels: Labels) -> Self {
+        Endpoint {
+            address,
+            labels,
+            state: EndpointState::Ready,
+            zone: None,
+            node: None,
+        }
+    }
+}
+
+/// Whether an endpoint takes new calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointState {
+    /// Receives new calls.
+    #[default]
+    Ready,
+    /// Serving but terminating: receives no new calls, its open calls finish.
+    Draining,
+}
+
+/// A rule in the shape of a Gateway API GRPCRoute rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// For display (`namespace/grpcroute-name#rule-index` in Kubernetes).
+    pub name: Option<String>,
+    /// Any one match selects the route; an empty list matches every call.
+    pub matches: Vec<RouteMatch>,
+    /// Weighted subsets of the service's endpoints.
+    pub backends: Vec<Backend>,
+}
+
+/// Every present field must match (GRPCRoute `GRPCRouteMatch`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RouteMatch {
+    /// gRPC service, e.g. `helloworld.Greeter` (from `:path`).
+    pub service: Option<StringMatch>,
+    /// gRPC method, e.g. `SayHello`.
+    pub method: Option<StringMatch>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// GRPCRoute's match types. Regular expressions are checked by
+/// [`Model::validate`] and match the whole value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StringMatch {
+    Exact(String),
+    RegularExpression(String),
+}
+
+impl StringMatch {
+    pub fn pattern(&self) -> &str {
+        match self {
+            StringMatch::Exact(s) | StringMatch::RegularExpression(s) => s,
+        }
+    }
+}
+
+/// The endpoints whose labels include all of `labels`, with a share of the
+/// route's calls proportional to `weight`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub labels: Labels,
+    pub weight: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("unknown policy `{0}` (expected one of round-robin, least-request, peak-ewma)")]
+    UnknownPolicy(String),
+    #[error("service `{0}` is defined twice")]
+    DuplicateService(String),
+    #[error("service name is empty")]
+    EmptyServiceName,
+    #[error("service `{service}`: VIP {vip} is also used by service `{other}`")]
+    DuplicateVip {
+        service: String,
+        vip: SocketAddr,
+        other: String,
+    },
+    #[error("service `{service}`: listener {listen} is also used by service `{other}`")]
+    DuplicateListener {
+        service: String,
+        listen: SocketAddr,
+        other: String,
+    },
+    #[error("service `{service}`: endpoint {address} is listed twice")]
+    DuplicateEndpoint {
+        service: String,
+        address: SocketAddr,
+    },
+    #[error("service `{service}`, route {route}: no backends")]
+    NoBackends { service: String, route: usize },
+    #[error("service `{service}`, route {route}: every backend has weight 0")]
+    AllWeightsZero { service: String, route: usize },
+    #[error("service `{service}`, route {route}: bad regular expression `{pattern}`: {reason}")]
+    BadRegex {
+        service: String,
+        route: usize,
+        pattern: String,
+        reason: String,
+    },
+}
+
+impl Model {
+    /// Checks what the types cannot: unique names, VIPs and listeners, routes
+    /// with backends and a non-zero weight, regular expressions that compile.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let mut names = HashSet::new();
+        let mut vips: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        let mut listeners: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for svc in &self.services {
+            if svc.name.is_empty() {
+                return Err(ModelError::EmptyServiceName);
+            }
+            if !names.insert(svc.name.as_str()) {
+                return Err(ModelError::DuplicateService(svc.name.clone()));
+            }
+            for vip in &svc.vips {
+                if let Some(other) = vips.insert(*vip, &svc.name) {
+                    return Err(ModelError::DuplicateVip {
+                        service: svc.name.clone(),
+                        vip: *vip,
+                        other: other.to_owned(),
+                    });
+                }
+            }
+            if let Some(listen) = svc.listen {
+                if let Some(other) = listeners.insert(listen, &svc.name) {
+                    return Err(ModelError::DuplicateListener {
+                        service: svc.name.clone(),
+                        listen,
+                        other: other.to_owned(),
+                    });
+                }
+            }
+            let mut addrs = HashSet::new();
+            for ep in &svc.endpoints {
+                if !addrs.insert(ep.address) {
+                    return Err(ModelError::DuplicateEndpoint {
+                        service: svc.name.clone(),
+                        address: ep.address,
+                    });
+                }
+            }
+            for (i, route) in svc.routes.iter().enumerate() {
+                route.validate(&svc.name, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The service a VIP belongs to.
+    pub fn service_by_vip(&self, vip: SocketAddr) -> Option<&Service> {
+        self.services.iter().find(|s| s.vips.contains(&vip))
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl Route {
+    fn validate(&self, service: &str, route: usize) -> Result<(), ModelError> {
+        if self.backends.is_empty() {
+            return Err(ModelError::NoBackends {
+                service: service.to_owned(),
+                route,
+            });
+        }
+        if self.backends.iter().all(|b| b.weight == 0) {
+            return Err(ModelError::AllWeightsZero {
+                service: service.to_owned(),
+                route,
+            });
+        }
+        let patterns = self.matches.iter().flat_map(|m| {
+            m.service
+                .iter()
+                .chain(m.method.iter())
+                .chain(m.headers.iter().map(|h| &h.value))
+        });
+        for p in patterns {
+            if let StringMatch::RegularExpression(pattern) = p {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    let reason = e.to_string().lines().last().unwrap_or_default().to_owned();
+                    return Err(ModelError::BadRegex {
+                        service: service.to_owned(),
+                        route,
+                        pattern: pattern.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, vip: &str) -> Service {
+        Service {
+            name: name.into(),
+            vips: vec![vip.parse().unwrap()],
+            listen: None,
+            policy: Policy::default(),
+            endpoints: vec![Endpoint::ready("127.0.0.1:1".parse().unwrap(), Labels::new())],
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn policy_round_trips_through_its_name() {
+        for name in Policy::NAMES {
+            assert_eq!(name.parse::<Policy>().unwrap().as_str(), name);
+        }
+        assert_eq!(
+            "random".parse::<Policy>().unwrap_err().to_string(),
+            "unknown policy `random` (expected one of round-robin, least-request, peak-ewma)"
+        );
+    }
+
+    #[test]
+    fn duplicate_vips_are_refused() {
+        let m = Model {
+            services: vec![svc("a", "10.0.0.1:80"), svc("b", "10.0.0.1:80")],
+            enrolled: vec![],
+        };
+        assert!(matches!(m.validate(), Err(ModelError::DuplicateVip { .. })));
+    }
+
+    #[test]
+    fn routes_need_a_weighted_backend_and_valid_regex() {
+        let mut s = svc("a", "10.0.0.1:80");
+        s.routes.push(Route {
+            name: None,
+            matches: vec![],
+            backends: vec![Backend { labels: Labels::new(), weight: 0 }],
+        });
+        let m = Model { services: vec![s.clone()], enrolled: vec![] };
+        assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
+
+        s.routes[0].backends[0].weight = 1;
+        s.routes[0].matches.push(RouteMatch {
+            method: Some(StringMatch::RegularExpression("Say(".into())),
+            ..RouteMatch::default()
+        });
+        let m = Model { services: vec![s], enrolled: vec![] };
+        assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
+    }
+}

@@ -1,0 +1,1 @@
+//! The greeter gRPC service of the demo and the tests.

@@ -1,0 +1,1 @@
+//! Helpers for balancer's end-to-end tests: namespaces, cgroups, processes.
