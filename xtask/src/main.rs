@@ -1,1 +1,44 @@
-fn main() {}
+//! balancer's project tasks.
+//!
+//! `cargo xtask setup` installs what a bare machine lacks, `cargo xtask test`
+//! runs every test, `cargo xtask demo` shows per-call balancing through the
+//! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx.
+
+mod demo;
+mod setup;
+mod sh;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "balancer's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker,
+    /// the Python test peers. Idempotent.
+    Setup,
+    /// Run setup, build everything and run every test (privileged tests
+    /// included when root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo: one client pod, two greeter versions, weights changed
+    /// live (needs root).
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => test::run(&args),
+        Task::Demo => demo::run(),
+    }
+}

@@ -1,0 +1,256 @@
+//! `cargo xtask demo`: the "all gRPC calls hit one pod" story, fixed.
+//!
+//! Two greeter versions run on loopback. A client "pod" — its own network
+//! namespace (no default route) and cgroup — dials the Service VIP
+//! 10.96.0.10:8000, which nothing routes. The agent's kernel programs
+//! redirect that connection into the agent, which spreads every call of the
+//! one HTTP/2 connection over the endpoints. The demo then rewrites the
+//! agent's config live: 90:10, then 0:100.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::{
+    setup,
+    sh::{self, exec},
+};
+
+const NETNS: &str = "balancer-demo";
+const HOST_IF: &str = "bdemo0";
+const HOST_IP: &str = "10.250.0.1";
+const POD_IP: &str = "10.250.0.2";
+const VIP: &str = "10.96.0.10:8000";
+const LISTEN: &str = "10.250.0.1:15001";
+const ADMIN: &str = "127.0.0.1:15000";
+const BACKENDS: [(&str, &str); 2] = [("v1", "127.0.0.1:50051"), ("v2", "127.0.0.1:50052")];
+const CALLS: u32 = 300;
+
+pub fn run() -> anyhow::Result<()> {
+    if !sh::is_root() {
+        bail!("demo: needs root (it loads eBPF programs and creates a network namespace and cgroups): run it as root");
+    }
+    setup::run()?;
+    let root = sh::root();
+    exec(sh::cargo()
+        .current_dir(&root)
+        .env_remove("BALANCER_EBPF_STUB")
+        .args(["build", "-p", "balancer-agent", "-p", "greeter", "--bins"]))?;
+    let bin = target_dir(&root).join("debug");
+
+    let cgroup2 = cgroup2_mount()?;
+    let mut demo = Demo::new(cgroup2.join("balancer-demo"));
+    demo.setup_network()?;
+    fs::create_dir_all(demo.pod_cgroup()).context("demo: cannot create the pod's cgroup")?;
+
+    for (name, addr) in BACKENDS {
+        let child = Command::new(bin.join("greeter-server"))
+            .args(["--listen", addr, "--name", &format!("greeter-{name}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("demo: cannot start greeter-server")?;
+        demo.children.push(child);
+        wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+    }
+
+    let config = demo.dir.join("balancer.yaml");
+    fs::write(&config, demo.config(None))?;
+    let agent = Command::new(bin.join("balancer-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("demo: cannot start balancer-agent")?;
+    demo.children.push(agent);
+    wait_ready(Duration::from_secs(15))?;
+
+    println!("\n== The agent's kernel programs, attached at {}:", demo.attach.display());
+    let _ = exec(Command::new("bpftool").arg("cgroup").arg("tree").arg(&demo.attach));
+
+    println!("\n== 1. {CALLS} calls over ONE HTTP/2 connection from the pod to {VIP}, no routes: every call balanced on its own");
+    demo.client(&bin)?;
+
+    for (step, weights) in [(2, (90, 10)), (3, (0, 100))] {
+        fs::write(&config, demo.config(Some(weights)))?;
+        // The agent applies a changed file within a second.
+        thread::sleep(Duration::from_millis(1500));
+        println!(
+            "\n== {step}. config rewritten live: v1 {} / v2 {}",
+            weights.0, weights.1
+        );
+        demo.client(&bin)?;
+    }
+    println!("\n== done: cleaning up");
+    Ok(())
+}
+
+/// Everything the demo creates, removed on drop (also on error).
+struct Demo {
+    attach: PathBuf,
+    dir: PathBuf,
+    children: Vec<Child>,
+    netns: bool,
+}
+
+impl Demo {
+    fn new(attach: PathBuf) -> Self {
+        let dir = std::env::temp_dir().join(format!("balancer-demo-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        Demo {
+            attach,
+            dir,
+            children: Vec::new(),
+            netns: false,
+        }
+    }
+
+    fn pod_cgroup(&self) -> PathBuf {
+        self.attach.join("pod")
+    }
+
+    fn setup_network(&mut self) -> anyhow::Result<()> {
+        // A leftover from an interrupted run goes first.
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
+        exec(Command::new("ip").args(["netns", "add", NETNS]))?;
+        self.netns = true;
+        exec(Command::new("ip").args(["link", "add", HOST_IF, "type", "veth", "peer", "name", "eth0", "netns", NETNS]))?;
+        exec(Command::new("ip").args(["addr", "add", &format!("{HOST_IP}/30"), "dev", HOST_IF]))?;
+        exec(Command::new("ip").args(["link", "set", HOST_IF, "up"]))?;
+        let pod = |args: &[&str]| {
+            exec(Command::new("ip").args(["netns", "exec", NETNS, "ip"]).args(args))
+        };
+        pod(&["addr", "add", &format!("{POD_IP}/30"), "dev", "eth0"])?;
+        pod(&["link", "set", "eth0", "up"])?;
+        pod(&["link", "set", "lo", "up"])?;
+        // No default route: a connect to the VIP that is not redirected
+        // fails inside the pod instead of leaving the machine.
+        Ok(())
+    }
+
+    fn config(&self, weights: Option<(u32, u32)>) -> String {
+        let mut s = format!(
+            "# balancer demo: written by `cargo xtask demo`\n\
+             listen: {LISTEN}\n\
+             admin: {ADMIN}\n\
+             attach_cgroup: {attach}\n\
+             enroll:\n  - {pod}\n\
+             services:\n\
+             \x20 - name: greeter\n\
+             \x20   vip: {VIP}\n\
+             \x20   policy: round-robin\n\
+             \x20   endpoints:\n",
+            attach = self.attach.display(),
+            pod = self.pod_cgroup().display(),
+        );
+        for (version, addr) in BACKENDS {
+            s.push_str(&format!(
+                "      - {{ address: {addr}, labels: {{ version: {version} }} }}\n"
+            ));
+        }
+        if let Some((v1, v2)) = weights {
+            s.push_str(&format!(
+                "    routes:\n\
+                 \x20     - matches: [ {{ service: helloworld.Greeter }} ]\n\
+                 \x20       backends:\n\
+                 \x20         - {{ labels: {{ version: v1 }}, weight: {v1} }}\n\
+                 \x20         - {{ labels: {{ version: v2 }}, weight: {v2} }}\n"
+            ));
+        }
+        s
+    }
+
+    /// Runs the greeter client inside the pod: first into its cgroup, then
+    /// into its network namespace (`ip netns exec` remounts /sys).
+    fn client(&self, bin: &Path) -> anyhow::Result<()> {
+        let script = format!(
+            "echo $$ > {procs} && exec ip netns exec {NETNS} {client} --target {VIP} --calls {CALLS}",
+            procs = self.pod_cgroup().join("cgroup.procs").display(),
+            client = bin.join("greeter-client").display(),
+        );
+        exec(Command::new("sh").arg("-c").arg(script))
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.netns {
+            let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        }
+        remove_cgroup_tree(&self.attach);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// cgroup directories can only be removed empty, children first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The cgroup v2 mount point, from /proc/mounts.
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .next()
+        .context("no cgroup v2 hierarchy is mounted (see /proc/mounts); balancer needs cgroup v2")
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn wait_for_port(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("demo: nothing listens on {addr} after {limit:?}")
+}
+
+/// Waits for the agent's `/readyz` (programs attached, config applied).
+fn wait_ready(limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(mut s) = TcpStream::connect_timeout(&ADMIN.parse()?, Duration::from_millis(200)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    bail!("demo: the agent did not become ready on {ADMIN} within {limit:?}")
+}

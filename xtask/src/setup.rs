@@ -1,0 +1,138 @@
+//! `cargo xtask setup`: install what a bare Debian 12 machine lacks, and only
+//! that. Every step checks first, so a second run does nothing.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context};
+
+use crate::sh::{self, exec, output};
+
+/// Debian packages and why they are needed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links the kernel programs with LLVM 22"),
+    ("libpolly-22-dev", "bpf-linker's LLVM 22 build"),
+    ("libzstd-dev", "bpf-linker's LLVM 22 build"),
+    ("zlib1g-dev", "bpf-linker's LLVM 22 build"),
+    ("iproute2", "tests and demo create network namespaces and veths"),
+    ("bpftool", "inspecting the attached programs"),
+    ("protobuf-compiler", "the greeter's gRPC code generation"),
+    ("python3-venv", "the Python gRPC test peers' virtualenv"),
+];
+
+/// The bpf-linker release that matches Debian's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    apt(APT_PACKAGES)?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    python_peers()?;
+    eprintln!("setup: everything is installed");
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Installs the missing ones of `packages` with apt-get.
+pub fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(p, _)| !dpkg_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !sh::is_root() {
+        bail!(
+            "setup: Debian packages missing and not root: run `sudo apt-get install -y {}` or rerun as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing Debian packages {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("setup: the nightly toolchain is needed to build the kernel programs (rustup toolchain nightly)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let have = output(Command::new("bpf-linker").arg("--version"))
+        .or_else(|| output(Command::new(cargo_bin_dir().join("bpf-linker")).arg("--version")));
+    if let Some(v) = &have {
+        if v.contains(&format!(" {BPF_LINKER_VERSION}.")) {
+            return Ok(());
+        }
+        eprintln!("setup: replacing {} with bpf-linker {BPF_LINKER_VERSION}", v.trim());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    exec(sh::cargo()
+        .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features"])
+        .args(["--version", &format!("^{BPF_LINKER_VERSION}")])
+        .args(["--features", "llvm-22"])
+        .env("PATH", path)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+/// The virtualenv that holds the Python gRPC peers (grpcio).
+pub fn venv_python() -> PathBuf {
+    sh::root().join(".venv/bin/python")
+}
+
+fn python_peers() -> anyhow::Result<()> {
+    let requirements = sh::root().join("tests/python/requirements.txt");
+    if !requirements.exists() {
+        return Ok(());
+    }
+    let python = venv_python();
+    if !python.exists() {
+        exec(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(sh::root().join(".venv")))?;
+    }
+    // `pip install` with pinned versions is a no-op when they are present,
+    // but it still asks the index; check first so setup works offline.
+    let check = Command::new(&python)
+        .args(["-m", "pip", "install", "--dry-run", "--no-index", "-q", "-r"])
+        .arg(&requirements)
+        .status();
+    if check.is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    exec(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))
+}
