@@ -4,7 +4,9 @@
 //! runs every test, `cargo xtask demo` shows per-call balancing through the
 //! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx.
 
+mod bench;
 mod demo;
+mod netns;
 mod setup;
 mod sh;
 mod test;
@@ -33,6 +35,9 @@ enum Task {
     /// Run the demo: one client pod, two greeter versions, weights changed
     /// live (needs root).
     Demo,
+    /// Compare balancer with HAProxy and nginx on this machine and write
+    /// docs/benchmarks.md (needs root for the kernel-redirect paths).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,400 @@
+//! `cargo xtask bench`: balancer against the tools users would pick instead,
+//! on the same machine in the same run.
+//!
+//! Three greeter backends (one runtime thread each) on loopback; h2load makes
+//! unary `SayHello` calls through each path — direct to one backend, the
+//! agent's explicit listener, the agent through the kernel redirect from an
+//! enrolled pod (fast path on and off), HAProxy and nginx — interleaved over
+//! several rounds; medians are reported. Writes docs/benchmarks.md and
+//! docs/bench-*.svg.
+
+mod chart;
+mod idle;
+mod load;
+mod paths;
+mod procs;
+mod report;
+mod stream;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+
+use self::{
+    load::{GrpcSample, Load, Measured},
+    paths::{CallPath, Env, Pod, BACKENDS},
+    procs::Proc,
+};
+use crate::{netns, setup, sh};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A smoke run: one round, 20k calls, 1k idle connections, written to
+    /// target/bench/ instead of docs/.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds; every path runs once per round, interleaved (default 5).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Unary calls per run (default 200000).
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Client connections of h2load.
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 32)]
+    streams: u32,
+    /// Worker threads of every proxy (agent `--threads`, HAProxy `nbthread`,
+    /// nginx `worker_processes`).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Idle client connections for the memory measurement (default 10000).
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Only these paths, comma-separated: direct, listener, redirect,
+    /// redirect-nofast, haproxy, nginx.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Where to write benchmarks.md and the charts (default docs/, or
+    /// target/bench/ with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Debian packages the bench runs.
+const PACKAGES: &[(&str, &str)] = &[
+    ("haproxy", "the bench's reference proxy (per-request HTTP/2 balancing)"),
+    ("nginx", "the bench's reference proxy (grpc_pass)"),
+    ("nghttp2-client", "h2load and nghttp: the bench's load generator and gRPC check"),
+];
+
+/// Calls of the gRPC check after each run.
+const SAMPLE_CALLS: u64 = 300;
+/// A run whose machine had more than this many cores busy with processes
+/// that are not part of the run is done again (once).
+const DISTURBED_CORES: f64 = 0.25;
+
+pub struct Settings {
+    pub rounds: u32,
+    pub calls: u64,
+    pub connections: u32,
+    pub streams: u32,
+    pub threads: u32,
+    pub idle: usize,
+    pub paths: Vec<CallPath>,
+    pub skipped: Vec<(CallPath, String)>,
+}
+
+/// One measured run of one path.
+pub struct Run {
+    pub path: CallPath,
+    pub round: u32,
+    pub m: Measured,
+    /// Proxy CPU (user + system) per call, µs.
+    pub cpu_us_per_call: Option<f64>,
+    pub peak_rss_kb: Option<u64>,
+    /// Cores busy with processes outside the run, on average.
+    pub other_cores: f64,
+    pub disturbed: bool,
+    pub sample: GrpcSample,
+}
+
+/// Results outside the main table.
+#[derive(Default)]
+pub struct Extras {
+    pub streaming: Vec<(CallPath, stream::Throughput)>,
+    pub idle: Vec<(CallPath, idle::IdleResult)>,
+    /// The agent's resident memory right after start, KiB.
+    pub agent_idle_rss_kb: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = sh::root();
+    let settings = settings(&args)?;
+    setup::apt(PACKAGES)?;
+    let privileged = sh::is_root();
+
+    let mut build = sh::cargo();
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "balancer-agent", "-p", "greeter", "--bins"]);
+    if privileged {
+        build.env_remove("BALANCER_EBPF_STUB");
+    }
+    sh::exec(&mut build)?;
+    let bin = target_dir(&root).join("release");
+
+    let nofile = procs::raise_nofile(65_536);
+    if nofile < settings.idle as u64 + 1_000 {
+        eprintln!("bench: the open-file limit is {nofile}: fewer idle connections will open");
+    }
+    let scratch = Scratch::new()?;
+    let body = scratch.0.join("hello.bin");
+    fs::write(&body, load::HELLO_BODY)?;
+
+    let mut backends = Vec::new();
+    for (name, addr) in BACKENDS {
+        let mut p = Proc::spawn(
+            name,
+            Command::new(bin.join("greeter-server"))
+                .args(["--listen", addr, "--name", name, "--threads", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        procs::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+        p.check_alive()?;
+        backends.push(p);
+    }
+
+    let pod = if settings.paths.iter().any(|p| p.needs_root()) {
+        let cgroup2 = netns::cgroup2_mount()?;
+        let attach = netns::CgroupTree::create(cgroup2.join("balancer-bench"))?;
+        let cgroup = attach.child("client")?;
+        let net = netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
+        Some(Pod { attach, cgroup, net })
+    } else {
+        None
+    };
+    let env = Env {
+        bin: bin.clone(),
+        dir: scratch.0.clone(),
+        threads: settings.threads,
+        in_flight: settings.connections * settings.streams,
+        pod,
+    };
+
+    let mut runs = Vec::new();
+    for round in 1..=settings.rounds {
+        // Rotate the order so that no path always runs first.
+        let n = settings.paths.len();
+        for i in 0..n {
+            let path = settings.paths[(i + round as usize - 1) % n];
+            let mut run = measure(&env, &backends, &body, &settings, path, round)?;
+            if run.disturbed {
+                eprintln!(
+                    "bench: {} round {round} disturbed ({:.2} cores busy elsewhere): running it again",
+                    path.key(),
+                    run.other_cores
+                );
+                run = measure(&env, &backends, &body, &settings, path, round)?;
+            }
+            print_run(&run);
+            runs.push(run);
+        }
+    }
+
+    let mut extras = Extras::default();
+    for path in settings.paths.iter().copied() {
+        if path == (CallPath::AgentRedirect { fast_path: false }) {
+            continue;
+        }
+        match stream::measure(&env, path, &bin, &settings) {
+            Ok(t) => extras.streaming.push((path, t)),
+            Err(e) => eprintln!("bench: streaming through {}: {e:#}", path.key()),
+        }
+    }
+    for path in settings.paths.iter().copied() {
+        if !matches!(path, CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx) {
+            continue;
+        }
+        procs::wait_idle(0.3, Duration::from_secs(20));
+        let running = env.start(path)?;
+        let Some(proxy) = &running.proxy else { continue };
+        let target = running.target.parse()?;
+        let r = idle::measure(proxy.pid(), target, settings.idle, Duration::from_secs(120));
+        if path == CallPath::AgentListener {
+            extras.agent_idle_rss_kb = Some(r.rss_before_kb);
+        }
+        eprintln!(
+            "bench: {} with {} idle connections ({} still open): {} KiB → {} KiB",
+            path.key(),
+            r.opened,
+            r.alive,
+            r.rss_before_kb,
+            r.rss_after_kb
+        );
+        extras.idle.push((path, r));
+    }
+    drop(backends);
+
+    let out = match (&args.out, args.quick) {
+        (Some(o), _) => o.clone(),
+        (None, true) => target_dir(&root).join("bench"),
+        (None, false) => root.join("docs"),
+    };
+    fs::create_dir_all(&out)?;
+    let text = report::write(&out, &settings, &runs, &extras)?;
+    println!("{text}");
+    eprintln!("bench: wrote {}", out.join("benchmarks.md").display());
+    Ok(())
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let mut paths = Vec::new();
+    if args.paths.is_empty() {
+        paths.extend(CallPath::ALL);
+    } else {
+        for key in &args.paths {
+            let Some(p) = CallPath::from_key(key.trim()) else {
+                bail!(
+                    "bench: --paths: unknown path {key:?} (known: {})",
+                    CallPath::ALL.map(|p| p.key()).join(", ")
+                );
+            };
+            paths.push(p);
+        }
+    }
+    let mut skipped = Vec::new();
+    if !sh::is_root() {
+        paths.retain(|p| {
+            if p.needs_root() {
+                eprintln!("bench: NOT ROOT — skipping `{}`: the kernel redirect needs eBPF, a network namespace and cgroups", p.key());
+                skipped.push((*p, "not run: needs root".to_owned()));
+                false
+            } else {
+                true
+            }
+        });
+    }
+    if paths.is_empty() {
+        bail!("bench: no path to measure");
+    }
+    if args.connections == 0 || args.streams == 0 || args.threads == 0 {
+        bail!("bench: --connections, --streams and --threads must be at least 1");
+    }
+    Ok(Settings {
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
+        calls: args.calls.unwrap_or(if args.quick { 20_000 } else { 200_000 }).max(100),
+        connections: args.connections,
+        streams: args.streams,
+        threads: args.threads,
+        idle: args.idle.unwrap_or(if args.quick { 1_000 } else { 10_000 }),
+        paths,
+        skipped,
+    })
+}
+
+/// Starts `path`, warms it up, measures one run, checks a sample at the
+/// gRPC level, stops it.
+fn measure(
+    env: &Env,
+    backends: &[Proc],
+    body: &Path,
+    s: &Settings,
+    path: CallPath,
+    round: u32,
+) -> anyhow::Result<Run> {
+    procs::wait_idle(0.3, Duration::from_secs(30));
+    let running = env
+        .start(path)
+        .with_context(|| format!("bench: starting {}", path.key()))?;
+    let client = |args: &[String], program: &str| -> Command {
+        let program = Path::new(program);
+        match (&env.pod, running.in_pod) {
+            (Some(pod), true) => netns::in_pod(&pod.cgroup, pod.net.name(), program, args),
+            _ => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        }
+    };
+    let load = |calls: u64| Load {
+        calls,
+        connections: s.connections,
+        streams: s.streams,
+        target: &running.target,
+        body,
+        dir: &env.dir,
+    };
+    // Warm-up: connections, pools, caches; not measured.
+    let warm = load((s.calls / 20).max(1_000));
+    warm.run(&mut client(&warm.args(true), "h2load"), Duration::from_secs(60))
+        .with_context(|| format!("bench: warm-up of {}", path.key()))?;
+
+    let proxy_pid = running.proxy.as_ref().map(Proc::pid);
+    let cpu = || proxy_pid.map(procs::tree_cpu_secs).unwrap_or(0.0);
+    let backend_cpu = || backends.iter().map(|b| procs::tree_cpu_secs(b.pid())).sum::<f64>();
+    let (cpu0, bcpu0, mach0) = (cpu(), backend_cpu(), procs::MachineCpu::now());
+    let main = load(s.calls);
+    // Bounded: even 2,000 calls/s finishes within this.
+    let limit = Duration::from_secs(60 + s.calls / 2_000);
+    let m = main
+        .run(&mut client(&main.args(true), "h2load"), limit)
+        .with_context(|| format!("bench: {} round {round}", path.key()))?;
+    let (cpu1, bcpu1, mach1) = (cpu(), backend_cpu(), procs::MachineCpu::now());
+
+    let tps = procs::clock_ticks_per_sec();
+    let busy = mach1.busy.saturating_sub(mach0.busy) as f64 / tps;
+    let kthreads = mach1.kernel_threads.saturating_sub(mach0.kernel_threads) as f64 / tps;
+    let ours = (cpu1 - cpu0) + (bcpu1 - bcpu0) + m.client_cpu + kthreads;
+    let other_cores = ((busy - ours) / m.secs.max(1e-3)).max(0.0);
+
+    let sample = load::grpc_sample(
+        &|args: &[String]| client(args, "nghttp"),
+        &running.target,
+        body,
+        SAMPLE_CALLS,
+    )?;
+    let peak_rss_kb = proxy_pid.map(procs::tree_peak_rss_kb);
+    let cpu_us_per_call = proxy_pid.map(|_| (cpu1 - cpu0) * 1e6 / m.succeeded.max(1) as f64);
+    drop(running);
+    Ok(Run {
+        path,
+        round,
+        m,
+        cpu_us_per_call,
+        peak_rss_kb,
+        other_cores,
+        disturbed: other_cores > DISTURBED_CORES,
+        sample,
+    })
+}
+
+fn print_run(r: &Run) {
+    eprintln!(
+        "bench: round {} {:<16} {:>8.0} calls/s  p50 {:.2} ms  p99 {:.2} ms  proxy CPU {}  failed {}  gRPC OK {}/{}  other {:.2} cores",
+        r.round,
+        r.path.key(),
+        r.m.calls_per_sec,
+        r.m.pct.p50,
+        r.m.pct.p99,
+        r.cpu_us_per_call
+            .map(|c| format!("{c:.1} µs/call"))
+            .unwrap_or_else(|| "–".into()),
+        r.m.failed,
+        r.sample.ok,
+        r.sample.calls,
+        r.other_cores,
+    );
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// The bench's scratch directory (configs, logs), removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("balancer-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

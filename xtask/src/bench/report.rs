@@ -1,0 +1,414 @@
+//! docs/benchmarks.md and docs/bench-*.svg from the runs of one bench.
+
+use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, process::Command};
+
+use super::{
+    chart::{self, Bars},
+    paths::{CallPath, BACKENDS},
+    stream, Extras, Run, Settings,
+};
+use crate::sh;
+
+/// What a path's runs come to: medians over its undisturbed runs.
+pub struct Summary {
+    pub path: CallPath,
+    /// Runs left out of the medians because the machine was busy elsewhere.
+    pub dropped: usize,
+    pub calls_per_sec: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub cpu_us_per_call: Option<f64>,
+    pub peak_rss_kb: Option<u64>,
+    /// Share of the checked calls each backend answered, in BACKENDS order.
+    pub shares: Vec<f64>,
+    /// Calls h2load counted as failed, over all runs.
+    pub failed: u64,
+    /// gRPC-checked calls, and how many of them ended with grpc-status 0.
+    pub checked: u64,
+    pub grpc_ok: u64,
+    pub grpc_errors: BTreeMap<String, u64>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn summarize(path: CallPath, runs: &[Run]) -> Option<Summary> {
+    let all: Vec<&Run> = runs.iter().filter(|r| r.path == path).collect();
+    if all.is_empty() {
+        return None;
+    }
+    let calm: Vec<&Run> = all.iter().copied().filter(|r| !r.disturbed).collect();
+    let used = if calm.is_empty() { all.clone() } else { calm };
+    let med = |f: &dyn Fn(&Run) -> f64| median(used.iter().map(|r| f(r)).collect());
+    let mut per_backend = vec![0u64; BACKENDS.len()];
+    let (mut checked, mut grpc_ok) = (0, 0);
+    let mut grpc_errors = BTreeMap::new();
+    for r in &all {
+        checked += r.sample.calls;
+        grpc_ok += r.sample.ok;
+        for (k, v) in &r.sample.errors {
+            *grpc_errors.entry(k.clone()).or_default() += v;
+        }
+        for (reply, n) in &r.sample.replies {
+            if let Some(i) = backend_of(reply) {
+                per_backend[i] += n;
+            }
+        }
+    }
+    let answered: u64 = per_backend.iter().sum();
+    Some(Summary {
+        path,
+        dropped: all.len() - used.len(),
+        calls_per_sec: med(&|r| r.m.calls_per_sec),
+        p50: med(&|r| r.m.pct.p50),
+        p90: med(&|r| r.m.pct.p90),
+        p99: med(&|r| r.m.pct.p99),
+        cpu_us_per_call: used[0]
+            .cpu_us_per_call
+            .map(|_| med(&|r| r.cpu_us_per_call.unwrap_or(f64::NAN))),
+        peak_rss_kb: all.iter().filter_map(|r| r.peak_rss_kb).max(),
+        shares: per_backend
+            .iter()
+            .map(|&n| n as f64 / answered.max(1) as f64)
+            .collect(),
+        failed: all.iter().map(|r| r.m.failed).sum(),
+        checked,
+        grpc_ok,
+        grpc_errors,
+    })
+}
+
+/// Which backend wrote a reply: the greeter names itself in its replies.
+fn backend_of(reply: &str) -> Option<usize> {
+    BACKENDS.iter().position(|(name, _)| {
+        reply
+            .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+            .any(|w| w == *name)
+    })
+}
+
+const HOW_TO_RUN: &str = "\
+# Benchmarks
+
+balancer next to the proxies users would pick instead — HAProxy and nginx —
+on the same machine, in the same run. Absolute numbers move from machine to
+machine and run to run; the ratios measured in one run are what to read.
+
+## Run it
+
+```sh
+cargo xtask setup          # once: toolchains, bpf-linker, Debian packages
+sudo cargo xtask bench     # about 10 minutes; writes docs/benchmarks.md and docs/bench-*.svg
+```
+
+`cargo xtask bench` installs what it needs from Debian (`haproxy`, `nginx`,
+`nghttp2-client` for `h2load` and `nghttp`), builds the agent and the greeter
+in release mode, and runs everything on loopback and in a network namespace
+of its own. Without root the kernel-redirect paths are skipped (and say so).
+Options: `--quick` (one round, 20k calls, written to `target/bench/`),
+`--rounds N`, `--calls N`, `--threads N` (every proxy's worker threads),
+`--connections N --streams N` (h2load's `-c`/`-m`), `--idle N` (idle
+connections), `--paths direct,listener,redirect,redirect-nofast,haproxy,nginx`,
+`--out DIR`.
+
+## Method
+
+- Backends: three greeter servers (tonic, one runtime thread each) on
+  127.0.0.1.
+- Load: `h2load -t1` making unary `helloworld.Greeter/SayHello` calls with a
+  real gRPC body (`HelloRequest{name: \"world\"}`), `content-type:
+  application/grpc`, `te: trailers`; a fixed number of calls per run after a
+  warm-up of 5%. Latency percentiles come from h2load's per-request log.
+- gRPC status: h2load only checks the HTTP status, so after every run 300
+  calls go through the same path over one connection with `nghttp`, and every
+  `grpc-status` trailer is checked; the replies name the backend that
+  answered, which gives the per-backend share.
+- Paths, interleaved (every path once per round, the order rotated each
+  round), medians over the rounds:
+  - **direct**: h2load straight to one backend — the ceiling, no balancing;
+  - **balancer, explicit listener**: the agent with `--no-ebpf`, h2load dials
+    the service's listener on 127.0.0.1;
+  - **balancer, kernel redirect**: h2load runs in a client \"pod\" (its own
+    network namespace and an enrolled cgroup) and dials the Service VIP; the
+    agent's `cgroup/connect4` program redirects the connection into the agent,
+    with the `sk_msg` fast path on (`fast_path: true`) and off;
+  - **HAProxy**: `mode http`, `bind … proto h2`, `balance roundrobin`,
+    `server … proto h2`, `http-reuse always`;
+  - **nginx**: `listen … http2`, `grpc_pass`, an upstream `keepalive` pool
+    larger than the calls in flight, `keepalive_requests` raised on both
+    sides.
+  Every proxy gets the same number of worker threads (agent `--threads`,
+  HAProxy `nbthread`, nginx `worker_processes`).
+- Proxy CPU per call: the proxy's user + system time from `/proc/PID/stat`
+  (all its processes) over the measured run, divided by the calls. Peak RSS:
+  `VmHWM` (summed over nginx's processes).
+- Before each run the bench waits for an idle machine; a run during which
+  processes outside the bench used more than a quarter of a core is run
+  again, and left out of the medians if it was disturbed again.
+- Large messages: unary calls carrying a 256 KiB request; the greeter echoes
+  the name, so as many bytes come back.
+- Idle connections: a helper opens that many HTTP/2 connections (preface and
+  SETTINGS, then nothing) to the proxy on loopback; its resident memory is
+  read two seconds later.
+";
+
+pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow::Result<String> {
+    let sums: Vec<Summary> = s
+        .paths
+        .iter()
+        .filter_map(|p| summarize(*p, runs))
+        .collect();
+    let find = |p: CallPath| sums.iter().find(|x| x.path == p);
+    let haproxy = find(CallPath::Haproxy);
+    let direct = find(CallPath::Direct);
+
+    let mut md = String::from(HOW_TO_RUN);
+    let _ = writeln!(md, "\n## Results\n");
+    let _ = writeln!(md, "{}\n", machine(s));
+    let _ = writeln!(
+        md,
+        "| path | calls/s | × HAProxy | × direct | p50 ms | p90 ms | p99 ms | proxy CPU µs/call | CPU × HAProxy | proxy peak RSS MB | backend share (sample) | failed calls | gRPC OK (checked) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for x in &sums {
+        let ratio = |a: f64, b: Option<f64>| match b {
+            Some(b) if b > 0.0 && b.is_finite() && a.is_finite() => format!("{:.2}", a / b),
+            _ => "–".into(),
+        };
+        let shares = x
+            .shares
+            .iter()
+            .map(|f| format!("{:.0}", f * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let _ = writeln!(
+            md,
+            "| {}{} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} % | {} | {}/{}{} |",
+            x.path.label(),
+            if x.dropped > 0 {
+                format!(" ({} disturbed run{} left out)", x.dropped, if x.dropped > 1 { "s" } else { "" })
+            } else {
+                String::new()
+            },
+            x.calls_per_sec,
+            ratio(x.calls_per_sec, haproxy.map(|h| h.calls_per_sec)),
+            ratio(x.calls_per_sec, direct.map(|d| d.calls_per_sec)),
+            x.p50,
+            x.p90,
+            x.p99,
+            x.cpu_us_per_call.map(|c| format!("{c:.1}")).unwrap_or_else(|| "–".into()),
+            match x.cpu_us_per_call {
+                Some(c) => ratio(c, haproxy.and_then(|h| h.cpu_us_per_call)),
+                None => "–".into(),
+            },
+            x.peak_rss_kb.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "–".into()),
+            shares,
+            x.failed,
+            x.grpc_ok,
+            x.checked,
+            if x.grpc_errors.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (errors: {})",
+                    x.grpc_errors
+                        .iter()
+                        .map(|(k, v)| format!("status {k} × {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        );
+    }
+    for (p, why) in &s.skipped {
+        let _ = writeln!(md, "| {} | {why} | | | | | | | | | | | |", p.label());
+    }
+    let _ = writeln!(
+        md,
+        "\nMedians of {} round{} of {} calls each; \"backend share\" is the share of the {} gRPC-checked calls per round answered by {}; \"failed calls\" counts h2load's failures over all rounds.\n",
+        s.rounds,
+        if s.rounds > 1 { "s" } else { "" },
+        s.calls,
+        super::SAMPLE_CALLS,
+        BACKENDS.map(|b| b.0).join(" / "),
+    );
+    let _ = writeln!(md, "![calls per second](bench-calls.svg)\n");
+    let _ = writeln!(md, "![latency](bench-latency.svg)\n");
+    let _ = writeln!(md, "![proxy CPU per call](bench-cpu.svg)\n");
+
+    if !extras.streaming.is_empty() {
+        let _ = writeln!(
+            md,
+            "### Large messages\n\nUnary calls of {} KiB each way, h2load `-c4 -m4`.\n\n| path | MB/s (request payload) | calls | failed |\n|---|---:|---:|---:|",
+            stream::MESSAGE_BYTES / 1024
+        );
+        for (p, t) in &extras.streaming {
+            let _ = writeln!(md, "| {} | {:.0} | {} | {} |", p.label(), t.mb_per_sec, t.calls, t.failed);
+        }
+        md.push('\n');
+    }
+    if !extras.idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "### Memory with idle client connections\n\n| proxy | RSS after start MB | idle connections opened (still open) | RSS with them MB | per connection KiB |\n|---|---:|---:|---:|---:|"
+        );
+        for (p, r) in &extras.idle {
+            let per = (r.rss_after_kb.saturating_sub(r.rss_before_kb)) as f64 / r.alive.max(1) as f64;
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {} ({}) | {:.1} | {:.1} |",
+                p.label(),
+                r.rss_before_kb as f64 / 1024.0,
+                r.opened,
+                r.alive,
+                r.rss_after_kb as f64 / 1024.0,
+                per
+            );
+        }
+        md.push('\n');
+    }
+
+    let _ = writeln!(md, "### Every run\n\n| round | path | calls/s | p50 ms | p99 ms | proxy CPU µs/call | busy elsewhere (cores) | used |\n|---:|---|---:|---:|---:|---:|---:|---|");
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {} |",
+            r.round,
+            r.path.key(),
+            r.m.calls_per_sec,
+            r.m.pct.p50,
+            r.m.pct.p99,
+            r.cpu_us_per_call.map(|c| format!("{c:.1}")).unwrap_or_else(|| "–".into()),
+            r.other_cores,
+            if r.disturbed { "no (disturbed)" } else { "yes" }
+        );
+    }
+
+    fs::write(out.join("benchmarks.md"), &md)?;
+    charts(out, &sums)?;
+    Ok(md)
+}
+
+fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
+    let groups: Vec<String> = sums.iter().map(|x| x.path.short().to_owned()).collect();
+    chart::draw(
+        &Bars {
+            title: "unary gRPC calls per second (higher is better)",
+            unit: "calls/s",
+            groups: groups.clone(),
+            series: vec![("calls/s", sums.iter().map(|x| x.calls_per_sec).collect())],
+        },
+        &out.join("bench-calls.svg"),
+    )?;
+    chart::draw(
+        &Bars {
+            title: "latency under load, ms (lower is better)",
+            unit: "ms",
+            groups: groups.clone(),
+            series: vec![
+                ("p50", sums.iter().map(|x| x.p50).collect()),
+                ("p90", sums.iter().map(|x| x.p90).collect()),
+                ("p99", sums.iter().map(|x| x.p99).collect()),
+            ],
+        },
+        &out.join("bench-latency.svg"),
+    )?;
+    let proxies: Vec<&Summary> = sums.iter().filter(|x| x.cpu_us_per_call.is_some()).collect();
+    chart::draw(
+        &Bars {
+            title: "proxy CPU per call, µs (lower is better)",
+            unit: "µs/call",
+            groups: proxies.iter().map(|x| x.path.short().to_owned()).collect(),
+            series: vec![(
+                "CPU",
+                proxies.iter().map(|x| x.cpu_us_per_call.unwrap_or(0.0)).collect(),
+            )],
+        },
+        &out.join("bench-cpu.svg"),
+    )?;
+    Ok(())
+}
+
+/// The machine and the versions of everything measured.
+fn machine(s: &Settings) -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let first_line = |cmd: &mut Command| {
+        sh::output(cmd)
+            .and_then(|o| o.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into())
+    };
+    let haproxy = first_line(Command::new("haproxy").arg("-v"));
+    // nginx prints its version on stderr.
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    let h2load = first_line(Command::new("h2load").arg("--version"));
+    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args(["rev-parse", "--short", "HEAD"]));
+    let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    format!(
+        "Run of {date} at commit `{commit}` on {nproc} × {model}, {mem}, Linux {kernel}; \
+         {haproxy}; {nginx}; {h2load}.\n\n\
+         Load: `h2load -t1 -c{c} -m{m}` ({inflight} calls in flight), {calls} calls per run, \
+         {rounds} round{plural}; every proxy on {threads} worker thread{tplural}; three greeter \
+         backends with one runtime thread each.",
+        c = s.connections,
+        m = s.streams,
+        inflight = s.connections * s.streams,
+        calls = s.calls,
+        rounds = s.rounds,
+        plural = if s.rounds > 1 { "s" } else { "" },
+        threads = s.threads,
+        tplural = if s.threads > 1 { "s" } else { "" },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn replies_name_their_backend() {
+        assert_eq!(backend_of("Hello world from greeter-2"), Some(1));
+        assert_eq!(backend_of("greeter-3: Hello world"), Some(2));
+        assert_eq!(backend_of("Hello world from greeter-22"), None);
+        assert_eq!(backend_of("Hello world"), None);
+    }
+}
