@@ -20,6 +20,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use crate::{
+    netns::{self, cgroup2_mount, remove_cgroup_tree, PodNet},
     setup,
     sh::{self, exec},
 };
@@ -97,7 +98,7 @@ struct Demo {
     attach: PathBuf,
     dir: PathBuf,
     children: Vec<Child>,
-    netns: bool,
+    net: Option<PodNet>,
 }
 
 impl Demo {
@@ -108,7 +109,7 @@ impl Demo {
             attach,
             dir,
             children: Vec::new(),
-            netns: false,
+            net: None,
         }
     }
 
@@ -117,22 +118,9 @@ impl Demo {
     }
 
     fn setup_network(&mut self) -> anyhow::Result<()> {
-        // A leftover from an interrupted run goes first.
-        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
-        let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
-        exec(Command::new("ip").args(["netns", "add", NETNS]))?;
-        self.netns = true;
-        exec(Command::new("ip").args(["link", "add", HOST_IF, "type", "veth", "peer", "name", "eth0", "netns", NETNS]))?;
-        exec(Command::new("ip").args(["addr", "add", &format!("{HOST_IP}/30"), "dev", HOST_IF]))?;
-        exec(Command::new("ip").args(["link", "set", HOST_IF, "up"]))?;
-        let pod = |args: &[&str]| {
-            exec(Command::new("ip").args(["netns", "exec", NETNS, "ip"]).args(args))
-        };
-        pod(&["addr", "add", &format!("{POD_IP}/30"), "dev", "eth0"])?;
-        pod(&["link", "set", "eth0", "up"])?;
-        pod(&["link", "set", "lo", "up"])?;
         // No default route: a connect to the VIP that is not redirected
         // fails inside the pod instead of leaving the machine.
+        self.net = Some(PodNet::create(NETNS, HOST_IF, HOST_IP, POD_IP)?);
         Ok(())
     }
 
@@ -171,12 +159,8 @@ impl Demo {
     /// Runs the greeter client inside the pod: first into its cgroup, then
     /// into its network namespace (`ip netns exec` remounts /sys).
     fn client(&self, bin: &Path) -> anyhow::Result<()> {
-        let script = format!(
-            "echo $$ > {procs} && exec ip netns exec {NETNS} {client} --target {VIP} --calls {CALLS}",
-            procs = self.pod_cgroup().join("cgroup.procs").display(),
-            client = bin.join("greeter-client").display(),
-        );
-        exec(Command::new("sh").arg("-c").arg(script))
+        let args = ["--target".to_owned(), VIP.to_owned(), "--calls".to_owned(), CALLS.to_string()];
+        exec(&mut netns::in_pod(&self.pod_cgroup(), NETNS, &bin.join("greeter-client"), &args))
     }
 }
 
@@ -186,38 +170,10 @@ impl Drop for Demo {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.netns {
-            let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
-        }
+        // The network namespace goes when `net` drops.
         remove_cgroup_tree(&self.attach);
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// cgroup directories can only be removed empty, children first.
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// The cgroup v2 mount point, from /proc/mounts.
-pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(path))
-        })
-        .next()
-        .context("no cgroup v2 hierarchy is mounted (see /proc/mounts); balancer needs cgroup v2")
 }
 
 fn target_dir(root: &Path) -> PathBuf {

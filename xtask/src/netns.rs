@@ -34,7 +34,13 @@ impl PodNet {
         ]))?;
         exec(Command::new("ip").args(["addr", "add", &format!("{host_ip}/30"), "dev", host_if]))?;
         exec(Command::new("ip").args(["link", "set", host_if, "up"]))?;
-        let pod = |args: &[&str]| exec(Command::new("ip").args(["netns", "exec", name, "ip"]).args(args));
+        let pod = |args: &[&str]| {
+            exec(
+                Command::new("ip")
+                    .args(["netns", "exec", name, "ip"])
+                    .args(args),
+            )
+        };
         pod(&["addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"])?;
         pod(&["link", "set", "eth0", "up"])?;
         pod(&["link", "set", "lo", "up"])?;
@@ -137,4 +143,72 @@ pub fn in_pod(cgroup: &Path, netns: &str, program: &Path, args: &[String]) -> Co
         .arg(program)
         .args(args);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn privileged() -> bool {
+        if crate::sh::is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("BALANCER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "BALANCER_REQUIRE_PRIVILEGED=1 but not root"
+        );
+        eprintln!("SKIPPED: the pod plumbing test needs root (network namespaces, cgroups)");
+        false
+    }
+
+    #[test]
+    fn a_command_in_the_pod_runs_in_its_cgroup_and_namespace() {
+        if !privileged() {
+            return;
+        }
+        let cgroup2 = cgroup2_mount().expect("cgroup v2 mount");
+        let tree = CgroupTree::create(cgroup2.join("balancer-xtask-test")).expect("cgroup");
+        let pod = tree.child("pod").expect("pod cgroup");
+        let root_path = tree.path().to_owned();
+        {
+            let net = PodNet::create("balancer-xtask-test", "bxtask0", "10.250.9.1", "10.250.9.2")
+                .expect("pod network");
+            let out = in_pod(
+                &pod,
+                net.name(),
+                Path::new("sh"),
+                &[
+                    "-c".into(),
+                    "cat /proc/self/cgroup; ip -4 -o addr show dev eth0; ip route".into(),
+                ],
+            )
+            .output()
+            .expect("run in pod");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rel = pod.strip_prefix(&cgroup2).expect("below the mount");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{}", rel.display()))),
+                "not in the pod's cgroup: {text}"
+            );
+            assert!(text.contains("10.250.9.2/30"), "no pod address: {text}");
+            assert!(
+                !text.contains("default"),
+                "the pod must have no default route: {text}"
+            );
+        }
+        // The namespace is gone with its guard, the cgroups with theirs.
+        let list = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns");
+        assert!(!String::from_utf8_lossy(&list.stdout).contains("balancer-xtask-test"));
+        drop(tree);
+        assert!(!root_path.exists(), "cgroup tree left behind");
+    }
 }

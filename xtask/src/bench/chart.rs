@@ -72,15 +72,19 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
         });
         let series = chart.draw_series(rects).map_err(|e| err(&e))?;
         if bars.series.len() > 1 {
-            series
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            series.label(*name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+            });
         }
         // The value above each bar.
         chart
             .draw_series(values.iter().enumerate().map(|(g, v)| {
                 let x = g as f64 + 0.1 + (s as f64 + 0.45) * slot;
-                Text::new(format_value(*v), (x, *v + max * 0.01), ("sans-serif", 11).into_font())
+                Text::new(
+                    format_value(*v),
+                    (x, *v + max * 0.01),
+                    ("sans-serif", 11).into_font(),
+                )
             }))
             .map_err(|e| err(&e))?;
     }
@@ -128,8 +132,19 @@ mod tests {
         .expect("draw");
         let svg = std::fs::read_to_string(&file).expect("svg written");
         let _ = std::fs::remove_file(&file);
-        assert!(svg.starts_with("<svg"), "not an SVG: {}", &svg[..svg.len().min(80)]);
-        for text in ["calls per second", "direct", "HAProxy", "71k", "6.52", "p99"] {
+        assert!(
+            svg.starts_with("<svg"),
+            "not an SVG: {}",
+            &svg[..svg.len().min(80)]
+        );
+        for text in [
+            "calls per second",
+            "direct",
+            "HAProxy",
+            "71k",
+            "6.52",
+            "p99",
+        ] {
             assert!(svg.contains(text), "{text} missing from the chart");
         }
     }

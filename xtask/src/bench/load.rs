@@ -72,8 +72,12 @@ impl Load<'_> {
         let mut h2load = Proc::spawn("h2load", cmd)?;
         let (ok, client_cpu) = h2load.wait_rusage(limit)?;
         let text = fs::read_to_string(&out_path).unwrap_or_default();
-        let summary = Summary::parse(&text)
-            .with_context(|| format!("bench: cannot read h2load's summary (in {})", out_path.display()))?;
+        let summary = Summary::parse(&text).with_context(|| {
+            format!(
+                "bench: cannot read h2load's summary (in {})",
+                out_path.display()
+            )
+        })?;
         if !ok && summary.succeeded == 0 {
             bail!("bench: h2load failed: {}", text.trim());
         }
@@ -117,9 +121,9 @@ impl Summary {
                 secs = parse_duration(rest.split(',').next()?.trim());
             }
             if let Some(rest) = line.strip_prefix("requests: ") {
-                succeeded = rest.split(',').find_map(|f| {
-                    f.trim().strip_suffix(" succeeded")?.trim().parse().ok()
-                });
+                succeeded = rest
+                    .split(',')
+                    .find_map(|f| f.trim().strip_suffix(" succeeded")?.trim().parse().ok());
             }
         }
         Some(Summary {
@@ -269,7 +273,9 @@ fn grpc_messages(mut bytes: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     while bytes.len() >= 5 {
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        let Some(msg) = bytes.get(5..5 + len) else { break };
+        let Some(msg) = bytes.get(5..5 + len) else {
+            break;
+        };
         out.push(proto_string_field1(msg).unwrap_or_else(|| "?".into()));
         bytes = &bytes[5 + len..];
     }
@@ -306,7 +312,10 @@ mod tests {
                     requests: 200000 total, 200000 started, 200000 done, 199990 succeeded, 10 failed, 10 errored, 0 timeout\n";
         assert_eq!(
             Summary::parse(text),
-            Some(Summary { succeeded: 199_990, secs: 2.80 })
+            Some(Summary {
+                succeeded: 199_990,
+                secs: 2.80
+            })
         );
         let ms = "finished in 780.50ms, 100 req/s\nrequests: 78 total, 78 started, 78 done, 78 succeeded, 0 failed\n";
         assert_eq!(Summary::parse(ms).map(|s| s.secs), Some(0.7805));
@@ -326,8 +335,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bench-log-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("h2load.log");
-        fs::write(&log, "1700000000000000\t200\t1500\n1700000000000001\t-1\t9\n1700000000000002\t200\t2500\n")
-            .expect("write log");
+        fs::write(
+            &log,
+            "1700000000000000\t200\t1500\n1700000000000001\t-1\t9\n1700000000000002\t200\t2500\n",
+        )
+        .expect("write log");
         assert_eq!(read_log(&log).expect("log"), vec![1500, 2500]);
         let _ = fs::remove_dir_all(dir);
     }
@@ -342,7 +354,10 @@ mod tests {
             b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
             b.extend_from_slice(&msg);
         }
-        assert_eq!(grpc_messages(&b), vec!["Hello world from v1", "Hello world from v2"]);
+        assert_eq!(
+            grpc_messages(&b),
+            vec!["Hello world from v1", "Hello world from v2"]
+        );
         // A truncated frame is not read past its end.
         assert_eq!(grpc_messages(&b[..b.len() - 3]).len(), 1);
         let v = "[  0.004] recv (stream_id=13) grpc-status: 0\n[  0.005] recv (stream_id=15) grpc-status: 14\n";
@@ -353,6 +368,9 @@ mod tests {
     fn the_body_is_a_hello_request() {
         assert_eq!(HELLO_BODY.len(), 12);
         assert_eq!(&HELLO_BODY[..5], &[0, 0, 0, 0, 7]);
-        assert_eq!(proto_string_field1(&HELLO_BODY[5..]).as_deref(), Some("world"));
+        assert_eq!(
+            proto_string_field1(&HELLO_BODY[5..]).as_deref(),
+            Some("world")
+        );
     }
 }

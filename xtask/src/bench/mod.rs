@@ -70,9 +70,15 @@ pub struct Args {
 
 /// Debian packages the bench runs.
 const PACKAGES: &[(&str, &str)] = &[
-    ("haproxy", "the bench's reference proxy (per-request HTTP/2 balancing)"),
+    (
+        "haproxy",
+        "the bench's reference proxy (per-request HTTP/2 balancing)",
+    ),
     ("nginx", "the bench's reference proxy (grpc_pass)"),
-    ("nghttp2-client", "h2load and nghttp: the bench's load generator and gRPC check"),
+    (
+        "nghttp2-client",
+        "h2load and nghttp: the bench's load generator and gRPC check",
+    ),
 ];
 
 /// Calls of the gRPC check after each run.
@@ -122,9 +128,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let privileged = sh::is_root();
 
     let mut build = sh::cargo();
-    build
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "balancer-agent", "-p", "greeter", "--bins"]);
+    build.current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "balancer-agent",
+        "-p",
+        "greeter",
+        "--bins",
+    ]);
     if privileged {
         build.env_remove("BALANCER_EBPF_STUB");
     }
@@ -157,8 +169,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cgroup2 = netns::cgroup2_mount()?;
         let attach = netns::CgroupTree::create(cgroup2.join("balancer-bench"))?;
         let cgroup = attach.child("client")?;
-        let net = netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
-        Some(Pod { attach, cgroup, net })
+        let net =
+            netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
+        Some(Pod {
+            attach,
+            cgroup,
+            net,
+        })
     } else {
         None
     };
@@ -201,12 +218,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for path in settings.paths.iter().copied() {
-        if !matches!(path, CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx) {
+        if !matches!(
+            path,
+            CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx
+        ) {
             continue;
         }
         procs::wait_idle(0.3, Duration::from_secs(20));
         let running = env.start(path)?;
-        let Some(proxy) = &running.proxy else { continue };
+        let Some(proxy) = &running.proxy else {
+            continue;
+        };
         let target = running.target.parse()?;
         let r = idle::measure(proxy.pid(), target, settings.idle, Duration::from_secs(120));
         if path == CallPath::AgentListener {
@@ -271,7 +293,10 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     Ok(Settings {
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
-        calls: args.calls.unwrap_or(if args.quick { 20_000 } else { 200_000 }).max(100),
+        calls: args
+            .calls
+            .unwrap_or(if args.quick { 20_000 } else { 200_000 })
+            .max(100),
         connections: args.connections,
         streams: args.streams,
         threads: args.threads,
@@ -316,12 +341,20 @@ fn measure(
     };
     // Warm-up: connections, pools, caches; not measured.
     let warm = load((s.calls / 20).max(1_000));
-    warm.run(&mut client(&warm.args(true), "h2load"), Duration::from_secs(60))
-        .with_context(|| format!("bench: warm-up of {}", path.key()))?;
+    warm.run(
+        &mut client(&warm.args(true), "h2load"),
+        Duration::from_secs(60),
+    )
+    .with_context(|| format!("bench: warm-up of {}", path.key()))?;
 
     let proxy_pid = running.proxy.as_ref().map(Proc::pid);
     let cpu = || proxy_pid.map(procs::tree_cpu_secs).unwrap_or(0.0);
-    let backend_cpu = || backends.iter().map(|b| procs::tree_cpu_secs(b.pid())).sum::<f64>();
+    let backend_cpu = || {
+        backends
+            .iter()
+            .map(|b| procs::tree_cpu_secs(b.pid()))
+            .sum::<f64>()
+    };
     let (cpu0, bcpu0, mach0) = (cpu(), backend_cpu(), procs::MachineCpu::now());
     let main = load(s.calls);
     // Bounded: even 2,000 calls/s finishes within this.

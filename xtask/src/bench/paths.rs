@@ -70,8 +70,12 @@ impl CallPath {
         match self {
             CallPath::Direct => "direct to one backend",
             CallPath::AgentListener => "balancer, explicit listener",
-            CallPath::AgentRedirect { fast_path: true } => "balancer, kernel redirect + sk_msg fast path",
-            CallPath::AgentRedirect { fast_path: false } => "balancer, kernel redirect, fast path off",
+            CallPath::AgentRedirect { fast_path: true } => {
+                "balancer, kernel redirect + sk_msg fast path"
+            }
+            CallPath::AgentRedirect { fast_path: false } => {
+                "balancer, kernel redirect, fast path off"
+            }
             CallPath::Haproxy => "HAProxy (`http-reuse always`)",
             CallPath::Nginx => "nginx (`grpc_pass`)",
         }
@@ -282,7 +286,11 @@ impl Env {
         let p = prefix.display();
         // Worker processes run as root when the bench does, so they can use
         // the scratch directory.
-        let user = if crate::sh::is_root() { "user root;\n" } else { "" };
+        let user = if crate::sh::is_root() {
+            "user root;\n"
+        } else {
+            ""
+        };
         format!(
             "# written by `cargo xtask bench`\n\
              {user}worker_processes {threads};\n\
@@ -326,4 +334,110 @@ fn wait_listening(proxy: &mut Proc, addr: &str) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     bail!("bench: {} does not listen on {addr} after 10 s", proxy.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(dir: &Path) -> Env {
+        Env {
+            bin: PathBuf::from("/nonexistent"),
+            dir: dir.to_owned(),
+            threads: 2,
+            in_flight: 128,
+            pod: None,
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bench-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn have(tool: &str) -> bool {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!("SKIPPED: {tool} is not installed (`cargo xtask bench` installs it)");
+        }
+        found
+    }
+
+    #[test]
+    fn haproxy_accepts_its_config() {
+        if !have("haproxy") {
+            return;
+        }
+        let dir = scratch("haproxy");
+        let cfg = dir.join("haproxy.cfg");
+        let text = env(&dir).haproxy_config();
+        assert!(text.contains("nbthread 2") && text.contains("http-reuse always"));
+        fs::write(&cfg, &text).expect("write");
+        let out = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .expect("haproxy -c");
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "haproxy -c: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn nginx_accepts_its_config() {
+        if !have("nginx") {
+            return;
+        }
+        let dir = scratch("nginx");
+        fs::create_dir_all(dir.join("logs")).expect("logs dir");
+        let cfg = dir.join("nginx.conf");
+        let text = env(&dir).nginx_config(&dir);
+        assert!(text.contains("worker_processes 2;") && text.contains("keepalive 256;"));
+        fs::write(&cfg, &text).expect("write");
+        let out = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-t")
+            .output()
+            .expect("nginx -t");
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn agent_config_enrolls_the_pod_only_with_ebpf() {
+        let dir = scratch("agent");
+        let e = env(&dir);
+        let text = e.agent_config(false, true);
+        assert!(text.contains(&format!("listen: {AGENT_LISTENER}")));
+        assert!(!text.contains("enroll"));
+        for (_, addr) in BACKENDS {
+            assert!(text.contains(addr));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_path_has_a_unique_key() {
+        for p in CallPath::ALL {
+            assert_eq!(CallPath::from_key(p.key()), Some(p));
+        }
+        assert_eq!(CallPath::from_key("envoy"), None);
+    }
 }

@@ -72,11 +72,18 @@ impl Proc {
                 return Ok((ok, secs(usage.ru_utime) + secs(usage.ru_stime)));
             }
             if r < 0 {
-                bail!("bench: cannot wait for {}: {}", self.name, std::io::Error::last_os_error());
+                bail!(
+                    "bench: cannot wait for {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
             }
             if start.elapsed() > limit {
                 self.stop();
-                bail!("bench: {} did not finish within {limit:?}: killed", self.name);
+                bail!(
+                    "bench: {} did not finish within {limit:?}: killed",
+                    self.name
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }

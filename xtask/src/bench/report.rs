@@ -164,11 +164,7 @@ connections), `--paths direct,listener,redirect,redirect-nofast,haproxy,nginx`,
 ";
 
 pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow::Result<String> {
-    let sums: Vec<Summary> = s
-        .paths
-        .iter()
-        .filter_map(|p| summarize(*p, runs))
-        .collect();
+    let sums: Vec<Summary> = s.paths.iter().filter_map(|p| summarize(*p, runs)).collect();
     let find = |p: CallPath| sums.iter().find(|x| x.path == p);
     let haproxy = find(CallPath::Haproxy);
     let direct = find(CallPath::Direct);
@@ -180,7 +176,10 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
         md,
         "| path | calls/s | × HAProxy | × direct | p50 ms | p90 ms | p99 ms | proxy CPU µs/call | CPU × HAProxy | proxy peak RSS MB | backend share (sample) | failed calls | gRPC OK (checked) |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
     for x in &sums {
         let ratio = |a: f64, b: Option<f64>| match b {
             Some(b) if b > 0.0 && b.is_finite() && a.is_finite() => format!("{:.2}", a / b),
@@ -254,7 +253,14 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             stream::MESSAGE_BYTES / 1024
         );
         for (p, t) in &extras.streaming {
-            let _ = writeln!(md, "| {} | {:.0} | {} | {} |", p.label(), t.mb_per_sec, t.calls, t.failed);
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {} | {} |",
+                p.label(),
+                t.mb_per_sec,
+                t.calls,
+                t.failed
+            );
         }
         md.push('\n');
     }
@@ -264,7 +270,8 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             "### Memory with idle client connections\n\n| proxy | RSS after start MB | idle connections opened (still open) | RSS with them MB | per connection KiB |\n|---|---:|---:|---:|---:|"
         );
         for (p, r) in &extras.idle {
-            let per = (r.rss_after_kb.saturating_sub(r.rss_before_kb)) as f64 / r.alive.max(1) as f64;
+            let per =
+                (r.rss_after_kb.saturating_sub(r.rss_before_kb)) as f64 / r.alive.max(1) as f64;
             let _ = writeln!(
                 md,
                 "| {} | {:.1} | {} ({}) | {:.1} | {:.1} |",
@@ -289,7 +296,9 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             r.m.calls_per_sec,
             r.m.pct.p50,
             r.m.pct.p99,
-            r.cpu_us_per_call.map(|c| format!("{c:.1}")).unwrap_or_else(|| "–".into()),
+            r.cpu_us_per_call
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "–".into()),
             r.other_cores,
             if r.disturbed { "no (disturbed)" } else { "yes" }
         );
@@ -324,7 +333,10 @@ fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
         },
         &out.join("bench-latency.svg"),
     )?;
-    let proxies: Vec<&Summary> = sums.iter().filter(|x| x.cpu_us_per_call.is_some()).collect();
+    let proxies: Vec<&Summary> = sums
+        .iter()
+        .filter(|x| x.cpu_us_per_call.is_some())
+        .collect();
     chart::draw(
         &Bars {
             title: "proxy CPU per call, µs (lower is better)",
@@ -332,7 +344,10 @@ fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
             groups: proxies.iter().map(|x| x.path.short().to_owned()).collect(),
             series: vec![(
                 "CPU",
-                proxies.iter().map(|x| x.cpu_us_per_call.unwrap_or(0.0)).collect(),
+                proxies
+                    .iter()
+                    .map(|x| x.cpu_us_per_call.unwrap_or(0.0))
+                    .collect(),
             )],
         },
         &out.join("bench-cpu.svg"),
@@ -345,9 +360,15 @@ fn machine(s: &Settings) -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -374,7 +395,11 @@ fn machine(s: &Settings) -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .unwrap_or_else(|_| "?".into());
     let h2load = first_line(Command::new("h2load").arg("--version"));
-    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args(["rev-parse", "--short", "HEAD"]));
+    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]));
     let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
     format!(
         "Run of {date} at commit `{commit}` on {nproc} × {model}, {mem}, Linux {kernel}; \

@@ -88,6 +88,9 @@ mod tests {
         assert_eq!(len, b.len() - 5);
         assert_eq!(len, 1 + 3 + MESSAGE_BYTES);
         assert_eq!(&b[5..9], &[0x0a, 0x80, 0x80, 0x10]);
-        assert_eq!(hello_body(5), vec![0, 0, 0, 0, 7, 0x0a, 5, b'x', b'x', b'x', b'x', b'x']);
+        assert_eq!(
+            hello_body(5),
+            vec![0, 0, 0, 0, 7, 0x0a, 5, b'x', b'x', b'x', b'x', b'x']
+        );
     }
 }
