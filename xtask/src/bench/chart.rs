@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 /// One group of bars per path; each group has one bar per series.
 pub struct Bars<'a> {
@@ -83,7 +86,8 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
                 Text::new(
                     format_value(*v),
                     (x, *v + max * 0.01),
-                    ("sans-serif", 11).into_font(),
+                    TextStyle::from(("sans-serif", 11).into_font())
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )
             }))
             .map_err(|e| err(&e))?;
@@ -102,8 +106,10 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
 }
 
 fn format_value(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 10_000.0 {
+        format!("{:.1}k", v / 1000.0)
     } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -141,7 +147,7 @@ mod tests {
             "calls per second",
             "direct",
             "HAProxy",
-            "71k",
+            "71.5k",
             "6.52",
             "p99",
         ] {
