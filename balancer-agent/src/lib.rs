@@ -5,5 +5,7 @@
 //! forwards every stream — every gRPC call — to an endpoint chosen for that
 //! call.
 
+pub mod balance;
 pub mod model;
+pub mod proxy;
 pub mod redirect;

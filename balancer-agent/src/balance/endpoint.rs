@@ -1,0 +1,324 @@
+//! Runtime state of one endpoint: load (in-flight calls, latency EWMA),
+//! passive outlier detection and call statistics. Everything on the per-call
+//! path is an atomic; the EWMA sits behind a tiny uncontended mutex that is
+//! never held across an await.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::BalanceOptions;
+use crate::proxy::pool::EndpointPool;
+
+/// Number of gRPC status codes (0 OK ..= 16 UNAUTHENTICATED).
+pub const GRPC_CODES: usize = 17;
+/// gRPC status UNAVAILABLE.
+pub const UNAVAILABLE: u16 = 14;
+
+/// How a call on an endpoint ended, as far as the balancer cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call ended with this gRPC status (0 = OK). A response without
+    /// `grpc-status` counts as OK when its HTTP status is 2xx.
+    Status(u16),
+    /// The stream was reset (by either side) or the connection broke after the
+    /// request went out.
+    Reset,
+    /// The endpoint could not be reached (connect refused or timed out).
+    ConnectFailed,
+    /// The endpoint refused the call before handling it (REFUSED_STREAM,
+    /// GOAWAY above its id): it was retried elsewhere.
+    Refused,
+}
+
+/// Peak-EWMA of response latency (time to response headers), decaying
+/// towards zero while no sample arrives, as Linkerd's and tower's do.
+#[derive(Debug)]
+struct Ewma {
+    ns: f64,
+    at: Instant,
+}
+
+/// One endpoint of one service. Kept across reloads as long as the service
+/// keeps an endpoint with this address.
+#[derive(Debug)]
+pub struct EndpointRt {
+    pub address: SocketAddr,
+    opts: Arc<BalanceOptions>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    calls: AtomicU64,
+    statuses: [AtomicU64; GRPC_CODES],
+    other_status: AtomicU64,
+    resets: AtomicU64,
+    connect_failures: AtomicU64,
+    refused: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// Nanoseconds since `epoch` until which the endpoint is ejected; 0: never.
+    ejected_until: AtomicU64,
+    epoch: Instant,
+    ewma: Mutex<Ewma>,
+    /// Pooled HTTP/2 connections to this endpoint.
+    pub(crate) pool: EndpointPool,
+}
+
+impl EndpointRt {
+    pub(crate) fn new(address: SocketAddr, opts: Arc<BalanceOptions>, epoch: Instant) -> Self {
+        let default_ns = opts.default_rtt.as_nanos() as f64;
+        EndpointRt {
+            address,
+            opts,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            statuses: Default::default(),
+            other_status: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            epoch,
+            ewma: Mutex::new(Ewma { ns: default_ns, at: Instant::now() }),
+            pool: EndpointPool::new(address),
+        }
+    }
+
+    pub(crate) fn set_draining(&self, draining: bool) {
+        if self.draining.load(Relaxed) != draining {
+            self.draining.store(draining, Relaxed);
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    fn now_ns(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Relaxed);
+        until != 0 && self.now_ns() < until
+    }
+
+    /// May this endpoint take a new call?
+    pub fn is_available(&self) -> bool {
+        !self.is_draining() && !self.is_ejected()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Peak-EWMA cost: decayed latency estimate times (in-flight + 1).
+    pub fn ewma_cost(&self) -> f64 {
+        let rtt = self.ewma_ns();
+        rtt * (self.in_flight() as f64 + 1.0)
+    }
+
+    /// The latency estimate, decayed to now.
+    pub fn ewma_ns(&self) -> f64 {
+        let now = Instant::now();
+        let Ok(mut e) = self.ewma.lock() else { return 0.0 };
+        let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
+        if elapsed > 0.0 {
+            let tau = self.opts.ewma_decay.as_secs_f64().max(1e-3);
+            e.ns *= (-elapsed / tau).exp();
+            e.at = now;
+        }
+        e.ns
+    }
+
+    fn observe_rtt(&self, rtt: Duration) {
+        let sample = rtt.as_nanos() as f64;
+        let now = Instant::now();
+        let Ok(mut e) = self.ewma.lock() else { return };
+        if sample > e.ns {
+            // Peak: a slow response raises the estimate at once.
+            e.ns = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
+            let tau = self.opts.ewma_decay.as_secs_f64().max(1e-3);
+            let w = (-elapsed / tau).exp();
+            e.ns = e.ns * w + sample * (1.0 - w);
+        }
+        e.at = now;
+    }
+
+    /// Starts a call on this endpoint: counts it in flight until the guard is
+    /// finished or dropped.
+    pub fn start_call(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Relaxed);
+        CallGuard { ep: Arc::clone(self), started: Instant::now(), finished: false }
+    }
+
+    /// Starts a plain TCP connection on this endpoint (counted in flight).
+    pub fn start_connection(self: &Arc<Self>) -> CallGuard {
+        self.start_call()
+    }
+
+    fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Status(code) => {
+                self.calls.fetch_add(1, Relaxed);
+                match self.statuses.get(usize::from(code)) {
+                    Some(c) => c.fetch_add(1, Relaxed),
+                    None => self.other_status.fetch_add(1, Relaxed),
+                };
+                if code == UNAVAILABLE {
+                    self.failure();
+                } else {
+                    self.success();
+                }
+            }
+            Outcome::Reset => {
+                self.calls.fetch_add(1, Relaxed);
+                self.resets.fetch_add(1, Relaxed);
+            }
+            Outcome::ConnectFailed => {
+                self.connect_failures.fetch_add(1, Relaxed);
+                self.failure();
+            }
+            Outcome::Refused => {
+                self.refused.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.ejections.load(Relaxed) != 0 && !self.is_ejected() {
+            self.ejections.store(0, Relaxed);
+        }
+    }
+
+    /// Passive outlier detection: N consecutive failures eject the endpoint
+    /// for `base_ejection × ejections` (capped), after which it takes calls
+    /// again; a success afterwards resets the multiplier.
+    fn failure(&self) {
+        let threshold = self.opts.consecutive_failures;
+        if threshold == 0 {
+            return;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if n < threshold {
+            return;
+        }
+        if self
+            .consecutive_failures
+            .compare_exchange(n, 0, Relaxed, Relaxed)
+            .is_err()
+        {
+            return; // someone else ejected it
+        }
+        let k = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        let backoff = self.opts.base_ejection.saturating_mul(k).min(self.opts.max_ejection);
+        let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
+        self.ejected_until.store(until, Relaxed);
+        tracing::warn!(endpoint = %self.address, ejection = k, backoff_ms = backoff.as_millis() as u64,
+            "endpoint ejected after {n} consecutive failures");
+    }
+
+    pub fn snapshot(&self) -> EndpointSnapshot {
+        let mut errors = std::collections::BTreeMap::new();
+        for (code, c) in self.statuses.iter().enumerate().skip(1) {
+            let v = c.load(Relaxed);
+            if v != 0 {
+                errors.insert(code.to_string(), v);
+            }
+        }
+        let other = self.other_status.load(Relaxed);
+        if other != 0 {
+            errors.insert("other".into(), other);
+        }
+        let until = self.ejected_until.load(Relaxed);
+        let now = self.now_ns();
+        EndpointSnapshot {
+            address: self.address,
+            draining: self.is_draining(),
+            ejected: until != 0 && now < until,
+            ejected_for_ms: if until > now { (until - now) / 1_000_000 } else { 0 },
+            ejections: self.ejections.load(Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            in_flight: self.in_flight(),
+            calls: self.calls.load(Relaxed),
+            ok: self.statuses[0].load(Relaxed),
+            errors,
+            resets: self.resets.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            ewma_ms: self.ewma_ns() / 1e6,
+            upstream_connections: self.pool.open_connections(),
+        }
+    }
+}
+
+/// Per-endpoint statistics for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointSnapshot {
+    pub address: SocketAddr,
+    pub draining: bool,
+    pub ejected: bool,
+    pub ejected_for_ms: u64,
+    pub ejections: u32,
+    pub consecutive_failures: u32,
+    pub in_flight: usize,
+    /// Calls that reached the endpoint and ended (any status or reset).
+    pub calls: u64,
+    pub ok: u64,
+    /// Calls by non-OK gRPC status code.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub resets: u64,
+    pub connect_failures: u64,
+    /// Calls the endpoint refused (REFUSED_STREAM, GOAWAY): retried elsewhere.
+    pub refused: u64,
+    pub ewma_ms: f64,
+    pub upstream_connections: usize,
+}
+
+/// Holds one call (or TCP connection) in flight on an endpoint.
+#[derive(Debug)]
+pub struct CallGuard {
+    ep: Arc<EndpointRt>,
+    started: Instant,
+    finished: bool,
+}
+
+impl CallGuard {
+    pub fn endpoint(&self) -> &Arc<EndpointRt> {
+        &self.ep
+    }
+
+    /// Response headers arrived: a latency sample for the EWMA.
+    pub fn first_byte(&self) {
+        self.ep.observe_rtt(self.started.elapsed());
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        self.ep.record(outcome);
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.ep.in_flight.fetch_sub(1, Relaxed);
+        if !self.finished {
+            self.ep.record(Outcome::Reset);
+        }
+    }
+}

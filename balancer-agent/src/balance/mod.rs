@@ -1,0 +1,362 @@
+//! Per-call balancing: which endpoint takes each gRPC call.
+//!
+//! A [`Table`] is built from a [`Model`] and updated in place at reload: each
+//! service has a [`ServiceSlot`] whose current [`ServiceState`] (policy,
+//! endpoints, compiled routes) is swapped atomically, so new weights apply to
+//! the next call while the runtime state of endpoints that stay (in-flight
+//! calls, latency EWMA, ejection, statistics, pooled connections) is kept.
+//!
+//! Policies are implemented here rather than with `tower::balance`: tower's
+//! balancer is a `Service` that owns its endpoints behind `poll_ready`, while
+//! a call here must pick within a route's label-selected subset, skip ejected
+//! and draining endpoints and endpoints the call already tried, and share the
+//! endpoint state across routes. The algorithms are the same (P2C; peak-EWMA
+//! with decay, cost = latency × (in-flight + 1)).
+
+pub mod endpoint;
+pub mod pick;
+pub mod route;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{sync::watch, time::Instant};
+
+pub use endpoint::{CallGuard, EndpointRt, EndpointSnapshot, Outcome};
+pub use route::CallMeta;
+
+use crate::model::{EndpointState, Model, Policy, Service};
+use pick::Tried;
+use route::{CompiledRoute, Subset};
+
+/// Tunables of outlier detection and peak-EWMA.
+#[derive(Debug, Clone)]
+pub struct BalanceOptions {
+    /// Consecutive failures (connect failures, UNAVAILABLE) that eject an
+    /// endpoint; 0 disables ejection.
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; the n-th, n times as long.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Time constant of the latency EWMA.
+    pub ewma_decay: Duration,
+    /// Latency assumed for an endpoint with no sample yet.
+    pub default_rtt: Duration,
+}
+
+impl Default for BalanceOptions {
+    fn default() -> Self {
+        BalanceOptions {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            ewma_decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(1),
+        }
+    }
+}
+
+/// The immutable part of a service at one model version.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub policy: Policy,
+    pub vips: Vec<SocketAddr>,
+    pub endpoints: Vec<Arc<EndpointRt>>,
+    all: Subset,
+    routes: Vec<CompiledRoute>,
+}
+
+impl ServiceState {
+    fn build(svc: &Service, old: Option<&ServiceState>, opts: &Arc<BalanceOptions>, epoch: Instant) -> Self {
+        let endpoints: Vec<Arc<EndpointRt>> = svc
+            .endpoints
+            .iter()
+            .map(|e| {
+                let rt = old
+                    .and_then(|o| o.endpoints.iter().find(|x| x.address == e.address))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointRt::new(e.address, Arc::clone(opts), epoch)));
+                rt.set_draining(e.state == EndpointState::Draining);
+                rt
+            })
+            .collect();
+        let routes = svc
+            .routes
+            .iter()
+            .map(|r| CompiledRoute::compile(r, &svc.endpoints))
+            .collect();
+        ServiceState {
+            policy: svc.policy,
+            vips: svc.vips.clone(),
+            all: Subset::new((0..endpoints.len()).collect()),
+            endpoints,
+            routes,
+        }
+    }
+
+    /// The endpoint for a call: the first matching route's weighted backend
+    /// (falling back to its other weighted backends when that subset has no
+    /// available endpoint), or any endpoint when no route matches.
+    pub fn pick(&self, call: &CallMeta<'_>, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
+        match self.routes.iter().find(|r| r.is_match(call)) {
+            None => pick::pick(self.policy, &self.all, &self.endpoints, tried),
+            Some(route) => {
+                let b = route.next_backend();
+                if let Some((subset, _)) = route.backends.get(b) {
+                    if let Some(ep) = pick::pick(self.policy, subset, &self.endpoints, tried) {
+                        return Some(ep);
+                    }
+                }
+                route
+                    .backends
+                    .iter()
+                    .filter(|(_, w)| *w > 0)
+                    .find_map(|(s, _)| pick::pick(self.policy, s, &self.endpoints, tried))
+            }
+        }
+    }
+
+    /// The endpoint for a plain TCP connection (no call to route on).
+    pub fn pick_connection(&self, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
+        pick::pick(self.policy, &self.all, &self.endpoints, tried)
+    }
+}
+
+/// One service by name, for as long as the model has it.
+#[derive(Debug)]
+pub struct ServiceSlot {
+    name: Arc<str>,
+    state: RwLock<Option<Arc<ServiceState>>>,
+    removed: watch::Sender<bool>,
+    calls: AtomicU64,
+    retries: AtomicU64,
+    no_endpoint: AtomicU64,
+    tcp_connections: AtomicU64,
+}
+
+impl ServiceSlot {
+    fn new(name: &str) -> Self {
+        ServiceSlot {
+            name: name.into(),
+            state: RwLock::new(None),
+            removed: watch::Sender::new(false),
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            no_endpoint: AtomicU64::new(0),
+            tcp_connections: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state, or `None` once the service left the model.
+    pub fn state(&self) -> Option<Arc<ServiceState>> {
+        self.state.read().ok().and_then(|s| s.clone())
+    }
+
+    fn set_state(&self, st: Option<Arc<ServiceState>>) {
+        if let Ok(mut s) = self.state.write() {
+            *s = st;
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        *self.removed.borrow()
+    }
+
+    /// Resolves when the service leaves the model.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub fn count_call(&self) {
+        self.calls.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_no_endpoint(&self) {
+        self.no_endpoint.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_tcp_connection(&self) {
+        self.tcp_connections.fetch_add(1, Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    by_name: HashMap<Arc<str>, Arc<ServiceSlot>>,
+    by_vip: HashMap<SocketAddr, Arc<ServiceSlot>>,
+}
+
+/// The runtime balancing state of every service.
+#[derive(Debug)]
+pub struct Table {
+    index: RwLock<Arc<Index>>,
+    opts: Arc<BalanceOptions>,
+    epoch: Instant,
+    update_lock: Mutex<()>,
+}
+
+impl Table {
+    pub fn new(model: &Model) -> Arc<Table> {
+        Table::with_options(model, BalanceOptions::default())
+    }
+
+    pub fn with_options(model: &Model, opts: BalanceOptions) -> Arc<Table> {
+        let t = Table {
+            index: RwLock::new(Arc::new(Index::default())),
+            opts: Arc::new(opts),
+            epoch: Instant::now(),
+            update_lock: Mutex::new(()),
+        };
+        t.update(model);
+        Arc::new(t)
+    }
+
+    fn index(&self) -> Arc<Index> {
+        match self.index.read() {
+            Ok(i) => Arc::clone(&i),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Applies a new model: new weights and routes take effect for the next
+    /// call; endpoints that stay keep their state and connections; services
+    /// that left are marked removed (their listeners stop, their remaining
+    /// connections get `UNAVAILABLE` for new calls).
+    pub fn update(&self, model: &Model) {
+        let _serialized = self.update_lock.lock();
+        let old = self.index();
+        let mut next = Index::default();
+        for svc in &model.services {
+            let slot = old
+                .by_name
+                .get(svc.name.as_str())
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ServiceSlot::new(&svc.name)));
+            let prev = slot.state();
+            let st = ServiceState::build(svc, prev.as_deref(), &self.opts, self.epoch);
+            slot.set_state(Some(Arc::new(st)));
+            for vip in &svc.vips {
+                next.by_vip.insert(*vip, Arc::clone(&slot));
+            }
+            next.by_name.insert(Arc::clone(&slot.name), slot);
+        }
+        for (name, slot) in &old.by_name {
+            if !next.by_name.contains_key(name) {
+                slot.set_state(None);
+                slot.removed.send_replace(true);
+            }
+        }
+        match self.index.write() {
+            Ok(mut i) => *i = Arc::new(next),
+            Err(p) => *p.into_inner() = Arc::new(next),
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceSlot>> {
+        self.index().by_name.get(name).cloned()
+    }
+
+    pub fn service_by_vip(&self, vip: SocketAddr) -> Option<Arc<ServiceSlot>> {
+        self.index().by_vip.get(&vip).cloned()
+    }
+
+    /// Statistics of every service and endpoint, for the admin API.
+    pub fn snapshot(&self) -> TableSnapshot {
+        let index = self.index();
+        let mut services: Vec<ServiceSnapshot> = index
+            .by_name
+            .values()
+            .filter_map(|slot| {
+                let st = slot.state()?;
+                let endpoints: Vec<EndpointSnapshot> = st.endpoints.iter().map(|e| e.snapshot()).collect();
+                Some(ServiceSnapshot {
+                    name: slot.name.to_string(),
+                    policy: st.policy,
+                    vips: st.vips.clone(),
+                    calls: slot.calls.load(Relaxed),
+                    retries: slot.retries.load(Relaxed),
+                    no_endpoint: slot.no_endpoint.load(Relaxed),
+                    tcp_connections: slot.tcp_connections.load(Relaxed),
+                    in_flight: endpoints.iter().map(|e| e.in_flight).sum(),
+                    routes: st
+                        .routes
+                        .iter()
+                        .map(|r| RouteSnapshot {
+                            name: r.name.clone(),
+                            backends: r
+                                .backends
+                                .iter()
+                                .map(|(s, w)| BackendSnapshot {
+                                    weight: *w,
+                                    endpoints: s
+                                        .members
+                                        .iter()
+                                        .filter_map(|i| st.endpoints.get(*i).map(|e| e.address))
+                                        .collect(),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    endpoints,
+                })
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        TableSnapshot { services }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSnapshot {
+    pub services: Vec<ServiceSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceSnapshot {
+    pub name: String,
+    pub policy: Policy,
+    pub vips: Vec<SocketAddr>,
+    /// Calls received for this service.
+    pub calls: u64,
+    /// Attempts retried on another endpoint (or connection).
+    pub retries: u64,
+    /// Calls answered UNAVAILABLE because no endpoint could take them.
+    pub no_endpoint: u64,
+    /// Connections proxied as plain TCP (not HTTP/2).
+    pub tcp_connections: u64,
+    pub in_flight: usize,
+    pub routes: Vec<RouteSnapshot>,
+    pub endpoints: Vec<EndpointSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteSnapshot {
+    pub name: Option<String>,
+    pub backends: Vec<BackendSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendSnapshot {
+    pub weight: u32,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+//! Routes compiled from the model: matching a call on its gRPC service,
+//! method and headers, and the weighted split between backend subsets.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use http::{HeaderMap, HeaderName};
+
+use super::pick::rand_u64;
+use crate::model::{self, StringMatch};
+
+/// What a route looks at in a call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallMeta<'a> {
+    /// gRPC service from `:path` (`/pkg.Service/Method` → `pkg.Service`).
+    pub service: &'a str,
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> CallMeta<'a> {
+    pub fn from_path(path: &'a str, headers: &'a HeaderMap) -> Self {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
+        let (service, method) = match trimmed.split_once('/') {
+            Some((s, m)) => (s, m),
+            None => (trimmed, ""),
+        };
+        CallMeta { service, method, headers }
+    }
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Regex(regex::Regex),
+    Never,
+}
+
+impl Matcher {
+    /// Regular expressions match the whole value. The model was validated,
+    /// so a pattern that fails to compile here cannot happen; if it did, the
+    /// matcher matches nothing rather than everything.
+    fn compile(m: &StringMatch) -> Matcher {
+        match m {
+            StringMatch::Exact(s) => Matcher::Exact(s.clone()),
+            StringMatch::RegularExpression(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
+                Ok(re) => Matcher::Regex(re),
+                Err(e) => {
+                    tracing::error!(pattern = %p, error = %e, "route regex does not compile; it matches nothing");
+                    Matcher::Never
+                }
+            },
+        }
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match self {
+            Matcher::Exact(s) => s == v,
+            Matcher::Regex(re) => re.is_match(v),
+            Matcher::Never => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CompiledMatch {
+    service: Option<Matcher>,
+    method: Option<Matcher>,
+    headers: Vec<(Option<HeaderName>, Matcher)>,
+}
+
+impl CompiledMatch {
+    fn is_match(&self, call: &CallMeta<'_>) -> bool {
+        if let Some(m) = &self.service {
+            if !m.is_match(call.service) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.method {
+            if !m.is_match(call.method) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, m)| {
+            let Some(name) = name else { return false };
+            call.headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().map(|v| m.is_match(v)).unwrap_or(false))
+        })
+    }
+}
+
+/// A subset of a service's endpoints (indices into its endpoint list) with
+/// its own round-robin cursor.
+#[derive(Debug, Default)]
+pub struct Subset {
+    pub(crate) members: Vec<usize>,
+    pub(crate) cursor: AtomicUsize,
+}
+
+impl Subset {
+    pub fn new(members: Vec<usize>) -> Self {
+        Subset { members, cursor: AtomicUsize::new(0) }
+    }
+}
+
+/// How a route's calls are divided among its backends.
+#[derive(Debug)]
+enum Split {
+    /// One backend with weight.
+    Single(usize),
+    /// A smooth weighted round-robin schedule (weights reduced by their gcd
+    /// and small enough): exact shares, interleaved.
+    Schedule { order: Vec<u16>, cursor: AtomicUsize },
+    /// Weighted random over cumulative weights (huge weight sums).
+    Random { cumulative: Vec<(u64, usize)>, total: u64 },
+}
+
+const MAX_SCHEDULE: u64 = 4096;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Split {
+    fn new(weights: &[u32]) -> Split {
+        let live: Vec<(usize, u64)> = weights
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w > 0)
+            .map(|(i, w)| (i, u64::from(*w)))
+            .collect();
+        if live.len() <= 1 {
+            return Split::Single(live.first().map(|(i, _)| *i).unwrap_or(0));
+        }
+        let g = live.iter().fold(0, |g, (_, w)| gcd(g, *w));
+        let reduced: Vec<(usize, u64)> = live.iter().map(|(i, w)| (*i, w / g.max(1))).collect();
+        let total: u64 = reduced.iter().map(|(_, w)| w).sum();
+        if total <= MAX_SCHEDULE && weights.len() <= usize::from(u16::MAX) {
+            // nginx's smooth weighted round-robin, unrolled once.
+            let mut current = vec![0i64; reduced.len()];
+            let mut order = Vec::with_capacity(total as usize);
+            for _ in 0..total {
+                let mut best = 0;
+                for (k, (_, w)) in reduced.iter().enumerate() {
+                    current[k] += *w as i64;
+                    if current[k] > current[best] {
+                        best = k;
+                    }
+                }
+                current[best] -= total as i64;
+                order.push(reduced[best].0 as u16);
+            }
+            Split::Schedule { order, cursor: AtomicUsize::new(0) }
+        } else {
+            let mut acc = 0;
+            let cumulative = live
+                .iter()
+                .map(|(i, w)| {
+                    acc += w;
+                    (acc, *i)
+                })
+                .collect();
+            Split::Random { cumulative, total: acc }
+        }
+    }
+
+    fn next(&self) -> usize {
+        match self {
+            Split::Single(i) => *i,
+            Split::Schedule { order, cursor } => {
+                let n = cursor.fetch_add(1, Relaxed);
+                usize::from(order[n % order.len()])
+            }
+            Split::Random { cumulative, total } => {
+                let r = rand_u64() % total.max(&1);
+                cumulative
+                    .iter()
+                    .find(|(c, _)| r < *c)
+                    .or(cumulative.last())
+                    .map(|(_, i)| *i)
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// A compiled route: its matches and its weighted backend subsets.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: Option<String>,
+    matches: Vec<CompiledMatch>,
+    pub(crate) backends: Vec<(Subset, u32)>,
+    split: Split,
+}
+
+impl CompiledRoute {
+    /// `endpoints` are the service's endpoints, in the order the indices of
+    /// subsets refer to.
+    pub fn compile(route: &model::Route, endpoints: &[model::Endpoint]) -> Self {
+        let matches = route
+            .matches
+            .iter()
+            .map(|m| CompiledMatch {
+                service: m.service.as_ref().map(Matcher::compile),
+                method: m.method.as_ref().map(Matcher::compile),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| (HeaderName::from_bytes(h.name.as_bytes()).ok(), Matcher::compile(&h.value)))
+                    .collect(),
+            })
+            .collect();
+        let backends: Vec<(Subset, u32)> = route
+            .backends
+            .iter()
+            .map(|b| {
+                let members = endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ep)| b.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+                    .map(|(i, _)| i)
+                    .collect();
+                (Subset::new(members), b.weight)
+            })
+            .collect();
+        let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();
+        CompiledRoute { name: route.name.clone(), matches, backends, split: Split::new(&weights) }
+    }
+
+    /// An empty match list matches every call; otherwise any one match.
+    pub fn is_match(&self, call: &CallMeta<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.is_match(call))
+    }
+
+    /// The backend for the next call, by weight.
+    pub fn next_backend(&self) -> usize {
+        self.split.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_splits_exactly_and_interleaves() {
+        let s = Split::new(&[90, 10]);
+        let mut counts = [0usize; 2];
+        let picks: Vec<usize> = (0..10_000).map(|_| s.next()).collect();
+        for p in &picks {
+            counts[*p] += 1;
+        }
+        assert_eq!(counts, [9000, 1000]);
+        // Interleaved: never more than 9 v1 calls in a row for 90:10.
+        let longest = picks.split(|p| *p == 1).map(|run| run.len()).max().unwrap_or(0);
+        assert!(longest <= 9, "longest run {longest}");
+    }
+
+    #[test]
+    fn zero_weights_get_nothing() {
+        let s = Split::new(&[0, 100]);
+        assert!((0..1000).all(|_| s.next() == 1));
+        let s = Split::new(&[3, 0, 1]);
+        let n0 = (0..4000).filter(|_| s.next() == 0).count();
+        assert_eq!(n0, 3000);
+    }
+
+    #[test]
+    fn huge_weights_use_random_within_two_percent() {
+        let s = Split::new(&[700_001, 300_000]);
+        assert!(matches!(s, Split::Random { .. }));
+        let n0 = (0..10_000).filter(|_| s.next() == 0).count();
+        assert!((6800..=7200).contains(&n0), "{n0}");
+    }
+
+    #[test]
+    fn call_meta_splits_the_path() {
+        let h = HeaderMap::new();
+        let c = CallMeta::from_path("/helloworld.Greeter/SayHello", &h);
+        assert_eq!((c.service, c.method), ("helloworld.Greeter", "SayHello"));
+        let c = CallMeta::from_path("/odd", &h);
+        assert_eq!((c.service, c.method), ("odd", ""));
+    }
+}

@@ -1,0 +1,345 @@
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use http::HeaderMap;
+
+use super::*;
+use crate::model::{Backend, Endpoint, HeaderMatch, Labels, Route, RouteMatch, StringMatch};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn labels(version: &str) -> Labels {
+    [("version".to_string(), version.to_string())].into_iter().collect()
+}
+
+fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Service {
+    Service {
+        name: "greeter".into(),
+        vips: vec!["10.96.0.10:8000".parse().unwrap()],
+        listen: None,
+        policy,
+        endpoints,
+        routes,
+    }
+}
+
+fn three(policy: Policy) -> Model {
+    Model {
+        services: vec![service(
+            policy,
+            vec![
+                Endpoint::ready(addr(1), labels("v1")),
+                Endpoint::ready(addr(2), labels("v1")),
+                Endpoint::ready(addr(3), labels("v2")),
+            ],
+            vec![],
+        )],
+        enrolled: vec![],
+    }
+}
+
+fn split(v1: u32, v2: u32) -> Route {
+    Route {
+        name: Some("split".into()),
+        matches: vec![RouteMatch {
+            service: Some(StringMatch::Exact("helloworld.Greeter".into())),
+            method: Some(StringMatch::Exact("SayHello".into())),
+            headers: vec![],
+        }],
+        backends: vec![
+            Backend { labels: labels("v1"), weight: v1 },
+            Backend { labels: labels("v2"), weight: v2 },
+        ],
+    }
+}
+
+fn count(table: &Table, path: &str, headers: &HeaderMap, n: usize) -> HashMap<u16, usize> {
+    let slot = table.service("greeter").expect("service");
+    let st = slot.state().expect("state");
+    let meta = CallMeta::from_path(path, headers);
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        if let Some(ep) = st.pick(&meta, &[]) {
+            *m.entry(ep.address.port()).or_default() += 1;
+        }
+    }
+    m
+}
+
+const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+#[test]
+fn round_robin_spreads_evenly() {
+    let t = Table::new(&three(Policy::RoundRobin));
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 3000);
+    assert_eq!(c[&1], 1000);
+    assert_eq!(c[&2], 1000);
+    assert_eq!(c[&3], 1000);
+}
+
+#[test]
+fn weighted_split_within_two_percent_over_10k_calls() {
+    let mut m = three(Policy::RoundRobin);
+    m.services[0].routes = vec![split(90, 10)];
+    let t = Table::new(&m);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
+    let v1 = c.get(&1).copied().unwrap_or(0) + c.get(&2).copied().unwrap_or(0);
+    let v2 = c.get(&3).copied().unwrap_or(0);
+    assert!((8800..=9200).contains(&v1), "v1 got {v1}");
+    assert!((800..=1200).contains(&v2), "v2 got {v2}");
+    // Within the v1 subset, round-robin still spreads.
+    assert!(c[&1].abs_diff(c[&2]) <= 1, "{c:?}");
+
+    // Odd weights with every policy.
+    for policy in [Policy::RoundRobin, Policy::LeastRequest, Policy::PeakEwma] {
+        let mut m = three(policy);
+        m.services[0].routes = vec![split(37, 63)];
+        let t = Table::new(&m);
+        let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
+        let v2 = c.get(&3).copied().unwrap_or(0);
+        assert!((6100..=6500).contains(&v2), "{policy}: v2 got {v2}");
+    }
+}
+
+#[test]
+fn reload_changes_weights_at_once_and_keeps_endpoint_state() {
+    let mut m = three(Policy::RoundRobin);
+    m.services[0].routes = vec![split(50, 50)];
+    let t = Table::new(&m);
+    let before = t.service("greeter").unwrap().state().unwrap();
+    let held = before.endpoints[2].start_call();
+    before.endpoints[0].start_call().finish(Outcome::Status(0));
+
+    m.services[0].routes = vec![split(0, 100)];
+    t.update(&m);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 1000);
+    assert_eq!(c.get(&3).copied(), Some(1000), "{c:?}");
+
+    let after = t.service("greeter").unwrap().state().unwrap();
+    assert!(Arc::ptr_eq(&before.endpoints[2], &after.endpoints[2]), "endpoint state kept");
+    assert_eq!(after.endpoints[2].in_flight(), 1);
+    assert_eq!(after.endpoints[0].snapshot().calls, 1);
+    drop(held);
+    assert_eq!(after.endpoints[2].in_flight(), 0);
+}
+
+#[test]
+fn routes_match_service_method_and_headers_first_match_wins() {
+    let mut m = three(Policy::RoundRobin);
+    let to = |v: &str| vec![Backend { labels: labels(v), weight: 1 }];
+    m.services[0].routes = vec![
+        Route {
+            name: Some("canary-header".into()),
+            matches: vec![RouteMatch {
+                service: None,
+                method: None,
+                headers: vec![HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("yes".into()) }],
+            }],
+            backends: to("v2"),
+        },
+        Route {
+            name: Some("say-regex".into()),
+            matches: vec![RouteMatch {
+                service: Some(StringMatch::RegularExpression(r"helloworld\..*".into())),
+                method: Some(StringMatch::RegularExpression("Say.*".into())),
+                headers: vec![],
+            }],
+            backends: to("v1"),
+        },
+    ];
+    let t = Table::new(&m);
+    let mut canary = HeaderMap::new();
+    canary.insert("x-canary", "yes".parse().unwrap());
+    let c = count(&t, SAY_HELLO, &canary, 100);
+    assert_eq!(c.get(&3).copied(), Some(100), "header route first: {c:?}");
+
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!(c.get(&3), None, "regex route to v1: {c:?}");
+    assert_eq!(c[&1] + c[&2], 100);
+
+    // The regex matches the whole value.
+    let c = count(&t, "/helloworld.Greeter/ISayHello", &HeaderMap::new(), 99);
+    assert_eq!(c.len(), 3, "no route: all endpoints: {c:?}");
+    let c = count(&t, "/other.Service/SayHello", &HeaderMap::new(), 99);
+    assert_eq!(c.len(), 3, "no route: all endpoints: {c:?}");
+
+    canary.insert("x-canary", "no".parse().unwrap());
+    let c = count(&t, "/x.Y/Z", &canary, 90);
+    assert_eq!(c.len(), 3, "header value differs: {c:?}");
+}
+
+#[test]
+fn draining_endpoints_get_no_new_calls() {
+    let mut m = three(Policy::RoundRobin);
+    m.services[0].endpoints[1].state = EndpointState::Draining;
+    let t = Table::new(&m);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 300);
+    assert_eq!(c.get(&2), None, "{c:?}");
+    assert_eq!(c[&1] + c[&3], 300);
+    for p in [Policy::LeastRequest, Policy::PeakEwma] {
+        let mut m = three(p);
+        m.services[0].endpoints[1].state = EndpointState::Draining;
+        let t = Table::new(&m);
+        assert_eq!(count(&t, SAY_HELLO, &HeaderMap::new(), 300).get(&2), None);
+    }
+}
+
+#[test]
+fn split_subset_without_available_endpoint_falls_back_to_the_others() {
+    let mut m = three(Policy::RoundRobin);
+    m.services[0].routes = vec![split(50, 50)];
+    m.services[0].endpoints[2].state = EndpointState::Draining;
+    let t = Table::new(&m);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!(c.get(&3), None);
+    assert_eq!(c[&1] + c[&2], 100);
+}
+
+#[test]
+fn least_request_prefers_fewer_in_flight() {
+    let mut m = three(Policy::LeastRequest);
+    m.services[0].endpoints.truncate(2);
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let _held: Vec<_> = (0..5).map(|_| st.endpoints[0].start_call()).collect();
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 200);
+    assert_eq!(c.get(&2).copied(), Some(200), "{c:?}");
+
+    // With three endpoints, the loaded one is picked only when both random
+    // choices... cannot both be it: it is never picked.
+    let t = Table::new(&three(Policy::LeastRequest));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let _held: Vec<_> = (0..5).map(|_| st.endpoints[0].start_call()).collect();
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 300);
+    assert_eq!(c.get(&1), None, "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_avoids_the_slow_endpoint_and_forgives_it_later() {
+    let mut m = three(Policy::PeakEwma);
+    m.services[0].endpoints.truncate(2);
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    // One slow response on endpoint 1, fast ones on endpoint 2.
+    let slow = st.endpoints[0].start_call();
+    let fast = st.endpoints[1].start_call();
+    tokio::time::advance(Duration::from_millis(2)).await;
+    fast.first_byte();
+    fast.finish(Outcome::Status(0));
+    tokio::time::advance(Duration::from_millis(200)).await;
+    slow.first_byte();
+    slow.finish(Outcome::Status(0));
+    assert!(st.endpoints[0].ewma_ns() > 100e6);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!(c.get(&2).copied(), Some(100), "{c:?}");
+
+    // The estimate decays towards zero without samples.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(st.endpoints[0].ewma_ns() < 1e6, "{}", st.endpoints[0].ewma_ns());
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_ejection_and_backoff() {
+    let t = Table::new(&three(Policy::RoundRobin));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let bad = &st.endpoints[0];
+    for _ in 0..4 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
+    assert!(bad.is_available(), "four failures do not eject");
+    bad.start_call().finish(Outcome::Status(14));
+    assert!(!bad.is_available(), "the fifth does");
+    assert!(bad.snapshot().ejected);
+    assert_eq!(count(&t, SAY_HELLO, &HeaderMap::new(), 100).get(&1), None);
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(bad.is_ejected());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(bad.is_available(), "back after the base ejection time");
+    assert!(count(&t, SAY_HELLO, &HeaderMap::new(), 99).get(&1).is_some());
+
+    // Failing again right away: the second ejection lasts twice as long.
+    for _ in 0..5 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
+    tokio::time::advance(Duration::from_secs(15)).await;
+    assert!(bad.is_ejected(), "second ejection is 20 s");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(bad.is_available());
+
+    // A success in between resets the consecutive count.
+    for _ in 0..4 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
+    bad.start_call().finish(Outcome::Status(0));
+    bad.start_call().finish(Outcome::ConnectFailed);
+    assert!(bad.is_available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_ejected_means_no_endpoint() {
+    let t = Table::new(&three(Policy::LeastRequest));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    for ep in &st.endpoints {
+        for _ in 0..5 {
+            ep.start_call().finish(Outcome::ConnectFailed);
+        }
+    }
+    let h = HeaderMap::new();
+    assert!(st.pick(&CallMeta::from_path(SAY_HELLO, &h), &[]).is_none());
+    assert!(st.pick_connection(&[]).is_none());
+}
+
+#[test]
+fn tried_endpoints_are_skipped() {
+    let t = Table::new(&three(Policy::RoundRobin));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let h = HeaderMap::new();
+    let meta = CallMeta::from_path(SAY_HELLO, &h);
+    let tried: Vec<usize> = st.endpoints[..2].iter().map(pick::identity).collect();
+    for _ in 0..10 {
+        assert_eq!(st.pick(&meta, &tried).unwrap().address, addr(3));
+    }
+    let all: Vec<usize> = st.endpoints.iter().map(pick::identity).collect();
+    assert!(st.pick(&meta, &all).is_none());
+}
+
+#[tokio::test]
+async fn removed_services_are_signalled_and_vips_resolve() {
+    let m = three(Policy::RoundRobin);
+    let t = Table::new(&m);
+    let slot = t.service_by_vip("10.96.0.10:8000".parse().unwrap()).expect("by vip");
+    assert_eq!(slot.name(), "greeter");
+    assert!(t.service_by_vip("10.96.0.11:8000".parse().unwrap()).is_none());
+    let waiter = tokio::spawn({
+        let slot = Arc::clone(&slot);
+        async move { slot.removed().await }
+    });
+    t.update(&Model::default());
+    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert!(slot.is_removed());
+    assert!(slot.state().is_none());
+    assert!(t.service("greeter").is_none());
+}
+
+#[test]
+fn snapshot_shows_stats_and_serializes() {
+    let t = Table::new(&three(Policy::PeakEwma));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    st.endpoints[0].start_call().finish(Outcome::Status(0));
+    st.endpoints[0].start_call().finish(Outcome::Status(5));
+    st.endpoints[1].start_call().finish(Outcome::ConnectFailed);
+    let _held = st.endpoints[2].start_call();
+    let s = t.snapshot();
+    let svc = &s.services[0];
+    assert_eq!(svc.name, "greeter");
+    assert_eq!(svc.in_flight, 1);
+    let e0 = &svc.endpoints[0];
+    assert_eq!((e0.calls, e0.ok), (2, 1));
+    assert_eq!(e0.errors.get("5"), Some(&1));
+    assert_eq!(svc.endpoints[1].connect_failures, 1);
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(json.contains("\"policy\":\"peak-ewma\""), "{json}");
+    assert!(json.contains("\"upstream_connections\":0"), "{json}");
+}

@@ -1,0 +1,280 @@
+//! One call (one client stream): pick an endpoint, send the request,
+//! retry what the endpoint never handled, then forward the response, with
+//! cancellation both ways and the call's `grpc-timeout` enforced.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use h2::{server::SendResponse, Reason, RecvStream};
+use http::{Request, Response};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{
+    body::{self, PumpError, ReqBody},
+    grpc, Ctx,
+};
+use crate::balance::{pick::identity, CallMeta, Outcome, ServiceSlot};
+
+/// How waiting for the response headers ended.
+enum Wait {
+    Response(Result<Response<RecvStream>, h2::Error>),
+    ClientGone,
+    Deadline,
+}
+
+/// How forwarding the response ended.
+enum End {
+    Done(Result<Option<u16>, PumpError>),
+    ClientGone,
+    Deadline,
+}
+
+/// A call the endpoint never handled, so it may go elsewhere: the stream was
+/// refused, or the endpoint is going away (graceful GOAWAY) and did not take
+/// it.
+fn never_handled(e: &h2::Error) -> bool {
+    e.reason() == Some(Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
+}
+
+fn upstream_request(parts: &http::request::Parts) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = http::Version::HTTP_2;
+    *r.headers_mut() = parts.headers.clone();
+    r
+}
+
+fn fail(respond: &mut SendResponse<Bytes>, code: u16, msg: &str) {
+    debug!(code, msg, "call answered by the proxy");
+    let _ = respond.send_response(grpc::trailers_only(code, msg), true);
+}
+
+fn deadline_sleep(deadline: Option<Instant>) -> impl Future<Output = ()> {
+    async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    slot.count_call();
+    let (parts, recv) = req.into_parts();
+    let timeout = grpc::timeout(&parts.headers);
+    let deadline = timeout.map(|d| Instant::now() + d.min(Duration::from_secs(86400 * 365)));
+    let sleep = deadline_sleep(deadline);
+    tokio::pin!(sleep);
+    let mut body = ReqBody::new(recv, ctx.opts.replay_buffer);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_err: Option<String> = None;
+    // After a refusal tied to one connection (GOAWAY, REFUSED_STREAM), the
+    // same endpoint may take the retry on another connection.
+    let mut allow_same = false;
+    let max_attempts = ctx.opts.max_retries + 1;
+
+    // Phase 1: find an endpoint that takes the call.
+    let (resp, mut up_send, guard, _lease) = loop {
+        let Some(state) = slot.state() else {
+            fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}` was removed", slot.name()));
+            return;
+        };
+        let meta = CallMeta::from_path(parts.uri.path(), &parts.headers);
+        let picked = state
+            .pick(&meta, &tried)
+            .or_else(|| if allow_same { state.pick(&meta, &[]) } else { None });
+        let Some(ep) = picked else {
+            slot.count_no_endpoint();
+            let msg = match &last_err {
+                Some(e) => format!("no endpoint of service `{}` could take the call: {e}", slot.name()),
+                None => format!("no healthy endpoint for service `{}`", slot.name()),
+            };
+            fail(&mut respond, grpc::UNAVAILABLE, &msg);
+            return;
+        };
+        drop(state);
+        if !tried.is_empty() {
+            slot.count_retry();
+        }
+        tried.push(identity(&ep));
+        let attempts = tried.len();
+        let guard = ep.start_call();
+        let (mut sender, lease) = match ep.pool.lease(&ctx.opts.pool).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(endpoint = %ep.address, error = %e, "endpoint unreachable");
+                guard.finish(Outcome::ConnectFailed);
+                last_err = Some(e.to_string());
+                allow_same = false;
+                if attempts >= max_attempts {
+                    slot.count_no_endpoint();
+                    let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
+                    fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                    return;
+                }
+                continue;
+            }
+        };
+        let (resp_fut, mut up_send) = match sender.send_request(upstream_request(&parts), body.empty) {
+            Ok(x) => x,
+            Err(e) => {
+                // The connection is closing (GOAWAY) or broke: nothing was sent.
+                debug!(endpoint = %ep.address, error = %e, "connection refused a new stream");
+                lease.retire();
+                guard.finish(Outcome::Refused);
+                last_err = Some(format!("endpoint {}: {e}", ep.address));
+                allow_same = true;
+                if attempts >= max_attempts {
+                    slot.count_no_endpoint();
+                    let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
+                    fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                    return;
+                }
+                continue;
+            }
+        };
+        body.restart();
+        let waited = {
+            let pump = body.pump(&mut up_send);
+            tokio::pin!(pump);
+            tokio::pin!(resp_fut);
+            let mut pump_done = false;
+            loop {
+                tokio::select! {
+                    r = &mut resp_fut => break Wait::Response(r),
+                    r = &mut pump, if !pump_done => match r {
+                        Ok(()) => pump_done = true,
+                        Err(PumpError::Recv(_)) => break Wait::ClientGone,
+                        // The response future says what happened upstream.
+                        Err(PumpError::Send(_)) => pump_done = true,
+                    },
+                    _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => break Wait::ClientGone,
+                    _ = &mut sleep => break Wait::Deadline,
+                }
+            }
+        };
+        match waited {
+            Wait::Response(Ok(resp)) => break (resp, up_send, guard, lease),
+            Wait::Response(Err(e)) => {
+                if never_handled(&e) {
+                    if e.is_go_away() {
+                        lease.retire();
+                    }
+                    guard.finish(Outcome::Refused);
+                    last_err = Some(format!("endpoint {}: {e}", ep.address));
+                    if body.replayable && attempts < max_attempts {
+                        allow_same = true;
+                        continue;
+                    }
+                    fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}`: {}", slot.name(), last_err.as_deref().unwrap_or("")));
+                    return;
+                }
+                match (e.is_reset(), e.reason()) {
+                    (true, Some(reason)) => {
+                        debug!(endpoint = %ep.address, ?reason, "endpoint reset the call before responding");
+                        respond.send_reset(reason);
+                        guard.finish(Outcome::Reset);
+                    }
+                    _ => {
+                        let msg = format!("service `{}`: endpoint {} failed: {e}", slot.name(), ep.address);
+                        fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                        guard.finish(Outcome::Status(grpc::UNAVAILABLE));
+                    }
+                }
+                return;
+            }
+            Wait::ClientGone => {
+                up_send.send_reset(Reason::CANCEL);
+                guard.finish(Outcome::Reset);
+                return;
+            }
+            Wait::Deadline => {
+                up_send.send_reset(Reason::CANCEL);
+                fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+                guard.finish(Outcome::Status(grpc::DEADLINE_EXCEEDED));
+                return;
+            }
+        }
+    };
+
+    // Phase 2: forward the response while the request may still stream.
+    guard.first_byte();
+    let (head, mut resp_body) = resp.into_parts();
+    let http_status = head.status;
+    if resp_body.is_end_stream() {
+        let code = grpc::status(Some(&head.headers), http_status);
+        let _ = respond.send_response(Response::from_parts(head, ()), true);
+        guard.finish(Outcome::Status(code));
+        return;
+    }
+    let mut down = match respond.send_response(Response::from_parts(head, ()), false) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "client stream gone before response headers");
+            up_send.send_reset(Reason::CANCEL);
+            return;
+        }
+    };
+    let end = {
+        let resp_pump = body::pump_response(&mut resp_body, &mut down, http_status);
+        tokio::pin!(resp_pump);
+        let req_pump = body.pump(&mut up_send);
+        tokio::pin!(req_pump);
+        let mut req_done = false;
+        loop {
+            tokio::select! {
+                r = &mut resp_pump => break End::Done(r),
+                r = &mut req_pump, if !req_done => match r {
+                    Ok(()) => req_done = true,
+                    Err(PumpError::Recv(_)) => break End::ClientGone,
+                    Err(PumpError::Send(_)) => req_done = true,
+                },
+                _ = &mut sleep => break End::Deadline,
+            }
+        }
+    };
+    let address = guard.endpoint().address;
+    match end {
+        End::Done(Ok(status)) => {
+            guard.finish(Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))));
+        }
+        End::Done(Err(PumpError::Recv(e))) => {
+            match (e.is_reset(), e.reason()) {
+                (true, Some(reason)) => {
+                    down.send_reset(reason);
+                    guard.finish(Outcome::Reset);
+                }
+                _ => {
+                    let msg = format!("service `{}`: endpoint {address} failed mid-call: {e}", slot.name());
+                    if down.send_trailers(grpc::status_trailers(grpc::UNAVAILABLE, &msg)).is_err() {
+                        down.send_reset(Reason::INTERNAL_ERROR);
+                    }
+                    guard.finish(Outcome::Status(grpc::UNAVAILABLE));
+                }
+            }
+        }
+        End::Done(Err(PumpError::Send(e))) => {
+            debug!(error = ?e, "client stream gone mid-response");
+            up_send.send_reset(Reason::CANCEL);
+            guard.finish(Outcome::Reset);
+        }
+        End::ClientGone => {
+            up_send.send_reset(Reason::CANCEL);
+            down.send_reset(Reason::CANCEL);
+            guard.finish(Outcome::Reset);
+        }
+        End::Deadline => {
+            up_send.send_reset(Reason::CANCEL);
+            if down
+                .send_trailers(grpc::status_trailers(grpc::DEADLINE_EXCEEDED, "deadline exceeded"))
+                .is_err()
+            {
+                down.send_reset(Reason::CANCEL);
+            }
+            guard.finish(Outcome::Status(grpc::DEADLINE_EXCEEDED));
+        }
+    }
+}

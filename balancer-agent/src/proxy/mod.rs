@@ -1,0 +1,305 @@
+//! The HTTP/2 demultiplexer: accepts client connections (kernel-redirected or
+//! on explicit per-service listeners), tells HTTP/2 from anything else, and
+//! forwards every stream — every gRPC call — to the endpoint the balancer
+//! picks for it. Anything that is not HTTP/2 is proxied as plain TCP to one
+//! endpoint.
+//!
+//! Module map: [`sniff`] (preface detection), [`server`] (client-facing
+//! HTTP/2 connections), [`call`] (one stream: pick, retry, forward),
+//! [`body`] (DATA with end-to-end flow control), [`pool`] (upstream
+//! connections), [`tcp`] (plain TCP fallback), [`grpc`] (status, timeout).
+
+mod body;
+mod call;
+pub mod grpc;
+pub mod pool;
+mod server;
+pub mod sniff;
+mod tcp;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    os::fd::AsFd,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, Notify},
+};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::{
+    balance::{ServiceSlot, Table},
+    redirect::Redirects,
+};
+pub use pool::PoolOptions;
+use sniff::Protocol;
+
+/// Tunables of the demultiplexer.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as not HTTP/2 (server-first protocols send nothing).
+    pub sniff_timeout: Duration,
+    /// Extra attempts for a call that was never handled by an endpoint.
+    pub max_retries: usize,
+    /// Request bytes kept per call so that a call refused after sending
+    /// some DATA can still be retried; beyond it, no retry.
+    pub replay_buffer: usize,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` announced to clients.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 windows announced to clients.
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub pool: PoolOptions,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            sniff_timeout: Duration::from_secs(1),
+            max_retries: 2,
+            replay_buffer: 64 * 1024,
+            max_concurrent_streams: 1024,
+            stream_window: 1 << 20,
+            connection_window: 4 << 20,
+            pool: PoolOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("HTTP/2 with client: {0}")]
+    Client(h2::Error),
+    #[error("HTTP/2 with endpoint: {0}")]
+    Upstream(h2::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("endpoint: {0}")]
+    Pool(#[from] pool::PoolError),
+}
+
+/// Counts the tasks that hold client connections, so shutdown can wait.
+#[derive(Debug, Default)]
+struct Tracker {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackGuard(Arc<Ctx>);
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.tracker.count.fetch_sub(1, Relaxed) == 1 {
+            self.0.tracker.idle.notify_waiters();
+        }
+    }
+}
+
+impl Tracker {
+    async fn wait(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Relaxed) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What every connection and call task shares.
+pub(crate) struct Ctx {
+    pub table: Arc<Table>,
+    pub opts: ProxyOptions,
+    /// Set when shutting down: stop accepting, GOAWAY clients.
+    pub draining: watch::Sender<bool>,
+    /// Set when the grace period is over: drop what is left.
+    pub force: watch::Sender<bool>,
+    tracker: Tracker,
+    next_conn: AtomicU64,
+}
+
+impl Ctx {
+    fn track(self: &Arc<Self>) -> TrackGuard {
+        self.tracker.count.fetch_add(1, Relaxed);
+        TrackGuard(Arc::clone(self))
+    }
+
+    pub async fn drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    pub async fn forced(&self) {
+        let mut rx = self.force.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+/// The demultiplexer. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Proxy {
+    ctx: Arc<Ctx>,
+}
+
+impl Proxy {
+    pub fn new(table: Arc<Table>, opts: ProxyOptions) -> Proxy {
+        Proxy {
+            ctx: Arc::new(Ctx {
+                table,
+                opts,
+                draining: watch::Sender::new(false),
+                force: watch::Sender::new(false),
+                tracker: Tracker::default(),
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Serves connections the kernel redirected to `listener`: each one's
+    /// original destination (the VIP) selects the service; a connection
+    /// without one, or to a VIP no service has, is closed at once.
+    /// Returns when the proxy shuts down.
+    pub async fn serve_redirected(&self, listener: TcpListener, redirects: Arc<dyn Redirects>) {
+        let ctx = &self.ctx;
+        loop {
+            let accepted = tokio::select! {
+                _ = ctx.drained() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept on the redirect listener failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let vip = match redirects.original_dst(stream.as_fd()) {
+                Ok(Some(vip)) => vip,
+                Ok(None) => {
+                    debug!(%peer, "connection without original destination refused");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "original destination unreadable; connection refused");
+                    continue;
+                }
+            };
+            let Some(slot) = ctx.table.service_by_vip(vip) else {
+                debug!(%peer, %vip, "connection to a VIP of no service refused");
+                continue;
+            };
+            self.spawn_conn(stream, peer, slot, Some(Arc::clone(&redirects)));
+        }
+    }
+
+    /// Serves an explicit listener of `service` until the service leaves
+    /// the model or the proxy shuts down.
+    pub async fn serve_explicit(&self, listener: TcpListener, service: String) {
+        self.serve_explicit_until(listener, service, std::future::pending()).await
+    }
+
+    /// As [`Proxy::serve_explicit`], and also stops when `stop` resolves
+    /// (e.g. a listener address changed at reload). Connections already
+    /// accepted carry on.
+    pub async fn serve_explicit_until(&self, listener: TcpListener, service: String, stop: impl Future<Output = ()>) {
+        let ctx = &self.ctx;
+        let Some(slot) = ctx.table.service(&service) else {
+            warn!(%service, "explicit listener for an unknown service not started");
+            return;
+        };
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                _ = ctx.drained() => break,
+                _ = slot.removed() => {
+                    info!(%service, "service removed: its listener stops");
+                    break;
+                }
+                _ = &mut stop => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.spawn_conn(stream, peer, Arc::clone(&slot), None),
+                Err(e) => {
+                    warn!(%service, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, sends GOAWAY to every client connection, waits up to
+    /// `grace` for open calls and connections to finish, then drops the rest.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.ctx.draining.send_replace(true);
+        if tokio::time::timeout(grace, self.ctx.tracker.wait()).await.is_err() {
+            warn!(
+                open = self.ctx.tracker.count.load(Relaxed),
+                "grace period over: closing remaining connections"
+            );
+            self.ctx.force.send_replace(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.tracker.wait()).await;
+        }
+    }
+
+    /// Client connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.ctx.tracker.count.load(Relaxed)
+    }
+
+    fn spawn_conn(&self, stream: TcpStream, peer: SocketAddr, slot: Arc<ServiceSlot>, redirects: Option<Arc<dyn Redirects>>) {
+        let ctx = Arc::clone(&self.ctx);
+        let id = ctx.next_conn.fetch_add(1, Relaxed);
+        let span = tracing::debug_span!("conn", id, %peer, service = %slot.name());
+        let guard = ctx.track();
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                tokio::select! {
+                    _ = handle_conn(&ctx, stream, slot, redirects) => {}
+                    _ = ctx.forced() => debug!("connection dropped at shutdown"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle_conn(ctx: &Arc<Ctx>, mut stream: TcpStream, slot: Arc<ServiceSlot>, redirects: Option<Arc<dyn Redirects>>) {
+    let _ = stream.set_nodelay(true);
+    let (proto, prefix) = match sniff::sniff(&mut stream, ctx.opts.sniff_timeout).await {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "connection failed before its first bytes");
+            return;
+        }
+    };
+    match proto {
+        Protocol::Closed => {}
+        Protocol::Http2 => {
+            if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot).await {
+                debug!(error = %e, "client connection ended with an error");
+            }
+        }
+        Protocol::Other => {
+            if let Some(r) = &redirects {
+                r.leave_fast_path(stream.as_fd());
+            }
+            if let Err(e) = tcp::proxy(ctx, stream, prefix, &slot).await {
+                debug!(error = %e, "plain TCP connection ended with an error");
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The client-facing side: an HTTP/2 server connection (cleartext, prior
+//! knowledge) whose every stream becomes a call task.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::{debug, Instrument};
+
+use super::{call, sniff::Prefixed, Ctx, ProxyError};
+use crate::balance::ServiceSlot;
+
+pub(crate) async fn serve(ctx: &Arc<Ctx>, io: Prefixed<TcpStream>, slot: Arc<ServiceSlot>) -> Result<(), ProxyError> {
+    let o = &ctx.opts;
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(o.stream_window)
+        .initial_connection_window_size(o.connection_window)
+        .max_concurrent_streams(o.max_concurrent_streams)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .map_err(ProxyError::Client)?;
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = ctx.drained(), if !draining => {
+                debug!("shutting down: GOAWAY to client");
+                conn.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
+        match next {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(ProxyError::Client(e)),
+            Some(Ok((req, respond))) => {
+                let ctx = Arc::clone(ctx);
+                let slot = Arc::clone(&slot);
+                let span = tracing::trace_span!("call", stream = respond.stream_id().as_u32());
+                tokio::spawn(async move { call::run(&ctx, &slot, req, respond).await }.instrument(span));
+            }
+        }
+    }
+}
