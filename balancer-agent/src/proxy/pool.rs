@@ -204,6 +204,22 @@ impl EndpointPool {
             Ok(Err(source)) => return Err(PoolError::Handshake { addr, source }),
             Ok(Ok(x)) => x,
         };
+        // The handshake future does not wait for the endpoint: one PING
+        // round trip proves it speaks HTTP/2 before calls are put on it.
+        let mut ping = conn.ping_pong();
+        if let Some(pp) = ping.as_mut() {
+            let proven = async {
+                tokio::select! {
+                    pong = pp.ping(h2::Ping::opaque()) => pong.map(|_| ()),
+                    ended = &mut conn => Err(ended.err().unwrap_or_else(|| h2::Error::from(h2::Reason::NO_ERROR))),
+                }
+            };
+            match tokio::time::timeout(opts.connect_timeout, proven).await {
+                Err(_) => return Err(PoolError::ConnectTimeout(addr)),
+                Ok(Err(source)) => return Err(PoolError::Handshake { addr, source }),
+                Ok(Ok(())) => {}
+            }
+        }
         let id = self.inner.next_id.fetch_add(1, Relaxed);
         let up = Arc::new(UpConn {
             id,
@@ -217,7 +233,6 @@ impl EndpointPool {
             conns.push(Arc::clone(&up));
         }
         self.inner.open.fetch_add(1, Relaxed);
-        let ping = conn.ping_pong();
         let weak = Arc::downgrade(&self.inner);
         let driver = drive(conn, ping, Arc::clone(&up), weak, opts.clone());
         tokio::spawn(driver.instrument(tracing::debug_span!("upstream", endpoint = %addr, conn = id)));
