@@ -6,6 +6,7 @@
 //! call.
 
 pub mod balance;
+pub mod config;
 pub mod model;
 pub mod proxy;
 pub mod redirect;

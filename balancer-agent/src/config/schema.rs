@@ -1,0 +1,405 @@
+//! The static file's YAML shape, and its translation into a [`Model`].
+//!
+//! Every struct denies unknown keys, so a typo is an error naming the key
+//! rather than a silently ignored setting.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use serde::{
+    de::{self, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+
+use crate::model::{
+    Backend, Endpoint, EndpointState, HeaderMatch, Labels, Model, Policy, Route, RouteMatch,
+    Service, StringMatch,
+};
+
+use super::NodeConfig;
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    listen: Option<Addr>,
+    #[serde(default)]
+    admin: Option<Addr>,
+    #[serde(default)]
+    attach_cgroup: Option<PathBuf>,
+    #[serde(default)]
+    enroll: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    fast_path: bool,
+    #[serde(default)]
+    services: Vec<ServiceFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    name: String,
+    /// One VIP (`vip:`) and/or several (`vips:`).
+    #[serde(default)]
+    vip: Option<Addr>,
+    #[serde(default)]
+    vips: Vec<Addr>,
+    #[serde(default)]
+    listen: Option<Addr>,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    endpoints: Vec<EndpointFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointFile {
+    address: Addr,
+    #[serde(default)]
+    labels: Labels,
+    #[serde(default)]
+    state: StateFile,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum StateFile {
+    #[default]
+    Ready,
+    Draining,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<MatchFile>,
+    #[serde(default)]
+    backends: Vec<BackendFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchFile {
+    #[serde(default)]
+    service: Option<StringMatchFile>,
+    #[serde(default)]
+    method: Option<StringMatchFile>,
+    #[serde(default)]
+    headers: Vec<HeaderFile>,
+}
+
+/// `name` and exactly one of `value` (exact) or `regex`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderFile {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendFile {
+    #[serde(default)]
+    labels: Labels,
+    /// Gateway API's default weight.
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A socket address whose parse error shows the offending text.
+#[derive(Debug, Clone, Copy)]
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Addr).map_err(|_| {
+            de::Error::custom(format!(
+                "invalid socket address {s:?} (expected IP:PORT, e.g. 127.0.0.1:50051 or \"[::1]:50051\")"
+            ))
+        })
+    }
+}
+
+/// A plain string (exact), `{ exact: ... }` or `{ regex: ... }`.
+#[derive(Debug)]
+struct StringMatchFile(StringMatch);
+
+impl<'de> Deserialize<'de> for StringMatchFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringMatchFile;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, { exact: STRING } or { regex: STRING }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringMatchFile(StringMatch::Exact(v.to_owned())))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let Some(kind) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("expected { exact: STRING } or { regex: STRING }, found {}"));
+                };
+                let value: String = map.next_value()?;
+                let m = match kind.as_str() {
+                    "exact" => StringMatch::Exact(value),
+                    "regex" => StringMatch::RegularExpression(value),
+                    other => return Err(de::Error::unknown_field(other, &["exact", "regex"])),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "`{extra}` given besides `{kind}`: a match is either exact or regex"
+                    )));
+                }
+                Ok(StringMatchFile(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A check failed after deserializing: the key path and what is wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(path: String, message: impl Into<String>) -> Invalid {
+    Invalid {
+        path,
+        message: message.into(),
+    }
+}
+
+impl File {
+    /// Translates the file into the node settings and a model; checks what
+    /// Model::validate does not (and names the key of what it does).
+    pub fn into_config(self) -> Result<(NodeConfig, Model), Invalid> {
+        let default_admin: SocketAddr = DEFAULT_ADMIN.parse().expect("the default admin address parses");
+        let node = NodeConfig {
+            listen: self.listen.map(|a| a.0),
+            admin: self.admin.map_or(default_admin, |a| a.0),
+            attach_cgroup: self.attach_cgroup,
+            fast_path: self.fast_path,
+        };
+        let vip_given: Vec<bool> = self.services.iter().map(|s| s.vip.is_some()).collect();
+        let services = self
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.into_service(&format!("services[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let model = Model {
+            services,
+            enrolled: self.enroll,
+        };
+        model
+            .validate()
+            .map_err(|e| locate_model_error(&model, &vip_given, e))?;
+        Ok((node, model))
+    }
+}
+
+impl ServiceFile {
+    fn into_service(self, at: &str) -> Result<Service, Invalid> {
+        let mut vips: Vec<SocketAddr> = self.vip.iter().map(|a| a.0).collect();
+        vips.extend(self.vips.iter().map(|a| a.0));
+        if vips.is_empty() && self.listen.is_none() {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("service `{}` has neither `vip` nor `listen`: nothing can reach it", self.name),
+            ));
+        }
+        let endpoints = self
+            .endpoints
+            .into_iter()
+            .map(|e| Endpoint {
+                address: e.address.0,
+                labels: e.labels,
+                state: match e.state {
+                    StateFile::Ready => EndpointState::Ready,
+                    StateFile::Draining => EndpointState::Draining,
+                },
+                zone: e.zone,
+                node: e.node,
+            })
+            .collect();
+        let routes = self
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(r, route)| route.into_route(&format!("{at}.routes[{r}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Service {
+            name: self.name,
+            vips,
+            listen: self.listen.map(|a| a.0),
+            policy: self.policy,
+            endpoints,
+            routes,
+        })
+    }
+}
+
+impl RouteFile {
+    fn into_route(self, at: &str) -> Result<Route, Invalid> {
+        if self.backends.is_empty() {
+            return Err(invalid(
+                format!("{at}.backends"),
+                "a route needs at least one backend ({ labels: {...}, weight: N })",
+            ));
+        }
+        if self.backends.iter().all(|b| b.weight == 0) {
+            return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
+        }
+        let matches = self
+            .matches
+            .into_iter()
+            .enumerate()
+            .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Route {
+            name: self.name,
+            matches,
+            backends: self
+                .backends
+                .into_iter()
+                .map(|b| Backend {
+                    labels: b.labels,
+                    weight: b.weight,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl MatchFile {
+    fn into_match(self, at: &str) -> Result<RouteMatch, Invalid> {
+        let service = self.service.map(|s| s.0);
+        let method = self.method.map(|s| s.0);
+        if let Some(m) = &service {
+            check_regex(m, &format!("{at}.service.regex"))?;
+        }
+        if let Some(m) = &method {
+            check_regex(m, &format!("{at}.method.regex"))?;
+        }
+        let headers = self
+            .headers
+            .into_iter()
+            .enumerate()
+            .map(|(h, hf)| hf.into_header(&format!("{at}.headers[{h}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RouteMatch {
+            service,
+            method,
+            headers,
+        })
+    }
+}
+
+impl HeaderFile {
+    fn into_header(self, at: &str) -> Result<HeaderMatch, Invalid> {
+        let name = self.name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(format!("{at}.name"), format!("invalid header name {:?}", self.name)));
+        }
+        let value = match (self.value, self.regex) {
+            (Some(v), None) => StringMatch::Exact(v),
+            (None, Some(r)) => StringMatch::RegularExpression(r),
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!("{at}.regex"), "give either `value` (exact) or `regex`, not both"))
+            }
+            (None, None) => {
+                return Err(invalid(format!("{at}.name"), "a header match needs `value` (exact) or `regex`"))
+            }
+        };
+        check_regex(&value, &format!("{at}.regex"))?;
+        Ok(HeaderMatch { name, value })
+    }
+}
+
+fn check_regex(m: &StringMatch, at: &str) -> Result<(), Invalid> {
+    let StringMatch::RegularExpression(p) = m else {
+        return Ok(());
+    };
+    regex::Regex::new(p).map(|_| ()).map_err(|e| {
+        let reason = e.to_string();
+        let reason = reason.lines().last().unwrap_or_default().trim();
+        let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+        invalid(at.to_owned(), format!("invalid regular expression {p:?}: {reason}"))
+    })
+}
+
+/// Names the key a Model::validate error is about.
+fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelError) -> Invalid {
+    use crate::model::ModelError as E;
+    let index_of = |name: &str| {
+        model
+            .services
+            .iter()
+            .rposition(|s| s.name == name)
+            .unwrap_or_default()
+    };
+    let path = match &e {
+        E::UnknownPolicy(_) => "services".to_owned(),
+        E::EmptyServiceName => {
+            let i = model.services.iter().position(|s| s.name.is_empty()).unwrap_or_default();
+            format!("services[{i}].name")
+        }
+        E::DuplicateService(name) => format!("services[{}].name", index_of(name)),
+        E::DuplicateVip { service, vip, .. } => {
+            let i = index_of(service);
+            let s = &model.services[i];
+            // `vip:` comes first in Service::vips, then `vips:`.
+            let given = vip_given.get(i).copied().unwrap_or_default();
+            match s.vips.iter().position(|v| v == vip) {
+                Some(0) if given => format!("services[{i}].vip"),
+                Some(j) if given => format!("services[{i}].vips[{}]", j - 1),
+                Some(j) => format!("services[{i}].vips[{j}]"),
+                None => format!("services[{i}]"),
+            }
+        }
+        E::DuplicateListener { service, .. } => format!("services[{}].listen", index_of(service)),
+        E::DuplicateEndpoint { service, address } => {
+            let i = index_of(service);
+            let j = model.services[i]
+                .endpoints
+                .iter()
+                .rposition(|ep| ep.address == *address)
+                .unwrap_or_default();
+            format!("services[{i}].endpoints[{j}].address")
+        }
+        E::NoBackends { service, route }
+        | E::AllWeightsZero { service, route }
+        | E::BadRegex { service, route, .. } => {
+            format!("services[{}].routes[{route}]", index_of(service))
+        }
+    };
+    invalid(path, e.to_string())
+}
