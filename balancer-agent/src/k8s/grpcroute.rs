@@ -1,0 +1,312 @@
+//! Gateway API `GRPCRoute` with a Service parent (the GAMMA mesh pattern)
+//! onto the model's routes.
+//!
+//! A route attaches to every `parentRef` of kind `Service` (group `""`); its
+//! `backendRefs` name Services in the route's namespace (one Service per
+//! version: the subset pattern). Each backend Service becomes a label
+//! selector, [`service_label`], over the parent's endpoints; the translator
+//! adds the backend Services' endpoints to the parent, labelled with the
+//! Service they came from.
+//!
+//! What is supported: method matches (`Exact`, `RegularExpression`) on
+//! service and/or method, header matches (`Exact`, `RegularExpression`),
+//! weighted `backendRefs`. A route this agent cannot honour exactly (filters,
+//! a missing backend, all weights 0, a bad regular expression) is refused as a
+//! whole — never half-applied — and reported.
+
+use gateway_api::grpcroutes::{
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
+    GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use kube::ResourceExt;
+
+use crate::model::{Backend, HeaderMatch, Labels, Route, RouteMatch, StringMatch};
+
+/// Endpoint label key marking the Kubernetes Service an endpoint belongs to
+/// (`service.balancer.io/<service name>: "true"`). An address can belong to
+/// several Services at once (the parent selects every version, `greeter-v1`
+/// one of them), so each Service has its own key.
+pub const SERVICE_LABEL_PREFIX: &str = "service.balancer.io/";
+
+/// The label (key, value) of endpoints that belong to Service `name`.
+pub fn service_label(name: &str) -> (String, String) {
+    (format!("{SERVICE_LABEL_PREFIX}{name}"), "true".to_owned())
+}
+
+/// Why a GRPCRoute is ignored. Rule numbers count from 0, as in
+/// `spec.rules[N]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("parent Service `{service}` not found")]
+    ParentNotFound { service: String },
+    #[error("parent Service `{service}` has no port {port}")]
+    ParentPortNotFound { service: String, port: i32 },
+    #[error("rules[{rule}]: no backendRefs")]
+    NoBackends { rule: usize },
+    #[error("rules[{rule}]: backend Service `{service}` not found")]
+    BackendNotFound { rule: usize, service: String },
+    #[error("rules[{rule}]: backend Service `{service}` has no port {port}")]
+    BackendPortNotFound { rule: usize, service: String, port: i32 },
+    #[error("rules[{rule}]: backendRef to Service `{service}` needs a port (the Service has several)")]
+    BackendPortRequired { rule: usize, service: String },
+    #[error("rules[{rule}]: backendRef kind `{kind}` is not supported (only core Services)")]
+    UnsupportedBackendKind { rule: usize, kind: String },
+    #[error("rules[{rule}]: backendRef to namespace `{namespace}`: cross-namespace backends are not supported")]
+    CrossNamespaceBackend { rule: usize, namespace: String },
+    #[error("rules[{rule}]: backendRef `{service}` has negative weight {weight}")]
+    NegativeWeight { rule: usize, service: String, weight: i32 },
+    #[error("rules[{rule}]: every backendRef has weight 0")]
+    AllWeightsZero { rule: usize },
+    #[error("rules[{rule}]: bad regular expression `{pattern}`: {reason}")]
+    BadRegex { rule: usize, pattern: String, reason: String },
+    #[error("rules[{rule}]: filters are not supported")]
+    UnsupportedFilter { rule: usize },
+}
+
+/// A Service port a backendRef resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPort {
+    /// The backend Service's name (in the route's namespace).
+    pub service: String,
+    /// The Service port's name (EndpointSlice ports carry the same name).
+    pub port_name: Option<String>,
+    pub port: i32,
+}
+
+/// One GRPCRoute attached to one parent Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedRoute {
+    pub namespace: String,
+    /// The parent Service.
+    pub service: String,
+    /// `parentRef.port`: only this port of the parent; `None` for all.
+    pub port: Option<i32>,
+    /// The model's routes, one per rule, in rule order.
+    pub routes: Vec<Route>,
+    /// Every backend Service port the rules select.
+    pub backends: Vec<BackendPort>,
+}
+
+fn is_core_service(group: Option<&str>, kind: Option<&str>) -> bool {
+    matches!(group, None | Some("")) && matches!(kind, None | Some("Service"))
+}
+
+/// Translates `route` for every Service parent. `lookup(namespace, name)`
+/// finds a Service. A route whose parents are all Gateways gives `Ok([])`:
+/// it is some gateway's business, not the mesh's.
+pub fn attach<'a>(
+    route: &GrpcRoute,
+    lookup: impl Fn(&str, &str) -> Option<&'a Service>,
+) -> Result<Vec<AttachedRoute>, RouteError> {
+    let namespace = route.namespace().unwrap_or_default();
+    let parents: Vec<_> = route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        // A parentRef's group and kind default to the Gateway API's Gateway.
+        .filter(|p| matches!(p.group.as_deref(), Some("")) && p.kind.as_deref() == Some("Service"))
+        .collect();
+    if parents.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let rules = route.spec.rules.as_deref().unwrap_or_default();
+    let mut routes = Vec::with_capacity(rules.len());
+    let mut backends = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let name = format!("{namespace}/{}#{i}", route.name_any());
+        let (r, b) = rule_to_route(i, name, rule, &namespace, &lookup)?;
+        routes.push(r);
+        for b in b {
+            if !backends.contains(&b) {
+                backends.push(b);
+            }
+        }
+    }
+
+    let mut out = Vec::with_capacity(parents.len());
+    for parent in parents {
+        let parent_ns = parent.namespace.clone().unwrap_or_else(|| namespace.clone());
+        let Some(svc) = lookup(&parent_ns, &parent.name) else {
+            return Err(RouteError::ParentNotFound {
+                service: format!("{parent_ns}/{}", parent.name),
+            });
+        };
+        if let Some(port) = parent.port {
+            if find_port(svc, port).is_none() {
+                return Err(RouteError::ParentPortNotFound {
+                    service: format!("{parent_ns}/{}", parent.name),
+                    port,
+                });
+            }
+        }
+        out.push(AttachedRoute {
+            namespace: parent_ns,
+            service: parent.name.clone(),
+            port: parent.port,
+            routes: routes.clone(),
+            backends: backends.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn find_port(svc: &Service, port: i32) -> Option<&ServicePort> {
+    svc.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.port == port)
+}
+
+fn rule_to_route<'a>(
+    i: usize,
+    name: String,
+    rule: &GrpcRouteRules,
+    namespace: &str,
+    lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
+) -> Result<(Route, Vec<BackendPort>), RouteError> {
+    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(RouteError::UnsupportedFilter { rule: i });
+    }
+    let refs = rule.backend_refs.as_deref().unwrap_or_default();
+    if refs.is_empty() {
+        return Err(RouteError::NoBackends { rule: i });
+    }
+    let mut backends = Vec::with_capacity(refs.len());
+    let mut ports = Vec::with_capacity(refs.len());
+    for r in refs {
+        let port = backend_port(i, r, namespace, lookup)?;
+        let weight = r.weight.unwrap_or(1);
+        let weight = u32::try_from(weight).map_err(|_| RouteError::NegativeWeight {
+            rule: i,
+            service: r.name.clone(),
+            weight,
+        })?;
+        let (key, value) = service_label(&r.name);
+        backends.push(Backend {
+            labels: Labels::from([(key, value)]),
+            weight,
+        });
+        ports.push(port);
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        return Err(RouteError::AllWeightsZero { rule: i });
+    }
+    let matches = rule
+        .matches
+        .iter()
+        .flatten()
+        .map(|m| to_match(i, m))
+        .collect::<Result<_, _>>()?;
+    Ok((
+        Route {
+            name: Some(name),
+            matches,
+            backends,
+        },
+        ports,
+    ))
+}
+
+fn backend_port<'a>(
+    i: usize,
+    r: &GrpcRouteRulesBackendRefs,
+    namespace: &str,
+    lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
+) -> Result<BackendPort, RouteError> {
+    if !is_core_service(r.group.as_deref(), r.kind.as_deref()) {
+        let kind = match r.group.as_deref() {
+            Some(g) if !g.is_empty() => format!("{g}/{}", r.kind.as_deref().unwrap_or("Service")),
+            _ => r.kind.clone().unwrap_or_default(),
+        };
+        return Err(RouteError::UnsupportedBackendKind { rule: i, kind });
+    }
+    if let Some(ns) = r.namespace.as_deref() {
+        if ns != namespace {
+            return Err(RouteError::CrossNamespaceBackend {
+                rule: i,
+                namespace: ns.to_owned(),
+            });
+        }
+    }
+    let Some(svc) = lookup(namespace, &r.name) else {
+        return Err(RouteError::BackendNotFound {
+            rule: i,
+            service: format!("{namespace}/{}", r.name),
+        });
+    };
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    let port = match r.port {
+        Some(port) => ports.iter().find(|p| p.port == port).ok_or_else(|| {
+            RouteError::BackendPortNotFound {
+                rule: i,
+                service: format!("{namespace}/{}", r.name),
+                port,
+            }
+        })?,
+        None => match ports {
+            [only] => only,
+            _ => {
+                return Err(RouteError::BackendPortRequired {
+                    rule: i,
+                    service: format!("{namespace}/{}", r.name),
+                })
+            }
+        },
+    };
+    Ok(BackendPort {
+        service: r.name.clone(),
+        port_name: port.name.clone().filter(|n| !n.is_empty()),
+        port: port.port,
+    })
+}
+
+fn string_match(
+    i: usize,
+    regex: bool,
+    value: Option<&str>,
+) -> Result<Option<StringMatch>, RouteError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !regex {
+        return Ok(Some(StringMatch::Exact(value.to_owned())));
+    }
+    if let Err(e) = regex::Regex::new(value) {
+        let reason = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
+        return Err(RouteError::BadRegex {
+            rule: i,
+            pattern: value.to_owned(),
+            reason,
+        });
+    }
+    Ok(Some(StringMatch::RegularExpression(value.to_owned())))
+}
+
+fn to_match(i: usize, m: &GrpcRouteRulesMatches) -> Result<RouteMatch, RouteError> {
+    let mut out = RouteMatch::default();
+    if let Some(method) = &m.method {
+        let regex = matches!(method.r#type, Some(GrpcRouteRulesMatchesMethodType::RegularExpression));
+        out.service = string_match(i, regex, method.service.as_deref())?;
+        out.method = string_match(i, regex, method.method.as_deref())?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for h in m.headers.iter().flatten() {
+        let name = h.name.to_ascii_lowercase();
+        // The Gateway API: only the first entry for a header name counts.
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let regex = matches!(h.r#type, Some(GrpcRouteRulesMatchesHeadersType::RegularExpression));
+        let value = match string_match(i, regex, Some(&h.value))? {
+            Some(v) => v,
+            // An empty value matches only an empty header value.
+            None => StringMatch::Exact(String::new()),
+        };
+        out.headers.push(HeaderMatch { name, value });
+    }
+    Ok(out)
+}

@@ -1,0 +1,327 @@
+//! Kubernetes mode: the cluster's Services, EndpointSlices, opted-in pods and
+//! GRPCRoutes, watched with kube-runtime reflectors and translated into the
+//! same [`Model`] static mode reads from a file.
+//!
+//! - gRPC ports: named `grpc` or `grpc-*`, or `appProtocol: grpc` /
+//!   `kubernetes.io/h2c`; VIPs are the Service's IPv4 ClusterIPs.
+//! - Endpoints: EndpointSlices of the Service and port. Ready endpoints take
+//!   new calls; serving-but-terminating ones drain; zone and node are kept.
+//! - Policy: the Service annotation [`POLICY_ANNOTATION`].
+//! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
+//!   [`grpcroute`].
+//! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
+//!   namespace's [`INJECT_LABEL`], by their cgroup v2 directory.
+
+pub mod cgroup;
+pub mod grpcroute;
+mod report;
+pub mod translate;
+pub mod watch;
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+
+use gateway_api::grpcroutes::GrpcRoute;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    runtime::{events::Reporter, reflector::Store, watcher},
+    Api,
+};
+use tokio::{
+    sync::{mpsc, watch as tokio_watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::model::Model;
+pub use report::INVALID_ROUTE_REASON;
+pub use translate::{translate, Snapshot, Translation};
+pub use watch::Kind;
+
+/// Pod annotation that opts a pod in (`"enabled"`) or out (`"disabled"`,
+/// which wins over the namespace label).
+pub const INJECT_ANNOTATION: &str = "balancer.io/inject";
+/// Namespace label that opts every pod of the namespace in (`enabled`).
+pub const INJECT_LABEL: &str = "balancer.io/inject";
+/// Service annotation choosing the balancing policy: `round-robin`
+/// (default), `least-request` or `peak-ewma`.
+pub const POLICY_ANNOTATION: &str = "balancer.io/policy";
+
+/// How Kubernetes mode runs.
+#[derive(Debug, Clone)]
+pub struct K8sOptions {
+    /// This node's name (`NODE_NAME` from the downward API): only its pods
+    /// are enrolled.
+    pub node_name: String,
+    /// Where the cgroup v2 hierarchy is mounted (in the agent's mount
+    /// namespace); pods' cgroups are looked up below it.
+    pub cgroup_root: PathBuf,
+    /// Changes closer together than this are published as one model.
+    pub debounce: Duration,
+    /// Recompute this often even without API changes (a pod's cgroup
+    /// directory can appear after the pod's last update).
+    pub resync: Duration,
+    /// `reportingController` of the Events the agent publishes.
+    pub controller: String,
+    /// `reportingInstance` of those Events (the agent's pod name).
+    pub instance: Option<String>,
+}
+
+impl K8sOptions {
+    pub fn new(node_name: impl Into<String>, cgroup_root: impl Into<PathBuf>) -> Self {
+        K8sOptions {
+            node_name: node_name.into(),
+            cgroup_root: cgroup_root.into(),
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(10),
+            controller: "balancer.io/agent".to_owned(),
+            instance: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("NODE_NAME is empty: set it from the downward API (spec.nodeName)")]
+    NoNodeName,
+    #[error(
+        "forbidden: the agent's service account may not {verb} {resource} cluster-wide; \
+         grant it in the ClusterRole (deploy/rbac.yaml) ({message})"
+    )]
+    Forbidden {
+        verb: &'static str,
+        resource: &'static str,
+        message: String,
+    },
+    #[error("the {resource} watcher stopped")]
+    WatcherStopped { resource: &'static str },
+    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A client from the in-cluster configuration or `KUBECONFIG`.
+pub async fn client() -> Result<kube::Client, K8sError> {
+    kube::Client::try_default().await.map_err(K8sError::Client)
+}
+
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    routes: Store<GrpcRoute>,
+}
+
+impl Stores {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.state(),
+            endpoint_slices: self.slices.state(),
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
+            routes: self.routes.state(),
+        }
+    }
+}
+
+/// Aborts the reflector tasks when `run` ends or is dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Watches the cluster and publishes a new [`Model`] on `tx` whenever it
+/// changes (changes closer than `opts.debounce` are published together).
+/// `ready` turns true once every reflector has completed its first list and
+/// the first model is published. API server failures are retried with
+/// backoff while the last known state stays published.
+///
+/// Runs until an unrecoverable error: a missing RBAC permission at startup
+/// ([`K8sError::Forbidden`], naming the verb and resource). Drop the future
+/// to stop it.
+pub async fn run(
+    client: kube::Client,
+    opts: K8sOptions,
+    tx: tokio_watch::Sender<Arc<Model>>,
+    ready: tokio_watch::Sender<bool>,
+) -> Result<(), K8sError> {
+    if opts.node_name.is_empty() {
+        return Err(K8sError::NoNodeName);
+    }
+    let (sig_tx, mut signals) = mpsc::unbounded_channel();
+    let all = watcher::Config::default();
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
+    let (services, t1) = watch::spawn(Kind::Services, Api::all(client.clone()), all.clone(), sig_tx.clone());
+    let (slices, t2) = watch::spawn(Kind::EndpointSlices, Api::all(client.clone()), all.clone(), sig_tx.clone());
+    let (pods, t3) = watch::spawn(Kind::Pods, Api::all(client.clone()), on_node, sig_tx.clone());
+    let (namespaces, t4) = watch::spawn(Kind::Namespaces, Api::all(client.clone()), all.clone(), sig_tx.clone());
+    let (routes, t5) = watch::spawn(Kind::GrpcRoutes, Api::all(client.clone()), all, sig_tx);
+    let _tasks = Tasks(vec![t1, t2, t3, t4, t5]);
+    let stores = Stores {
+        services,
+        slices,
+        pods,
+        namespaces,
+        routes,
+    };
+
+    let mut reporter = report::RouteReporter::new(
+        client,
+        Reporter {
+            controller: opts.controller.clone(),
+            instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
+        },
+    );
+    let mut warned = Warned::default();
+    let mut synced: HashSet<Kind> = HashSet::new();
+    let mut failing: HashSet<Kind> = HashSet::new();
+    let mut is_ready = false;
+    let mut deadline: Option<Instant> = None;
+    let mut resync = tokio::time::interval(opts.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let publish_now = tokio::select! {
+            sig = signals.recv() => {
+                let Some(sig) = sig else {
+                    return Err(K8sError::WatcherStopped { resource: "every" });
+                };
+                match sig {
+                    watch::Signal::Changed(kind) => {
+                        if failing.remove(&kind) {
+                            tracing::info!(resource = kind.resource(), "watch resumed");
+                        }
+                    }
+                    watch::Signal::Synced(kind) => {
+                        if failing.remove(&kind) {
+                            tracing::info!(resource = kind.resource(), "watch resumed");
+                        }
+                        if synced.insert(kind) {
+                            tracing::debug!(resource = kind.resource(), "initial list complete");
+                        }
+                    }
+                    watch::Signal::Failed { kind, failure, error } => {
+                        match failure {
+                            watch::Failure::Forbidden { verb } if !is_ready => {
+                                return Err(K8sError::Forbidden { verb, resource: kind.resource(), message: error });
+                            }
+                            watch::Failure::NotServed if kind == Kind::GrpcRoutes => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(
+                                        "GRPCRoute (gateway.networking.k8s.io/v1) is not installed: \
+                                         routing by GRPCRoute is off until its CRD is installed"
+                                    );
+                                }
+                                // No CRD means no routes: a complete (empty) state.
+                                synced.insert(kind);
+                            }
+                            _ => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(resource = kind.resource(), %error, "watch failed; retrying with backoff, keeping the last known state");
+                                } else {
+                                    tracing::debug!(resource = kind.resource(), %error, "watch still failing");
+                                }
+                            }
+                        }
+                    }
+                }
+                if !is_ready {
+                    // The first model goes out as soon as everything is listed.
+                    synced.len() == Kind::ALL.len()
+                } else {
+                    deadline.get_or_insert_with(|| Instant::now() + opts.debounce);
+                    false
+                }
+            }
+            () = sleep_until(deadline) => {
+                deadline = None;
+                true
+            }
+            _ = resync.tick(), if is_ready => true,
+        };
+        if !publish_now {
+            continue;
+        }
+        let t = translate(&stores.snapshot(), |pod| pod_cgroup(&opts, pod));
+        warned.log(&t);
+        reporter.report(&t.invalid_routes);
+        match t.model.validate() {
+            Ok(()) => {
+                let model = t.model;
+                let changed = tx.send_if_modified(|cur| {
+                    if **cur == model {
+                        false
+                    } else {
+                        *cur = Arc::new(model);
+                        true
+                    }
+                });
+                if changed {
+                    let m = tx.borrow();
+                    tracing::info!(services = m.services.len(), enrolled = m.enrolled.len(), "model published");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "translated model is invalid; keeping the last one"),
+        }
+        if !is_ready {
+            is_ready = true;
+            ready.send_replace(true);
+            tracing::info!("Kubernetes state synced");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn pod_cgroup(opts: &K8sOptions, pod: &Pod) -> Option<PathBuf> {
+    let uid = pod.metadata.uid.as_deref()?;
+    let qos = cgroup::QosClass::from_status(pod.status.as_ref().and_then(|s| s.qos_class.as_deref()));
+    let found = cgroup::pod_cgroup(&opts.cgroup_root, uid, qos);
+    if found.is_none() {
+        tracing::debug!(
+            pod = pod.metadata.name.as_deref().unwrap_or_default(),
+            %uid,
+            "opted-in pod has no cgroup yet"
+        );
+    }
+    found
+}
+
+/// Problems already logged, so that a recomputation does not repeat them.
+#[derive(Default)]
+struct Warned {
+    policies: HashSet<(String, String)>,
+    dropped: HashSet<String>,
+}
+
+impl Warned {
+    fn log(&mut self, t: &Translation) {
+        let policies: HashSet<_> = t.bad_policies.iter().cloned().collect();
+        for (service, value) in policies.difference(&self.policies) {
+            tracing::warn!(
+                %service,
+                annotation = POLICY_ANNOTATION,
+                %value,
+                "unknown policy (expected round-robin, least-request or peak-ewma); using round-robin"
+            );
+        }
+        self.policies = policies;
+        let dropped: HashSet<String> = t.dropped.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+        for d in dropped.difference(&self.dropped) {
+            tracing::warn!(service = %d, "service left out of the model");
+        }
+        self.dropped = dropped;
+    }
+}

@@ -1,0 +1,352 @@
+//! The cluster's state (what the reflectors hold) onto a [`Model`].
+//!
+//! Pure: no I/O but the `cgroup_of` callback, so every rule here is tested on
+//! plain objects.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use gateway_api::grpcroutes::GrpcRoute;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service, ServicePort},
+    discovery::v1::EndpointSlice,
+};
+use kube::ResourceExt;
+
+use super::{
+    grpcroute::{self, service_label, AttachedRoute, RouteError},
+    INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
+};
+use crate::model::{self, Endpoint, EndpointState, Labels, Model, ModelError, Policy};
+
+/// The EndpointSlice label naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Everything the reflectors hold, at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// Pods on this node.
+    pub pods: Vec<Arc<Pod>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub routes: Vec<Arc<GrpcRoute>>,
+}
+
+/// A GRPCRoute that was ignored, and why.
+#[derive(Debug, Clone)]
+pub struct InvalidRoute {
+    pub route: Arc<GrpcRoute>,
+    pub error: Arc<RouteError>,
+}
+
+/// The result of [`translate`]: the model and what was left out of it.
+#[derive(Debug, Default)]
+pub struct Translation {
+    pub model: Model,
+    pub invalid_routes: Vec<InvalidRoute>,
+    /// `(service, annotation value)` of Services whose policy annotation
+    /// names no policy; they use the default.
+    pub bad_policies: Vec<(String, String)>,
+    /// Services left out because they would make the model invalid.
+    pub dropped: Vec<(String, ModelError)>,
+}
+
+/// Whether a port speaks gRPC: named `grpc` or `grpc-*`, or with
+/// `appProtocol` `grpc` or `kubernetes.io/h2c`; TCP only.
+pub fn is_grpc_port(p: &ServicePort) -> bool {
+    if !matches!(p.protocol.as_deref(), None | Some("TCP")) {
+        return false;
+    }
+    let named = p
+        .name
+        .as_deref()
+        .is_some_and(|n| n == "grpc" || n.starts_with("grpc-"));
+    let proto = matches!(p.app_protocol.as_deref(), Some("grpc" | "kubernetes.io/h2c"));
+    named || proto
+}
+
+/// Whether `pod` opted in: its annotation `balancer.io/inject` says
+/// `enabled` (or `disabled`, which wins over the namespace), else its
+/// namespace's label `balancer.io/inject=enabled`.
+pub fn opted_in(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    match pod.annotations().get(INJECT_ANNOTATION).map(String::as_str) {
+        Some("enabled") => true,
+        Some("disabled") => false,
+        _ => namespace.is_some_and(|ns| {
+            ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")
+        }),
+    }
+}
+
+/// Whether a pod still runs processes (its cgroup may hold sockets).
+fn running(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// The IPv4 cluster IPs of a Service: none for headless and ExternalName.
+fn cluster_ipv4s(svc: &Service) -> Vec<Ipv4Addr> {
+    let Some(spec) = &svc.spec else { return Vec::new() };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let ips: Vec<&String> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    let mut out: Vec<Ipv4Addr> = ips.into_iter().filter_map(|ip| ip.parse().ok()).collect();
+    out.dedup();
+    out
+}
+
+type SliceIndex<'a> = HashMap<(String, String), Vec<&'a EndpointSlice>>;
+
+fn index_slices(slices: &[Arc<EndpointSlice>]) -> SliceIndex<'_> {
+    let mut idx: SliceIndex<'_> = HashMap::new();
+    for s in slices {
+        let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else { continue };
+        let key = (s.namespace().unwrap_or_default(), svc.clone());
+        idx.entry(key).or_default().push(s);
+    }
+    idx
+}
+
+fn endpoint_state(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<EndpointState> {
+    let c = ep.conditions.as_ref();
+    // The API: an absent `ready` means ready; `serving` defaults to `ready`.
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    if ready {
+        Some(EndpointState::Ready)
+    } else if serving && terminating {
+        Some(EndpointState::Draining)
+    } else {
+        None
+    }
+}
+
+/// Adds the endpoints of Service `namespace/service`, port `port_name`, to
+/// `out`, labelled as belonging to that Service. An address already present
+/// (the same pod behind the parent and a version Service) gets the label
+/// added; ready wins over draining.
+fn add_endpoints(
+    out: &mut BTreeMap<SocketAddr, Endpoint>,
+    slices: &SliceIndex<'_>,
+    namespace: &str,
+    service: &str,
+    port_name: Option<&str>,
+) {
+    let Some(slices) = slices.get(&(namespace.to_owned(), service.to_owned())) else {
+        return;
+    };
+    let (key, value) = service_label(service);
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().filter(|n| !n.is_empty()) == port_name
+                && matches!(p.protocol.as_deref(), None | Some("TCP"))
+        });
+        let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        if port == 0 {
+            continue;
+        }
+        for ep in &slice.endpoints {
+            let Some(state) = endpoint_state(ep) else { continue };
+            // The API: addresses are fungible; consumers may use the first.
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            let address = SocketAddr::V4(SocketAddrV4::new(ip, port));
+            let e = out.entry(address).or_insert_with(|| Endpoint {
+                address,
+                labels: Labels::new(),
+                state,
+                zone: None,
+                node: None,
+            });
+            e.labels.insert(key.clone(), value.clone());
+            if state == EndpointState::Ready {
+                e.state = EndpointState::Ready;
+            }
+            if e.zone.is_none() {
+                e.zone.clone_from(&ep.zone);
+            }
+            if e.node.is_none() {
+                e.node.clone_from(&ep.node_name);
+            }
+        }
+    }
+}
+
+/// GRPCRoutes in the order the Gateway API gives conflicting routes: oldest
+/// first, then by `namespace/name`.
+fn ordered_routes(routes: &[Arc<GrpcRoute>]) -> Vec<&Arc<GrpcRoute>> {
+    let mut v: Vec<_> = routes.iter().collect();
+    v.sort_by_key(|r| {
+        (
+            r.creation_timestamp().map(|t| t.0),
+            r.namespace().unwrap_or_default(),
+            r.name_any(),
+        )
+    });
+    v
+}
+
+/// Translates the snapshot. `cgroup_of` finds an opted-in pod's cgroup
+/// directory (see [`super::cgroup`]); pods it finds none for are not
+/// enrolled yet.
+pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -> Translation {
+    let mut t = Translation::default();
+
+    let services: HashMap<(String, String), &Service> = snap
+        .services
+        .iter()
+        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s.as_ref()))
+        .collect();
+    let lookup = |ns: &str, name: &str| services.get(&(ns.to_owned(), name.to_owned())).copied();
+
+    let mut attached: HashMap<(String, String), Vec<AttachedRoute>> = HashMap::new();
+    for route in ordered_routes(&snap.routes) {
+        match grpcroute::attach(route, lookup) {
+            Ok(list) => {
+                for a in list {
+                    attached
+                        .entry((a.namespace.clone(), a.service.clone()))
+                        .or_default()
+                        .push(a);
+                }
+            }
+            Err(error) => t.invalid_routes.push(InvalidRoute {
+                route: Arc::clone(route),
+                error: Arc::new(error),
+            }),
+        }
+    }
+
+    let slices = index_slices(&snap.endpoint_slices);
+    let mut vips_taken: HashMap<SocketAddr, String> = HashMap::new();
+    let mut sorted: Vec<&Arc<Service>> = snap.services.iter().collect();
+    sorted.sort_by_key(|s| (s.namespace().unwrap_or_default(), s.name_any()));
+    for svc in sorted {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let ips = cluster_ipv4s(svc);
+        if ips.is_empty() {
+            continue;
+        }
+        let grpc_ports: Vec<&ServicePort> = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter(|p| is_grpc_port(p))
+            .collect();
+        let policy = match svc.annotations().get(POLICY_ANNOTATION) {
+            None => Policy::default(),
+            Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                t.bad_policies.push((format!("{ns}/{name}"), v.clone()));
+                Policy::default()
+            }),
+        };
+        let routes_here = attached.get(&(ns.clone(), name.clone()));
+        for sp in &grpc_ports {
+            let Ok(port) = u16::try_from(sp.port) else { continue };
+            let model_name = if grpc_ports.len() == 1 {
+                format!("{ns}/{name}")
+            } else {
+                format!("{ns}/{name}:{}", sp.name.as_deref().unwrap_or("grpc"))
+            };
+            let port_name = sp.name.as_deref().filter(|n| !n.is_empty());
+
+            let mut endpoints = BTreeMap::new();
+            add_endpoints(&mut endpoints, &slices, &ns, &name, port_name);
+            let mut routes = Vec::new();
+            for a in routes_here.into_iter().flatten() {
+                if a.port.is_some_and(|p| p != sp.port) {
+                    continue;
+                }
+                for b in &a.backends {
+                    add_endpoints(&mut endpoints, &slices, &ns, &b.service, b.port_name.as_deref());
+                }
+                routes.extend(a.routes.iter().cloned());
+            }
+
+            let service = model::Service {
+                name: model_name.clone(),
+                vips: ips
+                    .iter()
+                    .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, port)))
+                    .collect(),
+                listen: None,
+                policy,
+                endpoints: endpoints.into_values().collect(),
+                routes,
+            };
+            if let Some(err) = check_alone(&service, &vips_taken) {
+                t.dropped.push((model_name, err));
+                continue;
+            }
+            for vip in &service.vips {
+                vips_taken.insert(*vip, model_name.clone());
+            }
+            t.model.services.push(service);
+        }
+    }
+
+    let namespaces: HashMap<String, &Namespace> = snap
+        .namespaces
+        .iter()
+        .map(|n| (n.name_any(), n.as_ref()))
+        .collect();
+    let mut enrolled: Vec<PathBuf> = snap
+        .pods
+        .iter()
+        .filter(|p| running(p))
+        .filter(|p| {
+            let ns = p.namespace().unwrap_or_default();
+            opted_in(p, namespaces.get(&ns).copied())
+        })
+        .filter_map(|p| cgroup_of(p))
+        .collect();
+    enrolled.sort();
+    enrolled.dedup();
+    t.model.enrolled = enrolled;
+    t
+}
+
+/// The model's checks for one service, plus its VIPs against the services
+/// already accepted.
+fn check_alone(service: &model::Service, taken: &HashMap<SocketAddr, String>) -> Option<ModelError> {
+    for vip in &service.vips {
+        if let Some(other) = taken.get(vip) {
+            return Some(ModelError::DuplicateVip {
+                service: service.name.clone(),
+                vip: *vip,
+                other: other.clone(),
+            });
+        }
+    }
+    let alone = Model {
+        services: vec![service.clone()],
+        enrolled: Vec::new(),
+    };
+    alone.validate().err()
+}
+
+/// Names of the Services whose endpoints a model service was built from, for
+/// tests and display: the label keys minus the prefix.
+pub fn member_services(ep: &Endpoint) -> HashSet<&str> {
+    ep.labels
+        .keys()
+        .filter_map(|k| k.strip_prefix(grpcroute::SERVICE_LABEL_PREFIX))
+        .collect()
+}

@@ -1,0 +1,473 @@
+//! Kubernetes objects onto the model: gRPC ports, VIPs, endpoint states,
+//! version subsets, policies, GRPCRoute (valid and invalid) and pod opt-in.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use balancer_agent::{
+    k8s::{
+        grpcroute::{service_label, RouteError},
+        translate::{member_services, Translation},
+        translate, Snapshot,
+    },
+    model::{Backend, EndpointState, HeaderMatch, Labels, Policy, RouteMatch, StringMatch},
+};
+use gateway_api::grpcroutes::GrpcRoute;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde_json::{json, Value};
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("test object parses"))
+}
+
+fn service(name: &str, ip: &str, ports: Value) -> Arc<Service> {
+    from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "demo" },
+        "spec": { "clusterIP": ip, "clusterIPs": [ip], "ports": ports }
+    }))
+}
+
+fn grpc_service(name: &str, ip: &str) -> Arc<Service> {
+    service(name, ip, json!([{ "name": "grpc", "port": 8000, "targetPort": 50051 }]))
+}
+
+/// An EndpointSlice of `svc` with port `grpc` = 50051; `eps` are
+/// `(ip, ready, serving, terminating)`.
+fn slice(svc: &str, suffix: &str, eps: &[(&str, bool, bool, bool)]) -> Arc<EndpointSlice> {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(ip, ready, serving, terminating)| {
+            json!({
+                "addresses": [ip],
+                "conditions": { "ready": ready, "serving": serving, "terminating": terminating },
+                "nodeName": "node-a", "zone": "zone-1"
+            })
+        })
+        .collect();
+    from(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{svc}-{suffix}"), "namespace": "demo",
+                      "labels": { "kubernetes.io/service-name": svc } },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
+    }))
+}
+
+fn grpcroute(name: &str, spec: Value) -> Arc<GrpcRoute> {
+    from(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": { "name": name, "namespace": "demo" },
+        "spec": spec
+    }))
+}
+
+fn split(parent: &str, backends: Value) -> Value {
+    json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": parent, "port": 8000 }],
+        "rules": [{ "backendRefs": backends }]
+    })
+}
+
+fn no_cgroups(_: &Pod) -> Option<PathBuf> {
+    None
+}
+
+fn run(snap: &Snapshot) -> Translation {
+    let t = translate(snap, no_cgroups);
+    t.model.validate().expect("translated model validates");
+    t
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+/// The greeter: parent Service selecting both versions, one Service per
+/// version, pods 10.1.0.1 (v1) and 10.1.0.2 (v2).
+fn greeter() -> Snapshot {
+    Snapshot {
+        services: vec![
+            grpc_service("greeter", "10.96.0.10"),
+            grpc_service("greeter-v1", "10.96.0.11"),
+            grpc_service("greeter-v2", "10.96.0.12"),
+        ],
+        endpoint_slices: vec![
+            slice("greeter", "a", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]),
+            slice("greeter-v1", "a", &[("10.1.0.1", true, true, false)]),
+            slice("greeter-v2", "a", &[("10.1.0.2", true, true, false)]),
+        ],
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn grpc_ports_by_name_or_app_protocol_become_vips() {
+    let snap = Snapshot {
+        services: vec![service(
+            "multi",
+            "10.96.0.20",
+            json!([
+                { "name": "grpc-api", "port": 9000 },
+                { "name": "h2", "port": 9001, "appProtocol": "kubernetes.io/h2c" },
+                { "name": "plain", "port": 9002, "appProtocol": "grpc" },
+                { "name": "http", "port": 80 },
+                { "name": "grpc-udp", "port": 9003, "protocol": "UDP" },
+                { "name": "grpcweb", "port": 9004 }
+            ]),
+        )],
+        ..Snapshot::default()
+    };
+    let t = run(&snap);
+    let mut vips: Vec<SocketAddr> = t.model.services.iter().flat_map(|s| s.vips.clone()).collect();
+    vips.sort();
+    assert_eq!(vips, vec![addr("10.96.0.20:9000"), addr("10.96.0.20:9001"), addr("10.96.0.20:9002")]);
+    // Several gRPC ports: one model service each, named by port.
+    assert!(t.model.service("demo/multi:grpc-api").is_some());
+    assert!(t.model.service("demo/multi:h2").is_some());
+}
+
+#[test]
+fn headless_external_name_and_ipv6_services_are_skipped() {
+    let headless = service("headless", "None", json!([{ "name": "grpc", "port": 8000 }]));
+    let v6 = service("v6", "fd00::10", json!([{ "name": "grpc", "port": 8000 }]));
+    let ext: Arc<Service> = from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "ext", "namespace": "demo" },
+        "spec": { "type": "ExternalName", "externalName": "example.invalid",
+                  "ports": [{ "name": "grpc", "port": 8000 }] }
+    }));
+    let t = run(&Snapshot { services: vec![headless, v6, ext], ..Snapshot::default() });
+    assert!(t.model.services.is_empty(), "{:?}", t.model.services);
+}
+
+#[test]
+fn endpoint_conditions_map_to_ready_draining_or_dropped() {
+    let snap = Snapshot {
+        services: vec![grpc_service("greeter", "10.96.0.10")],
+        endpoint_slices: vec![slice(
+            "greeter",
+            "a",
+            &[
+                ("10.1.0.1", true, true, false),   // ready
+                ("10.1.0.2", false, true, true),   // serving, terminating: drain
+                ("10.1.0.3", false, false, true),  // terminating, not serving: gone
+                ("10.1.0.4", false, false, false), // not ready: gone
+                ("fd00::1", true, true, false),    // not IPv4: gone
+            ],
+        )],
+        ..Snapshot::default()
+    };
+    let t = run(&snap);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    assert_eq!(svc.vips, vec![addr("10.96.0.10:8000")]);
+    let states: Vec<(SocketAddr, EndpointState)> =
+        svc.endpoints.iter().map(|e| (e.address, e.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (addr("10.1.0.1:50051"), EndpointState::Ready),
+            (addr("10.1.0.2:50051"), EndpointState::Draining),
+        ]
+    );
+    assert_eq!(svc.endpoints[0].zone.as_deref(), Some("zone-1"));
+    assert_eq!(svc.endpoints[0].node.as_deref(), Some("node-a"));
+}
+
+#[test]
+fn slices_of_a_service_are_merged_and_ready_wins() {
+    let snap = Snapshot {
+        services: vec![grpc_service("greeter", "10.96.0.10")],
+        endpoint_slices: vec![
+            slice("greeter", "a", &[("10.1.0.1", false, true, true)]),
+            slice("greeter", "b", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]),
+        ],
+        ..Snapshot::default()
+    };
+    let svc = run(&snap).model.services.remove(0);
+    assert_eq!(svc.endpoints.len(), 2);
+    assert!(svc.endpoints.iter().all(|e| e.state == EndpointState::Ready));
+}
+
+#[test]
+fn policy_annotation_chooses_the_policy_and_a_bad_one_falls_back() {
+    let mk = |name: &str, ip: &str, policy: &str| -> Arc<Service> {
+        from(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "demo",
+                          "annotations": { "balancer.io/policy": policy } },
+            "spec": { "clusterIP": ip, "ports": [{ "name": "grpc", "port": 8000 }] }
+        }))
+    };
+    let snap = Snapshot {
+        services: vec![mk("a", "10.96.0.1", "peak-ewma"), mk("b", "10.96.0.2", "fastest")],
+        ..Snapshot::default()
+    };
+    let t = run(&snap);
+    assert_eq!(t.model.service("demo/a").map(|s| s.policy), Some(Policy::PeakEwma));
+    assert_eq!(t.model.service("demo/b").map(|s| s.policy), Some(Policy::RoundRobin));
+    assert_eq!(t.bad_policies, vec![("demo/b".to_owned(), "fastest".to_owned())]);
+}
+
+#[test]
+fn grpcroute_splits_over_version_services() {
+    let mut snap = greeter();
+    snap.routes.push(grpcroute(
+        "greeter-split",
+        split("greeter", json!([
+            { "name": "greeter-v1", "port": 8000, "weight": 90 },
+            { "name": "greeter-v2", "port": 8000, "weight": 10 }
+        ])),
+    ));
+    let t = run(&snap);
+    assert!(t.invalid_routes.is_empty(), "{:?}", t.invalid_routes);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    // Each endpoint carries the Services it belongs to.
+    let members: Vec<_> = svc.endpoints.iter().map(|e| {
+        let mut m: Vec<_> = member_services(e).into_iter().collect();
+        m.sort();
+        (e.address, m)
+    }).collect();
+    assert_eq!(
+        members,
+        vec![
+            (addr("10.1.0.1:50051"), vec!["greeter", "greeter-v1"]),
+            (addr("10.1.0.2:50051"), vec!["greeter", "greeter-v2"]),
+        ]
+    );
+    assert_eq!(svc.routes.len(), 1);
+    let route = &svc.routes[0];
+    assert_eq!(route.name.as_deref(), Some("demo/greeter-split#0"));
+    assert!(route.matches.is_empty());
+    let label = |s: &str| Labels::from([service_label(s)]);
+    assert_eq!(
+        route.backends,
+        vec![
+            Backend { labels: label("greeter-v1"), weight: 90 },
+            Backend { labels: label("greeter-v2"), weight: 10 },
+        ]
+    );
+    // The version Services stay balanced services of their own.
+    assert!(t.model.service("demo/greeter-v1").is_some());
+}
+
+#[test]
+fn backend_services_add_endpoints_the_parent_does_not_select() {
+    // A parent Service with no endpoints of its own (no selector).
+    let mut snap = greeter();
+    snap.endpoint_slices.retain(|s| s.metadata.name.as_deref() != Some("greeter-a"));
+    snap.routes.push(grpcroute(
+        "canary",
+        split("greeter", json!([{ "name": "greeter-v2", "port": 8000 }])),
+    ));
+    let t = run(&snap);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    assert_eq!(svc.endpoints.len(), 1);
+    assert_eq!(svc.endpoints[0].address, addr("10.1.0.2:50051"));
+    assert_eq!(svc.routes[0].backends[0].weight, 1, "weight defaults to 1");
+}
+
+#[test]
+fn grpcroute_method_and_header_matches() {
+    let mut snap = greeter();
+    snap.routes.push(grpcroute(
+        "by-method",
+        json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter" }],
+            "rules": [
+                {
+                    "matches": [
+                        { "method": { "service": "helloworld.Greeter", "method": "SayHello" } },
+                        { "method": { "type": "RegularExpression", "method": "Say.*" },
+                          "headers": [
+                              { "name": "X-Canary", "value": "yes" },
+                              { "name": "x-canary", "value": "ignored: second entry" },
+                              { "type": "RegularExpression", "name": "x-user", "value": "u[0-9]+" }
+                          ] }
+                    ],
+                    "backendRefs": [{ "name": "greeter-v2", "port": 8000 }]
+                },
+                { "backendRefs": [{ "name": "greeter-v1", "port": 8000 }] }
+            ]
+        }),
+    ));
+    let t = run(&snap);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    assert_eq!(svc.routes.len(), 2);
+    assert_eq!(
+        svc.routes[0].matches,
+        vec![
+            RouteMatch {
+                service: Some(StringMatch::Exact("helloworld.Greeter".into())),
+                method: Some(StringMatch::Exact("SayHello".into())),
+                headers: vec![],
+            },
+            RouteMatch {
+                service: None,
+                method: Some(StringMatch::RegularExpression("Say.*".into())),
+                headers: vec![
+                    HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("yes".into()) },
+                    HeaderMatch {
+                        name: "x-user".into(),
+                        value: StringMatch::RegularExpression("u[0-9]+".into()),
+                    },
+                ],
+            },
+        ]
+    );
+    assert!(svc.routes[1].matches.is_empty(), "a rule without matches matches every call");
+}
+
+#[test]
+fn routes_attach_to_the_named_parent_port_only() {
+    let mut snap = greeter();
+    snap.services[0] = service(
+        "greeter",
+        "10.96.0.10",
+        json!([{ "name": "grpc", "port": 8000 }, { "name": "grpc-admin", "port": 8001 }]),
+    );
+    snap.routes.push(grpcroute(
+        "only-8000",
+        split("greeter", json!([{ "name": "greeter-v2", "port": 8000 }])),
+    ));
+    let t = run(&snap);
+    assert_eq!(t.model.service("demo/greeter:grpc").map(|s| s.routes.len()), Some(1));
+    assert_eq!(t.model.service("demo/greeter:grpc-admin").map(|s| s.routes.len()), Some(0));
+}
+
+#[test]
+fn gateway_parents_are_not_ours() {
+    let mut snap = greeter();
+    snap.routes.push(grpcroute(
+        "north-south",
+        json!({
+            "parentRefs": [{ "name": "my-gateway" }],
+            "rules": [{ "backendRefs": [{ "name": "missing", "port": 1 }] }]
+        }),
+    ));
+    let t = run(&snap);
+    assert!(t.invalid_routes.is_empty());
+    assert!(t.model.services.iter().all(|s| s.routes.is_empty()));
+}
+
+fn invalid(spec: Value) -> RouteError {
+    let mut snap = greeter();
+    snap.routes.push(grpcroute("bad", spec));
+    // A good route on the same parent survives the bad one.
+    snap.routes.push(grpcroute(
+        "good",
+        split("greeter", json!([{ "name": "greeter-v1", "port": 8000 }])),
+    ));
+    let t = run(&snap);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    assert_eq!(svc.routes.len(), 1, "only the good route is applied");
+    assert_eq!(svc.routes[0].name.as_deref(), Some("demo/good#0"));
+    assert_eq!(t.invalid_routes.len(), 1);
+    assert_eq!(t.invalid_routes[0].route.metadata.name.as_deref(), Some("bad"));
+    Arc::try_unwrap(t.invalid_routes.into_iter().next().expect("one").error)
+        .expect("sole owner")
+}
+
+#[test]
+fn grpcroute_with_a_missing_backend_is_ignored() {
+    let e = invalid(split("greeter", json!([
+        { "name": "greeter-v1", "port": 8000, "weight": 50 },
+        { "name": "greeter-v3", "port": 8000, "weight": 50 }
+    ])));
+    assert_eq!(e, RouteError::BackendNotFound { rule: 0, service: "demo/greeter-v3".into() });
+    assert_eq!(e.to_string(), "rules[0]: backend Service `demo/greeter-v3` not found");
+}
+
+#[test]
+fn grpcroute_with_all_weights_zero_is_ignored() {
+    let e = invalid(split("greeter", json!([
+        { "name": "greeter-v1", "port": 8000, "weight": 0 },
+        { "name": "greeter-v2", "port": 8000, "weight": 0 }
+    ])));
+    assert_eq!(e, RouteError::AllWeightsZero { rule: 0 });
+}
+
+#[test]
+fn grpcroute_with_a_bad_regex_is_ignored() {
+    let e = invalid(json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter" }],
+        "rules": [{
+            "matches": [{ "method": { "type": "RegularExpression", "method": "Say(" } }],
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+        }]
+    }));
+    assert!(matches!(&e, RouteError::BadRegex { rule: 0, pattern, .. } if pattern == "Say("), "{e}");
+}
+
+#[test]
+fn grpcroute_other_invalid_shapes_are_ignored() {
+    let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 8000, "weight": -1 }])));
+    assert!(matches!(e, RouteError::NegativeWeight { weight: -1, .. }));
+    let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 9999 }])));
+    assert!(matches!(e, RouteError::BackendPortNotFound { port: 9999, .. }));
+    let e = invalid(split("greeter", json!([])));
+    assert_eq!(e, RouteError::NoBackends { rule: 0 });
+    let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 8000, "namespace": "other" }])));
+    assert!(matches!(e, RouteError::CrossNamespaceBackend { .. }));
+    let e = invalid(split(
+        "greeter",
+        json!([{ "group": "example.io", "kind": "Backend", "name": "greeter-v1" }]),
+    ));
+    assert!(matches!(e, RouteError::UnsupportedBackendKind { .. }), "{e}");
+    let e = invalid(json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter" }],
+        "rules": [{
+            "filters": [{ "type": "RequestHeaderModifier",
+                          "requestHeaderModifier": { "set": [{ "name": "a", "value": "b" }] } }],
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+        }]
+    }));
+    assert_eq!(e, RouteError::UnsupportedFilter { rule: 0 });
+    let e = invalid(split("nowhere", json!([{ "name": "greeter-v1", "port": 8000 }])));
+    assert_eq!(e, RouteError::ParentNotFound { service: "demo/nowhere".into() });
+}
+
+fn pod(name: &str, uid: &str, annotations: Value, phase: &str) -> Arc<Pod> {
+    from(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "demo", "uid": uid, "annotations": annotations },
+        "spec": { "nodeName": "node-a", "containers": [{ "name": "c", "image": "x" }] },
+        "status": { "phase": phase, "qosClass": "BestEffort" }
+    }))
+}
+
+fn namespace(inject: Option<&str>) -> Arc<Namespace> {
+    let labels = match inject {
+        Some(v) => json!({ "balancer.io/inject": v }),
+        None => json!({}),
+    };
+    from(json!({ "apiVersion": "v1", "kind": "Namespace",
+                 "metadata": { "name": "demo", "labels": labels } }))
+}
+
+fn enrolled(snap: &Snapshot) -> Vec<PathBuf> {
+    // Every pod "has" a cgroup named after its UID.
+    let t = translate(snap, |p: &Pod| p.metadata.uid.as_ref().map(|u| PathBuf::from("/cg").join(u)));
+    t.model.enrolled
+}
+
+#[test]
+fn pods_opt_in_by_annotation_or_namespace_label() {
+    let pods = vec![
+        pod("annotated", "uid-a", json!({ "balancer.io/inject": "enabled" }), "Running"),
+        pod("plain", "uid-b", json!({}), "Running"),
+        pod("opted-out", "uid-c", json!({ "balancer.io/inject": "disabled" }), "Running"),
+        pod("finished", "uid-d", json!({ "balancer.io/inject": "enabled" }), "Succeeded"),
+    ];
+    let mut snap = Snapshot { pods, namespaces: vec![namespace(None)], ..Snapshot::default() };
+    assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-a")]);
+
+    snap.namespaces = vec![namespace(Some("enabled"))];
+    assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-a"), PathBuf::from("/cg/uid-b")]);
+
+    // A pod whose cgroup cannot be found is not enrolled (yet).
+    assert!(translate(&snap, no_cgroups).model.enrolled.is_empty());
+}
