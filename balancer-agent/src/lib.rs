@@ -6,6 +6,7 @@
 //! call.
 
 pub mod balance;
+pub mod config;
 pub mod k8s;
 pub mod model;
 pub mod proxy;
