@@ -222,6 +222,9 @@ pub async fn run(
                                 // No CRD means no routes: a complete (empty) state.
                                 synced.insert(kind);
                             }
+                            watch::Failure::Gone => {
+                                tracing::debug!(resource = kind.resource(), "watch expired; relisting");
+                            }
                             _ => {
                                 if failing.insert(kind) {
                                     tracing::warn!(resource = kind.resource(), %error, "watch failed; retrying with backoff, keeping the last known state");

@@ -56,6 +56,8 @@ pub enum Failure {
     Forbidden { verb: &'static str },
     /// 404: the resource type is not served (a CRD not installed).
     NotServed,
+    /// 410: the watch fell too far behind; the watcher relists.
+    Gone,
     /// Anything else (disconnects, timeouts, 5xx): retried with backoff.
     Other,
 }
@@ -86,6 +88,7 @@ pub fn classify(e: &watcher::Error) -> Failure {
     match code {
         Some(403) => Failure::Forbidden { verb },
         Some(404) => Failure::NotServed,
+        Some(410) => Failure::Gone,
         _ => Failure::Other,
     }
 }

@@ -1,0 +1,299 @@
+//! A faked Kubernetes API server behind `kube::Client`, in kube's
+//! `tower_test::mock` style: lists, watches (with a resourceVersion log so a
+//! resumed watch replays what it missed), 410 Gone to force a relist, an
+//! outage, 403/404 per resource, and a record of the Events posted.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use serde_json::{json, Value};
+
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+type Chunk = Result<Frame<Bytes>, io::Error>;
+
+struct Watch {
+    resource: &'static str,
+    node: Option<String>,
+    tx: mpsc::UnboundedSender<Chunk>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// (resource, namespace/name) → object.
+    objects: BTreeMap<(&'static str, String), Value>,
+    /// (rv, resource, event type, object): what a resumed watch replays.
+    log: Vec<(u64, &'static str, &'static str, Value)>,
+    /// Watches from an older resourceVersion get 410 Gone.
+    compacted: u64,
+    watches: Vec<Watch>,
+    down: bool,
+    forbidden: HashSet<&'static str>,
+    not_found: HashSet<&'static str>,
+    requests: Vec<String>,
+    events: Vec<Value>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApi(Arc<Mutex<State>>);
+
+fn resource_of(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/api/v1/services" => "services",
+        "/api/v1/pods" => "pods",
+        "/api/v1/namespaces" => "namespaces",
+        "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
+        _ => return None,
+    })
+}
+
+fn resource_of_kind(kind: &str) -> &'static str {
+    match kind {
+        "Service" => "services",
+        "Pod" => "pods",
+        "Namespace" => "namespaces",
+        "EndpointSlice" => "endpointslices",
+        "GRPCRoute" => "grpcroutes",
+        other => panic!("the fake API server does not serve {other}"),
+    }
+}
+
+fn key_of(obj: &Value) -> String {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().expect("objects have a name");
+    format!("{ns}/{name}")
+}
+
+fn decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).expect("utf-8 query")
+}
+
+fn query(req: &Request<kube::client::Body>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), decode(v)))
+        .collect()
+}
+
+fn on_node(resource: &str, node: Option<&str>, obj: &Value) -> bool {
+    match node {
+        Some(n) if resource == "pods" => obj["spec"]["nodeName"].as_str() == Some(n),
+        _ => true,
+    }
+}
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    let bytes = Bytes::from(serde_json::to_vec(&body).expect("json"));
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes).map_err(|never| match never {}).boxed_unsync())
+        .expect("response")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "code": code, "reason": reason, "message": message })
+}
+
+fn line(v: &Value) -> Chunk {
+    let mut bytes = serde_json::to_vec(v).expect("json");
+    bytes.push(b'\n');
+    Ok(Frame::data(Bytes::from(bytes)))
+}
+
+impl FakeApi {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().expect("fake API state")
+    }
+
+    /// A `kube::Client` whose every request this fake answers.
+    pub fn client(&self) -> kube::Client {
+        let (svc, mut handle) =
+            tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+        let fake = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let fake = fake.clone();
+                tokio::spawn(async move { send.send_response(fake.serve(req).await) });
+            }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    async fn serve(&self, req: Request<kube::client::Body>) -> Response<Body> {
+        let q = query(&req);
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        self.state().requests.push(format!("{method} {}", req.uri()));
+        if self.state().down {
+            return full(StatusCode::SERVICE_UNAVAILABLE, status(503, "ServiceUnavailable", "down"));
+        }
+        if path.starts_with("/apis/events.k8s.io/v1/namespaces/") {
+            let body = req.into_body().collect().await.expect("request body").to_bytes();
+            let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            self.state().events.push(event.clone());
+            return full(StatusCode::CREATED, event);
+        }
+        let Some(resource) = resource_of(&path).filter(|_| method == Method::GET) else {
+            return full(StatusCode::NOT_FOUND, status(404, "NotFound", "no such path"));
+        };
+        let mut st = self.state();
+        let verb = if q.get("watch").map(String::as_str) == Some("true") { "watch" } else { "list" };
+        if st.forbidden.contains(resource) {
+            let msg = format!("{resource} is forbidden: User \"system:serviceaccount:balancer:agent\" cannot {verb} resource \"{resource}\" at the cluster scope");
+            return full(StatusCode::FORBIDDEN, status(403, "Forbidden", &msg));
+        }
+        if st.not_found.contains(resource) {
+            return full(StatusCode::NOT_FOUND, status(404, "NotFound", "the server could not find the requested resource"));
+        }
+        let node = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("spec.nodeName="))
+            .map(str::to_owned);
+        if verb == "list" {
+            let items: Vec<Value> = st
+                .objects
+                .iter()
+                .filter(|((r, _), o)| *r == resource && on_node(resource, node.as_deref(), o))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let list = json!({ "apiVersion": "v1", "kind": "List",
+                               "metadata": { "resourceVersion": st.rv.to_string() },
+                               "items": items });
+            return full(StatusCode::OK, list);
+        }
+        let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded();
+        if from < st.compacted {
+            let _ = tx.unbounded_send(line(&json!({ "type": "ERROR",
+                "object": status(410, "Expired", "too old resource version") })));
+        } else {
+            for (rv, r, ty, obj) in &st.log {
+                if *rv > from && *r == resource && on_node(resource, node.as_deref(), obj) {
+                    let _ = tx.unbounded_send(line(&json!({ "type": ty, "object": obj })));
+                }
+            }
+            st.watches.push(Watch { resource, node, tx });
+        }
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(rx).boxed_unsync())
+            .expect("response")
+    }
+
+    fn record(&self, ty: &'static str, mut obj: Value, silently: bool) {
+        let mut st = self.state();
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        let resource = resource_of_kind(obj["kind"].as_str().expect("objects have a kind"));
+        let key = (resource, key_of(&obj));
+        if ty == "DELETED" {
+            st.objects.remove(&key);
+        } else {
+            st.objects.insert(key, obj.clone());
+        }
+        if silently {
+            return;
+        }
+        st.log.push((rv, resource, ty, obj.clone()));
+        let msg = json!({ "type": ty, "object": obj });
+        st.watches.retain(|w| {
+            if w.resource != resource || !on_node(resource, w.node.as_deref(), &obj) {
+                return !w.tx.is_closed();
+            }
+            w.tx.unbounded_send(line(&msg)).is_ok()
+        });
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
+    pub fn apply(&self, obj: Value) {
+        let resource = resource_of_kind(obj["kind"].as_str().expect("kind"));
+        let exists = self.state().objects.contains_key(&(resource, key_of(&obj)));
+        self.record(if exists { "MODIFIED" } else { "ADDED" }, obj, false);
+    }
+
+    /// Deletes an object (DELETED to watchers).
+    pub fn delete(&self, obj: Value) {
+        self.record("DELETED", obj, false);
+    }
+
+    /// Changes the state with no watch event: only a relist sees it.
+    pub fn apply_unseen(&self, obj: Value) {
+        self.record("MODIFIED", obj, true);
+    }
+
+    pub fn delete_unseen(&self, obj: Value) {
+        self.record("DELETED", obj, true);
+    }
+
+    /// Every open watch gets `410 Gone` and every older resourceVersion is
+    /// compacted: watchers must relist.
+    pub fn expire(&self) {
+        let mut st = self.state();
+        st.compacted = st.rv + 1;
+        let msg = json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") });
+        for w in st.watches.drain(..) {
+            let _ = w.tx.unbounded_send(line(&msg));
+        }
+    }
+
+    /// The API server goes away: open watches break, requests get 503
+    /// until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.state();
+        st.down = down;
+        if down {
+            for w in st.watches.drain(..) {
+                let _ = w.tx.unbounded_send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "gone")));
+            }
+        }
+    }
+
+    pub fn forbid(&self, resource: &'static str) {
+        self.state().forbidden.insert(resource);
+    }
+
+    pub fn not_installed(&self, resource: &'static str) {
+        self.state().not_found.insert(resource);
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state().requests.clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.state().events.clone()
+    }
+}

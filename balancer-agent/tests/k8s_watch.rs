@@ -1,0 +1,358 @@
+//! Kubernetes mode end to end against a faked API server: the first sync
+//! and readiness, adds, updates and deletes, relists, an API outage, missing
+//! RBAC, a missing GRPCRoute CRD, and invalid GRPCRoutes reported as Events.
+
+mod k8s_fake;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use balancer_agent::{
+    k8s::{self, K8sError, K8sOptions},
+    model::{EndpointState, Model},
+};
+use k8s_fake::FakeApi;
+use serde_json::{json, Value};
+use tokio::{sync::watch, task::JoinHandle, time::timeout};
+
+const NODE: &str = "node-a";
+const POD_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000a";
+
+fn service(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "demo" },
+        "spec": { "clusterIP": ip, "clusterIPs": [ip],
+                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }] }
+    })
+}
+
+/// `eps`: (ip, ready, serving, terminating).
+fn slice(svc: &str, eps: &[(&str, bool, bool, bool)]) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(ip, r, s, t)| json!({ "addresses": [ip],
+            "conditions": { "ready": r, "serving": s, "terminating": t } }))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{svc}-abcde"), "namespace": "demo",
+                      "labels": { "kubernetes.io/service-name": svc } },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
+    })
+}
+
+fn pod(name: &str, uid: &str, node: &str, inject: bool) -> Value {
+    let annotations = if inject { json!({ "balancer.io/inject": "enabled" }) } else { json!({}) };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "demo", "uid": uid, "annotations": annotations },
+        "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "client" }] },
+        "status": { "phase": "Running", "qosClass": "BestEffort" }
+    })
+}
+
+fn namespace() -> Value {
+    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } })
+}
+
+fn grpcroute(name: &str, backends: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": { "name": name, "namespace": "demo" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter", "port": 8000 }],
+            "rules": [{ "backendRefs": backends }]
+        }
+    })
+}
+
+/// The greeter with two versions and an opted-in client pod on this node,
+/// plus an opted-in pod on another node.
+fn seed(fake: &FakeApi) {
+    fake.apply(namespace());
+    fake.apply(service("greeter", "10.96.0.10"));
+    fake.apply(service("greeter-v1", "10.96.0.11"));
+    fake.apply(service("greeter-v2", "10.96.0.12"));
+    fake.apply(slice("greeter", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]));
+    fake.apply(slice("greeter-v1", &[("10.1.0.1", true, true, false)]));
+    fake.apply(slice("greeter-v2", &[("10.1.0.2", true, true, false)]));
+    fake.apply(pod("client", POD_UID, NODE, true));
+    fake.apply(pod("elsewhere", "6f1d2c3b-0000-4000-8000-00000000000b", "node-b", true));
+}
+
+struct Agent {
+    models: watch::Receiver<Arc<Model>>,
+    ready: watch::Receiver<bool>,
+    task: JoinHandle<Result<(), K8sError>>,
+    cgroups: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(fake: &FakeApi) -> Agent {
+        let cgroups = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(pod_cgroup(cgroups.path(), POD_UID)).expect("mkdir");
+        let opts = K8sOptions::new(NODE, cgroups.path());
+        let (tx, models) = watch::channel(Arc::new(Model::default()));
+        let (ready_tx, ready) = watch::channel(false);
+        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, ready_tx));
+        Agent { models, ready, task, cgroups }
+    }
+
+    async fn until_ready(&mut self) {
+        timeout(Duration::from_secs(10), self.ready.wait_for(|r| *r))
+            .await
+            .expect("ready within 10 s")
+            .expect("run() is alive");
+    }
+
+    /// Waits (bounded) for a published model that satisfies `pred`.
+    async fn until(&mut self, what: &str, wait: Duration, pred: impl Fn(&Model) -> bool) -> Arc<Model> {
+        let found = timeout(wait, self.models.wait_for(|m| pred(m)))
+            .await
+            .map(|r| r.map(|m| Arc::clone(&m)));
+        match found {
+            Ok(Ok(m)) => m,
+            _ => panic!("no model where {what} within {wait:?}; last: {:#?}", self.models.borrow()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn pod_cgroup(root: &Path, uid: &str) -> PathBuf {
+    root.join("kubepods/besteffort").join(format!("pod{uid}"))
+}
+
+fn endpoints(m: &Model, svc: &str) -> Vec<(String, EndpointState)> {
+    m.service(svc)
+        .map(|s| s.endpoints.iter().map(|e| (e.address.to_string(), e.state)).collect())
+        .unwrap_or_default()
+}
+
+const SHORT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn first_sync_publishes_the_model_then_turns_ready() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    fake.set_down(true);
+    let mut agent = Agent::start(&fake);
+    // Nothing listed yet: not ready, nothing published.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!*agent.ready.borrow(), "ready before the first sync");
+    assert!(agent.models.borrow().services.is_empty());
+
+    fake.set_down(false);
+    agent.until_ready().await;
+    let m = Arc::clone(&agent.models.borrow());
+    m.validate().expect("valid model");
+    assert_eq!(m.services.len(), 3);
+    let greeter = m.service("demo/greeter").expect("greeter");
+    assert_eq!(greeter.vips, vec!["10.96.0.10:8000".parse().expect("vip")]);
+    assert_eq!(
+        endpoints(&m, "demo/greeter"),
+        vec![("10.1.0.1:50051".into(), EndpointState::Ready), ("10.1.0.2:50051".into(), EndpointState::Ready)]
+    );
+    // Only this node's opted-in pod is enrolled, by its cgroup.
+    assert_eq!(m.enrolled, vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
+    // Pods are watched on this node only.
+    let reqs = fake.requests();
+    assert!(
+        reqs.iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("spec.nodeName%3Dnode-a")),
+        "{reqs:#?}"
+    );
+}
+
+#[tokio::test]
+async fn adds_updates_and_deletes_are_published() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+
+    // Add: a new service with endpoints.
+    fake.apply(service("echo", "10.96.0.30"));
+    fake.apply(slice("echo", &[("10.1.0.9", true, true, false)]));
+    agent.until("echo is added", SHORT, |m| endpoints(m, "demo/echo").len() == 1).await;
+
+    // Update: the endpoint starts terminating but still serves → drains.
+    fake.apply(slice("echo", &[("10.1.0.9", false, true, true)]));
+    agent
+        .until("echo's endpoint drains", SHORT, |m| {
+            endpoints(m, "demo/echo") == vec![("10.1.0.9:50051".to_owned(), EndpointState::Draining)]
+        })
+        .await;
+
+    // ... and then stops serving → gone.
+    fake.apply(slice("echo", &[("10.1.0.9", false, false, true)]));
+    agent.until("echo has no endpoints", SHORT, |m| {
+        m.service("demo/echo").is_some_and(|s| s.endpoints.is_empty())
+    }).await;
+
+    // Delete: the service leaves the model.
+    fake.delete(service("echo", "10.96.0.30"));
+    agent.until("echo is deleted", SHORT, |m| m.service("demo/echo").is_none()).await;
+
+    // A pod that leaves is no longer enrolled.
+    fake.delete(pod("client", POD_UID, NODE, true));
+    agent.until("the client pod is unenrolled", SHORT, |m| m.enrolled.is_empty()).await;
+    assert!(!agent.task.is_finished());
+}
+
+#[tokio::test]
+async fn bursts_of_changes_are_published_together() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+    let mut rx = agent.models.clone();
+    rx.mark_unchanged();
+    let counter = tokio::spawn(async move {
+        let mut n = 0u32;
+        while timeout(Duration::from_secs(2), rx.changed()).await.is_ok_and(|r| r.is_ok()) {
+            n += 1;
+        }
+        n
+    });
+    for i in 1..=20u8 {
+        let ips: Vec<String> = (1..=i).map(|j| format!("10.2.0.{j}")).collect();
+        let eps: Vec<(&str, bool, bool, bool)> = ips.iter().map(|ip| (ip.as_str(), true, true, false)).collect();
+        fake.apply(slice("greeter-v1", &eps));
+    }
+    agent.until("all 20 endpoints", SHORT, |m| endpoints(m, "demo/greeter-v1").len() == 20).await;
+    let published = counter.await.expect("counter");
+    assert!((1..=3).contains(&published), "20 changes in a burst gave {published} models");
+}
+
+#[tokio::test]
+async fn a_relist_after_expiry_catches_what_the_watch_missed() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+
+    // Changes no watch event tells about...
+    fake.delete_unseen(service("greeter-v2", "10.96.0.12"));
+    fake.apply_unseen(slice("greeter-v1", &[("10.1.0.7", true, true, false)]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(agent.models.borrow().service("demo/greeter-v2").is_some(), "nothing told yet");
+
+    // ... are picked up by the relist that a 410 Gone forces.
+    fake.expire();
+    agent
+        .until("the relisted state", Duration::from_secs(15), |m| {
+            m.service("demo/greeter-v2").is_none()
+                && endpoints(m, "demo/greeter-v1") == vec![("10.1.0.7:50051".to_owned(), EndpointState::Ready)]
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn an_api_outage_keeps_the_last_state_and_resumes() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+    let before = Arc::clone(&agent.models.borrow());
+
+    fake.set_down(true);
+    // Changes made while the agent cannot see them.
+    fake.apply(slice("greeter-v2", &[("10.1.0.2", true, true, false), ("10.1.0.3", true, true, false)]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(**agent.models.borrow(), *before, "the last known state stays published");
+    assert!(*agent.ready.borrow(), "still ready while serving the last state");
+    assert!(!agent.task.is_finished(), "an outage is not fatal");
+
+    fake.set_down(false);
+    agent
+        .until("the change made during the outage", Duration::from_secs(40), |m| {
+            endpoints(m, "demo/greeter-v2").len() == 2
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn missing_rbac_is_one_clear_error_naming_verb_and_resource() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    fake.forbid("endpointslices");
+    let mut agent = Agent::start(&fake);
+    let res = timeout(Duration::from_secs(10), &mut agent.task).await.expect("run() ends").expect("no panic");
+    let err = res.expect_err("forbidden is fatal at startup");
+    assert!(matches!(err, K8sError::Forbidden { verb: "list", resource: "endpointslices.discovery.k8s.io", .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("forbidden: the agent's service account may not list endpointslices.discovery.k8s.io"), "{msg}");
+    assert!(!*agent.ready.borrow());
+}
+
+#[tokio::test]
+async fn without_the_grpcroute_crd_the_agent_still_gets_ready() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    fake.not_installed("grpcroutes");
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+    assert_eq!(agent.models.borrow().services.len(), 3);
+}
+
+#[tokio::test]
+async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+
+    fake.apply(grpcroute("split", json!([
+        { "name": "greeter-v1", "port": 8000, "weight": 90 },
+        { "name": "greeter-v2", "port": 8000, "weight": 10 }
+    ])));
+    let m = agent
+        .until("the 90/10 route", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1))
+        .await;
+    let weights: Vec<u32> = m.service("demo/greeter").expect("greeter").routes[0].backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, vec![90, 10]);
+
+    // Broken: a backend that does not exist. The route is dropped, the
+    // agent keeps running and says why on the route.
+    fake.apply(grpcroute("split", json!([
+        { "name": "greeter-v1", "port": 8000, "weight": 90 },
+        { "name": "greeter-v3", "port": 8000, "weight": 10 }
+    ])));
+    agent
+        .until("the broken route dropped", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.is_empty()))
+        .await;
+    let event = timeout(SHORT, async {
+        loop {
+            if let Some(e) = fake.events().into_iter().find(|e| e["reason"] == k8s::INVALID_ROUTE_REASON) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("an Event within 5 s");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "GRPCRoute");
+    assert_eq!(event["regarding"]["name"], "split");
+    assert_eq!(event["metadata"]["namespace"], "demo");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("backend Service `demo/greeter-v3` not found"), "{note}");
+
+    // Fixed by creating the missing Service: applied again.
+    fake.apply(service("greeter-v3", "10.96.0.13"));
+    agent
+        .until("the repaired route", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1))
+        .await;
+    assert_eq!(fake.events().len(), 1, "one Event for one problem");
+    assert!(!agent.task.is_finished());
+}
