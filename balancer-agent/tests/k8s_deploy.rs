@@ -1,0 +1,286 @@
+//! Every manifest under deploy/ parses into the Kubernetes (and Gateway API)
+//! types without a field lost, the kustomizations list every file, the RBAC
+//! grants what the agent watches, and the DaemonSet has what the agent needs.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use balancer_agent::k8s::{self, translate, Kind, Snapshot};
+use gateway_api::grpcroutes::GrpcRoute;
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
+    core::v1::{Namespace, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("deploy/ is readable") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("readable");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `doc` as `T` and checks that serializing it back gives the same
+/// document: a misspelled or misplaced field would be dropped and show here.
+fn strict<T: DeserializeOwned + Serialize>(path: &Path, doc: &Value) -> T {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let back = serde_json::to_value(&typed).expect("serializes");
+    assert_eq!(&back, doc, "{}: fields lost in parsing (a typo?)", path.display());
+    typed
+}
+
+#[derive(Default)]
+struct Manifests {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    bindings: Vec<ClusterRoleBinding>,
+    daemonsets: Vec<DaemonSet>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    routes: Vec<GrpcRoute>,
+}
+
+fn load(dir: &Path) -> Manifests {
+    let mut m = Manifests::default();
+    for path in yaml_files(dir) {
+        if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
+            check_kustomization(&path);
+            continue;
+        }
+        for doc in documents(&path) {
+            let api = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            match (api.as_str(), kind.as_str()) {
+                ("v1", "Namespace") => m.namespaces.push(strict(&path, &doc)),
+                ("v1", "ServiceAccount") => m.service_accounts.push(strict(&path, &doc)),
+                ("v1", "Service") => m.services.push(strict(&path, &doc)),
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.cluster_roles.push(strict(&path, &doc)),
+                ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => m.bindings.push(strict(&path, &doc)),
+                ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
+                ("apps/v1", "Deployment") => m.deployments.push(strict(&path, &doc)),
+                ("gateway.networking.k8s.io/v1", "GRPCRoute") => m.routes.push(strict(&path, &doc)),
+                _ => panic!("{}: unexpected {api} {kind}", path.display()),
+            }
+        }
+    }
+    m
+}
+
+/// A kustomization lists exactly the manifests next to it (none forgotten,
+/// none missing).
+fn check_kustomization(path: &Path) {
+    let docs = documents(path);
+    assert_eq!(docs.len(), 1, "{}", path.display());
+    let k = &docs[0];
+    assert_eq!(k["kind"], "Kustomization");
+    let dir = path.parent().expect("parent");
+    let listed: BTreeSet<String> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("resource path").to_owned())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(dir)
+        .expect("readable")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present, "{}: resources vs files", path.display());
+}
+
+#[test]
+fn every_manifest_parses_strictly() {
+    let all = yaml_files(&deploy_dir());
+    assert!(all.len() >= 9, "deploy/ has its manifests: {all:?}");
+    let m = load(&deploy_dir());
+    assert_eq!(m.daemonsets.len(), 1);
+    assert_eq!(m.cluster_roles.len(), 1);
+    assert_eq!(m.routes.len(), 1);
+}
+
+fn agent() -> (Manifests, DaemonSet) {
+    let mut m = load(&deploy_dir());
+    let ds = m.daemonsets.pop().expect("the agent DaemonSet");
+    (m, ds)
+}
+
+#[test]
+fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
+    let (_, ds) = agent();
+    let spec = ds.spec.as_ref().expect("spec");
+    let strategy = spec.update_strategy.as_ref().expect("updateStrategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("balancer-agent"));
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert!(c.args.iter().flatten().all(|a| a != "--config"), "Kubernetes mode: no --config");
+
+    // Capabilities, not full privilege.
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_ne!(sc.privileged, Some(true));
+    let caps: BTreeSet<&str> = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .map(|a| a.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
+        assert!(caps.contains(cap), "missing capability {cap}");
+    }
+
+    // Downward API.
+    let field = |name: &str| {
+        c.env.iter().flatten().find(|e| e.name == name).and_then(|e| {
+            e.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone())
+        })
+    };
+    assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
+    let value = |name: &str| {
+        c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
+    };
+
+    // The host's cgroup v2 hierarchy and bpffs are mounted, and the agent is
+    // told where the cgroup hierarchy is.
+    let host_path = |mount_path: &str| {
+        let m = c.volume_mounts.iter().flatten().find(|m| m.mount_path == mount_path)?;
+        let v = pod.volumes.iter().flatten().find(|v| v.name == m.name)?;
+        v.host_path.as_ref().map(|h| h.path.clone())
+    };
+    let cgroup_root = value("BALANCER_CGROUP_ROOT").expect("BALANCER_CGROUP_ROOT");
+    assert_eq!(host_path(&cgroup_root).as_deref(), Some("/sys/fs/cgroup"));
+    assert_eq!(value("BALANCER_ATTACH_CGROUP"), Some(cgroup_root));
+    assert_eq!(host_path("/sys/fs/bpf").as_deref(), Some("/sys/fs/bpf"));
+
+    // Probes on the admin port; the admin address is loopback.
+    let admin: std::net::SocketAddr = value("BALANCER_ADMIN").expect("BALANCER_ADMIN").parse().expect("addr");
+    assert!(admin.ip().is_loopback());
+    let probe = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+        let h = p.and_then(|p| p.http_get.as_ref()).expect("httpGet probe");
+        assert_eq!(h.port, IntOrString::Int(i32::from(admin.port())));
+        assert_eq!(h.host.as_deref(), Some("127.0.0.1"));
+        h.path.clone().unwrap_or_default()
+    };
+    assert_eq!(probe(c.readiness_probe.as_ref()), "/readyz");
+    assert_eq!(probe(c.liveness_probe.as_ref()), "/healthz");
+
+    let res = c.resources.as_ref().expect("resources");
+    for key in ["cpu", "memory"] {
+        assert!(res.requests.as_ref().is_some_and(|r| r.contains_key(key)), "request {key}");
+        assert!(res.limits.as_ref().is_some_and(|r| r.contains_key(key)), "limit {key}");
+    }
+    // Declared ports would be hostPorts on the host network, which the old
+    // and new agent of a surge cannot share.
+    assert!(c.ports.as_ref().is_none_or(|p| p.is_empty()));
+}
+
+#[test]
+fn rbac_grants_what_the_agent_watches_and_nothing_to_change_workloads() {
+    let (m, ds) = agent();
+    let role = &m.cluster_roles[0];
+    let allows = |group: &str, resource: &str, verb: &str| {
+        role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for kind in Kind::ALL {
+        let (resource, group) = kind.resource().split_once('.').unwrap_or((kind.resource(), ""));
+        for verb in ["get", "list", "watch"] {
+            assert!(allows(group, resource, verb), "ClusterRole lacks {verb} {}", kind.resource());
+        }
+    }
+    assert!(allows("events.k8s.io", "events", "create"));
+    assert!(allows("events.k8s.io", "events", "patch"));
+    for r in role.rules.iter().flatten() {
+        for v in &r.verbs {
+            assert!(["get", "list", "watch", "create", "patch"].contains(&v.as_str()), "verb {v}");
+        }
+        if r.verbs.iter().any(|v| v == "create" || v == "patch") {
+            assert_eq!(r.resources.as_deref(), Some(&["events".to_owned()][..]));
+        }
+    }
+
+    let binding = &m.bindings[0];
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().expect("name"));
+    let sa = &m.service_accounts[0];
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+    assert_eq!(subject.namespace, sa.metadata.namespace);
+    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+}
+
+#[test]
+fn the_example_splits_the_greeter_90_10_for_an_opted_in_client() {
+    let m = load(&deploy_dir().join("examples"));
+    let client = m
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("greeter-client"))
+        .expect("client Deployment");
+    let annotations = client.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
+    assert_eq!(annotations.and_then(|a| a.get(k8s::INJECT_ANNOTATION)).map(String::as_str), Some("enabled"));
+
+    // The manifests carry no cluster IPs: give the Services some, then
+    // translate with the route.
+    let services = m
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut s = s.clone();
+            let spec = s.spec.as_mut().expect("spec");
+            spec.cluster_ip = Some(format!("10.96.0.{}", 10 + i));
+            Arc::new(s)
+        })
+        .collect();
+    let snap = Snapshot {
+        services,
+        routes: m.routes.into_iter().map(Arc::new).collect(),
+        ..Snapshot::default()
+    };
+    let t = translate(&snap, |_| None);
+    assert!(t.invalid_routes.is_empty(), "{:?}", t.invalid_routes);
+    t.model.validate().expect("valid");
+    let greeter = t.model.service("demo/greeter").expect("the parent Service is balanced");
+    assert_eq!(greeter.routes.len(), 1);
+    let weights: Vec<u32> = greeter.routes[0].backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, vec![90, 10]);
+    assert_eq!(greeter.policy.as_str(), "round-robin");
+}
