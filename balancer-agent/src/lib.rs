@@ -6,6 +6,8 @@
 //! call.
 
 pub mod balance;
+pub mod cgroup;
+pub mod ebpf;
 pub mod config;
 pub mod k8s;
 pub mod model;

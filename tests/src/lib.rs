@@ -1,1 +1,60 @@
-//! Helpers for balancer's end-to-end tests: namespaces, cgroups, processes.
+//! Helpers for balancer's end-to-end tests on the real kernel: network
+//! namespaces, veth links, cgroups, processes placed in both, and the small
+//! agent/pod programs the kernel tests drive.
+//!
+//! Everything that creates kernel state returns a guard that removes it on
+//! drop, also when the test fails. Typical use:
+//!
+//! ```no_run
+//! use balancer_tests::{privileged, topology::Topology};
+//!
+//! let Some(_serial) = privileged::serial_or_skip("my_test") else { return };
+//! let topo = Topology::new(2).expect("topology"); // node netns + 2 pods
+//! // topo.node.netns, topo.pods[0].netns / .cgroup / .ip, topo.root_cgroup ...
+//! ```
+//!
+//! * [`privileged`]: skip (loudly) without root, or fail when
+//!   `BALANCER_REQUIRE_PRIVILEGED=1`; one privileged test at a time.
+//! * [`netns`], [`cgroup`]: `NetNs` and `Cgroup` guards.
+//! * [`process`]: spawn a command inside a netns and a cgroup (cgroup first,
+//!   then `setns`, without remounting /sys as `ip netns exec` would), and a
+//!   guard that kills and reaps it.
+//! * [`topology`]: a "node" netns joined by veth to N "pod" netns, no default
+//!   routes anywhere, plus the test's cgroup tree.
+//! * [`agent`]: drive `balancer-test-agent` (the kernel programs loaded, the
+//!   test protocol served) over its stdin/stdout.
+//! * [`pod`]: run `balancer-test-pod` client workloads inside a pod.
+//! * [`wire`]: the test protocol both programs speak.
+
+pub mod agent;
+pub mod cgroup;
+pub mod netns;
+pub mod pod;
+pub mod privileged;
+pub mod process;
+pub mod topology;
+pub mod wire;
+
+use std::path::PathBuf;
+
+/// Path of one of this crate's binaries (`balancer-test-agent`,
+/// `balancer-test-pod`), next to the running test executable. Integration
+/// tests of this package can use `env!("CARGO_BIN_EXE_<name>")` instead.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    dir.join(name)
+}
+
+/// A unique short name (interface names are limited to 15 bytes).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}

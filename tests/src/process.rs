@@ -1,0 +1,105 @@
+//! Processes placed in a test's cgroup and network namespace.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use crate::{cgroup::Cgroup, netns::NetNs};
+
+/// Makes `cmd` start inside `cgroup` and then `netns` (either optional).
+/// The child joins the cgroup first and then enters the namespace with
+/// `setns` — unlike `ip netns exec`, /sys is not remounted, so the cgroup
+/// file system stays visible to it.
+pub fn place(cmd: &mut Command, netns: Option<&NetNs>, cgroup: Option<&Cgroup>) -> io::Result<()> {
+    let ns_fd: Option<OwnedFd> = netns.map(|ns| ns.open().map(OwnedFd::from)).transpose()?;
+    let procs: Option<CString> = cgroup
+        .map(|cg| CString::new(cg.path().join("cgroup.procs").as_os_str().as_bytes()))
+        .transpose()
+        .map_err(io::Error::other)?;
+    // SAFETY: the closure only makes async-signal-safe system calls (open,
+    // write, close, setns) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if rc != 1 {
+                    return Err(err);
+                }
+            }
+            if let Some(ns) = &ns_fd {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        ChildGuard { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child present until drop")
+    }
+
+    /// SIGKILL and wait for the process to be gone.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; kills it
+    /// after that. Returns its exit status (None if killed).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                self.kill()?;
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
