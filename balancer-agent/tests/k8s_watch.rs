@@ -95,9 +95,17 @@ struct Agent {
 
 impl Agent {
     fn start(fake: &FakeApi) -> Agent {
+        Agent::start_with(fake, true, |_| {})
+    }
+
+    /// `with_cgroup`: whether the client pod's cgroup exists from the start.
+    fn start_with(fake: &FakeApi, with_cgroup: bool, tune: impl FnOnce(&mut K8sOptions)) -> Agent {
         let cgroups = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(pod_cgroup(cgroups.path(), POD_UID)).expect("mkdir");
-        let opts = K8sOptions::new(NODE, cgroups.path());
+        if with_cgroup {
+            std::fs::create_dir_all(pod_cgroup(cgroups.path(), POD_UID)).expect("mkdir");
+        }
+        let mut opts = K8sOptions::new(NODE, cgroups.path());
+        tune(&mut opts);
         let (tx, models) = watch::channel(Arc::new(Model::default()));
         let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(k8s::run(fake.client(), opts, tx, ready_tx));
@@ -355,4 +363,35 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
         .await;
     assert_eq!(fake.events().len(), 1, "one Event for one problem");
     assert!(!agent.task.is_finished());
+}
+
+#[tokio::test]
+async fn a_pod_cgroup_that_appears_later_is_enrolled_at_resync() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start_with(&fake, false, |o| o.resync = Duration::from_millis(200));
+    agent.until_ready().await;
+    assert!(agent.models.borrow().enrolled.is_empty(), "no cgroup yet, nothing enrolled");
+    let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    agent.until("the pod enrolled", SHORT, |m| m.enrolled == vec![dir.clone()]).await;
+}
+
+#[tokio::test]
+async fn rbac_lost_after_startup_keeps_the_last_state() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    agent.until_ready().await;
+    let before = Arc::clone(&agent.models.borrow());
+    fake.forbid("services");
+    fake.expire();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        fake.requests().iter().filter(|r| r.starts_with("GET /api/v1/services?")).count() >= 2,
+        "the services watcher relisted"
+    );
+    assert!(!agent.task.is_finished(), "not fatal once serving");
+    assert_eq!(**agent.models.borrow(), *before);
+    assert!(*agent.ready.borrow());
 }
