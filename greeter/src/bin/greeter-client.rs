@@ -1,0 +1,59 @@
+//! `greeter-client --target ADDR --calls N [--concurrency C] [--json]`:
+//! N `SayHello` calls over ONE channel (one HTTP/2 connection), counted per
+//! serving backend.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "greeter-client", about = "Counts which backend serves each call of one gRPC connection")]
+struct Args {
+    /// host:port (cleartext HTTP/2) or a URI.
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value_t = 100)]
+    calls: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Per-call deadline in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let spread = rt.block_on(async {
+        let channel = greeter::client::connect(&args.target)
+            .await
+            .with_context(|| format!("cannot connect to {}", args.target))?;
+        anyhow::Ok(
+            greeter::client::say_hello_spread(
+                channel,
+                args.calls,
+                args.concurrency,
+                Duration::from_millis(args.timeout_ms),
+            )
+            .await,
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&spread)?);
+    } else {
+        print!("{}", spread.table());
+    }
+    Ok(if spread.errors == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,132 @@
+//! Client side: one channel (one HTTP/2 connection) and the per-backend
+//! count of `SayHello` calls made over it.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    pb::{
+        echo::echo_client::EchoClient,
+        helloworld::{greeter_client::GreeterClient, HelloRequest},
+    },
+    MAX_MESSAGE,
+};
+
+/// `host:port` or a URI; a bare address means cleartext HTTP/2.
+pub fn uri(target: &str) -> String {
+    if target.contains("://") {
+        target.to_owned()
+    } else {
+        format!("http://{target}")
+    }
+}
+
+/// Connects one channel: a single HTTP/2 connection, as a gRPC client of
+/// one Service address uses.
+pub async fn connect(target: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(uri(target))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+pub fn greeter(channel: Channel) -> GreeterClient<Channel> {
+    GreeterClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+pub fn echo(channel: Channel) -> EchoClient<Channel> {
+    EchoClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// What `calls` SayHello calls over one channel did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    pub calls: u64,
+    pub ok: u64,
+    pub errors: u64,
+    /// Successful calls per serving backend.
+    pub backends: BTreeMap<String, u64>,
+    /// Failed calls per status code name.
+    pub error_codes: BTreeMap<String, u64>,
+    /// The first error's message, if any.
+    pub first_error: Option<String>,
+}
+
+impl Spread {
+    /// A table: backend, calls, share.
+    pub fn table(&self) -> String {
+        let width = self.backends.keys().map(String::len).max().unwrap_or(7).max(7);
+        let mut s = format!("{:<width$}  {:>7}  {:>6}\n", "backend", "calls", "share");
+        for (name, n) in &self.backends {
+            let share = if self.calls == 0 { 0.0 } else { *n as f64 * 100.0 / self.calls as f64 };
+            s.push_str(&format!("{name:<width$}  {n:>7}  {share:>5.1}%\n"));
+        }
+        if self.errors > 0 {
+            s.push_str(&format!("{:<width$}  {:>7}\n", "(failed)", self.errors));
+            for (code, n) in &self.error_codes {
+                s.push_str(&format!("  {code}: {n}\n"));
+            }
+            if let Some(e) = &self.first_error {
+                s.push_str(&format!("  first error: {e}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// Makes `calls` SayHello calls over `channel`, at most `concurrency` at a
+/// time, and counts them per backend. Each call has `timeout`.
+pub async fn say_hello_spread(
+    channel: Channel,
+    calls: u64,
+    concurrency: usize,
+    timeout: Duration,
+) -> Spread {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..calls {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let mut client = greeter(channel.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut req = tonic::Request::new(HelloRequest {
+                name: format!("call-{i}"),
+            });
+            req.set_timeout(timeout);
+            client.say_hello(req).await.map(|r| r.into_inner().backend)
+        });
+    }
+    let mut spread = Spread {
+        calls,
+        ..Spread::default()
+    };
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(backend)) => {
+                spread.ok += 1;
+                *spread.backends.entry(backend).or_default() += 1;
+            }
+            Ok(Err(status)) => {
+                spread.errors += 1;
+                *spread.error_codes.entry(format!("{:?}", status.code())).or_default() += 1;
+                spread
+                    .first_error
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+            Err(join) => {
+                spread.errors += 1;
+                spread.first_error.get_or_insert_with(|| join.to_string());
+            }
+        }
+    }
+    spread
+}
