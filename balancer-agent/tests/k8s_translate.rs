@@ -296,15 +296,19 @@ fn grpcroute_method_and_header_matches() {
     ));
     let t = run(&snap);
     let svc = t.model.service("demo/greeter").expect("greeter");
-    assert_eq!(svc.routes.len(), 2);
+    // One model route per match, most specific first.
+    assert_eq!(svc.routes.len(), 3);
     assert_eq!(
         svc.routes[0].matches,
+        vec![RouteMatch {
+            service: Some(StringMatch::Exact("helloworld.Greeter".into())),
+            method: Some(StringMatch::Exact("SayHello".into())),
+            headers: vec![],
+        }]
+    );
+    assert_eq!(
+        svc.routes[1].matches,
         vec![
-            RouteMatch {
-                service: Some(StringMatch::Exact("helloworld.Greeter".into())),
-                method: Some(StringMatch::Exact("SayHello".into())),
-                headers: vec![],
-            },
             RouteMatch {
                 service: None,
                 method: Some(StringMatch::RegularExpression("Say.*".into())),
@@ -318,7 +322,49 @@ fn grpcroute_method_and_header_matches() {
             },
         ]
     );
-    assert!(svc.routes[1].matches.is_empty(), "a rule without matches matches every call");
+    assert_eq!(svc.routes[0].backends, svc.routes[1].backends, "both matches of rule 0");
+    assert!(svc.routes[2].matches.is_empty(), "a rule without matches matches every call");
+    assert_eq!(svc.routes[2].name.as_deref(), Some("demo/by-method#1"));
+}
+
+#[test]
+fn more_specific_matches_win_over_older_routes() {
+    let mut snap = greeter();
+    let route = |name: &str, created: &str, rule: Value| -> Arc<GrpcRoute> {
+        from(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": { "name": name, "namespace": "demo", "creationTimestamp": created },
+            "spec": {
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter" }],
+                "rules": [rule]
+            }
+        }))
+    };
+    snap.routes = vec![
+        route("catch-all", "2024-01-01T00:00:00Z", json!({
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+        })),
+        route("by-service", "2024-06-01T00:00:00Z", json!({
+            "matches": [{ "method": { "service": "helloworld.Greeter" } }],
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+        })),
+        route("say-hello", "2025-01-01T00:00:00Z", json!({
+            "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
+            "backendRefs": [{ "name": "greeter-v2", "port": 8000 }]
+        })),
+        // Same specificity as say-hello but newer: after it.
+        route("say-hello-too", "2025-02-01T00:00:00Z", json!({
+            "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+        })),
+    ];
+    let t = run(&snap);
+    let names: Vec<_> = t.model.service("demo/greeter").expect("greeter").routes.iter()
+        .map(|r| r.name.clone().unwrap_or_default()).collect();
+    assert_eq!(
+        names,
+        vec!["demo/say-hello#0", "demo/say-hello-too#0", "demo/by-service#0", "demo/catch-all#0"]
+    );
 }
 
 #[test]

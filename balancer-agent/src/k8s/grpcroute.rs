@@ -10,7 +10,10 @@
 //!
 //! What is supported: method matches (`Exact`, `RegularExpression`) on
 //! service and/or method, header matches (`Exact`, `RegularExpression`),
-//! weighted `backendRefs`. A route this agent cannot honour exactly (filters,
+//! weighted `backendRefs`. Precedence is the Gateway API's: the most
+//! specific match first (characters of an exact service, then of an exact
+//! method, then the number of header matches), ties to the oldest route, then
+//! `namespace/name`, then rule order. A route this agent cannot honour exactly (filters,
 //! a missing backend, all weights 0, a bad regular expression) is refused as a
 //! whole — never half-applied — and reported.
 

@@ -21,7 +21,9 @@ use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
 };
-use crate::model::{self, Endpoint, EndpointState, Labels, Model, ModelError, Policy};
+use crate::model::{
+    self, Endpoint, EndpointState, Labels, Model, ModelError, Policy, Route, RouteMatch, StringMatch,
+};
 
 /// The EndpointSlice label naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -202,6 +204,44 @@ fn ordered_routes(routes: &[Arc<GrpcRoute>]) -> Vec<&Arc<GrpcRoute>> {
     v
 }
 
+/// How specific a match is, in the Gateway API's precedence order for
+/// GRPCRoute: characters of an exact service, of an exact method, then the
+/// number of header matches (and regular-expression matches last).
+fn specificity(m: Option<&RouteMatch>) -> (usize, usize, usize, usize) {
+    let Some(m) = m else { return (0, 0, 0, 0) };
+    let exact = |s: &Option<StringMatch>| match s {
+        Some(StringMatch::Exact(v)) => v.chars().count(),
+        _ => 0,
+    };
+    let regexes = [&m.service, &m.method]
+        .into_iter()
+        .filter(|s| matches!(s, Some(StringMatch::RegularExpression(_))))
+        .count();
+    (exact(&m.service), exact(&m.method), m.headers.len(), regexes)
+}
+
+/// The model picks the first route that matches, so each match of a rule
+/// becomes a route of its own and the most specific come first. Ties keep
+/// their order: routes oldest first, then rule order.
+fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
+    let mut split: Vec<Route> = Vec::with_capacity(routes.len());
+    for r in routes {
+        if r.matches.len() <= 1 {
+            split.push(r);
+            continue;
+        }
+        for m in &r.matches {
+            split.push(Route {
+                name: r.name.clone(),
+                matches: vec![m.clone()],
+                backends: r.backends.clone(),
+            });
+        }
+    }
+    split.sort_by_key(|r| std::cmp::Reverse(specificity(r.matches.first())));
+    split
+}
+
 /// Translates the snapshot. `cgroup_of` finds an opted-in pod's cgroup
 /// directory (see [`super::cgroup`]); pods it finds none for are not
 /// enrolled yet.
@@ -279,6 +319,7 @@ pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -
                 }
                 routes.extend(a.routes.iter().cloned());
             }
+            let routes = by_precedence(routes);
 
             let service = model::Service {
                 name: model_name.clone(),
