@@ -2,8 +2,9 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
@@ -24,6 +25,7 @@ pub fn bal_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => count(Program::SockOps, on_active(&ctx)),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => count(Program::SockOps, on_passive(&ctx)),
         BPF_SOCK_OPS_STATE_CB => on_state(&ctx),
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => on_transmit(&ctx),
         _ => {}
     }
     1
@@ -67,7 +69,7 @@ fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
     CONNECTIONS
         .insert(&own.peer(cfg.agent_netns), &connection, BPF_ANY.into())
         .map_err(|_| ())?;
-    insert_socket(ctx, own, cfg.fast_path != 0)
+    insert_socket(ctx, own, cfg.fast_path != 0, 0)
 }
 
 /// The agent's side (accepted) is established.
@@ -79,23 +81,85 @@ fn on_passive(ctx: &SockOpsContext) -> Result<Outcome, ()> {
     if CONNECTIONS.get_ptr(&own).is_none() {
         return Ok(Outcome::Passed);
     }
-    // Get told when it closes, to drop the connection's entry.
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-    ctx.set_cb_flags(flags as i32).map_err(|_| ())?;
     let fast_path = config().is_some_and(|cfg| cfg.fast_path != 0);
-    insert_socket(ctx, own, fast_path)
+    // Get told when it closes, to drop the connection's entry.
+    insert_socket(ctx, own, fast_path, BPF_SOCK_OPS_STATE_CB_FLAG)
 }
 
-fn insert_socket(ctx: &SockOpsContext, key: SockKey, fast_path: bool) -> Result<Outcome, ()> {
-    if !fast_path {
+/// Puts the socket into the fast-path map (if the fast path is on) and sets
+/// the callbacks it needs (`extra_flags`, plus transmit callbacks while its
+/// path is undecided).
+fn insert_socket(
+    ctx: &SockOpsContext,
+    key: SockKey,
+    fast_path: bool,
+    extra_flags: u32,
+) -> Result<Outcome, ()> {
+    let mut flags = ctx.cb_flags() | extra_flags;
+    let outcome = if fast_path {
+        // SAFETY: the context pointer is the kernel's bpf_sock_ops.
+        let ops = unsafe { &mut *ctx.ops };
+        SOCKETS.update(key, ops, BPF_ANY.into()).map_err(|_| ())?;
+        // Watch transmits until sk_msg has decided this socket's path: see
+        // `on_transmit`.
+        flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+        Outcome::Redirected
+    } else {
         // Fast path off: keep the socket out of the map entirely (a socket
         // in the map that always passes is slower than plain TCP).
-        return Ok(Outcome::Passed);
+        Outcome::Passed
+    };
+    if flags != ctx.cb_flags() {
+        ctx.set_cb_flags(flags as i32).map_err(|_| ())?;
     }
-    // SAFETY: the context pointer is the kernel's bpf_sock_ops.
-    let ops = unsafe { &mut *ctx.ops };
-    SOCKETS.update(key, ops, BPF_ANY.into()).map_err(|_| ())?;
-    Ok(Outcome::Redirected)
+    Ok(outcome)
+}
+
+/// A socket of a redirected connection transmits a TCP segment while its
+/// path may still be undecided.
+///
+/// The socket state turns ESTABLISHED before the socket enters the map, and a
+/// non-blocking client polling for connect completion can call `sendmsg` in
+/// between: that first write then takes plain TCP without sk_msg ever seeing
+/// it. If a later write were redirected, the receiver would read it first
+/// (it drains the redirect queue before the TCP queue) — reordered bytes. So a
+/// data segment sent while the path is undecided pins the socket to TCP, just
+/// as a first message that finds no peer does.
+fn on_transmit(ctx: &SockOpsContext) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let own = own_key(ctx);
+    let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
+    let conn_key = if agent_side {
+        own
+    } else {
+        own.peer(cfg.agent_netns)
+    };
+    // SAFETY: the context is valid for the program's whole run.
+    let data_len = unsafe { (*ctx.ops).skb_len };
+    if let Some(conn) = CONNECTIONS.get_ptr_mut(&conn_key) {
+        // SAFETY: a value pointer returned by the lookup; this socket's path
+        // field is only written under this socket's lock.
+        let path = unsafe {
+            if agent_side {
+                &mut (*conn).agent_path
+            } else {
+                &mut (*conn).pod_path
+            }
+        };
+        if *path == path::UNDECIDED {
+            if data_len == 0 {
+                // A pure ACK: keep watching.
+                return;
+            }
+            *path = path::TCP;
+            count(Program::SkMsg, Ok(Outcome::Pinned));
+        }
+    }
+    // Decided (or not ours any more): stop the per-segment callbacks.
+    let flags = ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+    let _ = ctx.set_cb_flags(flags as i32);
 }
 
 fn on_state(ctx: &SockOpsContext) {

@@ -82,7 +82,7 @@ fn serve(mut kernel: Kernel, listener: TcpListener) {
             std::thread::spawn(move || {
                 let peer = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
                 if let Err(e) = handle(conn, redirects.as_ref()) {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tracing::warn!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
