@@ -1,6 +1,7 @@
 //! Failures: calls an endpoint never handled are retried elsewhere without
 //! the client seeing it; outliers are ejected; no endpoint → UNAVAILABLE
 //! naming the service; endpoints that die mid-call end only their calls.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
 mod support_proxy;
 

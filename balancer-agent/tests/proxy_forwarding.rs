@@ -1,6 +1,7 @@
 //! The demultiplexer forwards every stream on its own: headers, data,
 //! trailers and metadata, calls spread per call, weights changed live,
 //! flow control end to end, cancellation both ways, deadlines.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
 mod support_proxy;
 

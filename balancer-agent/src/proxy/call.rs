@@ -2,7 +2,7 @@
 //! retry what the endpoint never handled, then forward the response, with
 //! cancellation both ways and the call's `grpc-timeout` enforced.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::{server::SendResponse, Reason, RecvStream};
@@ -52,12 +52,10 @@ fn fail(respond: &mut SendResponse<Bytes>, code: u16, msg: &str) {
     let _ = respond.send_response(grpc::trailers_only(code, msg), true);
 }
 
-fn deadline_sleep(deadline: Option<Instant>) -> impl Future<Output = ()> {
-    async move {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
+async fn deadline_sleep(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn trailers_only(code: u16, msg: &str) -> Response<()> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {
     use super::*;
 

@@ -311,8 +311,7 @@ impl Drop for TestProxy {
 }
 
 pub fn fast_opts() -> ProxyOptions {
-    let mut o = ProxyOptions::default();
-    o.sniff_timeout = Duration::from_millis(300);
+    let mut o = ProxyOptions { sniff_timeout: Duration::from_millis(300), ..ProxyOptions::default() };
     o.pool.connect_timeout = Duration::from_millis(500);
     o
 }
@@ -485,21 +484,31 @@ pub async fn raw_client(addr: SocketAddr) -> TcpStream {
 /// A raw endpoint that answers every HEADERS it gets with
 /// GOAWAY(last_stream_id = 0, NO_ERROR): the stream was never handled.
 pub async fn goaway_endpoint() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    scripted_endpoint(|_| goaway(0, 0)).await
+}
+
+/// A raw HTTP/2 endpoint: SETTINGS and PING are answered properly, every
+/// HEADERS frame gets `reply(stream_id)` written back verbatim.
+pub async fn scripted_endpoint(
+    reply: impl Fn(u32) -> Vec<u8> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(AtomicUsize::new(0));
     let s2 = seen.clone();
+    let reply = Arc::new(reply);
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else { return };
             let seen = s2.clone();
+            let reply = reply.clone();
             tokio::spawn(async move {
                 let mut pre = [0u8; 24];
                 if tcp.read_exact(&mut pre).await.is_err() {
                     return;
                 }
                 let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await;
-                while let Some((kind, flags, _, payload)) = read_frame(&mut tcp).await {
+                while let Some((kind, flags, id, payload)) = read_frame(&mut tcp).await {
                     match kind {
                         PING if flags & ACK == 0 => {
                             let _ = tcp.write_all(&frame(PING, ACK, 0, &payload)).await;
@@ -509,7 +518,7 @@ pub async fn goaway_endpoint() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::Jo
                         }
                         HEADERS => {
                             seen.fetch_add(1, SeqCst);
-                            let _ = tcp.write_all(&goaway(0, 0)).await;
+                            let _ = tcp.write_all(&reply(id)).await;
                         }
                         _ => {}
                     }
@@ -518,4 +527,59 @@ pub async fn goaway_endpoint() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::Jo
         }
     });
     (addr, seen, task)
+}
+
+/// HPACK for a minimal request: `:method POST`, `:scheme http`, `:path /`,
+/// `:authority a` (static table indices and one literal).
+pub const GOOD_REQUEST_HPACK: &[u8] = &[0x83, 0x86, 0x84, 0x41, 0x01, b'a'];
+/// HPACK without `:path`: a malformed request.
+pub const NO_PATH_HPACK: &[u8] = &[0x83, 0x86, 0x41, 0x01, b'a'];
+/// An indexed header field pointing far outside any table.
+pub const BAD_HPACK: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0x0f];
+
+/// A stand-in for the kernel side: every connection "was redirected" to
+/// `vip` (or to nothing), and fast-path exits are counted.
+pub struct FakeRedirects {
+    pub vip: Option<SocketAddr>,
+    pub left_fast_path: AtomicUsize,
+}
+
+impl balancer_agent::redirect::Redirects for FakeRedirects {
+    fn original_dst(&self, _accepted: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<SocketAddr>> {
+        Ok(self.vip)
+    }
+
+    fn leave_fast_path(&self, _accepted: std::os::fd::BorrowedFd<'_>) {
+        self.left_fast_path.fetch_add(1, SeqCst);
+    }
+}
+
+/// A proxy serving kernel-redirected connections through `redirects`.
+pub async fn redirected_proxy(model: &Model, opts: ProxyOptions, redirects: Arc<FakeRedirects>) -> TestProxy {
+    let table = Table::new(model);
+    let proxy = Proxy::new(Arc::clone(&table), opts);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let p = proxy.clone();
+    let task = tokio::spawn(async move { p.serve_redirected(listener, redirects).await });
+    TestProxy { addr, proxy, table, task }
+}
+
+/// A plain TCP endpoint: optionally greets first, then echoes bytes.
+pub async fn tcp_echo(greeting: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if tcp.write_all(greeting).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, task)
 }
