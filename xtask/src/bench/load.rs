@@ -32,8 +32,13 @@ pub struct Load<'a> {
 }
 
 impl Load<'_> {
-    /// h2load's arguments for this load; `log` adds the per-request log.
+    /// h2load's arguments for SayHello calls; `log` adds the per-request log.
     pub fn args(&self, log: bool) -> Vec<String> {
+        self.args_for(SAY_HELLO, log)
+    }
+
+    /// h2load's arguments for calls of `method` (a `/package.Service/Method` path).
+    pub fn args_for(&self, method: &str, log: bool) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-n".into(),
             self.calls.to_string(),
@@ -54,7 +59,7 @@ impl Load<'_> {
             a.push("--log-file".into());
             a.push(self.log_path().display().to_string());
         }
-        a.push(format!("http://{}{SAY_HELLO}", self.target));
+        a.push(format!("http://{}{method}", self.target));
         a
     }
 
@@ -194,8 +199,8 @@ pub struct GrpcSample {
     pub ok: u64,
     /// Other statuses seen (status → count); a missing status counts as "none".
     pub errors: BTreeMap<String, u64>,
-    /// Reply message → count (the greeter names its backend in its reply).
-    pub replies: BTreeMap<String, u64>,
+    /// Serving backend → calls (the greeter names itself in every reply).
+    pub backends: BTreeMap<String, u64>,
 }
 
 /// Makes `calls` SayHello calls with nghttp over one connection (`wrap`
@@ -252,7 +257,8 @@ pub fn grpc_sample(
         .output()
         .context("bench: cannot run nghttp")?;
     for m in grpc_messages(&bodies.stdout) {
-        *sample.replies.entry(m).or_default() += 1;
+        let backend = proto_string(&m, 2).unwrap_or_else(|| "?".into());
+        *sample.backends.entry(backend).or_default() += 1;
     }
     Ok(sample)
 }
@@ -268,27 +274,43 @@ fn grpc_statuses(verbose: &str) -> Vec<String> {
         .collect()
 }
 
-/// The string field 1 of every gRPC message in `bytes` (HelloReply.message).
-fn grpc_messages(mut bytes: &[u8]) -> Vec<String> {
+/// Every gRPC message in `bytes` (uncompressed length-prefixed frames).
+fn grpc_messages(mut bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     while bytes.len() >= 5 {
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         let Some(msg) = bytes.get(5..5 + len) else {
             break;
         };
-        out.push(proto_string_field1(msg).unwrap_or_else(|| "?".into()));
+        out.push(msg);
         bytes = &bytes[5 + len..];
     }
     out
 }
 
-fn proto_string_field1(msg: &[u8]) -> Option<String> {
-    if *msg.first()? != 0x0a {
-        return None;
+/// The string field `field` of a protobuf message, if it has one
+/// (HelloReply: 1 = message, 2 = backend).
+fn proto_string(mut msg: &[u8], field: u64) -> Option<String> {
+    while !msg.is_empty() {
+        let (key, used) = varint(msg)?;
+        msg = &msg[used..];
+        let value_len = match key & 7 {
+            0 => varint(msg)?.1,
+            1 => 8,
+            5 => 4,
+            2 => {
+                let (len, used) = varint(msg)?;
+                let value = msg.get(used..used + len as usize)?;
+                if key >> 3 == field {
+                    return Some(String::from_utf8_lossy(value).into_owned());
+                }
+                used + len as usize
+            }
+            _ => return None,
+        };
+        msg = msg.get(value_len..)?;
     }
-    let (len, used) = varint(&msg[1..])?;
-    let s = msg.get(1 + used..1 + used + len as usize)?;
-    Some(String::from_utf8_lossy(s).into_owned())
+    None
 }
 
 fn varint(b: &[u8]) -> Option<(u64, usize)> {
@@ -347,16 +369,31 @@ mod tests {
     #[test]
     fn decodes_grpc_replies_and_statuses() {
         let mut b = Vec::new();
-        for name in ["Hello world from v1", "Hello world from v2"] {
-            let mut msg = vec![0x0a, name.len() as u8];
-            msg.extend_from_slice(name.as_bytes());
+        for backend in ["greeter-1", "greeter-2"] {
+            // HelloReply{message: "Hello world!", backend}
+            let mut msg = vec![0x0a, 12];
+            msg.extend_from_slice(b"Hello world!");
+            msg.extend_from_slice(&[0x12, backend.len() as u8]);
+            msg.extend_from_slice(backend.as_bytes());
             b.push(0);
             b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
             b.extend_from_slice(&msg);
         }
+        let msgs = grpc_messages(&b);
+        let field = |f| msgs.iter().map(|m| proto_string(m, f)).collect::<Vec<_>>();
         assert_eq!(
-            grpc_messages(&b),
-            vec!["Hello world from v1", "Hello world from v2"]
+            field(2),
+            vec![Some("greeter-1".into()), Some("greeter-2".into())]
+        );
+        assert_eq!(
+            field(1),
+            vec![Some("Hello world!".into()), Some("Hello world!".into())]
+        );
+        assert_eq!(field(3), vec![None, None]);
+        // A varint field before the string is skipped.
+        assert_eq!(
+            proto_string(&[0x08, 0x96, 0x01, 0x12, 1, b'x'], 2).as_deref(),
+            Some("x")
         );
         // A truncated frame is not read past its end.
         assert_eq!(grpc_messages(&b[..b.len() - 3]).len(), 1);
@@ -368,9 +405,6 @@ mod tests {
     fn the_body_is_a_hello_request() {
         assert_eq!(HELLO_BODY.len(), 12);
         assert_eq!(&HELLO_BODY[..5], &[0, 0, 0, 0, 7]);
-        assert_eq!(
-            proto_string_field1(&HELLO_BODY[5..]).as_deref(),
-            Some("world")
-        );
+        assert_eq!(proto_string(&HELLO_BODY[5..], 1).as_deref(), Some("world"));
     }
 }

@@ -20,7 +20,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
@@ -94,6 +94,8 @@ pub struct Settings {
     pub streams: u32,
     pub threads: u32,
     pub idle: usize,
+    /// How long to wait for an idle machine before each run.
+    pub idle_wait: Duration,
     pub paths: Vec<CallPath>,
     pub skipped: Vec<(CallPath, String)>,
 }
@@ -128,15 +130,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let privileged = sh::is_root();
 
     let mut build = sh::cargo();
-    build.current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "balancer-agent",
-        "-p",
-        "greeter",
-        "--bins",
-    ]);
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "greeter", "--bins"]);
+    if settings.paths.iter().any(|p| p.is_agent()) {
+        build.args(["-p", "balancer-agent"]);
+    }
     if privileged {
         build.env_remove("BALANCER_EBPF_STUB");
     }
@@ -144,8 +143,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bin = target_dir(&root).join("release");
 
     let nofile = procs::raise_nofile(65_536);
+    let mut settings = settings;
     if nofile < settings.idle as u64 + 1_000 {
-        eprintln!("bench: the open-file limit is {nofile}: fewer idle connections will open");
+        settings.idle = nofile.saturating_sub(1_000) as usize;
+        eprintln!(
+            "bench: the open-file limit is {nofile}: opening {} idle connections",
+            settings.idle
+        );
     }
     let scratch = Scratch::new()?;
     let body = scratch.0.join("hello.bin");
@@ -184,6 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dir: scratch.0.clone(),
         threads: settings.threads,
         in_flight: settings.connections * settings.streams,
+        nofile,
         pod,
     };
 
@@ -224,7 +229,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ) {
             continue;
         }
-        procs::wait_idle(0.3, Duration::from_secs(20));
+        procs::wait_idle(0.3, settings.idle_wait);
         let running = env.start(path)?;
         let Some(proxy) = &running.proxy else {
             continue;
@@ -301,6 +306,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         streams: args.streams,
         threads: args.threads,
         idle: args.idle.unwrap_or(if args.quick { 1_000 } else { 10_000 }),
+        idle_wait: Duration::from_secs(if args.quick { 3 } else { 30 }),
         paths,
         skipped,
     })
@@ -316,7 +322,7 @@ fn measure(
     path: CallPath,
     round: u32,
 ) -> anyhow::Result<Run> {
-    procs::wait_idle(0.3, Duration::from_secs(30));
+    procs::wait_idle(0.3, s.idle_wait);
     let running = env
         .start(path)
         .with_context(|| format!("bench: starting {}", path.key()))?;
@@ -355,7 +361,12 @@ fn measure(
             .map(|b| procs::tree_cpu_secs(b.pid()))
             .sum::<f64>()
     };
-    let (cpu0, bcpu0, mach0) = (cpu(), backend_cpu(), procs::MachineCpu::now());
+    let (cpu0, bcpu0, mach0, t0) = (
+        cpu(),
+        backend_cpu(),
+        procs::MachineCpu::now(),
+        Instant::now(),
+    );
     let main = load(s.calls);
     // Bounded: even 2,000 calls/s finishes within this.
     let limit = Duration::from_secs(60 + s.calls / 2_000);
@@ -363,12 +374,13 @@ fn measure(
         .run(&mut client(&main.args(true), "h2load"), limit)
         .with_context(|| format!("bench: {} round {round}", path.key()))?;
     let (cpu1, bcpu1, mach1) = (cpu(), backend_cpu(), procs::MachineCpu::now());
+    let window = t0.elapsed().as_secs_f64();
 
     let tps = procs::clock_ticks_per_sec();
     let busy = mach1.busy.saturating_sub(mach0.busy) as f64 / tps;
     let kthreads = mach1.kernel_threads.saturating_sub(mach0.kernel_threads) as f64 / tps;
     let ours = (cpu1 - cpu0) + (bcpu1 - bcpu0) + m.client_cpu + kthreads;
-    let other_cores = ((busy - ours) / m.secs.max(1e-3)).max(0.0);
+    let other_cores = ((busy - ours) / window.max(1e-3)).max(0.0);
 
     let sample = load::grpc_sample(
         &|args: &[String]| client(args, "nghttp"),

@@ -97,6 +97,13 @@ impl CallPath {
         CallPath::ALL.into_iter().find(|p| p.key() == key)
     }
 
+    pub fn is_agent(self) -> bool {
+        matches!(
+            self,
+            CallPath::AgentListener | CallPath::AgentRedirect { .. }
+        )
+    }
+
     pub fn needs_root(self) -> bool {
         matches!(self, CallPath::AgentRedirect { .. })
     }
@@ -110,6 +117,8 @@ pub struct Env {
     pub threads: u32,
     /// Calls in flight at once (nginx's upstream keepalive must hold them).
     pub in_flight: u32,
+    /// The open-file limit every proxy inherits.
+    pub nofile: u64,
     pub pod: Option<Pod>,
 }
 
@@ -168,7 +177,7 @@ impl Env {
                         .stdout(Stdio::null())
                         .stderr(fs::File::create(self.dir.join("haproxy.err"))?),
                 )?;
-                wait_listening(&mut proxy, HAPROXY)?;
+                wait_listening(&mut proxy, HAPROXY, &self.dir.join("haproxy.err"))?;
                 Ok(Running {
                     proxy: Some(proxy),
                     target: HAPROXY.to_owned(),
@@ -191,7 +200,7 @@ impl Env {
                         .stdout(Stdio::null())
                         .stderr(fs::File::create(self.dir.join("nginx.err"))?),
                 )?;
-                wait_listening(&mut proxy, NGINX)?;
+                wait_listening(&mut proxy, NGINX, &self.dir.join("nginx.err"))?;
                 Ok(Running {
                     proxy: Some(proxy),
                     target: NGINX.to_owned(),
@@ -258,7 +267,7 @@ impl Env {
             "# written by `cargo xtask bench`\n\
              global\n\
              \x20   nbthread {threads}\n\
-             \x20   maxconn 20000\n\
+             \x20   maxconn {maxconn}\n\
              defaults\n\
              \x20   mode http\n\
              \x20   timeout connect 5s\n\
@@ -270,7 +279,9 @@ impl Env {
              backend greeter\n\
              \x20   balance roundrobin\n\
              \x20   http-reuse always\n",
-            threads = self.threads
+            threads = self.threads,
+            // HAProxy wants two descriptors per connection.
+            maxconn = (self.nofile / 2).saturating_sub(100).max(1_000),
         );
         for (name, addr) in BACKENDS {
             s.push_str(&format!("    server {name} {addr} proto h2\n"));
@@ -294,10 +305,10 @@ impl Env {
         format!(
             "# written by `cargo xtask bench`\n\
              {user}worker_processes {threads};\n\
-             worker_rlimit_nofile 40000;\n\
+             worker_rlimit_nofile {nofile};\n\
              pid {p}/nginx.pid;\n\
              error_log {p}/logs/error.log warn;\n\
-             events {{ worker_connections 20000; }}\n\
+             events {{ worker_connections {conns}; }}\n\
              http {{\n\
              \x20   access_log off;\n\
              \x20   client_body_temp_path {p}/body;\n\
@@ -306,6 +317,7 @@ impl Env {
              \x20   uwsgi_temp_path {p}/uwsgi;\n\
              \x20   scgi_temp_path {p}/scgi;\n\
              \x20   keepalive_requests 100000000;\n\
+             \x20   client_max_body_size 0;\n\
              \x20   http2_max_concurrent_streams 1024;\n\
              \x20   upstream greeter {{\n\
              {servers}\
@@ -319,15 +331,20 @@ impl Env {
              }}\n",
             threads = self.threads,
             keepalive = (self.in_flight * 2).max(256),
+            nofile = self.nofile,
+            conns = self.nofile.saturating_sub(100).max(1_000),
         )
     }
 }
 
-fn wait_listening(proxy: &mut Proc, addr: &str) -> anyhow::Result<()> {
+fn wait_listening(proxy: &mut Proc, addr: &str, log: &Path) -> anyhow::Result<()> {
     let addr: SocketAddr = addr.parse()?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        proxy.check_alive()?;
+        if let Err(e) = proxy.check_alive() {
+            let log = fs::read_to_string(log).unwrap_or_default();
+            bail!("{e}: {}", log.trim());
+        }
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
@@ -346,6 +363,7 @@ mod tests {
             dir: dir.to_owned(),
             threads: 2,
             in_flight: 128,
+            nofile: 20_000,
             pod: None,
         }
     }
