@@ -95,8 +95,8 @@ pub enum K8sError {
         resource: &'static str,
         message: String,
     },
-    #[error("the {resource} watcher stopped")]
-    WatcherStopped { resource: &'static str },
+    #[error("the Kubernetes watchers stopped")]
+    WatchersStopped,
     #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
     Client(#[source] kube::Error),
 }
@@ -191,7 +191,7 @@ pub async fn run(
         let publish_now = tokio::select! {
             sig = signals.recv() => {
                 let Some(sig) = sig else {
-                    return Err(K8sError::WatcherStopped { resource: "every" });
+                    return Err(K8sError::WatchersStopped);
                 };
                 match sig {
                     watch::Signal::Changed(kind) => {
