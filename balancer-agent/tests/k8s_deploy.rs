@@ -12,7 +12,7 @@ use balancer_agent::k8s::{self, translate, Kind, Snapshot};
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Namespace, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -80,12 +80,15 @@ fn load(dir: &Path) -> Manifests {
                 ("v1", "Namespace") => m.namespaces.push(strict(&path, &doc)),
                 ("v1", "ServiceAccount") => m.service_accounts.push(strict(&path, &doc)),
                 ("v1", "Service") => m.services.push(strict(&path, &doc)),
+                ("v1", "ConfigMap") => {
+                    strict::<ConfigMap>(&path, &doc);
+                }
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.cluster_roles.push(strict(&path, &doc)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => m.bindings.push(strict(&path, &doc)),
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
                 ("apps/v1", "Deployment") => m.deployments.push(strict(&path, &doc)),
                 ("gateway.networking.k8s.io/v1", "GRPCRoute") => m.routes.push(strict(&path, &doc)),
-                _ => panic!("{}: unexpected {api} {kind}", path.display()),
+                _ => panic!("{}: {api} {kind} is not checked here: add its type to load()", path.display()),
             }
         }
     }
