@@ -5,11 +5,15 @@
 //! forwards every stream — every gRPC call — to an endpoint chosen for that
 //! call.
 
+pub mod admin;
 pub mod balance;
 pub mod cgroup;
 pub mod ebpf;
 pub mod config;
+pub mod ctl;
 pub mod k8s;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod redirect;

@@ -1,3 +1,5 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("balancerctl: not wired yet")
+//! `balancerctl`: inspect a running balancer agent (see `balancerctl --help`).
+
+fn main() -> std::process::ExitCode {
+    balancer_agent::ctl::main()
 }

@@ -1,0 +1,418 @@
+//! The admin API's JSON documents: what `/api/v1/*` serves and what
+//! `balancerctl` reads. Plain data, stable field names; optional fields are
+//! `null` when the agent does not know them.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+
+/// `/api/v1/status`: what `/readyz` decides on, and where the state comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub ready: bool,
+    /// Why the agent is not ready (empty when it is).
+    pub not_ready: Vec<String>,
+    pub ebpf: bool,
+    pub programs_attached: bool,
+    pub source: SourceStatus,
+    pub uptime_seconds: f64,
+}
+
+/// Where services and enrolled pods come from (static file or Kubernetes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// `static` or `kubernetes`.
+    pub kind: String,
+    /// The file, or the API server.
+    pub location: Option<String>,
+    /// The state has been read completely at least once.
+    pub synced: bool,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// The last failed reload's error, until a reload succeeds.
+    pub last_error: Option<String>,
+}
+
+/// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and
+/// per-endpoint state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub vips: Vec<SocketAddr>,
+    pub listen: Option<SocketAddr>,
+    pub policy: String,
+    pub routes: Vec<Route>,
+    pub endpoints: Vec<Endpoint>,
+    /// Calls retried on another endpoint.
+    pub retries: u64,
+    /// Client connections proxied as plain TCP (no HTTP/2 preface).
+    pub l4_connections: u64,
+}
+
+impl Service {
+    /// Calls that ended on any endpoint.
+    pub fn calls(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.calls).sum()
+    }
+
+    /// Calls that ended with a non-OK status or a reset.
+    pub fn errors(&self) -> u64 {
+        self.endpoints.iter().map(Endpoint::errors).sum()
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.in_flight).sum()
+    }
+
+    /// The service as configured, with every statistic at zero.
+    pub fn from_model(svc: &model::Service) -> Self {
+        Service {
+            name: svc.name.clone(),
+            vips: svc.vips.clone(),
+            listen: svc.listen,
+            policy: svc.policy.to_string(),
+            routes: svc.routes.iter().map(Route::from_model).collect(),
+            endpoints: svc.endpoints.iter().map(Endpoint::from_model).collect(),
+            retries: 0,
+            l4_connections: 0,
+        }
+    }
+}
+
+/// A route in display form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub name: Option<String>,
+    /// One string per match, e.g. `service=helloworld.Greeter method=~Say.*`;
+    /// `*` matches every call.
+    pub matches: Vec<String>,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backend {
+    /// Label selector, e.g. `version=v1` (`*` for every endpoint).
+    pub selector: String,
+    pub weight: u32,
+}
+
+impl Route {
+    pub fn from_model(r: &model::Route) -> Self {
+        fn sm(m: &model::StringMatch) -> String {
+            match m {
+                model::StringMatch::Exact(s) => format!("={s}"),
+                model::StringMatch::RegularExpression(s) => format!("=~{s}"),
+            }
+        }
+        let matches = if r.matches.is_empty() {
+            vec!["*".to_owned()]
+        } else {
+            r.matches
+                .iter()
+                .map(|m| {
+                    let mut parts = Vec::new();
+                    if let Some(s) = &m.service {
+                        parts.push(format!("service{}", sm(s)));
+                    }
+                    if let Some(s) = &m.method {
+                        parts.push(format!("method{}", sm(s)));
+                    }
+                    for h in &m.headers {
+                        parts.push(format!("header:{}{}", h.name, sm(&h.value)));
+                    }
+                    if parts.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        parts.join(" ")
+                    }
+                })
+                .collect()
+        };
+        Route {
+            name: r.name.clone(),
+            matches,
+            backends: r
+                .backends
+                .iter()
+                .map(|b| Backend {
+                    selector: selector(&b.labels),
+                    weight: b.weight,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `k=v,k2=v2`, or `*` for no labels.
+pub fn selector(labels: &model::Labels) -> String {
+    if labels.is_empty() {
+        return "*".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One endpoint of a service with its load and call statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// `ready` or `draining`.
+    pub state: String,
+    pub ejected: bool,
+    /// Times passive health checking ejected it (since it last recovered).
+    pub ejections: u64,
+    pub labels: BTreeMap<String, String>,
+    pub zone: Option<String>,
+    pub node: Option<String>,
+    pub in_flight: u64,
+    /// Peak-EWMA of the time to response headers, milliseconds.
+    pub ewma_ms: Option<f64>,
+    /// Calls that ended on this endpoint (any status or reset).
+    pub calls: u64,
+    /// Calls by gRPC status code (`"0"` is OK; `"reset"` for streams reset
+    /// before a status arrived; `"other"` for codes above 16).
+    pub statuses: BTreeMap<String, u64>,
+    /// Connects that failed.
+    pub connect_failures: u64,
+    pub upstream_connections: u64,
+}
+
+impl Endpoint {
+    /// Calls that did not end with OK.
+    pub fn errors(&self) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(k, _)| k.as_str() != "0")
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn from_model(ep: &model::Endpoint) -> Self {
+        Endpoint {
+            address: ep.address,
+            state: match ep.state {
+                model::EndpointState::Ready => "ready",
+                model::EndpointState::Draining => "draining",
+            }
+            .to_owned(),
+            ejected: false,
+            ejections: 0,
+            labels: ep.labels.clone(),
+            zone: ep.zone.clone(),
+            node: ep.node.clone(),
+            in_flight: 0,
+            ewma_ms: None,
+            calls: 0,
+            statuses: BTreeMap::new(),
+            connect_failures: 0,
+            upstream_connections: 0,
+        }
+    }
+}
+
+/// `/api/v1/pods`: an enrolled cgroup (a pod, in Kubernetes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    /// `namespace/name` in Kubernetes; `None` in static mode.
+    pub pod: Option<String>,
+    /// The cgroup v2 id (inode number of its directory), as the kernel maps
+    /// hold it; `None` when the directory does not exist (yet).
+    pub cgroup_id: Option<u64>,
+    /// The cgroup's directory.
+    pub cgroup: String,
+    /// The pod's IP, when known.
+    pub ip: Option<String>,
+}
+
+/// `/api/v1/conns`: one client connection the agent holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conn {
+    pub id: u64,
+    /// The client's address (the pod's IP and port).
+    pub peer: SocketAddr,
+    /// The enrolled pod (or cgroup) it came from, when known.
+    pub pod: Option<String>,
+    /// What the client dialed (the Service VIP), for redirected connections;
+    /// the listener for explicit listeners.
+    pub original_dst: Option<SocketAddr>,
+    pub service: Option<String>,
+    /// `h2` (per-call balancing) or `tcp` (plain TCP fallback); `new` until
+    /// the first bytes decided it.
+    pub protocol: String,
+    pub open_streams: u64,
+    pub total_streams: u64,
+    pub age_seconds: f64,
+}
+
+/// `/api/v1/programs`: one kernel program of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub id: u32,
+    pub name: String,
+    /// Kernel program type, e.g. `cgroup_sock_addr`.
+    #[serde(rename = "type")]
+    pub prog_type: String,
+    /// Attach type, e.g. `cgroup_inet4_connect`.
+    pub attach_type: Option<String>,
+    /// Where it is attached: a cgroup directory or a map.
+    pub attach_point: Option<String>,
+    /// Run count and time (kernel statistics; `None` when not enabled).
+    pub run_count: Option<u64>,
+    pub run_time_ns: Option<u64>,
+    /// The program's own counters (redirected, passed, errors, ...).
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// `/api/v1/maps`: one kernel map of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Map {
+    pub id: u32,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub map_type: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// Current number of entries, when counted.
+    pub entries: Option<u64>,
+}
+
+/// `/api/v1/maps/{name}`: a map's entries, keys and values decoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapDump {
+    pub id: u32,
+    pub name: String,
+    pub entries: Vec<MapEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapEntry {
+    /// Decoded key (e.g. `10.96.0.10:8000`, `cgroup 1234 (/sys/fs/...)`).
+    pub key: String,
+    /// Decoded value.
+    pub value: String,
+    /// Raw bytes, hex (as bpftool shows them).
+    pub key_hex: String,
+    pub value_hex: String,
+}
+
+/// `/api/v1/stats`: per-service call counts and latency histograms, for
+/// `balancerctl stats` (rates and percentiles come from two samples).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub uptime_seconds: f64,
+    pub services: Vec<ServiceStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub service: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub in_flight: u64,
+    pub latency: Histogram,
+}
+
+/// A latency histogram: `counts[i]` calls took at most `bounds[i]` seconds
+/// (and more than `bounds[i-1]`); the last count is above every bound.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `self - earlier`, bucket by bucket (for rates over an interval). If
+    /// the bounds differ (agent restarted with another build) it is `self`.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        if earlier.bounds != self.bounds || earlier.counts.len() != self.counts.len() {
+            return self.clone();
+        }
+        Histogram {
+            bounds: self.bounds.clone(),
+            counts: self
+                .counts
+                .iter()
+                .zip(&earlier.counts)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            sum_seconds: (self.sum_seconds - earlier.sum_seconds).max(0.0),
+        }
+    }
+
+    /// The `q` quantile (0..=1) in seconds, interpolated linearly inside its
+    /// bucket as Prometheus' `histogram_quantile` does; `None` without
+    /// samples. Above the last bound it answers the last bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if (seen + c) as f64 >= rank {
+                let Some(&upper) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let within = (rank - seen as f64) / c as f64;
+                return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+            }
+            seen += c;
+        }
+        self.bounds.last().copied()
+    }
+}
+
+/// The error document every failing `/api/v1` request answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let h = Histogram {
+            bounds: vec![0.001, 0.002, 0.004],
+            counts: vec![50, 40, 10, 0],
+            sum_seconds: 0.1,
+        };
+        // 50% of 100 is the last sample of the first bucket.
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
+        // 99th: 9 of the 10 in (0.002, 0.004].
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((p99 - 0.0038).abs() < 1e-9, "{p99}");
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn since_subtracts_bucketwise() {
+        let a = Histogram { bounds: vec![1.0], counts: vec![3, 1], sum_seconds: 2.0 };
+        let b = Histogram { bounds: vec![1.0], counts: vec![5, 4], sum_seconds: 6.0 };
+        let d = b.since(&a);
+        assert_eq!(d.counts, vec![2, 3]);
+        assert_eq!(d.count(), 5);
+        assert!((d.sum_seconds - 4.0).abs() < 1e-9);
+    }
+}

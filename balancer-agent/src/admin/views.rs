@@ -1,0 +1,87 @@
+//! What the admin server and the metrics show, as small traits that the
+//! agent's parts implement (or closures, for the simple ones). Every method
+//! is called at request or scrape time, never on the data path.
+
+use std::sync::Arc;
+
+use super::api;
+
+/// The balanced services with their statistics (the balance table).
+pub trait ServicesView: Send + Sync + 'static {
+    fn services(&self) -> Vec<api::Service>;
+}
+
+impl<F> ServicesView for F
+where
+    F: Fn() -> Vec<api::Service> + Send + Sync + 'static,
+{
+    fn services(&self) -> Vec<api::Service> {
+        self()
+    }
+}
+
+/// The enrolled pods / cgroups.
+pub trait PodsView: Send + Sync + 'static {
+    fn pods(&self) -> Vec<api::Pod>;
+}
+
+impl<F> PodsView for F
+where
+    F: Fn() -> Vec<api::Pod> + Send + Sync + 'static,
+{
+    fn pods(&self) -> Vec<api::Pod> {
+        self()
+    }
+}
+
+/// Where the state comes from and whether it is in sync.
+pub trait SourceView: Send + Sync + 'static {
+    fn source(&self) -> api::SourceStatus;
+}
+
+impl<F> SourceView for F
+where
+    F: Fn() -> api::SourceStatus + Send + Sync + 'static,
+{
+    fn source(&self) -> api::SourceStatus {
+        self()
+    }
+}
+
+/// The agent's kernel programs and maps (absent when eBPF is off).
+///
+/// `api::Program::name` is the short program name of
+/// `balancer_common::Program::name()` (`connect4`, `sock_ops`, `sk_msg`,
+/// `getsockopt`), and its `counters` hold the fields of
+/// `balancer_common::ProgramCounters` by name (`redirected`, `passed`,
+/// `errors`, `bytes`, `pinned`): the metrics read connect4's `redirected` as
+/// the redirected connections.
+pub trait KernelView: Send + Sync + 'static {
+    /// Every program is loaded and attached.
+    fn attached(&self) -> bool;
+    fn programs(&self) -> Result<Vec<api::Program>, String>;
+    fn maps(&self) -> Result<Vec<api::Map>, String>;
+    /// `Ok(None)` when the agent has no map of that name.
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String>;
+}
+
+/// A fixed services list (tests, and the agent before its table exists).
+pub fn fixed_services(services: Vec<api::Service>) -> Arc<dyn ServicesView> {
+    Arc::new(move || services.clone())
+}
+
+/// No enrolled pods.
+pub fn no_pods() -> Arc<dyn PodsView> {
+    Arc::new(Vec::new)
+}
+
+/// A source that is always in sync (static mode before reload counting is
+/// wired, and tests).
+pub fn synced_source(kind: &str) -> Arc<dyn SourceView> {
+    let status = api::SourceStatus {
+        kind: kind.to_owned(),
+        synced: true,
+        ..api::SourceStatus::default()
+    };
+    Arc::new(move || status.clone())
+}

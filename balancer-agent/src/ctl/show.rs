@@ -1,0 +1,347 @@
+//! One function per object: fetch, then print as a table or JSON.
+
+use std::{io::Write, time::{Duration, Instant}};
+
+use serde::Serialize;
+
+use super::{
+    client::{segment, AdminClient},
+    print_json,
+    table::{opt, secs, Table},
+    Cli, CtlError, Format,
+};
+use crate::admin::{api, kernel::KernelReader};
+
+fn kernel_reader() -> Result<KernelReader, CtlError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(CtlError::NotRoot);
+    }
+    Ok(KernelReader::discover())
+}
+
+fn kernel_err(e: crate::admin::kernel::KernelError) -> CtlError {
+    match e {
+        crate::admin::kernel::KernelError::NotPermitted(_) => CtlError::NotRoot,
+        other => CtlError::Kernel(other.to_string()),
+    }
+}
+
+pub(super) fn programs(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format: Format, id: Option<u32>) -> Result<(), CtlError> {
+    let mut progs: Vec<api::Program> = if cli.kernel {
+        kernel_reader()?.programs().map_err(kernel_err)?
+    } else {
+        client.get("/api/v1/programs")?
+    };
+    if let Some(id) = id {
+        progs.retain(|p| p.id == id);
+        if progs.is_empty() {
+            return Err(CtlError::NotFound(format!("no balancer program with id {id}")));
+        }
+    }
+    if format != Format::Table {
+        return print_json(out, format, &progs);
+    }
+    let mut t = Table::new(&["ID", "NAME", "TYPE", "ATTACH", "ATTACHED TO", "RUNS", "RUN TIME", "REDIRECTED", "PASSED", "ERRORS"]);
+    for p in &progs {
+        let c = |k: &str| opt(p.counters.get(k));
+        t.row(vec![
+            p.id.to_string(),
+            p.name.clone(),
+            p.prog_type.clone(),
+            opt(p.attach_type.as_ref()),
+            opt(p.attach_point.as_ref()),
+            opt(p.run_count),
+            p.run_time_ns.map_or_else(|| "-".into(), |ns| secs(ns as f64 / 1e9)),
+            c("redirected"),
+            c("passed"),
+            c("errors"),
+        ]);
+    }
+    write!(out, "{}", t.render())?;
+    Ok(())
+}
+
+pub(super) fn maps(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format: Format) -> Result<(), CtlError> {
+    let maps: Vec<api::Map> = if cli.kernel {
+        kernel_reader()?.maps().map_err(kernel_err)?
+    } else {
+        client.get("/api/v1/maps")?
+    };
+    if format != Format::Table {
+        return print_json(out, format, &maps);
+    }
+    let mut t = Table::new(&["ID", "NAME", "TYPE", "KEY", "VALUE", "MAX ENTRIES", "ENTRIES"]);
+    for m in &maps {
+        t.row(vec![
+            m.id.to_string(),
+            m.name.clone(),
+            m.map_type.clone(),
+            format!("{}B", m.key_size),
+            format!("{}B", m.value_size),
+            m.max_entries.to_string(),
+            opt(m.entries),
+        ]);
+    }
+    write!(out, "{}", t.render())?;
+    Ok(())
+}
+
+pub(super) fn map_dump(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format: Format, name: &str) -> Result<(), CtlError> {
+    let dump: api::MapDump = if cli.kernel {
+        kernel_reader()?
+            .dump(name)
+            .map_err(kernel_err)?
+            .ok_or_else(|| CtlError::NotFound(format!("no balancer map named `{name}`")))?
+    } else {
+        client.get(&format!("/api/v1/maps/{}", segment(name)))?
+    };
+    if format != Format::Table {
+        return print_json(out, format, &dump);
+    }
+    let mut t = Table::new(&["KEY", "VALUE"]);
+    for e in &dump.entries {
+        t.row(vec![e.key.clone(), e.value.clone()]);
+    }
+    write!(out, "{}", t.render())?;
+    writeln!(out, "Found {} element{}", dump.entries.len(), if dump.entries.len() == 1 { "" } else { "s" })?;
+    Ok(())
+}
+
+fn join<T: ToString>(v: &[T]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+pub(super) fn services(client: &AdminClient, out: &mut dyn Write, format: Format, name: Option<&str>) -> Result<(), CtlError> {
+    if let Some(name) = name {
+        let svc: api::Service = client.get(&format!("/api/v1/services/{}", segment(name)))?;
+        if format != Format::Table {
+            return print_json(out, format, &svc);
+        }
+        writeln!(out, "Name:       {}", svc.name)?;
+        writeln!(out, "VIPs:       {}", join(&svc.vips))?;
+        writeln!(out, "Listen:     {}", opt(svc.listen))?;
+        writeln!(out, "Policy:     {}", svc.policy)?;
+        writeln!(out, "Calls:      {}", svc.calls())?;
+        writeln!(out, "Errors:     {}", svc.errors())?;
+        writeln!(out, "In flight:  {}", svc.in_flight())?;
+        writeln!(out, "Retries:    {}", svc.retries)?;
+        writeln!(out, "Routes:")?;
+        if svc.routes.is_empty() {
+            writeln!(out, "  (none: every call goes to all ready endpoints)")?;
+        } else {
+            let mut t = Table::new(&["  NAME", "MATCHES", "BACKENDS"]);
+            for r in &svc.routes {
+                let backends = r.backends.iter().map(|b| format!("{}:{}", b.selector, b.weight)).collect::<Vec<_>>();
+                t.row(vec![format!("  {}", opt(r.name.as_ref())), r.matches.join(" | "), backends.join(" ")]);
+            }
+            write!(out, "{}", t.render())?;
+        }
+        writeln!(out, "Endpoints:")?;
+        write!(out, "{}", indent(&endpoint_table(&svc.endpoints).render()))?;
+        return Ok(());
+    }
+    let services: Vec<api::Service> = client.get("/api/v1/services")?;
+    if format != Format::Table {
+        return print_json(out, format, &services);
+    }
+    let mut t = Table::new(&["NAME", "VIPS", "LISTEN", "POLICY", "ENDPOINTS", "ROUTES", "IN-FLIGHT", "CALLS", "ERRORS", "RETRIES"]);
+    for s in &services {
+        let ready = s.endpoints.iter().filter(|e| e.state == "ready" && !e.ejected).count();
+        t.row(vec![
+            s.name.clone(),
+            join(&s.vips),
+            opt(s.listen),
+            s.policy.clone(),
+            format!("{ready}/{}", s.endpoints.len()),
+            s.routes.len().to_string(),
+            s.in_flight().to_string(),
+            s.calls().to_string(),
+            s.errors().to_string(),
+            s.retries.to_string(),
+        ]);
+    }
+    write!(out, "{}", t.render())?;
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn endpoint_table(eps: &[api::Endpoint]) -> Table {
+    let mut t = Table::new(&["ADDRESS", "STATE", "EJECTED", "IN-FLIGHT", "EWMA", "CALLS", "ERRORS", "CONNS", "LABELS"]);
+    for e in eps {
+        let errors: Vec<String> = e
+            .statuses
+            .iter()
+            .filter(|(k, _)| k.as_str() != "0")
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        t.row(vec![
+            e.address.to_string(),
+            e.state.clone(),
+            if e.ejected { format!("yes ({})", e.ejections) } else { "no".into() },
+            e.in_flight.to_string(),
+            e.ewma_ms.map_or_else(|| "-".into(), |ms| secs(ms / 1e3)),
+            e.calls.to_string(),
+            if errors.is_empty() { "0".into() } else { format!("{} ({})", e.errors(), errors.join(",")) },
+            e.upstream_connections.to_string(),
+            crate::admin::api::selector(&e.labels),
+        ]);
+    }
+    t
+}
+
+pub(super) fn endpoints(client: &AdminClient, out: &mut dyn Write, format: Format, service: &str) -> Result<(), CtlError> {
+    let eps: Vec<api::Endpoint> = client.get(&format!("/api/v1/services/{}/endpoints", segment(service)))?;
+    if format != Format::Table {
+        return print_json(out, format, &eps);
+    }
+    write!(out, "{}", endpoint_table(&eps).render())?;
+    Ok(())
+}
+
+pub(super) fn pods(client: &AdminClient, out: &mut dyn Write, format: Format) -> Result<(), CtlError> {
+    let pods: Vec<api::Pod> = client.get("/api/v1/pods")?;
+    if format != Format::Table {
+        return print_json(out, format, &pods);
+    }
+    let mut t = Table::new(&["POD", "IP", "CGROUP ID", "CGROUP"]);
+    for p in &pods {
+        t.row(vec![opt(p.pod.as_ref()), opt(p.ip.as_ref()), opt(p.cgroup_id), p.cgroup.clone()]);
+    }
+    write!(out, "{}", t.render())?;
+    Ok(())
+}
+
+pub(super) fn conns(client: &AdminClient, out: &mut dyn Write, format: Format) -> Result<(), CtlError> {
+    let conns: Vec<api::Conn> = client.get("/api/v1/conns")?;
+    if format != Format::Table {
+        return print_json(out, format, &conns);
+    }
+    let mut t = Table::new(&["ID", "PEER", "POD", "ORIGINAL DST", "SERVICE", "PROTO", "STREAMS", "TOTAL", "AGE"]);
+    for c in &conns {
+        t.row(vec![
+            c.id.to_string(),
+            c.peer.to_string(),
+            opt(c.pod.as_ref()),
+            opt(c.original_dst),
+            opt(c.service.as_ref()),
+            c.protocol.clone(),
+            c.open_streams.to_string(),
+            c.total_streams.to_string(),
+            secs(c.age_seconds),
+        ]);
+    }
+    write!(out, "{}", t.render())?;
+    Ok(())
+}
+
+pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) -> Result<(), CtlError> {
+    let s: api::Status = client.get("/api/v1/status")?;
+    if format != Format::Table {
+        return print_json(out, format, &s);
+    }
+    writeln!(out, "Version:    {}", s.version)?;
+    writeln!(out, "Ready:      {}", if s.ready { "yes".to_owned() } else { format!("no ({})", s.not_ready.join("; ")) })?;
+    writeln!(out, "eBPF:       {}", if !s.ebpf { "off" } else if s.programs_attached { "attached" } else { "not attached" })?;
+    writeln!(out, "Source:     {}{}", s.source.kind, s.source.location.map(|l| format!(" ({l})")).unwrap_or_default())?;
+    writeln!(out, "Synced:     {}", if s.source.synced { "yes" } else { "no" })?;
+    writeln!(out, "Reloads:    {} ok, {} failed", s.source.reloads_ok, s.source.reloads_failed)?;
+    if let Some(e) = s.source.last_error {
+        writeln!(out, "Last error: {e}")?;
+    }
+    writeln!(out, "Uptime:     {}", secs(s.uptime_seconds))?;
+    Ok(())
+}
+
+/// One row of `balancerctl stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StatsRow {
+    pub service: String,
+    pub calls: u64,
+    pub calls_per_second: f64,
+    pub errors: u64,
+    pub in_flight: u64,
+    /// Seconds; `null` without calls in the interval.
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+/// Rows over the interval between `before` (or the agent's start) and `now`.
+fn rows(before: Option<&api::Stats>, now: &api::Stats, interval: f64) -> Vec<StatsRow> {
+    now.services
+        .iter()
+        .map(|s| {
+            let prev = before.and_then(|b| b.services.iter().find(|p| p.service == s.service));
+            let (calls, errors, hist) = match prev {
+                Some(p) => (s.calls.saturating_sub(p.calls), s.errors.saturating_sub(p.errors), s.latency.since(&p.latency)),
+                None if before.is_some() => (s.calls, s.errors, s.latency.clone()),
+                None => (s.calls, s.errors, s.latency.clone()),
+            };
+            StatsRow {
+                service: s.service.clone(),
+                calls,
+                calls_per_second: if interval > 0.0 { calls as f64 / interval } else { 0.0 },
+                errors,
+                in_flight: s.in_flight,
+                p50_seconds: hist.quantile(0.5),
+                p99_seconds: hist.quantile(0.99),
+            }
+        })
+        .collect()
+}
+
+fn stats_table(rows: &[StatsRow]) -> String {
+    let mut t = Table::new(&["SERVICE", "CALLS", "CALLS/S", "P50", "P99", "ERRORS", "IN-FLIGHT"]);
+    for r in rows {
+        t.row(vec![
+            r.service.clone(),
+            r.calls.to_string(),
+            format!("{:.1}", r.calls_per_second),
+            r.p50_seconds.map_or_else(|| "-".into(), secs),
+            r.p99_seconds.map_or_else(|| "-".into(), secs),
+            r.errors.to_string(),
+            r.in_flight.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub(super) fn stats(client: &AdminClient, out: &mut dyn Write, format: Format, watch: bool, count: Option<u64>) -> Result<(), CtlError> {
+    let first: api::Stats = client.get("/api/v1/stats")?;
+    if !watch {
+        // Since the agent started.
+        let rows = rows(None, &first, first.uptime_seconds);
+        if format != Format::Table {
+            return print_json(out, format, &rows);
+        }
+        write!(out, "{}", stats_table(&rows))?;
+        return Ok(());
+    }
+    let mut prev = first;
+    let mut at = Instant::now();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(at.elapsed()));
+        let now: api::Stats = client.get("/api/v1/stats")?;
+        let interval = (now.uptime_seconds - prev.uptime_seconds).max(1e-3);
+        at = Instant::now();
+        let rows = rows(Some(&prev), &now, interval);
+        if format == Format::Table {
+            // Clear the screen and redraw, like top.
+            write!(out, "\x1b[2J\x1b[H{}", stats_table(&rows))?;
+        } else {
+            print_json(out, format, &rows)?;
+        }
+        out.flush()?;
+        prev = now;
+        n += 1;
+    }
+    Ok(())
+}

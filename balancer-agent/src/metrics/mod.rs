@@ -1,0 +1,313 @@
+//! Prometheus metrics (OpenMetrics text via `prometheus-client`).
+//!
+//! Almost everything is read at scrape time from what the agent keeps anyway
+//! (the balance table's per-endpoint statistics, the connection registry, the
+//! kernel programs' counters, the config source), so the data path pays
+//! nothing for it. The one thing recorded for metrics alone is the call
+//! latency histogram ([`LatencyRecorder`]: three relaxed atomic adds per call).
+//!
+//! Label sets are bounded: `service` and `endpoint` by the configuration,
+//! `grpc_status` by the 17 gRPC codes plus `reset`/`other`, `program` and
+//! `event` by the kernel programs.
+
+mod latency;
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+pub use latency::{LatencyHistogram, LatencyRecorder, BUCKETS};
+
+use crate::admin::{api, conns::ConnTotals};
+
+/// The content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The recorders the data path writes to. Everything else is read from the
+/// views at scrape time.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Per-service call latency: the demultiplexer observes every call's
+    /// duration (request headers in to the response's end).
+    pub latency: LatencyRecorder,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Everything one scrape shows, read from the views once.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub version: String,
+    pub ready: bool,
+    pub ebpf: bool,
+    pub programs_attached: bool,
+    pub services: Vec<api::Service>,
+    pub latency: BTreeMap<String, api::Histogram>,
+    pub conns: ConnTotals,
+    pub programs: Vec<api::Program>,
+    pub source: api::SourceStatus,
+    pub enrolled_pods: u64,
+}
+
+/// Renders a scrape as OpenMetrics text.
+pub fn encode(scrape: Scrape) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        } else {
+            family(&mut m, labels)?.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, i64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            m.encode_gauge(v)?;
+        } else {
+            family(&mut m, labels)?.encode_gauge(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn family<'s>(m: &'s mut MetricEncoder<'_>, labels: &'s Labels<'_>) -> Result<MetricEncoder<'s>, std::fmt::Error> {
+    m.encode_family(labels)
+}
+
+fn per_ep<'a>(rows: &'a [((&'a str, String), i64)]) -> Vec<(Labels<'a>, i64)> {
+    rows.iter()
+        .map(|((s, ep), v)| (vec![("service", *s), ("endpoint", ep.as_str())], *v))
+        .collect()
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut enc;
+        let version = self.version.as_str();
+        gauge(e, "balancer_build_info", "The agent's version.", &[(vec![("version", version)], 1)])?;
+        gauge(e, "balancer_ready", "1 when the agent is ready (programs attached, state synced).", &[(vec![], i64::from(self.ready))])?;
+
+        // Calls, per service, endpoint and gRPC status.
+        let mut requests = Vec::new();
+        let mut in_flight = Vec::new();
+        let mut upstream = Vec::new();
+        let mut ejected = Vec::new();
+        let mut ejections = Vec::new();
+        let mut connect_failures = Vec::new();
+        let mut ewma = Vec::new();
+        for svc in &self.services {
+            for ep in &svc.endpoints {
+                let addr = ep.address.to_string();
+                for (status, n) in &ep.statuses {
+                    requests.push(((svc.name.as_str(), addr.clone(), status.as_str()), *n));
+                }
+                in_flight.push(((svc.name.as_str(), addr.clone()), i(ep.in_flight)));
+                upstream.push(((svc.name.as_str(), addr.clone()), i(ep.upstream_connections)));
+                ejected.push(((svc.name.as_str(), addr.clone()), i64::from(ep.ejected)));
+                ejections.push(((svc.name.as_str(), addr.clone()), i(ep.ejections)));
+                connect_failures.push(((svc.name.as_str(), addr.clone()), ep.connect_failures));
+                if let Some(ms) = ep.ewma_ms {
+                    ewma.push(((svc.name.as_str(), addr.clone()), ms / 1e3));
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "balancer_requests",
+                "Calls that ended on an endpoint, by gRPC status (reset: the stream was reset before a status).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((s, ep, st), n) in &requests {
+                let l: Labels<'_> = vec![("service", s), ("endpoint", ep.as_str()), ("grpc_status", st)];
+                family(&mut m, &l)?.encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+        gauge(e, "balancer_in_flight_streams", "Calls in flight to an endpoint.", &per_ep(&in_flight))?;
+        gauge(e, "balancer_upstream_connections", "Open HTTP/2 connections to an endpoint.", &per_ep(&upstream))?;
+        gauge(e, "balancer_endpoint_ejected", "1 while passive health checking keeps the endpoint out.", &per_ep(&ejected))?;
+        gauge(
+            e,
+            "balancer_endpoint_ejections",
+            "Consecutive ejections of the endpoint (its back-off multiplier; 0 once it recovered).",
+            &per_ep(&ejections),
+        )?;
+        counter(
+            e,
+            "balancer_endpoint_connect_failures",
+            "Connects to an endpoint that failed.",
+            &connect_failures
+                .iter()
+                .map(|((s, ep), v)| (vec![("service", *s), ("endpoint", ep.as_str())], *v))
+                .collect::<Vec<_>>(),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "balancer_endpoint_latency_ewma_seconds",
+                "Peak-EWMA of the time to response headers.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ((s, ep), v) in &ewma {
+                let l: Labels<'_> = vec![("service", s), ("endpoint", ep.as_str())];
+                family(&mut m, &l)?.encode_gauge(v)?;
+            }
+        }
+
+        // Per service.
+        let per_svc = |f: &dyn Fn(&api::Service) -> u64| -> Vec<(Labels<'_>, u64)> {
+            self.services.iter().map(|s| (vec![("service", s.name.as_str())], f(s))).collect()
+        };
+        counter(e, "balancer_retries", "Calls retried on another endpoint.", &per_svc(&|s| s.retries))?;
+        {
+            let mut m = e.encode_descriptor(
+                "balancer_request_duration_seconds",
+                "Call duration at the agent, from the request's headers to the end of the response.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (svc, h) in &self.latency {
+                let l: Labels<'_> = vec![("service", svc.as_str())];
+                let buckets: Vec<(f64, u64)> = h
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (h.bounds.get(i).copied().unwrap_or(f64::INFINITY), *c))
+                    .collect();
+                family(&mut m, &l)?.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count(), &buckets, None)?;
+            }
+        }
+
+        // Client connections.
+        let c = self.conns;
+        gauge(e, "balancer_client_connections", "Open client connections.", &[(vec![], i(c.open))])?;
+        counter(e, "balancer_client_connections_accepted", "Client connections accepted.", &[(vec![], c.accepted)])?;
+        counter(
+            e,
+            "balancer_client_connections_refused",
+            "Client connections refused: no original destination (the agent is not an open proxy).",
+            &[(vec![], c.refused)],
+        )?;
+        counter(
+            e,
+            "balancer_l4_fallback_connections",
+            "Client connections proxied as plain TCP to one endpoint (no HTTP/2 preface).",
+            &[(vec![], c.l4_fallback)],
+        )?;
+        counter(e, "balancer_client_streams", "Streams (calls) accepted from clients.", &[(vec![], c.streams)])?;
+
+        // Kernel.
+        gauge(e, "balancer_ebpf_enabled", "1 when the kernel programs are used.", &[(vec![], i64::from(self.ebpf))])?;
+        gauge(
+            e,
+            "balancer_kernel_programs_attached",
+            "1 when every kernel program is loaded and attached.",
+            &[(vec![], i64::from(self.programs_attached))],
+        )?;
+        let redirected: u64 = self
+            .programs
+            .iter()
+            .filter(|p| p.name == "connect4")
+            .filter_map(|p| p.counters.get("redirected"))
+            .sum();
+        if self.ebpf {
+            counter(
+                e,
+                "balancer_redirected_connections",
+                "Connects to a Service VIP that the kernel redirected to the agent.",
+                &[(vec![], redirected)],
+            )?;
+        }
+        counter(
+            e,
+            "balancer_kernel_program_runs",
+            "Runs of each kernel program (kernel statistics; needs kernel.bpf_stats_enabled).",
+            &self
+                .programs
+                .iter()
+                .filter_map(|p| Some((vec![("program", p.name.as_str())], p.run_count?)))
+                .collect::<Vec<_>>(),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "balancer_kernel_program_run_seconds",
+                "Time spent in each kernel program (kernel statistics).",
+                None,
+                MetricType::Counter,
+            )?;
+            for p in &self.programs {
+                if let Some(ns) = p.run_time_ns {
+                    let l: Labels<'_> = vec![("program", p.name.as_str())];
+                    family(&mut m, &l)?.encode_counter::<NoLabelSet, _, u64>(&(ns as f64 / 1e9), None)?;
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for p in &self.programs {
+            for (ev, v) in &p.counters {
+                events.push((vec![("program", p.name.as_str()), ("event", ev.as_str())], *v));
+            }
+        }
+        counter(
+            e,
+            "balancer_kernel_events",
+            "The kernel programs' own counters (redirected, passed, errors, bytes, pinned).",
+            &events,
+        )?;
+
+        // Config / discovery.
+        let src = &self.source;
+        counter(
+            e,
+            "balancer_config_reloads",
+            "Reloads of the state (static file or Kubernetes), by result.",
+            &[(vec![("result", "ok")], src.reloads_ok), (vec![("result", "failed")], src.reloads_failed)],
+        )?;
+        gauge(
+            e,
+            "balancer_discovery_synced",
+            "1 once services and pods have been read completely.",
+            &[(vec![("source", src.kind.as_str())], i64::from(src.synced))],
+        )?;
+        gauge(e, "balancer_services", "Balanced services.", &[(vec![], self.services.len() as i64)])?;
+        gauge(e, "balancer_enrolled_pods", "Enrolled pods (cgroups).", &[(vec![], i(self.enrolled_pods))])?;
+        Ok(())
+    }
+}
