@@ -37,6 +37,9 @@ pub enum Outcome {
     /// The endpoint refused the call before handling it (REFUSED_STREAM,
     /// GOAWAY above its id): it was retried elsewhere.
     Refused,
+    /// The client gave up (cancel, deadline) before the call reached the
+    /// endpoint: nothing to hold against it.
+    Abandoned,
 }
 
 /// Peak-EWMA of response latency (time to response headers), decaying
@@ -194,6 +197,7 @@ impl EndpointRt {
             Outcome::Refused => {
                 self.refused.fetch_add(1, Relaxed);
             }
+            Outcome::Abandoned => {}
         }
     }
 

@@ -77,6 +77,13 @@ impl ReqBody {
         }
     }
 
+    /// No more retries: the replay buffer is released.
+    pub fn forget_replay(&mut self) {
+        self.replayable = false;
+        self.replay = Vec::new();
+        self.cursor = 0;
+    }
+
     /// Prepares to send the body again on a new attempt's stream.
     pub fn restart(&mut self) {
         self.cursor = 0;

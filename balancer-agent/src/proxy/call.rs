@@ -16,6 +16,29 @@ use super::{
 };
 use crate::balance::{pick::identity, CallMeta, Outcome, ServiceSlot};
 
+/// Attempts per call, whatever the options say.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Endpoints a call already tried, without allocating.
+#[derive(Default)]
+struct Tried {
+    items: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, id: usize) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.items[..self.len]
+    }
+}
+
 /// How waiting for the response headers ended.
 enum Wait {
     Response(Result<Response<RecvStream>, h2::Error>),
@@ -67,12 +90,12 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     let sleep = deadline_sleep(deadline);
     tokio::pin!(sleep);
     let mut body = ReqBody::new(recv, ctx.opts.replay_buffer);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let mut last_err: Option<String> = None;
     // After a refusal tied to one connection (GOAWAY, REFUSED_STREAM), the
     // same endpoint may take the retry on another connection.
     let mut allow_same = false;
-    let max_attempts = ctx.opts.max_retries + 1;
+    let max_attempts = (ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
 
     // Phase 1: find an endpoint that takes the call.
     let (resp, mut up_send, guard, _lease) = loop {
@@ -82,7 +105,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
         };
         let meta = CallMeta::from_path(parts.uri.path(), &parts.headers);
         let picked = state
-            .pick(&meta, &tried)
+            .pick(&meta, tried.as_slice())
             .or_else(|| if allow_same { state.pick(&meta, &[]) } else { None });
         let Some(ep) = picked else {
             slot.count_no_endpoint();
@@ -94,13 +117,25 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
             return;
         };
         drop(state);
-        if !tried.is_empty() {
+        if tried.len > 0 {
             slot.count_retry();
         }
         tried.push(identity(&ep));
-        let attempts = tried.len();
+        let attempts = tried.len;
         let guard = ep.start_call();
-        let (mut sender, lease) = match ep.pool.lease(&ctx.opts.pool).await {
+        let leased = tokio::select! {
+            l = ep.pool.lease(&ctx.opts.pool) => l,
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+                guard.finish(Outcome::Abandoned);
+                return;
+            }
+            _ = &mut sleep => {
+                fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+                guard.finish(Outcome::Abandoned);
+                return;
+            }
+        };
+        let (mut sender, lease) = match leased {
             Ok(x) => x,
             Err(e) => {
                 debug!(endpoint = %ep.address, error = %e, "endpoint unreachable");
@@ -200,6 +235,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
 
     // Phase 2: forward the response while the request may still stream.
     guard.first_byte();
+    body.forget_replay();
     let (head, mut resp_body) = resp.into_parts();
     let http_status = head.status;
     if resp_body.is_end_stream() {
