@@ -6,11 +6,12 @@
 //! call.
 
 pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod cgroup;
-pub mod ebpf;
 pub mod config;
 pub mod ctl;
+pub mod ebpf;
 pub mod k8s;
 pub mod logging;
 pub mod metrics;
