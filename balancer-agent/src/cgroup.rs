@@ -89,7 +89,6 @@ pub fn is_cgroup2_dir(path: &Path) -> Result<bool, CgroupError> {
         path: path.to_owned(),
         source: io::Error::from(e),
     })?;
-    #[expect(clippy::unnecessary_cast, reason = "the field's type differs between libcs")]
     let magic = stat.filesystem_type().0 as i64;
     Ok(magic == CGROUP2_SUPER_MAGIC)
 }

@@ -9,7 +9,8 @@
 //! * `flood --to ip:port --prefix N --max-bytes M --secs S`: fills a
 //!   connection the agent stopped reading; prints
 //!   `{"written_after_left":..,"blocked":bool}` and keeps the connection open
-//!   until its stdin closes.
+//!   until its stdin closes (`--keep-fast-path`: the agent stops reading
+//!   without taking the connection out of the fast path).
 
 use std::{
     io::{self, BufRead as _, BufReader},

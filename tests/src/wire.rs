@@ -13,6 +13,8 @@
 //!    `BAD <offset> <what>\n`.
 //!    [`Cmd::Stall`]: the agent reads `len` bytes, takes the connection out
 //!    of the fast path, answers `LEFT\n` and stops reading.
+//!    [`Cmd::Hold`]: the same without leaving the fast path (`HELD\n`): the
+//!    kernel hazard the agent must avoid, kept testable.
 
 use std::{
     io::{self, Read, Write},
@@ -29,6 +31,7 @@ pub enum Cmd {
     Echo = 1,
     Verify = 2,
     Stall = 3,
+    Hold = 4,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,7 @@ impl Header {
             1 => Cmd::Echo,
             2 => Cmd::Verify,
             3 => Cmd::Stall,
+            4 => Cmd::Hold,
             _ => return None,
         };
         Some(Header {

@@ -236,36 +236,52 @@ fn fast_path_off_keeps_sockets_out_of_the_map() {
     assert!(on.sk_msg.bytes > after.sk_msg.bytes, "{on:?}");
 }
 
+/// Floods a connection whose agent side stops reading; returns the
+/// client's report and the fast-path bytes counted meanwhile.
+fn flood(topo: &Topology, agent: &mut TestAgent, prefix: u64, max: u64, keep_fast_path: bool) -> (Value, u64) {
+    let before = agent.counters().expect("counters");
+    let mut args: Vec<String> = [
+        "flood", "--to", &VIP.to_string(), "--prefix", &prefix.to_string(), "--max-bytes",
+        &max.to_string(), "--secs", "15",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if keep_fast_path {
+        args.push("--keep-fast-path".into());
+    }
+    let mut flood = pod::spawn(Path::new(POD_BIN), &topo.pods[0], &args).expect("start flood");
+    let out = flood.next_json(Duration::from_secs(40)).expect("flood result");
+    eprintln!("flood (keep_fast_path={keep_fast_path}): {out}; TCP memory {:?} pages", sockstat_tcp_mem_pages());
+    let during = agent.counters().expect("counters");
+    drop(flood.stdin.take());
+    flood.process.wait_timeout(Duration::from_secs(10)).expect("flood exit");
+    (out, during.sk_msg.bytes - before.sk_msg.bytes)
+}
+
 #[test]
 fn flooding_client_is_bounded_once_its_connection_leaves_the_fast_path() {
     let Some(_serial) = serial_or_skip("flooding_client_is_bounded") else { return };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
-    let before = agent.counters().expect("counters");
     const PREFIX: u64 = 4 << 20;
-    const MAX: u64 = 512 << 20;
     const BOUND: u64 = 64 << 20;
-    let args: Vec<String> = [
-        "flood", "--to", &VIP.to_string(), "--prefix", &PREFIX.to_string(), "--max-bytes",
-        &MAX.to_string(), "--secs", "15",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut flood = pod::spawn(Path::new(POD_BIN), &topo.pods[0], &args).expect("start flood");
-    let out = flood.next_json(Duration::from_secs(40)).expect("flood result");
-    let tcp_mem_pages = sockstat_tcp_mem_pages();
-    eprintln!("flood: {out}; TCP memory now {tcp_mem_pages:?} pages");
-    let during = agent.counters().expect("counters");
-    assert_eq!(out["left"], "LEFT", "{out}");
-    assert!(
-        during.sk_msg.bytes - before.sk_msg.bytes >= PREFIX,
-        "the prefix went through the fast path: {during:?}"
+    // The hazard: a reader that stops while the connection stays in the fast
+    // path lets the client queue far more than any socket buffer.
+    let (held, _) = flood(&topo, &mut agent, PREFIX, 2 * BOUND, true);
+    assert_eq!(held["left"], "HELD", "{held}");
+    assert_eq!(
+        held["written_after_left"].as_u64(),
+        Some(2 * BOUND),
+        "no back-pressure inside the fast path (kernel behaviour this test relies on): {held}"
     );
+    // Taken out of the fast path, the same client is held back by TCP.
+    let (out, fast_bytes) = flood(&topo, &mut agent, PREFIX, 512 << 20, false);
+    assert_eq!(out["left"], "LEFT", "{out}");
+    assert!(fast_bytes >= PREFIX, "the prefix went through the fast path ({fast_bytes} bytes)");
     let written = out["written_after_left"].as_u64().expect("written");
     assert_eq!(out["blocked"], true, "the client must be held back: {out}");
     assert!(written < BOUND, "{written} bytes queued for a reader that stopped");
-    drop(flood.stdin.take());
 }
 
 /// Pages of TCP memory in use on the node (`/proc/net/sockstat`, `TCP: ... mem N`).

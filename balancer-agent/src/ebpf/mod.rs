@@ -501,3 +501,36 @@ where
         .try_into()
         .map_err(prog_err(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn unspecified_listener_is_refused_before_anything_is_loaded() {
+        let opts = KernelOptions::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15001));
+        let err = Kernel::load(&opts).err().expect("0.0.0.0 is refused");
+        assert!(matches!(err, EbpfError::BadListener(_)), "{err}");
+    }
+
+    #[test]
+    fn stub_build_says_how_to_get_the_programs() {
+        let text = EbpfError::StubObject.to_string();
+        assert!(text.contains("BALANCER_EBPF_STUB") && text.contains("bpf-linker"), "{text}");
+        if OBJECT.is_empty() {
+            // This build is the stub: loading must say so, whatever the privileges.
+            let opts = KernelOptions::new(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 15001));
+            assert!(matches!(Kernel::load(&opts), Err(EbpfError::StubObject)));
+        }
+    }
+
+    #[test]
+    fn counters_are_reported_per_program() {
+        let mut c = Counters::default();
+        c.get_mut(Program::SkMsg).bytes = 7;
+        assert_eq!(c.get(Program::SkMsg).bytes, 7);
+        assert_eq!(c.get(Program::Connect4), ProgramCounters::default());
+    }
+}

@@ -168,11 +168,15 @@ fn handle(mut conn: TcpStream, redirects: &dyn Redirects) -> io::Result<()> {
             wire::write_all(&mut conn, verdict.as_bytes(), deadline)?;
             conn.shutdown(Shutdown::Write)?;
         }
-        Cmd::Stall => {
+        Cmd::Stall | Cmd::Hold => {
             let mut buf = vec![0u8; header.len.min(16 << 20) as usize];
             wire::read_exact(&mut conn, &mut buf, deadline)?;
-            redirects.leave_fast_path(conn.as_fd());
-            wire::write_all(&mut conn, b"LEFT\n", deadline)?;
+            if header.cmd == Cmd::Stall {
+                redirects.leave_fast_path(conn.as_fd());
+                wire::write_all(&mut conn, b"LEFT\n", deadline)?;
+            } else {
+                wire::write_all(&mut conn, b"HELD\n", deadline)?;
+            }
             // Stop reading; hold the connection until the client hangs up.
             wait_hangup(&conn, Duration::from_secs(60));
         }

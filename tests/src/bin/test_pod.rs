@@ -57,6 +57,9 @@ enum Sub {
         max_bytes: u64,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Ask the agent to stop reading without leaving the fast path.
+        #[arg(long)]
+        keep_fast_path: bool,
     },
 }
 
@@ -77,7 +80,8 @@ fn main() {
             prefix,
             max_bytes,
             secs,
-        } => flood(to, prefix, max_bytes, secs),
+            keep_fast_path,
+        } => flood(to, prefix, max_bytes, secs, keep_fast_path),
     };
     println!("{out}");
     let _ = io::stdout().flush();
@@ -246,7 +250,7 @@ fn load(
     })
 }
 
-fn flood(to: SocketAddr, prefix: u64, max_bytes: u64, secs: u64) -> serde_json::Value {
+fn flood(to: SocketAddr, prefix: u64, max_bytes: u64, secs: u64, keep_fast_path: bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(secs + 10);
     let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
         Ok(s) => s,
@@ -255,7 +259,7 @@ fn flood(to: SocketAddr, prefix: u64, max_bytes: u64, secs: u64) -> serde_json::
     let mut run = || -> io::Result<serde_json::Value> {
         let orig = wire::read_line(&mut s, deadline)?;
         let header = Header {
-            cmd: Cmd::Stall,
+            cmd: if keep_fast_path { Cmd::Hold } else { Cmd::Stall },
             seed: 5,
             len: prefix,
         };
