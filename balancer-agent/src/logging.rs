@@ -70,7 +70,8 @@ pub fn filter(rust_log: Option<&str>, access_log: bool) -> Result<EnvFilter, Log
 pub fn init(format: LogFormat, access_log: bool) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter(rust_log.as_deref(), access_log)?;
-    let format = format.resolve(std::io::stderr().is_terminal());
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.resolve(terminal);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
@@ -83,7 +84,7 @@ pub fn init(format: LogFormat, access_log: bool) -> Result<(), LoggingError> {
             )
             .try_init(),
         LogFormat::Text | LogFormat::Auto => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_ansi(terminal).with_writer(std::io::stderr))
             .try_init(),
     };
     result.map_err(|_| LoggingError::AlreadyInstalled)
@@ -138,6 +139,56 @@ mod tests {
         assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Text);
         assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
         assert_eq!(LogFormat::Text.resolve(false), LogFormat::Text);
+    }
+
+    /// Captures what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(access_log: bool) -> String {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(filter(Some("warn"), access_log).unwrap())
+            .with(fmt::layer().json().with_writer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            access(&AccessEntry {
+                service: "greeter",
+                method: "/helloworld.Greeter/SayHello",
+                endpoint: Some("127.0.0.1:50051".parse().unwrap()),
+                grpc_status: Some(0),
+                duration: Duration::from_micros(1500),
+                retries: 0,
+            });
+            assert_eq!(access_enabled(), access_log);
+        });
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn access_lines_carry_the_call_and_are_off_by_default() {
+        let on = logged(true);
+        let line: serde_json::Value = serde_json::from_str(on.trim()).expect("one JSON line");
+        assert_eq!(line["target"], "balancer::access");
+        let f = &line["fields"];
+        assert_eq!(f["service"], "greeter");
+        assert_eq!(f["method"], "/helloworld.Greeter/SayHello");
+        assert_eq!(f["endpoint"], "127.0.0.1:50051");
+        assert_eq!(f["grpc_status"], 0);
+        assert_eq!(f["duration_ms"], 1.5);
+        // Off unless asked for, even though the base filter lets warnings through.
+        assert_eq!(logged(false), "");
     }
 
     #[test]
