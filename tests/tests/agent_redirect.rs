@@ -1,0 +1,228 @@
+//! The real agent on the real kernel: an enrolled pod's gRPC client dials a
+//! Service VIP that nothing routes; the agent's programs redirect the
+//! connection and the agent spreads every call over the endpoints.
+//!
+//! Topology: the agent and three greeter backends (tonic) in the test's
+//! "node" network namespace, the client (tonic's greeter-client) in a pod
+//! namespace and cgroup. Needs root; see `balancer_tests::privileged`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{
+    bin_path,
+    privileged::serial_or_skip,
+    process::{place, ChildGuard},
+    topology::{Pod, Topology},
+};
+
+const VIP: &str = "10.96.0.10:8000";
+const BACKENDS: [(&str, &str, &str); 3] = [
+    ("greeter-a", "127.0.0.1:50061", "v1"),
+    ("greeter-b", "127.0.0.1:50062", "v1"),
+    ("greeter-c", "127.0.0.1:50063", "v2"),
+];
+const ADMIN: &str = "127.0.0.1:15000";
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_path(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+/// The node side: three backends and the agent, in the node's namespace.
+struct Node {
+    _backends: Vec<ChildGuard>,
+    agent: ChildGuard,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn config(topo: &Topology, weights: Option<(u32, u32)>) -> String {
+    let listen = SocketAddr::new(topo.node.ip.into(), 15001);
+    let mut s = format!(
+        "listen: {listen}\nadmin: {ADMIN}\nattach_cgroup: {}\nenroll:\n  - {}\nservices:\n  - name: greeter\n    vip: {VIP}\n    endpoints:\n",
+        topo.root_cgroup.path().display(),
+        topo.pods[0].cgroup.path().display(),
+    );
+    for (_, addr, version) in BACKENDS {
+        s.push_str(&format!("      - {{ address: {addr}, labels: {{ version: {version} }} }}\n"));
+    }
+    if let Some((v1, v2)) = weights {
+        s.push_str(&format!(
+            "    routes:\n      - backends:\n          - {{ labels: {{ version: v1 }}, weight: {v1} }}\n          - {{ labels: {{ version: v2 }}, weight: {v2} }}\n"
+        ));
+    }
+    s
+}
+
+/// Runs `argv` in the node's namespace until it exits (bounded).
+fn node_cmd(topo: &Topology, argv: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    place(&mut cmd, Some(&topo.node.netns), None).expect("place");
+    cmd.output().expect("run in node netns")
+}
+
+fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
+    let mut backends = Vec::new();
+    for (name, addr, _) in BACKENDS {
+        let mut cmd = Command::new(bin("greeter-server"));
+        cmd.args(["--listen", addr, "--name", name]).stdout(Stdio::null());
+        place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
+        backends.push(ChildGuard::new(cmd.spawn().expect("start greeter-server")));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("balancer.yaml");
+    fs::write(&config_path, config(topo, weights)).expect("write config");
+    let mut cmd = Command::new(bin("balancer-agent"));
+    cmd.arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .env("BALANCER_LOG_FORMAT", "text")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.path().join("agent.log")).expect("log file"));
+    // The agent starts in the test's cgroup and moves itself below it.
+    place(&mut cmd, Some(&topo.node.netns), Some(&topo.root_cgroup)).expect("place agent");
+    let agent = ChildGuard::new(cmd.spawn().expect("start balancer-agent"));
+    let node = Node {
+        _backends: backends,
+        agent,
+        config: config_path,
+        _dir: dir,
+    };
+    wait_ready(topo, &node);
+    node
+}
+
+impl Node {
+    fn log(&self) -> String {
+        fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// `GET /readyz` on the agent's admin port, from inside the node namespace.
+fn readyz(topo: &Topology) -> bool {
+    let out = node_cmd(
+        topo,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/15000 2>/dev/null || exit 1; printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3; head -c 12 <&3",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).contains("200")
+}
+
+fn wait_ready(topo: &Topology, node: &Node) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if readyz(topo) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("agent not ready within 20 s; its log:\n{}", node.log());
+}
+
+/// greeter-client in the pod: `calls` calls over one connection to the VIP.
+fn client(pod: &Pod, calls: u64) -> serde_json::Value {
+    let mut cmd = Command::new(bin("greeter-client"));
+    cmd.args(["--target", VIP, "--calls", &calls.to_string(), "--concurrency", "8", "--json"]);
+    place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
+    let out = cmd.stderr(Stdio::piped()).output().expect("run greeter-client");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "greeter-client printed no JSON ({e}): stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn per_backend(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v["backends"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn one_connection_from_an_enrolled_pod_is_spread_call_by_call() {
+    let Some(_serial) = serial_or_skip("one_connection_from_an_enrolled_pod_is_spread_call_by_call") else {
+        return;
+    };
+    let topo = Topology::new(2).expect("topology");
+    let node = start_node(&topo, None);
+
+    let v = client(&topo.pods[0], 300);
+    assert_eq!(v["errors"], 0, "calls failed: {v}\nagent log:\n{}", node.log());
+    let counts = per_backend(&v);
+    assert_eq!(counts.len(), 3, "every backend serves calls of the one connection: {counts:?}");
+    for (name, n) in &counts {
+        assert_eq!(*n, 100, "round robin over 3 endpoints: {name} got {n} of 300 ({counts:?})");
+    }
+
+    // A pod that is not enrolled is not redirected: the VIP is unroutable.
+    let mut cmd = Command::new(bin("greeter-client"));
+    cmd.args(["--target", VIP, "--calls", "1", "--json", "--timeout-ms", "2000"]);
+    place(&mut cmd, Some(&topo.pods[1].netns), Some(&topo.pods[1].cgroup)).expect("place");
+    let out = cmd.stderr(Stdio::null()).output().expect("run");
+    assert!(!out.status.success(), "a pod that is not enrolled reached the VIP");
+}
+
+#[test]
+fn weights_change_live_and_a_killed_agent_leaves_no_redirection() {
+    let Some(_serial) = serial_or_skip("weights_change_live_and_a_killed_agent_leaves_no_redirection") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let mut node = start_node(&topo, Some((90, 10)));
+
+    let v = client(&topo.pods[0], 1000);
+    assert_eq!(v["errors"], 0, "calls failed: {v}");
+    let counts = per_backend(&v);
+    let v2 = counts.get("greeter-c").copied().unwrap_or(0);
+    assert!((80..=120).contains(&v2), "v2 gets 10% ±2% of 1000 calls, got {v2}: {counts:?}");
+
+    // 0:100 — applied by the running agent within a second.
+    fs::write(&node.config, config(&topo, Some((0, 100)))).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = client(&topo.pods[0], 200);
+    assert_eq!(per_backend(&v), BTreeMap::from([("greeter-c".to_owned(), 200)]), "{v}");
+
+    // Fail-open: once the agent is gone the pod's connect is not redirected.
+    node.agent.kill().expect("kill agent");
+    let mut cmd = Command::new(bin("greeter-client"));
+    cmd.args(["--target", VIP, "--calls", "1", "--json", "--timeout-ms", "2000"]);
+    place(&mut cmd, Some(&topo.pods[0].netns), Some(&topo.pods[0].cgroup)).expect("place");
+    let out = cmd.stderr(Stdio::null()).output().expect("run");
+    assert!(!out.status.success(), "the VIP answered after the agent was killed");
+}
+
+#[test]
+fn the_real_agent_refuses_connections_that_were_not_redirected() {
+    let Some(_serial) = serial_or_skip("the_real_agent_refuses_connections_that_were_not_redirected") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let node = start_node(&topo, None);
+    // From the pod, straight to the agent's listener: no original
+    // destination, so the agent closes it without reading or answering.
+    let mut cmd = Command::new(bin("greeter-client"));
+    let listen = format!("{}:15001", topo.node.ip);
+    cmd.args(["--target", &listen, "--calls", "1", "--json", "--timeout-ms", "2000"]);
+    place(&mut cmd, Some(&topo.pods[0].netns), Some(&topo.pods[0].cgroup)).expect("place");
+    let out = cmd.stderr(Stdio::null()).output().expect("run");
+    assert!(!out.status.success(), "the agent proxied a connection without an original destination: {}", node.log());
+}
