@@ -236,8 +236,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(kernel) = &kernel {
         let addr = listen.context("listen address")?;
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = bind_shared(addr)
             .with_context(|| format!("cannot listen on {addr} for redirected connections"))?;
         info!(%addr, "listening for redirected connections");
         let redirects = lock(kernel).redirects();
@@ -292,6 +291,19 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     drop(kernel);
     info!("stopped");
     Ok(())
+}
+
+/// The redirect listener is shared (`SO_REUSEPORT`): during a rolling
+/// update the new agent binds it while the old one drains.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
