@@ -257,7 +257,7 @@ pub fn grpc_sample(
         .output()
         .context("bench: cannot run nghttp")?;
     for m in grpc_messages(&bodies.stdout) {
-        let backend = proto_string(&m, 2).unwrap_or_else(|| "?".into());
+        let backend = proto_string(m, 2).unwrap_or_else(|| "?".into());
         *sample.backends.entry(backend).or_default() += 1;
     }
     Ok(sample)

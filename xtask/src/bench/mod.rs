@@ -66,6 +66,10 @@ pub struct Args {
     /// target/bench/ with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Use the `balancer-agent` and `greeter-server` in this directory
+    /// instead of building them (release) first.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 /// Debian packages the bench runs.
@@ -129,18 +133,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     setup::apt(PACKAGES)?;
     let privileged = sh::is_root();
 
-    let mut build = sh::cargo();
-    build
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "greeter", "--bins"]);
-    if settings.paths.iter().any(|p| p.is_agent()) {
-        build.args(["-p", "balancer-agent"]);
-    }
-    if privileged {
-        build.env_remove("BALANCER_EBPF_STUB");
-    }
-    sh::exec(&mut build)?;
-    let bin = target_dir(&root).join("release");
+    let bin = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let mut build = sh::cargo();
+            build
+                .current_dir(&root)
+                .args(["build", "--release", "-p", "greeter", "--bins"]);
+            if settings.paths.iter().any(|p| p.is_agent()) {
+                build.args(["-p", "balancer-agent"]);
+            }
+            if privileged {
+                build.env_remove("BALANCER_EBPF_STUB");
+            }
+            sh::exec(&mut build)?;
+            target_dir(&root).join("release")
+        }
+    };
 
     let nofile = procs::raise_nofile(65_536);
     let mut settings = settings;
