@@ -130,6 +130,10 @@ pub struct Extras {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = sh::root();
     let settings = settings(&args)?;
+    if args.bin_dir.is_none() {
+        // The agent's kernel programs need the toolchain that setup installs.
+        setup::run()?;
+    }
     setup::apt(PACKAGES)?;
     let privileged = sh::is_root();
 

@@ -14,6 +14,8 @@ pub struct Summary {
     pub path: CallPath,
     /// Runs left out of the medians because the machine was busy elsewhere.
     pub dropped: usize,
+    /// Every run of the path was disturbed: its medians are of disturbed runs.
+    pub all_disturbed: bool,
     pub calls_per_sec: f64,
     pub p50: f64,
     pub p90: f64,
@@ -70,6 +72,7 @@ pub fn summarize(path: CallPath, runs: &[Run]) -> Option<Summary> {
     Some(Summary {
         path,
         dropped: all.len() - used.len(),
+        all_disturbed: used.iter().all(|r| r.disturbed),
         calls_per_sec: med(&|r| r.m.calls_per_sec),
         p50: med(&|r| r.m.pct.p50),
         p90: med(&|r| r.m.pct.p90),
@@ -99,19 +102,24 @@ machine and run to run; the ratios measured in one run are what to read.
 ## Run it
 
 ```sh
-cargo xtask setup          # once: toolchains, bpf-linker, Debian packages
-sudo cargo xtask bench     # about 10 minutes; writes docs/benchmarks.md and docs/bench-*.svg
+cargo xtask bench           # as root: about 10 minutes; writes docs/benchmarks.md and docs/bench-*.svg
+cargo xtask bench --quick   # a smoke run: one round, 20k calls, written to target/bench/
 ```
 
-`cargo xtask bench` installs what it needs from Debian (`haproxy`, `nginx`,
-`nghttp2-client` for `h2load` and `nghttp`), builds the agent and the greeter
-in release mode, and runs everything on loopback and in a network namespace
-of its own. Without root the kernel-redirect paths are skipped (and say so).
-Options: `--quick` (one round, 20k calls, written to `target/bench/`),
-`--rounds N`, `--calls N`, `--threads N` (every proxy's worker threads),
-`--connections N --streams N` (h2load's `-c`/`-m`), `--idle N` (idle
-connections), `--paths direct,listener,redirect,redirect-nofast,haproxy,nginx`,
-`--out DIR`.
+`cargo xtask bench` first runs `cargo xtask setup`, installs what it needs
+from Debian (`haproxy`, `nginx`, `nghttp2-client` for `h2load` and
+`nghttp`), builds the agent and the greeter in release mode, and runs
+everything on loopback and in a network namespace of its own; it stops every
+process it started and removes the namespace and cgroups it made, also on
+error. Without root the kernel-redirect paths are skipped (and the table says
+so). Run it on an otherwise idle machine.
+
+Options: `--rounds N` (default 5), `--calls N` (default 200000),
+`--threads N` (every proxy's worker threads, default 1), `--connections N
+--streams N` (h2load's `-c`/`-m`, default 4 × 32), `--idle N` (idle
+connections, default 10000), `--paths
+direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
+`--bin-dir DIR` (measure prebuilt binaries instead of building).
 
 ## Method
 
@@ -187,7 +195,9 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             md,
             "| {}{} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} % | {} | {}/{}{} |",
             x.path.label(),
-            if x.dropped > 0 {
+            if x.all_disturbed {
+                " (every run disturbed by other work)".to_owned()
+            } else if x.dropped > 0 {
                 format!(" ({} disturbed run{} left out)", x.dropped, if x.dropped > 1 { "s" } else { "" })
             } else {
                 String::new()
