@@ -98,8 +98,8 @@ pub struct Settings {
     pub streams: u32,
     pub threads: u32,
     pub idle: usize,
-    /// How long to wait for an idle machine before each run.
-    pub idle_wait: Duration,
+    /// Waiting for a calm machine before each run.
+    pub calm: procs::Calm,
     pub paths: Vec<CallPath>,
     pub skipped: Vec<(CallPath, String)>,
 }
@@ -212,7 +212,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for i in 0..n {
             let path = settings.paths[(i + round as usize - 1) % n];
             let mut run = measure(&env, &backends, &body, &settings, path, round)?;
-            if run.disturbed {
+            // Again once, if waiting for a calm machine can still help.
+            if run.disturbed && settings.calm.has_budget() {
                 eprintln!(
                     "bench: {} round {round} disturbed ({:.2} cores busy elsewhere): running it again",
                     path.key(),
@@ -242,7 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ) {
             continue;
         }
-        procs::wait_idle(0.3, settings.idle_wait);
+        settings.calm.wait();
         let running = env.start(path)?;
         let Some(proxy) = &running.proxy else {
             continue;
@@ -319,7 +320,11 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         streams: args.streams,
         threads: args.threads,
         idle: args.idle.unwrap_or(if args.quick { 1_000 } else { 10_000 }),
-        idle_wait: Duration::from_secs(if args.quick { 3 } else { 30 }),
+        calm: if args.quick {
+            procs::Calm::new(Duration::from_secs(3), Duration::from_secs(20))
+        } else {
+            procs::Calm::new(Duration::from_secs(30), Duration::from_secs(180))
+        },
         paths,
         skipped,
     })
@@ -335,7 +340,7 @@ fn measure(
     path: CallPath,
     round: u32,
 ) -> anyhow::Result<Run> {
-    procs::wait_idle(0.3, s.idle_wait);
+    s.calm.wait();
     let running = env
         .start(path)
         .with_context(|| format!("bench: starting {}", path.key()))?;

@@ -256,19 +256,52 @@ impl MachineCpu {
     }
 }
 
-/// Waits (up to `limit`) until the machine is nearly idle: less than
-/// `max_cores` busy over a one-second sample. Returns the last sample.
-pub fn wait_idle(max_cores: f64, limit: Duration) -> f64 {
-    let start = Instant::now();
-    let tps = clock_ticks_per_sec();
-    loop {
-        let a = MachineCpu::now();
-        thread::sleep(Duration::from_secs(1));
-        let b = MachineCpu::now();
-        let cores = (b.busy.saturating_sub(a.busy)) as f64 / tps;
-        if cores < max_cores || start.elapsed() > limit {
-            return cores;
+/// Waiting for a calm machine before each run: at most `per_wait` each
+/// time and `budget` in all, so that a machine that stays busy costs a few
+/// minutes, not one wait per run.
+pub struct Calm {
+    per_wait: Duration,
+    budget: std::cell::Cell<Duration>,
+}
+
+/// Fewer cores than this busy over a one-second sample is calm (the bench's
+/// own idle processes use next to nothing).
+const CALM_CORES: f64 = 0.3;
+
+impl Calm {
+    pub fn new(per_wait: Duration, budget: Duration) -> Self {
+        Calm {
+            per_wait,
+            budget: std::cell::Cell::new(budget),
         }
+    }
+
+    /// Waits until the machine is calm; false if it was still busy when
+    /// this wait's time (or the whole budget) ran out.
+    pub fn wait(&self) -> bool {
+        let start = Instant::now();
+        let limit = self.per_wait.min(self.budget.get());
+        let tps = clock_ticks_per_sec();
+        let calm = loop {
+            let a = MachineCpu::now();
+            thread::sleep(Duration::from_millis(500));
+            let b = MachineCpu::now();
+            let cores = (b.busy.saturating_sub(a.busy)) as f64 / tps * 2.0;
+            if cores < CALM_CORES {
+                break true;
+            }
+            if start.elapsed() >= limit {
+                break false;
+            }
+        };
+        self.budget
+            .set(self.budget.get().saturating_sub(start.elapsed()));
+        calm
+    }
+
+    /// Whether waiting can still help.
+    pub fn has_budget(&self) -> bool {
+        !self.budget.get().is_zero()
     }
 }
 

@@ -151,10 +151,15 @@ direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
   HAProxy `nbthread`, nginx `worker_processes`).
 - Proxy CPU per call: the proxy's user + system time from `/proc/PID/stat`
   (all its processes) over the measured run, divided by the calls. Peak RSS:
-  `VmHWM` (summed over nginx's processes).
-- Before each run the bench waits for an idle machine; a run during which
-  processes outside the bench used more than a quarter of a core is run
-  again, and left out of the medians if it was disturbed again.
+  `VmHWM` (summed over nginx's processes). With the `sk_msg` fast path the
+  kernel moves bytes between the pod's socket and the agent's in the
+  sender's context, so part of that work is charged to h2load rather than
+  to the agent; with it off, loopback TCP on a veth is charged the same way
+  as for the other proxies.
+- Before each run the bench waits for an idle machine (up to 30 s, three
+  minutes in all); a run during which processes outside the bench used more
+  than a quarter of a core is run again once, and left out of the medians
+  if it was disturbed again (unless every run of that path was).
 - Bidi streaming: `balancer.test.Echo/BidiStream` calls, each a stream of 64
   messages of 16 KiB that the backend echoes one by one while the request
   stream still flows (h2load sends the stream from a file).

@@ -50,7 +50,7 @@ pub fn echo_stream(n: usize, size: usize) -> Vec<u8> {
 pub fn measure(env: &Env, path: CallPath, _bin: &Path, s: &Settings) -> anyhow::Result<Throughput> {
     let body = env.dir.join("bidi.bin");
     fs::write(&body, echo_stream(MESSAGES_PER_CALL, MESSAGE_BYTES))?;
-    super::procs::wait_idle(0.3, s.idle_wait);
+    s.calm.wait();
     let running = env.start(path)?;
     // 1,000 streams of 1 MiB each way in a full run, a tenth with --quick.
     let calls = (s.calls / 200).clamp(100, 1_000);
