@@ -42,6 +42,21 @@ async fn refused_streams_are_retried_with_their_body() {
         assert_eq!(a.body, body, "the replayed body arrives whole");
     }
     assert!(refuse.calls.load(SeqCst) >= 5);
+
+    // A retried call carries what is left of its deadline.
+    let mut rewritten = 0;
+    for _ in 0..4 {
+        let mut req = request(SAY_HELLO);
+        req.headers_mut().insert("grpc-timeout", "5S".parse().unwrap());
+        let a = within("call", call(&c, req, b"x")).await.expect("call");
+        let t = a.head.headers["x-grpc-timeout-echo"].to_str().unwrap().to_string();
+        if t != "5S" {
+            let ms: u64 = t.strip_suffix('m').expect("milliseconds").parse().unwrap();
+            assert!((1..=5000).contains(&ms), "{t}");
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten >= 2, "retries rewrite grpc-timeout");
     let snap = p.table.snapshot();
     let r = snap.services[0].endpoints.iter().find(|e| e.address == refuse.addr).unwrap();
     assert_eq!(r.refused as usize, refuse.calls.load(SeqCst));

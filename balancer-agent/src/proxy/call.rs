@@ -61,12 +61,21 @@ fn never_handled(e: &h2::Error) -> bool {
         || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
 }
 
-fn upstream_request(parts: &http::request::Parts) -> Request<()> {
+/// The request head for an attempt. A retry carries what is left of the
+/// call's deadline in `grpc-timeout`, so the endpoint does not wait longer
+/// than the client will.
+fn upstream_request(parts: &http::request::Parts, retry_deadline: Option<Instant>) -> Request<()> {
     let mut r = Request::new(());
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();
     *r.version_mut() = http::Version::HTTP_2;
     *r.headers_mut() = parts.headers.clone();
+    if let Some(d) = retry_deadline {
+        let left_ms = d.saturating_duration_since(Instant::now()).as_millis().clamp(1, 99_999_999);
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{left_ms}m")) {
+            r.headers_mut().insert("grpc-timeout", v);
+        }
+    }
     r
 }
 
@@ -151,7 +160,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 continue;
             }
         };
-        let (resp_fut, mut up_send) = match sender.send_request(upstream_request(&parts), body.empty) {
+        let (resp_fut, mut up_send) = match sender.send_request(upstream_request(&parts, deadline.filter(|_| attempts > 1)), body.empty) {
             Ok(x) => x,
             Err(e) => {
                 // The connection is closing (GOAWAY) or broke: nothing was sent.

@@ -135,6 +135,9 @@ fn ok_head(name: &str, req_headers: &HeaderMap) -> Response<()> {
     if let Some(v) = req_headers.get("x-meta") {
         b = b.header("x-meta-echo", v);
     }
+    if let Some(v) = req_headers.get("grpc-timeout") {
+        b = b.header("x-grpc-timeout-echo", v);
+    }
     b.body(()).expect("response")
 }
 
