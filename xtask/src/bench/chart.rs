@@ -38,7 +38,8 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
         .flat_map(|(_, v)| v.iter().copied())
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.15;
+        // Room for the value labels, and for the legend when there is one.
+        * if bars.series.len() > 1 { 1.4 } else { 1.15 };
     let mut chart = ChartBuilder::on(&root)
         .caption(bars.title, ("sans-serif", 20))
         .margin(12)

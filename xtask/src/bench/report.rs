@@ -408,9 +408,27 @@ fn machine(s: &Settings) -> String {
         "--short",
         "HEAD",
     ]));
+    // Local changes to what was measured.
+    let dirty = !Command::new("git")
+        .arg("-C")
+        .arg(sh::root())
+        .args(["diff", "--quiet", "HEAD", "--"])
+        .args([
+            "balancer-agent",
+            "balancer-ebpf",
+            "balancer-common",
+            "greeter",
+        ])
+        .status()
+        .is_ok_and(|st| st.success());
+    let commit = if dirty {
+        format!("`{commit}` plus uncommitted changes")
+    } else {
+        format!("`{commit}`")
+    };
     let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
     format!(
-        "Run of {date} at commit `{commit}` on {nproc} × {model}, {mem}, Linux {kernel}; \
+        "Run of {date} at commit {commit} on {nproc} × {model}, {mem}, Linux {kernel}; \
          {haproxy}; {nginx}; {h2load}.\n\n\
          Load: `h2load -t1 -c{c} -m{m}` ({inflight} calls in flight), {calls} calls per run, \
          {rounds} round{plural}; every proxy on {threads} worker thread{tplural}; three greeter \
