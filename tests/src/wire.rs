@@ -81,8 +81,13 @@ pub struct PayloadStream {
 
 impl PayloadStream {
     pub fn new(seed: u64) -> Self {
+        // splitmix64 of the seed: distinct seeds give distinct, non-zero states.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
         PayloadStream {
-            state: seed | 1,
+            state: if z == 0 { 1 } else { z },
             word: [0; 8],
             used: 8,
         }
