@@ -1,0 +1,218 @@
+//! End to end: the real `balancer-agent` in static mode without eBPF, real
+//! gRPC calls through its explicit listener to two greeter backends, then
+//! `balancerctl` and `/metrics` checked against the number of calls made.
+
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use balancer_agent::{admin::api, ctl::AdminClient};
+use greeter::server::TestServer;
+
+const CALLS: u64 = 60;
+
+/// Kills the agent (by its pid) when the test ends, pass or fail.
+struct AgentGuard(Child);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn ctl(admin: SocketAddr, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
+        .arg("--admin")
+        .arg(admin.to_string())
+        .args(args)
+        .env_remove("BALANCERCTL_ADMIN")
+        .output()
+        .unwrap()
+}
+
+fn ctl_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, args: &[&str]) -> T {
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let out = ctl(admin, &all);
+    assert!(out.status.success(), "balancerctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn start_agent(dir: &std::path::Path, config: &str, extra: &[&str]) -> AgentGuard {
+    let path = dir.join("balancer.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_balancer-agent"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--no-ebpf")
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .env_remove("BALANCER_ADMIN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    AgentGuard(child)
+}
+
+fn wait_ready(admin: SocketAddr, agent: &mut AgentGuard) {
+    let client = AdminClient::new(&admin.to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = client.get_raw("/readyz") {
+            return;
+        }
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            panic!("the agent exited before it was ready: {status}");
+        }
+        assert!(Instant::now() < deadline, "the agent at {admin} was not ready within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a number"),
+        })
+        .sum()
+}
+
+#[test]
+fn balancerctl_and_metrics_count_the_calls_made() {
+    let v1 = TestServer::spawn("greeter-v1").unwrap();
+    let v2 = TestServer::spawn("greeter-v2").unwrap();
+    let admin = free_port();
+    let listen = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "admin: {admin}\nservices:\n  - name: greeter\n    vip: 10.96.0.10:8000\n    listen: {listen}\n    policy: round-robin\n    endpoints:\n      - {{ address: {}, labels: {{ version: v1 }} }}\n      - {{ address: {}, labels: {{ version: v2 }} }}\n",
+        v1.addr(),
+        v2.addr()
+    );
+    let mut agent = start_agent(dir.path(), &config, &[]);
+    wait_ready(admin, &mut agent);
+
+    // CALLS calls over one HTTP/2 connection, bounded in time.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let spread = rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            greeter::client::say_hello_spread(channel, CALLS, 4, Duration::from_secs(10)),
+        )
+        .await
+        .expect("calls finished within 60 s")
+    });
+    assert_eq!(spread.ok, CALLS, "{}", spread.table());
+    assert_eq!(v1.calls() + v2.calls(), CALLS);
+    assert!(v1.calls() > 0 && v2.calls() > 0, "calls spread over both backends: {}", spread.table());
+
+    // service show: JSON and table.
+    let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
+    assert_eq!(svc.calls(), CALLS);
+    assert_eq!(svc.errors(), 0);
+    assert_eq!(svc.vips, vec!["10.96.0.10:8000".parse::<SocketAddr>().unwrap()]);
+    let services: Vec<api::Service> = ctl_json(admin, &["service", "show"]);
+    assert_eq!(services.len(), 1);
+    let table = String::from_utf8(ctl(admin, &["service", "show"]).stdout).unwrap();
+    let row = table.lines().nth(1).expect("a row for greeter");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[0], "greeter");
+    assert!(cells.contains(&CALLS.to_string().as_str()), "{table}");
+
+    // endpoint show: every endpoint's calls match what its backend served.
+    let eps: Vec<api::Endpoint> = ctl_json(admin, &["endpoint", "show", "greeter"]);
+    for (ep, backend) in eps.iter().zip([&v1, &v2]) {
+        assert_eq!(ep.address, backend.addr());
+        assert_eq!(ep.calls, backend.calls(), "{}", ep.address);
+        assert_eq!(ep.statuses.get("0").copied(), Some(backend.calls()));
+    }
+    let table = String::from_utf8(ctl(admin, &["endpoint", "show", "greeter"]).stdout).unwrap();
+    assert!(table.contains(&v1.addr().to_string()) && table.contains(&v2.addr().to_string()), "{table}");
+
+    // stats: the lifetime totals.
+    let rows: Vec<serde_json::Value> = ctl_json(admin, &["stats"]);
+    assert_eq!(rows[0]["service"], "greeter");
+    assert_eq!(rows[0]["calls"], CALLS);
+
+    // status, pods (none in static mode without enroll), conns.
+    let status: api::Status = ctl_json(admin, &["status"]);
+    assert!(status.ready && !status.ebpf, "{status:?}");
+    assert_eq!(status.source.kind, "static");
+    let pods: Vec<api::Pod> = ctl_json(admin, &["pod", "show"]);
+    assert!(pods.is_empty());
+    let _: Vec<api::Conn> = ctl_json(admin, &["conn", "show"]);
+    // Without eBPF, kernel objects say so.
+    let out = ctl(admin, &["prog", "show"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without eBPF"));
+
+    // /metrics: the same numbers.
+    let (code, body) = AdminClient::new(&admin.to_string()).get_raw("/metrics").unwrap();
+    assert_eq!(code, 200);
+    let text = String::from_utf8(body).unwrap();
+    let ok = metric_sum(&text, "balancer_requests_total", &[("service", "greeter"), ("grpc_status", "0")]);
+    assert_eq!(ok, CALLS as f64);
+    let all = metric_sum(&text, "balancer_requests_total", &[("service", "greeter")]);
+    assert_eq!(all, CALLS as f64);
+    for backend in [&v1, &v2] {
+        let per = metric_sum(&text, "balancer_requests_total", &[("endpoint", &backend.addr().to_string())]);
+        assert_eq!(per, backend.calls() as f64);
+    }
+    assert_eq!(metric_sum(&text, "balancer_ready", &[]), 1.0);
+    assert_eq!(metric_sum(&text, "balancer_discovery_synced", &[("source", "static")]), 1.0);
+    v1.stop();
+    v2.stop();
+}
+
+#[test]
+fn the_agent_refuses_a_non_loopback_admin_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let config = format!(
+        "services:\n  - name: greeter\n    vip: 10.96.0.10:8000\n    listen: {listen}\n    endpoints:\n      - {{ address: 127.0.0.1:1 }}\n"
+    );
+    let path = dir.path().join("balancer.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_balancer-agent"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--no-ebpf", "--admin", "0.0.0.0:0"])
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent kept running with a non-loopback admin address");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("refusing to bind non-loopback address 0.0.0.0:0"), "{err}");
+}
