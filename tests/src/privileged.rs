@@ -31,7 +31,13 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
         panic!("{test}: cannot run privileged test ({reason}) and {REQUIRE_ENV}=1");
     }
-    eprintln!("SKIPPED {test}: {reason} (privileged test; set {REQUIRE_ENV}=1 to make this a failure)");
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of passing tests, and a skip must not go unnoticed.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {reason} (privileged test; set {REQUIRE_ENV}=1 to make this a failure)"
+    );
     false
 }
 
