@@ -4,6 +4,13 @@
 //! ([`ConnHandle::set_protocol`]) and holds a [`StreamGuard`] per open
 //! stream; dropping the handle removes the connection. Per stream this costs
 //! two relaxed atomic adds; per connection one short mutex hold.
+//!
+//! Where the demultiplexer hooks it: `registry.refused()` where a redirected
+//! connection without an original destination (or to an unknown VIP) is
+//! dropped; `registry.register(ConnMeta { peer, original_dst, service, pod:
+//! None })` where a connection is spawned, the handle moved into its task;
+//! `handle.set_protocol(Protocol::H2 | Protocol::Tcp)` after sniffing the
+//! preface; `let _s = handle.stream();` held by each stream's task.
 
 use std::{
     collections::BTreeMap,

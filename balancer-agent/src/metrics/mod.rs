@@ -6,6 +6,18 @@
 //! nothing for it. The one thing recorded for metrics alone is the call
 //! latency histogram ([`LatencyRecorder`]: three relaxed atomic adds per call).
 //!
+//! # Wiring (what the demultiplexer calls)
+//!
+//! - Latency: when a service slot is built, take
+//!   `metrics.latency.service(&name)` (an `Arc<LatencyHistogram>`); when a
+//!   call ends (trailers or reset sent to the client), call
+//!   `histogram.observe(started.elapsed())` with `started` taken when its
+//!   request headers arrived. Without this, `balancer_request_duration_seconds`
+//!   and the p50/p99 of `balancerctl stats` stay empty.
+//! - Connections: [`crate::admin::ConnRegistry`] (see its module docs).
+//! - The access log: [`crate::logging::access`] at the same point as the
+//!   latency, guarded by [`crate::logging::access_enabled`].
+//!
 //! Label sets are bounded: `service` and `endpoint` by the configuration,
 //! `grpc_status` by the 17 gRPC codes plus `reset`/`other`, `program` and
 //! `event` by the kernel programs.
