@@ -87,6 +87,17 @@ fn pod_not_enrolled_is_not_redirected() {
     assert_eq!(out["errno"], ENETUNREACH, "{out}");
     let counters = agent.counters().expect("counters");
     assert_eq!(counters.connect4.redirected, 1, "{counters:?}");
+
+    // Enrollment and services are synced at run time: enroll only pod 1 ...
+    let pod1 = topo.pods[1].cgroup.path().display().to_string();
+    assert_eq!(agent.command(&format!("enroll {pod1}")).expect("enroll"), "ok");
+    assert_eq!(probe(&topo, 1, VIP)["orig"], VIP.to_string(), "pod 1 is now redirected");
+    assert_eq!(probe(&topo, 0, VIP)["errno"], ENETUNREACH, "pod 0 no longer is");
+    // ... and replace the service: the old VIP is left alone, the new one redirected.
+    let new_vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 443);
+    assert_eq!(agent.command(&format!("services {new_vip}")).expect("services"), "ok");
+    assert_eq!(probe(&topo, 1, VIP)["errno"], ENETUNREACH, "old VIP no longer balanced");
+    assert_eq!(probe(&topo, 1, new_vip)["orig"], new_vip.to_string());
 }
 
 #[test]

@@ -40,6 +40,10 @@ use aya::{
     },
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
+/// `SO_MARK` that keeps a socket's connects from ever being redirected (a
+/// second guard, besides the agent's own cgroup, for the agent's upstream
+/// sockets).
+pub use balancer_common::SKIP_MARK;
 pub use balancer_common::{Program, ProgramCounters};
 use balancer_common::{Config, Connection, ServiceKey, SockKey};
 pub use redirects::KernelRedirects;
