@@ -119,6 +119,15 @@ fn agent_own_connect_is_not_redirected() {
     );
     let counters = agent.counters().expect("counters");
     assert_eq!(counters.connect4.redirected, 1, "{counters:?}");
+
+    // Belt and braces: a socket carrying the skip mark is never redirected,
+    // even from an enrolled cgroup.
+    let args = vec![
+        "probe".into(), "--to".into(), VIP.to_string(), "--mark".into(),
+        balancer_agent::ebpf::SKIP_MARK.to_string(),
+    ];
+    let out = pod::run(Path::new(POD_BIN), &topo.pods[0], &args, Duration::from_secs(20)).expect("probe");
+    assert_eq!(out["errno"], ENETUNREACH, "marked socket went to the VIP itself: {out}");
 }
 
 #[test]

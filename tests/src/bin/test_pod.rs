@@ -27,6 +27,9 @@ enum Sub {
         to: SocketAddr,
         #[arg(long, default_value_t = 4096)]
         echo: usize,
+        /// Set this SO_MARK on the socket before connecting.
+        #[arg(long)]
+        mark: Option<u32>,
     },
     /// Many connections writing right after connect, payloads verified by
     /// the agent.
@@ -65,7 +68,7 @@ enum Sub {
 
 fn main() {
     let out = match Args::parse().cmd {
-        Sub::Probe { to, echo } => probe(to, echo),
+        Sub::Probe { to, echo, mark } => probe(to, echo, mark),
         Sub::Load {
             to,
             conns,
@@ -91,9 +94,57 @@ fn connect_error(e: &io::Error) -> serde_json::Value {
     json!({"connect": "error", "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()})
 }
 
-fn probe(to: SocketAddr, echo: usize) -> serde_json::Value {
+/// A blocking IPv4 connect with `SO_MARK` set first.
+fn connect_marked(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(v4) = to else {
+        return Err(io::Error::other("IPv4 only"));
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; it is
+    // handed to TcpStream (which closes it) or closed on error.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            std::ptr::from_ref(&mark).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            std::ptr::from_ref(&sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+fn probe(to: SocketAddr, echo: usize, mark: Option<u32>) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+    let connected = match mark {
+        Some(mark) => connect_marked(to, mark),
+        None => TcpStream::connect_timeout(&to, Duration::from_secs(3)),
+    };
+    let mut s = match connected {
         Ok(s) => s,
         Err(e) => return connect_error(&e),
     };
