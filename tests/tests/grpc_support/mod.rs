@@ -1,0 +1,344 @@
+//! Shared by the gRPC conformance tests: the agent as a process in static
+//! mode (`--config FILE --no-ebpf`, unprivileged, explicit listeners only),
+//! its YAML file, free loopback ports, and the Python grpcio peers.
+//!
+//! The agent binary is built on first use (`cargo build -p balancer-agent
+//! --bin balancer-agent`, a no-op when it is up to date) in the target
+//! directory of the running test; `BALANCER_AGENT_BIN` points at another.
+#![allow(dead_code, reason = "each test file uses a different part")]
+#![expect(clippy::unwrap_used, reason = "test support: any error fails the test loudly")]
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// `target/<profile>` of the running test binary (`.../deps/grpc_x-hash`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    deps.parent().unwrap().to_owned()
+}
+
+/// The agent binary, built if needed.
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BALANCER_AGENT_BIN") {
+            return PathBuf::from(p);
+        }
+        let dir = profile_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(root())
+            .args(["build", "-q", "-p", "balancer-agent", "--bin", "balancer-agent"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let out = build.output().expect("cannot run cargo to build balancer-agent");
+        assert!(
+            out.status.success(),
+            "building balancer-agent failed (run `cargo build -p balancer-agent` to see why):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = dir.join("balancer-agent");
+        assert!(bin.exists(), "no agent binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Replaces `path` atomically (a reader never sees half a file).
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// One endpoint line of a service.
+pub struct Ep {
+    pub addr: SocketAddr,
+    pub version: String,
+}
+
+pub fn ep(addr: SocketAddr, version: &str) -> Ep {
+    Ep {
+        addr,
+        version: version.to_owned(),
+    }
+}
+
+/// A static config with one service `name` on the explicit listener
+/// `listen`; `weights` (version, weight) adds a route over all calls.
+pub fn config(admin: SocketAddr, name: &str, listen: SocketAddr, eps: &[Ep], weights: &[(&str, u32)]) -> String {
+    let mut s = format!(
+        "admin: {admin}\nservices:\n  - name: {name}\n    listen: {listen}\n    policy: round-robin\n    endpoints:"
+    );
+    if eps.is_empty() {
+        s.push_str(" []\n");
+    } else {
+        s.push('\n');
+        for e in eps {
+            writeln!(s, "      - {{ address: \"{}\", labels: {{ version: {} }} }}", e.addr, e.version).unwrap();
+        }
+    }
+    if !weights.is_empty() {
+        s.push_str("    routes:\n      - backends:\n");
+        for (v, w) in weights {
+            writeln!(s, "          - {{ labels: {{ version: {v} }}, weight: {w} }}").unwrap();
+        }
+    }
+    s
+}
+
+/// The agent running in static mode; killed (by its pid) on drop.
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on `config` (whose service listens on `listen`,
+    /// admin on `admin`) and waits until the listener accepts.
+    pub fn start(admin: SocketAddr, listen: SocketAddr, config: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("balancer.yaml");
+        write_atomic(&path, config);
+        let log = dir.path().join("agent.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(agent_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("--no-ebpf")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("BALANCER_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("cannot start balancer-agent");
+        let mut agent = Agent {
+            child,
+            dir,
+            config: path,
+            admin,
+            listen,
+            log,
+        };
+        agent.wait_listening();
+        agent
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("balancer-agent exited with {status}:\n{}", self.log());
+            }
+            if TcpStream::connect_timeout(&self.listen, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("balancer-agent does not listen on {} after 20 s:\n{}", self.listen, self.log());
+    }
+
+    /// Rewrites the config file (the agent polls it).
+    pub fn rewrite(&self, config: &str) {
+        write_atomic(&self.config, config);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin server: (status line, body).
+    pub fn admin_get(&self, path: &str) -> Option<(String, String)> {
+        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let (head, body) = resp.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_owned(), body.to_owned()))
+    }
+
+    pub fn target(&self) -> String {
+        self.listen.to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("---- balancer-agent log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Python with grpcio: `BALANCER_PYTHON`, else the project's `.venv`.
+/// Missing grpcio fails the test (`cargo xtask setup` installs it).
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let py = std::env::var_os("BALANCER_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(".venv/bin/python"));
+        let ok = Command::new(&py)
+            .args(["-c", "import grpc, grpc_tools"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "{} has no grpcio/grpcio-tools: run `cargo xtask setup`, or \
+             `python3 -m venv .venv && .venv/bin/pip install -r tests/python/requirements.txt`, \
+             or point BALANCER_PYTHON at a Python that has them",
+            py.display()
+        );
+        py
+    })
+    .clone()
+}
+
+fn peer_script() -> PathBuf {
+    root().join("tests/python/peer.py")
+}
+
+/// A grpcio server process (greeter + echo), killed on drop.
+pub struct PyServer {
+    child: Child,
+    _stdout: std::process::ChildStdout,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl PyServer {
+    pub fn start(name: &str) -> PyServer {
+        let mut child = Command::new(python())
+            .arg(peer_script())
+            .args(["server", "--listen", "127.0.0.1:0", "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start the Python gRPC server");
+        // The first stdout line: `listening on ADDR`.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("the Python server did not start: {line:?}")
+            });
+        PyServer {
+            child,
+            _stdout: stdout,
+            addr,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the grpcio client against `target`: `args` after `client --target`.
+/// Returns its JSON report.
+pub fn py_client(target: &str, args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(python())
+        .arg(peer_script())
+        .args(["client", "--target", target])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the Python gRPC client");
+    // Bounded: the client's calls all have deadlines; this is the backstop.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Python client ran for more than 120 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the Python client printed no JSON ({e}); status {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A plain TCP echo server (not HTTP/2), for the fallback path.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+}
+
+impl TcpEcho {
+    pub fn start() -> TcpEcho {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for conn in l.incoming().take(64) {
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        TcpEcho { addr }
+    }
+}
