@@ -29,13 +29,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Build every binary first: end-to-end tests run the agent, the greeter
     // and balancerctl as processes.
     let mut build = sh::cargo();
-    build.args(["build", "--workspace", "--bins"]);
+    // balancer-ebpf builds only for the BPF target (through the agent's
+    // build.rs), never for the host.
+    build.args(["build", "--workspace", "--exclude", "balancer-ebpf", "--bins"]);
     env(&mut build);
     exec(&mut build)?;
 
     // Unit and in-process tests of every crate but the end-to-end suite.
     let mut unit = sh::cargo();
-    unit.args(["test", "--workspace", "--exclude", "balancer-tests", "--"])
+    unit.args(["test", "--workspace", "--exclude", "balancer-ebpf", "--exclude", "balancer-tests", "--"])
         .args(args);
     env(&mut unit);
     exec(&mut unit)?;
