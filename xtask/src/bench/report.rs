@@ -294,6 +294,8 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
         md.push('\n');
     }
 
+    md.push_str(&targets(&sums, extras));
+
     let _ = writeln!(md, "### Every run\n\n| round | path | calls/s | p50 ms | p99 ms | proxy CPU µs/call | busy elsewhere (cores) | used |\n|---:|---|---:|---:|---:|---:|---:|---|");
     for r in runs {
         let _ = writeln!(
@@ -315,6 +317,75 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
     fs::write(out.join("benchmarks.md"), &md)?;
     charts(out, &sums)?;
     Ok(md)
+}
+
+/// The project's targets for the agent, checked against this run.
+fn targets(sums: &[Summary], extras: &Extras) -> String {
+    let find = |p: CallPath| sums.iter().find(|x| x.path == p);
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    let listener = find(CallPath::AgentListener);
+    let redirect = find(CallPath::AgentRedirect { fast_path: true });
+    let haproxy = find(CallPath::Haproxy);
+    let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+    if let (Some(l), Some(h)) = (listener, haproxy) {
+        let r = l.calls_per_sec / h.calls_per_sec;
+        rows.push((
+            "explicit listener ≥ 1.25× HAProxy calls/s".into(),
+            format!("{r:.2}×"),
+            Some(r >= 1.25),
+        ));
+        if let (Some(lc), Some(hc)) = (l.cpu_us_per_call, h.cpu_us_per_call) {
+            let r = lc / hc;
+            rows.push((
+                "explicit listener ≤ 0.75× HAProxy CPU per call".into(),
+                format!("{r:.2}×"),
+                Some(r <= 0.75),
+            ));
+        }
+    }
+    if let (Some(l), Some(r)) = (listener, redirect) {
+        let x = r.calls_per_sec / l.calls_per_sec;
+        rows.push((
+            "kernel redirect faster than the explicit listener".into(),
+            format!("{x:.2}×"),
+            Some(x > 1.0),
+        ));
+    }
+    if let Some(kb) = extras.agent_idle_rss_kb {
+        let mb = kb as f64 / 1024.0;
+        rows.push((
+            "agent RSS ≤ 20 MB idle".into(),
+            format!("{mb:.1} MB"),
+            Some(mb <= 20.0),
+        ));
+    }
+    if let Some((_, r)) = extras
+        .idle
+        .iter()
+        .find(|(p, _)| *p == CallPath::AgentListener)
+    {
+        let mb = r.rss_after_kb as f64 / 1024.0;
+        rows.push((
+            format!("agent RSS ≤ 40 MB with {} client connections", r.alive),
+            format!("{mb:.1} MB"),
+            Some(mb <= 40.0),
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "### The agent's targets in this run\n\n| target | this run | |\n|---|---:|---|\n",
+    );
+    for (what, value, ok) in rows {
+        let _ = writeln!(md, "| {what} | {value} | {} |", verdict(ok));
+    }
+    md.push('\n');
+    md
 }
 
 fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
@@ -453,5 +524,57 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    fn summary(path: CallPath, calls_per_sec: f64, cpu: f64) -> Summary {
+        Summary {
+            path,
+            dropped: 0,
+            all_disturbed: false,
+            calls_per_sec,
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            cpu_us_per_call: Some(cpu),
+            peak_rss_kb: Some(10_000),
+            shares: vec![1.0 / 3.0; 3],
+            failed: 0,
+            checked: 300,
+            grpc_ok: 300,
+            grpc_errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn targets_are_checked_against_haproxy_in_the_same_run() {
+        let sums = vec![
+            summary(CallPath::AgentListener, 40_000.0, 10.0),
+            summary(CallPath::AgentRedirect { fast_path: true }, 30_000.0, 9.0),
+            summary(CallPath::Haproxy, 30_000.0, 16.0),
+        ];
+        let extras = Extras {
+            agent_idle_rss_kb: Some(30 * 1024),
+            ..Default::default()
+        };
+        let md = targets(&sums, &extras);
+        assert!(
+            md.contains("| explicit listener ≥ 1.25× HAProxy calls/s | 1.33× | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| explicit listener ≤ 0.75× HAProxy CPU per call | 0.62× | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| kernel redirect faster than the explicit listener | 0.75× | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| agent RSS ≤ 20 MB idle | 30.0 MB | **missed** |"),
+            "{md}"
+        );
+        assert_eq!(targets(&[], &Extras::default()), "");
     }
 }
