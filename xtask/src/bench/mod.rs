@@ -244,11 +244,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         settings.calm.wait();
-        let running = env.start(path)?;
-        let Some(proxy) = &running.proxy else {
+        // The rounds are done: a failure here loses only this measurement.
+        let running = match env.start(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("bench: idle connections to {}: {e:#}", path.key());
+                continue;
+            }
+        };
+        let (Some(proxy), Ok(target)) = (&running.proxy, running.target.parse()) else {
             continue;
         };
-        let target = running.target.parse()?;
         let r = idle::measure(proxy.pid(), target, settings.idle, Duration::from_secs(120));
         if path == CallPath::AgentListener {
             extras.agent_idle_rss_kb = Some(r.rss_before_kb);
