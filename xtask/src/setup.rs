@@ -17,6 +17,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting the attached programs"),
     ("protobuf-compiler", "the greeter's gRPC code generation"),
     ("python3-venv", "the Python gRPC test peers' virtualenv"),
+    ("haproxy", "the benchmark's reference proxy (its config is tested)"),
+    ("nginx", "the benchmark's reference proxy (its config is tested)"),
+    ("nghttp2-client", "h2load and nghttp: the benchmark's load and gRPC checks"),
 ];
 
 /// The bpf-linker release that matches Debian's LLVM 22.
