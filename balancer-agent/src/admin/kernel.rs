@@ -16,8 +16,9 @@ use aya::{
 
 use super::{api, decode, KernelView};
 
-/// Kernel program names of the agent's programs start with this.
-pub const PROGRAM_PREFIX: &str = "balancer_";
+/// Kernel program names of the agent's programs start with one of these
+/// (`bal_connect4`, ...; kernel names are cut at 15 bytes).
+pub const PROGRAM_PREFIXES: [&str; 2] = ["bal_", "balancer_"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -78,7 +79,7 @@ fn map_type_name(t: Result<MapType, aya::maps::MapError>) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct KernelReader {
     /// Only these program ids (the agent's own); `None`: every program whose
-    /// name starts with [`PROGRAM_PREFIX`].
+    /// name starts with one of [`PROGRAM_PREFIXES`].
     pub program_ids: Option<Vec<u32>>,
 }
 
@@ -99,7 +100,7 @@ impl KernelReader {
             let p = p.map_err(KernelError::from_display)?;
             let keep = match &self.program_ids {
                 Some(ids) => ids.contains(&p.id()),
-                None => p.name_as_str().is_some_and(|n| n.starts_with(PROGRAM_PREFIX)),
+                None => p.name_as_str().is_some_and(|n| PROGRAM_PREFIXES.iter().any(|x| n.starts_with(x))),
             };
             if keep {
                 out.push(p);

@@ -58,8 +58,8 @@ pub struct Cli {
     /// The agent's admin address.
     #[arg(long, global = true, value_name = "ADDR", env = "BALANCERCTL_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: String,
-    /// `prog`/`map`: read the kernel directly (by program name prefix
-    /// `balancer_`) instead of asking the agent. Needs root.
+    /// `prog`/`map`: read the kernel directly (the programs named `bal_*`)
+    /// instead of asking the agent. Needs root.
     #[arg(long, global = true)]
     pub kernel: bool,
     #[command(subcommand)]
