@@ -132,7 +132,7 @@ async fn an_endpoint_killed_under_load_fails_only_its_calls_in_flight() {
     const CONCURRENCY: usize = 16;
     let load = tokio::spawn({
         let ch = ch.clone();
-        async move { spread(&ch, 6000, CONCURRENCY).await }
+        async move { spread(&ch, 3000, CONCURRENCY).await }
     });
     // Kill b once the load is flowing through it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -154,9 +154,9 @@ async fn an_endpoint_killed_under_load_fails_only_its_calls_in_flight() {
         s.table()
     );
     assert_eq!(count(&s, "b"), b_calls.min(count(&s, "b")));
-    assert!(count(&s, "a") + count(&s, "c") + count(&s, "b") + s.errors == 6000);
+    assert!(count(&s, "a") + count(&s, "c") + count(&s, "b") + s.errors == 3000);
     // The survivors took the rest, both of them.
-    assert!(count(&s, "a") > 1000 && count(&s, "c") > 1000, "{}", s.table());
+    assert!(count(&s, "a") > 500 && count(&s, "c") > 500, "{}", s.table());
 
     // And new calls after the kill all succeed.
     let after = spread(&ch, 300, 8).await;

@@ -2,8 +2,8 @@
 //! mode (`--config FILE --no-ebpf`, unprivileged, explicit listeners only),
 //! its YAML file, free loopback ports, and the Python grpcio peers.
 //!
-//! The agent binary is built on first use (`cargo build -p balancer-agent
-//! --bin balancer-agent`, a no-op when it is up to date) in the target
+//! The agent binary is built on first use (`cargo build --workspace
+//! --exclude balancer-ebpf --bins`, a no-op when it is up to date) in the target
 //! directory of the running test; `BALANCER_AGENT_BIN` points at another.
 #![allow(dead_code, reason = "each test file uses a different part")]
 #![expect(clippy::unwrap_used, reason = "test support: any error fails the test loudly")]
@@ -43,7 +43,9 @@ pub fn agent_bin() -> PathBuf {
         let mut build = Command::new(cargo);
         build
             .current_dir(root())
-            .args(["build", "-q", "-p", "balancer-agent", "--bin", "balancer-agent"]);
+            // The same build as `cargo xtask test` makes first, so that it
+            // is a no-op there.
+            .args(["build", "-q", "--workspace", "--exclude", "balancer-ebpf", "--bins"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
