@@ -46,6 +46,14 @@ pub fn agent_bin() -> PathBuf {
             // The same build as `cargo xtask test` makes first, so that it
             // is a no-op there.
             .args(["build", "-q", "--workspace", "--exclude", "balancer-ebpf", "--bins"]);
+        // Cargo's variables for this test process would look like a changed
+        // environment to build scripts (ring's) and rebuild half the tree.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") && !matches!(k.as_str(), "CARGO_TARGET_DIR" | "CARGO_HOME") {
+                build.env_remove(k);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
