@@ -174,6 +174,16 @@ fn balancerctl_and_metrics_count_the_calls_made() {
         let per = metric_sum(&text, "balancer_requests_total", &[("endpoint", &backend.addr().to_string())]);
         assert_eq!(per, backend.calls() as f64);
     }
+    // Every call's duration went into the histogram, and all of them came
+    // as streams of the one client connection.
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("balancer_request_duration_seconds_count") && l.contains("service=\"greeter\""))
+        .unwrap_or_else(|| panic!("no latency histogram for greeter in:\n{text}"));
+    let count: f64 = count.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(count, CALLS as f64, "latency observations");
+    assert_eq!(metric_sum(&text, "balancer_client_connections_accepted_total", &[]), 1.0);
+    assert_eq!(metric_sum(&text, "balancer_client_streams_total", &[]), CALLS as f64);
     assert_eq!(metric_sum(&text, "balancer_ready", &[]), 1.0);
     assert_eq!(metric_sum(&text, "balancer_discovery_synced", &[("source", "static")]), 1.0);
     v1.stop();

@@ -27,7 +27,7 @@ use crate::{
     ebpf::{Kernel, KernelOptions},
     logging,
     model::Model,
-    proxy::{Proxy, ProxyOptions},
+    proxy::{Observers, Proxy, ProxyOptions},
 };
 use listeners::Listeners;
 
@@ -231,7 +231,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     };
 
     let table = Table::new(&model);
-    let proxy = Proxy::new(Arc::clone(&table), ProxyOptions::default());
+    let observers = Observers::default();
+    let proxy = Proxy::with_observers(Arc::clone(&table), ProxyOptions::default(), observers.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(kernel) = &kernel {
@@ -248,7 +249,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
     let admin_server = AdminServer::bind(admin_addr, &admin_opts).await?;
     info!(addr = %admin_server.local_addr()?, "admin server listening");
-    let state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone());
+    let state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone(), &observers);
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {

@@ -17,6 +17,7 @@ use crate::{
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
+    proxy::Observers,
 };
 
 /// The services as configured, with the table's live statistics.
@@ -121,12 +122,15 @@ pub fn admin_state(
     kernel: Option<Arc<Mutex<Kernel>>>,
     source: Arc<dyn SourceView>,
     models: watch::Receiver<Arc<Model>>,
+    observers: &Observers,
 ) -> AdminState {
     let mut state = AdminState::new(Arc::new(TableView {
         table,
         models: models.clone(),
     }));
     state.pods = Arc::new(EnrolledView { models });
+    state.metrics = Arc::clone(&observers.metrics);
+    state.conns = observers.conns.clone();
     state.source = source;
     state.kernel = kernel.map(|k| {
         let ids = k

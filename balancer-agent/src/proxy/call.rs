@@ -14,7 +14,34 @@ use super::{
     body::{self, PumpError, ReqBody},
     grpc, Ctx,
 };
-use crate::balance::{pick::identity, CallMeta, Outcome, ServiceSlot};
+use crate::balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot};
+
+/// How a call ended, for the latency histogram and the access log.
+#[derive(Debug, Default)]
+pub(crate) struct CallReport {
+    /// The last endpoint tried.
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// The gRPC status the client got; `None` when its stream was reset.
+    pub status: Option<u16>,
+    pub attempts: u32,
+}
+
+impl CallReport {
+    fn finish(&mut self, guard: CallGuard, outcome: Outcome) {
+        self.endpoint = Some(guard.endpoint().address);
+        self.status = match outcome {
+            Outcome::Status(code) => Some(code),
+            Outcome::Reset | Outcome::Abandoned => None,
+            Outcome::ConnectFailed | Outcome::Refused => self.status,
+        };
+        guard.finish(outcome);
+    }
+
+    fn fail(&mut self, respond: &mut SendResponse<Bytes>, code: u16, msg: &str) {
+        self.status = Some(code);
+        fail(respond, code, msg);
+    }
+}
 
 /// Attempts per call, whatever the options say.
 const MAX_ATTEMPTS: usize = 8;
@@ -91,7 +118,8 @@ async fn deadline_sleep(deadline: Option<Instant>) {
     }
 }
 
-pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> CallReport {
+    let mut rec = CallReport::default();
     slot.count_call();
     let (parts, recv) = req.into_parts();
     let timeout = grpc::timeout(&parts.headers);
@@ -109,8 +137,8 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     // Phase 1: find an endpoint that takes the call.
     let (resp, mut up_send, guard, _lease) = loop {
         let Some(state) = slot.state() else {
-            fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}` was removed", slot.name()));
-            return;
+            rec.fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}` was removed", slot.name()));
+            return rec;
         };
         let meta = CallMeta::from_path(parts.uri.path(), &parts.headers);
         let picked = state
@@ -122,40 +150,41 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 Some(e) => format!("no endpoint of service `{}` could take the call: {e}", slot.name()),
                 None => format!("no healthy endpoint for service `{}`", slot.name()),
             };
-            fail(&mut respond, grpc::UNAVAILABLE, &msg);
-            return;
+            rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
+            return rec;
         };
         drop(state);
         if tried.len > 0 {
             slot.count_retry();
         }
         tried.push(identity(&ep));
+        rec.attempts += 1;
         let attempts = tried.len;
         let guard = ep.start_call();
         let leased = tokio::select! {
             l = ep.pool.lease(&ctx.opts.pool) => l,
             _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
-                guard.finish(Outcome::Abandoned);
-                return;
+                rec.finish(guard, Outcome::Abandoned);
+                return rec;
             }
             _ = &mut sleep => {
-                fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
-                guard.finish(Outcome::Abandoned);
-                return;
+                rec.fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+                rec.finish(guard, Outcome::Abandoned);
+                return rec;
             }
         };
         let (mut sender, lease) = match leased {
             Ok(x) => x,
             Err(e) => {
                 debug!(endpoint = %ep.address, error = %e, "endpoint unreachable");
-                guard.finish(Outcome::ConnectFailed);
+                rec.finish(guard, Outcome::ConnectFailed);
                 last_err = Some(e.to_string());
                 allow_same = false;
                 if attempts >= max_attempts {
                     slot.count_no_endpoint();
                     let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
-                    fail(&mut respond, grpc::UNAVAILABLE, &msg);
-                    return;
+                    rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                    return rec;
                 }
                 continue;
             }
@@ -166,14 +195,14 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 // The connection is closing (GOAWAY) or broke: nothing was sent.
                 debug!(endpoint = %ep.address, error = %e, "connection refused a new stream");
                 lease.retire();
-                guard.finish(Outcome::Refused);
+                rec.finish(guard, Outcome::Refused);
                 last_err = Some(format!("endpoint {}: {e}", ep.address));
                 allow_same = true;
                 if attempts >= max_attempts {
                     slot.count_no_endpoint();
                     let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
-                    fail(&mut respond, grpc::UNAVAILABLE, &msg);
-                    return;
+                    rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                    return rec;
                 }
                 continue;
             }
@@ -205,39 +234,39 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                     if e.is_go_away() {
                         lease.retire();
                     }
-                    guard.finish(Outcome::Refused);
+                    rec.finish(guard, Outcome::Refused);
                     last_err = Some(format!("endpoint {}: {e}", ep.address));
                     if body.replayable && attempts < max_attempts {
                         allow_same = true;
                         continue;
                     }
-                    fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}`: {}", slot.name(), last_err.as_deref().unwrap_or("")));
-                    return;
+                    rec.fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}`: {}", slot.name(), last_err.as_deref().unwrap_or("")));
+                    return rec;
                 }
                 match (e.is_reset(), e.reason()) {
                     (true, Some(reason)) => {
                         debug!(endpoint = %ep.address, ?reason, "endpoint reset the call before responding");
                         respond.send_reset(reason);
-                        guard.finish(Outcome::Reset);
+                        rec.finish(guard, Outcome::Reset);
                     }
                     _ => {
                         let msg = format!("service `{}`: endpoint {} failed: {e}", slot.name(), ep.address);
-                        fail(&mut respond, grpc::UNAVAILABLE, &msg);
-                        guard.finish(Outcome::Status(grpc::UNAVAILABLE));
+                        rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                        rec.finish(guard, Outcome::Status(grpc::UNAVAILABLE));
                     }
                 }
-                return;
+                return rec;
             }
             Wait::ClientGone => {
                 up_send.send_reset(Reason::CANCEL);
-                guard.finish(Outcome::Reset);
-                return;
+                rec.finish(guard, Outcome::Reset);
+                return rec;
             }
             Wait::Deadline => {
                 up_send.send_reset(Reason::CANCEL);
-                fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
-                guard.finish(Outcome::Status(grpc::DEADLINE_EXCEEDED));
-                return;
+                rec.fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+                rec.finish(guard, Outcome::Status(grpc::DEADLINE_EXCEEDED));
+                return rec;
             }
         }
     };
@@ -250,15 +279,15 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     if resp_body.is_end_stream() {
         let code = grpc::status(Some(&head.headers), http_status);
         let _ = respond.send_response(Response::from_parts(head, ()), true);
-        guard.finish(Outcome::Status(code));
-        return;
+        rec.finish(guard, Outcome::Status(code));
+        return rec;
     }
     let mut down = match respond.send_response(Response::from_parts(head, ()), false) {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "client stream gone before response headers");
             up_send.send_reset(Reason::CANCEL);
-            return;
+            return rec;
         }
     };
     let end = {
@@ -282,32 +311,32 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     let address = guard.endpoint().address;
     match end {
         End::Done(Ok(status)) => {
-            guard.finish(Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))));
+            rec.finish(guard, Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))));
         }
         End::Done(Err(PumpError::Recv(e))) => {
             match (e.is_reset(), e.reason()) {
                 (true, Some(reason)) => {
                     down.send_reset(reason);
-                    guard.finish(Outcome::Reset);
+                    rec.finish(guard, Outcome::Reset);
                 }
                 _ => {
                     let msg = format!("service `{}`: endpoint {address} failed mid-call: {e}", slot.name());
                     if down.send_trailers(grpc::status_trailers(grpc::UNAVAILABLE, &msg)).is_err() {
                         down.send_reset(Reason::INTERNAL_ERROR);
                     }
-                    guard.finish(Outcome::Status(grpc::UNAVAILABLE));
+                    rec.finish(guard, Outcome::Status(grpc::UNAVAILABLE));
                 }
             }
         }
         End::Done(Err(PumpError::Send(e))) => {
             debug!(error = ?e, "client stream gone mid-response");
             up_send.send_reset(Reason::CANCEL);
-            guard.finish(Outcome::Reset);
+            rec.finish(guard, Outcome::Reset);
         }
         End::ClientGone => {
             up_send.send_reset(Reason::CANCEL);
             down.send_reset(Reason::CANCEL);
-            guard.finish(Outcome::Reset);
+            rec.finish(guard, Outcome::Reset);
         }
         End::Deadline => {
             up_send.send_reset(Reason::CANCEL);
@@ -317,7 +346,8 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
             {
                 down.send_reset(Reason::CANCEL);
             }
-            guard.finish(Outcome::Status(grpc::DEADLINE_EXCEEDED));
+            rec.finish(guard, Outcome::Status(grpc::DEADLINE_EXCEEDED));
         }
     }
+    rec
 }

@@ -35,9 +35,19 @@ use tokio::{
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
+    admin::{ConnHandle, ConnMeta, ConnRegistry, Protocol as ConnProtocol},
     balance::{ServiceSlot, Table},
+    metrics::Metrics,
     redirect::Redirects,
 };
+
+/// Where the demultiplexer reports what it does: the latency histograms
+/// and the client connections the admin server shows.
+#[derive(Debug, Clone, Default)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub conns: ConnRegistry,
+}
 pub use pool::PoolOptions;
 use sniff::Protocol;
 
@@ -121,6 +131,7 @@ impl Tracker {
 pub(crate) struct Ctx {
     pub table: Arc<Table>,
     pub opts: ProxyOptions,
+    pub observers: Observers,
     /// Set when shutting down: stop accepting, GOAWAY clients.
     pub draining: watch::Sender<bool>,
     /// Set when the grace period is over: drop what is left.
@@ -154,10 +165,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(table: Arc<Table>, opts: ProxyOptions) -> Proxy {
+        Self::with_observers(table, opts, Observers::default())
+    }
+
+    /// A proxy that reports calls and connections to `observers`.
+    pub fn with_observers(table: Arc<Table>, opts: ProxyOptions, observers: Observers) -> Proxy {
         Proxy {
             ctx: Arc::new(Ctx {
                 table,
                 opts,
+                observers,
                 draining: watch::Sender::new(false),
                 force: watch::Sender::new(false),
                 tracker: Tracker::default(),
@@ -189,6 +206,7 @@ impl Proxy {
                 Ok(Some(vip)) => vip,
                 Ok(None) => {
                     debug!(%peer, "connection without original destination refused");
+                    ctx.observers.conns.refused();
                     continue;
                 }
                 Err(e) => {
@@ -198,9 +216,10 @@ impl Proxy {
             };
             let Some(slot) = ctx.table.service_by_vip(vip) else {
                 debug!(%peer, %vip, "connection to a VIP of no service refused");
+                ctx.observers.conns.refused();
                 continue;
             };
-            self.spawn_conn(stream, peer, slot, Some(Arc::clone(&redirects)));
+            self.spawn_conn(stream, peer, Some(vip), slot, Some(Arc::clone(&redirects)));
         }
     }
 
@@ -231,7 +250,10 @@ impl Proxy {
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((stream, peer)) => self.spawn_conn(stream, peer, Arc::clone(&slot), None),
+                Ok((stream, peer)) => {
+                    let local = stream.local_addr().ok();
+                    self.spawn_conn(stream, peer, local, Arc::clone(&slot), None);
+                }
                 Err(e) => {
                     warn!(%service, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -259,16 +281,32 @@ impl Proxy {
         self.ctx.tracker.count.load(Relaxed)
     }
 
-    fn spawn_conn(&self, stream: TcpStream, peer: SocketAddr, slot: Arc<ServiceSlot>, redirects: Option<Arc<dyn Redirects>>) {
+    fn spawn_conn(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
+        slot: Arc<ServiceSlot>,
+        redirects: Option<Arc<dyn Redirects>>,
+    ) {
         let ctx = Arc::clone(&self.ctx);
         let id = ctx.next_conn.fetch_add(1, Relaxed);
-        let span = tracing::debug_span!("conn", id, %peer, service = %slot.name());
+        let span = match original_dst {
+            Some(dst) => tracing::debug_span!("conn", id, %peer, %dst, service = %slot.name()),
+            None => tracing::debug_span!("conn", id, %peer, service = %slot.name()),
+        };
         let guard = ctx.track();
+        let handle = ctx.observers.conns.register(ConnMeta {
+            peer,
+            original_dst,
+            service: Some(slot.name().to_owned()),
+            pod: None,
+        });
         tokio::spawn(
             async move {
                 let _guard = guard;
                 tokio::select! {
-                    _ = handle_conn(&ctx, stream, slot, redirects) => {}
+                    _ = handle_conn(&ctx, stream, slot, redirects, handle) => {}
                     _ = ctx.forced() => debug!("connection dropped at shutdown"),
                 }
             }
@@ -277,7 +315,13 @@ impl Proxy {
     }
 }
 
-async fn handle_conn(ctx: &Arc<Ctx>, mut stream: TcpStream, slot: Arc<ServiceSlot>, redirects: Option<Arc<dyn Redirects>>) {
+async fn handle_conn(
+    ctx: &Arc<Ctx>,
+    mut stream: TcpStream,
+    slot: Arc<ServiceSlot>,
+    redirects: Option<Arc<dyn Redirects>>,
+    handle: ConnHandle,
+) {
     let _ = stream.set_nodelay(true);
     let (proto, prefix) = match sniff::sniff(&mut stream, ctx.opts.sniff_timeout).await {
         Ok(x) => x,
@@ -289,11 +333,13 @@ async fn handle_conn(ctx: &Arc<Ctx>, mut stream: TcpStream, slot: Arc<ServiceSlo
     match proto {
         Protocol::Closed => {}
         Protocol::Http2 => {
-            if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot).await {
+            handle.set_protocol(ConnProtocol::H2);
+            if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle).await {
                 debug!(error = %e, "client connection ended with an error");
             }
         }
         Protocol::Other => {
+            handle.set_protocol(ConnProtocol::Tcp);
             if let Some(r) = &redirects {
                 r.leave_fast_path(stream.as_fd());
             }

@@ -1,15 +1,25 @@
 //! The client-facing side: an HTTP/2 server connection (cleartext, prior
 //! knowledge) whose every stream becomes a call task.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
 use super::{call, sniff::Prefixed, Ctx, ProxyError};
-use crate::balance::ServiceSlot;
+use crate::{
+    admin::ConnHandle,
+    balance::ServiceSlot,
+    logging::{self, AccessEntry},
+};
 
-pub(crate) async fn serve(ctx: &Arc<Ctx>, io: Prefixed<TcpStream>, slot: Arc<ServiceSlot>) -> Result<(), ProxyError> {
+pub(crate) async fn serve(
+    ctx: &Arc<Ctx>,
+    io: Prefixed<TcpStream>,
+    slot: Arc<ServiceSlot>,
+    handle: &ConnHandle,
+) -> Result<(), ProxyError> {
+    let latency = ctx.observers.metrics.latency.service(slot.name());
     let o = &ctx.opts;
     let mut conn = h2::server::Builder::new()
         .initial_window_size(o.stream_window)
@@ -36,7 +46,29 @@ pub(crate) async fn serve(ctx: &Arc<Ctx>, io: Prefixed<TcpStream>, slot: Arc<Ser
                 let ctx = Arc::clone(ctx);
                 let slot = Arc::clone(&slot);
                 let span = tracing::trace_span!("call", stream = respond.stream_id().as_u32());
-                tokio::spawn(async move { call::run(&ctx, &slot, req, respond).await }.instrument(span));
+                let stream_guard = handle.stream();
+                let latency = Arc::clone(&latency);
+                tokio::spawn(
+                    async move {
+                        let _stream = stream_guard;
+                        let started = Instant::now();
+                        let path = logging::access_enabled().then(|| req.uri().path().to_owned());
+                        let report = call::run(&ctx, &slot, req, respond).await;
+                        let duration = started.elapsed();
+                        latency.observe(duration);
+                        if let Some(method) = path {
+                            logging::access(&AccessEntry {
+                                service: slot.name(),
+                                method: &method,
+                                endpoint: report.endpoint,
+                                grpc_status: report.status,
+                                duration,
+                                retries: report.attempts.saturating_sub(1),
+                            });
+                        }
+                    }
+                    .instrument(span),
+                );
             }
         }
     }
