@@ -18,6 +18,7 @@ use balancer_common::{
 use crate::maps::{config, count, Outcome, CONNECTIONS, ORIG_BY_COOKIE, SOCKETS};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn bal_sockops(ctx: SockOpsContext) -> u32 {
@@ -40,9 +41,11 @@ fn own_key(ctx: &SockOpsContext) -> SockKey {
     }
 }
 
-/// The pod's side (it called connect) is established.
+/// The pod's side (it called connect) is established. A dual-stack socket
+/// (AF_INET6) is here only when connect6 redirected its v4-mapped connect:
+/// its IPv4 addresses are what local_ip4/remote_ip4 show.
 fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
-    if ctx.family() != AF_INET {
+    if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(Outcome::Passed);
     }
     // SAFETY: helper call with the program's own context.

@@ -226,3 +226,55 @@ fn the_real_agent_refuses_connections_that_were_not_redirected() {
     let out = cmd.stderr(Stdio::null()).output().expect("run");
     assert!(!out.status.success(), "the agent proxied a connection without an original destination: {}", node.log());
 }
+
+/// Python's grpcio (a gRPC stack nobody here wrote) in the enrolled pod,
+/// through the kernel redirect: spread, 4 and 8 MiB messages, bidi streaming.
+#[test]
+fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
+    let Some(_serial) = serial_or_skip("a_grpcio_client_in_the_pod_goes_through_the_redirect") else {
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("BALANCER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.parent().expect("workspace").join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs tests/python/requirements.txt into .venv)",
+        python.display()
+    );
+    let topo = Topology::new(1).expect("topology");
+    let node = start_node(&topo, None);
+    let pod = &topo.pods[0];
+    // gRPC C-core opens a dual-stack AF_INET6 socket and dials the IPv4 VIP
+    // as ::ffff:10.96.0.10: connect6 must redirect it like connect4 does.
+    let mut cmd = Command::new(&python);
+    cmd.arg(root.join("python/peer.py"))
+        .args(["client", "--target", VIP, "spread=300,8", "large", "bidi"]);
+    place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
+    let err_path = node._dir.path().join("grpcio-client.err");
+    let err_file = fs::File::create(&err_path).expect("stderr file");
+    let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).stderr(err_file).spawn().expect("start grpcio client"));
+    // Its report is one JSON line: it fits the pipe while we wait.
+    let mut stdout = child.child_mut().stdout.take().expect("stdout");
+    let status = child.wait_timeout(Duration::from_secs(120)).expect("wait");
+    assert!(status.is_some(), "the grpcio client ran for more than 120 s");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).expect("read the client's report");
+    let r: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| {
+            let err = fs::read_to_string(&err_path).unwrap_or_default();
+            panic!("grpcio client printed no JSON ({e}): {out:?}\nits stderr:\n{err}\nagent log:\n{}", node.log())
+        });
+    let spread = &r["spread=300,8"];
+    assert_eq!(spread["errors"], serde_json::json!({}), "{r}");
+    for (name, _, _) in BACKENDS {
+        assert_eq!(spread["backends"][name], 100, "round robin over 3 endpoints: {r}");
+    }
+    for size in [4u64 << 20, (8 << 20) + 17] {
+        let case = &r["large"][size.to_string()];
+        assert_eq!(case["echo_equal"], true, "{size}-byte echo: {r}");
+        assert_eq!(case["reply_len"], size, "{size}-byte reply: {r}");
+    }
+    assert_eq!(r["bidi"]["pairs_ok"], true, "bidi: {r}");
+}

@@ -43,6 +43,7 @@ impl KernelError {
 /// each): what `balancer_common::Program::name()` calls it.
 fn short_name(prog_type: &str, kernel_name: &str) -> String {
     match prog_type {
+        "cgroup_sock_addr" if kernel_name.contains("connect6") => "connect6",
         "cgroup_sock_addr" => "connect4",
         "sock_ops" => "sock_ops",
         "sk_msg" => "sk_msg",

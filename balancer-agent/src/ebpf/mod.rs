@@ -62,6 +62,7 @@ pub const VERIFIER_LOG_ENV: &str = "BALANCER_VERIFIER_LOG";
 
 /// Program function names in the object (also what `bpftool prog` shows).
 const PROG_CONNECT4: &str = "bal_connect4";
+const PROG_CONNECT6: &str = "bal_connect6";
 const PROG_SOCKOPS: &str = "bal_sockops";
 const PROG_SK_MSG: &str = "bal_sk_msg";
 const PROG_GETSOCKOPT: &str = "bal_getsockopt";
@@ -333,6 +334,12 @@ impl Kernel {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT4)?;
             prog.load().map_err(prog_err(PROG_CONNECT4))?;
             prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_CONNECT4))?;
+        }
+        {
+            // IPv4 VIPs dialed as v4-mapped addresses by dual-stack sockets.
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT6)?;
+            prog.load().map_err(prog_err(PROG_CONNECT6))?;
+            prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_CONNECT6))?;
         }
         tracing::info!(
             attach = %attach_cgroup.display(),
