@@ -150,6 +150,14 @@ fn client(pod: &Pod, calls: u64) -> serde_json::Value {
     })
 }
 
+/// One call from `pod` to `target` (2 s deadline): did it succeed?
+fn one_call_succeeds(pod: &Pod, target: &str) -> bool {
+    let mut cmd = Command::new(bin("greeter-client"));
+    cmd.args(["--target", target, "--calls", "1", "--json", "--timeout-ms", "2000"]);
+    place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
+    cmd.stderr(Stdio::null()).output().expect("run greeter-client").status.success()
+}
+
 fn per_backend(v: &serde_json::Value) -> BTreeMap<String, u64> {
     v["backends"]
         .as_object()
@@ -174,11 +182,7 @@ fn one_connection_from_an_enrolled_pod_is_spread_call_by_call() {
     }
 
     // A pod that is not enrolled is not redirected: the VIP is unroutable.
-    let mut cmd = Command::new(bin("greeter-client"));
-    cmd.args(["--target", VIP, "--calls", "1", "--json", "--timeout-ms", "2000"]);
-    place(&mut cmd, Some(&topo.pods[1].netns), Some(&topo.pods[1].cgroup)).expect("place");
-    let out = cmd.stderr(Stdio::null()).output().expect("run");
-    assert!(!out.status.success(), "a pod that is not enrolled reached the VIP");
+    assert!(!one_call_succeeds(&topo.pods[1], VIP), "a pod that is not enrolled reached the VIP");
 }
 
 #[test]
@@ -203,11 +207,7 @@ fn weights_change_live_and_a_killed_agent_leaves_no_redirection() {
 
     // Fail-open: once the agent is gone the pod's connect is not redirected.
     node.agent.kill().expect("kill agent");
-    let mut cmd = Command::new(bin("greeter-client"));
-    cmd.args(["--target", VIP, "--calls", "1", "--json", "--timeout-ms", "2000"]);
-    place(&mut cmd, Some(&topo.pods[0].netns), Some(&topo.pods[0].cgroup)).expect("place");
-    let out = cmd.stderr(Stdio::null()).output().expect("run");
-    assert!(!out.status.success(), "the VIP answered after the agent was killed");
+    assert!(!one_call_succeeds(&topo.pods[0], VIP), "the VIP answered after the agent was killed");
 }
 
 #[test]
@@ -219,12 +219,13 @@ fn the_real_agent_refuses_connections_that_were_not_redirected() {
     let node = start_node(&topo, None);
     // From the pod, straight to the agent's listener: no original
     // destination, so the agent closes it without reading or answering.
-    let mut cmd = Command::new(bin("greeter-client"));
+    assert!(one_call_succeeds(&topo.pods[0], VIP), "the redirected call works: {}", node.log());
     let listen = format!("{}:15001", topo.node.ip);
-    cmd.args(["--target", &listen, "--calls", "1", "--json", "--timeout-ms", "2000"]);
-    place(&mut cmd, Some(&topo.pods[0].netns), Some(&topo.pods[0].cgroup)).expect("place");
-    let out = cmd.stderr(Stdio::null()).output().expect("run");
-    assert!(!out.status.success(), "the agent proxied a connection without an original destination: {}", node.log());
+    assert!(
+        !one_call_succeeds(&topo.pods[0], &listen),
+        "the agent proxied a connection without an original destination: {}",
+        node.log()
+    );
 }
 
 /// Python's grpcio (a gRPC stack nobody here wrote) in the enrolled pod,
