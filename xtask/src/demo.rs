@@ -9,8 +9,6 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -45,7 +43,7 @@ pub fn run() -> anyhow::Result<()> {
         .current_dir(&root)
         .env_remove("BALANCER_EBPF_STUB")
         .args(["build", "-p", "balancer-agent", "-p", "greeter", "--bins"]))?;
-    let bin = target_dir(&root).join("debug");
+    let bin = sh::target_dir(&root).join("debug");
 
     let cgroup2 = cgroup2_mount()?;
     let mut demo = Demo::new(cgroup2.join("balancer-demo"));
@@ -59,7 +57,7 @@ pub fn run() -> anyhow::Result<()> {
             .spawn()
             .context("demo: cannot start greeter-server")?;
         demo.children.push(child);
-        wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+        sh::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
     }
 
     let config = demo.dir.join("balancer.yaml");
@@ -176,35 +174,13 @@ impl Drop for Demo {
     }
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
-fn wait_for_port(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    bail!("demo: nothing listens on {addr} after {limit:?}")
-}
-
 /// Waits for the agent's `/readyz` (programs attached, config applied).
 fn wait_ready(limit: Duration) -> anyhow::Result<()> {
+    let admin = ADMIN.parse()?;
     let start = Instant::now();
     while start.elapsed() < limit {
-        if let Ok(mut s) = TcpStream::connect_timeout(&ADMIN.parse()?, Duration::from_millis(200)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-            let mut resp = String::new();
-            let _ = s.read_to_string(&mut resp);
-            if resp.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if sh::http_ok(admin, "/readyz") {
+            return Ok(());
         }
         thread::sleep(Duration::from_millis(200));
     }

@@ -151,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 build.env_remove("BALANCER_EBPF_STUB");
             }
             sh::exec(&mut build)?;
-            target_dir(&root).join("release")
+            crate::sh::target_dir(&root).join("release")
         }
     };
 
@@ -273,7 +273,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let out = match (&args.out, args.quick) {
         (Some(o), _) => o.clone(),
-        (None, true) => target_dir(&root).join("bench"),
+        (None, true) => crate::sh::target_dir(&root).join("bench"),
         (None, false) => root.join("docs"),
     };
     fs::create_dir_all(&out)?;
@@ -443,12 +443,6 @@ fn print_run(r: &Run) {
         r.sample.calls,
         r.other_cores,
     );
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// The bench's scratch directory (configs, logs), removed at the end.

@@ -3,8 +3,6 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
     process::{Child, Command},
     thread,
     time::{Duration, Instant},
@@ -305,31 +303,7 @@ impl Calm {
     }
 }
 
-pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("bench: nothing listens on {addr} after {limit:?}")
-}
-
-/// `GET path` on a plain-HTTP admin endpoint; true on a 200.
-pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
-}
+pub use crate::sh::{http_ok, wait_for_port};
 
 /// Raises this process's open-file limit (children inherit it).
 pub fn raise_nofile(want: u64) -> u64 {
