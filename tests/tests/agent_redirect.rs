@@ -45,7 +45,7 @@ struct Node {
     _backends: Vec<ChildGuard>,
     agent: ChildGuard,
     config: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn config(topo: &Topology, weights: Option<(u32, u32)>) -> String {
@@ -99,7 +99,7 @@ fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
         _backends: backends,
         agent,
         config: config_path,
-        _dir: dir,
+        dir,
     };
     wait_ready(topo, &node);
     node
@@ -107,7 +107,7 @@ fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
 
 impl Node {
     fn log(&self) -> String {
-        fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 }
 
@@ -253,7 +253,7 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
     cmd.arg(root.join("python/peer.py"))
         .args(["client", "--target", VIP, "spread=300,8", "large", "bidi"]);
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
-    let err_path = node._dir.path().join("grpcio-client.err");
+    let err_path = node.dir.path().join("grpcio-client.err");
     let err_file = fs::File::create(&err_path).expect("stderr file");
     let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).stderr(err_file).spawn().expect("start grpcio client"));
     // Its report is one JSON line: it fits the pipe while we wait.

@@ -86,22 +86,13 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     rt.block_on(run(opts))
 }
 
-/// The node-level settings, whatever the source.
-struct Node {
-    listen: Option<SocketAddr>,
-    admin: SocketAddr,
-    attach_cgroup: Option<PathBuf>,
-    fast_path: bool,
-}
-
 /// The state source once started: the first model, the stream of later
 /// ones, and what the admin server shows of it.
 struct Started {
-    node: Node,
+    /// The node-level settings (in Kubernetes mode from flags and defaults).
+    node: config::NodeConfig,
     models: watch::Receiver<Arc<Model>>,
     source: Arc<dyn admin::SourceView>,
-    /// Keeps the source's tasks alive.
-    _task: tokio::task::JoinHandle<()>,
 }
 
 async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> anyhow::Result<Started> {
@@ -109,17 +100,12 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
         Source::Static(path) => {
             let watched = config::watch(path, RELOAD_INTERVAL)?;
             let first = watched.current();
-            let node = Node {
-                listen: first.node.listen,
-                admin: first.node.admin,
-                attach_cgroup: first.node.attach_cgroup.clone(),
-                fast_path: first.node.fast_path,
-            };
+            let node = first.node.clone();
             let (tx, models) = watch::channel(Arc::new(first.model.clone()));
             let source = views::static_source(path, Arc::clone(&watched.stats));
             let mut rx = watched.rx.clone();
-            let first_node = first.node.clone();
-            let task = tokio::spawn(async move {
+            let first_node = node.clone();
+            tokio::spawn(async move {
                 let _watched = watched;
                 while rx.changed().await.is_ok() {
                     let loaded = rx.borrow_and_update().clone();
@@ -134,7 +120,6 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                 node,
                 models,
                 source,
-                _task: task,
             })
         }
         Source::Kubernetes { node_name, host_ip } => {
@@ -159,14 +144,14 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
             let fatal = fatal.clone();
-            let task = tokio::spawn(async move {
+            tokio::spawn(async move {
                 if let Err(e) = crate::k8s::run(client, k8s_opts, tx, ready_tx).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
             });
             Ok(Started {
-                node: Node {
+                node: config::NodeConfig {
                     listen,
                     admin: admin::DEFAULT_ADDR.parse().context("default admin address")?,
                     attach_cgroup: None,
@@ -174,7 +159,6 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                 },
                 models,
                 source: views::kubernetes_source(ready),
-                _task: task,
             })
         }
     }
@@ -188,7 +172,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         node,
         mut models,
         source,
-        _task,
     } = start_source(&opts, &fatal_tx).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
