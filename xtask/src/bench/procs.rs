@@ -219,8 +219,9 @@ pub fn tree_rss_kb(pid: u32) -> u64 {
     tree(pid).into_iter().map(|p| status_kb(p, "VmRSS:")).sum()
 }
 
-/// CPU time the whole machine spent busy, and the part of it spent by
-/// kernel threads (softirq work of loopback traffic lands there), in ticks.
+/// CPU time processes and kernel threads ran (user, nice and system; not
+/// interrupt time nor steal), and the part of it spent by kernel threads
+/// (softirq work of loopback traffic lands there), in ticks.
 #[derive(Clone, Copy)]
 pub struct MachineCpu {
     pub busy: u64,
@@ -238,8 +239,10 @@ impl MachineCpu {
                     .skip(1)
                     .map(|v| v.parse().unwrap_or(0))
                     .collect();
-                // user nice system idle iowait irq softirq steal
-                Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
+                // user nice system: what processes and kernel threads ran.
+                // irq and softirq time (loopback traffic of the run itself)
+                // and steal (the hypervisor) belong to no process.
+                Some(f.iter().take(3).sum::<u64>())
             })
             .unwrap_or(0);
         let kernel_threads = all_pids()
