@@ -7,10 +7,12 @@
 //! Module map: [`sniff`] (preface detection), [`server`] (client-facing
 //! HTTP/2 connections), [`call`] (one stream: pick, retry, forward),
 //! [`body`] (DATA with end-to-end flow control), [`pool`] (upstream
-//! connections), [`tcp`] (plain TCP fallback), [`grpc`] (status, timeout).
+//! connections), [`coalesce`] (fewer, larger writes), [`tcp`] (plain TCP
+//! fallback), [`grpc`] (status, timeout).
 
 mod body;
 mod call;
+mod coalesce;
 pub mod grpc;
 pub mod pool;
 mod server;

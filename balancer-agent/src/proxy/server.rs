@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
-use super::{call, sniff::Prefixed, Ctx, ProxyError};
+use super::{call, coalesce::Coalesce, sniff::Prefixed, Ctx, ProxyError};
 use crate::{
     admin::ConnHandle,
     balance::ServiceSlot,
@@ -25,7 +25,7 @@ pub(crate) async fn serve(
         .initial_window_size(o.stream_window)
         .initial_connection_window_size(o.connection_window)
         .max_concurrent_streams(o.max_concurrent_streams)
-        .handshake::<_, bytes::Bytes>(io)
+        .handshake::<_, bytes::Bytes>(Coalesce::new(io))
         .await
         .map_err(ProxyError::Client)?;
     let mut draining = false;
