@@ -9,6 +9,7 @@ use crate::sh::{self, exec, output};
 
 /// Debian packages and why they are needed.
 const APT_PACKAGES: &[(&str, &str)] = &[
+    ("make", "building jemalloc, the agent's allocator"),
     ("llvm-22-dev", "bpf-linker links the kernel programs with LLVM 22"),
     ("libpolly-22-dev", "bpf-linker's LLVM 22 build"),
     ("libzstd-dev", "bpf-linker's LLVM 22 build"),

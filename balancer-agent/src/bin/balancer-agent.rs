@@ -8,6 +8,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use balancer_agent::app::{self, Options, Source};
 use clap::Parser;
 
+/// jemalloc: fewer resident pages per idle client connection and cheaper
+/// per-call allocations than the system allocator (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "balancer-agent", version, about = "Per-call gRPC load balancing for a node's pods")]
 struct Args {
@@ -22,7 +27,8 @@ struct Args {
     #[arg(long)]
     no_ebpf: bool,
 
-    /// Worker threads of the data plane (default: one per CPU).
+    /// Worker threads of the data plane (default: one per CPU); 1 runs the
+    /// whole agent on one thread.
     #[arg(long, env = "BALANCER_THREADS")]
     threads: Option<usize>,
 
