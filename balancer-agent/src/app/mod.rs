@@ -74,14 +74,20 @@ pub struct Options {
 pub fn main(opts: Options) -> anyhow::Result<()> {
     let format = opts.log_format.parse()?;
     logging::init(format, opts.access_log)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().thread_name("balancer");
-    if let Some(n) = opts.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+    // One thread: a current-thread runtime, which runs everything on the
+    // main thread without the cross-thread queues and wake-ups a one-worker
+    // multi-thread runtime still pays for.
+    let mut rt = match opts.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
         }
-        rt.worker_threads(n);
-    }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    rt.enable_all().thread_name("balancer");
     let rt = rt.build().context("cannot start the runtime")?;
     rt.block_on(run(opts))
 }

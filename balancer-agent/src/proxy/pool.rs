@@ -24,6 +24,8 @@ use h2::client::SendRequest;
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 use tracing::{debug, Instrument};
 
+use super::coalesce::Coalesce;
+
 /// How upstream connections are made and kept.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -176,7 +178,9 @@ impl EndpointPool {
                 return Ok(l);
             }
         }
-        match self.connect(opts).await {
+        // Boxed: connecting is rare, and its future would otherwise make
+        // every call's task larger.
+        match Box::pin(self.connect(opts)).await {
             Ok(conn) => Ok(Self::take(&conn)),
             Err(e) => match self.try_take(opts, true) {
                 // Another connection still works: use it rather than fail.
@@ -198,7 +202,7 @@ impl EndpointPool {
             .initial_window_size(opts.stream_window)
             .initial_connection_window_size(opts.connection_window)
             .enable_push(false)
-            .handshake::<_, Bytes>(tcp);
+            .handshake::<_, Bytes>(Coalesce::new(tcp));
         let (send, mut conn) = match tokio::time::timeout(opts.connect_timeout, handshake).await {
             Err(_) => return Err(PoolError::ConnectTimeout(addr)),
             Ok(Err(source)) => return Err(PoolError::Handshake { addr, source }),
@@ -244,7 +248,7 @@ impl EndpointPool {
 /// Drives one upstream connection until it ends, fails keepalive, idles out,
 /// or its pool goes away; then removes it from the pool.
 async fn drive(
-    mut conn: h2::client::Connection<TcpStream, Bytes>,
+    mut conn: h2::client::Connection<Coalesce<TcpStream>, Bytes>,
     mut ping: Option<h2::PingPong>,
     up: Arc<UpConn>,
     pool: Weak<Inner>,
