@@ -111,6 +111,9 @@ pub struct Run {
     pub m: Measured,
     /// Proxy CPU (user + system) per call, µs.
     pub cpu_us_per_call: Option<f64>,
+    /// The three backends' CPU per call together, µs: the cost of serving
+    /// one call on HTTP/2 (tonic on h2) with no proxy work in it.
+    pub backend_cpu_us_per_call: f64,
     pub peak_rss_kb: Option<u64>,
     /// Cores busy with processes outside the run, on average.
     pub other_cores: f64,
@@ -414,12 +417,14 @@ fn measure(
     )?;
     let peak_rss_kb = proxy_pid.map(procs::tree_peak_rss_kb);
     let cpu_us_per_call = proxy_pid.map(|_| (cpu1 - cpu0) * 1e6 / m.succeeded.max(1) as f64);
+    let backend_cpu_us_per_call = (bcpu1 - bcpu0) * 1e6 / m.succeeded.max(1) as f64;
     drop(running);
     Ok(Run {
         path,
         round,
         m,
         cpu_us_per_call,
+        backend_cpu_us_per_call,
         peak_rss_kb,
         other_cores,
         disturbed: other_cores > DISTURBED_CORES,
@@ -429,7 +434,7 @@ fn measure(
 
 fn print_run(r: &Run) {
     eprintln!(
-        "bench: round {} {:<16} {:>8.0} calls/s  p50 {:.2} ms  p99 {:.2} ms  proxy CPU {}  failed {}  gRPC OK {}/{}  other {:.2} cores",
+        "bench: round {} {:<16} {:>8.0} calls/s  p50 {:.2} ms  p99 {:.2} ms  proxy CPU {}  backends {:.1} µs/call  failed {}  gRPC OK {}/{}  other {:.2} cores",
         r.round,
         r.path.key(),
         r.m.calls_per_sec,
@@ -438,6 +443,7 @@ fn print_run(r: &Run) {
         r.cpu_us_per_call
             .map(|c| format!("{c:.1} µs/call"))
             .unwrap_or_else(|| "–".into()),
+        r.backend_cpu_us_per_call,
         r.m.failed,
         r.sample.ok,
         r.sample.calls,
