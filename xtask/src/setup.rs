@@ -132,6 +132,8 @@ fn python_peers() -> anyhow::Result<()> {
     let check = Command::new(&python)
         .args(["-m", "pip", "install", "--dry-run", "--no-index", "-q", "-r"])
         .arg(&requirements)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status();
     if check.is_ok_and(|s| s.success()) {
         return Ok(());
