@@ -160,8 +160,14 @@ direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
   as for the other proxies.
 - Before each run the bench waits for an idle machine (up to 30 s, three
   minutes in all); a run during which processes outside the bench used more
-  than a quarter of a core is run again once, and left out of the medians
-  if it was disturbed again (unless every run of that path was).
+  than a quarter of a core (the machine's user and system time, less that of
+  the bench's processes and of kernel threads; interrupt and steal time are
+  not counted) is run again once, and left out of the medians if it was
+  disturbed again (unless every run of that path was).
+- Backends CPU per call: the three greeters' user + system time over the
+  run, divided by the calls; on the direct path it is what serving one call
+  over HTTP/2 costs tonic on `h2` — the agent does that work twice per call,
+  once as a server and once as a client.
 - Bidi streaming: `balancer.test.Echo/BidiStream` calls, each a stream of 64
   messages of 16 KiB that the backend echoes one by one while the request
   stream still flows (h2load sends the stream from a file).
