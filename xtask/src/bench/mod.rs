@@ -92,6 +92,9 @@ const SAMPLE_CALLS: u64 = 300;
 const DISTURBED_CORES: f64 = 0.25;
 
 pub struct Settings {
+    /// The commit measured (and whether it had local changes), read before
+    /// the build.
+    pub source: String,
     pub rounds: u32,
     pub calls: u64,
     pub connections: u32,
@@ -320,6 +323,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         bail!("bench: --connections, --streams and --threads must be at least 1");
     }
     Ok(Settings {
+        source: report::source_tree(),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
         calls: args
             .calls

@@ -499,6 +499,41 @@ fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
 }
 
 /// The machine and the versions of everything measured.
+/// The first line a command prints, or `?`.
+fn first_line(cmd: &mut Command) -> String {
+    sh::output(cmd)
+        .and_then(|o| o.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The commit the measured binaries are built from, and whether the tree
+/// had local changes to them; read before the build.
+pub fn source_tree() -> String {
+    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]));
+    // Local changes to what was measured.
+    let dirty = !Command::new("git")
+        .arg("-C")
+        .arg(sh::root())
+        .args(["diff", "--quiet", "HEAD", "--"])
+        .args([
+            "balancer-agent",
+            "balancer-ebpf",
+            "balancer-common",
+            "greeter",
+        ])
+        .status()
+        .is_ok_and(|st| st.success());
+    if dirty {
+        format!("`{commit}` plus uncommitted changes")
+    } else {
+        format!("`{commit}`")
+    }
+}
+
 fn machine(s: &Settings) -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -525,11 +560,6 @@ fn machine(s: &Settings) -> String {
         })
         .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
-    let first_line = |cmd: &mut Command| {
-        sh::output(cmd)
-            .and_then(|o| o.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "?".into())
-    };
     let haproxy = first_line(Command::new("haproxy").arg("-v"));
     // nginx prints its version on stderr.
     let nginx = Command::new("nginx")
@@ -538,29 +568,7 @@ fn machine(s: &Settings) -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .unwrap_or_else(|_| "?".into());
     let h2load = first_line(Command::new("h2load").arg("--version"));
-    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args([
-        "rev-parse",
-        "--short",
-        "HEAD",
-    ]));
-    // Local changes to what was measured.
-    let dirty = !Command::new("git")
-        .arg("-C")
-        .arg(sh::root())
-        .args(["diff", "--quiet", "HEAD", "--"])
-        .args([
-            "balancer-agent",
-            "balancer-ebpf",
-            "balancer-common",
-            "greeter",
-        ])
-        .status()
-        .is_ok_and(|st| st.success());
-    let commit = if dirty {
-        format!("`{commit}` plus uncommitted changes")
-    } else {
-        format!("`{commit}`")
-    };
+    let commit = &s.source;
     let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
     format!(
         "Run of {date} at commit {commit} on {nproc} × {model}, {mem}, Linux {kernel}; \
