@@ -2,10 +2,10 @@
 //! retry what the endpoint never handled, then forward the response, with
 //! cancellation both ways and the call's `grpc-timeout` enforced.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use h2::{server::SendResponse, Reason, RecvStream};
+use h2::{server::SendResponse, Reason, RecvStream, SendStream};
 use http::{Request, Response};
 use tokio::time::Instant;
 use tracing::debug;
@@ -66,18 +66,45 @@ impl Tried {
     }
 }
 
-/// How waiting for the response headers ended.
-enum Wait {
-    Response(Result<Response<RecvStream>, h2::Error>),
+/// How a step of the call that runs while the request body still flows to
+/// the endpoint ended: waiting for the response headers, then forwarding
+/// the response.
+enum Step<T> {
+    /// The step itself finished.
+    Done(T),
     ClientGone,
     Deadline,
 }
 
-/// How forwarding the response ended.
-enum End {
-    Done(Result<Option<u16>, PumpError>),
-    ClientGone,
-    Deadline,
+/// Drives `step` while the rest of the request body goes to the endpoint,
+/// until the step finishes, the client goes away (its request stream fails
+/// or `client_reset` fires), or the call's deadline passes.
+async fn while_request_flows<T>(
+    step: impl Future<Output = T>,
+    body: &mut ReqBody,
+    up: &mut SendStream<Bytes>,
+    client_reset: impl Future,
+    mut deadline: Pin<&mut impl Future<Output = ()>>,
+) -> Step<T> {
+    tokio::pin!(step);
+    tokio::pin!(client_reset);
+    let pump = body.pump(up);
+    tokio::pin!(pump);
+    let mut pump_done = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut step => return Step::Done(r),
+            r = &mut pump, if !pump_done => match r {
+                Ok(()) => pump_done = true,
+                Err(PumpError::Recv(_)) => return Step::ClientGone,
+                // What happened upstream, the step says.
+                Err(PumpError::Send(_)) => pump_done = true,
+            },
+            _ = &mut client_reset => return Step::ClientGone,
+            _ = &mut deadline => return Step::Deadline,
+        }
+    }
 }
 
 /// A call the endpoint never handled, so it may go elsewhere: the stream was
@@ -208,28 +235,10 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
             }
         };
         body.restart();
-        let waited = {
-            let pump = body.pump(&mut up_send);
-            tokio::pin!(pump);
-            tokio::pin!(resp_fut);
-            let mut pump_done = false;
-            loop {
-                tokio::select! {
-                    r = &mut resp_fut => break Wait::Response(r),
-                    r = &mut pump, if !pump_done => match r {
-                        Ok(()) => pump_done = true,
-                        Err(PumpError::Recv(_)) => break Wait::ClientGone,
-                        // The response future says what happened upstream.
-                        Err(PumpError::Send(_)) => pump_done = true,
-                    },
-                    _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => break Wait::ClientGone,
-                    _ = &mut sleep => break Wait::Deadline,
-                }
-            }
-        };
-        match waited {
-            Wait::Response(Ok(resp)) => break (resp, up_send, guard, lease),
-            Wait::Response(Err(e)) => {
+        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        match while_request_flows(resp_fut, &mut body, &mut up_send, reset, sleep.as_mut()).await {
+            Step::Done(Ok(resp)) => break (resp, up_send, guard, lease),
+            Step::Done(Err(e)) => {
                 if never_handled(&e) {
                     if e.is_go_away() {
                         lease.retire();
@@ -257,12 +266,12 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 }
                 return rec;
             }
-            Wait::ClientGone => {
+            Step::ClientGone => {
                 up_send.send_reset(Reason::CANCEL);
                 rec.finish(guard, Outcome::Reset);
                 return rec;
             }
-            Wait::Deadline => {
+            Step::Deadline => {
                 up_send.send_reset(Reason::CANCEL);
                 rec.fail(&mut respond, grpc::DEADLINE_EXCEEDED, "deadline exceeded");
                 rec.finish(guard, Outcome::Status(grpc::DEADLINE_EXCEEDED));
@@ -290,30 +299,15 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
             return rec;
         }
     };
-    let end = {
-        let resp_pump = body::pump_response(&mut resp_body, &mut down, http_status);
-        tokio::pin!(resp_pump);
-        let req_pump = body.pump(&mut up_send);
-        tokio::pin!(req_pump);
-        let mut req_done = false;
-        loop {
-            tokio::select! {
-                r = &mut resp_pump => break End::Done(r),
-                r = &mut req_pump, if !req_done => match r {
-                    Ok(()) => req_done = true,
-                    Err(PumpError::Recv(_)) => break End::ClientGone,
-                    Err(PumpError::Send(_)) => req_done = true,
-                },
-                _ = &mut sleep => break End::Deadline,
-            }
-        }
-    };
+    // The response pump watches for the client resetting its stream.
+    let resp_pump = body::pump_response(&mut resp_body, &mut down, http_status);
+    let end = while_request_flows(resp_pump, &mut body, &mut up_send, std::future::pending::<()>(), sleep.as_mut()).await;
     let address = guard.endpoint().address;
     match end {
-        End::Done(Ok(status)) => {
+        Step::Done(Ok(status)) => {
             rec.finish(guard, Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))));
         }
-        End::Done(Err(PumpError::Recv(e))) => {
+        Step::Done(Err(PumpError::Recv(e))) => {
             match (e.is_reset(), e.reason()) {
                 (true, Some(reason)) => {
                     down.send_reset(reason);
@@ -328,17 +322,17 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 }
             }
         }
-        End::Done(Err(PumpError::Send(e))) => {
+        Step::Done(Err(PumpError::Send(e))) => {
             debug!(error = ?e, "client stream gone mid-response");
             up_send.send_reset(Reason::CANCEL);
             rec.finish(guard, Outcome::Reset);
         }
-        End::ClientGone => {
+        Step::ClientGone => {
             up_send.send_reset(Reason::CANCEL);
             down.send_reset(Reason::CANCEL);
             rec.finish(guard, Outcome::Reset);
         }
-        End::Deadline => {
+        Step::Deadline => {
             up_send.send_reset(Reason::CANCEL);
             if down
                 .send_trailers(grpc::status_trailers(grpc::DEADLINE_EXCEEDED, "deadline exceeded"))
