@@ -7,13 +7,15 @@
 //! Module map: [`sniff`] (preface detection), [`server`] (client-facing
 //! HTTP/2 connections), [`call`] (one stream: pick, retry, forward),
 //! [`body`] (DATA with end-to-end flow control), [`pool`] (upstream
-//! connections), [`coalesce`] (fewer, larger writes), [`tcp`] (plain TCP
-//! fallback), [`grpc`] (status, timeout).
+//! connections), [`coalesce`] (fewer, larger writes), [`keepalive`] (PINGs
+//! that find dead peers), [`tcp`] (plain TCP fallback), [`grpc`] (status,
+//! timeout).
 
 mod body;
 mod call;
 mod coalesce;
 pub mod grpc;
+mod keepalive;
 pub mod pool;
 mod server;
 pub mod sniff;
@@ -69,6 +71,11 @@ pub struct ProxyOptions {
     /// HTTP/2 windows announced to clients.
     pub stream_window: u32,
     pub connection_window: u32,
+    /// A PING to each client after this long without one in flight...
+    pub client_keepalive_interval: Duration,
+    /// ...and its connection closed when the PING goes unanswered this long
+    /// (a pod that vanished without closing its connections).
+    pub client_keepalive_timeout: Duration,
     pub pool: PoolOptions,
 }
 
@@ -81,6 +88,8 @@ impl Default for ProxyOptions {
             max_concurrent_streams: 1024,
             stream_window: 1 << 20,
             connection_window: 4 << 20,
+            client_keepalive_interval: Duration::from_secs(60),
+            client_keepalive_timeout: Duration::from_secs(20),
             pool: PoolOptions::default(),
         }
     }

@@ -24,7 +24,7 @@ use h2::client::SendRequest;
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 use tracing::{debug, Instrument};
 
-use super::coalesce::Coalesce;
+use super::{coalesce::Coalesce, keepalive::Keepalive};
 
 /// How upstream connections are made and kept.
 #[derive(Debug, Clone)]
@@ -249,51 +249,34 @@ impl EndpointPool {
 /// or its pool goes away; then removes it from the pool.
 async fn drive(
     mut conn: h2::client::Connection<Coalesce<TcpStream>, Bytes>,
-    mut ping: Option<h2::PingPong>,
+    ping: Option<h2::PingPong>,
     up: Arc<UpConn>,
     pool: Weak<Inner>,
     opts: PoolOptions,
 ) {
     let tick_every = opts.keepalive_interval.min(opts.idle_timeout / 2).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
-    let mut ping_sent: Option<Instant> = None;
+    let mut keepalive = Keepalive::new(ping, opts.keepalive_interval, opts.keepalive_timeout);
     loop {
         tokio::select! {
+            biased;
             r = &mut conn => {
                 if let Err(e) = r { debug!(error = %e, "upstream connection ended with an error") }
                 break;
             }
             _ = up.close.notified() => break,
-            pong = std::future::poll_fn(|cx| match ping.as_mut() {
-                Some(p) => p.poll_pong(cx).map(Some),
-                None => std::task::Poll::Ready(None),
-            }), if ping_sent.is_some() => {
-                match pong {
-                    Some(Ok(_)) => ping_sent = None,
-                    _ => break,
-                }
+            _ = keepalive.dead() => {
+                tracing::warn!("upstream connection closed: keepalive PING unanswered");
+                break;
             }
             _ = tick.tick() => {
                 let Some(inner) = pool.upgrade() else { break };
-                if let Some(sent) = ping_sent {
-                    if sent.elapsed() >= opts.keepalive_timeout {
-                        tracing::warn!("upstream connection closed: keepalive PING unanswered");
-                        break;
-                    }
-                }
                 if up.closed.load(Relaxed) && up.active.load(Relaxed) == 0 {
                     break;
                 }
                 if idle_expired(&up, &inner, opts.idle_timeout) {
                     debug!("upstream connection idle: closed");
                     break;
-                }
-                if ping_sent.is_none() {
-                    if let Some(p) = ping.as_mut() {
-                        if p.send_ping(h2::Ping::opaque()).is_ok() {
-                            ping_sent = Some(Instant::now());
-                        }
-                    }
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
-use super::{call, coalesce::Coalesce, sniff::Prefixed, Ctx, ProxyError};
+use super::{call, coalesce::Coalesce, keepalive::Keepalive, sniff::Prefixed, Ctx, ProxyError};
 use crate::{
     admin::ConnHandle,
     balance::ServiceSlot,
@@ -28,10 +28,15 @@ pub(crate) async fn serve(
         .handshake::<_, bytes::Bytes>(Coalesce::new(io))
         .await
         .map_err(ProxyError::Client)?;
+    let mut keepalive = Keepalive::new(conn.ping_pong(), o.client_keepalive_interval, o.client_keepalive_timeout);
     let mut draining = false;
     loop {
         let next = tokio::select! {
             n = conn.accept() => n,
+            _ = keepalive.dead() => {
+                debug!("client left a PING unanswered: connection closed");
+                return Ok(());
+            }
             _ = ctx.drained(), if !draining => {
                 debug!("shutting down: GOAWAY to client");
                 conn.graceful_shutdown();

@@ -495,15 +495,36 @@ pub async fn goaway_endpoint() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::Jo
 pub async fn scripted_endpoint(
     reply: impl Fn(u32) -> Vec<u8> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let e = scripted_endpoint_with(reply, usize::MAX).await;
+    (e.addr, e.seen, e.task)
+}
+
+/// A raw endpoint of [`scripted_endpoint_with`].
+pub struct ScriptedEndpoint {
+    pub addr: SocketAddr,
+    /// HEADERS frames received.
+    pub seen: Arc<AtomicUsize>,
+    /// Connections the proxy closed.
+    pub closed: Arc<AtomicUsize>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// As [`scripted_endpoint`], answering only the first `pings` PINGs of each
+/// connection (a hung endpoint after that).
+pub async fn scripted_endpoint_with(
+    reply: impl Fn(u32) -> Vec<u8> + Send + Sync + 'static,
+    pings: usize,
+) -> ScriptedEndpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(AtomicUsize::new(0));
-    let s2 = seen.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (s2, c2) = (seen.clone(), closed.clone());
     let reply = Arc::new(reply);
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else { return };
-            let seen = s2.clone();
+            let (seen, closed) = (s2.clone(), c2.clone());
             let reply = reply.clone();
             tokio::spawn(async move {
                 let mut pre = [0u8; 24];
@@ -511,9 +532,11 @@ pub async fn scripted_endpoint(
                     return;
                 }
                 let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+                let mut answered = 0;
                 while let Some((kind, flags, id, payload)) = read_frame(&mut tcp).await {
                     match kind {
-                        PING if flags & ACK == 0 => {
+                        PING if flags & ACK == 0 && answered < pings => {
+                            answered += 1;
                             let _ = tcp.write_all(&frame(PING, ACK, 0, &payload)).await;
                         }
                         SETTINGS if flags & ACK == 0 => {
@@ -526,10 +549,11 @@ pub async fn scripted_endpoint(
                         _ => {}
                     }
                 }
+                closed.fetch_add(1, SeqCst);
             });
         }
     });
-    (addr, seen, task)
+    ScriptedEndpoint { addr, seen, closed, task }
 }
 
 /// HPACK for a minimal request: `:method POST`, `:scheme http`, `:path /`,
