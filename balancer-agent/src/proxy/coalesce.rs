@@ -99,6 +99,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {
     use std::{
         sync::{
