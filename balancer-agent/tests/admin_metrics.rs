@@ -57,6 +57,9 @@ fn call_counters_match_the_known_calls() {
     assert_eq!(get(&s, "balancer_in_flight_streams", &b), 3.0);
     assert_eq!(get(&s, "balancer_endpoint_ejected", &b), 1.0);
     assert_eq!(get(&s, "balancer_endpoint_ejected", &a), 0.0);
+    assert_eq!(get(&s, "balancer_endpoint_ejection_backoff", &b), 1.0);
+    assert_eq!(get(&s, "balancer_endpoint_ejections_total", &b), 4.0);
+    assert_eq!(get(&s, "balancer_endpoint_ejections_total", &a), 0.0);
     assert_eq!(get(&s, "balancer_upstream_connections", &a), 1.0);
     assert_eq!(get(&s, "balancer_retries_total", &[("service", "greeter")]), 5.0);
     assert!((get(&s, "balancer_endpoint_latency_ewma_seconds", &a) - 0.00125).abs() < 1e-9);

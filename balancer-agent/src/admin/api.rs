@@ -167,6 +167,9 @@ pub struct Endpoint {
     pub ejected: bool,
     /// Times passive health checking ejected it (since it last recovered).
     pub ejections: u64,
+    /// Times passive health checking ejected it, in all.
+    #[serde(default)]
+    pub ejections_total: u64,
     pub labels: BTreeMap<String, String>,
     pub zone: Option<String>,
     pub node: Option<String>,
@@ -203,6 +206,7 @@ impl Endpoint {
             .to_owned(),
             ejected: false,
             ejections: 0,
+            ejections_total: 0,
             labels: ep.labels.clone(),
             zone: ep.zone.clone(),
             node: ep.node.clone(),

@@ -58,6 +58,7 @@ fn fill_endpoint(ep: &mut api::Endpoint, s: &EndpointSnapshot) {
     }
     ep.ejected = s.ejected;
     ep.ejections = u64::from(s.ejections);
+    ep.ejections_total = s.ejections_total;
     ep.in_flight = s.in_flight as u64;
     ep.ewma_ms = (s.ewma_ms > 0.0).then_some(s.ewma_ms);
     ep.calls = s.calls;

@@ -66,6 +66,8 @@ pub struct EndpointRt {
     refused: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
+    /// Every ejection since the endpoint appeared.
+    ejections_total: AtomicU64,
     /// Nanoseconds since `epoch` until which the endpoint is ejected; 0: never.
     ejected_until: AtomicU64,
     epoch: Instant,
@@ -90,6 +92,7 @@ impl EndpointRt {
             refused: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             epoch,
             ewma: Mutex::new(Ewma { ns: default_ns, at: Instant::now() }),
@@ -230,6 +233,7 @@ impl EndpointRt {
             return; // someone else ejected it
         }
         let k = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        self.ejections_total.fetch_add(1, Relaxed);
         let backoff = self.opts.base_ejection.saturating_mul(k).min(self.opts.max_ejection);
         let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
         self.ejected_until.store(until, Relaxed);
@@ -257,6 +261,7 @@ impl EndpointRt {
             ejected: until != 0 && now < until,
             ejected_for_ms: if until > now { (until - now) / 1_000_000 } else { 0 },
             ejections: self.ejections.load(Relaxed),
+            ejections_total: self.ejections_total.load(Relaxed),
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             in_flight: self.in_flight(),
             calls: self.calls.load(Relaxed),
@@ -278,7 +283,10 @@ pub struct EndpointSnapshot {
     pub draining: bool,
     pub ejected: bool,
     pub ejected_for_ms: u64,
+    /// Consecutive ejections (the back-off multiplier; 0 once recovered).
     pub ejections: u32,
+    /// Every ejection since the endpoint appeared.
+    pub ejections_total: u64,
     pub consecutive_failures: u32,
     pub in_flight: usize,
     /// Calls that reached the endpoint and ended (any status or reset).

@@ -269,6 +269,11 @@ async fn outlier_ejection_and_backoff() {
     assert!(bad.is_ejected(), "second ejection is 20 s");
     tokio::time::advance(Duration::from_secs(6)).await;
     assert!(bad.is_available());
+    assert_eq!(bad.snapshot().ejections, 2);
+
+    // A success after recovery resets the multiplier; the total stays.
+    bad.start_call().finish(Outcome::Status(0));
+    assert_eq!((bad.snapshot().ejections, bad.snapshot().ejections_total), (0, 2));
 
     // A success in between resets the consecutive count.
     for _ in 0..4 {

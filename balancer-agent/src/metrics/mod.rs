@@ -119,7 +119,7 @@ fn family<'s>(m: &'s mut MetricEncoder<'_>, labels: &'s Labels<'_>) -> Result<Me
     m.encode_family(labels)
 }
 
-fn per_ep<'a>(rows: &'a [((&'a str, String), i64)]) -> Vec<(Labels<'a>, i64)> {
+fn per_ep<'a, V: Copy>(rows: &'a [((&'a str, String), V)]) -> Vec<(Labels<'a>, V)> {
     rows.iter()
         .map(|((s, ep), v)| (vec![("service", *s), ("endpoint", ep.as_str())], *v))
         .collect()
@@ -142,6 +142,7 @@ impl Collector for Scrape {
         let mut upstream = Vec::new();
         let mut ejected = Vec::new();
         let mut ejections = Vec::new();
+        let mut ejections_total = Vec::new();
         let mut connect_failures = Vec::new();
         let mut ewma = Vec::new();
         for svc in &self.services {
@@ -154,6 +155,7 @@ impl Collector for Scrape {
                 upstream.push(((svc.name.as_str(), addr.clone()), i(ep.upstream_connections)));
                 ejected.push(((svc.name.as_str(), addr.clone()), i64::from(ep.ejected)));
                 ejections.push(((svc.name.as_str(), addr.clone()), i(ep.ejections)));
+                ejections_total.push(((svc.name.as_str(), addr.clone()), ep.ejections_total));
                 connect_failures.push(((svc.name.as_str(), addr.clone()), ep.connect_failures));
                 if let Some(ms) = ep.ewma_ms {
                     ewma.push(((svc.name.as_str(), addr.clone()), ms / 1e3));
@@ -177,18 +179,21 @@ impl Collector for Scrape {
         gauge(e, "balancer_endpoint_ejected", "1 while passive health checking keeps the endpoint out.", &per_ep(&ejected))?;
         gauge(
             e,
-            "balancer_endpoint_ejections",
+            "balancer_endpoint_ejection_backoff",
             "Consecutive ejections of the endpoint (its back-off multiplier; 0 once it recovered).",
             &per_ep(&ejections),
         )?;
         counter(
             e,
+            "balancer_endpoint_ejections",
+            "Times passive health checking ejected the endpoint.",
+            &per_ep(&ejections_total),
+        )?;
+        counter(
+            e,
             "balancer_endpoint_connect_failures",
             "Connects to an endpoint that failed.",
-            &connect_failures
-                .iter()
-                .map(|((s, ep), v)| (vec![("service", *s), ("endpoint", ep.as_str())], *v))
-                .collect::<Vec<_>>(),
+            &per_ep(&connect_failures),
         )?;
         {
             let mut m = e.encode_descriptor(

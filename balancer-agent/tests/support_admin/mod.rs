@@ -37,6 +37,7 @@ pub fn greeter() -> api::Service {
         state: "ready".into(),
         ejected: false,
         ejections: 0,
+        ejections_total: 0,
         labels: [("version".to_owned(), version.to_owned())].into_iter().collect(),
         zone: None,
         node: None,
@@ -50,6 +51,7 @@ pub fn greeter() -> api::Service {
     let mut b = ep("127.0.0.1:50052", "v2", statuses_b);
     b.ejected = true;
     b.ejections = 1;
+    b.ejections_total = 4;
     b.in_flight = 3;
     api::Service {
         name: "greeter".into(),
