@@ -17,6 +17,8 @@ pub struct Summary {
     /// Every run of the path was disturbed: its medians are of disturbed runs.
     pub all_disturbed: bool,
     pub calls_per_sec: f64,
+    /// The lowest and highest calls/s of the runs the medians are taken of.
+    pub calls_range: (f64, f64),
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -75,6 +77,9 @@ pub fn summarize(path: CallPath, runs: &[Run]) -> Option<Summary> {
         dropped: all.len() - used.len(),
         all_disturbed: used.iter().all(|r| r.disturbed),
         calls_per_sec: med(&|r| r.m.calls_per_sec),
+        calls_range: used.iter().fold((f64::INFINITY, 0.0), |(lo, hi), r| {
+            (lo.min(r.m.calls_per_sec), hi.max(r.m.calls_per_sec))
+        }),
         p50: med(&|r| r.m.pct.p50),
         p90: med(&|r| r.m.pct.p90),
         p99: med(&|r| r.m.pct.p99),
@@ -367,6 +372,21 @@ woken by many calls writes once per scheduler turn, not once per call), \
 of every call's task, and the agent allocates with jemalloc.\n",
         direct.backend_cpu_us_per_call,
     );
+    if let Some(redirect) = find(CallPath::AgentRedirect { fast_path: true }) {
+        let range = |x: &Summary| format!("{:.0}–{:.0}", x.calls_range.0, x.calls_range.1);
+        let _ = writeln!(
+            md,
+            "Kernel redirect and explicit listener. Both paths do the same \
+HTTP/2 work per call in the agent; the `sk_msg` fast path only takes the \
+loopback TCP work between the client's socket and the agent's out of the \
+agent (into the client's send). That is worth a few µs per call, about the \
+spread between rounds on a shared machine: calls/s over the rounds ranged \
+{} on the explicit listener and {} through the kernel redirect in this \
+run, so the order of the two medians can change from run to run.\n",
+            range(listener),
+            range(redirect),
+        );
+    }
     if let Some((_, r)) = extras.idle.iter().find(|(p, _)| *p == CallPath::AgentListener) {
         let per = r.rss_after_kb.saturating_sub(r.rss_before_kb) as f64 / r.alive.max(1) as f64;
         let _ = writeln!(
@@ -604,6 +624,7 @@ mod tests {
             dropped: 0,
             all_disturbed: false,
             calls_per_sec,
+            calls_range: (calls_per_sec, calls_per_sec),
             p50: 1.0,
             p90: 2.0,
             p99: 3.0,
