@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     pb::{
-        echo::echo_client::EchoClient,
+        echo::{echo_client::EchoClient, EchoReply, StreamRequest},
         helloworld::{greeter_client::GreeterClient, HelloRequest},
     },
     MAX_MESSAGE,
@@ -43,6 +43,19 @@ pub fn echo(channel: Channel) -> EchoClient<Channel> {
     EchoClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// Every reply of one `Echo/ServerStream` call, in order.
+pub async fn server_stream_all(
+    echo: &mut EchoClient<Channel>,
+    req: StreamRequest,
+) -> Result<Vec<EchoReply>, tonic::Status> {
+    let mut stream = echo.server_stream(req).await?.into_inner();
+    let mut replies = Vec::new();
+    while let Some(r) = stream.message().await? {
+        replies.push(r);
+    }
+    Ok(replies)
 }
 
 /// What `calls` SayHello calls over one channel did.

@@ -38,14 +38,8 @@ async fn echo_covers_every_call_shape() {
     assert_eq!((r.payload.len(), r.backend.as_str()), (5 << 20, "e"));
     assert_eq!(r.metadata.get("x-trace").map(String::as_str), Some("abc"));
 
-    let replies: Vec<_> = echo
-        .server_stream(StreamRequest { count: 5, size: 10, interval_ms: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<_, _>>()
-        .await
-        .unwrap();
+    let req = StreamRequest { count: 5, size: 10, interval_ms: 0 };
+    let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.iter().map(|r| r.count).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
 
     let up = tokio_stream::iter((0..4).map(|_| EchoRequest { payload: vec![1; 100], ..Default::default() }));

@@ -59,14 +59,8 @@ async fn unary_and_streaming_calls_with_metadata() {
     assert!(["a", "b"].contains(&r.backend.as_str()));
 
     // Server streaming: every message, in order.
-    let replies: Vec<_> = echo
-        .server_stream(StreamRequest { count: 50, size: 1000, interval_ms: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<_, _>>()
-        .await
-        .unwrap();
+    let req = StreamRequest { count: 50, size: 1000, interval_ms: 0 };
+    let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.len(), 50);
     assert!(replies.iter().enumerate().all(|(i, r)| r.count == i as u64 && r.payload.len() == 1000));
 
@@ -120,14 +114,8 @@ async fn messages_of_4_mib_and_more_pass_both_ways() {
         assert_eq!(r.payload.len(), size);
     }
     // A stream of large messages.
-    let replies: Vec<_> = echo
-        .server_stream(StreamRequest { count: 4, size: 4 << 20, interval_ms: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<_, _>>()
-        .await
-        .unwrap();
+    let req = StreamRequest { count: 4, size: 4 << 20, interval_ms: 0 };
+    let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.iter().map(|r| r.payload.len()).sum::<usize>(), 16 << 20);
 }
 
