@@ -137,10 +137,7 @@ mod tests {
         let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
                       cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
-        assert_eq!(
-            cgroup2_mount_in(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount_in(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
     }
 
     #[test]
@@ -148,10 +145,7 @@ mod tests {
         let mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
         assert_eq!(cgroup2_mount_in(mounts), Some(PathBuf::from("/sys/fs/cgroup")));
         let mounts = "none /mnt/my\\040cgroups cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mount_in(mounts),
-            Some(PathBuf::from("/mnt/my cgroups"))
-        );
+        assert_eq!(cgroup2_mount_in(mounts), Some(PathBuf::from("/mnt/my cgroups")));
     }
 
     #[test]

@@ -61,9 +61,10 @@ pub fn filter(rust_log: Option<&str>, access_log: bool) -> Result<EnvFilter, Log
     let base = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
     let access = if access_log { "info" } else { "off" };
     let spec = format!("{base},{ACCESS_TARGET}={access}");
-    EnvFilter::builder()
-        .parse(&spec)
-        .map_err(|e| LoggingError::BadFilter { filter: base.to_owned(), reason: e.to_string() })
+    EnvFilter::builder().parse(&spec).map_err(|e| LoggingError::BadFilter {
+        filter: base.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Installs the global subscriber (logs go to stderr).

@@ -196,10 +196,7 @@ pub enum ModelError {
         other: String,
     },
     #[error("service `{service}`: endpoint {address} is listed twice")]
-    DuplicateEndpoint {
-        service: String,
-        address: SocketAddr,
-    },
+    DuplicateEndpoint { service: String, address: SocketAddr },
     #[error("service `{service}`, route {route}: no backends")]
     NoBackends { service: String, route: usize },
     #[error("service `{service}`, route {route}: every backend has weight 0")]
@@ -350,9 +347,15 @@ mod tests {
         s.routes.push(Route {
             name: None,
             matches: vec![],
-            backends: vec![Backend { labels: Labels::new(), weight: 0 }],
+            backends: vec![Backend {
+                labels: Labels::new(),
+                weight: 0,
+            }],
         });
-        let m = Model { services: vec![s.clone()], enrolled: vec![] };
+        let m = Model {
+            services: vec![s.clone()],
+            enrolled: vec![],
+        };
         assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
 
         s.routes[0].backends[0].weight = 1;
@@ -360,7 +363,10 @@ mod tests {
             method: Some(StringMatch::RegularExpression("Say(".into())),
             ..RouteMatch::default()
         });
-        let m = Model { services: vec![s], enrolled: vec![] };
+        let m = Model {
+            services: vec![s],
+            enrolled: vec![],
+        };
         assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
     }
 }

@@ -13,7 +13,10 @@ use balancer_agent::{
 };
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -26,12 +29,22 @@ fn non_loopback_addresses_are_refused_unless_allowed() {
         assert!(matches!(err, AdminError::NonLoopback(_)), "{addr}: {err}");
         let msg = err.to_string();
         assert!(!msg.contains('\n'), "one line: {msg}");
-        assert!(msg.contains("non-loopback") && msg.contains("--admin-allow-non-loopback"), "{msg}");
+        assert!(
+            msg.contains("non-loopback") && msg.contains("--admin-allow-non-loopback"),
+            "{msg}"
+        );
     }
-    let allowed = AdminOptions { allow_non_loopback: true };
+    let allowed = AdminOptions {
+        allow_non_loopback: true,
+    };
     balancer_agent::admin::check_addr("0.0.0.0:15000".parse().unwrap(), &allowed).expect("allowed explicitly");
     // Loopback is fine by default, v4 and v6.
-    let server = rt.block_on(AdminServer::bind("127.0.0.1:0".parse().unwrap(), &AdminOptions::default())).unwrap();
+    let server = rt
+        .block_on(AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &AdminOptions::default(),
+        ))
+        .unwrap();
     assert!(server.local_addr().unwrap().ip().is_loopback());
 }
 
@@ -67,13 +80,25 @@ fn not_ready_until_synced_and_attached() {
     }
     let mut state = AdminState::new(Arc::new(Vec::new));
     state.kernel = Some(Arc::new(Detached));
-    state.source = Arc::new(|| api::SourceStatus { kind: "kubernetes".into(), synced: false, ..Default::default() });
+    state.source = Arc::new(|| api::SourceStatus {
+        kind: "kubernetes".into(),
+        synced: false,
+        ..Default::default()
+    });
     let status = state.status();
     assert!(!status.ready);
-    assert_eq!(status.not_ready, vec!["kernel programs are not attached", "kubernetes state is not synced yet"]);
+    assert_eq!(
+        status.not_ready,
+        vec!["kernel programs are not attached", "kubernetes state is not synced yet"]
+    );
 
     let rt = rt();
-    let server = rt.block_on(AdminServer::bind("127.0.0.1:0".parse().unwrap(), &AdminOptions::default())).unwrap();
+    let server = rt
+        .block_on(AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &AdminOptions::default(),
+        ))
+        .unwrap();
     let addr = server.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let t = std::thread::spawn(move || {
@@ -99,10 +124,16 @@ fn services_and_endpoints() {
     let fx = support_admin::start(true);
     let c = AdminClient::new(&fx.addr.to_string());
     let services: Vec<api::Service> = c.get("/api/v1/services").unwrap();
-    assert_eq!(services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["greeter", "default/echo"]);
+    assert_eq!(
+        services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["greeter", "default/echo"]
+    );
     let g: api::Service = c.get("/api/v1/services/greeter").unwrap();
     assert_eq!(g, support_admin::greeter());
-    assert_eq!(g.calls(), support_admin::OK_A + support_admin::OK_B + support_admin::UNAVAILABLE_B + support_admin::RESETS_B);
+    assert_eq!(
+        g.calls(),
+        support_admin::OK_A + support_admin::OK_B + support_admin::UNAVAILABLE_B + support_admin::RESETS_B
+    );
     assert_eq!(g.errors(), support_admin::UNAVAILABLE_B + support_admin::RESETS_B);
     // Names with a slash, raw or percent-encoded.
     let e1: api::Service = c.get("/api/v1/services/default/echo").unwrap();
@@ -129,18 +160,34 @@ fn pods_conns_programs_and_maps() {
     assert_eq!(conns.len(), 2);
     // The pod of the first is found by its IP among the enrolled pods.
     assert_eq!(conns[0].pod.as_deref(), Some("default/client-0"));
-    assert_eq!((conns[0].protocol.as_str(), conns[0].open_streams, conns[0].total_streams), ("h2", 3, 3));
+    assert_eq!(
+        (
+            conns[0].protocol.as_str(),
+            conns[0].open_streams,
+            conns[0].total_streams
+        ),
+        ("h2", 3, 3)
+    );
     assert_eq!(conns[1].pod.as_deref(), Some("default/client-1"));
     assert_eq!(conns[1].protocol, "tcp");
 
     let progs: Vec<api::Program> = c.get("/api/v1/programs").unwrap();
-    assert_eq!(progs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["connect4", "sock_ops", "sk_msg", "getsockopt"]);
+    assert_eq!(
+        progs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["connect4", "sock_ops", "sk_msg", "getsockopt"]
+    );
     let maps: Vec<api::Map> = c.get("/api/v1/maps").unwrap();
     assert_eq!(maps.len(), 2);
     let dump: api::MapDump = c.get("/api/v1/maps/SERVICES").unwrap();
     assert_eq!(dump.entries[0].key, "10.96.0.10:8000");
-    assert!(matches!(c.get::<api::MapDump>("/api/v1/maps/NOPE"), Err(CtlError::Api { status: 404, .. })));
-    assert!(matches!(c.get::<serde_json::Value>("/api/v1/nope"), Err(CtlError::Api { status: 404, .. })));
+    assert!(matches!(
+        c.get::<api::MapDump>("/api/v1/maps/NOPE"),
+        Err(CtlError::Api { status: 404, .. })
+    ));
+    assert!(matches!(
+        c.get::<serde_json::Value>("/api/v1/nope"),
+        Err(CtlError::Api { status: 404, .. })
+    ));
 }
 
 #[test]
@@ -159,7 +206,8 @@ fn the_api_is_read_only() {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(fx.addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-    s.write_all(b"POST /api/v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"POST /api/v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");

@@ -49,9 +49,17 @@ fn call_counters_match_the_known_calls() {
     };
     assert_eq!(get(&s, "balancer_requests_total", &with(&a, "0")), OK_A as f64);
     assert_eq!(get(&s, "balancer_requests_total", &with(&b, "0")), OK_B as f64);
-    assert_eq!(get(&s, "balancer_requests_total", &with(&b, "14")), UNAVAILABLE_B as f64);
+    assert_eq!(
+        get(&s, "balancer_requests_total", &with(&b, "14")),
+        UNAVAILABLE_B as f64
+    );
     assert_eq!(get(&s, "balancer_requests_total", &with(&b, "reset")), RESETS_B as f64);
-    let total: f64 = s.samples.iter().filter(|x| x.metric == "balancer_requests_total").map(value).sum();
+    let total: f64 = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "balancer_requests_total")
+        .map(value)
+        .sum();
     assert_eq!(total, (OK_A + OK_B + UNAVAILABLE_B + RESETS_B) as f64);
 
     assert_eq!(get(&s, "balancer_in_flight_streams", &b), 3.0);
@@ -74,16 +82,24 @@ fn latency_histogram_counts_every_call() {
         .iter()
         .find(|x| x.metric == "balancer_request_duration_seconds" && x.labels.get("service") == Some("greeter"))
         .expect("greeter's histogram");
-    let Value::Histogram(buckets) = &h.value else { panic!("not a histogram: {:?}", h.value) };
+    let Value::Histogram(buckets) = &h.value else {
+        panic!("not a histogram: {:?}", h.value)
+    };
     let at = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count).unwrap();
     assert_eq!(at(0.001), 0.0);
     assert_eq!(at(0.0025), FAST as f64);
     assert_eq!(at(0.025), FAST as f64);
     assert_eq!(at(0.05), (FAST + SLOW) as f64);
     assert_eq!(at(f64::INFINITY), (FAST + SLOW) as f64);
-    assert_eq!(get(&s, "balancer_request_duration_seconds_count", &[("service", "greeter")]), (FAST + SLOW) as f64);
+    assert_eq!(
+        get(&s, "balancer_request_duration_seconds_count", &[("service", "greeter")]),
+        (FAST + SLOW) as f64
+    );
     let sum = get(&s, "balancer_request_duration_seconds_sum", &[("service", "greeter")]);
-    assert!((sum - (FAST as f64 * 0.0015 + SLOW as f64 * 0.03)).abs() < 1e-6, "{sum}");
+    assert!(
+        (sum - (FAST as f64 * 0.0015 + SLOW as f64 * 0.03)).abs() < 1e-6,
+        "{sum}"
+    );
 }
 
 #[test]
@@ -96,8 +112,18 @@ fn connections_kernel_and_source() {
     assert_eq!(get(&s, "balancer_l4_fallback_connections_total", &[]), 1.0);
     assert_eq!(get(&s, "balancer_client_streams_total", &[]), 3.0);
     assert_eq!(get(&s, "balancer_redirected_connections_total", &[]), 42.0);
-    assert_eq!(get(&s, "balancer_kernel_program_runs_total", &[("program", "sk_msg")]), 113.0);
-    assert_eq!(get(&s, "balancer_kernel_events_total", &[("program", "sk_msg"), ("event", "redirected")]), 900.0);
+    assert_eq!(
+        get(&s, "balancer_kernel_program_runs_total", &[("program", "sk_msg")]),
+        113.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            "balancer_kernel_events_total",
+            &[("program", "sk_msg"), ("event", "redirected")]
+        ),
+        900.0
+    );
     assert_eq!(get(&s, "balancer_config_reloads_total", &[("result", "ok")]), 3.0);
     assert_eq!(get(&s, "balancer_config_reloads_total", &[("result", "failed")]), 1.0);
     assert_eq!(get(&s, "balancer_discovery_synced", &[("source", "static")]), 1.0);
@@ -114,7 +140,10 @@ fn connections_kernel_and_source() {
 fn without_ebpf_there_is_no_redirect_counter() {
     let fx = start(false);
     let s = scrape(&fx);
-    assert!(!s.samples.iter().any(|x| x.metric == "balancer_redirected_connections_total"));
+    assert!(!s
+        .samples
+        .iter()
+        .any(|x| x.metric == "balancer_redirected_connections_total"));
     assert_eq!(get(&s, "balancer_ebpf_enabled", &[]), 0.0);
     assert_eq!(get(&s, "balancer_ready", &[]), 1.0);
 }

@@ -43,7 +43,11 @@ fn ctl_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, args: &[&str]) ->
     let mut all = vec!["-j"];
     all.extend_from_slice(args);
     let out = ctl(admin, &all);
-    assert!(out.status.success(), "balancerctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "balancerctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -74,7 +78,10 @@ fn wait_ready(admin: SocketAddr, agent: &mut AgentGuard) {
         if let Ok(Some(status)) = agent.0.try_wait() {
             panic!("the agent exited before it was ready: {status}");
         }
-        assert!(Instant::now() < deadline, "the agent at {admin} was not ready within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the agent at {admin} was not ready within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -86,7 +93,9 @@ fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => panic!("{metric} is not a number"),
         })
         .sum()
@@ -108,7 +117,10 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     wait_ready(admin, &mut agent);
 
     // CALLS calls over one HTTP/2 connection, bounded in time.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let spread = rt.block_on(async {
         let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
         tokio::time::timeout(
@@ -120,7 +132,11 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     });
     assert_eq!(spread.ok, CALLS, "{}", spread.table());
     assert_eq!(v1.calls() + v2.calls(), CALLS);
-    assert!(v1.calls() > 0 && v2.calls() > 0, "calls spread over both backends: {}", spread.table());
+    assert!(
+        v1.calls() > 0 && v2.calls() > 0,
+        "calls spread over both backends: {}",
+        spread.table()
+    );
 
     // service show: JSON and table.
     let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
@@ -143,7 +159,10 @@ fn balancerctl_and_metrics_count_the_calls_made() {
         assert_eq!(ep.statuses.get("0").copied(), Some(backend.calls()));
     }
     let table = String::from_utf8(ctl(admin, &["endpoint", "show", "greeter"]).stdout).unwrap();
-    assert!(table.contains(&v1.addr().to_string()) && table.contains(&v2.addr().to_string()), "{table}");
+    assert!(
+        table.contains(&v1.addr().to_string()) && table.contains(&v2.addr().to_string()),
+        "{table}"
+    );
 
     // stats: the lifetime totals.
     let rows: Vec<serde_json::Value> = ctl_json(admin, &["stats"]);
@@ -166,12 +185,20 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     let (code, body) = AdminClient::new(&admin.to_string()).get_raw("/metrics").unwrap();
     assert_eq!(code, 200);
     let text = String::from_utf8(body).unwrap();
-    let ok = metric_sum(&text, "balancer_requests_total", &[("service", "greeter"), ("grpc_status", "0")]);
+    let ok = metric_sum(
+        &text,
+        "balancer_requests_total",
+        &[("service", "greeter"), ("grpc_status", "0")],
+    );
     assert_eq!(ok, CALLS as f64);
     let all = metric_sum(&text, "balancer_requests_total", &[("service", "greeter")]);
     assert_eq!(all, CALLS as f64);
     for backend in [&v1, &v2] {
-        let per = metric_sum(&text, "balancer_requests_total", &[("endpoint", &backend.addr().to_string())]);
+        let per = metric_sum(
+            &text,
+            "balancer_requests_total",
+            &[("endpoint", &backend.addr().to_string())],
+        );
         assert_eq!(per, backend.calls() as f64);
     }
     // Every call's duration went into the histogram, and all of them came
@@ -182,10 +209,16 @@ fn balancerctl_and_metrics_count_the_calls_made() {
         .unwrap_or_else(|| panic!("no latency histogram for greeter in:\n{text}"));
     let count: f64 = count.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(count, CALLS as f64, "latency observations");
-    assert_eq!(metric_sum(&text, "balancer_client_connections_accepted_total", &[]), 1.0);
+    assert_eq!(
+        metric_sum(&text, "balancer_client_connections_accepted_total", &[]),
+        1.0
+    );
     assert_eq!(metric_sum(&text, "balancer_client_streams_total", &[]), CALLS as f64);
     assert_eq!(metric_sum(&text, "balancer_ready", &[]), 1.0);
-    assert_eq!(metric_sum(&text, "balancer_discovery_synced", &[("source", "static")]), 1.0);
+    assert_eq!(
+        metric_sum(&text, "balancer_discovery_synced", &[("source", "static")]),
+        1.0
+    );
     v1.stop();
     v2.stop();
 }

@@ -37,7 +37,10 @@ fn json<T: serde::de::DeserializeOwned>(fx: &Fixture, args: &[&str]) -> T {
     assert_eq!(compact.trim().lines().count(), 1, "-j is one line: {compact}");
     all[0] = "-p";
     let pretty = ok(fx, &all);
-    assert!(pretty.lines().count() > 1 || pretty.trim() == "[]", "-p is indented: {pretty}");
+    assert!(
+        pretty.lines().count() > 1 || pretty.trim() == "[]",
+        "-p is indented: {pretty}"
+    );
     let a: serde_json::Value = serde_json::from_str(&compact).expect("valid JSON");
     let b: serde_json::Value = serde_json::from_str(&pretty).expect("valid JSON");
     // Same document in both forms, but for what moves with the clock.
@@ -81,7 +84,12 @@ fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
                 if n > 0 && s < chars.len() {
                     assert!(chars[s - 1] == ' ', "cell not aligned under its header in {line:?}");
                 }
-                chars.get(s.min(chars.len())..end).map(|c| c.iter().collect::<String>()).unwrap_or_default().trim().to_owned()
+                chars
+                    .get(s.min(chars.len())..end)
+                    .map(|c| c.iter().collect::<String>())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
             })
             .collect()
     };
@@ -91,7 +99,10 @@ fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 fn col<'a>(head: &[String], row: &'a [String], name: &str) -> &'a str {
-    let i = head.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {head:?}"));
+    let i = head
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {head:?}"));
     &row[i]
 }
 
@@ -106,7 +117,10 @@ fn service_show() {
     assert_eq!(col(&head, g, "VIPS"), "10.96.0.10:8000");
     assert_eq!(col(&head, g, "POLICY"), "round-robin");
     assert_eq!(col(&head, g, "ENDPOINTS"), "1/2"); // one ejected
-    assert_eq!(col(&head, g, "CALLS"), (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string());
+    assert_eq!(
+        col(&head, g, "CALLS"),
+        (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string()
+    );
     assert_eq!(col(&head, g, "ERRORS"), (UNAVAILABLE_B + RESETS_B).to_string());
     assert_eq!(col(&head, &rows[1], "NAME"), "default/echo");
 
@@ -190,7 +204,10 @@ fn stats_and_status() {
     let fx = start(true);
     let (head, rows) = table(&ok(&fx, &["stats"]));
     let g = rows.iter().find(|r| r[0] == "greeter").expect("greeter row");
-    assert_eq!(col(&head, g, "CALLS"), (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string());
+    assert_eq!(
+        col(&head, g, "CALLS"),
+        (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string()
+    );
     assert!(col(&head, g, "P50").ends_with("ms"), "{g:?}");
     let json_rows: Vec<serde_json::Value> = json(&fx, &["stats"]);
     let g = json_rows.iter().find(|r| r["service"] == "greeter").unwrap();
@@ -204,7 +221,10 @@ fn stats_and_status() {
     assert!(g["p50_seconds"].is_null());
 
     let status = ok(&fx, &["status"]);
-    assert!(status.contains("Ready:      yes") && status.contains("Reloads:    3 ok, 1 failed"), "{status}");
+    assert!(
+        status.contains("Ready:      yes") && status.contains("Reloads:    3 ok, 1 failed"),
+        "{status}"
+    );
     let s: api::Status = json(&fx, &["status"]);
     assert!(s.ready);
 }
@@ -212,18 +232,28 @@ fn stats_and_status() {
 #[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let out = ctl(&addr, &["service", "show"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(&addr) && err.contains("is balancer-agent running?"), "{err}");
+    assert!(
+        err.contains(&addr) && err.contains("is balancer-agent running?"),
+        "{err}"
+    );
 
     let out = ctl(&addr, &["frobnicate"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(err.trim(), "balancerctl: unknown object or command `frobnicate` (see balancerctl --help)");
+    assert_eq!(
+        err.trim(),
+        "balancerctl: unknown object or command `frobnicate` (see balancerctl --help)"
+    );
 
     let fx = start(false);
     let out = ctl(&fx.addr.to_string(), &["prog", "show"]);
@@ -264,7 +294,13 @@ fn kernel_reads_need_root() {
 
 #[test]
 fn help_and_completions() {
-    for args in [&["--help"][..], &["prog", "--help"], &["map", "dump", "--help"], &["stats", "--help"], &["endpoint", "show", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["prog", "--help"],
+        &["map", "dump", "--help"],
+        &["stats", "--help"],
+        &["endpoint", "show", "--help"],
+    ] {
         let out = ctl("127.0.0.1:1", args);
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{args:?}");

@@ -47,8 +47,7 @@ fn documents(path: &Path) -> Vec<Value> {
 /// Parses `doc` as `T` and checks that serializing it back gives the same
 /// document: a misspelled or misplaced field would be dropped and show here.
 fn strict<T: DeserializeOwned + Serialize>(path: &Path, doc: &Value) -> T {
-    let typed: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let back = serde_json::to_value(&typed).expect("serializes");
     assert_eq!(&back, doc, "{}: fields lost in parsing (a typo?)", path.display());
     typed
@@ -88,7 +87,10 @@ fn load(dir: &Path) -> Manifests {
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
                 ("apps/v1", "Deployment") => m.deployments.push(strict(&path, &doc)),
                 ("gateway.networking.k8s.io/v1", "GRPCRoute") => m.routes.push(strict(&path, &doc)),
-                _ => panic!("{}: {api} {kind} is not checked here: add its type to load()", path.display()),
+                _ => panic!(
+                    "{}: {api} {kind} is not checked here: add its type to load()",
+                    path.display()
+                ),
             }
         }
     }
@@ -150,7 +152,10 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
     assert_eq!(pod.service_account_name.as_deref(), Some("balancer-agent"));
     assert_eq!(pod.containers.len(), 1);
     let c = &pod.containers[0];
-    assert!(c.args.iter().flatten().all(|a| a != "--config"), "Kubernetes mode: no --config");
+    assert!(
+        c.args.iter().flatten().all(|a| a != "--config"),
+        "Kubernetes mode: no --config"
+    );
 
     // Capabilities, not full privilege.
     let sc = c.security_context.as_ref().expect("securityContext");
@@ -167,14 +172,20 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
 
     // Downward API.
     let field = |name: &str| {
-        c.env.iter().flatten().find(|e| e.name == name).and_then(|e| {
-            e.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone())
-        })
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone()))
     };
     assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
     assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
     let value = |name: &str| {
-        c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
     };
 
     // The host's cgroup v2 hierarchy and bpffs are mounted, and the agent is
@@ -203,7 +214,10 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
 
     let res = c.resources.as_ref().expect("resources");
     for key in ["cpu", "memory"] {
-        assert!(res.requests.as_ref().is_some_and(|r| r.contains_key(key)), "request {key}");
+        assert!(
+            res.requests.as_ref().is_some_and(|r| r.contains_key(key)),
+            "request {key}"
+        );
         assert!(res.limits.as_ref().is_some_and(|r| r.contains_key(key)), "limit {key}");
     }
     // Declared ports would be hostPorts on the host network, which the old
@@ -225,14 +239,21 @@ fn rbac_grants_what_the_agent_watches_and_nothing_to_change_workloads() {
     for kind in Kind::ALL {
         let (resource, group) = kind.resource().split_once('.').unwrap_or((kind.resource(), ""));
         for verb in ["get", "list", "watch"] {
-            assert!(allows(group, resource, verb), "ClusterRole lacks {verb} {}", kind.resource());
+            assert!(
+                allows(group, resource, verb),
+                "ClusterRole lacks {verb} {}",
+                kind.resource()
+            );
         }
     }
     assert!(allows("events.k8s.io", "events", "create"));
     assert!(allows("events.k8s.io", "events", "patch"));
     for r in role.rules.iter().flatten() {
         for v in &r.verbs {
-            assert!(["get", "list", "watch", "create", "patch"].contains(&v.as_str()), "verb {v}");
+            assert!(
+                ["get", "list", "watch", "create", "patch"].contains(&v.as_str()),
+                "verb {v}"
+            );
         }
         if r.verbs.iter().any(|v| v == "create" || v == "patch") {
             assert_eq!(r.resources.as_deref(), Some(&["events".to_owned()][..]));
@@ -257,8 +278,17 @@ fn the_example_splits_the_greeter_90_10_for_an_opted_in_client() {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some("greeter-client"))
         .expect("client Deployment");
-    let annotations = client.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
-    assert_eq!(annotations.and_then(|a| a.get(k8s::INJECT_ANNOTATION)).map(String::as_str), Some("enabled"));
+    let annotations = client
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    assert_eq!(
+        annotations
+            .and_then(|a| a.get(k8s::INJECT_ANNOTATION))
+            .map(String::as_str),
+        Some("enabled")
+    );
 
     // The manifests carry no cluster IPs: give the Services some, then
     // translate with the route.

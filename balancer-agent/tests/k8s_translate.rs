@@ -6,8 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use balancer_agent::{
     k8s::{
         grpcroute::{service_label, RouteError},
+        translate,
         translate::{member_services, Translation},
-        translate, Snapshot,
+        Snapshot,
     },
     model::{Backend, EndpointState, HeaderMatch, Labels, Policy, RouteMatch, StringMatch},
 };
@@ -96,7 +97,11 @@ fn greeter() -> Snapshot {
             grpc_service("greeter-v2", "10.96.0.12"),
         ],
         endpoint_slices: vec![
-            slice("greeter", "a", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]),
+            slice(
+                "greeter",
+                "a",
+                &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)],
+            ),
             slice("greeter-v1", "a", &[("10.1.0.1", true, true, false)]),
             slice("greeter-v2", "a", &[("10.1.0.2", true, true, false)]),
         ],
@@ -124,7 +129,14 @@ fn grpc_ports_by_name_or_app_protocol_become_vips() {
     let t = run(&snap);
     let mut vips: Vec<SocketAddr> = t.model.services.iter().flat_map(|s| s.vips.clone()).collect();
     vips.sort();
-    assert_eq!(vips, vec![addr("10.96.0.20:9000"), addr("10.96.0.20:9001"), addr("10.96.0.20:9002")]);
+    assert_eq!(
+        vips,
+        vec![
+            addr("10.96.0.20:9000"),
+            addr("10.96.0.20:9001"),
+            addr("10.96.0.20:9002")
+        ]
+    );
     // Several gRPC ports: one model service each, named by port.
     assert!(t.model.service("demo/multi:grpc-api").is_some());
     assert!(t.model.service("demo/multi:h2").is_some());
@@ -140,7 +152,10 @@ fn headless_external_name_and_ipv6_services_are_skipped() {
         "spec": { "type": "ExternalName", "externalName": "example.invalid",
                   "ports": [{ "name": "grpc", "port": 8000 }] }
     }));
-    let t = run(&Snapshot { services: vec![headless, v6, ext], ..Snapshot::default() });
+    let t = run(&Snapshot {
+        services: vec![headless, v6, ext],
+        ..Snapshot::default()
+    });
     assert!(t.model.services.is_empty(), "{:?}", t.model.services);
 }
 
@@ -164,8 +179,7 @@ fn endpoint_conditions_map_to_ready_draining_or_dropped() {
     let t = run(&snap);
     let svc = t.model.service("demo/greeter").expect("greeter");
     assert_eq!(svc.vips, vec![addr("10.96.0.10:8000")]);
-    let states: Vec<(SocketAddr, EndpointState)> =
-        svc.endpoints.iter().map(|e| (e.address, e.state)).collect();
+    let states: Vec<(SocketAddr, EndpointState)> = svc.endpoints.iter().map(|e| (e.address, e.state)).collect();
     assert_eq!(
         states,
         vec![
@@ -183,7 +197,11 @@ fn slices_of_a_service_are_merged_and_ready_wins() {
         services: vec![grpc_service("greeter", "10.96.0.10")],
         endpoint_slices: vec![
             slice("greeter", "a", &[("10.1.0.1", false, true, true)]),
-            slice("greeter", "b", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]),
+            slice(
+                "greeter",
+                "b",
+                &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)],
+            ),
         ],
         ..Snapshot::default()
     };
@@ -217,20 +235,27 @@ fn grpcroute_splits_over_version_services() {
     let mut snap = greeter();
     snap.routes.push(grpcroute(
         "greeter-split",
-        split("greeter", json!([
-            { "name": "greeter-v1", "port": 8000, "weight": 90 },
-            { "name": "greeter-v2", "port": 8000, "weight": 10 }
-        ])),
+        split(
+            "greeter",
+            json!([
+                { "name": "greeter-v1", "port": 8000, "weight": 90 },
+                { "name": "greeter-v2", "port": 8000, "weight": 10 }
+            ]),
+        ),
     ));
     let t = run(&snap);
     assert!(t.invalid_routes.is_empty(), "{:?}", t.invalid_routes);
     let svc = t.model.service("demo/greeter").expect("greeter");
     // Each endpoint carries the Services it belongs to.
-    let members: Vec<_> = svc.endpoints.iter().map(|e| {
-        let mut m: Vec<_> = member_services(e).into_iter().collect();
-        m.sort();
-        (e.address, m)
-    }).collect();
+    let members: Vec<_> = svc
+        .endpoints
+        .iter()
+        .map(|e| {
+            let mut m: Vec<_> = member_services(e).into_iter().collect();
+            m.sort();
+            (e.address, m)
+        })
+        .collect();
     assert_eq!(
         members,
         vec![
@@ -246,8 +271,14 @@ fn grpcroute_splits_over_version_services() {
     assert_eq!(
         route.backends,
         vec![
-            Backend { labels: label("greeter-v1"), weight: 90 },
-            Backend { labels: label("greeter-v2"), weight: 10 },
+            Backend {
+                labels: label("greeter-v1"),
+                weight: 90
+            },
+            Backend {
+                labels: label("greeter-v2"),
+                weight: 10
+            },
         ]
     );
     // The version Services stay balanced services of their own.
@@ -258,7 +289,8 @@ fn grpcroute_splits_over_version_services() {
 fn backend_services_add_endpoints_the_parent_does_not_select() {
     // A parent Service with no endpoints of its own (no selector).
     let mut snap = greeter();
-    snap.endpoint_slices.retain(|s| s.metadata.name.as_deref() != Some("greeter-a"));
+    snap.endpoint_slices
+        .retain(|s| s.metadata.name.as_deref() != Some("greeter-a"));
     snap.routes.push(grpcroute(
         "canary",
         split("greeter", json!([{ "name": "greeter-v2", "port": 8000 }])),
@@ -308,22 +340,26 @@ fn grpcroute_method_and_header_matches() {
     );
     assert_eq!(
         svc.routes[1].matches,
-        vec![
-            RouteMatch {
-                service: None,
-                method: Some(StringMatch::RegularExpression("Say.*".into())),
-                headers: vec![
-                    HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("yes".into()) },
-                    HeaderMatch {
-                        name: "x-user".into(),
-                        value: StringMatch::RegularExpression("u[0-9]+".into()),
-                    },
-                ],
-            },
-        ]
+        vec![RouteMatch {
+            service: None,
+            method: Some(StringMatch::RegularExpression("Say.*".into())),
+            headers: vec![
+                HeaderMatch {
+                    name: "x-canary".into(),
+                    value: StringMatch::Exact("yes".into())
+                },
+                HeaderMatch {
+                    name: "x-user".into(),
+                    value: StringMatch::RegularExpression("u[0-9]+".into()),
+                },
+            ],
+        },]
     );
     assert_eq!(svc.routes[0].backends, svc.routes[1].backends, "both matches of rule 0");
-    assert!(svc.routes[2].matches.is_empty(), "a rule without matches matches every call");
+    assert!(
+        svc.routes[2].matches.is_empty(),
+        "a rule without matches matches every call"
+    );
     assert_eq!(svc.routes[2].name.as_deref(), Some("demo/by-method#1"));
 }
 
@@ -341,29 +377,56 @@ fn more_specific_matches_win_over_older_routes() {
         }))
     };
     snap.routes = vec![
-        route("catch-all", "2024-01-01T00:00:00Z", json!({
-            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
-        })),
-        route("by-service", "2024-06-01T00:00:00Z", json!({
-            "matches": [{ "method": { "service": "helloworld.Greeter" } }],
-            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
-        })),
-        route("say-hello", "2025-01-01T00:00:00Z", json!({
-            "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
-            "backendRefs": [{ "name": "greeter-v2", "port": 8000 }]
-        })),
+        route(
+            "catch-all",
+            "2024-01-01T00:00:00Z",
+            json!({
+                "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+            }),
+        ),
+        route(
+            "by-service",
+            "2024-06-01T00:00:00Z",
+            json!({
+                "matches": [{ "method": { "service": "helloworld.Greeter" } }],
+                "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+            }),
+        ),
+        route(
+            "say-hello",
+            "2025-01-01T00:00:00Z",
+            json!({
+                "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
+                "backendRefs": [{ "name": "greeter-v2", "port": 8000 }]
+            }),
+        ),
         // Same specificity as say-hello but newer: after it.
-        route("say-hello-too", "2025-02-01T00:00:00Z", json!({
-            "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
-            "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
-        })),
+        route(
+            "say-hello-too",
+            "2025-02-01T00:00:00Z",
+            json!({
+                "matches": [{ "method": { "service": "helloworld.Greeter", "method": "SayHello" } }],
+                "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+            }),
+        ),
     ];
     let t = run(&snap);
-    let names: Vec<_> = t.model.service("demo/greeter").expect("greeter").routes.iter()
-        .map(|r| r.name.clone().unwrap_or_default()).collect();
+    let names: Vec<_> = t
+        .model
+        .service("demo/greeter")
+        .expect("greeter")
+        .routes
+        .iter()
+        .map(|r| r.name.clone().unwrap_or_default())
+        .collect();
     assert_eq!(
         names,
-        vec!["demo/say-hello#0", "demo/say-hello-too#0", "demo/by-service#0", "demo/catch-all#0"]
+        vec![
+            "demo/say-hello#0",
+            "demo/say-hello-too#0",
+            "demo/by-service#0",
+            "demo/catch-all#0"
+        ]
     );
 }
 
@@ -381,7 +444,10 @@ fn routes_attach_to_the_named_parent_port_only() {
     ));
     let t = run(&snap);
     assert_eq!(t.model.service("demo/greeter:grpc").map(|s| s.routes.len()), Some(1));
-    assert_eq!(t.model.service("demo/greeter:grpc-admin").map(|s| s.routes.len()), Some(0));
+    assert_eq!(
+        t.model.service("demo/greeter:grpc-admin").map(|s| s.routes.len()),
+        Some(0)
+    );
 }
 
 #[test]
@@ -413,26 +479,37 @@ fn invalid(spec: Value) -> RouteError {
     assert_eq!(svc.routes[0].name.as_deref(), Some("demo/good#0"));
     assert_eq!(t.invalid_routes.len(), 1);
     assert_eq!(t.invalid_routes[0].route.metadata.name.as_deref(), Some("bad"));
-    Arc::try_unwrap(t.invalid_routes.into_iter().next().expect("one").error)
-        .expect("sole owner")
+    Arc::try_unwrap(t.invalid_routes.into_iter().next().expect("one").error).expect("sole owner")
 }
 
 #[test]
 fn grpcroute_with_a_missing_backend_is_ignored() {
-    let e = invalid(split("greeter", json!([
-        { "name": "greeter-v1", "port": 8000, "weight": 50 },
-        { "name": "greeter-v3", "port": 8000, "weight": 50 }
-    ])));
-    assert_eq!(e, RouteError::BackendNotFound { rule: 0, service: "demo/greeter-v3".into() });
+    let e = invalid(split(
+        "greeter",
+        json!([
+            { "name": "greeter-v1", "port": 8000, "weight": 50 },
+            { "name": "greeter-v3", "port": 8000, "weight": 50 }
+        ]),
+    ));
+    assert_eq!(
+        e,
+        RouteError::BackendNotFound {
+            rule: 0,
+            service: "demo/greeter-v3".into()
+        }
+    );
     assert_eq!(e.to_string(), "rules[0]: backend Service `demo/greeter-v3` not found");
 }
 
 #[test]
 fn grpcroute_with_all_weights_zero_is_ignored() {
-    let e = invalid(split("greeter", json!([
-        { "name": "greeter-v1", "port": 8000, "weight": 0 },
-        { "name": "greeter-v2", "port": 8000, "weight": 0 }
-    ])));
+    let e = invalid(split(
+        "greeter",
+        json!([
+            { "name": "greeter-v1", "port": 8000, "weight": 0 },
+            { "name": "greeter-v2", "port": 8000, "weight": 0 }
+        ]),
+    ));
     assert_eq!(e, RouteError::AllWeightsZero { rule: 0 });
 }
 
@@ -445,18 +522,27 @@ fn grpcroute_with_a_bad_regex_is_ignored() {
             "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
         }]
     }));
-    assert!(matches!(&e, RouteError::BadRegex { rule: 0, pattern, .. } if pattern == "Say("), "{e}");
+    assert!(
+        matches!(&e, RouteError::BadRegex { rule: 0, pattern, .. } if pattern == "Say("),
+        "{e}"
+    );
 }
 
 #[test]
 fn grpcroute_other_invalid_shapes_are_ignored() {
-    let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 8000, "weight": -1 }])));
+    let e = invalid(split(
+        "greeter",
+        json!([{ "name": "greeter-v1", "port": 8000, "weight": -1 }]),
+    ));
     assert!(matches!(e, RouteError::NegativeWeight { weight: -1, .. }));
     let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 9999 }])));
     assert!(matches!(e, RouteError::BackendPortNotFound { port: 9999, .. }));
     let e = invalid(split("greeter", json!([])));
     assert_eq!(e, RouteError::NoBackends { rule: 0 });
-    let e = invalid(split("greeter", json!([{ "name": "greeter-v1", "port": 8000, "namespace": "other" }])));
+    let e = invalid(split(
+        "greeter",
+        json!([{ "name": "greeter-v1", "port": 8000, "namespace": "other" }]),
+    ));
     assert!(matches!(e, RouteError::CrossNamespaceBackend { .. }));
     let e = invalid(split(
         "greeter",
@@ -473,7 +559,12 @@ fn grpcroute_other_invalid_shapes_are_ignored() {
     }));
     assert_eq!(e, RouteError::UnsupportedFilter { rule: 0 });
     let e = invalid(split("nowhere", json!([{ "name": "greeter-v1", "port": 8000 }])));
-    assert_eq!(e, RouteError::ParentNotFound { service: "demo/nowhere".into() });
+    assert_eq!(
+        e,
+        RouteError::ParentNotFound {
+            service: "demo/nowhere".into()
+        }
+    );
 }
 
 fn pod(name: &str, uid: &str, annotations: Value, phase: &str) -> Arc<Pod> {
@@ -496,23 +587,47 @@ fn namespace(inject: Option<&str>) -> Arc<Namespace> {
 
 fn enrolled(snap: &Snapshot) -> Vec<PathBuf> {
     // Every pod "has" a cgroup named after its UID.
-    let t = translate(snap, |p: &Pod| p.metadata.uid.as_ref().map(|u| PathBuf::from("/cg").join(u)));
+    let t = translate(snap, |p: &Pod| {
+        p.metadata.uid.as_ref().map(|u| PathBuf::from("/cg").join(u))
+    });
     t.model.enrolled
 }
 
 #[test]
 fn pods_opt_in_by_annotation_or_namespace_label() {
     let pods = vec![
-        pod("annotated", "uid-a", json!({ "balancer.io/inject": "enabled" }), "Running"),
+        pod(
+            "annotated",
+            "uid-a",
+            json!({ "balancer.io/inject": "enabled" }),
+            "Running",
+        ),
         pod("plain", "uid-b", json!({}), "Running"),
-        pod("opted-out", "uid-c", json!({ "balancer.io/inject": "disabled" }), "Running"),
-        pod("finished", "uid-d", json!({ "balancer.io/inject": "enabled" }), "Succeeded"),
+        pod(
+            "opted-out",
+            "uid-c",
+            json!({ "balancer.io/inject": "disabled" }),
+            "Running",
+        ),
+        pod(
+            "finished",
+            "uid-d",
+            json!({ "balancer.io/inject": "enabled" }),
+            "Succeeded",
+        ),
     ];
-    let mut snap = Snapshot { pods, namespaces: vec![namespace(None)], ..Snapshot::default() };
+    let mut snap = Snapshot {
+        pods,
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
     assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-a")]);
 
     snap.namespaces = vec![namespace(Some("enabled"))];
-    assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-a"), PathBuf::from("/cg/uid-b")]);
+    assert_eq!(
+        enrolled(&snap),
+        vec![PathBuf::from("/cg/uid-a"), PathBuf::from("/cg/uid-b")]
+    );
 
     // A pod whose cgroup cannot be found is not enrolled (yet).
     assert!(translate(&snap, no_cgroups).model.enrolled.is_empty());

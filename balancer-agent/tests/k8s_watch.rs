@@ -34,8 +34,10 @@ fn service(name: &str, ip: &str) -> Value {
 fn slice(svc: &str, eps: &[(&str, bool, bool, bool)]) -> Value {
     let endpoints: Vec<Value> = eps
         .iter()
-        .map(|(ip, r, s, t)| json!({ "addresses": [ip],
-            "conditions": { "ready": r, "serving": s, "terminating": t } }))
+        .map(|(ip, r, s, t)| {
+            json!({ "addresses": [ip],
+            "conditions": { "ready": r, "serving": s, "terminating": t } })
+        })
         .collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -48,7 +50,11 @@ fn slice(svc: &str, eps: &[(&str, bool, bool, bool)]) -> Value {
 }
 
 fn pod(name: &str, uid: &str, node: &str, inject: bool) -> Value {
-    let annotations = if inject { json!({ "balancer.io/inject": "enabled" }) } else { json!({}) };
+    let annotations = if inject {
+        json!({ "balancer.io/inject": "enabled" })
+    } else {
+        json!({})
+    };
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": name, "namespace": "demo", "uid": uid, "annotations": annotations },
@@ -79,7 +85,10 @@ fn seed(fake: &FakeApi) {
     fake.apply(service("greeter", "10.96.0.10"));
     fake.apply(service("greeter-v1", "10.96.0.11"));
     fake.apply(service("greeter-v2", "10.96.0.12"));
-    fake.apply(slice("greeter", &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)]));
+    fake.apply(slice(
+        "greeter",
+        &[("10.1.0.1", true, true, false), ("10.1.0.2", true, true, false)],
+    ));
     fake.apply(slice("greeter-v1", &[("10.1.0.1", true, true, false)]));
     fake.apply(slice("greeter-v2", &[("10.1.0.2", true, true, false)]));
     fake.apply(pod("client", POD_UID, NODE, true));
@@ -109,7 +118,12 @@ impl Agent {
         let (tx, models) = watch::channel(Arc::new(Model::default()));
         let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(k8s::run(fake.client(), opts, tx, ready_tx));
-        Agent { models, ready, task, cgroups }
+        Agent {
+            models,
+            ready,
+            task,
+            cgroups,
+        }
     }
 
     async fn until_ready(&mut self) {
@@ -126,7 +140,10 @@ impl Agent {
             .map(|r| r.map(|m| Arc::clone(&m)));
         match found {
             Ok(Ok(m)) => m,
-            _ => panic!("no model where {what} within {wait:?}; last: {:#?}", self.models.borrow()),
+            _ => panic!(
+                "no model where {what} within {wait:?}; last: {:#?}",
+                self.models.borrow()
+            ),
         }
     }
 }
@@ -169,14 +186,18 @@ async fn first_sync_publishes_the_model_then_turns_ready() {
     assert_eq!(greeter.vips, vec!["10.96.0.10:8000".parse().expect("vip")]);
     assert_eq!(
         endpoints(&m, "demo/greeter"),
-        vec![("10.1.0.1:50051".into(), EndpointState::Ready), ("10.1.0.2:50051".into(), EndpointState::Ready)]
+        vec![
+            ("10.1.0.1:50051".into(), EndpointState::Ready),
+            ("10.1.0.2:50051".into(), EndpointState::Ready)
+        ]
     );
     // Only this node's opted-in pod is enrolled, by its cgroup.
     assert_eq!(m.enrolled, vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
     // Pods are watched on this node only.
     let reqs = fake.requests();
     assert!(
-        reqs.iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("spec.nodeName%3Dnode-a")),
+        reqs.iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("spec.nodeName%3Dnode-a")),
         "{reqs:#?}"
     );
 }
@@ -191,7 +212,9 @@ async fn adds_updates_and_deletes_are_published() {
     // Add: a new service with endpoints.
     fake.apply(service("echo", "10.96.0.30"));
     fake.apply(slice("echo", &[("10.1.0.9", true, true, false)]));
-    agent.until("echo is added", SHORT, |m| endpoints(m, "demo/echo").len() == 1).await;
+    agent
+        .until("echo is added", SHORT, |m| endpoints(m, "demo/echo").len() == 1)
+        .await;
 
     // Update: the endpoint starts terminating but still serves → drains.
     fake.apply(slice("echo", &[("10.1.0.9", false, true, true)]));
@@ -203,17 +226,23 @@ async fn adds_updates_and_deletes_are_published() {
 
     // ... and then stops serving → gone.
     fake.apply(slice("echo", &[("10.1.0.9", false, false, true)]));
-    agent.until("echo has no endpoints", SHORT, |m| {
-        m.service("demo/echo").is_some_and(|s| s.endpoints.is_empty())
-    }).await;
+    agent
+        .until("echo has no endpoints", SHORT, |m| {
+            m.service("demo/echo").is_some_and(|s| s.endpoints.is_empty())
+        })
+        .await;
 
     // Delete: the service leaves the model.
     fake.delete(service("echo", "10.96.0.30"));
-    agent.until("echo is deleted", SHORT, |m| m.service("demo/echo").is_none()).await;
+    agent
+        .until("echo is deleted", SHORT, |m| m.service("demo/echo").is_none())
+        .await;
 
     // A pod that leaves is no longer enrolled.
     fake.delete(pod("client", POD_UID, NODE, true));
-    agent.until("the client pod is unenrolled", SHORT, |m| m.enrolled.is_empty()).await;
+    agent
+        .until("the client pod is unenrolled", SHORT, |m| m.enrolled.is_empty())
+        .await;
     assert!(!agent.task.is_finished());
 }
 
@@ -227,7 +256,10 @@ async fn bursts_of_changes_are_published_together() {
     rx.mark_unchanged();
     let counter = tokio::spawn(async move {
         let mut n = 0u32;
-        while timeout(Duration::from_secs(2), rx.changed()).await.is_ok_and(|r| r.is_ok()) {
+        while timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
             n += 1;
         }
         n
@@ -237,9 +269,16 @@ async fn bursts_of_changes_are_published_together() {
         let eps: Vec<(&str, bool, bool, bool)> = ips.iter().map(|ip| (ip.as_str(), true, true, false)).collect();
         fake.apply(slice("greeter-v1", &eps));
     }
-    agent.until("all 20 endpoints", SHORT, |m| endpoints(m, "demo/greeter-v1").len() == 20).await;
+    agent
+        .until("all 20 endpoints", SHORT, |m| {
+            endpoints(m, "demo/greeter-v1").len() == 20
+        })
+        .await;
     let published = counter.await.expect("counter");
-    assert!((1..=3).contains(&published), "20 changes in a burst gave {published} models");
+    assert!(
+        (1..=3).contains(&published),
+        "20 changes in a burst gave {published} models"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +292,10 @@ async fn a_relist_after_expiry_catches_what_the_watch_missed() {
     fake.delete_unseen(service("greeter-v2", "10.96.0.12"));
     fake.apply_unseen(slice("greeter-v1", &[("10.1.0.7", true, true, false)]));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(agent.models.borrow().service("demo/greeter-v2").is_some(), "nothing told yet");
+    assert!(
+        agent.models.borrow().service("demo/greeter-v2").is_some(),
+        "nothing told yet"
+    );
 
     // ... are picked up by the relist that a 410 Gone forces.
     fake.expire();
@@ -275,7 +317,10 @@ async fn an_api_outage_keeps_the_last_state_and_resumes() {
 
     fake.set_down(true);
     // Changes made while the agent cannot see them.
-    fake.apply(slice("greeter-v2", &[("10.1.0.2", true, true, false), ("10.1.0.3", true, true, false)]));
+    fake.apply(slice(
+        "greeter-v2",
+        &[("10.1.0.2", true, true, false), ("10.1.0.3", true, true, false)],
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(**agent.models.borrow(), *before, "the last known state stays published");
     assert!(*agent.ready.borrow(), "still ready while serving the last state");
@@ -295,11 +340,27 @@ async fn missing_rbac_is_one_clear_error_naming_verb_and_resource() {
     seed(&fake);
     fake.forbid("endpointslices");
     let mut agent = Agent::start(&fake);
-    let res = timeout(Duration::from_secs(10), &mut agent.task).await.expect("run() ends").expect("no panic");
+    let res = timeout(Duration::from_secs(10), &mut agent.task)
+        .await
+        .expect("run() ends")
+        .expect("no panic");
     let err = res.expect_err("forbidden is fatal at startup");
-    assert!(matches!(err, K8sError::Forbidden { verb: "list", resource: "endpointslices.discovery.k8s.io", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            K8sError::Forbidden {
+                verb: "list",
+                resource: "endpointslices.discovery.k8s.io",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.starts_with("forbidden: the agent's service account may not list endpointslices.discovery.k8s.io"), "{msg}");
+    assert!(
+        msg.starts_with("forbidden: the agent's service account may not list endpointslices.discovery.k8s.io"),
+        "{msg}"
+    );
     assert!(!*agent.ready.borrow());
 }
 
@@ -320,28 +381,46 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
     let mut agent = Agent::start(&fake);
     agent.until_ready().await;
 
-    fake.apply(grpcroute("split", json!([
-        { "name": "greeter-v1", "port": 8000, "weight": 90 },
-        { "name": "greeter-v2", "port": 8000, "weight": 10 }
-    ])));
+    fake.apply(grpcroute(
+        "split",
+        json!([
+            { "name": "greeter-v1", "port": 8000, "weight": 90 },
+            { "name": "greeter-v2", "port": 8000, "weight": 10 }
+        ]),
+    ));
     let m = agent
-        .until("the 90/10 route", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1))
+        .until("the 90/10 route", SHORT, |m| {
+            m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1)
+        })
         .await;
-    let weights: Vec<u32> = m.service("demo/greeter").expect("greeter").routes[0].backends.iter().map(|b| b.weight).collect();
+    let weights: Vec<u32> = m.service("demo/greeter").expect("greeter").routes[0]
+        .backends
+        .iter()
+        .map(|b| b.weight)
+        .collect();
     assert_eq!(weights, vec![90, 10]);
 
     // Broken: a backend that does not exist. The route is dropped, the
     // agent keeps running and says why on the route.
-    fake.apply(grpcroute("split", json!([
-        { "name": "greeter-v1", "port": 8000, "weight": 90 },
-        { "name": "greeter-v3", "port": 8000, "weight": 10 }
-    ])));
+    fake.apply(grpcroute(
+        "split",
+        json!([
+            { "name": "greeter-v1", "port": 8000, "weight": 90 },
+            { "name": "greeter-v3", "port": 8000, "weight": 10 }
+        ]),
+    ));
     agent
-        .until("the broken route dropped", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.is_empty()))
+        .until("the broken route dropped", SHORT, |m| {
+            m.service("demo/greeter").is_some_and(|s| s.routes.is_empty())
+        })
         .await;
     let event = timeout(SHORT, async {
         loop {
-            if let Some(e) = fake.events().into_iter().find(|e| e["reason"] == k8s::INVALID_ROUTE_REASON) {
+            if let Some(e) = fake
+                .events()
+                .into_iter()
+                .find(|e| e["reason"] == k8s::INVALID_ROUTE_REASON)
+            {
                 return e;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -359,7 +438,9 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
     // Fixed by creating the missing Service: applied again.
     fake.apply(service("greeter-v3", "10.96.0.13"));
     agent
-        .until("the repaired route", SHORT, |m| m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1))
+        .until("the repaired route", SHORT, |m| {
+            m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1)
+        })
         .await;
     assert_eq!(fake.events().len(), 1, "one Event for one problem");
     assert!(!agent.task.is_finished());
@@ -371,10 +452,15 @@ async fn a_pod_cgroup_that_appears_later_is_enrolled_at_resync() {
     seed(&fake);
     let mut agent = Agent::start_with(&fake, false, |o| o.resync = Duration::from_millis(200));
     agent.until_ready().await;
-    assert!(agent.models.borrow().enrolled.is_empty(), "no cgroup yet, nothing enrolled");
+    assert!(
+        agent.models.borrow().enrolled.is_empty(),
+        "no cgroup yet, nothing enrolled"
+    );
     let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    agent.until("the pod enrolled", SHORT, |m| m.enrolled == vec![dir.clone()]).await;
+    agent
+        .until("the pod enrolled", SHORT, |m| m.enrolled == vec![dir.clone()])
+        .await;
 }
 
 #[tokio::test]
@@ -388,7 +474,11 @@ async fn rbac_lost_after_startup_keeps_the_last_state() {
     fake.expire();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        fake.requests().iter().filter(|r| r.starts_with("GET /api/v1/services?")).count() >= 2,
+        fake.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/services?"))
+            .count()
+            >= 2,
         "the services watcher relisted"
     );
     assert!(!agent.task.is_finished(), "not fatal once serving");

@@ -58,7 +58,11 @@ async fn refused_streams_are_retried_with_their_body() {
     }
     assert!(rewritten >= 2, "retries rewrite grpc-timeout");
     let snap = p.table.snapshot();
-    let r = snap.services[0].endpoints.iter().find(|e| e.address == refuse.addr).unwrap();
+    let r = snap.services[0]
+        .endpoints
+        .iter()
+        .find(|e| e.address == refuse.addr)
+        .unwrap();
     assert_eq!(r.refused as usize, refuse.calls.load(SeqCst));
 }
 
@@ -103,11 +107,16 @@ async fn endpoint_goaway_drains_its_connection_and_new_calls_use_a_new_one() {
     .await;
     assert_eq!(ep.conns.load(SeqCst), 1);
     ep.goaway.notify_waiters();
-    let a = within("in-flight call", in_flight).await.unwrap().expect("in-flight call finishes");
+    let a = within("in-flight call", in_flight)
+        .await
+        .unwrap()
+        .expect("in-flight call finishes");
     assert_eq!(a.grpc_status(), Some(0));
     assert_eq!(a.body, b"late");
     for _ in 0..3 {
-        let a = within("new call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+        let a = within("new call", call(&c, request(SAY_HELLO), b"x"))
+            .await
+            .expect("answer");
         assert_eq!(a.grpc_status(), Some(0), "{a:?}");
     }
     assert_eq!(ep.conns.load(SeqCst), 2, "new calls went to a new connection");
@@ -122,7 +131,9 @@ async fn draining_endpoints_take_no_new_calls() {
     assert_eq!(spread(&c, 5).await.get("a"), Some(&5));
     m.services[0].endpoints[0].state = EndpointState::Draining;
     p.table.update(&m);
-    let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+    let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.grpc_status(), Some(14), "{a:?}");
     assert_eq!(ep.calls.load(SeqCst), 5);
 }
@@ -131,16 +142,23 @@ async fn draining_endpoints_take_no_new_calls() {
 async fn no_endpoint_answers_unavailable_naming_the_service() {
     let p = proxy(&model_addrs(&[], Policy::RoundRobin), fast_opts()).await;
     let c = client(p.addr).await;
-    let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+    let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.head.status, 200);
     assert!(a.trailers.is_none(), "trailers-only");
     assert_eq!(a.grpc_status(), Some(14));
     assert!(a.grpc_message().contains("greeter"), "{}", a.grpc_message());
 
     // Every endpoint unreachable: the same, after the retries.
-    let m = model_addrs(&[(closed_port().await, "v1"), (closed_port().await, "v1")], Policy::RoundRobin);
+    let m = model_addrs(
+        &[(closed_port().await, "v1"), (closed_port().await, "v1")],
+        Policy::RoundRobin,
+    );
     p.table.update(&m);
-    let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+    let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.grpc_status(), Some(14));
     assert!(a.grpc_message().contains("greeter"), "{}", a.grpc_message());
     assert_eq!(p.table.snapshot().services[0].no_endpoint, 2);
@@ -172,7 +190,9 @@ async fn unavailable_answers_count_towards_ejection() {
     let c = client(p.addr).await;
     let mut unavailable = 0;
     for _ in 0..40 {
-        let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+        let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+            .await
+            .expect("answer");
         if a.grpc_status() == Some(14) {
             unavailable += 1;
         }
@@ -181,7 +201,11 @@ async fn unavailable_answers_count_towards_ejection() {
     // run the call); after 5 in a row it is ejected.
     assert_eq!(unavailable, 5);
     let snap = p.table.snapshot();
-    let s = snap.services[0].endpoints.iter().find(|e| e.address == sick.addr).unwrap();
+    let s = snap.services[0]
+        .endpoints
+        .iter()
+        .find(|e| e.address == sick.addr)
+        .unwrap();
     assert!(s.ejected, "{s:?}");
 }
 
@@ -200,6 +224,8 @@ async fn endpoint_that_never_speaks_times_out_into_unavailable() {
     o.pool.connect_timeout = Duration::from_millis(200);
     let p = proxy(&model_addrs(&[(addr, "v1")], Policy::RoundRobin), o).await;
     let c = client(p.addr).await;
-    let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+    let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.grpc_status(), Some(14));
 }

@@ -35,7 +35,9 @@ async fn forwards_headers_body_trailers_and_metadata() {
     // Trailers-only and error statuses from the endpoint pass unchanged.
     let ep5 = endpoint("e", Behavior::Status(5)).await;
     p.table.update(&model(&[(&ep5, "v1")], Policy::RoundRobin));
-    let a = within("status call", call(&c, request(SAY_HELLO), b"")).await.expect("call");
+    let a = within("status call", call(&c, request(SAY_HELLO), b""))
+        .await
+        .expect("call");
     assert_eq!(a.grpc_status(), Some(5));
     assert_eq!(a.grpc_message(), "from endpoint");
     let snap = p.table.snapshot();
@@ -60,10 +62,16 @@ async fn calls_on_one_connection_spread_over_endpoints() {
     // Sequential calls leave every endpoint idle: least-request breaks the
     // ties at random, so all get calls. Peak-EWMA follows latency, which a
     // busy test machine makes uneven: every call still succeeds.
-    p.table.update(&model(&[(&eps[0], "v1"), (&eps[1], "v1"), (&eps[2], "v2")], Policy::LeastRequest));
+    p.table.update(&model(
+        &[(&eps[0], "v1"), (&eps[1], "v1"), (&eps[2], "v2")],
+        Policy::LeastRequest,
+    ));
     let s = spread(&c, 150).await;
     assert_eq!(s.len(), 3, "least-request: every endpoint gets calls: {s:?}");
-    p.table.update(&model(&[(&eps[0], "v1"), (&eps[1], "v1"), (&eps[2], "v2")], Policy::PeakEwma));
+    p.table.update(&model(
+        &[(&eps[0], "v1"), (&eps[1], "v1"), (&eps[2], "v2")],
+        Policy::PeakEwma,
+    ));
     let s = spread(&c, 150).await;
     assert_eq!(s.values().sum::<usize>(), 150, "{s:?}");
     // A few pooled connections per endpoint, not one per call.
@@ -124,11 +132,16 @@ async fn large_request_stream_passes_in_bounded_memory() {
         }
         (String::from_utf8(out).expect("utf8"), max_ahead)
     };
-    let (count, max_ahead) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("100 MB in time");
+    let (count, max_ahead) = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("100 MB in time");
     assert_eq!(count, TOTAL.to_string());
     // The client can only be ahead of the endpoint by the windows on the
     // way (1 MiB per stream per hop plus one chunk), never by the stream.
-    assert!(max_ahead < 8 << 20, "client got {max_ahead} bytes ahead of the endpoint");
+    assert!(
+        max_ahead < 8 << 20,
+        "client got {max_ahead} bytes ahead of the endpoint"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +149,9 @@ async fn large_response_messages_pass() {
     let ep = endpoint("big", Behavior::Big(8 << 20)).await;
     let p = proxy(&model(&[(&ep, "v1")], Policy::RoundRobin), fast_opts()).await;
     let c = client(p.addr).await;
-    let a = within("8 MB response", call(&c, request(SAY_HELLO), b"x")).await.expect("call");
+    let a = within("8 MB response", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("call");
     assert_eq!(a.body.len(), 8 << 20);
     assert!(a.body.iter().all(|b| *b == 7));
     assert_eq!(a.grpc_status(), Some(0));
@@ -149,7 +164,9 @@ async fn client_cancel_resets_the_upstream_stream() {
     let c = client(p.addr).await;
     let mut send = c.clone().ready().await.expect("ready");
     let (_resp, mut stream) = send.send_request(request(SAY_HELLO), false).expect("send");
-    stream.send_data(Bytes::from_static(b"partial request"), false).expect("data");
+    stream
+        .send_data(Bytes::from_static(b"partial request"), false)
+        .expect("data");
     within("endpoint sees the call", async {
         while ep.calls.load(SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -192,12 +209,16 @@ async fn endpoint_resets_reach_the_client() {
     let ep = endpoint("rst", Behavior::ResetAfterHeaders).await;
     let p = proxy(&model(&[(&ep, "v1")], Policy::RoundRobin), fast_opts()).await;
     let c = client(p.addr).await;
-    let err = within("reset after headers", call(&c, request(SAY_HELLO), b"x")).await.expect_err("reset");
+    let err = within("reset after headers", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect_err("reset");
     assert_eq!(err.reason(), Some(Reason::INTERNAL_ERROR), "{err:?}");
 
     let ep = endpoint("rst0", Behavior::ResetBeforeHeaders(Reason::CANCEL)).await;
     p.table.update(&model(&[(&ep, "v1")], Policy::RoundRobin));
-    let err = within("reset before headers", call(&c, request(SAY_HELLO), b"x")).await.expect_err("reset");
+    let err = within("reset before headers", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect_err("reset");
     assert_eq!(err.reason(), Some(Reason::CANCEL), "{err:?}");
 }
 
@@ -225,7 +246,9 @@ async fn grpc_timeout_ends_the_call_with_deadline_exceeded() {
     p.table.update(&model(&[(&ep, "v1")], Policy::RoundRobin));
     let mut req = request(SAY_HELLO);
     req.headers_mut().insert("grpc-timeout", "300m".parse().unwrap());
-    let a = within("deadline after headers", call(&c, req, b"x")).await.expect("answer");
+    let a = within("deadline after headers", call(&c, req, b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.head.headers["x-endpoint"], "half");
     assert_eq!(a.body, b"partial");
     assert_eq!(a.grpc_status(), Some(4), "{a:?}");

@@ -23,7 +23,11 @@ fn keepalive_opts() -> ProxyOptions {
 async fn open_connections_become(p: &TestProxy, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while p.proxy.open_connections() != n {
-        assert!(Instant::now() < deadline, "open connections stayed {} (want {n})", p.proxy.open_connections());
+        assert!(
+            Instant::now() < deadline,
+            "open connections stayed {} (want {n})",
+            p.proxy.open_connections()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -46,7 +50,11 @@ async fn a_client_that_leaves_pings_unanswered_is_closed() {
         }
     });
     rest.await;
-    assert!(started.elapsed() < Duration::from_secs(3), "closed {:?} after the PING", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed {:?} after the PING",
+        started.elapsed()
+    );
     open_connections_become(&p, 0).await;
 }
 
@@ -56,13 +64,17 @@ async fn a_client_that_answers_pings_stays_connected() {
     let p = proxy(&model(&[(&ep, "v1")], Policy::RoundRobin), keepalive_opts()).await;
     // The h2 client answers PINGs on its own.
     let c = client(p.addr).await;
-    let a = within("first call", call(&c, request(SAY_HELLO), b"one")).await.unwrap();
+    let a = within("first call", call(&c, request(SAY_HELLO), b"one"))
+        .await
+        .unwrap();
     assert_eq!(a.grpc_status(), Some(0));
     // Many keepalive intervals and timeouts later, the same connection
     // still carries calls.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(p.proxy.open_connections(), 1);
-    let a = within("call after idling", call(&c, request(SAY_HELLO), b"two")).await.unwrap();
+    let a = within("call after idling", call(&c, request(SAY_HELLO), b"two"))
+        .await
+        .unwrap();
     assert_eq!(a.grpc_status(), Some(0));
     assert_eq!(a.body, b"two");
     assert_eq!(p.proxy.open_connections(), 1);
@@ -83,14 +95,19 @@ async fn an_endpoint_that_stops_answering_pings_loses_its_connection() {
     let p = proxy(&model_addrs(&[(ep.addr, "v1")], Policy::RoundRobin), opts).await;
     let c = client(p.addr).await;
     // A call opens the pooled connection (the endpoint refuses the stream).
-    let a = within("a refused call", call(&c, request(SAY_HELLO), b"x")).await.unwrap();
+    let a = within("a refused call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .unwrap();
     assert_eq!(a.grpc_status(), Some(14), "UNAVAILABLE");
     assert!(ep.seen.load(SeqCst) >= 1);
     assert_eq!(ep.closed.load(SeqCst), 0);
     // Its keepalive PINGs go unanswered: the agent closes it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while ep.closed.load(SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the silent endpoint's connection stayed open");
+        assert!(
+            Instant::now() < deadline,
+            "the silent endpoint's connection stayed open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -18,7 +18,10 @@ use tokio::{
 };
 
 fn redirects(vip: Option<&str>) -> Arc<FakeRedirects> {
-    Arc::new(FakeRedirects { vip: vip.map(|v| v.parse().unwrap()), left_fast_path: Default::default() })
+    Arc::new(FakeRedirects {
+        vip: vip.map(|v| v.parse().unwrap()),
+        left_fast_path: Default::default(),
+    })
 }
 
 async fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
@@ -39,13 +42,22 @@ async fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
 async fn http1_and_tls_bytes_are_proxied_byte_for_byte_off_the_fast_path() {
     let (echo, _t) = tcp_echo(b"").await;
     let r = redirects(Some("10.96.0.10:8000"));
-    let p = redirected_proxy(&model_addrs(&[(echo, "v1")], Policy::RoundRobin), fast_opts(), r.clone()).await;
+    let p = redirected_proxy(
+        &model_addrs(&[(echo, "v1")], Policy::RoundRobin),
+        fast_opts(),
+        r.clone(),
+    )
+    .await;
 
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     let mut data = b"GET / HTTP/1.1\r\nHost: greeter\r\n\r\n".to_vec();
     data.extend((0..1_000_000u32).map(|i| (i * 7 % 256) as u8));
     assert_eq!(echo_roundtrip(&mut s, &data).await, data);
-    assert_eq!(r.left_fast_path.load(SeqCst), 1, "plain TCP leaves the sk_msg fast path");
+    assert_eq!(
+        r.left_fast_path.load(SeqCst),
+        1,
+        "plain TCP leaves the sk_msg fast path"
+    );
 
     // A TLS ClientHello starts with 0x16 0x03: also not HTTP/2.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
@@ -73,7 +85,11 @@ async fn server_first_protocols_get_their_greeting_after_the_sniff_timeout() {
 async fn plain_tcp_skips_unreachable_endpoints() {
     let (echo, _t) = tcp_echo(b"").await;
     let dead = closed_port().await;
-    let p = proxy(&model_addrs(&[(dead, "v1"), (echo, "v1")], Policy::RoundRobin), fast_opts()).await;
+    let p = proxy(
+        &model_addrs(&[(dead, "v1"), (echo, "v1")], Policy::RoundRobin),
+        fast_opts(),
+    )
+    .await;
     for _ in 0..4 {
         let mut s = TcpStream::connect(p.addr).await.unwrap();
         assert_eq!(echo_roundtrip(&mut s, b"hello").await, b"hello");
@@ -85,7 +101,12 @@ async fn redirected_http2_is_balanced_by_its_original_destination() {
     let a = endpoint("a", Behavior::Echo).await;
     let b = endpoint("b", Behavior::Echo).await;
     let r = redirects(Some("10.96.0.10:8000"));
-    let p = redirected_proxy(&model(&[(&a, "v1"), (&b, "v1")], Policy::RoundRobin), fast_opts(), r.clone()).await;
+    let p = redirected_proxy(
+        &model(&[(&a, "v1"), (&b, "v1")], Policy::RoundRobin),
+        fast_opts(),
+        r.clone(),
+    )
+    .await;
     let c = client(p.addr).await;
     let s = spread(&c, 10).await;
     assert_eq!((s.get("a"), s.get("b")), (Some(&5), Some(&5)), "{s:?}");
@@ -122,7 +143,10 @@ async fn shutdown_sends_goaway_and_lets_calls_in_flight_finish() {
     let started = Instant::now();
     within("graceful shutdown", p.proxy.shutdown(Duration::from_secs(5))).await;
     assert!(started.elapsed() < Duration::from_secs(3));
-    let a = within("in-flight call", in_flight).await.unwrap().expect("call finished");
+    let a = within("in-flight call", in_flight)
+        .await
+        .unwrap()
+        .expect("call finished");
     assert_eq!(a.grpc_status(), Some(0));
     assert_eq!(a.body, b"late");
     // New calls on the old connection are refused after GOAWAY.
@@ -170,7 +194,9 @@ async fn explicit_listener_stops_when_its_service_is_removed() {
     table.update(&balancer_agent::model::Model::default());
     within("listener stops", serving).await.unwrap();
     // Calls on connections still open get UNAVAILABLE naming the service.
-    let a = within("call", call(&c, request(SAY_HELLO), b"x")).await.expect("answer");
+    let a = within("call", call(&c, request(SAY_HELLO), b"x"))
+        .await
+        .expect("answer");
     assert_eq!(a.grpc_status(), Some(14));
     assert!(a.grpc_message().contains("greeter"));
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");

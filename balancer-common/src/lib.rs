@@ -39,12 +39,7 @@ pub enum Program {
 
 impl Program {
     /// Every program, in counter-index order.
-    pub const ALL: [Program; 4] = [
-        Program::Connect4,
-        Program::SockOps,
-        Program::SkMsg,
-        Program::GetSockopt,
-    ];
+    pub const ALL: [Program; 4] = [Program::Connect4, Program::SockOps, Program::SkMsg, Program::GetSockopt];
     /// Number of entries in the counters array.
     pub const COUNT: u32 = 4;
 

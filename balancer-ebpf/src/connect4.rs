@@ -10,9 +10,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use balancer_common::{
-    port_from_sock_addr, port_to_sock_addr, Ipv4Endpoint, Program, MAX_CGROUP_DEPTH, SKIP_MARK,
-};
+use balancer_common::{port_from_sock_addr, port_to_sock_addr, Ipv4Endpoint, Program, MAX_CGROUP_DEPTH, SKIP_MARK};
 
 use crate::maps::{config, count, Outcome, ENROLLED, ORIG_BY_COOKIE, SERVICES};
 
@@ -35,14 +33,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, ()> {
     };
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the program's whole run.
-    let (family, ty, ip, port) = unsafe {
-        (
-            (*sa).user_family,
-            (*sa).type_,
-            (*sa).user_ip4,
-            (*sa).user_port,
-        )
-    };
+    let (family, ty, ip, port) = unsafe { ((*sa).user_family, (*sa).type_, (*sa).user_ip4, (*sa).user_port) };
     if family != AF_INET || ty != SOCK_STREAM {
         return Ok(Outcome::Passed);
     }
@@ -69,19 +60,16 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<Outcome, ()> {
     };
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the program's whole run.
-    let (family, ty, ip6, port) = unsafe {
-        (
-            (*sa).user_family,
-            (*sa).type_,
-            (*sa).user_ip6,
-            (*sa).user_port,
-        )
-    };
+    let (family, ty, ip6, port) = unsafe { ((*sa).user_family, (*sa).type_, (*sa).user_ip6, (*sa).user_port) };
     // Only IPv4 VIPs dialed through a dual-stack socket.
     if family != AF_INET6 || ty != SOCK_STREAM || ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_PREFIX {
         return Ok(Outcome::Passed);
     }
-    if !record(ctx, cfg.agent_cgroup, Ipv4Endpoint::new(ip6[3], port_from_sock_addr(port)))? {
+    if !record(
+        ctx,
+        cfg.agent_cgroup,
+        Ipv4Endpoint::new(ip6[3], port_from_sock_addr(port)),
+    )? {
         return Ok(Outcome::Passed);
     }
     // SAFETY: user_ip6/user_port are writable in connect6; the address

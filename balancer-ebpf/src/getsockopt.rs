@@ -2,13 +2,8 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::{
-    helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext,
-    EbpfContext as _,
-};
-use balancer_common::{
-    port_from_be16, port_from_host_u32, Ipv4Endpoint, Program, SockKey, SOL_IP, SO_ORIGINAL_DST,
-};
+use aya_ebpf::{helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext, EbpfContext as _};
+use balancer_common::{port_from_be16, port_from_host_u32, Ipv4Endpoint, Program, SockKey, SOL_IP, SO_ORIGINAL_DST};
 
 use crate::maps::{count, Outcome, CONNECTIONS};
 

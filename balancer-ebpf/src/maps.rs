@@ -6,8 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use balancer_common::{
-    sizes, Config, Connection, EnrolledValue, Ipv4Endpoint, Program, ProgramCounters,
-    ServiceKey, ServiceValue, SockKey,
+    sizes, Config, Connection, EnrolledValue, Ipv4Endpoint, Program, ProgramCounters, ServiceKey, ServiceValue, SockKey,
 };
 
 /// Runtime configuration written by the loader (one entry).
@@ -16,8 +15,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Balanced VIP:port pairs.
 #[map(name = "SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(sizes::SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(sizes::SERVICES, 0);
 
 /// Enrolled cgroup ids (a pod's cgroup; its descendants are enrolled too).
 #[map(name = "ENROLLED")]
@@ -25,13 +23,11 @@ pub static ENROLLED: HashMap<u64, EnrolledValue> = HashMap::with_max_entries(siz
 
 /// Original destination by socket cookie, between connect and established.
 #[map(name = "ORIG_BY_COOKIE")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, Ipv4Endpoint> =
-    LruHashMap::with_max_entries(sizes::ORIGINAL_BY_COOKIE, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, Ipv4Endpoint> = LruHashMap::with_max_entries(sizes::ORIGINAL_BY_COOKIE, 0);
 
 /// Redirected connections, keyed by the agent side's socket.
 #[map(name = "CONNECTIONS")]
-pub static CONNECTIONS: LruHashMap<SockKey, Connection> =
-    LruHashMap::with_max_entries(sizes::CONNECTIONS, 0);
+pub static CONNECTIONS: LruHashMap<SockKey, Connection> = LruHashMap::with_max_entries(sizes::CONNECTIONS, 0);
 
 /// Sockets in the fast path; sk_msg is attached to this map.
 #[map(name = "SOCKETS")]

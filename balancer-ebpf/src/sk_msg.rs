@@ -8,8 +8,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use balancer_common::{
-    path, port_from_host_u32, port_from_remote_u32, Ipv4Endpoint, Program, SockKey,
-    CONN_LEFT_FAST_PATH,
+    path, port_from_host_u32, port_from_remote_u32, Ipv4Endpoint, Program, SockKey, CONN_LEFT_FAST_PATH,
 };
 
 use crate::maps::{config, count, count_bytes, Outcome, CONNECTIONS, SOCKETS};
@@ -36,22 +35,14 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<Outcome, ()> {
         }
     };
     let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
-    let conn_key = if agent_side {
-        own
-    } else {
-        own.peer(cfg.agent_netns)
-    };
+    let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
     let Some(conn) = CONNECTIONS.get_ptr_mut(&conn_key) else {
         return Ok(Outcome::Passed);
     };
     // SAFETY: a value pointer returned by the lookup; each side writes only
     // its own path field, under its socket's lock.
     let conn = unsafe { &mut *conn };
-    let peer = if agent_side {
-        own.peer(conn.pod_netns)
-    } else {
-        conn_key
-    };
+    let peer = if agent_side { own.peer(conn.pod_netns) } else { conn_key };
     let left = conn.flags & CONN_LEFT_FAST_PATH != 0;
     let path = if agent_side {
         &mut conn.agent_path

@@ -2,18 +2,15 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
     EbpfContext as _,
 };
-use balancer_common::{
-    path, port_from_host_u32, port_from_remote_u32, Connection, Ipv4Endpoint, Program, SockKey,
-};
+use balancer_common::{path, port_from_host_u32, port_from_remote_u32, Connection, Ipv4Endpoint, Program, SockKey};
 
 use crate::maps::{config, count, Outcome, CONNECTIONS, ORIG_BY_COOKIE, SOCKETS};
 
@@ -92,12 +89,7 @@ fn on_passive(ctx: &SockOpsContext) -> Result<Outcome, ()> {
 /// Puts the socket into the fast-path map (if the fast path is on) and sets
 /// the callbacks it needs (`extra_flags`, plus transmit callbacks while its
 /// path is undecided).
-fn insert_socket(
-    ctx: &SockOpsContext,
-    key: SockKey,
-    fast_path: bool,
-    extra_flags: u32,
-) -> Result<Outcome, ()> {
+fn insert_socket(ctx: &SockOpsContext, key: SockKey, fast_path: bool, extra_flags: u32) -> Result<Outcome, ()> {
     let mut flags = ctx.cb_flags() | extra_flags;
     let outcome = if fast_path {
         // SAFETY: the context pointer is the kernel's bpf_sock_ops.
@@ -134,11 +126,7 @@ fn on_transmit(ctx: &SockOpsContext) {
     };
     let own = own_key(ctx);
     let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
-    let conn_key = if agent_side {
-        own
-    } else {
-        own.peer(cfg.agent_netns)
-    };
+    let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
     // SAFETY: the context is valid for the program's whole run.
     let data_len = unsafe { (*ctx.ops).skb_len };
     if let Some(conn) = CONNECTIONS.get_ptr_mut(&conn_key) {

@@ -78,7 +78,11 @@ impl Spread {
         let width = self.backends.keys().map(String::len).max().unwrap_or(7).max(7);
         let mut s = format!("{:<width$}  {:>7}  {:>6}\n", "backend", "calls", "share");
         for (name, n) in &self.backends {
-            let share = if self.calls == 0 { 0.0 } else { *n as f64 * 100.0 / self.calls as f64 };
+            let share = if self.calls == 0 {
+                0.0
+            } else {
+                *n as f64 * 100.0 / self.calls as f64
+            };
             s.push_str(&format!("{name:<width$}  {n:>7}  {share:>5.1}%\n"));
         }
         if self.errors > 0 {
@@ -96,12 +100,7 @@ impl Spread {
 
 /// Makes `calls` SayHello calls over `channel`, at most `concurrency` at a
 /// time, and counts them per backend. Each call has `timeout`.
-pub async fn say_hello_spread(
-    channel: Channel,
-    calls: u64,
-    concurrency: usize,
-    timeout: Duration,
-) -> Spread {
+pub async fn say_hello_spread(channel: Channel, calls: u64, concurrency: usize, timeout: Duration) -> Spread {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..calls {

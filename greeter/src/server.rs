@@ -179,10 +179,7 @@ impl Echo for Backend {
 
     type ServerStreamStream = ReplyStream;
 
-    async fn server_stream(
-        &self,
-        req: Request<StreamRequest>,
-    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+    async fn server_stream(&self, req: Request<StreamRequest>) -> Result<Response<Self::ServerStreamStream>, Status> {
         let call = self.stats.start();
         let r = req.into_inner();
         let backend = self.clone();
@@ -206,10 +203,7 @@ impl Echo for Backend {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn client_stream(
-        &self,
-        req: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoReply>, Status> {
+    async fn client_stream(&self, req: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
         let _call = self.stats.start();
         let md = x_metadata(req.metadata());
         let mut stream = req.into_inner();
@@ -309,25 +303,23 @@ impl TestServer {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = thread::Builder::new()
-            .name(format!("greeter-{name}"))
-            .spawn(move || {
-                rt.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(std_listener) else {
-                        return;
-                    };
-                    let serve = backend.serve(listener, async {
-                        let _ = stop_rx.await;
-                    });
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = kill_rx => {}
-                    }
+        let thread = thread::Builder::new().name(format!("greeter-{name}")).spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                let serve = backend.serve(listener, async {
+                    let _ = stop_rx.await;
                 });
-                // Dropping the runtime drops every connection task: their
-                // sockets close without GOAWAY.
-                rt.shutdown_background();
-            })?;
+                tokio::select! {
+                    _ = serve => {}
+                    _ = kill_rx => {}
+                }
+            });
+            // Dropping the runtime drops every connection task: their
+            // sockets close without GOAWAY.
+            rt.shutdown_background();
+        })?;
         Ok(TestServer {
             addr,
             name: name.to_owned(),

@@ -30,7 +30,10 @@ async fn echo_covers_every_call_shape() {
     let ch = client::connect(&s.addr().to_string()).await.unwrap();
     let mut echo = client::echo(ch);
 
-    let mut req = tonic::Request::new(EchoRequest { payload: vec![7; 5 << 20], ..Default::default() });
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: vec![7; 5 << 20],
+        ..Default::default()
+    });
     req.metadata_mut().insert("x-trace", "abc".parse().unwrap());
     let resp = echo.unary(req).await.unwrap();
     assert_eq!(resp.metadata().get("x-trace").unwrap(), "abc");
@@ -38,17 +41,37 @@ async fn echo_covers_every_call_shape() {
     assert_eq!((r.payload.len(), r.backend.as_str()), (5 << 20, "e"));
     assert_eq!(r.metadata.get("x-trace").map(String::as_str), Some("abc"));
 
-    let req = StreamRequest { count: 5, size: 10, interval_ms: 0 };
+    let req = StreamRequest {
+        count: 5,
+        size: 10,
+        interval_ms: 0,
+    };
     let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.iter().map(|r| r.count).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
 
-    let up = tokio_stream::iter((0..4).map(|_| EchoRequest { payload: vec![1; 100], ..Default::default() }));
+    let up = tokio_stream::iter((0..4).map(|_| EchoRequest {
+        payload: vec![1; 100],
+        ..Default::default()
+    }));
     let r = echo.client_stream(up).await.unwrap().into_inner();
     assert_eq!((r.count, r.bytes), (4, 400));
 
-    let up = tokio_stream::iter((0..3).map(|i| EchoRequest { message: format!("m{i}"), ..Default::default() }));
-    let back: Vec<_> = echo.bidi_stream(up).await.unwrap().into_inner().collect::<Result<_, _>>().await.unwrap();
-    assert_eq!(back.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
+    let up = tokio_stream::iter((0..3).map(|i| EchoRequest {
+        message: format!("m{i}"),
+        ..Default::default()
+    }));
+    let back: Vec<_> = echo
+        .bidi_stream(up)
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
 
     let st = echo
         .fail(StatusRequest {
@@ -66,7 +89,10 @@ async fn echo_covers_every_call_shape() {
     req.set_timeout(Duration::from_millis(100));
     // tonic's server reports its expired `grpc-timeout` as CANCELLED.
     let code = echo.sleep(req).await.unwrap_err().code();
-    assert!(matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded), "{code:?}");
+    assert!(
+        matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+        "{code:?}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.in_flight(), 0, "the expired call ended on the server");
 }
@@ -82,8 +108,15 @@ async fn a_killed_server_fails_its_calls_in_flight() {
     }
     let t = std::time::Instant::now();
     s.kill();
-    let err = tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     // tonic reports a connection that broke under a call as UNKNOWN.
-    assert!(matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown), "{err:?}");
+    assert!(
+        matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        "{err:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(2));
 }

@@ -62,7 +62,9 @@ impl TestAgent {
         for e in &opts.enroll {
             cmd.arg("--enroll").arg(e);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         crate::process::place(&mut cmd, Some(netns), None)?;
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
@@ -107,16 +109,17 @@ impl TestAgent {
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "test agent did not answer"))
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(io::Error::other("test agent exited"))
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(io::Error::other("test agent exited")),
             }
         }
     }
 
     /// Sends one command and returns the text after `RESP `.
     pub fn command(&mut self, cmd: &str) -> io::Result<String> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| io::Error::other("agent stdin closed"))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("agent stdin closed"))?;
         writeln!(stdin, "{cmd}")?;
         stdin.flush()?;
         let line = self.next_line(Duration::from_secs(20), |l| l.starts_with("RESP "))?;

@@ -49,7 +49,9 @@ pub struct PodProcess {
 /// Starts a subcommand and returns without waiting.
 pub fn spawn(bin: &Path, pod: &Pod, args: &[String]) -> io::Result<PodProcess> {
     let mut cmd = command(bin, pod, args)?;
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut child = cmd.spawn()?;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;

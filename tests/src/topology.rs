@@ -70,8 +70,18 @@ impl Topology {
             };
             let node_side = Ipv4Addr::new(10, 200, subnet, 1);
             crate::netns::ip(&[
-                "link", "add", &pod.veth_node, "netns", topo.node.netns.name(), "type", "veth",
-                "peer", "name", &pod.veth_pod, "netns", pod.netns.name(),
+                "link",
+                "add",
+                &pod.veth_node,
+                "netns",
+                topo.node.netns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pod.veth_pod,
+                "netns",
+                pod.netns.name(),
             ])?;
             let nn = &topo.node.netns;
             nn.ip(&["addr", "add", &format!("{node_side}/24"), "dev", &pod.veth_node])?;
@@ -79,9 +89,8 @@ impl Topology {
             pod.netns
                 .ip(&["addr", "add", &format!("{}/24", pod.ip), "dev", &pod.veth_pod])?;
             pod.netns.ip(&["link", "set", &pod.veth_pod, "up"])?;
-            pod.netns.ip(&[
-                "route", "add", &format!("{node_ip}/32"), "via", &node_side.to_string(),
-            ])?;
+            pod.netns
+                .ip(&["route", "add", &format!("{node_ip}/32"), "via", &node_side.to_string()])?;
             topo.pods.push(pod);
         }
         Ok(topo)

@@ -133,11 +133,7 @@ impl PayloadStream {
 }
 
 fn wait_fd(fd: i32, events: i16, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -156,7 +152,11 @@ pub fn read_some<S: Read + AsRawFd>(s: &mut S, buf: &mut [u8], deadline: Instant
                 if now >= deadline {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
                 }
-                wait_fd(s.as_raw_fd(), libc::POLLIN, (deadline - now).min(Duration::from_millis(100)));
+                wait_fd(
+                    s.as_raw_fd(),
+                    libc::POLLIN,
+                    (deadline - now).min(Duration::from_millis(100)),
+                );
             }
             other => return other,
         }
@@ -168,7 +168,12 @@ pub fn read_exact<S: Read + AsRawFd>(s: &mut S, buf: &mut [u8], deadline: Instan
     let mut at = 0;
     while at < buf.len() {
         match read_some(s, &mut buf[at..], deadline)? {
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF after {at} bytes"))),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {at} bytes"),
+                ))
+            }
             n => at += n,
         }
     }
@@ -186,7 +191,11 @@ pub fn write_all<S: Write + AsRawFd>(s: &mut S, mut buf: &[u8], deadline: Instan
                 if now >= deadline {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
                 }
-                wait_fd(s.as_raw_fd(), libc::POLLOUT, (deadline - now).min(Duration::from_millis(100)));
+                wait_fd(
+                    s.as_raw_fd(),
+                    libc::POLLOUT,
+                    (deadline - now).min(Duration::from_millis(100)),
+                );
             }
             Err(e) => return Err(e),
         }

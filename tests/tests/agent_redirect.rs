@@ -56,7 +56,9 @@ fn config(topo: &Topology, weights: Option<(u32, u32)>) -> String {
         topo.pods[0].cgroup.path().display(),
     );
     for (_, addr, version) in BACKENDS {
-        s.push_str(&format!("      - {{ address: {addr}, labels: {{ version: {version} }} }}\n"));
+        s.push_str(&format!(
+            "      - {{ address: {addr}, labels: {{ version: {version} }} }}\n"
+        ));
     }
     if let Some((v1, v2)) = weights {
         s.push_str(&format!(
@@ -138,7 +140,15 @@ fn wait_ready(topo: &Topology, node: &Node) {
 /// greeter-client in the pod: `calls` calls over one connection to the VIP.
 fn client(pod: &Pod, calls: u64) -> serde_json::Value {
     let mut cmd = Command::new(bin("greeter-client"));
-    cmd.args(["--target", VIP, "--calls", &calls.to_string(), "--concurrency", "8", "--json"]);
+    cmd.args([
+        "--target",
+        VIP,
+        "--calls",
+        &calls.to_string(),
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
     let out = cmd.stderr(Stdio::piped()).output().expect("run greeter-client");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -155,7 +165,11 @@ fn one_call_succeeds(pod: &Pod, target: &str) -> bool {
     let mut cmd = Command::new(bin("greeter-client"));
     cmd.args(["--target", target, "--calls", "1", "--json", "--timeout-ms", "2000"]);
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
-    cmd.stderr(Stdio::null()).output().expect("run greeter-client").status.success()
+    cmd.stderr(Stdio::null())
+        .output()
+        .expect("run greeter-client")
+        .status
+        .success()
 }
 
 fn per_backend(v: &serde_json::Value) -> BTreeMap<String, u64> {
@@ -176,13 +190,23 @@ fn one_connection_from_an_enrolled_pod_is_spread_call_by_call() {
     let v = client(&topo.pods[0], 300);
     assert_eq!(v["errors"], 0, "calls failed: {v}\nagent log:\n{}", node.log());
     let counts = per_backend(&v);
-    assert_eq!(counts.len(), 3, "every backend serves calls of the one connection: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        3,
+        "every backend serves calls of the one connection: {counts:?}"
+    );
     for (name, n) in &counts {
-        assert_eq!(*n, 100, "round robin over 3 endpoints: {name} got {n} of 300 ({counts:?})");
+        assert_eq!(
+            *n, 100,
+            "round robin over 3 endpoints: {name} got {n} of 300 ({counts:?})"
+        );
     }
 
     // A pod that is not enrolled is not redirected: the VIP is unroutable.
-    assert!(!one_call_succeeds(&topo.pods[1], VIP), "a pod that is not enrolled reached the VIP");
+    assert!(
+        !one_call_succeeds(&topo.pods[1], VIP),
+        "a pod that is not enrolled reached the VIP"
+    );
 }
 
 #[test]
@@ -197,7 +221,10 @@ fn weights_change_live_and_a_killed_agent_leaves_no_redirection() {
     assert_eq!(v["errors"], 0, "calls failed: {v}");
     let counts = per_backend(&v);
     let v2 = counts.get("greeter-c").copied().unwrap_or(0);
-    assert!((80..=120).contains(&v2), "v2 gets 10% ±2% of 1000 calls, got {v2}: {counts:?}");
+    assert!(
+        (80..=120).contains(&v2),
+        "v2 gets 10% ±2% of 1000 calls, got {v2}: {counts:?}"
+    );
 
     // 0:100 — applied by the running agent within a second.
     fs::write(&node.config, config(&topo, Some((0, 100)))).expect("rewrite config");
@@ -207,7 +234,10 @@ fn weights_change_live_and_a_killed_agent_leaves_no_redirection() {
 
     // Fail-open: once the agent is gone the pod's connect is not redirected.
     node.agent.kill().expect("kill agent");
-    assert!(!one_call_succeeds(&topo.pods[0], VIP), "the VIP answered after the agent was killed");
+    assert!(
+        !one_call_succeeds(&topo.pods[0], VIP),
+        "the VIP answered after the agent was killed"
+    );
 }
 
 #[test]
@@ -219,7 +249,11 @@ fn the_real_agent_refuses_connections_that_were_not_redirected() {
     let node = start_node(&topo, None);
     // From the pod, straight to the agent's listener: no original
     // destination, so the agent closes it without reading or answering.
-    assert!(one_call_succeeds(&topo.pods[0], VIP), "the redirected call works: {}", node.log());
+    assert!(
+        one_call_succeeds(&topo.pods[0], VIP),
+        "the redirected call works: {}",
+        node.log()
+    );
     let listen = format!("{}:15001", topo.node.ip);
     assert!(
         !one_call_succeeds(&topo.pods[0], &listen),
@@ -255,18 +289,25 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
     let err_path = node.dir.path().join("grpcio-client.err");
     let err_file = fs::File::create(&err_path).expect("stderr file");
-    let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).stderr(err_file).spawn().expect("start grpcio client"));
+    let mut child = ChildGuard::new(
+        cmd.stdout(Stdio::piped())
+            .stderr(err_file)
+            .spawn()
+            .expect("start grpcio client"),
+    );
     // Its report is one JSON line: it fits the pipe while we wait.
     let mut stdout = child.child_mut().stdout.take().expect("stdout");
     let status = child.wait_timeout(Duration::from_secs(120)).expect("wait");
     assert!(status.is_some(), "the grpcio client ran for more than 120 s");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut out).expect("read the client's report");
-    let r: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| {
-            let err = fs::read_to_string(&err_path).unwrap_or_default();
-            panic!("grpcio client printed no JSON ({e}): {out:?}\nits stderr:\n{err}\nagent log:\n{}", node.log())
-        });
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+        let err = fs::read_to_string(&err_path).unwrap_or_default();
+        panic!(
+            "grpcio client printed no JSON ({e}): {out:?}\nits stderr:\n{err}\nagent log:\n{}",
+            node.log()
+        )
+    });
     let spread = &r["spread=300,8"];
     assert_eq!(spread["errors"], serde_json::json!({}), "{r}");
     for (name, _, _) in BACKENDS {

@@ -40,7 +40,11 @@ async fn calls_of_one_connection_spread_over_every_endpoint() {
         assert_eq!(s.errors, 0, "{s:?}");
         for name in ["a", "b", "c"] {
             let n = count(&s, name);
-            assert!((90..=110).contains(&n), "concurrency {concurrency}: {name} got {n} of 300\n{}", s.table());
+            assert!(
+                (90..=110).contains(&n),
+                "concurrency {concurrency}: {name} got {n} of 300\n{}",
+                s.table()
+            );
         }
     }
     // Direct, the same channel would have sent all 600 to one backend;
@@ -54,12 +58,21 @@ async fn weighted_split_90_10_within_2_percent() {
     let (v1, v2) = (TestServer::spawn("v1").unwrap(), TestServer::spawn("v2").unwrap());
     let (admin, listen) = (free_port(), free_port());
     let eps = [ep(v1.addr(), "v1"), ep(v2.addr(), "v2")];
-    let agent = Agent::start(admin, listen, &config(admin, "greeter", listen, &eps, &[("v1", 90), ("v2", 10)]));
+    let agent = Agent::start(
+        admin,
+        listen,
+        &config(admin, "greeter", listen, &eps, &[("v1", 90), ("v2", 10)]),
+    );
     let ch = client::connect(&agent.target()).await.unwrap();
     let s = spread(&ch, 5000, 32).await;
     assert_eq!(s.errors, 0, "{s:?}");
     let share = count(&s, "v1") as f64 / 5000.0;
-    assert!((0.88..=0.92).contains(&share), "v1 got {:.1}% (want 90 ± 2)\n{}", share * 100.0, s.table());
+    assert!(
+        (0.88..=0.92).contains(&share),
+        "v1 got {:.1}% (want 90 ± 2)\n{}",
+        share * 100.0,
+        s.table()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +88,11 @@ async fn a_rewritten_config_applies_to_new_calls_within_a_second() {
 
     // A long stream open across the reloads: the connection must survive.
     let mut stream = client::echo(ch.clone())
-        .server_stream(StreamRequest { count: 30, size: 10, interval_ms: 100 })
+        .server_stream(StreamRequest {
+            count: 30,
+            size: 10,
+            interval_ms: 100,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -111,7 +128,11 @@ async fn a_rewritten_config_applies_to_new_calls_within_a_second() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let s = spread(&ch, 200, 4).await;
     assert_eq!(s.errors, 0, "{s:?}");
-    assert!((170..=190).contains(&count(&s, "v1")), "after a bad file: {}", s.table());
+    assert!(
+        (170..=190).contains(&count(&s, "v1")),
+        "after a bad file: {}",
+        s.table()
+    );
     assert!(
         agent.log().contains("nope"),
         "the refused file is logged with the bad value:\n{}",
@@ -143,7 +164,10 @@ async fn an_endpoint_killed_under_load_fails_only_its_calls_in_flight() {
     let in_flight_on_b = b.in_flight();
     let b_calls = b.calls();
     b.kill();
-    let s = tokio::time::timeout(Duration::from_secs(60), load).await.expect("the load ends").unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("the load ends")
+        .unwrap();
 
     // Only calls that were on b when it died may fail: at most one per
     // concurrent call slot.
@@ -185,7 +209,10 @@ async fn an_endpoint_that_shuts_down_gracefully_fails_no_call() {
     // GOAWAY from b, its open calls finish, then its port closes: calls not
     // yet sent to b go to a, none fails.
     let stopping = tokio::task::spawn_blocking(move || b.stop());
-    let s = tokio::time::timeout(Duration::from_secs(60), load).await.expect("the load ends").unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("the load ends")
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(30), stopping)
         .await
         .expect("b stops once its connections close")

@@ -15,34 +15,70 @@ use greeter::{client, pb::echo::StatusRequest, server::TestServer};
 use grpc_support::{config, ep, free_port, py_client, Agent, PyServer};
 use serde_json::Value;
 
-const CASES: &[&str] = &["unary", "server_stream", "client_stream", "bidi", "large", "status", "deadline", "cancel"];
+const CASES: &[&str] = &[
+    "unary",
+    "server_stream",
+    "client_stream",
+    "bidi",
+    "large",
+    "status",
+    "deadline",
+    "cancel",
+];
 
 /// Checks the report of `peer.py client` for every conformance case.
 fn assert_conformance(r: &Value, backends: &[&str]) {
     let unary = &r["unary"];
     assert_eq!(unary["payload"], "ping", "unary: {unary}");
-    assert_eq!(unary["echoed"]["x-request-id"], "r-17", "request metadata reaches the server: {unary}");
+    assert_eq!(
+        unary["echoed"]["x-request-id"], "r-17",
+        "request metadata reaches the server: {unary}"
+    );
     assert_eq!(unary["header"], "r-17", "response headers reach the client: {unary}");
-    assert!(backends.contains(&unary["backend"].as_str().unwrap_or_default()), "{unary}");
+    assert!(
+        backends.contains(&unary["backend"].as_str().unwrap_or_default()),
+        "{unary}"
+    );
 
     let ss = &r["server_stream"];
-    assert_eq!((ss["count"].as_u64(), ss["in_order"].as_bool(), ss["sizes_ok"].as_bool()), (Some(50), Some(true), Some(true)), "{ss}");
+    assert_eq!(
+        (ss["count"].as_u64(), ss["in_order"].as_bool(), ss["sizes_ok"].as_bool()),
+        (Some(50), Some(true), Some(true)),
+        "{ss}"
+    );
     let cs = &r["client_stream"];
-    assert_eq!((cs["count"].as_u64(), cs["bytes"].as_u64()), (Some(200), Some(200 * 1024)), "{cs}");
+    assert_eq!(
+        (cs["count"].as_u64(), cs["bytes"].as_u64()),
+        (Some(200), Some(200 * 1024)),
+        "{cs}"
+    );
     let bidi = &r["bidi"];
-    assert_eq!((bidi["pairs_ok"].as_bool(), bidi["after_close"].as_u64()), (Some(true), Some(0)), "{bidi}");
+    assert_eq!(
+        (bidi["pairs_ok"].as_bool(), bidi["after_close"].as_u64()),
+        (Some(true), Some(0)),
+        "{bidi}"
+    );
 
     for size in ["4194304", "8388625"] {
         let l = &r["large"][size];
         assert_eq!(l["echo_equal"], true, "large {size}: {}", r["large"]);
-        assert_eq!(l["reply_len"].as_u64(), size.parse().ok(), "large {size}: {}", r["large"]);
+        assert_eq!(
+            l["reply_len"].as_u64(),
+            size.parse().ok(),
+            "large {size}: {}",
+            r["large"]
+        );
     }
 
     let status = &r["status"]["results"];
     for code in 0..=16 {
         let s = &status[code.to_string()];
         assert_eq!(s["code"].as_i64(), Some(code), "status {code}: {s}");
-        assert_eq!(s["message"], format!("status {code}: ünïcödé and 100% spaces"), "status {code}: {s}");
+        assert_eq!(
+            s["message"],
+            format!("status {code}: ünïcödé and 100% spaces"),
+            "status {code}: {s}"
+        );
         assert_eq!(s["detail"], format!("d{code}"), "trailers of status {code}: {s}");
         assert_eq!(s["echo"], "e", "echoed metadata of status {code}: {s}");
     }
@@ -51,7 +87,11 @@ fn assert_conformance(r: &Value, backends: &[&str]) {
     assert_eq!(d["code"], "DEADLINE_EXCEEDED", "{d}");
     assert!(d["elapsed_ms"].as_u64().unwrap_or(u64::MAX) < 3000, "{d}");
     let c = &r["cancel"];
-    assert_eq!((c["cancelled"].as_bool(), c["after"].as_str()), (Some(true), Some("after")), "{c}");
+    assert_eq!(
+        (c["cancelled"].as_bool(), c["after"].as_str()),
+        (Some(true), Some("after")),
+        "{c}"
+    );
 }
 
 #[test]
@@ -90,8 +130,14 @@ fn grpcio_client_and_tonic_servers() {
     assert_conformance(&r, &["t1", "t2"]);
     let s = &r["spread=300,8"];
     assert_eq!(s["errors"], serde_json::json!({}), "{s}");
-    assert_eq!(s["backends"]["t1"].as_u64().unwrap_or_default() + s["backends"]["t2"].as_u64().unwrap_or_default(), 300);
-    assert!((140..=160).contains(&s["backends"]["t1"].as_u64().unwrap_or_default()), "{s}");
+    assert_eq!(
+        s["backends"]["t1"].as_u64().unwrap_or_default() + s["backends"]["t2"].as_u64().unwrap_or_default(),
+        300
+    );
+    assert!(
+        (140..=160).contains(&s["backends"]["t1"].as_u64().unwrap_or_default()),
+        "{s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,8 +153,15 @@ async fn tonic_client_and_mixed_grpcio_and_tonic_servers() {
     let ch = client::connect(&agent.target()).await.unwrap();
     let s = client::say_hello_spread(ch.clone(), 300, 8, Duration::from_secs(10)).await;
     assert_eq!(s.errors, 0, "{s:?}");
-    assert_eq!(s.backends.get("py").copied().unwrap_or_default() + s.backends.get("tonic").copied().unwrap_or_default(), 300);
-    assert!((140..=160).contains(&s.backends.get("py").copied().unwrap_or_default()), "{}", s.table());
+    assert_eq!(
+        s.backends.get("py").copied().unwrap_or_default() + s.backends.get("tonic").copied().unwrap_or_default(),
+        300
+    );
+    assert!(
+        (140..=160).contains(&s.backends.get("py").copied().unwrap_or_default()),
+        "{}",
+        s.table()
+    );
 
     // Status codes and trailers from grpcio servers reach a tonic client.
     let mut echo = client::echo(ch);

@@ -48,9 +48,16 @@ async fn unary_and_streaming_calls_with_metadata() {
     let mut echo = client::echo(client::connect(&agent.target()).await.unwrap());
 
     // Unary, with request metadata echoed back as response headers.
-    let mut req = tonic::Request::new(EchoRequest { payload: b"ping".to_vec(), message: "m".into(), reply_size: 0 });
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: b"ping".to_vec(),
+        message: "m".into(),
+        reply_size: 0,
+    });
     req.metadata_mut().insert("x-request-id", "r-17".parse().unwrap());
-    req.metadata_mut().insert_bin("x-blob-bin", tonic::metadata::MetadataValue::from_bytes(&[0, 1, 2, 255]));
+    req.metadata_mut().insert_bin(
+        "x-blob-bin",
+        tonic::metadata::MetadataValue::from_bytes(&[0, 1, 2, 255]),
+    );
     let resp = echo.unary(req).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "r-17");
     let r = resp.into_inner();
@@ -59,13 +66,23 @@ async fn unary_and_streaming_calls_with_metadata() {
     assert!(["a", "b"].contains(&r.backend.as_str()));
 
     // Server streaming: every message, in order.
-    let req = StreamRequest { count: 50, size: 1000, interval_ms: 0 };
+    let req = StreamRequest {
+        count: 50,
+        size: 1000,
+        interval_ms: 0,
+    };
     let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.len(), 50);
-    assert!(replies.iter().enumerate().all(|(i, r)| r.count == i as u64 && r.payload.len() == 1000));
+    assert!(replies
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.count == i as u64 && r.payload.len() == 1000));
 
     // Client streaming: 200 messages, counted by the server.
-    let up = tokio_stream::iter((0..200).map(|_| EchoRequest { payload: vec![3; 1024], ..Default::default() }));
+    let up = tokio_stream::iter((0..200).map(|_| EchoRequest {
+        payload: vec![3; 1024],
+        ..Default::default()
+    }));
     let mut req = tonic::Request::new(up);
     req.metadata_mut().insert("x-stream", "up".parse().unwrap());
     let resp = echo.client_stream(req).await.unwrap();
@@ -81,7 +98,12 @@ async fn unary_and_streaming_calls_with_metadata() {
         .unwrap()
         .into_inner();
     for i in 0..20 {
-        tx.send(EchoRequest { message: format!("ping {i}"), ..Default::default() }).await.unwrap();
+        tx.send(EchoRequest {
+            message: format!("ping {i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let r = tokio::time::timeout(Duration::from_secs(5), replies.next())
             .await
             .expect("a bidi reply within 5 s")
@@ -90,7 +112,10 @@ async fn unary_and_streaming_calls_with_metadata() {
         assert_eq!((r.message, r.count), (format!("ping {i}"), i));
     }
     drop(tx);
-    assert!(replies.next().await.is_none(), "the stream ends after the client half-closes");
+    assert!(
+        replies.next().await.is_none(),
+        "the stream ends after the client half-closes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,20 +126,30 @@ async fn messages_of_4_mib_and_more_pass_both_ways() {
     for size in [4 << 20, (8 << 20) + 17] {
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let r = echo
-            .unary(EchoRequest { payload: payload.clone(), ..Default::default() })
+            .unary(EchoRequest {
+                payload: payload.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(r.payload == payload, "a {size}-byte message came back changed");
         let r = echo
-            .unary(EchoRequest { reply_size: size as u32, ..Default::default() })
+            .unary(EchoRequest {
+                reply_size: size as u32,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(r.payload.len(), size);
     }
     // A stream of large messages.
-    let req = StreamRequest { count: 4, size: 4 << 20, interval_ms: 0 };
+    let req = StreamRequest {
+        count: 4,
+        size: 4 << 20,
+        interval_ms: 0,
+    };
     let replies = client::server_stream_all(&mut echo, req).await.unwrap();
     assert_eq!(replies.iter().map(|r| r.payload.len()).sum::<usize>(), 16 << 20);
 }
@@ -134,12 +169,20 @@ async fn every_status_code_with_message_and_trailers() {
         let st = echo.fail(req).await.unwrap_err();
         assert_eq!(st.code(), Code::from_i32(code), "code {code}: {st:?}");
         assert_eq!(st.message(), format!("status {code}: ünïcödé and 100% spaces"));
-        assert_eq!(st.metadata().get("x-detail").unwrap(), format!("d{code}").as_str(), "code {code}");
+        assert_eq!(
+            st.metadata().get("x-detail").unwrap(),
+            format!("d{code}").as_str(),
+            "code {code}"
+        );
         assert_eq!(st.metadata().get("x-echo").unwrap(), "e", "code {code}");
     }
     // OK with trailing metadata.
     let resp = echo
-        .fail(StatusRequest { code: 0, message: "fine".into(), trailers: [("x-t".to_string(), "ok".to_string())].into() })
+        .fail(StatusRequest {
+            code: 0,
+            message: "fine".into(),
+            trailers: [("x-t".to_string(), "ok".to_string())].into(),
+        })
         .await
         .unwrap();
     assert_eq!(resp.get_ref().message, "fine");
@@ -157,7 +200,11 @@ async fn deadlines_end_the_call_here_and_upstream() {
     // The agent answers DEADLINE_EXCEEDED; tonic's server would say
     // CANCELLED for the same deadline if it won the race.
     assert!(matches!(st.code(), Code::DeadlineExceeded | Code::Cancelled), "{st:?}");
-    assert!(t.elapsed() < Duration::from_secs(3), "the deadline took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the deadline took {:?}",
+        t.elapsed()
+    );
     assert!(
         wait_until(Duration::from_secs(2), || a.in_flight() == 0).await,
         "the call still runs on the endpoint after its deadline"
@@ -176,7 +223,10 @@ async fn a_cancelled_call_is_cancelled_upstream() {
     let mut echo = client::echo(channel.clone());
 
     let call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 30_000 }).await });
-    assert!(wait_until(Duration::from_secs(5), || a.in_flight() == 1).await, "the call reached the endpoint");
+    assert!(
+        wait_until(Duration::from_secs(5), || a.in_flight() == 1).await,
+        "the call reached the endpoint"
+    );
     call.abort(); // drops the call: RST_STREAM(CANCEL) to the agent
     assert!(
         wait_until(Duration::from_secs(2), || a.in_flight() == 0).await,
@@ -186,13 +236,20 @@ async fn a_cancelled_call_is_cancelled_upstream() {
     // A bidi stream dropped mid-way, too.
     let mut echo = client::echo(channel.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(1);
-    let mut replies = echo.bidi_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut replies = echo
+        .bidi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     tx.send(EchoRequest::default()).await.unwrap();
     replies.next().await.unwrap().unwrap();
     assert_eq!(a.in_flight(), 1);
     drop(replies);
     drop(tx);
-    assert!(wait_until(Duration::from_secs(2), || a.in_flight() == 0).await, "the bidi stream was not cancelled upstream");
+    assert!(
+        wait_until(Duration::from_secs(2), || a.in_flight() == 0).await,
+        "the bidi stream was not cancelled upstream"
+    );
 
     // The connection is still good for new calls.
     let mut echo = client::echo(channel);
@@ -209,15 +266,26 @@ async fn no_endpoints_is_unavailable_naming_the_service() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
-    assert!(st.message().contains("lonely-greeter"), "the message names the service: {st:?}");
+    assert!(
+        st.message().contains("lonely-greeter"),
+        "the message names the service: {st:?}"
+    );
 }
 
 #[test]
 fn a_connection_that_is_not_http2_is_proxied_as_tcp() {
     let echo = TcpEcho::start();
     let (admin, listen) = (free_port(), free_port());
-    let agent = Agent::start(admin, listen, &config(admin, "tcp", listen, &[ep(echo.addr, "v1")], &[]));
-    for msg in [&b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"[..], b"\x16\x03\x01\x00\x05hello", b"PRI * HTTP/1.0 not h2"] {
+    let agent = Agent::start(
+        admin,
+        listen,
+        &config(admin, "tcp", listen, &[ep(echo.addr, "v1")], &[]),
+    );
+    for msg in [
+        &b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        b"\x16\x03\x01\x00\x05hello",
+        b"PRI * HTTP/1.0 not h2",
+    ] {
         let mut s = TcpStream::connect(agent.listen).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(msg).unwrap();

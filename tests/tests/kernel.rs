@@ -43,18 +43,30 @@ fn options(topo: &Topology, enroll: Vec<PathBuf>, fast_path: bool) -> AgentOptio
 }
 
 fn agent(topo: &Topology, enroll: Vec<PathBuf>, fast_path: bool) -> TestAgent {
-    TestAgent::spawn(Path::new(AGENT_BIN), &topo.node.netns, &options(topo, enroll, fast_path))
-        .expect("start the test agent")
+    TestAgent::spawn(
+        Path::new(AGENT_BIN),
+        &topo.node.netns,
+        &options(topo, enroll, fast_path),
+    )
+    .expect("start the test agent")
 }
 
 fn probe(topo: &Topology, pod_index: usize, to: SocketAddrV4) -> Value {
     let args = vec!["probe".into(), "--to".into(), to.to_string()];
-    pod::run(Path::new(POD_BIN), &topo.pods[pod_index], &args, Duration::from_secs(20)).expect("run probe")
+    pod::run(
+        Path::new(POD_BIN),
+        &topo.pods[pod_index],
+        &args,
+        Duration::from_secs(20),
+    )
+    .expect("run probe")
 }
 
 #[test]
 fn enrolled_pod_is_redirected_and_agent_learns_original_destination() {
-    let Some(_serial) = serial_or_skip("enrolled_pod_is_redirected") else { return };
+    let Some(_serial) = serial_or_skip("enrolled_pod_is_redirected") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     let before = agent.counters().expect("counters");
@@ -66,13 +78,22 @@ fn enrolled_pod_is_redirected_and_agent_learns_original_destination() {
     let after = agent.counters().expect("counters");
     assert_eq!(after.connect4.redirected - before.connect4.redirected, 1);
     assert_eq!(after.getsockopt.redirected - before.getsockopt.redirected, 1);
-    assert_eq!(after.sock_ops.redirected - before.sock_ops.redirected, 2, "both sockets in the fast path");
-    assert!(after.sk_msg.bytes > before.sk_msg.bytes, "echo went through sk_msg: {after:?}");
+    assert_eq!(
+        after.sock_ops.redirected - before.sock_ops.redirected,
+        2,
+        "both sockets in the fast path"
+    );
+    assert!(
+        after.sk_msg.bytes > before.sk_msg.bytes,
+        "echo went through sk_msg: {after:?}"
+    );
 }
 
 #[test]
 fn pod_not_enrolled_is_not_redirected() {
-    let Some(_serial) = serial_or_skip("pod_not_enrolled_is_not_redirected") else { return };
+    let Some(_serial) = serial_or_skip("pod_not_enrolled_is_not_redirected") else {
+        return;
+    };
     let topo = Topology::new(2).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     // The enrolled pod is redirected (the programs are live) ...
@@ -102,7 +123,9 @@ fn pod_not_enrolled_is_not_redirected() {
 
 #[test]
 fn agent_own_connect_is_not_redirected() {
-    let Some(_serial) = serial_or_skip("agent_own_connect_is_not_redirected") else { return };
+    let Some(_serial) = serial_or_skip("agent_own_connect_is_not_redirected") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     // Enroll the attach cgroup itself: every cgroup below it is enrolled,
     // the agent's own cgroup included — only the agent exception is left.
@@ -123,7 +146,10 @@ fn agent_own_connect_is_not_redirected() {
     // Belt and braces: a socket carrying the skip mark is never redirected,
     // even from an enrolled cgroup.
     let args = vec![
-        "probe".into(), "--to".into(), VIP.to_string(), "--mark".into(),
+        "probe".into(),
+        "--to".into(),
+        VIP.to_string(),
+        "--mark".into(),
         balancer_agent::ebpf::SKIP_MARK.to_string(),
     ];
     let out = pod::run(Path::new(POD_BIN), &topo.pods[0], &args, Duration::from_secs(20)).expect("probe");
@@ -132,7 +158,9 @@ fn agent_own_connect_is_not_redirected() {
 
 #[test]
 fn agent_death_fails_open() {
-    let Some(_serial) = serial_or_skip("agent_death_fails_open") else { return };
+    let Some(_serial) = serial_or_skip("agent_death_fails_open") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     assert_eq!(probe(&topo, 0, VIP)["orig"], VIP.to_string());
@@ -147,7 +175,9 @@ fn agent_death_fails_open() {
 
 #[test]
 fn direct_connection_to_the_listener_is_refused() {
-    let Some(_serial) = serial_or_skip("direct_connection_to_the_listener_is_refused") else { return };
+    let Some(_serial) = serial_or_skip("direct_connection_to_the_listener_is_refused") else {
+        return;
+    };
     let topo = Topology::new(2).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     for pod in [0, 1] {
@@ -157,13 +187,12 @@ fn direct_connection_to_the_listener_is_refused() {
         // at connect completion.
         let reset_at_connect = out["connect"] == "error" && out["errno"] == ECONNRESET;
         let closed_silently = out["connect"] == "ok" && out["orig"] == Value::Null;
-        assert!(reset_at_connect || closed_silently, "no original destination, no service: {out}");
+        assert!(
+            reset_at_connect || closed_silently,
+            "no original destination, no service: {out}"
+        );
     }
-    let refused = agent
-        .events()
-        .iter()
-        .filter(|e| e.starts_with("EVENT refused"))
-        .count();
+    let refused = agent.events().iter().filter(|e| e.starts_with("EVENT refused")).count();
     assert_eq!(refused, 2, "{:?}", agent.events());
 }
 
@@ -171,8 +200,19 @@ fn direct_connection_to_the_listener_is_refused() {
 /// whole and in order.
 fn load(topo: &Topology, conns: u64, seed: u64, cpu: Option<usize>) -> Value {
     let mut args: Vec<String> = [
-        "load", "--to", &VIP.to_string(), "--conns", &conns.to_string(), "--threads", "8",
-        "--max-size", &(1u64 << 20).to_string(), "--seed", &seed.to_string(), "--deadline-secs", "40",
+        "load",
+        "--to",
+        &VIP.to_string(),
+        "--conns",
+        &conns.to_string(),
+        "--threads",
+        "8",
+        "--max-size",
+        &(1u64 << 20).to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--deadline-secs",
+        "40",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -193,7 +233,9 @@ const LOAD_CONNS: u64 = 2000;
 
 #[test]
 fn fast_path_carries_every_byte_in_order() {
-    let Some(_serial) = serial_or_skip("fast_path_carries_every_byte_in_order") else { return };
+    let Some(_serial) = serial_or_skip("fast_path_carries_every_byte_in_order") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     let before = agent.counters().expect("counters");
@@ -214,9 +256,14 @@ fn fast_path_carries_every_byte_in_order() {
 
 #[test]
 fn first_write_race_with_packets_on_the_other_cpu_keeps_order() {
-    let Some(_serial) = serial_or_skip("first_write_race_with_packets_on_the_other_cpu") else { return };
+    let Some(_serial) = serial_or_skip("first_write_race_with_packets_on_the_other_cpu") else {
+        return;
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!(cpus >= 2, "this test needs 2 CPUs to move packet processing off the client's CPU");
+    assert!(
+        cpus >= 2,
+        "this test needs 2 CPUs to move packet processing off the client's CPU"
+    );
     let topo = Topology::new(1).expect("topology");
     // Client on CPU 0, every veth's receive processing on CPU 1.
     topo.set_rps("2").expect("RPS on the veth");
@@ -239,7 +286,9 @@ fn first_write_race_with_packets_on_the_other_cpu_keeps_order() {
 
 #[test]
 fn fast_path_off_keeps_sockets_out_of_the_map() {
-    let Some(_serial) = serial_or_skip("fast_path_off_keeps_sockets_out_of_the_map") else { return };
+    let Some(_serial) = serial_or_skip("fast_path_off_keeps_sockets_out_of_the_map") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], false);
     let before = agent.counters().expect("counters");
@@ -247,7 +296,10 @@ fn fast_path_off_keeps_sockets_out_of_the_map() {
     let after = agent.counters().expect("counters");
     assert_eq!(after.connect4.redirected - before.connect4.redirected, LOAD_CONNS);
     assert_eq!(after.getsockopt.redirected - before.getsockopt.redirected, LOAD_CONNS);
-    assert_eq!(after.sock_ops.redirected, before.sock_ops.redirected, "no socket entered the map");
+    assert_eq!(
+        after.sock_ops.redirected, before.sock_ops.redirected,
+        "no socket entered the map"
+    );
     assert_eq!(after.sk_msg, before.sk_msg, "sk_msg never ran: {after:?}");
     // Switched on at run time, new connections take the fast path again.
     agent.command("fast-path on").expect("fast path on");
@@ -261,8 +313,15 @@ fn fast_path_off_keeps_sockets_out_of_the_map() {
 fn flood(topo: &Topology, agent: &mut TestAgent, prefix: u64, max: u64, keep_fast_path: bool) -> (Value, u64) {
     let before = agent.counters().expect("counters");
     let mut args: Vec<String> = [
-        "flood", "--to", &VIP.to_string(), "--prefix", &prefix.to_string(), "--max-bytes",
-        &max.to_string(), "--secs", "15",
+        "flood",
+        "--to",
+        &VIP.to_string(),
+        "--prefix",
+        &prefix.to_string(),
+        "--max-bytes",
+        &max.to_string(),
+        "--secs",
+        "15",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -272,7 +331,10 @@ fn flood(topo: &Topology, agent: &mut TestAgent, prefix: u64, max: u64, keep_fas
     }
     let mut flood = pod::spawn(Path::new(POD_BIN), &topo.pods[0], &args).expect("start flood");
     let out = flood.next_json(Duration::from_secs(40)).expect("flood result");
-    eprintln!("flood (keep_fast_path={keep_fast_path}): {out}; TCP memory {:?} pages", sockstat_tcp_mem_pages());
+    eprintln!(
+        "flood (keep_fast_path={keep_fast_path}): {out}; TCP memory {:?} pages",
+        sockstat_tcp_mem_pages()
+    );
     let during = agent.counters().expect("counters");
     drop(flood.stdin.take());
     flood.process.wait_timeout(Duration::from_secs(10)).expect("flood exit");
@@ -281,7 +343,9 @@ fn flood(topo: &Topology, agent: &mut TestAgent, prefix: u64, max: u64, keep_fas
 
 #[test]
 fn flooding_client_is_bounded_once_its_connection_leaves_the_fast_path() {
-    let Some(_serial) = serial_or_skip("flooding_client_is_bounded") else { return };
+    let Some(_serial) = serial_or_skip("flooding_client_is_bounded") else {
+        return;
+    };
     let topo = Topology::new(1).expect("topology");
     let mut agent = agent(&topo, vec![topo.pods[0].cgroup.path().to_owned()], true);
     const PREFIX: u64 = 4 << 20;
@@ -298,7 +362,10 @@ fn flooding_client_is_bounded_once_its_connection_leaves_the_fast_path() {
     // Taken out of the fast path, the same client is held back by TCP.
     let (out, fast_bytes) = flood(&topo, &mut agent, PREFIX, 512 << 20, false);
     assert_eq!(out["left"], "LEFT", "{out}");
-    assert!(fast_bytes >= PREFIX, "the prefix went through the fast path ({fast_bytes} bytes)");
+    assert!(
+        fast_bytes >= PREFIX,
+        "the prefix went through the fast path ({fast_bytes} bytes)"
+    );
     let written = out["written_after_left"].as_u64().expect("written");
     assert_eq!(out["blocked"], true, "the client must be held back: {out}");
     assert!(written < BOUND, "{written} bytes queued for a reader that stopped");

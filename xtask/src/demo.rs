@@ -39,10 +39,14 @@ pub fn run() -> anyhow::Result<()> {
     }
     setup::run()?;
     let root = sh::root();
-    exec(sh::cargo()
-        .current_dir(&root)
-        .env_remove("BALANCER_EBPF_STUB")
-        .args(["build", "-p", "balancer-agent", "-p", "greeter", "--bins"]))?;
+    exec(sh::cargo().current_dir(&root).env_remove("BALANCER_EBPF_STUB").args([
+        "build",
+        "-p",
+        "balancer-agent",
+        "-p",
+        "greeter",
+        "--bins",
+    ]))?;
     let bin = sh::target_dir(&root).join("debug");
 
     let cgroup2 = cgroup2_mount()?;
@@ -71,7 +75,10 @@ pub fn run() -> anyhow::Result<()> {
     demo.children.push(agent);
     wait_ready(Duration::from_secs(15))?;
 
-    println!("\n== The agent's kernel programs, attached at {}:", demo.attach.display());
+    println!(
+        "\n== The agent's kernel programs, attached at {}:",
+        demo.attach.display()
+    );
     let _ = exec(Command::new("bpftool").arg("cgroup").arg("tree").arg(&demo.attach));
 
     println!("\n== 1. {CALLS} calls over ONE HTTP/2 connection from the pod to {VIP}, no routes: every call balanced on its own");
@@ -157,8 +164,18 @@ impl Demo {
     /// Runs the greeter client inside the pod: first into its cgroup, then
     /// into its network namespace (`ip netns exec` remounts /sys).
     fn client(&self, bin: &Path) -> anyhow::Result<()> {
-        let args = ["--target".to_owned(), VIP.to_owned(), "--calls".to_owned(), CALLS.to_string()];
-        exec(&mut netns::in_pod(&self.pod_cgroup(), NETNS, &bin.join("greeter-client"), &args))
+        let args = [
+            "--target".to_owned(),
+            VIP.to_owned(),
+            "--calls".to_owned(),
+            CALLS.to_string(),
+        ];
+        exec(&mut netns::in_pod(
+            &self.pod_cgroup(),
+            NETNS,
+            &bin.join("greeter-client"),
+            &args,
+        ))
     }
 }
 

@@ -34,13 +34,7 @@ impl PodNet {
         ]))?;
         exec(Command::new("ip").args(["addr", "add", &format!("{host_ip}/30"), "dev", host_if]))?;
         exec(Command::new("ip").args(["link", "set", host_if, "up"]))?;
-        let pod = |args: &[&str]| {
-            exec(
-                Command::new("ip")
-                    .args(["netns", "exec", name, "ip"])
-                    .args(args),
-            )
-        };
+        let pod = |args: &[&str]| exec(Command::new("ip").args(["netns", "exec", name, "ip"]).args(args));
         pod(&["addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"])?;
         pod(&["link", "set", "eth0", "up"])?;
         pod(&["link", "set", "lo", "up"])?;
@@ -80,8 +74,7 @@ pub struct CgroupTree {
 impl CgroupTree {
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
         remove_cgroup_tree(&path);
-        fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create the cgroup {}", path.display()))?;
+        fs::create_dir_all(&path).with_context(|| format!("cannot create the cgroup {}", path.display()))?;
         Ok(CgroupTree { path })
     }
 
@@ -92,8 +85,7 @@ impl CgroupTree {
     /// Creates a child cgroup (removed with the tree).
     pub fn child(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = self.path.join(name);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
         Ok(dir)
     }
 }
@@ -171,8 +163,8 @@ mod tests {
         let pod = tree.child("pod").expect("pod cgroup");
         let root_path = tree.path().to_owned();
         {
-            let net = PodNet::create("balancer-xtask-test", "bxtask0", "10.250.9.1", "10.250.9.2")
-                .expect("pod network");
+            let net =
+                PodNet::create("balancer-xtask-test", "bxtask0", "10.250.9.1", "10.250.9.2").expect("pod network");
             let out = in_pod(
                 &pod,
                 net.name(),
@@ -185,11 +177,7 @@ mod tests {
             .output()
             .expect("run in pod");
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
             let rel = pod.strip_prefix(&cgroup2).expect("below the mount");
             assert!(
                 text.lines()
@@ -197,16 +185,10 @@ mod tests {
                 "not in the pod's cgroup: {text}"
             );
             assert!(text.contains("10.250.9.2/30"), "no pod address: {text}");
-            assert!(
-                !text.contains("default"),
-                "the pod must have no default route: {text}"
-            );
+            assert!(!text.contains("default"), "the pod must have no default route: {text}");
         }
         // The namespace is gone with its guard, the cgroups with theirs.
-        let list = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .expect("ip netns");
+        let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
         assert!(!String::from_utf8_lossy(&list.stdout).contains("balancer-xtask-test"));
         drop(tree);
         assert!(!root_path.exists(), "cgroup tree left behind");

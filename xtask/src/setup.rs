@@ -20,7 +20,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "the Python gRPC test peers' virtualenv"),
     ("haproxy", "the benchmark's reference proxy (its config is tested)"),
     ("nginx", "the benchmark's reference proxy (its config is tested)"),
-    ("nghttp2-client", "h2load and nghttp: the benchmark's load and gRPC checks"),
+    (
+        "nghttp2-client",
+        "h2load and nghttp: the benchmark's load and gRPC checks",
+    ),
 ];
 
 /// The bpf-linker release that matches Debian's LLVM 22.
@@ -59,21 +62,17 @@ pub fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     eprintln!("setup: installing Debian packages {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("setup: the nightly toolchain is needed to build the kernel programs (rustup toolchain nightly)")?;
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("setup: the nightly toolchain is needed to build the kernel programs (rustup toolchain nightly)")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -98,17 +97,16 @@ fn bpf_linker() -> anyhow::Result<()> {
         eprintln!("setup: replacing {} with bpf-linker {BPF_LINKER_VERSION}", v.trim());
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
-    let path = format!(
-        "{LLVM_PREFIX}/bin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
-    exec(sh::cargo()
-        .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features"])
-        .args(["--version", &format!("^{BPF_LINKER_VERSION}")])
-        .args(["--features", "llvm-22"])
-        .env("PATH", path)
-        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    exec(
+        sh::cargo()
+            .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features"])
+            .args(["--version", &format!("^{BPF_LINKER_VERSION}")])
+            .args(["--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
 }
 
 /// The virtualenv that holds the Python gRPC peers (grpcio).
@@ -123,9 +121,11 @@ fn python_peers() -> anyhow::Result<()> {
     }
     let python = venv_python();
     if !python.exists() {
-        exec(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(sh::root().join(".venv")))?;
+        exec(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(sh::root().join(".venv")),
+        )?;
     }
     // `pip install` with pinned versions is a no-op when they are present,
     // but it still asks the index; check first so setup works offline.
@@ -138,7 +138,9 @@ fn python_peers() -> anyhow::Result<()> {
     if check.is_ok_and(|s| s.success()) {
         return Ok(());
     }
-    exec(Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&requirements))
+    exec(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )
 }

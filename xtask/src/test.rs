@@ -37,8 +37,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     // Unit and in-process tests of every crate but the end-to-end suite.
     let mut unit = sh::cargo();
-    unit.args(["test", "--workspace", "--exclude", "balancer-ebpf", "--exclude", "balancer-tests", "--"])
-        .args(args);
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "balancer-ebpf",
+        "--exclude",
+        "balancer-tests",
+        "--",
+    ])
+    .args(args);
     env(&mut unit);
     exec(&mut unit)?;
 

@@ -412,8 +412,16 @@ mod tests {
 
     #[test]
     fn since_subtracts_bucketwise() {
-        let a = Histogram { bounds: vec![1.0], counts: vec![3, 1], sum_seconds: 2.0 };
-        let b = Histogram { bounds: vec![1.0], counts: vec![5, 4], sum_seconds: 6.0 };
+        let a = Histogram {
+            bounds: vec![1.0],
+            counts: vec![3, 1],
+            sum_seconds: 2.0,
+        };
+        let b = Histogram {
+            bounds: vec![1.0],
+            counts: vec![5, 4],
+            sum_seconds: 6.0,
+        };
         let d = b.since(&a);
         assert_eq!(d.counts, vec![2, 3]);
         assert_eq!(d.count(), 5);

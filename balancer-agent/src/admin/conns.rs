@@ -123,7 +123,10 @@ impl ConnRegistry {
         });
         self.inner.accepted.fetch_add(1, Relaxed);
         self.lock().insert(id, Arc::clone(&entry));
-        ConnHandle { registry: self.clone(), entry }
+        ConnHandle {
+            registry: self.clone(),
+            entry,
+        }
     }
 
     /// Counts a connection refused before registration (no original
@@ -194,7 +197,9 @@ impl ConnHandle {
         self.entry.open_streams.fetch_add(1, Relaxed);
         self.entry.total_streams.fetch_add(1, Relaxed);
         self.registry.inner.streams.fetch_add(1, Relaxed);
-        StreamGuard { entry: Arc::clone(&self.entry) }
+        StreamGuard {
+            entry: Arc::clone(&self.entry),
+        }
     }
 }
 
@@ -249,6 +254,15 @@ mod tests {
         assert_eq!(reg.list().len(), 1);
         reg.refused();
         let t = reg.totals();
-        assert_eq!(t, ConnTotals { open: 1, accepted: 2, refused: 1, l4_fallback: 1, streams: 2 });
+        assert_eq!(
+            t,
+            ConnTotals {
+                open: 1,
+                accepted: 2,
+                refused: 1,
+                l4_fallback: 1,
+                streams: 2
+            }
+        );
     }
 }

@@ -117,9 +117,9 @@ pub fn entry(map: &str, key: &[u8], value: &[u8], cgroups: &mut CgroupNames) -> 
             let v = pod::<u32>(value).map_or_else(|| hex(value), |v| format!("flags {v:#x}"));
             (k, v)
         }),
-        "ORIG_BY_COOKIE" => pod::<u64>(key).zip(pod::<Ipv4Endpoint>(value)).map(|(c, v)| {
-            (format!("cookie {c}"), format!("original {}", endpoint(&v)))
-        }),
+        "ORIG_BY_COOKIE" => pod::<u64>(key)
+            .zip(pod::<Ipv4Endpoint>(value))
+            .map(|(c, v)| (format!("cookie {c}"), format!("original {}", endpoint(&v)))),
         "CONNECTIONS" => pod::<SockKey>(key).zip(pod::<Connection>(value)).map(|(k, c)| {
             (
                 sock_key(&k),
@@ -130,7 +130,11 @@ pub fn entry(map: &str, key: &[u8], value: &[u8], cgroups: &mut CgroupNames) -> 
                     c.pod_cookie,
                     path_name(c.pod_path),
                     path_name(c.agent_path),
-                    if c.flags & balancer_common::CONN_LEFT_FAST_PATH != 0 { " left-fast-path" } else { "" },
+                    if c.flags & balancer_common::CONN_LEFT_FAST_PATH != 0 {
+                        " left-fast-path"
+                    } else {
+                        ""
+                    },
                 ),
             )
         }),
@@ -219,10 +223,19 @@ mod tests {
             local: Ipv4Endpoint::from_octets([10, 0, 0, 1], 15001),
             remote: Ipv4Endpoint::from_octets([10, 0, 0, 2], 40000),
         };
-        let conn = Connection { original: vip, pod_netns: 9, pod_cookie: 77, pod_path: path::REDIRECT, ..Connection::default() };
+        let conn = Connection {
+            original: vip,
+            pod_netns: 9,
+            pod_cookie: 77,
+            pod_path: path::REDIRECT,
+            ..Connection::default()
+        };
         let (k, v) = entry("CONNECTIONS", &bytes(&key), &bytes(&conn), &mut cg);
         assert_eq!(k, "netns 4 10.0.0.1:15001 -> 10.0.0.2:40000");
-        assert!(v.starts_with("original 10.96.0.10:8000 pod netns 9 cookie 77 pod path redirect"), "{v}");
+        assert!(
+            v.starts_with("original 10.96.0.10:8000 pod netns 9 cookie 77 pod path redirect"),
+            "{v}"
+        );
 
         let (k, v) = entry("ORIG_BY_COOKIE", &bytes(&123u64), &bytes(&vip), &mut cg);
         assert_eq!((k.as_str(), v.as_str()), ("cookie 123", "original 10.96.0.10:8000"));
@@ -230,7 +243,11 @@ mod tests {
 
     #[test]
     fn per_cpu_counters_are_summed_and_unknown_maps_are_hex() {
-        let one = ProgramCounters { redirected: 2, passed: 1, ..ProgramCounters::default() };
+        let one = ProgramCounters {
+            redirected: 2,
+            passed: 1,
+            ..ProgramCounters::default()
+        };
         let mut value = bytes(&one);
         value.extend(bytes(&one));
         let (k, v) = entry("COUNTERS", &bytes(&0u32), &value, &mut CgroupNames::default());

@@ -67,7 +67,10 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_string(value) {
         Ok(body) => text(status, "application/json", body),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}"),
+        ),
     }
 }
 
@@ -97,7 +100,10 @@ fn percent_decode(s: &str) -> Option<String> {
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} not allowed: the admin API is read-only", req.method()));
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} not allowed: the admin API is read-only", req.method()),
+        );
     }
     let path = req.uri().path();
     match path {
@@ -107,12 +113,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             if status.ready {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {}\n", status.not_ready.join("; ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", status.not_ready.join("; ")),
+                )
             }
         }
         "/metrics" => match metrics::encode(state.scrape()) {
             Ok(body) => text(StatusCode::OK, metrics::CONTENT_TYPE, body),
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "cannot encode the metrics\n".into()),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "cannot encode the metrics\n".into(),
+            ),
         },
         "/api/v1/status" => json(StatusCode::OK, &state.status()),
         "/api/v1/services" => json(StatusCode::OK, &state.services.services()),

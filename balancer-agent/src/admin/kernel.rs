@@ -101,7 +101,9 @@ impl KernelReader {
             let p = p.map_err(KernelError::from_display)?;
             let keep = match &self.program_ids {
                 Some(ids) => ids.contains(&p.id()),
-                None => p.name_as_str().is_some_and(|n| PROGRAM_PREFIXES.iter().any(|x| n.starts_with(x))),
+                None => p
+                    .name_as_str()
+                    .is_some_and(|n| PROGRAM_PREFIXES.iter().any(|x| n.starts_with(x))),
             };
             if keep {
                 out.push(p);
@@ -166,7 +168,10 @@ impl KernelReader {
     pub fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
         let mut out = Vec::new();
         for m in self.map_infos()? {
-            let entries = m.fd().ok().and_then(|fd| count_keys(fd.as_fd(), m.key_size() as usize).ok());
+            let entries = m
+                .fd()
+                .ok()
+                .and_then(|fd| count_keys(fd.as_fd(), m.key_size() as usize).ok());
             out.push(api::Map {
                 id: m.id(),
                 name: m.name_as_str().unwrap_or("").to_owned(),
@@ -212,14 +217,27 @@ impl KernelReader {
                 Err(_) => Vec::new(),
             };
             let (k, v) = decode::entry(&map_name, &key, &value, &mut cgroups);
-            entries.push(api::MapEntry { key: k, value: v, key_hex: decode::hex(&key), value_hex: decode::hex(&value) });
+            entries.push(api::MapEntry {
+                key: k,
+                value: v,
+                key_hex: decode::hex(&key),
+                value_hex: decode::hex(&value),
+            });
         }
-        Ok(Some(api::MapDump { id: m.id(), name: map_name, entries }))
+        Ok(Some(api::MapDump {
+            id: m.id(),
+            name: map_name,
+            entries,
+        }))
     }
 
     /// Each program's counters (from the `COUNTERS` map), by short name.
     pub fn counters(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, KernelError> {
-        let Some(m) = self.map_infos()?.into_iter().find(|m| m.name_as_str() == Some("COUNTERS")) else {
+        let Some(m) = self
+            .map_infos()?
+            .into_iter()
+            .find(|m| m.name_as_str() == Some("COUNTERS"))
+        else {
             return Ok(BTreeMap::new());
         };
         let fd = m.fd().map_err(KernelError::from_display)?;
@@ -284,7 +302,12 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // size for `cmd`; pointers inside it point to live buffers of the sizes
     // the kernel expects (checked by the callers).
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), std::mem::size_of::<T>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (attr as *mut T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>(),
+        )
     };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -382,14 +405,22 @@ fn cgroup_links() -> io::Result<BTreeMap<u32, CgroupLink>> {
     let mut out = BTreeMap::new();
     let mut id = 0u32;
     for _ in 0..100_000 {
-        let mut attr = IdAttr { id, ..IdAttr::default() };
+        let mut attr = IdAttr {
+            id,
+            ..IdAttr::default()
+        };
         match sys_bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
             Ok(_) => id = attr.next_id,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
             Err(e) => return Err(e),
         }
-        let mut attr = IdAttr { id, ..IdAttr::default() };
-        let Ok(raw) = sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) else { continue };
+        let mut attr = IdAttr {
+            id,
+            ..IdAttr::default()
+        };
+        let Ok(raw) = sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) else {
+            continue;
+        };
         // SAFETY: the kernel just returned this new file descriptor to us.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
         let mut info = LinkInfoRaw::default();
@@ -399,7 +430,13 @@ fn cgroup_links() -> io::Result<BTreeMap<u32, CgroupLink>> {
             info: (&mut info as *mut LinkInfoRaw) as u64,
         };
         if sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_ok() && info.link_type == BPF_LINK_TYPE_CGROUP {
-            out.insert(info.prog_id, CgroupLink { cgroup_id: info.cgroup_id, attach_type: info.attach_type });
+            out.insert(
+                info.prog_id,
+                CgroupLink {
+                    cgroup_id: info.cgroup_id,
+                    attach_type: info.attach_type,
+                },
+            );
         }
     }
     Ok(out)

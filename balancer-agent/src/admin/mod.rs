@@ -25,12 +25,7 @@ mod http;
 pub mod kernel;
 pub mod views;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::Instant,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpListener;
 
@@ -155,9 +150,9 @@ impl AdminState {
                     calls: s.calls(),
                     errors: s.errors(),
                     in_flight: s.in_flight(),
-                    latency: latency.remove(&s.name).unwrap_or_else(|| {
-                        crate::metrics::LatencyHistogram::default().snapshot()
-                    }),
+                    latency: latency
+                        .remove(&s.name)
+                        .unwrap_or_else(|| crate::metrics::LatencyHistogram::default().snapshot()),
                 })
                 .collect(),
         }
@@ -173,11 +168,7 @@ impl AdminState {
     pub fn scrape(&self) -> metrics::Scrape {
         let status = self.status();
         let services = self.services.services();
-        let programs = self
-            .kernel
-            .as_ref()
-            .and_then(|k| k.programs().ok())
-            .unwrap_or_default();
+        let programs = self.kernel.as_ref().and_then(|k| k.programs().ok()).unwrap_or_default();
         metrics::Scrape {
             version: status.version,
             ready: status.ready,
@@ -222,11 +213,7 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` completes (open requests are not awaited).
-    pub async fn run_until(
-        self,
-        state: AdminState,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), AdminError> {
+    pub async fn run_until(self, state: AdminState, shutdown: impl Future<Output = ()>) -> Result<(), AdminError> {
         tokio::select! {
             r = http::accept_loop(self.listener, Arc::new(state)) => r,
             () = shutdown => Ok(()),
@@ -255,8 +242,18 @@ mod tests {
     fn non_loopback_is_refused_unless_allowed() {
         let any: SocketAddr = "0.0.0.0:15000".parse().unwrap();
         let err = check_addr(any, &AdminOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("refusing to bind non-loopback address 0.0.0.0:15000"), "{err}");
-        check_addr(any, &AdminOptions { allow_non_loopback: true }).unwrap();
+        assert!(
+            err.to_string()
+                .contains("refusing to bind non-loopback address 0.0.0.0:15000"),
+            "{err}"
+        );
+        check_addr(
+            any,
+            &AdminOptions {
+                allow_non_loopback: true,
+            },
+        )
+        .unwrap();
         check_addr("127.0.0.1:0".parse().unwrap(), &AdminOptions::default()).unwrap();
         check_addr("[::1]:0".parse().unwrap(), &AdminOptions::default()).unwrap();
     }

@@ -122,11 +122,7 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                     tx.send_replace(Arc::new(loaded.model.clone()));
                 }
             });
-            Ok(Started {
-                node,
-                models,
-                source,
-            })
+            Ok(Started { node, models, source })
         }
         Source::Kubernetes { node_name, host_ip } => {
             let node_name = node_name
@@ -226,8 +222,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(kernel) = &kernel {
         let addr = listen.context("listen address")?;
-        let listener = bind_shared(addr)
-            .with_context(|| format!("cannot listen on {addr} for redirected connections"))?;
+        let listener =
+            bind_shared(addr).with_context(|| format!("cannot listen on {addr} for redirected connections"))?;
         info!(%addr, "listening for redirected connections");
         let redirects = lock(kernel).redirects();
         let proxy = proxy.clone();

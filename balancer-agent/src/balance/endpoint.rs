@@ -95,7 +95,10 @@ impl EndpointRt {
             ejections_total: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             epoch,
-            ewma: Mutex::new(Ewma { ns: default_ns, at: Instant::now() }),
+            ewma: Mutex::new(Ewma {
+                ns: default_ns,
+                at: Instant::now(),
+            }),
             pool: EndpointPool::new(address),
         }
     }
@@ -167,7 +170,11 @@ impl EndpointRt {
     /// finished or dropped.
     pub fn start_call(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Relaxed);
-        CallGuard { ep: Arc::clone(self), started: Instant::now(), finished: false }
+        CallGuard {
+            ep: Arc::clone(self),
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
     /// Starts a plain TCP connection on this endpoint (counted in flight).

@@ -91,7 +91,10 @@ fn p2c<'e>(
     if b >= a {
         b += 1;
     }
-    match (ep(a).filter(|e| eligible(e, tried)), ep(b).filter(|e| eligible(e, tried))) {
+    match (
+        ep(a).filter(|e| eligible(e, tried)),
+        ep(b).filter(|e| eligible(e, tried)),
+    ) {
         (Some(x), Some(y)) => Some(if load(y) < load(x) { y } else { x }.clone()),
         _ => {
             let start = rand_below(n);

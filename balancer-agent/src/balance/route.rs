@@ -24,7 +24,11 @@ impl<'a> CallMeta<'a> {
             Some((s, m)) => (s, m),
             None => (trimmed, ""),
         };
-        CallMeta { service, method, headers }
+        CallMeta {
+            service,
+            method,
+            headers,
+        }
     }
 }
 
@@ -100,7 +104,10 @@ pub struct Subset {
 
 impl Subset {
     pub fn new(members: Vec<usize>) -> Self {
-        Subset { members, cursor: AtomicUsize::new(0) }
+        Subset {
+            members,
+            cursor: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -155,7 +162,10 @@ impl Split {
                 current[best] -= total as i64;
                 order.push(reduced[best].0 as u16);
             }
-            Split::Schedule { order, cursor: AtomicUsize::new(0) }
+            Split::Schedule {
+                order,
+                cursor: AtomicUsize::new(0),
+            }
         } else {
             let mut acc = 0;
             let cumulative = live
@@ -211,7 +221,12 @@ impl CompiledRoute {
                 headers: m
                     .headers
                     .iter()
-                    .map(|h| (HeaderName::from_bytes(h.name.as_bytes()).ok(), Matcher::compile(&h.value)))
+                    .map(|h| {
+                        (
+                            HeaderName::from_bytes(h.name.as_bytes()).ok(),
+                            Matcher::compile(&h.value),
+                        )
+                    })
                     .collect(),
             })
             .collect();
@@ -229,7 +244,12 @@ impl CompiledRoute {
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();
-        CompiledRoute { name: route.name.clone(), matches, backends, split: Split::new(&weights) }
+        CompiledRoute {
+            name: route.name.clone(),
+            matches,
+            backends,
+            split: Split::new(&weights),
+        }
     }
 
     /// An empty match list matches every call; otherwise any one match.

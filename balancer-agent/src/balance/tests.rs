@@ -50,8 +50,14 @@ fn split(v1: u32, v2: u32) -> Route {
             headers: vec![],
         }],
         backends: vec![
-            Backend { labels: labels("v1"), weight: v1 },
-            Backend { labels: labels("v2"), weight: v2 },
+            Backend {
+                labels: labels("v1"),
+                weight: v1,
+            },
+            Backend {
+                labels: labels("v2"),
+                weight: v2,
+            },
         ],
     }
 }
@@ -119,7 +125,10 @@ fn reload_changes_weights_at_once_and_keeps_endpoint_state() {
     assert_eq!(c.get(&3).copied(), Some(1000), "{c:?}");
 
     let after = t.service("greeter").unwrap().state().unwrap();
-    assert!(Arc::ptr_eq(&before.endpoints[2], &after.endpoints[2]), "endpoint state kept");
+    assert!(
+        Arc::ptr_eq(&before.endpoints[2], &after.endpoints[2]),
+        "endpoint state kept"
+    );
     assert_eq!(after.endpoints[2].in_flight(), 1);
     assert_eq!(after.endpoints[0].snapshot().calls, 1);
     drop(held);
@@ -129,14 +138,22 @@ fn reload_changes_weights_at_once_and_keeps_endpoint_state() {
 #[test]
 fn routes_match_service_method_and_headers_first_match_wins() {
     let mut m = three(Policy::RoundRobin);
-    let to = |v: &str| vec![Backend { labels: labels(v), weight: 1 }];
+    let to = |v: &str| {
+        vec![Backend {
+            labels: labels(v),
+            weight: 1,
+        }]
+    };
     m.services[0].routes = vec![
         Route {
             name: Some("canary-header".into()),
             matches: vec![RouteMatch {
                 service: None,
                 method: None,
-                headers: vec![HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("yes".into()) }],
+                headers: vec![HeaderMatch {
+                    name: "x-canary".into(),
+                    value: StringMatch::Exact("yes".into()),
+                }],
             }],
             backends: to("v2"),
         },
@@ -324,7 +341,10 @@ async fn removed_services_are_signalled_and_vips_resolve() {
         async move { slot.removed().await }
     });
     t.update(&Model::default());
-    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(slot.is_removed());
     assert!(slot.state().is_none());
     assert!(t.service("greeter").is_none());

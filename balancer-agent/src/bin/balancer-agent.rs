@@ -14,7 +14,11 @@ use clap::Parser;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "balancer-agent", version, about = "Per-call gRPC load balancing for a node's pods")]
+#[command(
+    name = "balancer-agent",
+    version,
+    about = "Per-call gRPC load balancing for a node's pods"
+)]
 struct Args {
     /// Static mode: the YAML file that describes listeners, enrolled cgroups
     /// and services (reloaded when it changes). Without it the agent runs in

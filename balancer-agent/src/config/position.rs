@@ -37,8 +37,14 @@ pub struct PositionIndex {
 enum Frame {
     /// In a mapping; `key` is the path of the entry whose value comes next,
     /// `None` when the next scalar is a key.
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 impl PositionIndex {

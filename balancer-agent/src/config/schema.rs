@@ -11,8 +11,7 @@ use serde::{
 };
 
 use crate::model::{
-    Backend, Endpoint, EndpointState, HeaderMatch, Labels, Model, Policy, Route, RouteMatch,
-    Service, StringMatch,
+    Backend, Endpoint, EndpointState, HeaderMatch, Labels, Model, Policy, Route, RouteMatch, Service, StringMatch,
 };
 
 use super::NodeConfig;
@@ -163,7 +162,9 @@ impl<'de> Deserialize<'de> for StringMatchFile {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let Some(kind) = map.next_key::<String>()? else {
-                    return Err(de::Error::custom("expected { exact: STRING } or { regex: STRING }, found {}"));
+                    return Err(de::Error::custom(
+                        "expected { exact: STRING } or { regex: STRING }, found {}",
+                    ));
                 };
                 let value: String = map.next_value()?;
                 let m = match kind.as_str() {
@@ -233,7 +234,10 @@ impl ServiceFile {
         if vips.is_empty() && self.listen.is_none() {
             return Err(invalid(
                 format!("{at}.name"),
-                format!("service `{}` has neither `vip` nor `listen`: nothing can reach it", self.name),
+                format!(
+                    "service `{}` has neither `vip` nor `listen`: nothing can reach it",
+                    self.name
+                ),
             ));
         }
         let endpoints = self
@@ -327,16 +331,25 @@ impl HeaderFile {
     fn into_header(self, at: &str) -> Result<HeaderMatch, Invalid> {
         let name = self.name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(invalid(format!("{at}.name"), format!("invalid header name {:?}", self.name)));
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("invalid header name {:?}", self.name),
+            ));
         }
         let value = match (self.value, self.regex) {
             (Some(v), None) => StringMatch::Exact(v),
             (None, Some(r)) => StringMatch::RegularExpression(r),
             (Some(_), Some(_)) => {
-                return Err(invalid(format!("{at}.regex"), "give either `value` (exact) or `regex`, not both"))
+                return Err(invalid(
+                    format!("{at}.regex"),
+                    "give either `value` (exact) or `regex`, not both",
+                ))
             }
             (None, None) => {
-                return Err(invalid(format!("{at}.name"), "a header match needs `value` (exact) or `regex`"))
+                return Err(invalid(
+                    format!("{at}.name"),
+                    "a header match needs `value` (exact) or `regex`",
+                ))
             }
         };
         check_regex(&value, &format!("{at}.regex"))?;
@@ -359,17 +372,15 @@ fn check_regex(m: &StringMatch, at: &str) -> Result<(), Invalid> {
 /// Names the key a Model::validate error is about.
 fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelError) -> Invalid {
     use crate::model::ModelError as E;
-    let index_of = |name: &str| {
-        model
-            .services
-            .iter()
-            .rposition(|s| s.name == name)
-            .unwrap_or_default()
-    };
+    let index_of = |name: &str| model.services.iter().rposition(|s| s.name == name).unwrap_or_default();
     let path = match &e {
         E::UnknownPolicy(_) => "services".to_owned(),
         E::EmptyServiceName => {
-            let i = model.services.iter().position(|s| s.name.is_empty()).unwrap_or_default();
+            let i = model
+                .services
+                .iter()
+                .position(|s| s.name.is_empty())
+                .unwrap_or_default();
             format!("services[{i}].name")
         }
         E::DuplicateService(name) => format!("services[{}].name", index_of(name)),

@@ -4,8 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::*;
 use crate::model::{
-    Backend, Endpoint, EndpointState, HeaderMatch, Labels, Policy, Route, RouteMatch, Service,
-    StringMatch,
+    Backend, Endpoint, EndpointState, HeaderMatch, Labels, Policy, Route, RouteMatch, Service, StringMatch,
 };
 
 /// The example of the static-mode documentation, verbatim.
@@ -77,8 +76,14 @@ fn the_documented_example_parses_into_the_model() {
                     headers: vec![],
                 }],
                 backends: vec![
-                    Backend { labels: labels(&[("version", "v1")]), weight: 90 },
-                    Backend { labels: labels(&[("version", "v2")]), weight: 10 },
+                    Backend {
+                        labels: labels(&[("version", "v1")]),
+                        weight: 90
+                    },
+                    Backend {
+                        labels: labels(&[("version", "v2")]),
+                        weight: 10
+                    },
                 ],
             }],
         }]
@@ -147,8 +152,14 @@ services:
             method: Some(StringMatch::RegularExpression("Say.*".into())),
             headers: vec![
                 // Header names are matched lower-case, as HTTP/2 sends them.
-                HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("1".into()) },
-                HeaderMatch { name: "x-user".into(), value: StringMatch::RegularExpression("a.*".into()) },
+                HeaderMatch {
+                    name: "x-canary".into(),
+                    value: StringMatch::Exact("1".into())
+                },
+                HeaderMatch {
+                    name: "x-user".into(),
+                    value: StringMatch::RegularExpression("a.*".into())
+                },
             ],
         }
     );
@@ -178,7 +189,9 @@ fn unknown_keys_are_errors_naming_the_key() {
         "greeter.yaml: lisen: unknown field `lisen`, expected one of `listen`, `admin`, \
          `attach_cgroup`, `enroll`, `fast_path`, `services` at line 2 column 1"
     );
-    let e = err("services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, weight: 3 }\n");
+    let e = err(
+        "services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, weight: 3 }\n",
+    );
     assert!(
         e.starts_with("greeter.yaml: services[0].endpoints[0].weight: unknown field `weight`"),
         "{e}"
@@ -204,8 +217,13 @@ fn wrong_types_and_values_name_the_key() {
     );
     let e = err("fast_path: sometimes\n");
     assert!(e.starts_with("greeter.yaml: fast_path: invalid type"), "{e}");
-    let e = err("services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, state: gone }\n");
-    assert!(e.starts_with("greeter.yaml: services[0].endpoints[0].state: unknown variant `gone`"), "{e}");
+    let e = err(
+        "services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, state: gone }\n",
+    );
+    assert!(
+        e.starts_with("greeter.yaml: services[0].endpoints[0].state: unknown variant `gone`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -287,7 +305,9 @@ fn route_errors_name_the_key_and_line() {
         err(&route("      - matches: [ { headers: [ { name: \"a b\", value: x } ] } ]\n        backends: [ { weight: 1 } ]\n")),
         "greeter.yaml: services[0].routes[0].matches[0].headers[0].name: invalid header name \"a b\" at line 5 column 35"
     );
-    let e = err(&route("      - matches: [ { method: { exact: a, regex: b } } ]\n        backends: [ { weight: 1 } ]\n"));
+    let e = err(&route(
+        "      - matches: [ { method: { exact: a, regex: b } } ]\n        backends: [ { weight: 1 } ]\n",
+    ));
     assert!(
         e.starts_with("greeter.yaml: services[0].routes[0].matches[0].method: `regex` given besides `exact`"),
         "{e}"
@@ -303,7 +323,13 @@ fn load_reads_the_file_and_names_it() {
 
     std::fs::write(&path, "services:\n  - name: a\n    vip: nope\n").unwrap();
     let e = load(&path).unwrap_err().to_string();
-    assert!(e.starts_with(&format!("{}: services[0].vip: invalid socket address \"nope\"", path.display())), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "{}: services[0].vip: invalid socket address \"nope\"",
+            path.display()
+        )),
+        "{e}"
+    );
 
     let missing = dir.path().join("missing.yaml");
     let e = load(&missing).unwrap_err().to_string();
@@ -343,10 +369,18 @@ async fn watch_applies_good_files_and_refuses_bad_ones() {
     let mut w = watch(&path, Duration::from_millis(20)).unwrap();
     let mut rx = w.rx.clone();
     assert_eq!(w.current().generation, 1);
-    assert_eq!(weights(&w.current()), BTreeMap::from([("v1".into(), 90), ("v2".into(), 10)]));
+    assert_eq!(
+        weights(&w.current()),
+        BTreeMap::from([("v1".into(), 90), ("v2".into(), 10)])
+    );
 
     // A good change is published.
-    replace(&path, &EXAMPLE.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 100"));
+    replace(
+        &path,
+        &EXAMPLE
+            .replace("weight: 90", "weight: 0")
+            .replace("weight: 10", "weight: 100"),
+    );
     let l = next(&mut rx).await;
     assert_eq!(l.generation, 2);
     assert_eq!(weights(&l), BTreeMap::from([("v1".into(), 0), ("v2".into(), 100)]));
@@ -361,10 +395,16 @@ async fn watch_applies_good_files_and_refuses_bad_ones() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!((w.stats.ok(), w.stats.failed()), (1, 1), "the bad file is counted once");
     let why = w.stats.last_error().expect("the refusal is kept");
-    assert!(why.contains("services[0].endpoints[1].address: invalid socket address \"127.0.0.1\""), "{why}");
+    assert!(
+        why.contains("services[0].endpoints[1].address: invalid socket address \"127.0.0.1\""),
+        "{why}"
+    );
     assert!(!rx.has_changed().unwrap());
     assert_eq!(w.current().generation, 2);
-    assert_eq!(weights(&w.current()), BTreeMap::from([("v1".into(), 0), ("v2".into(), 100)]));
+    assert_eq!(
+        weights(&w.current()),
+        BTreeMap::from([("v1".into(), 0), ("v2".into(), 100)])
+    );
 
     // A deleted file is an error too; its return is a change.
     std::fs::remove_file(&path).unwrap();
@@ -397,7 +437,11 @@ async fn watch_applies_good_files_and_refuses_bad_ones() {
 async fn watch_fails_at_start_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "services:\n  - name: a\n    vip: 10.0.0.1:80\n    polcy: round-robin\n").unwrap();
+    std::fs::write(
+        &path,
+        "services:\n  - name: a\n    vip: 10.0.0.1:80\n    polcy: round-robin\n",
+    )
+    .unwrap();
     let e = watch(&path, Duration::from_millis(20)).unwrap_err().to_string();
     assert!(e.contains("services[0].polcy: unknown field `polcy`"), "{e}");
     assert!(e.ends_with("at line 4 column 5"), "{e}");

@@ -102,7 +102,11 @@ async fn poll(
         let text = match tokio::fs::read(&path).await {
             Ok(t) => t,
             Err(e) => {
-                let e = ConfigError::Read { file: file.clone(), source: e }.to_string();
+                let e = ConfigError::Read {
+                    file: file.clone(),
+                    source: e,
+                }
+                .to_string();
                 // A missing file is reported once, not every interval.
                 if read_error.as_ref() != Some(&e) {
                     warn!(file = %file, error = %e, "config reload refused; the last good config stays in force");

@@ -26,24 +26,36 @@ const MAX_BODY: u64 = 256 << 20;
 impl AdminClient {
     pub fn new(addr: &str) -> Self {
         let addr = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/');
-        AdminClient { addr: addr.to_owned(), timeout: Duration::from_secs(10) }
+        AdminClient {
+            addr: addr.to_owned(),
+            timeout: Duration::from_secs(10),
+        }
     }
 
     fn resolve(&self) -> Result<Vec<SocketAddr>, CtlError> {
         let addrs: Vec<SocketAddr> = self
             .addr
             .to_socket_addrs()
-            .map_err(|e| CtlError::BadAddress { addr: self.addr.clone(), reason: e.to_string() })?
+            .map_err(|e| CtlError::BadAddress {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?
             .collect();
         if addrs.is_empty() {
-            return Err(CtlError::BadAddress { addr: self.addr.clone(), reason: "no address".into() });
+            return Err(CtlError::BadAddress {
+                addr: self.addr.clone(),
+                reason: "no address".into(),
+            });
         }
         Ok(addrs)
     }
 
     /// `GET path`: the status code and body.
     pub fn get_raw(&self, path: &str) -> Result<(u16, Vec<u8>), CtlError> {
-        let not_running = |e: std::io::Error| CtlError::AgentNotRunning { addr: self.addr.clone(), reason: e.to_string() };
+        let not_running = |e: std::io::Error| CtlError::AgentNotRunning {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        };
         let mut last = None;
         let mut stream = None;
         for a in self.resolve()? {
@@ -113,7 +125,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
     let mut out = Vec::new();
     let mut rest = body;
     loop {
-        let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunk size")?;
+        let nl = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
         let size_str = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| format!("bad chunk size `{size_str}`"))?;
@@ -149,7 +164,10 @@ mod tests {
     fn responses_parse_plain_and_chunked() {
         let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").unwrap();
         assert_eq!((s, b.as_slice()), (200, b"[]".as_slice()));
-        let (s, b) = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let (s, b) = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((s, b.as_slice()), (404, b"abcde".as_slice()));
         assert!(parse_response(b"garbage").is_err());
     }

@@ -204,8 +204,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             show::programs(cli, &client, out, format, id)
         }
-        Object::Map { cmd: None | Some(MapCmd::Show) } => show::maps(cli, &client, out, format),
-        Object::Map { cmd: Some(MapCmd::Dump { name }) } => show::map_dump(cli, &client, out, format, name),
+        Object::Map {
+            cmd: None | Some(MapCmd::Show),
+        } => show::maps(cli, &client, out, format),
+        Object::Map {
+            cmd: Some(MapCmd::Dump { name }),
+        } => show::map_dump(cli, &client, out, format, name),
         Object::Service { cmd } => {
             let name = match cmd {
                 Some(ServiceCmd::Show { name }) => name.as_deref(),
@@ -213,7 +217,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             show::services(&client, out, format, name)
         }
-        Object::Endpoint { cmd: EndpointCmd::Show { service } } => show::endpoints(&client, out, format, service),
+        Object::Endpoint {
+            cmd: EndpointCmd::Show { service },
+        } => show::endpoints(&client, out, format, service),
         Object::Pod { .. } => show::pods(&client, out, format),
         Object::Conn { .. } => show::conns(&client, out, format),
         Object::Status => show::status(&client, out, format),
@@ -234,7 +240,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     let _ = e.print();
                     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {

@@ -1,6 +1,9 @@
 //! One function per object: fetch, then print as a table or JSON.
 
-use std::{io::Write, time::{Duration, Instant}};
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -27,7 +30,13 @@ fn kernel_err(e: crate::admin::kernel::KernelError) -> CtlError {
     }
 }
 
-pub(super) fn programs(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format: Format, id: Option<u32>) -> Result<(), CtlError> {
+pub(super) fn programs(
+    cli: &Cli,
+    client: &AdminClient,
+    out: &mut dyn Write,
+    format: Format,
+    id: Option<u32>,
+) -> Result<(), CtlError> {
     let mut progs: Vec<api::Program> = if cli.kernel {
         kernel_reader()?.programs().map_err(kernel_err)?
     } else {
@@ -42,7 +51,18 @@ pub(super) fn programs(cli: &Cli, client: &AdminClient, out: &mut dyn Write, for
     if format != Format::Table {
         return print_json(out, format, &progs);
     }
-    let mut t = Table::new(&["ID", "NAME", "TYPE", "ATTACH", "ATTACHED TO", "RUNS", "RUN TIME", "REDIRECTED", "PASSED", "ERRORS"]);
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "TYPE",
+        "ATTACH",
+        "ATTACHED TO",
+        "RUNS",
+        "RUN TIME",
+        "REDIRECTED",
+        "PASSED",
+        "ERRORS",
+    ]);
     for p in &progs {
         let c = |k: &str| opt(p.counters.get(k));
         t.row(vec![
@@ -87,7 +107,13 @@ pub(super) fn maps(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format:
     Ok(())
 }
 
-pub(super) fn map_dump(cli: &Cli, client: &AdminClient, out: &mut dyn Write, format: Format, name: &str) -> Result<(), CtlError> {
+pub(super) fn map_dump(
+    cli: &Cli,
+    client: &AdminClient,
+    out: &mut dyn Write,
+    format: Format,
+    name: &str,
+) -> Result<(), CtlError> {
     let dump: api::MapDump = if cli.kernel {
         kernel_reader()?
             .dump(name)
@@ -104,7 +130,12 @@ pub(super) fn map_dump(cli: &Cli, client: &AdminClient, out: &mut dyn Write, for
         t.row(vec![e.key.clone(), e.value.clone()]);
     }
     write!(out, "{}", t.render())?;
-    writeln!(out, "Found {} element{}", dump.entries.len(), if dump.entries.len() == 1 { "" } else { "s" })?;
+    writeln!(
+        out,
+        "Found {} element{}",
+        dump.entries.len(),
+        if dump.entries.len() == 1 { "" } else { "s" }
+    )?;
     Ok(())
 }
 
@@ -116,7 +147,12 @@ fn join<T: ToString>(v: &[T]) -> String {
     }
 }
 
-pub(super) fn services(client: &AdminClient, out: &mut dyn Write, format: Format, name: Option<&str>) -> Result<(), CtlError> {
+pub(super) fn services(
+    client: &AdminClient,
+    out: &mut dyn Write,
+    format: Format,
+    name: Option<&str>,
+) -> Result<(), CtlError> {
     if let Some(name) = name {
         let svc: api::Service = client.get(&format!("/api/v1/services/{}", segment(name)))?;
         if format != Format::Table {
@@ -136,8 +172,16 @@ pub(super) fn services(client: &AdminClient, out: &mut dyn Write, format: Format
         } else {
             let mut t = Table::new(&["  NAME", "MATCHES", "BACKENDS"]);
             for r in &svc.routes {
-                let backends = r.backends.iter().map(|b| format!("{}:{}", b.selector, b.weight)).collect::<Vec<_>>();
-                t.row(vec![format!("  {}", opt(r.name.as_ref())), r.matches.join(" | "), backends.join(" ")]);
+                let backends = r
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}", b.selector, b.weight))
+                    .collect::<Vec<_>>();
+                t.row(vec![
+                    format!("  {}", opt(r.name.as_ref())),
+                    r.matches.join(" | "),
+                    backends.join(" "),
+                ]);
             }
             write!(out, "{}", t.render())?;
         }
@@ -149,7 +193,18 @@ pub(super) fn services(client: &AdminClient, out: &mut dyn Write, format: Format
     if format != Format::Table {
         return print_json(out, format, &services);
     }
-    let mut t = Table::new(&["NAME", "VIPS", "LISTEN", "POLICY", "ENDPOINTS", "ROUTES", "IN-FLIGHT", "CALLS", "ERRORS", "RETRIES"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "VIPS",
+        "LISTEN",
+        "POLICY",
+        "ENDPOINTS",
+        "ROUTES",
+        "IN-FLIGHT",
+        "CALLS",
+        "ERRORS",
+        "RETRIES",
+    ]);
     for s in &services {
         let ready = s.endpoints.iter().filter(|e| e.state == "ready" && !e.ejected).count();
         t.row(vec![
@@ -174,7 +229,17 @@ fn indent(s: &str) -> String {
 }
 
 fn endpoint_table(eps: &[api::Endpoint]) -> Table {
-    let mut t = Table::new(&["ADDRESS", "STATE", "EJECTED", "IN-FLIGHT", "EWMA", "CALLS", "ERRORS", "CONNS", "LABELS"]);
+    let mut t = Table::new(&[
+        "ADDRESS",
+        "STATE",
+        "EJECTED",
+        "IN-FLIGHT",
+        "EWMA",
+        "CALLS",
+        "ERRORS",
+        "CONNS",
+        "LABELS",
+    ]);
     for e in eps {
         let errors: Vec<String> = e
             .statuses
@@ -185,11 +250,19 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
         t.row(vec![
             e.address.to_string(),
             e.state.clone(),
-            if e.ejected { format!("yes ({})", e.ejections) } else { "no".into() },
+            if e.ejected {
+                format!("yes ({})", e.ejections)
+            } else {
+                "no".into()
+            },
             e.in_flight.to_string(),
             e.ewma_ms.map_or_else(|| "-".into(), |ms| secs(ms / 1e3)),
             e.calls.to_string(),
-            if errors.is_empty() { "0".into() } else { format!("{} ({})", e.errors(), errors.join(",")) },
+            if errors.is_empty() {
+                "0".into()
+            } else {
+                format!("{} ({})", e.errors(), errors.join(","))
+            },
             e.upstream_connections.to_string(),
             crate::admin::api::selector(&e.labels),
         ]);
@@ -197,7 +270,12 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
     t
 }
 
-pub(super) fn endpoints(client: &AdminClient, out: &mut dyn Write, format: Format, service: &str) -> Result<(), CtlError> {
+pub(super) fn endpoints(
+    client: &AdminClient,
+    out: &mut dyn Write,
+    format: Format,
+    service: &str,
+) -> Result<(), CtlError> {
     let eps: Vec<api::Endpoint> = client.get(&format!("/api/v1/services/{}/endpoints", segment(service)))?;
     if format != Format::Table {
         return print_json(out, format, &eps);
@@ -213,7 +291,12 @@ pub(super) fn pods(client: &AdminClient, out: &mut dyn Write, format: Format) ->
     }
     let mut t = Table::new(&["POD", "IP", "CGROUP ID", "CGROUP"]);
     for p in &pods {
-        t.row(vec![opt(p.pod.as_ref()), opt(p.ip.as_ref()), opt(p.cgroup_id), p.cgroup.clone()]);
+        t.row(vec![
+            opt(p.pod.as_ref()),
+            opt(p.ip.as_ref()),
+            opt(p.cgroup_id),
+            p.cgroup.clone(),
+        ]);
     }
     write!(out, "{}", t.render())?;
     Ok(())
@@ -224,7 +307,17 @@ pub(super) fn conns(client: &AdminClient, out: &mut dyn Write, format: Format) -
     if format != Format::Table {
         return print_json(out, format, &conns);
     }
-    let mut t = Table::new(&["ID", "PEER", "POD", "ORIGINAL DST", "SERVICE", "PROTO", "STREAMS", "TOTAL", "AGE"]);
+    let mut t = Table::new(&[
+        "ID",
+        "PEER",
+        "POD",
+        "ORIGINAL DST",
+        "SERVICE",
+        "PROTO",
+        "STREAMS",
+        "TOTAL",
+        "AGE",
+    ]);
     for c in &conns {
         t.row(vec![
             c.id.to_string(),
@@ -248,11 +341,38 @@ pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) 
         return print_json(out, format, &s);
     }
     writeln!(out, "Version:    {}", s.version)?;
-    writeln!(out, "Ready:      {}", if s.ready { "yes".to_owned() } else { format!("no ({})", s.not_ready.join("; ")) })?;
-    writeln!(out, "eBPF:       {}", if !s.ebpf { "off" } else if s.programs_attached { "attached" } else { "not attached" })?;
-    writeln!(out, "Source:     {}{}", s.source.kind, s.source.location.map(|l| format!(" ({l})")).unwrap_or_default())?;
+    writeln!(
+        out,
+        "Ready:      {}",
+        if s.ready {
+            "yes".to_owned()
+        } else {
+            format!("no ({})", s.not_ready.join("; "))
+        }
+    )?;
+    writeln!(
+        out,
+        "eBPF:       {}",
+        if !s.ebpf {
+            "off"
+        } else if s.programs_attached {
+            "attached"
+        } else {
+            "not attached"
+        }
+    )?;
+    writeln!(
+        out,
+        "Source:     {}{}",
+        s.source.kind,
+        s.source.location.map(|l| format!(" ({l})")).unwrap_or_default()
+    )?;
     writeln!(out, "Synced:     {}", if s.source.synced { "yes" } else { "no" })?;
-    writeln!(out, "Reloads:    {} ok, {} failed", s.source.reloads_ok, s.source.reloads_failed)?;
+    writeln!(
+        out,
+        "Reloads:    {} ok, {} failed",
+        s.source.reloads_ok, s.source.reloads_failed
+    )?;
     if let Some(e) = s.source.last_error {
         writeln!(out, "Last error: {e}")?;
     }
@@ -280,7 +400,11 @@ fn rows(before: Option<&api::Stats>, now: &api::Stats, interval: f64) -> Vec<Sta
         .map(|s| {
             let prev = before.and_then(|b| b.services.iter().find(|p| p.service == s.service));
             let (calls, errors, hist) = match prev {
-                Some(p) => (s.calls.saturating_sub(p.calls), s.errors.saturating_sub(p.errors), s.latency.since(&p.latency)),
+                Some(p) => (
+                    s.calls.saturating_sub(p.calls),
+                    s.errors.saturating_sub(p.errors),
+                    s.latency.since(&p.latency),
+                ),
                 None if before.is_some() => (s.calls, s.errors, s.latency.clone()),
                 None => (s.calls, s.errors, s.latency.clone()),
             };
@@ -313,7 +437,13 @@ fn stats_table(rows: &[StatsRow]) -> String {
     t.render()
 }
 
-pub(super) fn stats(client: &AdminClient, out: &mut dyn Write, format: Format, watch: bool, count: Option<u64>) -> Result<(), CtlError> {
+pub(super) fn stats(
+    client: &AdminClient,
+    out: &mut dyn Write,
+    format: Format,
+    watch: bool,
+    count: Option<u64>,
+) -> Result<(), CtlError> {
     let first: api::Stats = client.get("/api/v1/stats")?;
     if !watch {
         // Since the agent started.

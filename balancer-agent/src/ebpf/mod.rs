@@ -34,18 +34,15 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash},
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, ProgramType, SkMsg,
-        SockOps,
-    },
+    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, ProgramType, SkMsg, SockOps},
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
 /// `SO_MARK` that keeps a socket's connects from ever being redirected (a
 /// second guard, besides the agent's own cgroup, for the agent's upstream
 /// sockets).
 pub use balancer_common::SKIP_MARK;
-pub use balancer_common::{Program, ProgramCounters};
 use balancer_common::{Config, Connection, ServiceKey, SockKey};
+pub use balancer_common::{Program, ProgramCounters};
 pub use redirects::KernelRedirects;
 
 use crate::{
@@ -266,17 +263,14 @@ impl Kernel {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(EbpfError::Missing(name))
-        };
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(EbpfError::Missing(name));
         let mut config: Array<MapData, Config> =
             Array::try_from(take(&mut ebpf, "CONFIG")?).map_err(map_err("CONFIG"))?;
         let services = HashMap::try_from(take(&mut ebpf, "SERVICES")?).map_err(map_err("SERVICES"))?;
         let enrolled = HashMap::try_from(take(&mut ebpf, "ENROLLED")?).map_err(map_err("ENROLLED"))?;
         let connections: HashMap<MapData, SockKey, Connection> =
             HashMap::try_from(take(&mut ebpf, "CONNECTIONS")?).map_err(map_err("CONNECTIONS"))?;
-        let counters =
-            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let sockets: SockHash<MapData, SockKey> =
             SockHash::try_from(take(&mut ebpf, "SOCKETS")?).map_err(map_err("SOCKETS"))?;
 
@@ -448,10 +442,7 @@ impl Kernel {
     pub fn counters(&self) -> Result<Counters, EbpfError> {
         let mut out = Counters::default();
         for program in Program::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(program as u32), 0)
-                .map_err(map_err("COUNTERS"))?;
+            let per_cpu = self.counters.get(&(program as u32), 0).map_err(map_err("COUNTERS"))?;
             let sum = out.get_mut(program);
             for value in per_cpu.iter() {
                 sum.add(value);
@@ -529,7 +520,10 @@ mod tests {
     #[test]
     fn stub_build_says_how_to_get_the_programs() {
         let text = EbpfError::StubObject.to_string();
-        assert!(text.contains("BALANCER_EBPF_STUB") && text.contains("bpf-linker"), "{text}");
+        assert!(
+            text.contains("BALANCER_EBPF_STUB") && text.contains("bpf-linker"),
+            "{text}"
+        );
         if OBJECT.is_empty() {
             // This build is the stub: loading must say so, whatever the privileges.
             let opts = KernelOptions::new(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 15001));

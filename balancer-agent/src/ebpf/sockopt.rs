@@ -21,15 +21,7 @@ fn getsockopt_raw<T: Copy>(
 ) -> io::Result<libc::socklen_t> {
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is valid for `len` writable bytes and `fd` is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_mut(value).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, std::ptr::from_mut(value).cast(), &mut len) };
     if rc == 0 {
         Ok(len)
     } else {

@@ -47,9 +47,7 @@ impl QosClass {
 /// Whether `uid` looks like a Kubernetes UID: it becomes a path component,
 /// so anything but hex digits and dashes is refused.
 fn plausible_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// Every place the pod's cgroup may be under `root` (the cgroup v2 mount),
@@ -59,9 +57,7 @@ pub fn candidates(root: &Path, uid: &str, qos: Option<QosClass>) -> Vec<PathBuf>
         return Vec::new();
     }
     let all = [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort];
-    let order = qos
-        .into_iter()
-        .chain(all.into_iter().filter(|q| Some(*q) != qos));
+    let order = qos.into_iter().chain(all.into_iter().filter(|q| Some(*q) != qos));
     let systemd_uid = uid.replace('-', "_");
     let mut out = Vec::with_capacity(6);
     for q in order {
@@ -131,9 +127,7 @@ mod tests {
     #[test]
     fn systemd_driver_escapes_dashes() {
         let escaped = UID.replace('-', "_");
-        let best = format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{escaped}.slice"
-        );
+        let best = format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{escaped}.slice");
         let t = tree(&[&best]);
         assert_eq!(
             pod_cgroup(t.path(), UID, Some(QosClass::BestEffort)),

@@ -18,8 +18,8 @@
 //! whole — never half-applied — and reported.
 
 use gateway_api::grpcroutes::{
-    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
-    GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType,
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use kube::ResourceExt;
@@ -62,7 +62,11 @@ pub enum RouteError {
     #[error("rules[{rule}]: every backendRef has weight 0")]
     AllWeightsZero { rule: usize },
     #[error("rules[{rule}]: bad regular expression `{pattern}`: {reason}")]
-    BadRegex { rule: usize, pattern: String, reason: String },
+    BadRegex {
+        rule: usize,
+        pattern: String,
+        reason: String,
+    },
     #[error("rules[{rule}]: filters are not supported")]
     UnsupportedFilter { rule: usize },
 }
@@ -237,19 +241,16 @@ fn backend_port<'a>(
             service: format!("{namespace}/{}", r.name),
         });
     };
-    let ports = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_deref())
-        .unwrap_or_default();
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let port = match r.port {
-        Some(port) => ports.iter().find(|p| p.port == port).ok_or_else(|| {
-            RouteError::BackendPortNotFound {
+        Some(port) => ports
+            .iter()
+            .find(|p| p.port == port)
+            .ok_or_else(|| RouteError::BackendPortNotFound {
                 rule: i,
                 service: format!("{namespace}/{}", r.name),
                 port,
-            }
-        })?,
+            })?,
         None => match ports {
             [only] => only,
             _ => {
@@ -267,11 +268,7 @@ fn backend_port<'a>(
     })
 }
 
-fn string_match(
-    i: usize,
-    regex: bool,
-    value: Option<&str>,
-) -> Result<Option<StringMatch>, RouteError> {
+fn string_match(i: usize, regex: bool, value: Option<&str>) -> Result<Option<StringMatch>, RouteError> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };

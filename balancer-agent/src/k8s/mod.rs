@@ -159,7 +159,12 @@ pub async fn run(
     let all = watcher::Config::default();
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
     let (services, t1) = watch::spawn(Kind::Services, Api::all(client.clone()), all.clone(), sig_tx.clone());
-    let (slices, t2) = watch::spawn(Kind::EndpointSlices, Api::all(client.clone()), all.clone(), sig_tx.clone());
+    let (slices, t2) = watch::spawn(
+        Kind::EndpointSlices,
+        Api::all(client.clone()),
+        all.clone(),
+        sig_tx.clone(),
+    );
     let (pods, t3) = watch::spawn(Kind::Pods, Api::all(client.clone()), on_node, sig_tx.clone());
     let (namespaces, t4) = watch::spawn(Kind::Namespaces, Api::all(client.clone()), all.clone(), sig_tx.clone());
     let (routes, t5) = watch::spawn(Kind::GrpcRoutes, Api::all(client.clone()), all, sig_tx);
@@ -268,7 +273,11 @@ pub async fn run(
                 });
                 if changed {
                     let m = tx.borrow();
-                    tracing::info!(services = m.services.len(), enrolled = m.enrolled.len(), "model published");
+                    tracing::info!(
+                        services = m.services.len(),
+                        enrolled = m.enrolled.len(),
+                        "model published"
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "translated model is invalid; keeping the last one"),

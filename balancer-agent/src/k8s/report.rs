@@ -34,11 +34,7 @@ impl RouteReporter {
     pub fn report(&mut self, invalid: &[InvalidRoute]) {
         let mut now = HashMap::with_capacity(invalid.len());
         for inv in invalid {
-            let key = format!(
-                "{}/{}",
-                inv.route.namespace().unwrap_or_default(),
-                inv.route.name_any()
-            );
+            let key = format!("{}/{}", inv.route.namespace().unwrap_or_default(), inv.route.name_any());
             let message = inv.error.to_string();
             if self.reported.get(&key) != Some(&message) {
                 tracing::warn!(grpcroute = %key, error = %message, "GRPCRoute ignored");

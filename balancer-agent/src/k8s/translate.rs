@@ -21,9 +21,7 @@ use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
 };
-use crate::model::{
-    self, Endpoint, EndpointState, Labels, Model, ModelError, Policy, Route, RouteMatch, StringMatch,
-};
+use crate::model::{self, Endpoint, EndpointState, Labels, Model, ModelError, Policy, Route, RouteMatch, StringMatch};
 
 /// The EndpointSlice label naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -64,10 +62,7 @@ pub fn is_grpc_port(p: &ServicePort) -> bool {
     if !matches!(p.protocol.as_deref(), None | Some("TCP")) {
         return false;
     }
-    let named = p
-        .name
-        .as_deref()
-        .is_some_and(|n| n == "grpc" || n.starts_with("grpc-"));
+    let named = p.name.as_deref().is_some_and(|n| n == "grpc" || n.starts_with("grpc-"));
     let proto = matches!(p.app_protocol.as_deref(), Some("grpc" | "kubernetes.io/h2c"));
     named || proto
 }
@@ -79,9 +74,7 @@ pub fn opted_in(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     match pod.annotations().get(INJECT_ANNOTATION).map(String::as_str) {
         Some("enabled") => true,
         Some("disabled") => false,
-        _ => namespace.is_some_and(|ns| {
-            ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")
-        }),
+        _ => namespace.is_some_and(|ns| ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")),
     }
 }
 
@@ -111,7 +104,9 @@ type SliceIndex<'a> = HashMap<(String, String), Vec<&'a EndpointSlice>>;
 fn index_slices(slices: &[Arc<EndpointSlice>]) -> SliceIndex<'_> {
     let mut idx: SliceIndex<'_> = HashMap::new();
     for s in slices {
-        let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else { continue };
+        let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else {
+            continue;
+        };
         let key = (s.namespace().unwrap_or_default(), svc.clone());
         idx.entry(key).or_default().push(s);
     }
@@ -343,11 +338,7 @@ pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -
         }
     }
 
-    let namespaces: HashMap<String, &Namespace> = snap
-        .namespaces
-        .iter()
-        .map(|n| (n.name_any(), n.as_ref()))
-        .collect();
+    let namespaces: HashMap<String, &Namespace> = snap.namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
     let mut enrolled: Vec<PathBuf> = snap
         .pods
         .iter()

@@ -81,12 +81,7 @@ pub fn encode(scrape: Scrape) -> Result<String, std::fmt::Error> {
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels<'_>, u64)],
-) -> std::fmt::Result {
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels<'_>, u64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
         if labels.is_empty() {
@@ -98,12 +93,7 @@ fn counter(
     Ok(())
 }
 
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels<'_>, i64)],
-) -> std::fmt::Result {
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels<'_>, i64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
         if labels.is_empty() {
@@ -133,8 +123,18 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let e = &mut enc;
         let version = self.version.as_str();
-        gauge(e, "balancer_build_info", "The agent's version.", &[(vec![("version", version)], 1)])?;
-        gauge(e, "balancer_ready", "1 when the agent is ready (programs attached, state synced).", &[(vec![], i64::from(self.ready))])?;
+        gauge(
+            e,
+            "balancer_build_info",
+            "The agent's version.",
+            &[(vec![("version", version)], 1)],
+        )?;
+        gauge(
+            e,
+            "balancer_ready",
+            "1 when the agent is ready (programs attached, state synced).",
+            &[(vec![], i64::from(self.ready))],
+        )?;
 
         // Calls, per service, endpoint and gRPC status.
         let mut requests = Vec::new();
@@ -174,9 +174,24 @@ impl Collector for Scrape {
                 family(&mut m, &l)?.encode_counter::<NoLabelSet, _, u64>(n, None)?;
             }
         }
-        gauge(e, "balancer_in_flight_streams", "Calls in flight to an endpoint.", &per_ep(&in_flight))?;
-        gauge(e, "balancer_upstream_connections", "Open HTTP/2 connections to an endpoint.", &per_ep(&upstream))?;
-        gauge(e, "balancer_endpoint_ejected", "1 while passive health checking keeps the endpoint out.", &per_ep(&ejected))?;
+        gauge(
+            e,
+            "balancer_in_flight_streams",
+            "Calls in flight to an endpoint.",
+            &per_ep(&in_flight),
+        )?;
+        gauge(
+            e,
+            "balancer_upstream_connections",
+            "Open HTTP/2 connections to an endpoint.",
+            &per_ep(&upstream),
+        )?;
+        gauge(
+            e,
+            "balancer_endpoint_ejected",
+            "1 while passive health checking keeps the endpoint out.",
+            &per_ep(&ejected),
+        )?;
         gauge(
             e,
             "balancer_endpoint_ejection_backoff",
@@ -210,9 +225,17 @@ impl Collector for Scrape {
 
         // Per service.
         let per_svc = |f: &dyn Fn(&api::Service) -> u64| -> Vec<(Labels<'_>, u64)> {
-            self.services.iter().map(|s| (vec![("service", s.name.as_str())], f(s))).collect()
+            self.services
+                .iter()
+                .map(|s| (vec![("service", s.name.as_str())], f(s)))
+                .collect()
         };
-        counter(e, "balancer_retries", "Calls retried on another endpoint.", &per_svc(&|s| s.retries))?;
+        counter(
+            e,
+            "balancer_retries",
+            "Calls retried on another endpoint.",
+            &per_svc(&|s| s.retries),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",
@@ -234,8 +257,18 @@ impl Collector for Scrape {
 
         // Client connections.
         let c = self.conns;
-        gauge(e, "balancer_client_connections", "Open client connections.", &[(vec![], i(c.open))])?;
-        counter(e, "balancer_client_connections_accepted", "Client connections accepted.", &[(vec![], c.accepted)])?;
+        gauge(
+            e,
+            "balancer_client_connections",
+            "Open client connections.",
+            &[(vec![], i(c.open))],
+        )?;
+        counter(
+            e,
+            "balancer_client_connections_accepted",
+            "Client connections accepted.",
+            &[(vec![], c.accepted)],
+        )?;
         counter(
             e,
             "balancer_client_connections_refused",
@@ -248,10 +281,20 @@ impl Collector for Scrape {
             "Client connections proxied as plain TCP to one endpoint (no HTTP/2 preface).",
             &[(vec![], c.l4_fallback)],
         )?;
-        counter(e, "balancer_client_streams", "Streams (calls) accepted from clients.", &[(vec![], c.streams)])?;
+        counter(
+            e,
+            "balancer_client_streams",
+            "Streams (calls) accepted from clients.",
+            &[(vec![], c.streams)],
+        )?;
 
         // Kernel.
-        gauge(e, "balancer_ebpf_enabled", "1 when the kernel programs are used.", &[(vec![], i64::from(self.ebpf))])?;
+        gauge(
+            e,
+            "balancer_ebpf_enabled",
+            "1 when the kernel programs are used.",
+            &[(vec![], i64::from(self.ebpf))],
+        )?;
         gauge(
             e,
             "balancer_kernel_programs_attached",
@@ -315,7 +358,10 @@ impl Collector for Scrape {
             e,
             "balancer_config_reloads",
             "Reloads of the state (static file or Kubernetes), by result.",
-            &[(vec![("result", "ok")], src.reloads_ok), (vec![("result", "failed")], src.reloads_failed)],
+            &[
+                (vec![("result", "ok")], src.reloads_ok),
+                (vec![("result", "failed")], src.reloads_failed),
+            ],
         )?;
         gauge(
             e,
@@ -323,8 +369,18 @@ impl Collector for Scrape {
             "1 once services and pods have been read completely.",
             &[(vec![("source", src.kind.as_str())], i64::from(src.synced))],
         )?;
-        gauge(e, "balancer_services", "Balanced services.", &[(vec![], self.services.len() as i64)])?;
-        gauge(e, "balancer_enrolled_pods", "Enrolled pods (cgroups).", &[(vec![], i(self.enrolled_pods))])?;
+        gauge(
+            e,
+            "balancer_services",
+            "Balanced services.",
+            &[(vec![], self.services.len() as i64)],
+        )?;
+        gauge(
+            e,
+            "balancer_enrolled_pods",
+            "Enrolled pods (cgroups).",
+            &[(vec![], i(self.enrolled_pods))],
+        )?;
         Ok(())
     }
 }

@@ -125,7 +125,10 @@ fn upstream_request(parts: &http::request::Parts, retry_deadline: Option<Instant
     *r.version_mut() = http::Version::HTTP_2;
     *r.headers_mut() = parts.headers.clone();
     if let Some(d) = retry_deadline {
-        let left_ms = d.saturating_duration_since(Instant::now()).as_millis().clamp(1, 99_999_999);
+        let left_ms = d
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .clamp(1, 99_999_999);
         if let Ok(v) = http::HeaderValue::from_str(&format!("{left_ms}m")) {
             r.headers_mut().insert("grpc-timeout", v);
         }
@@ -145,7 +148,12 @@ async fn deadline_sleep(deadline: Option<Instant>) {
     }
 }
 
-pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> CallReport {
+pub(crate) async fn run(
+    ctx: &Arc<Ctx>,
+    slot: &Arc<ServiceSlot>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) -> CallReport {
     let mut rec = CallReport::default();
     slot.count_call();
     let (parts, recv) = req.into_parts();
@@ -164,13 +172,18 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     // Phase 1: find an endpoint that takes the call.
     let (resp, mut up_send, guard, _lease) = loop {
         let Some(state) = slot.state() else {
-            rec.fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}` was removed", slot.name()));
+            rec.fail(
+                &mut respond,
+                grpc::UNAVAILABLE,
+                &format!("service `{}` was removed", slot.name()),
+            );
             return rec;
         };
         let meta = CallMeta::from_path(parts.uri.path(), &parts.headers);
-        let picked = state
-            .pick(&meta, tried.as_slice())
-            .or_else(|| if allow_same { state.pick(&meta, &[]) } else { None });
+        let picked =
+            state
+                .pick(&meta, tried.as_slice())
+                .or_else(|| if allow_same { state.pick(&meta, &[]) } else { None });
         let Some(ep) = picked else {
             slot.count_no_endpoint();
             let msg = match &last_err {
@@ -216,24 +229,25 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                 continue;
             }
         };
-        let (resp_fut, mut up_send) = match sender.send_request(upstream_request(&parts, deadline.filter(|_| attempts > 1)), body.empty) {
-            Ok(x) => x,
-            Err(e) => {
-                // The connection is closing (GOAWAY) or broke: nothing was sent.
-                debug!(endpoint = %ep.address, error = %e, "connection refused a new stream");
-                lease.retire();
-                rec.finish(guard, Outcome::Refused);
-                last_err = Some(format!("endpoint {}: {e}", ep.address));
-                allow_same = true;
-                if attempts >= max_attempts {
-                    slot.count_no_endpoint();
-                    let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
-                    rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
-                    return rec;
+        let (resp_fut, mut up_send) =
+            match sender.send_request(upstream_request(&parts, deadline.filter(|_| attempts > 1)), body.empty) {
+                Ok(x) => x,
+                Err(e) => {
+                    // The connection is closing (GOAWAY) or broke: nothing was sent.
+                    debug!(endpoint = %ep.address, error = %e, "connection refused a new stream");
+                    lease.retire();
+                    rec.finish(guard, Outcome::Refused);
+                    last_err = Some(format!("endpoint {}: {e}", ep.address));
+                    allow_same = true;
+                    if attempts >= max_attempts {
+                        slot.count_no_endpoint();
+                        let msg = format!("no endpoint of service `{}` could take the call: {e}", slot.name());
+                        rec.fail(&mut respond, grpc::UNAVAILABLE, &msg);
+                        return rec;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         body.restart();
         let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
         match while_request_flows(resp_fut, &mut body, &mut up_send, reset, sleep.as_mut()).await {
@@ -249,7 +263,11 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
                         allow_same = true;
                         continue;
                     }
-                    rec.fail(&mut respond, grpc::UNAVAILABLE, &format!("service `{}`: {}", slot.name(), last_err.as_deref().unwrap_or("")));
+                    rec.fail(
+                        &mut respond,
+                        grpc::UNAVAILABLE,
+                        &format!("service `{}`: {}", slot.name(), last_err.as_deref().unwrap_or("")),
+                    );
                     return rec;
                 }
                 match (e.is_reset(), e.reason()) {
@@ -301,27 +319,38 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, slot: &Arc<ServiceSlot>, req: Request<Re
     };
     // The response pump watches for the client resetting its stream.
     let resp_pump = body::pump_response(&mut resp_body, &mut down, http_status);
-    let end = while_request_flows(resp_pump, &mut body, &mut up_send, std::future::pending::<()>(), sleep.as_mut()).await;
+    let end = while_request_flows(
+        resp_pump,
+        &mut body,
+        &mut up_send,
+        std::future::pending::<()>(),
+        sleep.as_mut(),
+    )
+    .await;
     let address = guard.endpoint().address;
     match end {
         Step::Done(Ok(status)) => {
-            rec.finish(guard, Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))));
+            rec.finish(
+                guard,
+                Outcome::Status(status.unwrap_or_else(|| grpc::status(None, http_status))),
+            );
         }
-        Step::Done(Err(PumpError::Recv(e))) => {
-            match (e.is_reset(), e.reason()) {
-                (true, Some(reason)) => {
-                    down.send_reset(reason);
-                    rec.finish(guard, Outcome::Reset);
-                }
-                _ => {
-                    let msg = format!("service `{}`: endpoint {address} failed mid-call: {e}", slot.name());
-                    if down.send_trailers(grpc::status_trailers(grpc::UNAVAILABLE, &msg)).is_err() {
-                        down.send_reset(Reason::INTERNAL_ERROR);
-                    }
-                    rec.finish(guard, Outcome::Status(grpc::UNAVAILABLE));
-                }
+        Step::Done(Err(PumpError::Recv(e))) => match (e.is_reset(), e.reason()) {
+            (true, Some(reason)) => {
+                down.send_reset(reason);
+                rec.finish(guard, Outcome::Reset);
             }
-        }
+            _ => {
+                let msg = format!("service `{}`: endpoint {address} failed mid-call: {e}", slot.name());
+                if down
+                    .send_trailers(grpc::status_trailers(grpc::UNAVAILABLE, &msg))
+                    .is_err()
+                {
+                    down.send_reset(Reason::INTERNAL_ERROR);
+                }
+                rec.finish(guard, Outcome::Status(grpc::UNAVAILABLE));
+            }
+        },
         Step::Done(Err(PumpError::Send(e))) => {
             debug!(error = ?e, "client stream gone mid-response");
             up_send.send_reset(Reason::CANCEL);

@@ -39,7 +39,10 @@ pub(crate) struct Coalesce<T> {
 
 impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Self {
-        Coalesce { inner, burst: Burst::Idle }
+        Coalesce {
+            inner,
+            burst: Burst::Idle,
+        }
     }
 
     /// Whether this write may go now; if not, the task is woken to try again
@@ -157,8 +160,14 @@ mod tests {
         assert!(io.inner.writes.is_empty());
 
         // On the next turn it goes out, and so does the rest of the burst.
-        assert!(matches!(Pin::new(&mut io).poll_write(&mut cx, b"one"), Poll::Ready(Ok(3))));
-        assert!(matches!(Pin::new(&mut io).poll_write(&mut cx, b"two"), Poll::Ready(Ok(3))));
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"one"),
+            Poll::Ready(Ok(3))
+        ));
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"two"),
+            Poll::Ready(Ok(3))
+        ));
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
         assert_eq!(io.inner.writes, vec![b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(io.inner.flushes, 1);
@@ -167,7 +176,10 @@ mod tests {
         // A flush ended the burst: the next write yields again.
         assert!(Pin::new(&mut io).poll_write(&mut cx, b"three").is_pending());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
-        assert!(matches!(Pin::new(&mut io).poll_write(&mut cx, b"three"), Poll::Ready(Ok(5))));
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"three"),
+            Poll::Ready(Ok(5))
+        ));
         assert_eq!(io.inner.writes.len(), 3);
     }
 
@@ -190,7 +202,10 @@ mod tests {
             let conn = {
                 let queued = Arc::clone(&queued);
                 tokio::spawn(async move {
-                    let mut io = Coalesce::new(CountingWrites { inner: sink_w, writes: 0 });
+                    let mut io = Coalesce::new(CountingWrites {
+                        inner: sink_w,
+                        writes: 0,
+                    });
                     let (mut buf, mut sent) = (Vec::new(), 0);
                     std::future::poll_fn(move |cx| loop {
                         {
@@ -231,7 +246,9 @@ mod tests {
         .await
         .unwrap();
         let mut got = [0u8; 2];
-        tokio::io::AsyncReadExt::read_exact(&mut sink_r, &mut got).await.unwrap();
+        tokio::io::AsyncReadExt::read_exact(&mut sink_r, &mut got)
+            .await
+            .unwrap();
         got.sort();
         assert_eq!(&got, b"ab");
         assert_eq!(writes, 1, "both frames should leave in one write");

@@ -29,7 +29,14 @@ impl Keepalive {
         let every = interval.min(timeout).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Keepalive { ping, tick, interval, timeout, sent: None, last: Instant::now() }
+        Keepalive {
+            ping,
+            tick,
+            interval,
+            timeout,
+            sent: None,
+            last: Instant::now(),
+        }
     }
 
     /// Resolves once the peer left a PING unanswered for the timeout, or

@@ -237,7 +237,8 @@ impl Proxy {
     /// Serves an explicit listener of `service` until the service leaves
     /// the model or the proxy shuts down.
     pub async fn serve_explicit(&self, listener: TcpListener, service: String) {
-        self.serve_explicit_until(listener, service, std::future::pending()).await
+        self.serve_explicit_until(listener, service, std::future::pending())
+            .await
     }
 
     /// As [`Proxy::serve_explicit`], and also stops when `stop` resolves

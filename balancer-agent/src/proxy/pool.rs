@@ -134,7 +134,10 @@ impl Drop for Lease {
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr) -> Self {
-        EndpointPool { addr, inner: Arc::new(Inner::default()) }
+        EndpointPool {
+            addr,
+            inner: Arc::new(Inner::default()),
+        }
     }
 
     pub fn open_connections(&self) -> usize {
@@ -254,7 +257,10 @@ async fn drive(
     pool: Weak<Inner>,
     opts: PoolOptions,
 ) {
-    let tick_every = opts.keepalive_interval.min(opts.idle_timeout / 2).max(Duration::from_millis(10));
+    let tick_every = opts
+        .keepalive_interval
+        .min(opts.idle_timeout / 2)
+        .max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
     let mut keepalive = Keepalive::new(ping, opts.keepalive_interval, opts.keepalive_timeout);
     loop {

@@ -28,7 +28,11 @@ pub(crate) async fn serve(
         .handshake::<_, bytes::Bytes>(Coalesce::new(io))
         .await
         .map_err(ProxyError::Client)?;
-    let mut keepalive = Keepalive::new(conn.ping_pong(), o.client_keepalive_interval, o.client_keepalive_timeout);
+    let mut keepalive = Keepalive::new(
+        conn.ping_pong(),
+        o.client_keepalive_interval,
+        o.client_keepalive_timeout,
+    );
     let mut draining = false;
     loop {
         let next = tokio::select! {

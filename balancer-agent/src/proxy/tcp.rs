@@ -9,7 +9,12 @@ use tracing::debug;
 use super::{Ctx, ProxyError};
 use crate::balance::{Outcome, ServiceSlot};
 
-pub(crate) async fn proxy(ctx: &Arc<Ctx>, mut client: TcpStream, prefix: Vec<u8>, slot: &ServiceSlot) -> Result<(), ProxyError> {
+pub(crate) async fn proxy(
+    ctx: &Arc<Ctx>,
+    mut client: TcpStream,
+    prefix: Vec<u8>,
+    slot: &ServiceSlot,
+) -> Result<(), ProxyError> {
     slot.count_tcp_connection();
     let mut tried: Vec<usize> = Vec::new();
     let (mut upstream, guard) = loop {

@@ -135,8 +135,7 @@ impl FakeApi {
 
     /// A `kube::Client` whose every request this fake answers.
     pub fn client(&self) -> kube::Client {
-        let (svc, mut handle) =
-            tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
         let fake = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
@@ -153,7 +152,10 @@ impl FakeApi {
         let method = req.method().clone();
         self.state().requests.push(format!("{method} {}", req.uri()));
         if self.state().down {
-            return full(StatusCode::SERVICE_UNAVAILABLE, status(503, "ServiceUnavailable", "down"));
+            return full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                status(503, "ServiceUnavailable", "down"),
+            );
         }
         if path.starts_with("/apis/events.k8s.io/v1/namespaces/") {
             let body = req.into_body().collect().await.expect("request body").to_bytes();
@@ -165,13 +167,20 @@ impl FakeApi {
             return full(StatusCode::NOT_FOUND, status(404, "NotFound", "no such path"));
         };
         let mut st = self.state();
-        let verb = if q.get("watch").map(String::as_str) == Some("true") { "watch" } else { "list" };
+        let verb = if q.get("watch").map(String::as_str) == Some("true") {
+            "watch"
+        } else {
+            "list"
+        };
         if st.forbidden.contains(resource) {
             let msg = format!("{resource} is forbidden: User \"system:serviceaccount:balancer:agent\" cannot {verb} resource \"{resource}\" at the cluster scope");
             return full(StatusCode::FORBIDDEN, status(403, "Forbidden", &msg));
         }
         if st.not_found.contains(resource) {
-            return full(StatusCode::NOT_FOUND, status(404, "NotFound", "the server could not find the requested resource"));
+            return full(
+                StatusCode::NOT_FOUND,
+                status(404, "NotFound", "the server could not find the requested resource"),
+            );
         }
         let node = q
             .get("fieldSelector")
@@ -276,7 +285,8 @@ impl FakeApi {
         st.down = down;
         if down {
             for w in st.watches.drain(..) {
-                let _ = w.tx.unbounded_send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "gone")));
+                let _ =
+                    w.tx.unbounded_send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "gone")));
             }
         }
     }

@@ -3,13 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::Arc,
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use balancer_agent::admin::{
     api, AdminOptions, AdminServer, AdminState, ConnHandle, ConnMeta, KernelView, Protocol, StreamGuard,
@@ -62,8 +56,14 @@ pub fn greeter() -> api::Service {
             name: Some("canary".into()),
             matches: vec!["service=helloworld.Greeter method=~Say.*".into()],
             backends: vec![
-                api::Backend { selector: "version=v1".into(), weight: 90 },
-                api::Backend { selector: "version=v2".into(), weight: 10 },
+                api::Backend {
+                    selector: "version=v1".into(),
+                    weight: 90,
+                },
+                api::Backend {
+                    selector: "version=v2".into(),
+                    weight: 10,
+                },
             ],
         }],
         endpoints: vec![ep("127.0.0.1:50051", "v1", statuses_a), b],
@@ -103,7 +103,9 @@ impl KernelView for FakeKernel {
             attach_point: Some("cgroup /sys/fs/cgroup/test".into()),
             run_count: Some(100 + u64::from(id)),
             run_time_ns: Some(5_000),
-            counters: [("redirected".to_owned(), redirected), ("passed".to_owned(), 7)].into_iter().collect(),
+            counters: [("redirected".to_owned(), redirected), ("passed".to_owned(), 7)]
+                .into_iter()
+                .collect(),
         };
         Ok(vec![
             prog(11, "connect4", "cgroup_sock_addr", 42),
@@ -115,8 +117,24 @@ impl KernelView for FakeKernel {
 
     fn maps(&self) -> Result<Vec<api::Map>, String> {
         Ok(vec![
-            api::Map { id: 21, name: "SERVICES".into(), map_type: "hash".into(), key_size: 8, value_size: 4, max_entries: 16384, entries: Some(1) },
-            api::Map { id: 22, name: "ENROLLED".into(), map_type: "hash".into(), key_size: 8, value_size: 4, max_entries: 16384, entries: Some(1) },
+            api::Map {
+                id: 21,
+                name: "SERVICES".into(),
+                map_type: "hash".into(),
+                key_size: 8,
+                value_size: 4,
+                max_entries: 16384,
+                entries: Some(1),
+            },
+            api::Map {
+                id: 22,
+                name: "ENROLLED".into(),
+                map_type: "hash".into(),
+                key_size: 8,
+                value_size: 4,
+                max_entries: 16384,
+                entries: Some(1),
+            },
         ])
     }
 
@@ -202,9 +220,15 @@ pub fn start(kernel: bool) -> Fixture {
     c2.set_protocol(Protocol::Tcp);
     state.conns.refused();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let server = rt
-        .block_on(AdminServer::bind("127.0.0.1:0".parse().expect("addr"), &AdminOptions::default()))
+        .block_on(AdminServer::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &AdminOptions::default(),
+        ))
         .expect("bind");
     let addr = server.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
@@ -214,5 +238,12 @@ pub fn start(kernel: bool) -> Fixture {
             let _ = rx.await;
         }));
     });
-    Fixture { addr, state, _conns: vec![c1, c2], _streams: streams, stop: Some(tx), thread: Some(thread) }
+    Fixture {
+        addr,
+        state,
+        _conns: vec![c1, c2],
+        _streams: streams,
+        stop: Some(tx),
+        thread: Some(thread),
+    }
 }

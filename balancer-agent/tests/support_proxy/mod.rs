@@ -95,7 +95,13 @@ pub async fn endpoint(name: &str, behavior: Behavior) -> TestEndpoint {
     let received = Arc::new(AtomicU64::new(0));
     let conns = Arc::new(AtomicUsize::new(0));
     let goaway = Arc::new(tokio::sync::Notify::new());
-    let (c, r, rx, cn, ga) = (calls.clone(), resets.clone(), received.clone(), conns.clone(), goaway.clone());
+    let (c, r, rx, cn, ga) = (
+        calls.clone(),
+        resets.clone(),
+        received.clone(),
+        conns.clone(),
+        goaway.clone(),
+    );
     let n = name.to_string();
     let task = tokio::spawn(async move {
         loop {
@@ -103,7 +109,9 @@ pub async fn endpoint(name: &str, behavior: Behavior) -> TestEndpoint {
             cn.fetch_add(1, SeqCst);
             let (c, r, rx, n, ga) = (c.clone(), r.clone(), rx.clone(), n.clone(), ga.clone());
             tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
                 let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<()>(1);
                 loop {
                     tokio::select! {
@@ -124,7 +132,16 @@ pub async fn endpoint(name: &str, behavior: Behavior) -> TestEndpoint {
             });
         }
     });
-    TestEndpoint { addr, name: name.to_string(), calls, resets, received, conns, goaway, task }
+    TestEndpoint {
+        addr,
+        name: name.to_string(),
+        calls,
+        resets,
+        received,
+        conns,
+        goaway,
+        task,
+    }
 }
 
 fn ok_head(name: &str, req_headers: &HeaderMap) -> Response<()> {
@@ -271,10 +288,7 @@ pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
             vips: vec!["10.96.0.10:8000".parse().expect("vip")],
             listen: None,
             policy,
-            endpoints: endpoints
-                .iter()
-                .map(|(a, v)| Endpoint::ready(*a, version(v)))
-                .collect(),
+            endpoints: endpoints.iter().map(|(a, v)| Endpoint::ready(*a, version(v))).collect(),
             routes: vec![],
         }],
         enrolled: vec![],
@@ -294,8 +308,14 @@ pub fn split_route(v1: u32, v2: u32) -> Route {
             headers: vec![],
         }],
         backends: vec![
-            Backend { labels: version("v1"), weight: v1 },
-            Backend { labels: version("v2"), weight: v2 },
+            Backend {
+                labels: version("v1"),
+                weight: v1,
+            },
+            Backend {
+                labels: version("v2"),
+                weight: v2,
+            },
         ],
     }
 }
@@ -314,7 +334,10 @@ impl Drop for TestProxy {
 }
 
 pub fn fast_opts() -> ProxyOptions {
-    let mut o = ProxyOptions { sniff_timeout: Duration::from_millis(300), ..ProxyOptions::default() };
+    let mut o = ProxyOptions {
+        sniff_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
     o.pool.connect_timeout = Duration::from_millis(500);
     o
 }
@@ -326,7 +349,12 @@ pub async fn proxy(model: &Model, opts: ProxyOptions) -> TestProxy {
     let addr = listener.local_addr().expect("addr");
     let p = proxy.clone();
     let task = tokio::spawn(async move { p.serve_explicit(listener, "greeter".into()).await });
-    TestProxy { addr, proxy, table, task }
+    TestProxy {
+        addr,
+        proxy,
+        table,
+        task,
+    }
 }
 
 pub async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
@@ -405,14 +433,20 @@ pub async fn call(send: &SendRequest<Bytes>, req: Request<()>, body: &[u8]) -> R
         out.extend_from_slice(&chunk);
     }
     let trailers = recv.trailers().await?;
-    Ok(Answer { head, body: out, trailers })
+    Ok(Answer {
+        head,
+        body: out,
+        trailers,
+    })
 }
 
 /// Counts calls per `x-endpoint` over `n` unary calls on one connection.
 pub async fn spread(send: &SendRequest<Bytes>, n: usize) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for _ in 0..n {
-        let a = within("call", call(send, request(SAY_HELLO), b"hi")).await.expect("call");
+        let a = within("call", call(send, request(SAY_HELLO), b"hi"))
+            .await
+            .expect("call");
         assert_eq!(a.grpc_status(), Some(0), "{a:?}");
         *m.entry(a.endpoint()).or_default() += 1;
     }
@@ -523,7 +557,9 @@ pub async fn scripted_endpoint_with(
     let reply = Arc::new(reply);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (seen, closed) = (s2.clone(), c2.clone());
             let reply = reply.clone();
             tokio::spawn(async move {
@@ -553,7 +589,12 @@ pub async fn scripted_endpoint_with(
             });
         }
     });
-    ScriptedEndpoint { addr, seen, closed, task }
+    ScriptedEndpoint {
+        addr,
+        seen,
+        closed,
+        task,
+    }
 }
 
 /// HPACK for a minimal request: `:method POST`, `:scheme http`, `:path /`,
@@ -589,7 +630,12 @@ pub async fn redirected_proxy(model: &Model, opts: ProxyOptions, redirects: Arc<
     let addr = listener.local_addr().expect("addr");
     let p = proxy.clone();
     let task = tokio::spawn(async move { p.serve_redirected(listener, redirects).await });
-    TestProxy { addr, proxy, table, task }
+    TestProxy {
+        addr,
+        proxy,
+        table,
+        task,
+    }
 }
 
 /// A plain TCP endpoint: optionally greets first, then echoes bytes.
@@ -598,7 +644,9 @@ pub async fn tcp_echo(greeting: &'static [u8]) -> (SocketAddr, tokio::task::Join
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if tcp.write_all(greeting).await.is_err() {
                     return;

@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "greeter-client", about = "Counts which backend serves each call of one gRPC connection")]
+#[command(
+    name = "greeter-client",
+    about = "Counts which backend serves each call of one gRPC connection"
+)]
 struct Args {
     /// host:port (cleartext HTTP/2) or a URI.
     #[arg(long)]

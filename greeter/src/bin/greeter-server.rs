@@ -8,7 +8,10 @@ use clap::Parser;
 use greeter::server::Backend;
 
 #[derive(Parser, Debug)]
-#[command(name = "greeter-server", about = "The greeter gRPC backend of balancer's demo and tests")]
+#[command(
+    name = "greeter-server",
+    about = "The greeter gRPC backend of balancer's demo and tests"
+)]
 struct Args {
     /// Address to listen on (port 0: a free port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:50051")]

@@ -242,4 +242,3 @@ fn wait_hangup(conn: &TcpStream, max: Duration) {
         }
     }
 }
-

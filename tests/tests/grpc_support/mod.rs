@@ -107,7 +107,12 @@ pub fn config(admin: SocketAddr, name: &str, listen: SocketAddr, eps: &[Ep], wei
     } else {
         s.push('\n');
         for e in eps {
-            writeln!(s, "      - {{ address: \"{}\", labels: {{ version: {} }} }}", e.addr, e.version).unwrap();
+            writeln!(
+                s,
+                "      - {{ address: \"{}\", labels: {{ version: {} }} }}",
+                e.addr, e.version
+            )
+            .unwrap();
         }
     }
     if !weights.is_empty() {
@@ -172,7 +177,11 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("balancer-agent does not listen on {} after 20 s:\n{}", self.listen, self.log());
+        panic!(
+            "balancer-agent does not listen on {} after 20 s:\n{}",
+            self.listen,
+            self.log()
+        );
     }
 
     /// Rewrites the config file (the agent polls it).

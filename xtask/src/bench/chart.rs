@@ -76,9 +76,9 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
         });
         let series = chart.draw_series(rects).map_err(|e| err(&e))?;
         if bars.series.len() > 1 {
-            series.label(*name).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-            });
+            series
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         }
         // The value above each bar.
         chart
@@ -87,8 +87,7 @@ pub fn draw(bars: &Bars<'_>, file: &Path) -> anyhow::Result<()> {
                 Text::new(
                     format_value(*v),
                     (x, *v + max * 0.01),
-                    TextStyle::from(("sans-serif", 11).into_font())
-                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )
             }))
             .map_err(|e| err(&e))?;
@@ -139,19 +138,8 @@ mod tests {
         .expect("draw");
         let svg = std::fs::read_to_string(&file).expect("svg written");
         let _ = std::fs::remove_file(&file);
-        assert!(
-            svg.starts_with("<svg"),
-            "not an SVG: {}",
-            &svg[..svg.len().min(80)]
-        );
-        for text in [
-            "calls per second",
-            "direct",
-            "HAProxy",
-            "71.5k",
-            "6.52",
-            "p99",
-        ] {
+        assert!(svg.starts_with("<svg"), "not an SVG: {}", &svg[..svg.len().min(80)]);
+        for text in ["calls per second", "direct", "HAProxy", "71.5k", "6.52", "p99"] {
             assert!(svg.contains(text), "{text} missing from the chart");
         }
     }

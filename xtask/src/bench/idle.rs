@@ -53,11 +53,7 @@ pub fn measure(pid: u32, target: SocketAddr, n: usize, limit: Duration) -> IdleR
     let opened = conns.len();
     thread::sleep(Duration::from_secs(2));
     let rss_after_kb = procs::tree_rss_kb(pid);
-    let alive = conns
-        .iter_mut()
-        .map(still_open)
-        .filter(|open| *open)
-        .count();
+    let alive = conns.iter_mut().map(still_open).filter(|open| *open).count();
     IdleResult {
         rss_before_kb,
         rss_after_kb,

@@ -77,12 +77,8 @@ impl Load<'_> {
         let mut h2load = Proc::spawn("h2load", cmd)?;
         let (ok, client_cpu) = h2load.wait_rusage(limit)?;
         let text = fs::read_to_string(&out_path).unwrap_or_default();
-        let summary = Summary::parse(&text).with_context(|| {
-            format!(
-                "bench: cannot read h2load's summary (in {})",
-                out_path.display()
-            )
-        })?;
+        let summary = Summary::parse(&text)
+            .with_context(|| format!("bench: cannot read h2load's summary (in {})", out_path.display()))?;
         if !ok && summary.succeeded == 0 {
             bail!("bench: h2load failed: {}", text.trim());
         }
@@ -152,8 +148,7 @@ fn parse_duration(s: &str) -> Option<f64> {
 /// (µs since the epoch), HTTP status, µs until the end of the response.
 /// Returns the latencies of the requests answered 200, in µs.
 fn read_log(path: &Path) -> anyhow::Result<Vec<u64>> {
-    let text = fs::read_to_string(path)
-        .with_context(|| format!("bench: h2load wrote no log at {}", path.display()))?;
+    let text = fs::read_to_string(path).with_context(|| format!("bench: h2load wrote no log at {}", path.display()))?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -381,14 +376,8 @@ mod tests {
         }
         let msgs = grpc_messages(&b);
         let field = |f| msgs.iter().map(|m| proto_string(m, f)).collect::<Vec<_>>();
-        assert_eq!(
-            field(2),
-            vec![Some("greeter-1".into()), Some("greeter-2".into())]
-        );
-        assert_eq!(
-            field(1),
-            vec![Some("Hello world!".into()), Some("Hello world!".into())]
-        );
+        assert_eq!(field(2), vec![Some("greeter-1".into()), Some("greeter-2".into())]);
+        assert_eq!(field(1), vec![Some("Hello world!".into()), Some("Hello world!".into())]);
         assert_eq!(field(3), vec![None, None]);
         // A varint field before the string is skipped.
         assert_eq!(

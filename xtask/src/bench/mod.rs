@@ -74,10 +74,7 @@ pub struct Args {
 
 /// Debian packages the bench runs.
 const PACKAGES: &[(&str, &str)] = &[
-    (
-        "haproxy",
-        "the bench's reference proxy (per-request HTTP/2 balancing)",
-    ),
+    ("haproxy", "the bench's reference proxy (per-request HTTP/2 balancing)"),
     ("nginx", "the bench's reference proxy (grpc_pass)"),
     (
         "nghttp2-client",
@@ -192,13 +189,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cgroup2 = netns::cgroup2_mount()?;
         let attach = netns::CgroupTree::create(cgroup2.join("balancer-bench"))?;
         let cgroup = attach.child("client")?;
-        let net =
-            netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
-        Some(Pod {
-            attach,
-            cgroup,
-            net,
-        })
+        let net = netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
+        Some(Pod { attach, cgroup, net })
     } else {
         None
     };
@@ -243,10 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for path in settings.paths.iter().copied() {
-        if !matches!(
-            path,
-            CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx
-        ) {
+        if !matches!(path, CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx) {
             continue;
         }
         settings.calm.wait();
@@ -308,7 +297,10 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     if !sh::is_root() {
         paths.retain(|p| {
             if p.needs_root() {
-                eprintln!("bench: NOT ROOT — skipping `{}`: the kernel redirect needs eBPF, a network namespace and cgroups", p.key());
+                eprintln!(
+                    "bench: NOT ROOT — skipping `{}`: the kernel redirect needs eBPF, a network namespace and cgroups",
+                    p.key()
+                );
                 skipped.push((*p, "not run: needs root".to_owned()));
                 false
             } else {
@@ -325,10 +317,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     Ok(Settings {
         source: report::source_tree(),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
-        calls: args
-            .calls
-            .unwrap_or(if args.quick { 20_000 } else { 200_000 })
-            .max(100),
+        calls: args.calls.unwrap_or(if args.quick { 20_000 } else { 200_000 }).max(100),
         connections: args.connections,
         streams: args.streams,
         threads: args.threads,
@@ -345,14 +334,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 
 /// Starts `path`, warms it up, measures one run, checks a sample at the
 /// gRPC level, stops it.
-fn measure(
-    env: &Env,
-    backends: &[Proc],
-    body: &Path,
-    s: &Settings,
-    path: CallPath,
-    round: u32,
-) -> anyhow::Result<Run> {
+fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPath, round: u32) -> anyhow::Result<Run> {
     s.calm.wait();
     let running = env
         .start(path)
@@ -378,26 +360,13 @@ fn measure(
     };
     // Warm-up: connections, pools, caches; not measured.
     let warm = load((s.calls / 20).max(1_000));
-    warm.run(
-        &mut client(&warm.args(true), "h2load"),
-        Duration::from_secs(60),
-    )
-    .with_context(|| format!("bench: warm-up of {}", path.key()))?;
+    warm.run(&mut client(&warm.args(true), "h2load"), Duration::from_secs(60))
+        .with_context(|| format!("bench: warm-up of {}", path.key()))?;
 
     let proxy_pid = running.proxy.as_ref().map(Proc::pid);
     let cpu = || proxy_pid.map(procs::tree_cpu_secs).unwrap_or(0.0);
-    let backend_cpu = || {
-        backends
-            .iter()
-            .map(|b| procs::tree_cpu_secs(b.pid()))
-            .sum::<f64>()
-    };
-    let (cpu0, bcpu0, mach0, t0) = (
-        cpu(),
-        backend_cpu(),
-        procs::MachineCpu::now(),
-        Instant::now(),
-    );
+    let backend_cpu = || backends.iter().map(|b| procs::tree_cpu_secs(b.pid())).sum::<f64>();
+    let (cpu0, bcpu0, mach0, t0) = (cpu(), backend_cpu(), procs::MachineCpu::now(), Instant::now());
     let main = load(s.calls);
     // Bounded: even 2,000 calls/s finishes within this.
     let limit = Duration::from_secs(60 + s.calls / 2_000);

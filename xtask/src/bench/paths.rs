@@ -70,12 +70,8 @@ impl CallPath {
         match self {
             CallPath::Direct => "direct to one backend",
             CallPath::AgentListener => "balancer, explicit listener",
-            CallPath::AgentRedirect { fast_path: true } => {
-                "balancer, kernel redirect + sk_msg fast path"
-            }
-            CallPath::AgentRedirect { fast_path: false } => {
-                "balancer, kernel redirect, fast path off"
-            }
+            CallPath::AgentRedirect { fast_path: true } => "balancer, kernel redirect + sk_msg fast path",
+            CallPath::AgentRedirect { fast_path: false } => "balancer, kernel redirect, fast path off",
             CallPath::Haproxy => "HAProxy (`http-reuse always`)",
             CallPath::Nginx => "nginx (`grpc_pass`)",
         }
@@ -98,10 +94,7 @@ impl CallPath {
     }
 
     pub fn is_agent(self) -> bool {
-        matches!(
-            self,
-            CallPath::AgentListener | CallPath::AgentRedirect { .. }
-        )
+        matches!(self, CallPath::AgentListener | CallPath::AgentRedirect { .. })
     }
 
     pub fn needs_root(self) -> bool {
@@ -297,11 +290,7 @@ impl Env {
         let p = prefix.display();
         // Worker processes run as root when the bench does, so they can use
         // the scratch directory.
-        let user = if crate::sh::is_root() {
-            "user root;\n"
-        } else {
-            ""
-        };
+        let user = if crate::sh::is_root() { "user root;\n" } else { "" };
         format!(
             "# written by `cargo xtask bench`\n\
              {user}worker_processes {threads};\n\

@@ -78,10 +78,7 @@ impl Proc {
             }
             if start.elapsed() > limit {
                 self.stop();
-                bail!(
-                    "bench: {} did not finish within {limit:?}: killed",
-                    self.name
-                );
+                bail!("bench: {} did not finish within {limit:?}: killed", self.name);
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -136,11 +133,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect(),
-    )
+    Some(rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
 }
 
 fn parent(pid: u32) -> Option<u32> {
@@ -250,10 +243,7 @@ impl MachineCpu {
             .filter(|&p| p == 2 || parent(p) == Some(2))
             .map(ticks)
             .sum();
-        MachineCpu {
-            busy,
-            kernel_threads,
-        }
+        MachineCpu { busy, kernel_threads }
     }
 }
 
@@ -295,8 +285,7 @@ impl Calm {
                 break false;
             }
         };
-        self.budget
-            .set(self.budget.get().saturating_sub(start.elapsed()));
+        self.budget.set(self.budget.get().saturating_sub(start.elapsed()));
         calm
     }
 

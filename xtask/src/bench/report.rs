@@ -88,10 +88,7 @@ pub fn summarize(path: CallPath, runs: &[Run]) -> Option<Summary> {
             .map(|_| med(&|r| r.cpu_us_per_call.unwrap_or(f64::NAN))),
         backend_cpu_us_per_call: med(&|r| r.backend_cpu_us_per_call),
         peak_rss_kb: all.iter().filter_map(|r| r.peak_rss_kb).max(),
-        shares: per_backend
-            .iter()
-            .map(|&n| n as f64 / answered.max(1) as f64)
-            .collect(),
+        shares: per_backend.iter().map(|&n| n as f64 / answered.max(1) as f64).collect(),
         failed: all.iter().map(|r| r.m.failed).sum(),
         checked,
         grpc_ok,
@@ -216,7 +213,11 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             if x.all_disturbed {
                 " (every run disturbed by other work)".to_owned()
             } else if x.dropped > 0 {
-                format!(" ({} disturbed run{} left out)", x.dropped, if x.dropped > 1 { "s" } else { "" })
+                format!(
+                    " ({} disturbed run{} left out)",
+                    x.dropped,
+                    if x.dropped > 1 { "s" } else { "" }
+                )
             } else {
                 String::new()
             },
@@ -226,13 +227,17 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             x.p50,
             x.p90,
             x.p99,
-            x.cpu_us_per_call.map(|c| format!("{c:.1}")).unwrap_or_else(|| "–".into()),
+            x.cpu_us_per_call
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "–".into()),
             match x.cpu_us_per_call {
                 Some(c) => ratio(c, haproxy.and_then(|h| h.cpu_us_per_call)),
                 None => "–".into(),
             },
             x.backend_cpu_us_per_call,
-            x.peak_rss_kb.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "–".into()),
+            x.peak_rss_kb
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "–".into()),
             shares,
             x.failed,
             x.grpc_ok,
@@ -292,8 +297,7 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
             "### Memory with idle client connections\n\n| proxy | RSS after start MB | idle connections opened (still open) | RSS with them MB | per connection KiB |\n|---|---:|---:|---:|---:|"
         );
         for (p, r) in &extras.idle {
-            let per =
-                (r.rss_after_kb.saturating_sub(r.rss_before_kb)) as f64 / r.alive.max(1) as f64;
+            let per = (r.rss_after_kb.saturating_sub(r.rss_before_kb)) as f64 / r.alive.max(1) as f64;
             let _ = writeln!(
                 md,
                 "| {} | {:.1} | {} ({}) | {:.1} | {:.1} |",
@@ -347,9 +351,11 @@ fn limits(sums: &[Summary], extras: &Extras) -> String {
         .and_then(|h| h.cpu_us_per_call)
         .map(|h| format!(", HAProxy {h:.1} µs"))
         .unwrap_or_default();
-    let mut md = String::from("### What limits the agent
+    let mut md = String::from(
+        "### What limits the agent
 
-");
+",
+    );
     let _ = writeln!(
         md,
         "CPU. Per call the agent does the HTTP/2 work of a server (towards the \
@@ -441,17 +447,9 @@ fn targets(sums: &[Summary], extras: &Extras) -> String {
     }
     if let Some(kb) = extras.agent_idle_rss_kb {
         let mb = kb as f64 / 1024.0;
-        rows.push((
-            "agent RSS ≤ 20 MB idle".into(),
-            format!("{mb:.1} MB"),
-            Some(mb <= 20.0),
-        ));
+        rows.push(("agent RSS ≤ 20 MB idle".into(), format!("{mb:.1} MB"), Some(mb <= 20.0)));
     }
-    if let Some((_, r)) = extras
-        .idle
-        .iter()
-        .find(|(p, _)| *p == CallPath::AgentListener)
-    {
+    if let Some((_, r)) = extras.idle.iter().find(|(p, _)| *p == CallPath::AgentListener) {
         let mb = r.rss_after_kb as f64 / 1024.0;
         rows.push((
             format!("agent RSS ≤ 40 MB with {} client connections", r.alive),
@@ -462,9 +460,7 @@ fn targets(sums: &[Summary], extras: &Extras) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let mut md = String::from(
-        "### The agent's targets in this run\n\n| target | this run | |\n|---|---:|---|\n",
-    );
+    let mut md = String::from("### The agent's targets in this run\n\n| target | this run | |\n|---|---:|---|\n");
     for (what, value, ok) in rows {
         let _ = writeln!(md, "| {what} | {value} | {} |", verdict(ok));
     }
@@ -496,10 +492,7 @@ fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
         },
         &out.join("bench-latency.svg"),
     )?;
-    let proxies: Vec<&Summary> = sums
-        .iter()
-        .filter(|x| x.cpu_us_per_call.is_some())
-        .collect();
+    let proxies: Vec<&Summary> = sums.iter().filter(|x| x.cpu_us_per_call.is_some()).collect();
     chart::draw(
         &Bars {
             title: "proxy CPU per call, µs (lower is better)",
@@ -507,10 +500,7 @@ fn charts(out: &Path, sums: &[Summary]) -> anyhow::Result<()> {
             groups: proxies.iter().map(|x| x.path.short().to_owned()).collect(),
             series: vec![(
                 "CPU",
-                proxies
-                    .iter()
-                    .map(|x| x.cpu_us_per_call.unwrap_or(0.0))
-                    .collect(),
+                proxies.iter().map(|x| x.cpu_us_per_call.unwrap_or(0.0)).collect(),
             )],
         },
         &out.join("bench-cpu.svg"),
@@ -529,22 +519,18 @@ fn first_line(cmd: &mut Command) -> String {
 /// The commit the measured binaries are built from, and whether the tree
 /// had local changes to them; read before the build.
 pub fn source_tree() -> String {
-    let commit = first_line(Command::new("git").args(["-C"]).arg(sh::root()).args([
-        "rev-parse",
-        "--short",
-        "HEAD",
-    ]));
+    let commit = first_line(
+        Command::new("git")
+            .args(["-C"])
+            .arg(sh::root())
+            .args(["rev-parse", "--short", "HEAD"]),
+    );
     // Local changes to what was measured.
     let dirty = !Command::new("git")
         .arg("-C")
         .arg(sh::root())
         .args(["diff", "--quiet", "HEAD", "--"])
-        .args([
-            "balancer-agent",
-            "balancer-ebpf",
-            "balancer-common",
-            "greeter",
-        ])
+        .args(["balancer-agent", "balancer-ebpf", "balancer-common", "greeter"])
         .status()
         .is_ok_and(|st| st.success());
     if dirty {
@@ -564,9 +550,7 @@ fn machine(s: &Settings) -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -660,15 +644,10 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains(
-                "| kernel redirect faster than the explicit listener | 0.75× | **missed** |"
-            ),
+            md.contains("| kernel redirect faster than the explicit listener | 0.75× | **missed** |"),
             "{md}"
         );
-        assert!(
-            md.contains("| agent RSS ≤ 20 MB idle | 30.0 MB | **missed** |"),
-            "{md}"
-        );
+        assert!(md.contains("| agent RSS ≤ 20 MB idle | 30.0 MB | **missed** |"), "{md}");
         assert_eq!(targets(&[], &Extras::default()), "");
     }
 }
