@@ -35,13 +35,22 @@ pub enum Program {
     SkMsg = 2,
     /// `cgroup/getsockopt`: redirected = `SO_ORIGINAL_DST` answers.
     GetSockopt = 3,
+    /// `cgroup/connect6`: redirected = v4-mapped connects rewritten to the
+    /// listener.
+    Connect6 = 4,
 }
 
 impl Program {
     /// Every program, in counter-index order.
-    pub const ALL: [Program; 4] = [Program::Connect4, Program::SockOps, Program::SkMsg, Program::GetSockopt];
+    pub const ALL: [Program; 5] = [
+        Program::Connect4,
+        Program::SockOps,
+        Program::SkMsg,
+        Program::GetSockopt,
+        Program::Connect6,
+    ];
     /// Number of entries in the counters array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     /// Short name, as shown by `balancerctl` and in test output.
     pub const fn name(self) -> &'static str {
@@ -50,6 +59,7 @@ impl Program {
             Program::SockOps => "sock_ops",
             Program::SkMsg => "sk_msg",
             Program::GetSockopt => "getsockopt",
+            Program::Connect6 => "connect6",
         }
     }
 }

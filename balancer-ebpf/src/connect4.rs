@@ -50,7 +50,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, ()> {
 
 #[cgroup_sock_addr(connect6)]
 pub fn bal_connect6(ctx: SockAddrContext) -> i32 {
-    count(Program::Connect4, try_connect6(&ctx));
+    count(Program::Connect6, try_connect6(&ctx));
     1
 }
 

@@ -1,4 +1,7 @@
 //! `cgroup/getsockopt`: answer `SO_ORIGINAL_DST` for the agent's sockets.
+//!
+//! Attached at the agent's own cgroup only, so no other process's
+//! getsockopt runs it.
 
 use core::ptr::write_volatile;
 
@@ -25,11 +28,22 @@ pub fn bal_getsockopt(ctx: SockoptContext) -> i32 {
     1
 }
 
+/// The most option data a cgroup sockopt program is shown; more than that
+/// is the kernel's own answer, which the program must leave alone.
+const PAGE_SIZE: i32 = 4096;
+
 fn try_getsockopt(ctx: &SockoptContext) -> Result<Outcome, ()> {
     let so = ctx.sockopt;
     // SAFETY: the context is valid for the program's whole run.
     unsafe {
         if (*so).level != SOL_IP || (*so).optname != SO_ORIGINAL_DST {
+            // Someone else's option. An answer longer than a page (iptables'
+            // IPT_SO_GET_ENTRIES) reaches the program cut to a page; left as
+            // it is, kernels before 6.6 fail the call with EFAULT. optlen 0
+            // tells the kernel to return its own answer untouched.
+            if (*so).optlen > PAGE_SIZE {
+                write_volatile(&raw mut (*so).optlen, 0);
+            }
             return Ok(Outcome::Ignored);
         }
         let sk = (*so).__bindgen_anon_1.sk;

@@ -22,12 +22,12 @@ use std::{
 
 use balancer_agent::ebpf::{Counters, Program, ProgramCounters};
 
-use crate::{netns::NetNs, process::ChildGuard};
+use crate::{cgroup::Cgroup, netns::NetNs, process::ChildGuard};
 
 /// How to start the test agent.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// cgroup to attach the programs at (the agent moves itself below it).
+    /// cgroup to attach the programs at.
     pub attach_cgroup: PathBuf,
     pub listen: SocketAddrV4,
     pub fast_path: bool,
@@ -46,9 +46,10 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    /// Starts `bin` (`balancer-test-agent`) in `netns` and waits until it
-    /// has attached the programs and listens.
-    pub fn spawn(bin: &Path, netns: &NetNs, opts: &AgentOptions) -> io::Result<TestAgent> {
+    /// Starts `bin` (`balancer-test-agent`) in `netns` and its own `cgroup`
+    /// (as a container runtime or service manager starts the agent) and
+    /// waits until it has attached the programs and listens.
+    pub fn spawn(bin: &Path, netns: &NetNs, cgroup: &Cgroup, opts: &AgentOptions) -> io::Result<TestAgent> {
         let mut cmd = Command::new(bin);
         cmd.arg("--attach-cgroup")
             .arg(&opts.attach_cgroup)
@@ -65,7 +66,7 @@ impl TestAgent {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        crate::process::place(&mut cmd, Some(netns), None)?;
+        crate::process::place(&mut cmd, Some(netns), Some(cgroup))?;
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
@@ -181,5 +182,6 @@ pub fn counters_from_json(v: &serde_json::Value) -> Counters {
         sock_ops: one("sock_ops"),
         sk_msg: one("sk_msg"),
         getsockopt: one("getsockopt"),
+        connect6: one("connect6"),
     }
 }

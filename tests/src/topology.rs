@@ -30,10 +30,13 @@ pub struct Pod {
     pub veth_node: String,
 }
 
-/// Fields drop in order: pods, node, then the root cgroup.
+/// Fields drop in order: pods, node, then the cgroups.
 pub struct Topology {
     pub pods: Vec<Pod>,
     pub node: Node,
+    /// `<root cgroup>/agent`: where the agent runs (it never moves itself;
+    /// a container runtime or service manager gives it its cgroup).
+    pub agent_cgroup: Cgroup,
     /// The test's own cgroup (below the cgroup v2 root): attach the kernel
     /// programs here; pods are its children.
     pub root_cgroup: Cgroup,
@@ -50,9 +53,11 @@ impl Topology {
             netns: node_ns,
             ip: node_ip,
         };
+        let agent_cgroup = root_cgroup.child("agent")?;
         let mut topo = Topology {
             pods: Vec::new(),
             node,
+            agent_cgroup,
             root_cgroup,
         };
         for i in 0..pods {

@@ -94,8 +94,9 @@ fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
         .env("BALANCER_LOG_FORMAT", "text")
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.path().join("agent.log")).expect("log file"));
-    // The agent starts in the test's cgroup and moves itself below it.
-    place(&mut cmd, Some(&topo.node.netns), Some(&topo.root_cgroup)).expect("place agent");
+    // The agent runs in a cgroup of its own, as a service manager or a
+    // container runtime would start it.
+    place(&mut cmd, Some(&topo.node.netns), Some(&topo.agent_cgroup)).expect("place agent");
     let agent = ChildGuard::new(cmd.spawn().expect("start balancer-agent"));
     let node = Node {
         _backends: backends,

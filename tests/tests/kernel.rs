@@ -46,6 +46,7 @@ fn agent(topo: &Topology, enroll: Vec<PathBuf>, fast_path: bool) -> TestAgent {
     TestAgent::spawn(
         Path::new(AGENT_BIN),
         &topo.node.netns,
+        &topo.agent_cgroup,
         &options(topo, enroll, fast_path),
     )
     .expect("start the test agent")

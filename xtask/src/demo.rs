@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use crate::{
-    netns::{self, cgroup2_mount, remove_cgroup_tree, PodNet},
+    netns::{self, cgroup2_mount, in_cgroup, remove_cgroup_tree, PodNet},
     setup,
     sh::{self, exec},
 };
@@ -66,7 +66,8 @@ pub fn run() -> anyhow::Result<()> {
 
     let config = demo.dir.join("balancer.yaml");
     fs::write(&config, demo.config(None))?;
-    let agent = Command::new(bin.join("balancer-agent"))
+    // The agent runs in a cgroup of its own beside the pod's.
+    let agent = in_cgroup(&demo.attach.join("agent"), &bin.join("balancer-agent"))?
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")

@@ -122,6 +122,19 @@ pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted (see /proc/mounts); balancer needs cgroup v2")
 }
 
+/// A command that runs `program` in its own `cgroup` (created if needed), as
+/// a service manager or a container runtime starts the agent: the agent
+/// never moves itself. The shell `exec`s, so the command keeps one PID.
+pub fn in_cgroup(cgroup: &Path, program: &Path) -> anyhow::Result<Command> {
+    fs::create_dir_all(cgroup).with_context(|| format!("cannot create the cgroup {}", cgroup.display()))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(cgroup)
+        .arg(program);
+    Ok(cmd)
+}
+
 /// A command that runs `program args…` inside the pod: first into its
 /// cgroup, then into its network namespace (`ip netns exec` remounts /sys,
 /// so the cgroup must come first). The shell `exec`s, so the command keeps

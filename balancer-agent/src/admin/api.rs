@@ -13,8 +13,17 @@ use crate::model;
 pub struct Status {
     pub version: String,
     pub ready: bool,
+    /// Ready, or not ready for reasons that last until an operator acts (a
+    /// node without cgroup v2, a program that rewrites VIPs first): the
+    /// agent is done starting. The DaemonSet's readiness probe passes on
+    /// it, so such a node does not hold up a rollout.
+    #[serde(default)]
+    pub settled: bool,
     /// Why the agent is not ready (empty when it is).
     pub not_ready: Vec<String>,
+    /// Worth knowing, no reason to be unready.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub ebpf: bool,
     pub programs_attached: bool,
     pub source: SourceStatus,

@@ -16,7 +16,16 @@ use crate::metrics;
 
 type Body = Full<Bytes>;
 
-pub(super) async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) -> Result<(), AdminError> {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Everything (loopback admin server).
+    Full,
+    /// `/metrics` and `/healthz` (the node-IP metrics listener).
+    MetricsOnly,
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, state: Arc<AdminState>, scope: Scope) -> Result<(), AdminError> {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -34,7 +43,17 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) -
             async move {
                 let svc = service_fn(move |req| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(handle(&state, req)) }
+                    async move {
+                        let allowed = scope == Scope::Full || matches!(req.uri().path(), "/metrics" | "/healthz");
+                        Ok::<_, Infallible>(if allowed {
+                            handle(&state, req)
+                        } else {
+                            error(
+                                StatusCode::NOT_FOUND,
+                                "this listener serves /metrics only; the admin API is on loopback".to_owned(),
+                            )
+                        })
+                    }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

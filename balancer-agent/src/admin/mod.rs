@@ -32,7 +32,10 @@ use tokio::net::TcpListener;
 pub use conns::{ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard};
 pub use views::{KernelView, PodsView, ServicesView, SourceView};
 
-use crate::metrics::{self, Metrics};
+use crate::{
+    health::Health,
+    metrics::{self, Metrics},
+};
 
 /// The admin server's default address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
@@ -71,6 +74,9 @@ pub struct AdminState {
     pub kernel: Option<Arc<dyn KernelView>>,
     pub conns: ConnRegistry,
     pub metrics: Arc<Metrics>,
+    /// The agent's own conditions (unsupported node, draining, maps synced,
+    /// foreign programs).
+    pub health: Arc<Health>,
     pub started: Instant,
 }
 
@@ -94,6 +100,7 @@ impl AdminState {
             kernel: None,
             conns: ConnRegistry::new(),
             metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::new(false)),
             started: Instant::now(),
         }
     }
@@ -102,17 +109,23 @@ impl AdminState {
     pub fn status(&self) -> api::Status {
         let source = self.source.source();
         let programs_attached = self.kernel.as_ref().is_some_and(|k| k.attached());
-        let mut not_ready = Vec::new();
-        if self.kernel.is_some() && !programs_attached {
+        let conditions = self.health.conditions();
+        let mut not_ready = conditions.not_ready;
+        let mut lasting = conditions.lasting;
+        if self.kernel.is_some() && !programs_attached && !conditions.draining {
             not_ready.push("kernel programs are not attached".to_owned());
+            lasting = false;
         }
-        if !source.synced {
+        if !source.synced && !conditions.unsupported {
             not_ready.push(format!("{} state is not synced yet", source.kind));
+            lasting = false;
         }
         api::Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ready: not_ready.is_empty(),
+            settled: not_ready.is_empty() || lasting,
             not_ready,
+            warnings: conditions.warnings,
             ebpf: self.kernel.is_some(),
             programs_attached,
             source,
@@ -180,6 +193,7 @@ impl AdminState {
             programs,
             source: status.source,
             enrolled_pods: self.pods.pods().len() as u64,
+            health: self.health.conditions(),
         }
     }
 }
@@ -208,21 +222,32 @@ impl AdminServer {
         Ok(AdminServer { listener })
     }
 
+    /// Serves on a listener bound elsewhere (see `app::bind`).
+    pub fn from_listener(listener: TcpListener) -> Self {
+        AdminServer { listener }
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Serves `/metrics` (and `/healthz`) only: a listener a cluster's
+    /// Prometheus can reach, with nothing of the JSON API behind it.
+    pub async fn run_metrics_only(self, state: AdminState) -> Result<(), AdminError> {
+        http::accept_loop(self.listener, Arc::new(state), http::Scope::MetricsOnly).await
     }
 
     /// Serves until `shutdown` completes (open requests are not awaited).
     pub async fn run_until(self, state: AdminState, shutdown: impl Future<Output = ()>) -> Result<(), AdminError> {
         tokio::select! {
-            r = http::accept_loop(self.listener, Arc::new(state)) => r,
+            r = http::accept_loop(self.listener, Arc::new(state), http::Scope::Full) => r,
             () = shutdown => Ok(()),
         }
     }
 
     /// Serves forever (until the task is dropped or an accept fails).
     pub async fn run(self, state: AdminState) -> Result<(), AdminError> {
-        http::accept_loop(self.listener, Arc::new(state)).await
+        http::accept_loop(self.listener, Arc::new(state), http::Scope::Full).await
     }
 }
 

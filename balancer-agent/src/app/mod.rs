@@ -2,6 +2,7 @@
 //! Kubernetes), the kernel programs, the demultiplexer's listeners, the
 //! admin server, and the loop that applies every new model to all of them.
 
+pub mod bind;
 mod listeners;
 mod views;
 
@@ -14,17 +15,18 @@ use std::{
 
 use anyhow::{bail, Context};
 use tokio::{
-    net::TcpListener,
     signal::unix::{signal, SignalKind},
     sync::watch,
+    time::Instant,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminOptions, AdminServer},
     balance::Table,
     config,
     ebpf::{Kernel, KernelOptions},
+    health::Health,
     logging,
     model::Model,
     proxy::{Observers, Proxy, ProxyOptions},
@@ -36,8 +38,14 @@ use listeners::Listeners;
 pub const DEFAULT_K8S_LISTEN_PORT: u16 = 15001;
 /// How often the static file is checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
-/// How long open calls may run on at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long open calls may run on at shutdown, by default.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
+/// How long a stopping agent waits, after its calls are done, for pods to
+/// close their fast-path sockets (bytes queued to a pod would be lost if
+/// the agent's maps went away first).
+const FAST_PATH_LINGER: Duration = Duration::from_secs(2);
+/// How often the attach cgroup is checked for foreign connect programs.
+const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where services and enrolled pods come from.
 #[derive(Debug, Clone)]
@@ -47,7 +55,9 @@ pub enum Source {
     /// The Kubernetes API (in-cluster config or KUBECONFIG).
     Kubernetes {
         node_name: Option<String>,
-        host_ip: Option<IpAddr>,
+        /// The node's addresses (`status.hostIPs`, else `status.hostIP`):
+        /// the listener goes on the first IPv4 one.
+        host_ips: Vec<IpAddr>,
     },
 }
 
@@ -63,11 +73,17 @@ pub struct Options {
     pub attach_cgroup: Option<PathBuf>,
     pub log_format: String,
     pub access_log: bool,
-    /// Kubernetes mode: where pods' cgroups are looked up (default: the
-    /// cgroup v2 mount).
+    /// The host's cgroup v2 hierarchy: where the programs attach and pods'
+    /// cgroups are found (default: found in /proc/self/mountinfo).
     pub cgroup_root: Option<PathBuf>,
     /// Kubernetes mode: the agent's pod, named in the Events it reports.
     pub pod_name: Option<String>,
+    /// Where this instance writes its admin address for local tools.
+    pub run_dir: Option<PathBuf>,
+    /// A read-only metrics listener (for a cluster's Prometheus).
+    pub metrics: Option<SocketAddr>,
+    /// How long open calls may run on after SIGTERM.
+    pub drain: Duration,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -101,6 +117,12 @@ struct Started {
     source: Arc<dyn admin::SourceView>,
 }
 
+/// The first IPv4 address of the node (pods reach the agent there), else
+/// the first address.
+pub fn node_address(host_ips: &[IpAddr]) -> Option<IpAddr> {
+    host_ips.iter().find(|ip| ip.is_ipv4()).or(host_ips.first()).copied()
+}
+
 async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> anyhow::Result<Started> {
     match &opts.source {
         Source::Static(path) => {
@@ -124,21 +146,21 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
             });
             Ok(Started { node, models, source })
         }
-        Source::Kubernetes { node_name, host_ip } => {
+        Source::Kubernetes { node_name, host_ips } => {
             let node_name = node_name
                 .clone()
                 .context("Kubernetes mode needs NODE_NAME (or --node-name): set it from the downward API")?;
-            let listen = match (opts.listen, host_ip) {
+            let listen = match (opts.listen, node_address(host_ips)) {
                 (Some(l), _) => Some(l),
-                (None, Some(ip)) => Some(SocketAddr::new(*ip, DEFAULT_K8S_LISTEN_PORT)),
+                (None, Some(ip)) => Some(SocketAddr::new(ip, DEFAULT_K8S_LISTEN_PORT)),
                 (None, None) if opts.ebpf => bail!(
-                    "Kubernetes mode needs HOST_IP (or --host-ip / --listen): the address pods reach the agent on"
+                    "Kubernetes mode needs HOST_IPS or HOST_IP (or --host-ip / --listen): the address pods reach the agent on"
                 ),
                 (None, None) => None,
             };
             let cgroup_root = match &opts.cgroup_root {
                 Some(root) => root.clone(),
-                None => crate::cgroup::cgroup2_mount()?,
+                None => crate::cgroup::host_hierarchy(None).unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
             };
             let client = crate::k8s::client().await?;
             let (tx, models) = watch::channel(Arc::new(Model::default()));
@@ -166,6 +188,59 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
     }
 }
 
+/// The kernel side, once started: the programs and the redirect listener.
+struct KernelSide {
+    kernel: Arc<Mutex<Kernel>>,
+    listener: tokio::net::TcpListener,
+}
+
+/// Binds the redirect listener (moving to the next port if another agent
+/// holds it) and loads the programs pointed at it. A node that cannot run
+/// balancer is reported in `health` and gives `None`; anything else is an
+/// error.
+fn start_kernel(
+    opts: &Options,
+    node: &config::NodeConfig,
+    listen: Option<SocketAddr>,
+    health: &Health,
+) -> anyhow::Result<Option<KernelSide>> {
+    let listener_addr = match listen {
+        Some(SocketAddr::V4(v4)) => v4,
+        Some(other) => bail!("listen address {other}: the kernel path redirects IPv4 only"),
+        None => bail!(
+            "no `listen:` address for kernel-redirected connections: set it (an address pods reach, \
+             not 127.0.0.1) or run with --no-ebpf"
+        ),
+    };
+    check_listener_addr(listener_addr)?;
+    let listener = bind::bind_instance(SocketAddr::V4(listener_addr), true)
+        .with_context(|| format!("cannot listen on {listener_addr} for redirected connections"))?;
+    let bound = match listener.local_addr()? {
+        SocketAddr::V4(v4) => v4,
+        other => bail!("the redirect listener bound {other}, not IPv4"),
+    };
+    let loaded = Kernel::load(&KernelOptions {
+        hierarchy: opts.cgroup_root.clone(),
+        attach_cgroup: opts.attach_cgroup.clone().or(node.attach_cgroup.clone()),
+        listener: bound,
+        fast_path: node.fast_path,
+    });
+    let kernel = match loaded {
+        Ok(k) => k,
+        Err(e) if e.node_unsupported() => {
+            error!("this node cannot run balancer: {e}; not redirecting (the agent stays up, not ready)");
+            health.set_unsupported(e.to_string());
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    info!(addr = %bound, "listening for redirected connections");
+    Ok(Some(KernelSide {
+        kernel: Arc::new(Mutex::new(kernel)),
+        listener,
+    }))
+}
+
 async fn run(opts: Options) -> anyhow::Result<()> {
     // A part that cannot go on (Kubernetes discovery without permissions)
     // stops the agent with its error.
@@ -175,91 +250,115 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         mut models,
         source,
     } = start_source(&opts, &fatal_tx).await?;
+    let kubernetes = matches!(opts.source, Source::Kubernetes { .. });
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
-    let attach_cgroup = opts.attach_cgroup.clone().or(node.attach_cgroup);
     let admin_opts = AdminOptions {
         allow_non_loopback: opts.admin_allow_non_loopback,
     };
     // Check the admin address before anything is attached.
     admin::check_addr(admin_addr, &admin_opts)?;
+    let health = Arc::new(Health::new(opts.ebpf));
 
-    let model = models.borrow_and_update().clone();
-
-    // The kernel programs come first: loading them moves the agent into its
-    // own cgroup, and sockets (the listener included) belong to the cgroup
-    // they were created in.
-    let kernel = if opts.ebpf {
-        let listener = match listen {
-            Some(SocketAddr::V4(v4)) => v4,
-            Some(other) => bail!("listen address {other}: the kernel path redirects IPv4 only"),
-            None => bail!(
-                "no `listen:` address for kernel-redirected connections: set it (an address pods reach, \
-                 not 127.0.0.1) or run with --no-ebpf"
-            ),
-        };
-        check_listener_addr(listener)?;
-        let mut kernel = Kernel::load(&KernelOptions {
-            attach_cgroup,
-            listener,
-            fast_path: node.fast_path,
-        })?;
-        sync_kernel(&mut kernel, &model)?;
-        info!(
-            attach = %kernel.attach_cgroup().display(),
-            agent_cgroup = %kernel.agent_cgroup().display(),
-            "kernel programs attached"
-        );
-        Some(Arc::new(Mutex::new(kernel)))
+    let kernel_side = if opts.ebpf {
+        start_kernel(&opts, &node, listen, &health)?
     } else {
         None
     };
+    let kernel = kernel_side.as_ref().map(|k| Arc::clone(&k.kernel));
 
+    let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
     let observers = Observers::default();
     let proxy = Proxy::with_observers(Arc::clone(&table), ProxyOptions::default(), observers.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(kernel) = &kernel {
-        let addr = listen.context("listen address")?;
-        let listener =
-            bind_shared(addr).with_context(|| format!("cannot listen on {addr} for redirected connections"))?;
-        info!(%addr, "listening for redirected connections");
-        let redirects = lock(kernel).redirects();
+    if let Some(side) = kernel_side {
+        let redirects = lock(&side.kernel).redirects();
         let proxy = proxy.clone();
-        tasks.spawn(async move { proxy.serve_redirected(listener, redirects).await });
+        tasks.spawn(async move { proxy.serve_redirected(side.listener, redirects).await });
     }
     let mut listeners = Listeners::new(proxy.clone());
     listeners.sync(&model, true).await?;
 
-    let admin_server = AdminServer::bind(admin_addr, &admin_opts).await?;
-    info!(addr = %admin_server.local_addr()?, "admin server listening");
-    let state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone(), &observers);
+    // In Kubernetes mode a second agent on the node (a rolling update)
+    // moves to the next admin port unless one was configured.
+    let admin_listener = bind::bind_instance(admin_addr, kubernetes && opts.admin.is_none()).map_err(|source| {
+        admin::AdminError::Bind {
+            addr: admin_addr,
+            source,
+        }
+    })?;
+    let admin_server = AdminServer::from_listener(admin_listener);
+    let admin_bound = admin_server.local_addr()?;
+    info!(addr = %admin_bound, "admin server listening");
+    if let Some(dir) = &opts.run_dir {
+        let file = bind::write_admin_address(dir, admin_bound)
+            .with_context(|| format!("cannot write the admin address into {}", dir.display()))?;
+        info!(file = %file.display(), "admin address written for local tools");
+    }
+    let mut state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone(), &observers);
+    state.health = Arc::clone(&health);
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {
             tracing::error!(error = %e, "admin server stopped");
         }
     });
+    if let Some(addr) = opts.metrics {
+        let listener =
+            bind::bind_shared(addr).with_context(|| format!("cannot listen on {addr} for metrics scrapes"))?;
+        info!(%addr, "metrics listener (read-only /metrics)");
+        let metrics_state = state.clone();
+        tasks.spawn(async move {
+            if let Err(e) = AdminServer::from_listener(listener)
+                .run_metrics_only(metrics_state)
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
+
+    if let Some(kernel) = &kernel {
+        apply_kernel(kernel, &model, &health, is_synced(&state));
+        check_foreign(kernel, &health);
+    }
 
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut source_open = true;
+    let mut foreign_check = tokio::time::interval_at(Instant::now() + FOREIGN_CHECK_INTERVAL, FOREIGN_CHECK_INTERVAL);
+    // The maps wait for the source's first full state (Kubernetes: every
+    // watcher listed) before the agent can call itself ready.
+    let mut sync_check = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
-            changed = models.changed() => {
+            changed = models.changed(), if source_open => {
                 if changed.is_err() {
+                    // The source ended; a fatal error may follow (below).
                     warn!("the state source stopped; serving the last known state");
-                    std::future::pending::<()>().await;
+                    source_open = false;
+                    continue;
                 }
                 let model = models.borrow_and_update().clone();
                 table.update(&model);
                 if let Some(kernel) = &kernel {
-                    if let Err(e) = sync_kernel(&mut lock(kernel), &model) {
-                        warn!(error = %e, "kernel maps not updated");
-                    }
+                    apply_kernel(kernel, &model, &health, is_synced(&state));
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
                     warn!(error = %e, "listeners not updated");
+                }
+            }
+            _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {
+                if let Some(kernel) = &kernel {
+                    let model = models.borrow().clone();
+                    apply_kernel(kernel, &model, &health, is_synced(&state));
+                }
+            }
+            _ = foreign_check.tick(), if kernel.is_some() => {
+                if let Some(kernel) = &kernel {
+                    check_foreign(kernel, &health);
                 }
             }
             _ = fatal.changed() => {
@@ -267,40 +366,96 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 proxy.shutdown(Duration::from_secs(1)).await;
                 bail!("{e}");
             }
-            _ = term.recv() => { info!("SIGTERM: draining"); break; }
-            _ = int.recv() => { info!("SIGINT: draining"); break; }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
-    proxy.shutdown(SHUTDOWN_GRACE).await;
+    stop(kernel.as_ref(), &proxy, &health, opts.drain).await;
     tasks.abort_all();
-    // Dropping the kernel handle detaches the programs.
+    // Dropping the kernel handle detaches the remaining programs.
     drop(kernel);
     info!("stopped");
     Ok(())
 }
 
-/// The redirect listener is shared (`SO_REUSEPORT`): during a rolling
-/// update the new agent binds it while the old one drains.
-fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+/// The stop that fails no call: stop redirecting new connects (and make
+/// sure the kernel no longer runs the connect programs), GOAWAY every client
+/// connection and let their calls finish within `drain`, then wait for the
+/// pods to close their fast-path sockets. Connections opened meanwhile go
+/// to the Service directly, or to another agent on the node.
+async fn stop(kernel: Option<&Arc<Mutex<Kernel>>>, proxy: &Proxy, health: &Health, drain: Duration) {
+    if let Some(kernel) = kernel {
+        match lock(kernel).stop_redirecting() {
+            Ok(()) => {}
+            Err(e) => error!(error = %e, "could not stop redirecting; draining anyway"),
+        }
+    }
+    health.set_draining();
+    info!(grace = ?drain, "draining: GOAWAY to clients, open calls finish");
+    proxy.shutdown(drain).await;
+    if let Some(kernel) = kernel {
+        let linger_until = Instant::now() + FAST_PATH_LINGER;
+        loop {
+            let open = lock(kernel).fast_path_sockets();
+            if open == 0 {
+                break;
+            }
+            if Instant::now() >= linger_until {
+                warn!(open, "pods kept fast-path sockets open past the linger time; exiting");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn is_synced(state: &admin::AdminState) -> bool {
+    state.source.source().synced
 }
 
 fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
     kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn sync_kernel(kernel: &mut Kernel, model: &Model) -> anyhow::Result<()> {
+/// Brings the kernel maps in line with `model`; the agent is ready once
+/// they hold a complete state (`synced`).
+fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: bool) {
+    let mut kernel = lock(kernel);
     let vips: Vec<SocketAddr> = model.services.iter().flat_map(|s| s.vips.iter().copied()).collect();
-    kernel.set_services(&vips)?;
-    kernel.set_enrolled(&model.enrolled)?;
-    Ok(())
+    // Each map on its own: a full services map must not keep pods from
+    // being enrolled.
+    let services = kernel.set_services(&vips);
+    if let Err(e) = &services {
+        warn!(error = %e, "services map not updated");
+    }
+    let enrolled = kernel.set_enrolled(&model.enrolled);
+    if let Err(e) = &enrolled {
+        warn!(error = %e, "enrolled map not updated");
+    }
+    health.set_maps_synced(synced && services.is_ok() && enrolled.is_ok());
+}
+
+/// Looks for other programs on the connect hooks and reports them.
+fn check_foreign(kernel: &Mutex<Kernel>, health: &Health) {
+    let found = match lock(kernel).foreign_connect_programs() {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "cannot list the attach cgroup's connect programs");
+            return;
+        }
+    };
+    let describe = |p: &crate::ebpf::ForeignProgram| format!("{} program {} (id {})", p.hook, p.name, p.id);
+    let shadowing: Vec<String> = found.iter().filter(|p| p.runs_first).map(describe).collect();
+    let coexisting: Vec<String> = found.iter().filter(|p| !p.runs_first).map(describe).collect();
+    if !health.set_foreign(shadowing.clone(), coexisting.clone()) {
+        return;
+    }
+    for p in &shadowing {
+        warn!(program = %p, "a foreign connect program runs before balancer's and rewrites Service VIPs first: nothing is redirected");
+    }
+    for p in &coexisting {
+        info!(program = %p, "a foreign connect program runs after balancer's (no conflict)");
+    }
 }
 
 /// Pods in their own network namespace cannot reach the agent on loopback

@@ -2,11 +2,16 @@
 //!
 //! `balancer-agent --config FILE` runs from a static YAML file (reloaded when
 //! it changes); without `--config` it runs against the Kubernetes API.
+//! `balancer-agent probe ready|live` is the DaemonSet's readiness and
+//! liveness probe; `balancer-agent mount-cgroup2 DIR` its init step.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use balancer_agent::app::{self, Options, Source};
-use clap::Parser;
+use balancer_agent::{
+    app::{self, Options, Source},
+    node,
+};
+use clap::{Parser, Subcommand};
 
 /// jemalloc: fewer resident pages per idle client connection and cheaper
 /// per-call allocations than the system allocator (see docs/benchmarks.md).
@@ -20,6 +25,9 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "Per-call gRPC load balancing for a node's pods"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Static mode: the YAML file that describes listeners, enrolled cgroups
     /// and services (reloaded when it changes). Without it the agent runs in
     /// Kubernetes mode.
@@ -68,27 +76,102 @@ struct Args {
     node_name: Option<String>,
 
     /// Kubernetes mode: this node's IP, where pods reach the agent (downward
-    /// API).
+    /// API `status.hostIP`; `HOST_IPS` wins when set).
     #[arg(long, env = "HOST_IP")]
     host_ip: Option<std::net::IpAddr>,
 
-    /// Kubernetes mode: the cgroup v2 directory below which pods' cgroups
-    /// are found (default: the cgroup v2 mount from /proc/mounts).
+    /// Kubernetes mode: this node's IPs, comma-separated (downward API
+    /// `status.hostIPs`); the listener goes on the first IPv4 one.
+    #[arg(long, env = "HOST_IPS", value_delimiter = ',')]
+    host_ips: Vec<std::net::IpAddr>,
+
+    /// The host's cgroup v2 hierarchy (its root): where the programs attach
+    /// and pods' cgroups are found (default: the cgroup2 mount of this
+    /// mount namespace that shows the root).
     #[arg(long, value_name = "DIR", env = "BALANCER_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
+
+    /// Where this instance writes its admin address, for the probes and
+    /// balancerctl (the DaemonSet: a per-pod emptyDir).
+    #[arg(long, value_name = "DIR", env = "BALANCER_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+
+    /// A read-only metrics listener (`/metrics` only) for a cluster's
+    /// Prometheus, e.g. $HOST_IP:15090; shared by the instances of a
+    /// rolling update.
+    #[arg(long, value_name = "ADDR", env = "BALANCER_METRICS")]
+    metrics: Option<SocketAddr>,
+
+    /// How long open calls may run on after SIGTERM (seconds); keep the
+    /// DaemonSet's terminationGracePeriodSeconds above it.
+    #[arg(long, value_name = "SECONDS", env = "BALANCER_DRAIN_SECONDS", default_value_t = app::DEFAULT_DRAIN.as_secs())]
+    drain_seconds: u64,
 
     /// Kubernetes mode: the agent's own pod (downward API), named in Events.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ask this instance's admin server (address from --admin, else the
+    /// run directory, else the default) whether it is ready or alive: exit
+    /// 0 if so. `ready` also passes when the agent is settled (not ready
+    /// for reasons that last until an operator acts, which it prints).
+    Probe {
+        #[arg(value_enum)]
+        what: node::Probe,
+    },
+    /// Mount the host's cgroup v2 hierarchy at DIR from the host's cgroup
+    /// and mount namespaces (those of PID 1 under --host-proc): the
+    /// DaemonSet's init step. Does nothing if DIR already shows it.
+    #[command(name = "mount-cgroup2")]
+    MountCgroup2 {
+        dir: PathBuf,
+        /// The host's /proc (mounted into the init container).
+        #[arg(long, default_value = "/proc")]
+        host_proc: PathBuf,
+    },
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    match args.command {
+        Some(Command::Probe { what }) => {
+            return match node::probe(what, args.admin, args.run_dir.as_deref(), Duration::from_secs(3)) {
+                Ok(line) => {
+                    println!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::MountCgroup2 { dir, host_proc }) => {
+            return match node::mount_host_cgroup2(&dir, &host_proc) {
+                Ok(done) => {
+                    eprintln!("balancer-agent: {done}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("balancer-agent: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
     let source = match args.config {
         Some(path) => Source::Static(path),
         None => Source::Kubernetes {
             node_name: args.node_name,
-            host_ip: args.host_ip,
+            host_ips: if args.host_ips.is_empty() {
+                args.host_ip.into_iter().collect()
+            } else {
+                args.host_ips
+            },
         },
     };
     let opts = Options {
@@ -103,6 +186,9 @@ fn main() -> std::process::ExitCode {
         access_log: args.access_log,
         cgroup_root: args.cgroup_root,
         pod_name: args.pod_name,
+        run_dir: args.run_dir,
+        metrics: args.metrics,
+        drain: Duration::from_secs(args.drain_seconds),
     };
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -32,6 +32,12 @@ impl AdminClient {
         }
     }
 
+    /// How long a request may take.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     fn resolve(&self) -> Result<Vec<SocketAddr>, CtlError> {
         let addrs: Vec<SocketAddr> = self
             .addr

@@ -55,15 +55,30 @@ pub struct Cli {
     /// Pretty-printed JSON output (implies --json).
     #[arg(short = 'p', long, global = true)]
     pub pretty: bool,
-    /// The agent's admin address.
-    #[arg(long, global = true, value_name = "ADDR", env = "BALANCERCTL_ADMIN", default_value = DEFAULT_ADMIN)]
-    pub admin: String,
+    /// The agent's admin address (default: the one the agent wrote into
+    /// $BALANCER_RUN_DIR, as in the DaemonSet's pods, else 127.0.0.1:15000).
+    #[arg(long, global = true, value_name = "ADDR", env = "BALANCERCTL_ADMIN")]
+    pub admin: Option<String>,
     /// `prog`/`map`: read the kernel directly (the programs named `bal_*`)
     /// instead of asking the agent. Needs root.
     #[arg(long, global = true)]
     pub kernel: bool,
     #[command(subcommand)]
     pub object: Object,
+}
+
+impl Cli {
+    /// `--admin`, else this pod's instance (`$BALANCER_RUN_DIR`), else the
+    /// default.
+    pub fn admin_address(&self) -> String {
+        match &self.admin {
+            Some(a) => a.clone(),
+            None => {
+                let run_dir = std::env::var_os("BALANCER_RUN_DIR").map(std::path::PathBuf::from);
+                crate::node::admin_address(None, run_dir.as_deref())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,7 +206,7 @@ pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, format: Format, valu
 
 /// Runs one command, writing to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
-    let client = AdminClient::new(&cli.admin);
+    let client = AdminClient::new(&cli.admin_address());
     let format = cli.format();
     if cli.kernel && !matches!(cli.object, Object::Prog { .. } | Object::Map { .. }) {
         return Err(CtlError::KernelOnlyForProgAndMap);

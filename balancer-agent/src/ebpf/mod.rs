@@ -1,26 +1,29 @@
 //! Loads and attaches the kernel programs, and keeps their maps in step with
 //! the agent's state.
 //!
-//! [`Kernel::load`] attaches four programs at a cgroup v2 directory (by
-//! default the root of the hierarchy) — `cgroup/connect4`, `sock_ops`,
-//! `cgroup/getsockopt`, and `sk_msg` on the fast-path SOCKHASH — and moves
-//! the calling process into its own child cgroup (`balancer-agent`) below
-//! that point, so that its accepted sockets see sock_ops and getsockopt while
-//! its own connects are never redirected.
+//! [`Kernel::load`] attaches five programs. At the attach cgroup (by default
+//! the root of the host's cgroup v2 hierarchy; the kubelet's pod cgroup is a
+//! narrower choice): `cgroup/connect4`, `cgroup/connect6` and `sock_ops`. At
+//! the agent's own cgroup, which it never leaves: `cgroup/getsockopt` (only
+//! the agent's accepted sockets ask for `SO_ORIGINAL_DST`), and `sock_ops`
+//! too when the agent's cgroup is not below the attach cgroup (its accepted
+//! sockets must be seen established). `sk_msg` on the fast-path SOCKHASH.
+//! connect4/6 skip the agent's cgroup, so its own upstream connects are never
+//! redirected.
 //!
 //! Nothing is pinned: the programs stay attached only as long as the
 //! [`Kernel`] (and so the process) lives. A stopped or crashed agent leaves no
 //! redirection behind — new connections go straight to the Service VIP
-//! (fail-open).
+//! (fail-open). A stopping agent first detaches its connect programs
+//! ([`Kernel::stop_redirecting`]) and then drains.
 //!
-//! Call [`Kernel::load`] from the network namespace the listener lives in,
-//! and before creating the listener socket (a socket belongs to the cgroup
-//! its creator was in).
+//! Call [`Kernel::load`] from the network namespace the listener lives in.
 //!
 //! Sockets in the fast path can see a blocking `recv()` return `EAGAIN`
 //! after an empty wakeup (a kernel property of sockmap sockets); use
 //! non-blocking sockets or retry.
 
+pub mod query;
 mod redirects;
 pub mod sockopt;
 
@@ -34,7 +37,11 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, ProgramType, SkMsg, SockOps},
+    programs::{
+        cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError,
+        ProgramType, SkMsg, SockOps,
+    },
+    sys::BpfHelper,
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
 /// `SO_MARK` that keeps a socket's connects from ever being redirected (a
@@ -43,10 +50,11 @@ use aya::{
 pub use balancer_common::SKIP_MARK;
 use balancer_common::{Config, Connection, ServiceKey, SockKey};
 pub use balancer_common::{Program, ProgramCounters};
+use query::Hook;
 pub use redirects::KernelRedirects;
 
 use crate::{
-    cgroup::{self, CgroupError, AGENT_CGROUP_NAME},
+    cgroup::{self, CgroupError, OwnCgroup},
     redirect::Redirects,
 };
 
@@ -68,12 +76,26 @@ const PROG_GETSOCKOPT: &str = "bal_getsockopt";
 pub enum EbpfError {
     #[error("this agent was built with BALANCER_EBPF_STUB=1 and carries no kernel programs; rebuild without BALANCER_EBPF_STUB (needs bpf-linker: `cargo xtask setup`)")]
     StubObject,
-    #[error("not permitted to load eBPF programs ({detail}): run as root, or with CAP_BPF and CAP_NET_ADMIN")]
+    #[error(
+        "not permitted to load eBPF programs ({detail}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+    )]
     NotPermitted { detail: String },
-    #[error("this kernel does not support {0} programs (balancer needs Linux 5.15+ with cgroup BPF and sockmap)")]
+    #[error("this kernel does not support {0} programs (balancer needs Linux {KERNEL_FLOOR} or newer with cgroup BPF and sockmap)")]
     UnsupportedProgram(&'static str),
+    #[error("this kernel lacks the BPF helper {helper} in {program} programs (balancer needs Linux {KERNEL_FLOOR} or newer)")]
+    MissingHelper {
+        program: &'static str,
+        helper: &'static str,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(
+        "the agent's own cgroup {own} contains the attach cgroup {attach}: every process there would count as the \
+         agent and never be redirected; run the agent in a cgroup of its own (a container, a service)"
+    )]
+    AgentAboveAttach { own: PathBuf, attach: PathBuf },
+    #[error("the attach cgroup {attach} is not in the host's cgroup v2 hierarchy {hierarchy}")]
+    AttachOutsideHierarchy { attach: PathBuf, hierarchy: PathBuf },
     #[error("the listener {0} must be a concrete IPv4 address the pods can reach (not 0.0.0.0, not IPv6)")]
     BadListener(SocketAddr),
     #[error("loading the kernel programs: {0}")]
@@ -98,12 +120,40 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0} is still attached after it was detached")]
+    StillAttached(&'static str),
 }
+
+impl EbpfError {
+    /// Whether this node cannot run balancer at all (no cgroup v2, an old
+    /// kernel), as opposed to a configuration or permission problem: the
+    /// agent then stays up, says so and reports not ready, rather than
+    /// restarting in a loop.
+    pub fn node_unsupported(&self) -> bool {
+        match self {
+            EbpfError::UnsupportedProgram(_) | EbpfError::MissingHelper { .. } => true,
+            EbpfError::Cgroup(e) => matches!(
+                e,
+                CgroupError::NoCgroup2 | CgroupError::NotInCgroup2 | CgroupError::NoHostHierarchy
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The oldest kernel balancer runs on: `SO_NETNS_COOKIE` (5.14) and
+/// `bpf_get_netns_cookie` in sock_ops, sk_msg and cgroup sockopt programs
+/// (5.15). Checked at start by probing every helper the programs call.
+pub const KERNEL_FLOOR: &str = "5.15";
 
 /// How to load the kernel programs.
 #[derive(Clone, Debug)]
 pub struct KernelOptions {
-    /// cgroup v2 directory to attach at; `None`: the root of the hierarchy.
+    /// The host's cgroup v2 hierarchy (its root); `None`: found in
+    /// `/proc/self/mountinfo`.
+    pub hierarchy: Option<PathBuf>,
+    /// cgroup v2 directory where connect4/6 and sock_ops attach; `None`: the
+    /// root of the hierarchy.
     pub attach_cgroup: Option<PathBuf>,
     /// The agent's listener: redirected connects go here. A concrete IPv4
     /// address pods can reach (the node IP), never 127.0.0.1 or 0.0.0.0.
@@ -116,6 +166,7 @@ impl KernelOptions {
     /// Attach at the cgroup v2 root with the fast path on.
     pub fn new(listener: SocketAddrV4) -> Self {
         KernelOptions {
+            hierarchy: None,
             attach_cgroup: None,
             listener,
             fast_path: true,
@@ -130,6 +181,7 @@ pub struct Counters {
     pub sock_ops: ProgramCounters,
     pub sk_msg: ProgramCounters,
     pub getsockopt: ProgramCounters,
+    pub connect6: ProgramCounters,
 }
 
 impl Counters {
@@ -139,6 +191,7 @@ impl Counters {
             Program::SockOps => self.sock_ops,
             Program::SkMsg => self.sk_msg,
             Program::GetSockopt => self.getsockopt,
+            Program::Connect6 => self.connect6,
         }
     }
 
@@ -148,6 +201,7 @@ impl Counters {
             Program::SockOps => &mut self.sock_ops,
             Program::SkMsg => &mut self.sk_msg,
             Program::GetSockopt => &mut self.getsockopt,
+            Program::Connect6 => &mut self.connect6,
         }
     }
 }
@@ -170,10 +224,15 @@ pub struct Kernel {
     services: HashMap<MapData, ServiceKey, u32>,
     enrolled: HashMap<MapData, u64, u32>,
     counters: PerCpuArray<MapData, ProgramCounters>,
-    _sockets: SockHash<MapData, SockKey>,
+    sockets: SockHash<MapData, SockKey>,
     redirects: Arc<KernelRedirects>,
+    hierarchy: PathBuf,
     attach_cgroup: PathBuf,
-    agent_cgroup: PathBuf,
+    own: OwnCgroup,
+    /// connect4/6 links, detached when the agent stops redirecting.
+    connect_links: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    /// Kernel ids of this agent's connect programs.
+    connect_ids: Vec<u32>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EbpfError {
@@ -227,22 +286,82 @@ fn check_program_types() -> Result<(), EbpfError> {
     Ok(())
 }
 
-fn load_error(source: aya::EbpfError) -> EbpfError {
-    let text = format!("{source:?}");
-    if text.contains("PermissionDenied") || text.contains("EPERM") {
-        EbpfError::NotPermitted {
-            detail: source.to_string(),
+/// Every helper the programs call, by program type: a kernel without one
+/// would reject the program with a verifier log, so say which is missing.
+fn check_helpers() -> Result<(), EbpfError> {
+    let needed: [(ProgramType, &str, &[(BpfHelper, &str)]); 4] = [
+        (
+            ProgramType::CgroupSockAddr,
+            "cgroup_sock_addr",
+            &[
+                (
+                    BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+                    "bpf_get_current_ancestor_cgroup_id",
+                ),
+                (BpfHelper::BPF_FUNC_get_socket_cookie, "bpf_get_socket_cookie"),
+            ],
+        ),
+        (
+            ProgramType::SockOps,
+            "sock_ops",
+            &[
+                (BpfHelper::BPF_FUNC_get_netns_cookie, "bpf_get_netns_cookie"),
+                (BpfHelper::BPF_FUNC_get_socket_cookie, "bpf_get_socket_cookie"),
+                (BpfHelper::BPF_FUNC_sock_hash_update, "bpf_sock_hash_update"),
+                (BpfHelper::BPF_FUNC_sock_ops_cb_flags_set, "bpf_sock_ops_cb_flags_set"),
+            ],
+        ),
+        (
+            ProgramType::SkMsg,
+            "sk_msg",
+            &[
+                (BpfHelper::BPF_FUNC_get_netns_cookie, "bpf_get_netns_cookie"),
+                (BpfHelper::BPF_FUNC_msg_redirect_hash, "bpf_msg_redirect_hash"),
+            ],
+        ),
+        (
+            ProgramType::CgroupSockopt,
+            "cgroup_sockopt",
+            &[(BpfHelper::BPF_FUNC_get_netns_cookie, "bpf_get_netns_cookie")],
+        ),
+    ];
+    for (kind, program, helpers) in needed {
+        for &(helper, name) in helpers {
+            // An error (EPERM) is reported better by the load itself.
+            if let Ok(false) = aya::sys::is_helper_supported(kind, helper) {
+                return Err(EbpfError::MissingHelper { program, helper: name });
+            }
         }
-    } else {
-        EbpfError::Load(source)
+    }
+    Ok(())
+}
+
+/// The errno of the first I/O error in `e`'s source chain.
+fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn load_error(source: aya::EbpfError) -> EbpfError {
+    match errno_of(&source) {
+        Some(libc::EPERM | libc::EACCES) => EbpfError::NotPermitted {
+            detail: source.to_string(),
+        },
+        _ => EbpfError::Load(source),
     }
 }
 
 impl Kernel {
-    /// Loads the programs, moves this process into `<attach>/balancer-agent`,
-    /// writes the configuration and attaches everything. Services and
-    /// enrolled cgroups start empty: nothing is redirected until
-    /// [`Kernel::set_services`] and [`Kernel::set_enrolled`] say so.
+    /// Loads the programs, writes the configuration and attaches everything
+    /// (see the module docs for where). The agent stays in its own cgroup.
+    /// Services and enrolled cgroups start empty: nothing is redirected
+    /// until [`Kernel::set_services`] and [`Kernel::set_enrolled`] say so.
     pub fn load(opts: &KernelOptions) -> Result<Kernel, EbpfError> {
         if opts.listener.ip().is_unspecified() {
             return Err(EbpfError::BadListener(SocketAddr::V4(opts.listener)));
@@ -251,12 +370,26 @@ impl Kernel {
             return Err(EbpfError::StubObject);
         }
         check_permissions()?;
-        let mount = cgroup::cgroup2_mount()?;
-        let attach_cgroup = opts.attach_cgroup.clone().unwrap_or(mount);
+        let hierarchy = cgroup::host_hierarchy(opts.hierarchy.as_deref())?;
+        let attach_cgroup = opts.attach_cgroup.clone().unwrap_or_else(|| hierarchy.clone());
         if !cgroup::is_cgroup2_dir(&attach_cgroup)? {
             return Err(CgroupError::NotCgroup2(attach_cgroup).into());
         }
+        if !attach_cgroup.starts_with(&hierarchy) {
+            return Err(EbpfError::AttachOutsideHierarchy {
+                attach: attach_cgroup,
+                hierarchy,
+            });
+        }
+        let own = cgroup::own_cgroup(&hierarchy)?;
+        if attach_cgroup.starts_with(&own.path) {
+            return Err(EbpfError::AgentAboveAttach {
+                own: own.path,
+                attach: attach_cgroup,
+            });
+        }
         check_program_types()?;
+        check_helpers()?;
 
         let mut loader = EbpfLoader::new();
         if std::env::var_os(VERIFIER_LOG_ENV).is_some() {
@@ -274,11 +407,6 @@ impl Kernel {
         let sockets: SockHash<MapData, SockKey> =
             SockHash::try_from(take(&mut ebpf, "SOCKETS")?).map_err(map_err("SOCKETS"))?;
 
-        // The agent's own cgroup, below the attach point: its accepted
-        // sockets get sock_ops and getsockopt; connect4 skips its connects.
-        let agent_cgroup = attach_cgroup.join(AGENT_CGROUP_NAME);
-        cgroup::move_self_into(&agent_cgroup)?;
-        let agent_cgroup_id = cgroup::cgroup_id(&agent_cgroup)?;
         let agent_netns = sockopt::current_netns_cookie().map_err(|source| EbpfError::Io {
             what: "reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)",
             source,
@@ -289,7 +417,7 @@ impl Kernel {
                 Config {
                     listener: sockopt::endpoint(opts.listener),
                     agent_netns,
-                    agent_cgroup: agent_cgroup_id,
+                    agent_cgroup: own.id,
                     enabled: 1,
                     fast_path: u32::from(opts.fast_path),
                 },
@@ -297,47 +425,56 @@ impl Kernel {
             )
             .map_err(map_err("CONFIG"))?;
 
-        let cgroup_fd = File::open(&attach_cgroup).map_err(|source| {
-            EbpfError::Cgroup(CgroupError::Io {
-                path: attach_cgroup.clone(),
-                source,
+        let open = |path: &Path| {
+            File::open(path).map_err(|source| {
+                EbpfError::Cgroup(CgroupError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
             })
-        })?;
+        };
+        let attach_fd = open(&attach_cgroup)?;
+        let own_fd = open(&own.path)?;
         // Through bpf_link (Linux 5.7+) the attachment always coexists with
         // other programs on the cgroup (multi semantics); the kernel rejects
         // explicit flags there, so "Single" (no flags) it is.
         let mode = CgroupAttachMode::Single;
-        // Attach order: the fast path and getsockopt before connect4 starts
-        // redirecting.
+        // Attach order: the fast path, getsockopt and sock_ops before
+        // connect4 starts redirecting.
         {
             let prog: &mut SkMsg = program(&mut ebpf, PROG_SK_MSG)?;
             prog.load().map_err(prog_err(PROG_SK_MSG))?;
             prog.attach(sockets.fd()).map_err(prog_err(PROG_SK_MSG))?;
         }
         {
+            // Only the agent's accepted sockets ask for SO_ORIGINAL_DST:
+            // nobody else's getsockopt runs it.
             let prog: &mut CgroupSockopt = program(&mut ebpf, PROG_GETSOCKOPT)?;
             prog.load().map_err(prog_err(PROG_GETSOCKOPT))?;
-            prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_GETSOCKOPT))?;
+            prog.attach(&own_fd, mode).map_err(prog_err(PROG_GETSOCKOPT))?;
         }
         {
             let prog: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
             prog.load().map_err(prog_err(PROG_SOCKOPS))?;
-            prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_SOCKOPS))?;
+            prog.attach(&attach_fd, mode).map_err(prog_err(PROG_SOCKOPS))?;
+            // The agent's accepted sockets must be seen established too.
+            if !own.path.starts_with(&attach_cgroup) {
+                prog.attach(&own_fd, mode).map_err(prog_err(PROG_SOCKOPS))?;
+            }
         }
-        {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT4)?;
-            prog.load().map_err(prog_err(PROG_CONNECT4))?;
-            prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_CONNECT4))?;
-        }
-        {
-            // IPv4 VIPs dialed as v4-mapped addresses by dual-stack sockets.
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT6)?;
-            prog.load().map_err(prog_err(PROG_CONNECT6))?;
-            prog.attach(&cgroup_fd, mode).map_err(prog_err(PROG_CONNECT6))?;
+        let mut connect_links = Vec::new();
+        let mut connect_ids = Vec::new();
+        // connect6: IPv4 VIPs dialed as v4-mapped addresses by dual-stack sockets.
+        for name in [PROG_CONNECT4, PROG_CONNECT6] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            connect_links.push((name, prog.attach(&attach_fd, mode).map_err(prog_err(name))?));
+            connect_ids.push(prog.info().map_err(prog_err(name))?.id());
         }
         tracing::info!(
+            hierarchy = %hierarchy.display(),
             attach = %attach_cgroup.display(),
-            agent_cgroup = %agent_cgroup.display(),
+            own_cgroup = %own.path.display(),
             listener = %opts.listener,
             fast_path = opts.fast_path,
             "kernel programs attached"
@@ -348,11 +485,75 @@ impl Kernel {
             services,
             enrolled,
             counters,
-            _sockets: sockets,
+            sockets,
             redirects: Arc::new(KernelRedirects::new(Arc::new(Mutex::new(connections)))),
+            hierarchy,
             attach_cgroup,
-            agent_cgroup,
+            own,
+            connect_links,
+            connect_ids,
         })
+    }
+
+    /// Stops redirecting new connects: detaches connect4 and connect6 and
+    /// checks with the kernel that they no longer run at the attach cgroup.
+    /// Connections already redirected keep their fast path and original
+    /// destination; new ones go to the Service directly (or to another
+    /// agent's programs).
+    pub fn stop_redirecting(&mut self) -> Result<(), EbpfError> {
+        for (name, link) in std::mem::take(&mut self.connect_links) {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.detach(link).map_err(prog_err(name))?;
+        }
+        let fd = File::open(&self.attach_cgroup).map_err(|source| EbpfError::Io {
+            what: "opening the attach cgroup",
+            source,
+        })?;
+        for hook in [Hook::Connect4, Hook::Connect6] {
+            let ids = query::attached(&fd, hook, false).map_err(|source| EbpfError::Io {
+                what: "querying the attach cgroup's programs",
+                source,
+            })?;
+            if ids.iter().any(|id| self.connect_ids.contains(id)) {
+                return Err(EbpfError::StillAttached(hook.name()));
+            }
+        }
+        tracing::info!(attach = %self.attach_cgroup.display(), "connect programs detached: no new connection is redirected");
+        Ok(())
+    }
+
+    /// Whether the connect programs are attached (not yet stopped).
+    pub fn redirecting(&self) -> bool {
+        !self.connect_links.is_empty()
+    }
+
+    /// Other programs on the connect hooks of the attach cgroup (its
+    /// ancestors' included): another CNI's socket load balancer that runs
+    /// before balancer's program rewrites a VIP to a pod address first, and
+    /// the agent never sees the VIP. Other balancer agents' programs (a
+    /// rolling update) are not foreign.
+    pub fn foreign_connect_programs(&self) -> Result<Vec<ForeignProgram>, EbpfError> {
+        let fd = File::open(&self.attach_cgroup).map_err(|source| EbpfError::Io {
+            what: "opening the attach cgroup",
+            source,
+        })?;
+        let mut out = Vec::new();
+        for hook in [Hook::Connect4, Hook::Connect6] {
+            let ids = query::attached(&fd, hook, true).map_err(|source| EbpfError::Io {
+                what: "querying the attach cgroup's programs",
+                source,
+            })?;
+            out.extend(foreign_in(hook, &ids, &query::names(&ids), &self.connect_ids));
+        }
+        Ok(out)
+    }
+
+    /// Fast-path sockets (both ends of every redirected connection that
+    /// entered it). A pod's socket leaves the map when the pod closes it; an
+    /// agent that exits while one is still there would drop the bytes
+    /// queued for the pod.
+    pub fn fast_path_sockets(&self) -> usize {
+        self.sockets.keys().filter(Result::is_ok).count()
     }
 
     /// Makes the services map hold exactly `vips` (IPv4 only; IPv6 entries
@@ -369,7 +570,7 @@ impl Kernel {
                 }
             }
         }
-        let present: Vec<ServiceKey> = self
+        let present: HashSet<ServiceKey> = self
             .services
             .keys()
             .collect::<Result<_, _>>()
@@ -400,7 +601,7 @@ impl Kernel {
                 Err(error) => tracing::warn!(%error, "cgroup not enrolled"),
             }
         }
-        let present: Vec<u64> = self
+        let present: HashSet<u64> = self
             .enrolled
             .keys()
             .collect::<Result<_, _>>()
@@ -488,10 +689,54 @@ impl Kernel {
         &self.attach_cgroup
     }
 
-    /// The agent's own cgroup (below the attach point).
+    /// The agent's own cgroup, in the host's hierarchy.
     pub fn agent_cgroup(&self) -> &Path {
-        &self.agent_cgroup
+        &self.own.path
     }
+
+    /// The host's cgroup v2 hierarchy the agent works in.
+    pub fn hierarchy(&self) -> &Path {
+        &self.hierarchy
+    }
+}
+
+/// A connect program at the attach cgroup that is not balancer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignProgram {
+    /// `connect4` or `connect6`.
+    pub hook: &'static str,
+    pub id: u32,
+    pub name: String,
+    /// Runs before balancer's program: it sees (and may rewrite) the VIP
+    /// first, which leaves balancer nothing to redirect.
+    pub runs_first: bool,
+}
+
+/// The foreign programs among `ids` (run order) of one hook, given this
+/// agent's own program ids; programs named `bal_*` belong to balancer (this
+/// agent or another during a rolling update).
+fn foreign_in(
+    hook: Hook,
+    ids: &[u32],
+    names: &std::collections::HashMap<u32, String>,
+    ours: &[u32],
+) -> Vec<ForeignProgram> {
+    let our_pos = ids.iter().position(|id| ours.contains(id));
+    ids.iter()
+        .enumerate()
+        .filter_map(|(pos, id)| {
+            let name = names.get(id).cloned().unwrap_or_default();
+            if ours.contains(id) || name.starts_with("bal_") {
+                return None;
+            }
+            Some(ForeignProgram {
+                hook: hook.name(),
+                id: *id,
+                name,
+                runs_first: our_pos.is_none_or(|o| pos < o),
+            })
+        })
+        .collect()
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
@@ -529,6 +774,53 @@ mod tests {
             let opts = KernelOptions::new(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 15001));
             assert!(matches!(Kernel::load(&opts), Err(EbpfError::StubObject)));
         }
+    }
+
+    #[test]
+    fn a_foreign_connect_program_before_ours_is_flagged() {
+        let names: std::collections::HashMap<u32, String> = [
+            (1, "cil_sock4_connect".to_owned()),
+            (2, "bal_connect4".to_owned()),
+            (3, "bal_connect4".to_owned()),
+            (4, "calico_connect_v4".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        // Run order 1, 2 (ours), 3 (another balancer agent), 4.
+        let found = foreign_in(Hook::Connect4, &[1, 2, 3, 4], &names, &[2]);
+        assert_eq!(
+            found,
+            vec![
+                ForeignProgram {
+                    hook: "connect4",
+                    id: 1,
+                    name: "cil_sock4_connect".into(),
+                    runs_first: true
+                },
+                ForeignProgram {
+                    hook: "connect4",
+                    id: 4,
+                    name: "calico_connect_v4".into(),
+                    runs_first: false
+                },
+            ]
+        );
+        // Only balancer's own programs: nothing foreign.
+        assert!(foreign_in(Hook::Connect6, &[2, 3], &names, &[2]).is_empty());
+        // Ours detached (stopping): whatever is left runs first.
+        assert!(foreign_in(Hook::Connect4, &[4], &names, &[2])[0].runs_first);
+    }
+
+    #[test]
+    fn permission_errors_are_told_by_errno_not_text() {
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(errno_of(&denied), Some(libc::EPERM));
+        let wrapped = EbpfError::Io {
+            what: "x",
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(errno_of(&wrapped), Some(libc::EACCES));
+        assert_eq!(errno_of(&EbpfError::StubObject), None);
     }
 
     #[test]

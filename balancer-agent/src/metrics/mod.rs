@@ -68,6 +68,8 @@ pub struct Scrape {
     pub programs: Vec<api::Program>,
     pub source: api::SourceStatus,
     pub enrolled_pods: u64,
+    /// The agent's own conditions.
+    pub health: crate::health::Conditions,
 }
 
 /// Renders a scrape as OpenMetrics text.
@@ -288,6 +290,30 @@ impl Collector for Scrape {
             &[(vec![], c.streams)],
         )?;
 
+        // The agent's conditions.
+        gauge(
+            e,
+            "balancer_node_unsupported",
+            "1 when this node cannot run balancer (no cgroup v2, an old kernel); see balancerctl status.",
+            &[(vec![], i64::from(self.health.unsupported))],
+        )?;
+        gauge(
+            e,
+            "balancer_draining",
+            "1 while the agent stops: nothing new is redirected to it.",
+            &[(vec![], i64::from(self.health.draining))],
+        )?;
+        gauge(
+            e,
+            "balancer_foreign_connect_programs",
+            "Other programs on the connect hooks of the attach cgroup, by whether they run before balancer's \
+             (then they rewrite Service VIPs first and nothing is redirected).",
+            &[
+                (vec![("runs_first", "true")], self.health.shadowing as i64),
+                (vec![("runs_first", "false")], self.health.warnings.len() as i64),
+            ],
+        )?;
+
         // Kernel.
         gauge(
             e,
@@ -304,7 +330,7 @@ impl Collector for Scrape {
         let redirected: u64 = self
             .programs
             .iter()
-            .filter(|p| p.name == "connect4")
+            .filter(|p| p.name == "connect4" || p.name == "connect6")
             .filter_map(|p| p.counters.get("redirected"))
             .sum();
         if self.ebpf {

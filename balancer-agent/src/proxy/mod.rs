@@ -197,12 +197,16 @@ impl Proxy {
     /// Serves connections the kernel redirected to `listener`: each one's
     /// original destination (the VIP) selects the service; a connection
     /// without one, or to a VIP no service has, is closed at once.
-    /// Returns when the proxy shuts down.
+    ///
+    /// Keeps accepting while the proxy drains: a connect redirected just
+    /// before the programs were detached still arrives, and is served (its
+    /// client gets GOAWAY at once and re-dials, to the Service). Returns
+    /// when the drain is over.
     pub async fn serve_redirected(&self, listener: TcpListener, redirects: Arc<dyn Redirects>) {
         let ctx = &self.ctx;
         loop {
             let accepted = tokio::select! {
-                _ = ctx.drained() => break,
+                _ = ctx.forced() => break,
                 a = listener.accept() => a,
             };
             let (stream, peer) = match accepted {

@@ -59,6 +59,7 @@ fn main() {
 
 fn start(args: &Args) -> anyhow::Result<(Kernel, TcpListener)> {
     let opts = KernelOptions {
+        hierarchy: None,
         attach_cgroup: Some(args.attach_cgroup.clone()),
         listener: args.listen,
         fast_path: args.fast_path == "on",
@@ -67,7 +68,6 @@ fn start(args: &Args) -> anyhow::Result<(Kernel, TcpListener)> {
     let vips: Vec<SocketAddr> = args.service.iter().map(|s| SocketAddr::V4(*s)).collect();
     kernel.set_services(&vips)?;
     kernel.set_enrolled(&args.enroll)?;
-    // After load: the listener belongs to the agent's own cgroup.
     let listener = TcpListener::bind(args.listen)?;
     Ok((kernel, listener))
 }

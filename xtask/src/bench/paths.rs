@@ -206,7 +206,13 @@ impl Env {
     fn agent(&self, ebpf: bool, fast_path: bool) -> anyhow::Result<Proc> {
         let cfg = self.dir.join("balancer.yaml");
         fs::write(&cfg, self.agent_config(ebpf, fast_path))?;
-        let mut cmd = Command::new(self.bin.join("balancer-agent"));
+        // With the kernel path the agent runs in a cgroup of its own beside
+        // the pod's, as a service manager would start it.
+        let program = self.bin.join("balancer-agent");
+        let mut cmd = match (&self.pod, ebpf) {
+            (Some(pod), true) => crate::netns::in_cgroup(&pod.attach.path().join("agent"), &program)?,
+            _ => Command::new(&program),
+        };
         cmd.arg("--config")
             .arg(&cfg)
             .args(["--threads", &self.threads.to_string()])

@@ -1,0 +1,170 @@
+//! The agent's own conditions, beyond what its parts report: written by the
+//! agent's main loop, read by the admin server (`/readyz`, `balancerctl
+//! status`, metrics).
+//!
+//! Some conditions pass (the maps catch up with a new state, a drain ends
+//! with the process); others last until an operator acts (a node without
+//! cgroup v2, another program that rewrites VIPs before balancer's). The
+//! latter leave the agent "settled": not ready, but done starting, so that
+//! a DaemonSet rollout does not wait on a node that can never be ready.
+
+use std::sync::Mutex;
+
+#[derive(Debug, Default, Clone)]
+struct State {
+    /// Why this node cannot run balancer at all.
+    unsupported: Option<String>,
+    /// Whether the kernel maps must hold the published state before the
+    /// agent is ready (eBPF on).
+    needs_maps: bool,
+    maps_synced: bool,
+    draining: bool,
+    /// Foreign connect programs that run before balancer's.
+    shadowing: Vec<String>,
+    /// Foreign connect programs that run after balancer's (harmless).
+    coexisting: Vec<String>,
+}
+
+/// The agent's conditions. Cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<State>);
+
+/// What the conditions add up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    /// Reasons the agent is not ready (empty when it is, as far as these
+    /// conditions go).
+    pub not_ready: Vec<String>,
+    /// Every reason in `not_ready` lasts until an operator acts.
+    pub lasting: bool,
+    /// Worth knowing, not a reason to be unready.
+    pub warnings: Vec<String>,
+    pub unsupported: bool,
+    pub draining: bool,
+    /// Foreign connect programs that run before balancer's.
+    pub shadowing: usize,
+}
+
+impl Health {
+    /// Conditions of an agent that loads the kernel programs (`ebpf`): it
+    /// is not ready until the maps hold the published state.
+    pub fn new(ebpf: bool) -> Self {
+        Health(Mutex::new(State {
+            needs_maps: ebpf,
+            ..State::default()
+        }))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// This node cannot run balancer (no cgroup v2, an old kernel).
+    pub fn set_unsupported(&self, reason: String) {
+        self.with(|s| s.unsupported = Some(reason));
+    }
+
+    /// Whether the kernel maps hold the model last published.
+    pub fn set_maps_synced(&self, synced: bool) {
+        self.with(|s| s.maps_synced = synced);
+    }
+
+    /// The agent is stopping: no new connection is redirected to it.
+    pub fn set_draining(&self) {
+        self.with(|s| s.draining = true);
+    }
+
+    /// Whether the kernel maps hold the model last published.
+    pub fn maps_synced(&self) -> bool {
+        self.with(|s| s.maps_synced)
+    }
+
+    /// Foreign connect programs found at the attach cgroup; whether that
+    /// changed what was known.
+    pub fn set_foreign(&self, shadowing: Vec<String>, coexisting: Vec<String>) -> bool {
+        self.with(|s| {
+            let changed = s.shadowing != shadowing || s.coexisting != coexisting;
+            s.shadowing = shadowing;
+            s.coexisting = coexisting;
+            changed
+        })
+    }
+
+    pub fn conditions(&self) -> Conditions {
+        self.with(|s| {
+            let mut lasting_reasons = Vec::new();
+            let mut passing = Vec::new();
+            if let Some(reason) = &s.unsupported {
+                lasting_reasons.push(format!("this node cannot run balancer: {reason}"));
+            }
+            for p in &s.shadowing {
+                lasting_reasons.push(format!(
+                    "{p} runs before balancer's program and rewrites Service VIPs first: nothing is redirected \
+                     (see the README: Coexistence)"
+                ));
+            }
+            if s.draining {
+                passing.push("draining: no new connection is redirected".to_owned());
+            } else if s.needs_maps && s.unsupported.is_none() && !s.maps_synced {
+                passing.push("the kernel maps do not hold the current state yet".to_owned());
+            }
+            let lasting = !lasting_reasons.is_empty() && passing.is_empty();
+            let mut not_ready = lasting_reasons;
+            not_ready.extend(passing);
+            Conditions {
+                not_ready,
+                lasting,
+                warnings: s
+                    .coexisting
+                    .iter()
+                    .map(|p| format!("{p} is attached too and runs after balancer's program"))
+                    .collect(),
+                unsupported: s.unsupported.is_some(),
+                draining: s.draining,
+                shadowing: s.shadowing.len(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_once_the_maps_hold_the_state() {
+        let h = Health::new(true);
+        assert_eq!(h.conditions().not_ready.len(), 1);
+        assert!(!h.conditions().lasting);
+        h.set_maps_synced(true);
+        assert!(h.conditions().not_ready.is_empty());
+        // Without eBPF there are no maps to wait for.
+        assert!(Health::new(false).conditions().not_ready.is_empty());
+    }
+
+    #[test]
+    fn an_unsupported_node_is_settled_but_a_draining_agent_is_not() {
+        let h = Health::new(true);
+        h.set_unsupported("no cgroup v2".into());
+        let c = h.conditions();
+        assert!(c.lasting && c.unsupported);
+        assert_eq!(
+            c.not_ready,
+            vec!["this node cannot run balancer: no cgroup v2".to_owned()]
+        );
+        h.set_draining();
+        assert!(!h.conditions().lasting);
+    }
+
+    #[test]
+    fn foreign_programs_that_run_first_make_it_unready_the_others_warn() {
+        let h = Health::new(true);
+        h.set_maps_synced(true);
+        h.set_foreign(vec!["connect4 program cil_sock4_connect (id 7)".into()], vec![]);
+        let c = h.conditions();
+        assert!(c.lasting && c.not_ready[0].contains("cil_sock4_connect"), "{c:?}");
+        h.set_foreign(vec![], vec!["connect4 program x (id 8)".into()]);
+        let c = h.conditions();
+        assert!(c.not_ready.is_empty() && c.warnings.len() == 1, "{c:?}");
+    }
+}
