@@ -96,14 +96,15 @@ pub enum MountError {
 }
 
 /// Mounts the host's cgroup v2 hierarchy at `dir` in the host's mount
-/// namespace, from the host's cgroup namespace (so the mount shows the
+/// namespace (that of `host_process`, a `/proc/<pid>` of a host process,
+/// PID 1 in the DaemonSet), from the host's cgroup namespace (so the mount shows the
 /// root, not this container's view), as the DaemonSet's init step. The
 /// agent's container then sees it through a hostPath volume with
 /// `HostToContainer` propagation. Must run single-threaded (entering a
 /// mount namespace requires it).
-pub fn mount_host_cgroup2(dir: &Path, host_proc: &Path) -> Result<String, MountError> {
+pub fn mount_host_cgroup2(dir: &Path, host_process: &Path) -> Result<String, MountError> {
     let open = |name: &str| {
-        let path = host_proc.join("1/ns").join(name);
+        let path = host_process.join("ns").join(name);
         File::open(&path).map_err(|source| MountError::Open { path, source })
     };
     let cgroup_ns = open("cgroup")?;

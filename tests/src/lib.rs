@@ -25,10 +25,17 @@
 //!   test protocol served) over its stdin/stdout.
 //! * [`pod`]: run `balancer-test-pod` client workloads inside a pod.
 //! * [`wire`]: the test protocol both programs speak.
+//! * [`container`], [`node_agent`]: the real agent started as its DaemonSet
+//!   starts it (own cgroup, private cgroup namespace, nsdelegate, the host's
+//!   hierarchy mounted by its init step); [`kubeproxy`]: a Service VIP that
+//!   answers when the agent does not redirect (fail-open).
 
 pub mod agent;
 pub mod cgroup;
+pub mod container;
+pub mod kubeproxy;
 pub mod netns;
+pub mod node_agent;
 pub mod pod;
 pub mod privileged;
 pub mod process;

@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
@@ -55,6 +55,13 @@ impl NetNs {
         File::open(self.path())
     }
 
+    /// Runs `f` on a thread of this process that has entered the namespace
+    /// (`setns` moves only that thread), e.g. to reach an agent's admin
+    /// server on the namespace's loopback.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        run_in(&self.path(), f)
+    }
+
     /// Runs `ip -n <name> <args>`.
     pub fn ip(&self, args: &[&str]) -> io::Result<Output> {
         let mut full = vec!["-n", &self.name];
@@ -68,6 +75,21 @@ impl NetNs {
     pub fn sh(&self, script: &str) -> io::Result<Output> {
         run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]))
     }
+}
+
+/// Runs `f` on a thread inside the network namespace at `path`.
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let file = File::open(path)?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on a namespace file this thread owns.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
 }
 
 impl Drop for NetNs {

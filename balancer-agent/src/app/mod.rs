@@ -250,7 +250,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         mut models,
         source,
     } = start_source(&opts, &fatal_tx).await?;
-    let kubernetes = matches!(opts.source, Source::Kubernetes { .. });
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let admin_opts = AdminOptions {
@@ -281,14 +280,14 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut listeners = Listeners::new(proxy.clone());
     listeners.sync(&model, true).await?;
 
-    // In Kubernetes mode a second agent on the node (a rolling update)
-    // moves to the next admin port unless one was configured.
-    let admin_listener = bind::bind_instance(admin_addr, kubernetes && opts.admin.is_none()).map_err(|source| {
-        admin::AdminError::Bind {
+    // A second agent on the node (a rolling update) moves to the next admin
+    // port unless one was given on the command line; the run directory
+    // tells the probes and balancerctl which one this instance has.
+    let admin_listener =
+        bind::bind_instance(admin_addr, opts.admin.is_none()).map_err(|source| admin::AdminError::Bind {
             addr: admin_addr,
             source,
-        }
-    })?;
+        })?;
     let admin_server = AdminServer::from_listener(admin_listener);
     let admin_bound = admin_server.local_addr()?;
     info!(addr = %admin_bound, "admin server listening");

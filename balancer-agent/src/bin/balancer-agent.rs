@@ -123,7 +123,7 @@ enum Command {
         what: node::Probe,
     },
     /// Mount the host's cgroup v2 hierarchy at DIR from the host's cgroup
-    /// and mount namespaces (those of PID 1 under --host-proc): the
+    /// and mount namespaces (those of --host-pid under --host-proc): the
     /// DaemonSet's init step. Does nothing if DIR already shows it.
     #[command(name = "mount-cgroup2")]
     MountCgroup2 {
@@ -131,6 +131,9 @@ enum Command {
         /// The host's /proc (mounted into the init container).
         #[arg(long, default_value = "/proc")]
         host_proc: PathBuf,
+        /// A process in the host's namespaces, under --host-proc.
+        #[arg(long, default_value_t = 1)]
+        host_pid: u32,
     },
 }
 
@@ -149,8 +152,12 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
-        Some(Command::MountCgroup2 { dir, host_proc }) => {
-            return match node::mount_host_cgroup2(&dir, &host_proc) {
+        Some(Command::MountCgroup2 {
+            dir,
+            host_proc,
+            host_pid,
+        }) => {
+            return match node::mount_host_cgroup2(&dir, &host_proc.join(host_pid.to_string())) {
                 Ok(done) => {
                     eprintln!("balancer-agent: {done}");
                     std::process::ExitCode::SUCCESS

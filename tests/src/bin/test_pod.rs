@@ -64,6 +64,16 @@ enum Sub {
         #[arg(long)]
         keep_fast_path: bool,
     },
+    /// Stand in for kube-proxy: accept on `listen` (a Service VIP) and
+    /// forward each connection, as it comes, to the next of `to` (one
+    /// backend per connection, as every L4 balancer does). Prints one JSON
+    /// line once listening; runs until killed.
+    Forward {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<SocketAddr>,
+    },
 }
 
 fn main() {
@@ -85,6 +95,7 @@ fn main() {
             secs,
             keep_fast_path,
         } => flood(to, prefix, max_bytes, secs, keep_fast_path),
+        Sub::Forward { listen, to } => forward(listen, to),
     };
     println!("{out}");
     let _ = io::stdout().flush();
@@ -359,4 +370,37 @@ fn flood(to: SocketAddr, prefix: u64, max_bytes: u64, secs: u64, keep_fast_path:
     let _ = io::stdout().flush();
     let _ = io::stdin().read_to_end(&mut Vec::new());
     json!({"closed": true})
+}
+
+fn forward(listen: SocketAddr, to: Vec<SocketAddr>) -> serde_json::Value {
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => return json!({"listening": false, "error": e.to_string()}),
+    };
+    println!("{}", json!({"listening": true, "addr": listen.to_string()}));
+    let _ = io::stdout().flush();
+    let mut next = 0usize;
+    for conn in listener.incoming() {
+        let Ok(client) = conn else { continue };
+        let Some(backend) = to.get(next % to.len().max(1)).copied() else {
+            continue;
+        };
+        next += 1;
+        std::thread::spawn(move || {
+            let Ok(server) = TcpStream::connect(backend) else {
+                return;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                return;
+            };
+            let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                let _ = io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            };
+            let up = std::thread::spawn(move || pipe(client, server));
+            pipe(s2, c2);
+            let _ = up.join();
+        });
+    }
+    json!({"listening": false})
 }
