@@ -28,11 +28,13 @@
 //! * [`container`], [`node_agent`]: the real agent started as its DaemonSet
 //!   starts it (own cgroup, private cgroup namespace, nsdelegate, the host's
 //!   hierarchy mounted by its init step); [`kubeproxy`]: a Service VIP that
-//!   answers when the agent does not redirect (fail-open).
+//!   answers when the agent does not redirect (fail-open); [`foreign`]:
+//!   another project's connect4 program.
 
 pub mod agent;
 pub mod cgroup;
 pub mod container;
+pub mod foreign;
 pub mod kubeproxy;
 pub mod netns;
 pub mod node_agent;

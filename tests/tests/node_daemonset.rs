@@ -21,6 +21,7 @@ use balancer_tests::{
     bin_path,
     cgroup::Cgroup,
     container::{CgroupView, HostCgroupMount, NsDelegate},
+    foreign::ForeignConnect4,
     kubeproxy::KubeProxy,
     node_agent::{NodeAgent, NodeAgentOptions},
     pod::{self, PodProcess},
@@ -445,4 +446,67 @@ fn a_node_without_cgroup_v2_leaves_the_agent_up_not_ready_and_settled() {
 
     agent.sigterm().expect("SIGTERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(30)).expect("exit"), Some(0));
+}
+
+/// A backend on the node's address, which pods reach without the agent.
+fn direct_backend(node: &Node) -> (ChildGuard, SocketAddrV4) {
+    let addr = SocketAddrV4::new(node.topo.node.ip, 50080);
+    let mut cmd = Command::new(bin("greeter-server"));
+    cmd.args(["--listen", &addr.to_string(), "--name", "greeter-direct"])
+        .stdout(Stdio::null());
+    place(&mut cmd, Some(&node.topo.node.netns), None).expect("place backend");
+    (ChildGuard::new(cmd.spawn().expect("start greeter-server")), addr)
+}
+
+#[test]
+fn a_foreign_connect_program_that_runs_first_is_reported() {
+    let Some(_serial) = serial_or_skip("a_foreign_connect_program_that_runs_first_is_reported") else {
+        return;
+    };
+    let node = Node::new(1);
+    let (_direct, direct) = direct_backend(&node);
+    // Attached before the agent, at the same cgroup: it runs first and
+    // turns the VIP into a backend address, as a CNI's socket LB does.
+    let _foreign = ForeignConnect4::attach(node.attach().path(), "cil_sock4_conn", VIP, direct).expect("foreign");
+    let mut agent = node.start_agent(&node.topo.agent_cgroup);
+    let status = agent.wait(true, Duration::from_secs(20)).expect("settled");
+    assert!(!status.ready, "{status:?}");
+    let reasons = status.not_ready.join("; ");
+    assert!(
+        reasons.contains("cil_sock4_conn") && reasons.contains("runs before"),
+        "{reasons}"
+    );
+    let (_, metrics) = agent.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("balancer_foreign_connect_programs{runs_first=\"true\"} 1"),
+        "{metrics}"
+    );
+    // What it means: the pod's calls never reach the agent.
+    let mut client = load(&node.topo.pods[0], 50);
+    let v = client.next_json(Duration::from_secs(60)).expect("client report");
+    assert_eq!(backends(&v), BTreeMap::from([("greeter-direct".to_owned(), 50)]), "{v}");
+    assert_eq!(agent.calls().expect("stats").values().sum::<u64>(), 0);
+}
+
+#[test]
+fn a_foreign_connect_program_that_runs_after_balancers_is_only_noted() {
+    let Some(_serial) = serial_or_skip("a_foreign_connect_program_that_runs_after_balancers_is_only_noted") else {
+        return;
+    };
+    let node = Node::new(1);
+    let (_direct, direct) = direct_backend(&node);
+    // At an ancestor of the attach cgroup: the kernel runs it after
+    // balancer's program, which has already redirected the VIP.
+    let _foreign =
+        ForeignConnect4::attach(node.topo.root_cgroup.path(), "cil_sock4_conn", VIP, direct).expect("foreign");
+    let mut agent = node.start_agent(&node.topo.agent_cgroup);
+    let status = agent.wait(false, Duration::from_secs(20)).expect("ready");
+    assert!(
+        status.warnings.iter().any(|w| w.contains("cil_sock4_conn")),
+        "{status:?}"
+    );
+    let mut client = load(&node.topo.pods[0], 90);
+    let v = client.next_json(Duration::from_secs(60)).expect("client report");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(backends(&v).len(), 3, "balanced by the agent: {v}");
 }
