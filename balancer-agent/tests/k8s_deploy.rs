@@ -12,7 +12,7 @@ use balancer_agent::k8s::{self, translate, Kind, Snapshot};
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, ResourceQuota, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -63,6 +63,7 @@ struct Manifests {
     deployments: Vec<Deployment>,
     services: Vec<Service>,
     routes: Vec<GrpcRoute>,
+    quotas: Vec<ResourceQuota>,
 }
 
 fn load(dir: &Path) -> Manifests {
@@ -82,6 +83,7 @@ fn load(dir: &Path) -> Manifests {
                 ("v1", "ConfigMap") => {
                     strict::<ConfigMap>(&path, &doc);
                 }
+                ("v1", "ResourceQuota") => m.quotas.push(strict(&path, &doc)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.cluster_roles.push(strict(&path, &doc)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => m.bindings.push(strict(&path, &doc)),
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
@@ -150,12 +152,51 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
     assert_eq!(pod.service_account_name.as_deref(), Some("balancer-agent"));
+    assert_ne!(pod.host_pid, Some(true), "the agent keeps its own PID namespace");
+    let selinux = pod
+        .security_context
+        .as_ref()
+        .and_then(|s| s.se_linux_options.as_ref())
+        .expect("seLinuxOptions");
+    assert_eq!(selinux.type_.as_deref(), Some("spc_t"));
     assert_eq!(pod.containers.len(), 1);
     let c = &pod.containers[0];
     assert!(
         c.args.iter().flatten().all(|a| a != "--config"),
         "Kubernetes mode: no --config"
     );
+    let host_path = |c: &k8s_openapi::api::core::v1::Container, mount_path: &str| {
+        let m = c.volume_mounts.iter().flatten().find(|m| m.mount_path == mount_path)?;
+        let v = pod.volumes.iter().flatten().find(|v| v.name == m.name)?;
+        Some((v.host_path.as_ref()?.path.clone(), m.clone()))
+    };
+
+    // The init step mounts the host's cgroup v2 hierarchy from the host's
+    // namespaces, at the path the agent is told.
+    let init = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "mount-cgroup2")
+        .expect("init step");
+    let command = init.command.clone().unwrap_or_default();
+    assert_eq!(command[..2], ["balancer-agent", "mount-cgroup2"], "{command:?}");
+    let target = command[2].clone();
+    let host_proc = command
+        .windows(2)
+        .find(|w| w[0] == "--host-proc")
+        .map(|w| w[1].clone())
+        .expect("--host-proc");
+    let (proc_path, proc_mount) = host_path(init, &host_proc).expect("the host's /proc");
+    assert_eq!(proc_path, "/proc");
+    assert_eq!(proc_mount.read_only, Some(true));
+    let init_caps: BTreeSet<&str> = init
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref()?.add.as_ref())
+        .map(|a| a.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(init_caps, BTreeSet::from(["SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"]));
 
     // Capabilities, not full privilege.
     let sc = c.security_context.as_ref().expect("securityContext");
@@ -166,9 +207,7 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
         .and_then(|c| c.add.as_ref())
         .map(|a| a.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
-        assert!(caps.contains(cap), "missing capability {cap}");
-    }
+    assert_eq!(caps, BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"]));
 
     // Downward API.
     let field = |name: &str| {
@@ -179,6 +218,7 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
             .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone()))
     };
     assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(field("HOST_IPS").as_deref(), Some("status.hostIPs"));
     assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
     let value = |name: &str| {
         c.env
@@ -188,29 +228,87 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
             .and_then(|e| e.value.clone())
     };
 
-    // The host's cgroup v2 hierarchy and bpffs are mounted, and the agent is
-    // told where the cgroup hierarchy is.
-    let host_path = |mount_path: &str| {
-        let m = c.volume_mounts.iter().flatten().find(|m| m.mount_path == mount_path)?;
-        let v = pod.volumes.iter().flatten().find(|v| v.name == m.name)?;
-        v.host_path.as_ref().map(|h| h.path.clone())
-    };
+    // The agent reaches the hierarchy the init step mounted, read-only,
+    // with later host mounts propagating; nothing else of the host's
+    // cgroups or BPF file system.
     let cgroup_root = value("BALANCER_CGROUP_ROOT").expect("BALANCER_CGROUP_ROOT");
-    assert_eq!(host_path(&cgroup_root).as_deref(), Some("/sys/fs/cgroup"));
-    assert_eq!(value("BALANCER_ATTACH_CGROUP"), Some(cgroup_root));
-    assert_eq!(host_path("/sys/fs/bpf").as_deref(), Some("/sys/fs/bpf"));
+    assert_eq!(cgroup_root, target);
+    let (path, mount) = host_path(c, &cgroup_root).expect("the hierarchy's hostPath");
+    assert_eq!(path, target);
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        host_path(c, "/sys/fs/cgroup").is_none(),
+        "the container's own /sys/fs/cgroup stays"
+    );
+    assert!(
+        pod.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.host_path.as_ref().is_none_or(|h| h.path != "/sys/fs/bpf")),
+        "nothing is pinned: no bpffs"
+    );
+    assert!(
+        value("BALANCER_ATTACH_CGROUP").is_none(),
+        "attach at the hierarchy's root"
+    );
+    assert!(
+        value("BALANCER_ADMIN").is_none(),
+        "the admin port moves for a second instance"
+    );
 
-    // Probes on the admin port; the admin address is loopback.
-    let admin: std::net::SocketAddr = value("BALANCER_ADMIN").expect("BALANCER_ADMIN").parse().expect("addr");
-    assert!(admin.ip().is_loopback());
-    let probe = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
-        let h = p.and_then(|p| p.http_get.as_ref()).expect("httpGet probe");
-        assert_eq!(h.port, IntOrString::Int(i32::from(admin.port())));
-        assert_eq!(h.host.as_deref(), Some("127.0.0.1"));
-        h.path.clone().unwrap_or_default()
+    // Probes run in the pod and ask its own instance (its run directory
+    // is a per-pod emptyDir).
+    let run_dir = value("BALANCER_RUN_DIR").expect("BALANCER_RUN_DIR");
+    let run_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == run_dir)
+        .expect("run dir");
+    let run_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == run_mount.name)
+        .expect("volume");
+    assert!(run_volume.empty_dir.is_some(), "per pod");
+    let exec = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+        p.and_then(|p| p.exec.as_ref()?.command.clone()).expect("exec probe")
     };
-    assert_eq!(probe(c.readiness_probe.as_ref()), "/readyz");
-    assert_eq!(probe(c.liveness_probe.as_ref()), "/healthz");
+    assert_eq!(exec(c.readiness_probe.as_ref()), ["balancer-agent", "probe", "ready"]);
+    assert_eq!(exec(c.liveness_probe.as_ref()), ["balancer-agent", "probe", "live"]);
+    assert!(
+        value("BALANCER_METRICS_PORT").is_some(),
+        "metrics a cluster's Prometheus can scrape"
+    );
+
+    // The drain fits in the termination grace.
+    let drain: i64 = value("BALANCER_DRAIN_SECONDS")
+        .expect("drain")
+        .parse()
+        .expect("seconds");
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("terminationGracePeriodSeconds");
+    assert!(grace >= drain + 5, "grace {grace} s for a drain of {drain} s");
+
+    // GKE admits system-node-critical pods outside kube-system only with a
+    // quota for that class in their namespace.
+    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    let (m, _) = agent();
+    let quota = m.quotas.first().expect("ResourceQuota");
+    assert_eq!(quota.metadata.namespace, ds.metadata.namespace);
+    let scope = quota
+        .spec
+        .as_ref()
+        .and_then(|s| s.scope_selector.as_ref()?.match_expressions.clone())
+        .expect("scopeSelector");
+    assert_eq!(scope[0].scope_name, "PriorityClass");
+    assert_eq!(
+        scope[0].values.as_deref(),
+        Some(&["system-node-critical".to_owned()][..])
+    );
 
     let res = c.resources.as_ref().expect("resources");
     for key in ["cpu", "memory"] {

@@ -196,13 +196,21 @@ pub enum CgroupView {
 /// Makes `cmd` start as a container: in `cgroup` with a cgroup namespace
 /// rooted there, a private mount namespace with `view` of cgroups, then in
 /// `netns`. Mounts made in the host's mount namespace before the start
-/// (a [`HostCgroupMount`]) stay visible, as a hostPath volume would show them.
-pub fn place_container(cmd: &mut Command, netns: &NetNs, cgroup: &Cgroup, view: CgroupView) -> io::Result<()> {
+/// (a [`HostCgroupMount`]) stay visible, as a hostPath volume would show them;
+/// those under `read_only` turn read-only, as a `readOnly` volume mount.
+pub fn place_container(
+    cmd: &mut Command,
+    netns: &NetNs,
+    cgroup: &Cgroup,
+    view: CgroupView,
+    read_only: &[PathBuf],
+) -> io::Result<()> {
     let ns_fd: OwnedFd = netns.open()?.into();
     let procs = cstr(&cgroup.path().join("cgroup.procs"))?;
     let root = cstr(Path::new("/"))?;
     let sys_fs_cgroup = cstr(Path::new("/sys/fs/cgroup"))?;
     let cgroup2 = CString::new("cgroup2").map_err(io::Error::other)?;
+    let read_only: Vec<CString> = read_only.iter().map(|p| cstr(p)).collect::<io::Result<_>>()?;
     let hide: Vec<CString> = match view {
         CgroupView::Namespaced => Vec::new(),
         CgroupView::NoCgroup2 => cgroup2_mounts()?
@@ -249,6 +257,12 @@ pub fn place_container(cmd: &mut Command, netns: &NetNs, cgroup: &Cgroup, view: 
                             return Err(io::Error::last_os_error());
                         }
                     }
+                }
+            }
+            for p in &read_only {
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if libc::mount(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
                 }
             }
             if libc::setns(ns_fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {

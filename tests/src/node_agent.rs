@@ -32,6 +32,8 @@ pub struct NodeAgentOptions {
     /// Environment (the DaemonSet's `env:`).
     pub env: Vec<(String, String)>,
     pub view: CgroupView,
+    /// Host mounts the container sees read-only.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// A running agent; killed on drop if still running.
@@ -56,7 +58,7 @@ impl NodeAgent {
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.path().join("agent.log"))?);
-        place_container(&mut cmd, netns, cgroup, opts.view)?;
+        place_container(&mut cmd, netns, cgroup, opts.view, &opts.read_only)?;
         let process = ChildGuard::new(cmd.spawn()?);
         Ok(NodeAgent {
             process,

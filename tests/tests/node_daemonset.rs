@@ -116,6 +116,7 @@ impl Node {
             args: Vec::new(),
             env: vec![("BALANCER_CGROUP_ROOT".to_owned(), self.host.dir().display().to_string())],
             view: CgroupView::Namespaced,
+            read_only: vec![self.host.dir().to_owned()],
         }
     }
 
@@ -419,6 +420,7 @@ fn a_node_without_cgroup_v2_leaves_the_agent_up_not_ready_and_settled() {
         args: Vec::new(),
         env: Vec::new(),
         view: CgroupView::NoCgroup2,
+        read_only: Vec::new(),
     };
     let mut agent =
         NodeAgent::start(&bin("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start");

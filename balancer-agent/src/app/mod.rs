@@ -82,6 +82,8 @@ pub struct Options {
     pub run_dir: Option<PathBuf>,
     /// A read-only metrics listener (for a cluster's Prometheus).
     pub metrics: Option<SocketAddr>,
+    /// ...or only its port, on the redirect listener's (the node's) address.
+    pub metrics_port: Option<u16>,
     /// How long open calls may run on after SIGTERM.
     pub drain: Duration,
 }
@@ -304,7 +306,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             tracing::error!(error = %e, "admin server stopped");
         }
     });
-    if let Some(addr) = opts.metrics {
+    let metrics_addr = opts
+        .metrics
+        .or_else(|| Some(SocketAddr::new(listen?.ip(), opts.metrics_port?)));
+    if let Some(addr) = metrics_addr {
         let listener =
             bind::bind_shared(addr).with_context(|| format!("cannot listen on {addr} for metrics scrapes"))?;
         info!(%addr, "metrics listener (read-only /metrics)");

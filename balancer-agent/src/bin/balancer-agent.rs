@@ -102,6 +102,11 @@ struct Args {
     #[arg(long, value_name = "ADDR", env = "BALANCER_METRICS")]
     metrics: Option<SocketAddr>,
 
+    /// The metrics listener's port on the node's address (where the
+    /// redirect listener is), when --metrics is not given.
+    #[arg(long, value_name = "PORT", env = "BALANCER_METRICS_PORT")]
+    metrics_port: Option<u16>,
+
     /// How long open calls may run on after SIGTERM (seconds); keep the
     /// DaemonSet's terminationGracePeriodSeconds above it.
     #[arg(long, value_name = "SECONDS", env = "BALANCER_DRAIN_SECONDS", default_value_t = app::DEFAULT_DRAIN.as_secs())]
@@ -195,6 +200,7 @@ fn main() -> std::process::ExitCode {
         pod_name: args.pod_name,
         run_dir: args.run_dir,
         metrics: args.metrics,
+        metrics_port: args.metrics_port,
         drain: Duration::from_secs(args.drain_seconds),
     };
     match app::main(opts) {
