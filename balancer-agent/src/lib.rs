@@ -16,5 +16,6 @@ pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod pinned;
 pub mod proxy;
 pub mod redirect;
