@@ -18,5 +18,6 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod pinned;
 pub mod proxy;
 pub mod redirect;

@@ -11,6 +11,11 @@
 //!   `{"written_after_left":..,"blocked":bool}` and keeps the connection open
 //!   until its stdin closes (`--keep-fast-path`: the agent stops reading
 //!   without taking the connection out of the fast path).
+//! * `hold --to ip:port... --to-mapped ip:port...`: opens IPv4 (and
+//!   dual-stack IPv6, `::ffff:ip`) connections, prints
+//!   `{"conns":[{"to","local"}..]}`, then answers each `check` line on stdin
+//!   with `{"status":[{"to","ok","errno","eof"}..]}` (an echo round trip per
+//!   connection) until stdin closes.
 
 use std::{
     io::{self, BufRead as _, BufReader},
@@ -20,12 +25,12 @@ use std::{
     time::Duration,
 };
 
-use crate::{process::ChildGuard, topology::Pod};
+use crate::{cgroup::Cgroup, netns::NetNs, process::ChildGuard, topology::Pod};
 
-fn command(bin: &Path, pod: &Pod, args: &[String]) -> io::Result<Command> {
+fn command(bin: &Path, netns: &NetNs, cgroup: &Cgroup, args: &[String]) -> io::Result<Command> {
     let mut cmd = Command::new(bin);
     cmd.args(args);
-    crate::process::place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup))?;
+    crate::process::place(&mut cmd, Some(netns), Some(cgroup))?;
     Ok(cmd)
 }
 
@@ -48,7 +53,12 @@ pub struct PodProcess {
 
 /// Starts a subcommand and returns without waiting.
 pub fn spawn(bin: &Path, pod: &Pod, args: &[String]) -> io::Result<PodProcess> {
-    let mut cmd = command(bin, pod, args)?;
+    spawn_in(bin, &pod.netns, &pod.cgroup, args)
+}
+
+/// [`spawn`] in any network namespace and cgroup (a pod without a node).
+pub fn spawn_in(bin: &Path, netns: &NetNs, cgroup: &Cgroup, args: &[String]) -> io::Result<PodProcess> {
+    let mut cmd = command(bin, netns, cgroup, args)?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -74,6 +74,16 @@ enum Sub {
         #[arg(long, value_delimiter = ',')]
         to: Vec<SocketAddr>,
     },
+    /// Open connections and keep them; on each stdin line `check`, report
+    /// whether each still carries an echo round trip.
+    Hold {
+        /// IPv4 sockets to these addresses.
+        #[arg(long)]
+        to: Vec<SocketAddr>,
+        /// Dual-stack IPv6 sockets to these IPv4 addresses (`::ffff:a.b.c.d`).
+        #[arg(long)]
+        to_mapped: Vec<std::net::SocketAddrV4>,
+    },
 }
 
 fn main() {
@@ -96,6 +106,7 @@ fn main() {
             keep_fast_path,
         } => flood(to, prefix, max_bytes, secs, keep_fast_path),
         Sub::Forward { listen, to } => forward(listen, to),
+        Sub::Hold { to, to_mapped } => hold(to, to_mapped),
     };
     println!("{out}");
     let _ = io::stdout().flush();
@@ -403,4 +414,60 @@ fn forward(listen: SocketAddr, to: Vec<SocketAddr>) -> serde_json::Value {
         });
     }
     json!({"listening": false})
+/// Keeps connections open: prints `{"conns":[{"to","local"} | {"to","error"}]}`,
+/// then `{"status":[{"to","ok","errno","eof"}]}` for each `check` line on
+/// stdin, until stdin closes.
+fn hold(to: Vec<SocketAddr>, to_mapped: Vec<std::net::SocketAddrV4>) -> serde_json::Value {
+    let targets: Vec<SocketAddr> = to
+        .into_iter()
+        .chain(
+            to_mapped
+                .into_iter()
+                .map(|a| SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())),
+        )
+        .collect();
+    let conns: Vec<(SocketAddr, io::Result<TcpStream>)> = targets
+        .iter()
+        .map(|t| (*t, TcpStream::connect_timeout(t, Duration::from_secs(3))))
+        .collect();
+    let listed: Vec<serde_json::Value> = conns
+        .iter()
+        .map(|(t, c)| match c {
+            Ok(s) => json!({"to": t.to_string(), "local": s.local_addr().map(|a| a.to_string()).unwrap_or_default()}),
+            Err(e) => json!({"to": t.to_string(), "error": e.to_string()}),
+        })
+        .collect();
+    println!("{}", json!({ "conns": listed }));
+    let _ = io::stdout().flush();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match io::stdin().read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.trim() == "check" => {}
+            Ok(_) => continue,
+        }
+        let status: Vec<serde_json::Value> = conns
+            .iter()
+            .map(|(t, c)| {
+                let Ok(mut s) = c.as_ref() else {
+                    return json!({"to": t.to_string(), "ok": false, "errno": null, "eof": false});
+                };
+                let round_trip = (|| -> io::Result<bool> {
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    s.write_all(b"x")?;
+                    let mut b = [0u8; 1];
+                    Ok(s.read(&mut b)? == 1 && b[0] == b'x')
+                })();
+                match round_trip {
+                    Ok(true) => json!({"to": t.to_string(), "ok": true, "errno": null, "eof": false}),
+                    Ok(false) => json!({"to": t.to_string(), "ok": false, "errno": null, "eof": true}),
+                    Err(e) => json!({"to": t.to_string(), "ok": false, "errno": e.raw_os_error(), "eof": false}),
+                }
+            })
+            .collect();
+        println!("{}", json!({ "status": status }));
+        let _ = io::stdout().flush();
+    }
+    json!({"closed": true})
 }
