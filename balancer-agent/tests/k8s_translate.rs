@@ -73,8 +73,8 @@ fn split(parent: &str, backends: Value) -> Value {
     })
 }
 
-fn no_cgroups(_: &Pod) -> Option<PathBuf> {
-    None
+fn no_cgroups(_: &Pod) -> Vec<PathBuf> {
+    Vec::new()
 }
 
 fn run(snap: &Snapshot) -> Translation {
@@ -588,7 +588,7 @@ fn namespace(inject: Option<&str>) -> Arc<Namespace> {
 fn enrolled(snap: &Snapshot) -> Vec<PathBuf> {
     // Every pod "has" a cgroup named after its UID.
     let t = translate(snap, |p: &Pod| {
-        p.metadata.uid.as_ref().map(|u| PathBuf::from("/cg").join(u))
+        p.metadata.uid.iter().map(|u| PathBuf::from("/cg").join(u)).collect()
     });
     t.model.enrolled
 }

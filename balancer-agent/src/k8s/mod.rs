@@ -10,7 +10,8 @@
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
-//!   namespace's [`INJECT_LABEL`], by their cgroup v2 directory.
+//!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
+//!   scanning the node's hierarchy, see [`cgroup`]).
 
 pub mod cgroup;
 pub mod grpcroute;
@@ -55,9 +56,16 @@ pub struct K8sOptions {
     /// This node's name (`NODE_NAME` from the downward API): only its pods
     /// are enrolled.
     pub node_name: String,
-    /// Where the cgroup v2 hierarchy is mounted (in the agent's mount
-    /// namespace); pods' cgroups are looked up below it.
+    /// Where the node's cgroup v2 hierarchy is mounted in the agent's mount
+    /// namespace (in a DaemonSet the host's, e.g. `/run/balancer/cgroupv2`,
+    /// not the container's own `/sys/fs/cgroup`); pods' cgroups are looked
+    /// up below it.
     pub cgroup_root: PathBuf,
+    /// How many levels below `cgroup_root` pods' cgroups are looked for.
+    pub cgroup_max_depth: usize,
+    /// A pod whose cgroup is not in the kept index walks the hierarchy
+    /// again, at most this often.
+    pub cgroup_rescan: Duration,
     /// Changes closer together than this are published as one model.
     pub debounce: Duration,
     /// Recompute this often even without API changes (a pod's cgroup
@@ -74,6 +82,8 @@ impl K8sOptions {
         K8sOptions {
             node_name: node_name.into(),
             cgroup_root: cgroup_root.into(),
+            cgroup_max_depth: cgroup::DEFAULT_MAX_DEPTH,
+            cgroup_rescan: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(10),
             controller: "balancer.io/agent".to_owned(),
@@ -184,6 +194,7 @@ pub async fn run(
             instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
         },
     );
+    let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);
     let mut warned = Warned::default();
     let mut synced: HashSet<Kind> = HashSet::new();
     let mut failing: HashSet<Kind> = HashSet::new();
@@ -257,7 +268,7 @@ pub async fn run(
         if !publish_now {
             continue;
         }
-        let t = translate(&stores.snapshot(), |pod| pod_cgroup(&opts, pod));
+        let t = translate(&stores.snapshot(), |pod| cgroups.find(&cgroup::PodKeys::of(pod)));
         warned.log(&t);
         reporter.report(&t.invalid_routes);
         match t.model.validate() {
@@ -295,20 +306,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn pod_cgroup(opts: &K8sOptions, pod: &Pod) -> Option<PathBuf> {
-    let uid = pod.metadata.uid.as_deref()?;
-    let qos = cgroup::QosClass::from_status(pod.status.as_ref().and_then(|s| s.qos_class.as_deref()));
-    let found = cgroup::pod_cgroup(&opts.cgroup_root, uid, qos);
-    if found.is_none() {
-        tracing::debug!(
-            pod = pod.metadata.name.as_deref().unwrap_or_default(),
-            %uid,
-            "opted-in pod has no cgroup yet"
-        );
-    }
-    found
 }
 
 /// Problems already logged, so that a recomputation does not repeat them.

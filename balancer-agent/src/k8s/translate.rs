@@ -1,6 +1,6 @@
 //! The cluster's state (what the reflectors hold) onto a [`Model`].
 //!
-//! Pure: no I/O but the `cgroup_of` callback, so every rule here is tested on
+//! Pure: no I/O but the `cgroups_of` callback, so every rule here is tested on
 //! plain objects.
 
 use std::{
@@ -237,10 +237,10 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
     split
 }
 
-/// Translates the snapshot. `cgroup_of` finds an opted-in pod's cgroup
-/// directory (see [`super::cgroup`]); pods it finds none for are not
+/// Translates the snapshot. `cgroups_of` finds an opted-in pod's cgroup
+/// directories (see [`super::cgroup`]); pods it finds none for are not
 /// enrolled yet.
-pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -> Translation {
+pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
     let mut t = Translation::default();
 
     let services: HashMap<(String, String), &Service> = snap
@@ -339,16 +339,13 @@ pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -
     }
 
     let namespaces: HashMap<String, &Namespace> = snap.namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
-    let mut enrolled: Vec<PathBuf> = snap
-        .pods
-        .iter()
-        .filter(|p| running(p))
-        .filter(|p| {
-            let ns = p.namespace().unwrap_or_default();
-            opted_in(p, namespaces.get(&ns).copied())
-        })
-        .filter_map(|p| cgroup_of(p))
-        .collect();
+    let mut enrolled: Vec<PathBuf> = Vec::new();
+    for pod in &snap.pods {
+        let ns = pod.namespace().unwrap_or_default();
+        if running(pod) && opted_in(pod, namespaces.get(&ns).copied()) {
+            enrolled.extend(cgroups_of(pod));
+        }
+    }
     enrolled.sort();
     enrolled.dedup();
     t.model.enrolled = enrolled;
