@@ -17,6 +17,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
 };
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
@@ -590,7 +591,7 @@ fn enrolled(snap: &Snapshot) -> Vec<PathBuf> {
     let t = translate(snap, |p: &Pod| {
         p.metadata.uid.iter().map(|u| PathBuf::from("/cg").join(u)).collect()
     });
-    t.model.enrolled
+    t.model.enrolled_cgroups()
 }
 
 #[test]
@@ -631,4 +632,58 @@ fn pods_opt_in_by_annotation_or_namespace_label() {
 
     // A pod whose cgroup cannot be found is not enrolled (yet).
     assert!(translate(&snap, no_cgroups).model.enrolled.is_empty());
+}
+
+fn with(pod: &Arc<Pod>, f: impl FnOnce(&mut Pod)) -> Arc<Pod> {
+    let mut p = (**pod).clone();
+    f(&mut p);
+    Arc::new(p)
+}
+
+#[test]
+fn enrolled_cgroups_carry_their_pod_and_its_ipv4_address() {
+    let opted = json!({ "balancer.io/inject": "enabled" });
+    let dual = with(&pod("dual", "uid-a", opted.clone(), "Running"), |p| {
+        let st = p.status.as_mut().expect("status");
+        st.pod_ip = Some("fd00::5".into());
+        st.pod_ips = Some(vec![
+            serde_json::from_value(json!({ "ip": "fd00::5" })).expect("podIP"),
+            serde_json::from_value(json!({ "ip": "10.244.1.5" })).expect("podIP"),
+        ]);
+    });
+    let old_style = with(&pod("single", "uid-b", opted, "Running"), |p| {
+        p.status.as_mut().expect("status").pod_ip = Some("10.244.1.6".into());
+    });
+    let snap = Snapshot {
+        pods: vec![dual, old_style],
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
+    // "dual" has no pod-level cgroup: two container cgroups.
+    let t = translate(&snap, |p: &Pod| match p.name_any().as_str() {
+        "dual" => vec![PathBuf::from("/cg/ctr-2"), PathBuf::from("/cg/ctr-1")],
+        _ => vec![PathBuf::from("/cg/pod-b")],
+    });
+    let rows: Vec<(String, String, Vec<String>)> = t
+        .model
+        .enrolled
+        .iter()
+        .map(|e| {
+            let pod = e.pod.as_ref().expect("a pod in Kubernetes mode");
+            (
+                e.cgroup.display().to_string(),
+                pod.to_string(),
+                pod.ips.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    let dual_ips = vec!["10.244.1.5".to_owned(), "fd00::5".to_owned()];
+    assert_eq!(
+        rows,
+        vec![
+            ("/cg/ctr-1".into(), "demo/dual".into(), dual_ips.clone()),
+            ("/cg/ctr-2".into(), "demo/dual".into(), dual_ips),
+            ("/cg/pod-b".into(), "demo/single".into(), vec!["10.244.1.6".to_owned()]),
+        ]
+    );
 }

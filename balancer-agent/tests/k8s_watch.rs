@@ -192,7 +192,7 @@ async fn first_sync_publishes_the_model_then_turns_ready() {
         ]
     );
     // Only this node's opted-in pod is enrolled, by its cgroup.
-    assert_eq!(m.enrolled, vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
+    assert_eq!(m.enrolled_cgroups(), vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
     // Pods are watched on this node only.
     let reqs = fake.requests();
     assert!(
@@ -459,7 +459,7 @@ async fn a_pod_cgroup_that_appears_later_is_enrolled_at_resync() {
     let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
     std::fs::create_dir_all(&dir).expect("mkdir");
     agent
-        .until("the pod enrolled", SHORT, |m| m.enrolled == vec![dir.clone()])
+        .until("the pod enrolled", SHORT, |m| m.enrolled_cgroups() == vec![dir.clone()])
         .await;
 }
 

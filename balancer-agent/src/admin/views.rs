@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use super::api;
+use crate::model::Model;
 
 /// The balanced services with their statistics (the balance table).
 pub trait ServicesView: Send + Sync + 'static {
@@ -68,6 +71,15 @@ pub trait KernelView: Send + Sync + 'static {
 /// A fixed services list (tests, and the agent before its table exists).
 pub fn fixed_services(services: Vec<api::Service>) -> Arc<dyn ServicesView> {
     Arc::new(move || services.clone())
+}
+
+/// The enrolled cgroups of the current model, each with its pod in
+/// Kubernetes mode.
+pub fn model_pods(models: watch::Receiver<Arc<Model>>) -> Arc<dyn PodsView> {
+    Arc::new(move || {
+        let model = Arc::clone(&models.borrow());
+        model.enrolled.iter().map(api::Pod::from_model).collect()
+    })
 }
 
 /// No enrolled pods.

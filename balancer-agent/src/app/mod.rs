@@ -299,7 +299,7 @@ fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
 fn sync_kernel(kernel: &mut Kernel, model: &Model) -> anyhow::Result<()> {
     let vips: Vec<SocketAddr> = model.services.iter().flat_map(|s| s.vips.iter().copied()).collect();
     kernel.set_services(&vips)?;
-    kernel.set_enrolled(&model.enrolled)?;
+    kernel.set_enrolled(&model.enrolled_cgroups())?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
 };
@@ -21,7 +21,9 @@ use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
 };
-use crate::model::{self, Endpoint, EndpointState, Labels, Model, ModelError, Policy, Route, RouteMatch, StringMatch};
+use crate::model::{
+    self, Endpoint, EndpointState, Enrolled, Labels, Model, ModelError, PodRef, Policy, Route, RouteMatch, StringMatch,
+};
 
 /// The EndpointSlice label naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -75,6 +77,31 @@ pub fn opted_in(pod: &Pod, namespace: Option<&Namespace>) -> bool {
         Some("enabled") => true,
         Some("disabled") => false,
         _ => namespace.is_some_and(|ns| ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")),
+    }
+}
+
+/// Who `pod` is, for display: name and IPs (IPv4 first).
+pub fn pod_ref(pod: &Pod) -> PodRef {
+    let status = pod.status.as_ref();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    ips.sort_by_key(IpAddr::is_ipv6);
+    ips.dedup();
+    PodRef {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        ips,
     }
 }
 
@@ -339,15 +366,20 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
     }
 
     let namespaces: HashMap<String, &Namespace> = snap.namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
-    let mut enrolled: Vec<PathBuf> = Vec::new();
+    let mut enrolled: Vec<Enrolled> = Vec::new();
     for pod in &snap.pods {
         let ns = pod.namespace().unwrap_or_default();
-        if running(pod) && opted_in(pod, namespaces.get(&ns).copied()) {
-            enrolled.extend(cgroups_of(pod));
+        if !running(pod) || !opted_in(pod, namespaces.get(&ns).copied()) {
+            continue;
         }
+        let who = pod_ref(pod);
+        enrolled.extend(cgroups_of(pod).into_iter().map(|cgroup| Enrolled {
+            cgroup,
+            pod: Some(who.clone()),
+        }));
     }
     enrolled.sort();
-    enrolled.dedup();
+    enrolled.dedup_by(|a, b| a.cgroup == b.cgroup);
     t.model.enrolled = enrolled;
     t
 }
