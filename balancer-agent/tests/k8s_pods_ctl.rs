@@ -1,7 +1,8 @@
 //! Kubernetes mode seen through the admin API and `balancerctl`, wired the
-//! way the agent wires it (the model's enrolled cgroups): `pod show` names
-//! each enrolled pod and its IP, and `conn show` attributes a connection to
-//! the pod it came from.
+//! way the agent wires it (the model's enrolled cgroups and the discovery
+//! status): `pod show` names each enrolled pod and its IP, `conn show`
+//! attributes a connection to the pod it came from, and pods whose cgroup
+//! is missing are counted in `status` and `/metrics`.
 
 mod k8s_fake;
 
@@ -20,6 +21,7 @@ use tokio::{sync::watch, time::timeout};
 const NODE: &str = "node-a";
 const CLIENT_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000a";
 const BATCH_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000b";
+const LOST_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000c";
 const C1: &str = "aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11";
 const C2: &str = "bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22";
 
@@ -111,16 +113,21 @@ async fn pods_are_shown_by_name_and_ip_and_connections_attributed_to_them() {
     fake.apply(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } }));
     fake.apply(pod("client", CLIENT_UID, "10.244.1.5", &[C1]));
     fake.apply(pod("batch", BATCH_UID, "10.244.1.6", &[C2]));
+    fake.apply(pod("lost", LOST_UID, "10.244.1.7", &[]));
     let root = tempfile::tempdir().expect("tempdir");
     cgroups(root.path());
 
-    let opts = K8sOptions::new(NODE, root.path());
+    let mut opts = K8sOptions::new(NODE, root.path());
+    opts.cgroup_missing_after = Duration::from_millis(200);
+    opts.cgroup_rescan = Duration::from_millis(50);
+    opts.resync = Duration::from_millis(200);
     let (tx, mut models) = watch::channel(Arc::new(Model::default()));
-    let (ready_tx, _ready) = watch::channel(false);
-    let task = tokio::spawn(k8s::run(fake.client(), opts, tx, ready_tx));
+    let (status_tx, mut status) = watch::channel(k8s::Status::default());
+    let task = tokio::spawn(k8s::run(fake.client(), opts, tx, status_tx));
 
     let mut state = AdminState::new(admin::views::fixed_services(Vec::new()));
     state.pods = admin::views::model_pods(models.clone());
+    state.source = admin::views::kubernetes_source(status.clone());
     let _conn = state.conns.register(ConnMeta {
         peer: "10.244.1.5:40000".parse().expect("peer"),
         original_dst: Some("10.96.0.10:8000".parse().expect("dst")),
@@ -137,8 +144,12 @@ async fn pods_are_shown_by_name_and_ip_and_connections_attributed_to_them() {
         .await
         .expect("both pods enrolled within 10 s")
         .expect("run() is alive");
+    timeout(Duration::from_secs(10), status.wait_for(|s| s.pods_cgroup_missing == 1))
+        .await
+        .expect("the lost pod counted within 10 s")
+        .expect("run() is alive");
 
-    let (pods_table, pods_json, conns, metrics) = tokio::task::spawn_blocking(move || {
+    let (pods_table, pods_json, conns, status_text, metrics) = tokio::task::spawn_blocking(move || {
         let metrics = AdminClient::new(&addr.to_string())
             .get_raw("/metrics")
             .expect("metrics");
@@ -146,6 +157,7 @@ async fn pods_are_shown_by_name_and_ip_and_connections_attributed_to_them() {
             ctl(addr, &["pod", "show"]),
             ctl(addr, &["-j", "pod", "show"]),
             ctl(addr, &["conn", "show"]),
+            ctl(addr, &["status"]),
             String::from_utf8(metrics.1).expect("UTF-8"),
         )
     })
@@ -188,6 +200,8 @@ async fn pods_are_shown_by_name_and_ip_and_connections_attributed_to_them() {
     assert_eq!(cell(&conn_rows[0], "PEER"), "10.244.1.5:40000");
     assert_eq!(cell(&conn_rows[0], "POD"), "demo/client", "{conns}");
 
+    assert!(status_text.contains("No cgroup:  1 opted-in pods"), "{status_text}");
+    assert_eq!(metric(&metrics, "balancer_pods_cgroup_missing"), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, "balancer_enrolled_pods"), Some(2.0));
 
     served.abort();

@@ -630,8 +630,12 @@ fn pods_opt_in_by_annotation_or_namespace_label() {
         vec![PathBuf::from("/cg/uid-a"), PathBuf::from("/cg/uid-b")]
     );
 
-    // A pod whose cgroup cannot be found is not enrolled (yet).
-    assert!(translate(&snap, no_cgroups).model.enrolled.is_empty());
+    // A pod whose cgroup cannot be found is not enrolled (yet), and is
+    // listed as such.
+    let t = translate(&snap, no_cgroups);
+    assert!(t.model.enrolled.is_empty());
+    let missing: Vec<String> = t.cgroup_missing.iter().map(|p| p.name_any()).collect();
+    assert_eq!(missing, ["annotated", "plain"]);
 }
 
 fn with(pod: &Arc<Pod>, f: impl FnOnce(&mut Pod)) -> Arc<Pod> {

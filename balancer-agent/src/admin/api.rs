@@ -34,6 +34,10 @@ pub struct SourceStatus {
     pub reloads_failed: u64,
     /// The last failed reload's error, until a reload succeeds.
     pub last_error: Option<String>,
+    /// Kubernetes mode: opted-in pods not enrolled because their cgroup
+    /// was not found in time (each has a `CgroupNotFound` Event).
+    #[serde(default)]
+    pub pods_cgroup_missing: Option<u64>,
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and

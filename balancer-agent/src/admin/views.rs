@@ -82,6 +82,21 @@ pub fn model_pods(models: watch::Receiver<Arc<Model>>) -> Arc<dyn PodsView> {
     })
 }
 
+/// Kubernetes mode: synced once every watcher has listed once, and how
+/// many opted-in pods have no cgroup.
+pub fn kubernetes_source(status: watch::Receiver<crate::k8s::Status>) -> Arc<dyn SourceView> {
+    Arc::new(move || {
+        let s = *status.borrow();
+        api::SourceStatus {
+            kind: "kubernetes".to_owned(),
+            location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+            synced: s.synced,
+            pods_cgroup_missing: Some(s.pods_cgroup_missing),
+            ..api::SourceStatus::default()
+        }
+    })
+}
+
 /// No enrolled pods.
 pub fn no_pods() -> Arc<dyn PodsView> {
     Arc::new(Vec::new)

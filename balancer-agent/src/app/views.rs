@@ -82,16 +82,7 @@ pub fn static_source(path: &Path, stats: Arc<ReloadStats>) -> Arc<dyn SourceView
         reloads_ok: stats.ok(),
         reloads_failed: stats.failed(),
         last_error: stats.last_error(),
-    })
-}
-
-/// Kubernetes mode: synced once every watcher has listed once.
-pub fn kubernetes_source(ready: watch::Receiver<bool>) -> Arc<dyn SourceView> {
-    Arc::new(move || api::SourceStatus {
-        kind: "kubernetes".to_owned(),
-        location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
-        synced: *ready.borrow(),
-        ..api::SourceStatus::default()
+        pods_cgroup_missing: None,
     })
 }
 

@@ -56,6 +56,8 @@ pub struct Translation {
     pub bad_policies: Vec<(String, String)>,
     /// Services left out because they would make the model invalid.
     pub dropped: Vec<(String, ModelError)>,
+    /// Opted-in pods whose cgroup was not found: not enrolled (yet).
+    pub cgroup_missing: Vec<Arc<Pod>>,
 }
 
 /// Whether a port speaks gRPC: named `grpc` or `grpc-*`, or with
@@ -266,7 +268,7 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
 
 /// Translates the snapshot. `cgroups_of` finds an opted-in pod's cgroup
 /// directories (see [`super::cgroup`]); pods it finds none for are not
-/// enrolled yet.
+/// enrolled yet ([`Translation::cgroup_missing`]).
 pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
     let mut t = Translation::default();
 
@@ -372,8 +374,13 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
         if !running(pod) || !opted_in(pod, namespaces.get(&ns).copied()) {
             continue;
         }
+        let dirs = cgroups_of(pod);
+        if dirs.is_empty() {
+            t.cgroup_missing.push(Arc::clone(pod));
+            continue;
+        }
         let who = pod_ref(pod);
-        enrolled.extend(cgroups_of(pod).into_iter().map(|cgroup| Enrolled {
+        enrolled.extend(dirs.into_iter().map(|cgroup| Enrolled {
             cgroup,
             pod: Some(who.clone()),
         }));
