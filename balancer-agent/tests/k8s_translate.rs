@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use balancer_agent::{
     k8s::{
         grpcroute::{service_label, RouteError},
+        mesh::Mesh,
         translate,
         translate::{member_services, Translation},
         Snapshot,
@@ -690,4 +691,64 @@ fn enrolled_cgroups_carry_their_pod_and_its_ipv4_address() {
             ("/cg/pod-b".into(), "demo/single".into(), vec!["10.244.1.6".to_owned()]),
         ]
     );
+}
+
+#[test]
+fn pods_in_a_service_mesh_are_never_enrolled() {
+    let opted = |extra: Value| {
+        let mut a = json!({ "balancer.io/inject": "enabled" });
+        a.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        a
+    };
+    let istio = pod(
+        "istio",
+        "uid-a",
+        opted(json!({ "sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}" })),
+        "Running",
+    );
+    let linkerd = pod(
+        "linkerd",
+        "uid-b",
+        opted(json!({ "linkerd.io/proxy-version": "stable-2.14" })),
+        "Running",
+    );
+    let linkerd_label = with(&pod("linkerd-label", "uid-c", opted(json!({})), "Running"), |p| {
+        p.metadata.labels = Some([("linkerd.io/proxy-version".to_owned(), "edge".to_owned())].into());
+    });
+    let ambient = pod(
+        "ambient",
+        "uid-d",
+        opted(json!({ "ambient.istio.io/redirection": "enabled" })),
+        "Running",
+    );
+    let plain = pod("plain", "uid-e", opted(json!({})), "Running");
+    // Meshed but not opted in: nothing to say.
+    let unasked = pod(
+        "unasked",
+        "uid-f",
+        json!({ "sidecar.istio.io/status": "{}" }),
+        "Running",
+    );
+    let snap = Snapshot {
+        pods: vec![istio, linkerd, linkerd_label, ambient, plain, unasked],
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
+    assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-e")]);
+    let t = translate(&snap, no_cgroups);
+    let meshed: Vec<(String, Mesh)> = t.meshed.iter().map(|(p, m)| (p.name_any(), *m)).collect();
+    assert_eq!(
+        meshed,
+        vec![
+            ("istio".to_owned(), Mesh::IstioSidecar),
+            ("linkerd".to_owned(), Mesh::Linkerd),
+            ("linkerd-label".to_owned(), Mesh::Linkerd),
+            ("ambient".to_owned(), Mesh::IstioAmbient),
+        ]
+    );
+    // Meshed pods are not "missing a cgroup" either.
+    let missing: Vec<String> = t.cgroup_missing.iter().map(|p| p.name_any()).collect();
+    assert_eq!(missing, ["plain"]);
 }

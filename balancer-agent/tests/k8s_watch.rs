@@ -570,3 +570,35 @@ async fn a_pod_whose_cgroup_stays_missing_gets_one_event_and_is_counted() {
         .expect("no longer counted")
         .expect("run() is alive");
 }
+
+#[tokio::test]
+async fn a_pod_in_a_service_mesh_is_not_enrolled_and_told_why_once() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut meshed = pod("client", POD_UID, NODE, true);
+    meshed["metadata"]["annotations"]["sidecar.istio.io/status"] = json!("{\"containers\":[\"istio-proxy\"]}");
+    fake.apply(meshed);
+    let mut agent = Agent::start_with(&fake, true, |o| o.resync = Duration::from_millis(200));
+    agent.until_ready().await;
+    assert!(
+        agent.models.borrow().enrolled.is_empty(),
+        "its cgroup exists, but the pod is meshed"
+    );
+    let e = event(&fake, k8s::NOT_ENROLLED_REASON).await;
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["regarding"]["name"], "client");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(note.contains("Istio (sidecar)"), "{note}");
+    assert!(note.contains("sidecar.istio.io/status"), "{note}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events_with(&fake, k8s::NOT_ENROLLED_REASON), 1, "told once");
+    assert_eq!(events_with(&fake, k8s::CGROUP_NOT_FOUND_REASON), 0);
+
+    // Without the mesh's annotation the same pod is enrolled: the mesh
+    // alone kept it out.
+    fake.apply(pod("client", POD_UID, NODE, true));
+    let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
+    agent
+        .until("the pod enrolled", SHORT, |m| m.enrolled_cgroups() == vec![dir.clone()])
+        .await;
+}

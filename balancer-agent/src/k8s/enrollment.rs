@@ -1,6 +1,7 @@
-//! Opted-in pods the agent cannot enroll, and what it tells about them: a
-//! pod whose cgroup stays missing past a threshold gets one Warning Event
-//! (decided here, posted by [`super::report`]) and is counted for the
+//! Opted-in pods the agent does not enroll, and what it tells about them:
+//! a pod whose cgroup stays missing past a threshold, and a pod in a service
+//! mesh. Each gets one Warning Event (decided here, posted by
+//! [`super::report`]); pods without a cgroup are also counted for the
 //! `balancer_pods_cgroup_missing` metric.
 
 use std::{
@@ -14,10 +15,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tokio::time::Instant;
 
-use super::{cgroup::PodKeys, translate::Translation};
+use super::{cgroup::PodKeys, mesh::Mesh, translate::Translation};
 
 /// The Event reason on an opted-in pod whose cgroup is not found.
 pub const CGROUP_NOT_FOUND_REASON: &str = "CgroupNotFound";
+/// The Event reason on an opted-in pod left out because of its mesh.
+pub const NOT_ENROLLED_REASON: &str = "NotEnrolled";
 
 /// The API's limit on an Event's note.
 const NOTE_MAX: usize = 1024;
@@ -58,6 +61,7 @@ pub struct Tracker {
     /// (found again, it starts over).
     missing_since: HashMap<String, Instant>,
     warned_missing: HashSet<String>,
+    warned_meshed: HashSet<(String, Mesh)>,
 }
 
 /// A pod's identity across updates: its UID (`namespace/name` without one).
@@ -75,6 +79,7 @@ impl Tracker {
             threshold,
             missing_since: HashMap::new(),
             warned_missing: HashSet::new(),
+            warned_meshed: HashSet::new(),
         }
     }
 
@@ -82,6 +87,7 @@ impl Tracker {
     pub fn update(&mut self, pods: &[Arc<Pod>], t: &Translation, now: Instant, searched: Searched<'_>) -> Outcome {
         let live: HashSet<String> = pods.iter().map(|p| key(p)).collect();
         self.warned_missing.retain(|k| live.contains(k));
+        self.warned_meshed.retain(|(k, _)| live.contains(k));
 
         let mut out = Outcome::default();
         let missing: HashSet<String> = t.cgroup_missing.iter().map(|p| key(p)).collect();
@@ -110,6 +116,20 @@ impl Tracker {
             }
         }
 
+        for (pod, mesh) in &t.meshed {
+            if self.warned_meshed.insert((key(pod), *mesh)) {
+                tracing::info!(
+                    pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                    %mesh,
+                    "opted-in pod is in a service mesh; not enrolled"
+                );
+                out.notices.push(PodNotice {
+                    pod: Arc::clone(pod),
+                    reason: NOT_ENROLLED_REASON,
+                    note: mesh.explain(),
+                });
+            }
+        }
         out
     }
 }
@@ -196,5 +216,25 @@ mod tests {
         assert_eq!((o.cgroup_missing, o.notices.len()), (0, 0));
         let o = tr.update(&pods, &t, t0 + Duration::from_secs(42), searched());
         assert_eq!((o.cgroup_missing, o.notices.len()), (1, 0));
+    }
+
+    #[test]
+    fn meshed_pods_are_told_once_per_pod() {
+        let mut tr = Tracker::new(Duration::from_secs(10));
+        let p = pod("meshed", "1a1b2c3d-4e5f-6789-abcd-ef0123456789");
+        let t = Translation {
+            meshed: vec![(Arc::clone(&p), Mesh::IstioSidecar)],
+            ..Translation::default()
+        };
+        let pods = vec![Arc::clone(&p)];
+        let now = Instant::now();
+        let o = tr.update(&pods, &t, now, searched());
+        assert_eq!(o.notices.len(), 1);
+        assert_eq!(o.notices[0].reason, NOT_ENROLLED_REASON);
+        assert!(o.notices[0].note.contains("Istio (sidecar)"));
+        assert!(tr.update(&pods, &t, now, searched()).notices.is_empty());
+        // A pod that left is forgotten (what was told about it is not kept).
+        tr.update(&[], &Translation::default(), now, searched());
+        assert_eq!(tr.update(&pods, &t, now, searched()).notices.len(), 1);
     }
 }

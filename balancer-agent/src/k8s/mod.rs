@@ -11,12 +11,14 @@
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
-//!   scanning the node's hierarchy, see [`cgroup`]). Pods whose cgroup is
-//!   not found in time get a Warning Event ([`enrollment`]).
+//!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
+//!   captures their connections ([`mesh`]). Pods left out get a Warning
+//!   Event ([`enrollment`]).
 
 pub mod cgroup;
 pub mod enrollment;
 pub mod grpcroute;
+pub mod mesh;
 mod report;
 pub mod translate;
 pub mod watch;
@@ -39,7 +41,7 @@ use tokio::{
 };
 
 use crate::model::Model;
-pub use enrollment::CGROUP_NOT_FOUND_REASON;
+pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
 pub use report::INVALID_ROUTE_REASON;
 pub use translate::{translate, Snapshot, Translation};
 pub use watch::Kind;

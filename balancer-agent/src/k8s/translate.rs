@@ -19,6 +19,7 @@ use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
+    mesh::Mesh,
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
 };
 use crate::model::{
@@ -58,6 +59,9 @@ pub struct Translation {
     pub dropped: Vec<(String, ModelError)>,
     /// Opted-in pods whose cgroup was not found: not enrolled (yet).
     pub cgroup_missing: Vec<Arc<Pod>>,
+    /// Opted-in pods left out because a service mesh captures their
+    /// connections (see [`super::mesh`]).
+    pub meshed: Vec<(Arc<Pod>, Mesh)>,
 }
 
 /// Whether a port speaks gRPC: named `grpc` or `grpc-*`, or with
@@ -268,7 +272,8 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
 
 /// Translates the snapshot. `cgroups_of` finds an opted-in pod's cgroup
 /// directories (see [`super::cgroup`]); pods it finds none for are not
-/// enrolled yet ([`Translation::cgroup_missing`]).
+/// enrolled yet ([`Translation::cgroup_missing`]). Pods in a service mesh
+/// are never enrolled ([`Translation::meshed`]).
 pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
     let mut t = Translation::default();
 
@@ -372,6 +377,10 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
     for pod in &snap.pods {
         let ns = pod.namespace().unwrap_or_default();
         if !running(pod) || !opted_in(pod, namespaces.get(&ns).copied()) {
+            continue;
+        }
+        if let Some(mesh) = Mesh::of(pod) {
+            t.meshed.push((Arc::clone(pod), mesh));
             continue;
         }
         let dirs = cgroups_of(pod);
