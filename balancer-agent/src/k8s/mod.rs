@@ -311,8 +311,9 @@ pub async fn run(
         });
         if let Some(until) = outcome.pending_until {
             // A pod waits for its cgroup: look again soon (the finder walks
-            // at most every `cgroup_rescan`) until its threshold has passed.
-            let next = (Instant::now() + opts.cgroup_rescan).min(until);
+            // at most every `cgroup_rescan`; never sooner than a debounce)
+            // until its threshold has passed.
+            let next = (Instant::now() + opts.cgroup_rescan.max(opts.debounce)).min(until);
             deadline = Some(deadline.map_or(next, |d| d.min(next)));
         }
         match t.model.validate() {
