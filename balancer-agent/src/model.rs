@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
 };
@@ -24,8 +24,42 @@ pub type Labels = BTreeMap<String, String>;
 pub struct Model {
     pub services: Vec<Service>,
     /// cgroup v2 directories whose processes are redirected by the kernel
-    /// programs (static `enroll:`; in Kubernetes the enrolled pods' cgroups).
-    pub enrolled: Vec<PathBuf>,
+    /// programs (static `enroll:`; in Kubernetes the enrolled pods' cgroups,
+    /// each with its pod).
+    pub enrolled: Vec<Enrolled>,
+}
+
+/// An enrolled cgroup: it and every cgroup below it are redirected.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Enrolled {
+    /// The cgroup v2 directory.
+    pub cgroup: PathBuf,
+    /// The pod it belongs to (Kubernetes mode); `None` for static `enroll:`.
+    pub pod: Option<PodRef>,
+}
+
+impl From<PathBuf> for Enrolled {
+    /// A cgroup enrolled by path alone (static mode).
+    fn from(cgroup: PathBuf) -> Self {
+        Enrolled { cgroup, pod: None }
+    }
+}
+
+/// Which pod an enrolled cgroup belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    /// The pod's IPs (`status.podIPs`), IPv4 first: its redirected
+    /// connections come from the IPv4 one.
+    pub ips: Vec<IpAddr>,
+}
+
+impl fmt::Display for PodRef {
+    /// `namespace/name`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// One balanced Service.
@@ -265,6 +299,11 @@ impl Model {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The enrolled cgroup directories (what the kernel map holds).
+    pub fn enrolled_cgroups(&self) -> Vec<PathBuf> {
+        self.enrolled.iter().map(|e| e.cgroup.clone()).collect()
     }
 }
 

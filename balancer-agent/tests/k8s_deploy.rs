@@ -406,7 +406,7 @@ fn the_example_splits_the_greeter_90_10_for_an_opted_in_client() {
         routes: m.routes.into_iter().map(Arc::new).collect(),
         ..Snapshot::default()
     };
-    let t = translate(&snap, |_| None);
+    let t = translate(&snap, |_| Vec::new());
     assert!(t.invalid_routes.is_empty(), "{:?}", t.invalid_routes);
     t.model.validate().expect("valid");
     let greeter = t.model.service("demo/greeter").expect("the parent Service is balanced");

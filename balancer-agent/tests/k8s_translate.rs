@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use balancer_agent::{
     k8s::{
         grpcroute::{service_label, RouteError},
+        mesh::Mesh,
         translate,
         translate::{member_services, Translation},
         Snapshot,
@@ -17,6 +18,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
 };
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
@@ -73,8 +75,8 @@ fn split(parent: &str, backends: Value) -> Value {
     })
 }
 
-fn no_cgroups(_: &Pod) -> Option<PathBuf> {
-    None
+fn no_cgroups(_: &Pod) -> Vec<PathBuf> {
+    Vec::new()
 }
 
 fn run(snap: &Snapshot) -> Translation {
@@ -588,9 +590,9 @@ fn namespace(inject: Option<&str>) -> Arc<Namespace> {
 fn enrolled(snap: &Snapshot) -> Vec<PathBuf> {
     // Every pod "has" a cgroup named after its UID.
     let t = translate(snap, |p: &Pod| {
-        p.metadata.uid.as_ref().map(|u| PathBuf::from("/cg").join(u))
+        p.metadata.uid.iter().map(|u| PathBuf::from("/cg").join(u)).collect()
     });
-    t.model.enrolled
+    t.model.enrolled_cgroups()
 }
 
 #[test]
@@ -629,6 +631,124 @@ fn pods_opt_in_by_annotation_or_namespace_label() {
         vec![PathBuf::from("/cg/uid-a"), PathBuf::from("/cg/uid-b")]
     );
 
-    // A pod whose cgroup cannot be found is not enrolled (yet).
-    assert!(translate(&snap, no_cgroups).model.enrolled.is_empty());
+    // A pod whose cgroup cannot be found is not enrolled (yet), and is
+    // listed as such.
+    let t = translate(&snap, no_cgroups);
+    assert!(t.model.enrolled.is_empty());
+    let missing: Vec<String> = t.cgroup_missing.iter().map(|p| p.name_any()).collect();
+    assert_eq!(missing, ["annotated", "plain"]);
+}
+
+fn with(pod: &Arc<Pod>, f: impl FnOnce(&mut Pod)) -> Arc<Pod> {
+    let mut p = (**pod).clone();
+    f(&mut p);
+    Arc::new(p)
+}
+
+#[test]
+fn enrolled_cgroups_carry_their_pod_and_its_ipv4_address() {
+    let opted = json!({ "balancer.io/inject": "enabled" });
+    let dual = with(&pod("dual", "uid-a", opted.clone(), "Running"), |p| {
+        let st = p.status.as_mut().expect("status");
+        st.pod_ip = Some("fd00::5".into());
+        st.pod_ips = Some(vec![
+            serde_json::from_value(json!({ "ip": "fd00::5" })).expect("podIP"),
+            serde_json::from_value(json!({ "ip": "10.244.1.5" })).expect("podIP"),
+        ]);
+    });
+    let old_style = with(&pod("single", "uid-b", opted, "Running"), |p| {
+        p.status.as_mut().expect("status").pod_ip = Some("10.244.1.6".into());
+    });
+    let snap = Snapshot {
+        pods: vec![dual, old_style],
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
+    // "dual" has no pod-level cgroup: two container cgroups.
+    let t = translate(&snap, |p: &Pod| match p.name_any().as_str() {
+        "dual" => vec![PathBuf::from("/cg/ctr-2"), PathBuf::from("/cg/ctr-1")],
+        _ => vec![PathBuf::from("/cg/pod-b")],
+    });
+    let rows: Vec<(String, String, Vec<String>)> = t
+        .model
+        .enrolled
+        .iter()
+        .map(|e| {
+            let pod = e.pod.as_ref().expect("a pod in Kubernetes mode");
+            (
+                e.cgroup.display().to_string(),
+                pod.to_string(),
+                pod.ips.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    let dual_ips = vec!["10.244.1.5".to_owned(), "fd00::5".to_owned()];
+    assert_eq!(
+        rows,
+        vec![
+            ("/cg/ctr-1".into(), "demo/dual".into(), dual_ips.clone()),
+            ("/cg/ctr-2".into(), "demo/dual".into(), dual_ips),
+            ("/cg/pod-b".into(), "demo/single".into(), vec!["10.244.1.6".to_owned()]),
+        ]
+    );
+}
+
+#[test]
+fn pods_in_a_service_mesh_are_never_enrolled() {
+    let opted = |extra: Value| {
+        let mut a = json!({ "balancer.io/inject": "enabled" });
+        a.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        a
+    };
+    let istio = pod(
+        "istio",
+        "uid-a",
+        opted(json!({ "sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}" })),
+        "Running",
+    );
+    let linkerd = pod(
+        "linkerd",
+        "uid-b",
+        opted(json!({ "linkerd.io/proxy-version": "stable-2.14" })),
+        "Running",
+    );
+    let linkerd_label = with(&pod("linkerd-label", "uid-c", opted(json!({})), "Running"), |p| {
+        p.metadata.labels = Some([("linkerd.io/proxy-version".to_owned(), "edge".to_owned())].into());
+    });
+    let ambient = pod(
+        "ambient",
+        "uid-d",
+        opted(json!({ "ambient.istio.io/redirection": "enabled" })),
+        "Running",
+    );
+    let plain = pod("plain", "uid-e", opted(json!({})), "Running");
+    // Meshed but not opted in: nothing to say.
+    let unasked = pod(
+        "unasked",
+        "uid-f",
+        json!({ "sidecar.istio.io/status": "{}" }),
+        "Running",
+    );
+    let snap = Snapshot {
+        pods: vec![istio, linkerd, linkerd_label, ambient, plain, unasked],
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
+    assert_eq!(enrolled(&snap), vec![PathBuf::from("/cg/uid-e")]);
+    let t = translate(&snap, no_cgroups);
+    let meshed: Vec<(String, Mesh)> = t.meshed.iter().map(|(p, m)| (p.name_any(), *m)).collect();
+    assert_eq!(
+        meshed,
+        vec![
+            ("istio".to_owned(), Mesh::IstioSidecar),
+            ("linkerd".to_owned(), Mesh::Linkerd),
+            ("linkerd-label".to_owned(), Mesh::Linkerd),
+            ("ambient".to_owned(), Mesh::IstioAmbient),
+        ]
+    );
+    // Meshed pods are not "missing a cgroup" either.
+    let missing: Vec<String> = t.cgroup_missing.iter().map(|p| p.name_any()).collect();
+    assert_eq!(missing, ["plain"]);
 }

@@ -97,7 +97,7 @@ fn seed(fake: &FakeApi) {
 
 struct Agent {
     models: watch::Receiver<Arc<Model>>,
-    ready: watch::Receiver<bool>,
+    status: watch::Receiver<k8s::Status>,
     task: JoinHandle<Result<(), K8sError>>,
     cgroups: tempfile::TempDir,
 }
@@ -116,18 +116,18 @@ impl Agent {
         let mut opts = K8sOptions::new(NODE, cgroups.path());
         tune(&mut opts);
         let (tx, models) = watch::channel(Arc::new(Model::default()));
-        let (ready_tx, ready) = watch::channel(false);
-        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, ready_tx));
+        let (status_tx, status) = watch::channel(k8s::Status::default());
+        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, status_tx));
         Agent {
             models,
-            ready,
+            status,
             task,
             cgroups,
         }
     }
 
     async fn until_ready(&mut self) {
-        timeout(Duration::from_secs(10), self.ready.wait_for(|r| *r))
+        timeout(Duration::from_secs(10), self.status.wait_for(|s| s.synced))
             .await
             .expect("ready within 10 s")
             .expect("run() is alive");
@@ -174,7 +174,7 @@ async fn first_sync_publishes_the_model_then_turns_ready() {
     let mut agent = Agent::start(&fake);
     // Nothing listed yet: not ready, nothing published.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!*agent.ready.borrow(), "ready before the first sync");
+    assert!(!agent.status.borrow().synced, "ready before the first sync");
     assert!(agent.models.borrow().services.is_empty());
 
     fake.set_down(false);
@@ -192,7 +192,7 @@ async fn first_sync_publishes_the_model_then_turns_ready() {
         ]
     );
     // Only this node's opted-in pod is enrolled, by its cgroup.
-    assert_eq!(m.enrolled, vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
+    assert_eq!(m.enrolled_cgroups(), vec![pod_cgroup(agent.cgroups.path(), POD_UID)]);
     // Pods are watched on this node only.
     let reqs = fake.requests();
     assert!(
@@ -323,7 +323,7 @@ async fn an_api_outage_keeps_the_last_state_and_resumes() {
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(**agent.models.borrow(), *before, "the last known state stays published");
-    assert!(*agent.ready.borrow(), "still ready while serving the last state");
+    assert!(agent.status.borrow().synced, "still ready while serving the last state");
     assert!(!agent.task.is_finished(), "an outage is not fatal");
 
     fake.set_down(false);
@@ -361,7 +361,7 @@ async fn missing_rbac_is_one_clear_error_naming_verb_and_resource() {
         msg.starts_with("forbidden: the agent's service account may not list endpointslices.discovery.k8s.io"),
         "{msg}"
     );
-    assert!(!*agent.ready.borrow());
+    assert!(!agent.status.borrow().synced);
 }
 
 #[tokio::test]
@@ -459,7 +459,7 @@ async fn a_pod_cgroup_that_appears_later_is_enrolled_at_resync() {
     let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
     std::fs::create_dir_all(&dir).expect("mkdir");
     agent
-        .until("the pod enrolled", SHORT, |m| m.enrolled == vec![dir.clone()])
+        .until("the pod enrolled", SHORT, |m| m.enrolled_cgroups() == vec![dir.clone()])
         .await;
 }
 
@@ -483,5 +483,122 @@ async fn rbac_lost_after_startup_keeps_the_last_state() {
     );
     assert!(!agent.task.is_finished(), "not fatal once serving");
     assert_eq!(**agent.models.borrow(), *before);
-    assert!(*agent.ready.borrow());
+    assert!(agent.status.borrow().synced);
+}
+
+/// The first Event with `reason` the agent posts, within 5 s.
+async fn event(fake: &FakeApi, reason: &str) -> Value {
+    timeout(SHORT, async {
+        loop {
+            if let Some(e) = fake.events().into_iter().find(|e| e["reason"] == reason) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {reason} Event within {SHORT:?}; events: {:#?}", fake.events()))
+}
+
+fn events_with(fake: &FakeApi, reason: &str) -> usize {
+    fake.events().iter().filter(|e| e["reason"] == reason).count()
+}
+
+#[tokio::test]
+async fn a_new_pod_is_enrolled_as_soon_as_its_cgroup_appears() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    // No resync in this test's time: only the agent's own quick look-again
+    // can find the cgroup.
+    let mut agent = Agent::start_with(&fake, false, |o| {
+        o.resync = Duration::from_secs(600);
+        o.cgroup_rescan = Duration::from_millis(100);
+    });
+    agent.until_ready().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(agent.models.borrow().enrolled.is_empty());
+    let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    agent
+        .until("the pod enrolled", Duration::from_secs(3), |m| {
+            m.enrolled_cgroups() == vec![dir.clone()]
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_cgroup_stays_missing_gets_one_event_and_is_counted() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start_with(&fake, false, |o| {
+        o.resync = Duration::from_millis(200);
+        o.cgroup_rescan = Duration::from_millis(50);
+        o.cgroup_missing_after = Duration::from_millis(500);
+    });
+    agent.until_ready().await;
+    assert_eq!(agent.status.borrow().pods_cgroup_missing, 0, "within the threshold");
+
+    let e = event(&fake, k8s::CGROUP_NOT_FOUND_REASON).await;
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["regarding"]["kind"], "Pod");
+    assert_eq!(e["regarding"]["name"], "client");
+    assert_eq!(e["regarding"]["uid"], POD_UID);
+    let note = e["note"].as_str().unwrap_or_default();
+    let root = agent.cgroups.path().display().to_string();
+    assert!(note.contains(&root), "names the root searched: {note}");
+    assert!(
+        note.contains(&format!("pod{POD_UID}")),
+        "names what was looked for: {note}"
+    );
+    timeout(SHORT, agent.status.wait_for(|s| s.pods_cgroup_missing == 1))
+        .await
+        .expect("counted")
+        .expect("run() is alive");
+
+    // Many recomputations later: still one Event.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events_with(&fake, k8s::CGROUP_NOT_FOUND_REASON), 1);
+
+    // The cgroup appears: enrolled, no longer counted.
+    let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    agent
+        .until("the pod enrolled", SHORT, |m| m.enrolled_cgroups() == vec![dir.clone()])
+        .await;
+    timeout(SHORT, agent.status.wait_for(|s| s.pods_cgroup_missing == 0))
+        .await
+        .expect("no longer counted")
+        .expect("run() is alive");
+}
+
+#[tokio::test]
+async fn a_pod_in_a_service_mesh_is_not_enrolled_and_told_why_once() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut meshed = pod("client", POD_UID, NODE, true);
+    meshed["metadata"]["annotations"]["sidecar.istio.io/status"] = json!("{\"containers\":[\"istio-proxy\"]}");
+    fake.apply(meshed);
+    let mut agent = Agent::start_with(&fake, true, |o| o.resync = Duration::from_millis(200));
+    agent.until_ready().await;
+    assert!(
+        agent.models.borrow().enrolled.is_empty(),
+        "its cgroup exists, but the pod is meshed"
+    );
+    let e = event(&fake, k8s::NOT_ENROLLED_REASON).await;
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["regarding"]["name"], "client");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(note.contains("Istio (sidecar)"), "{note}");
+    assert!(note.contains("sidecar.istio.io/status"), "{note}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events_with(&fake, k8s::NOT_ENROLLED_REASON), 1, "told once");
+    assert_eq!(events_with(&fake, k8s::CGROUP_NOT_FOUND_REASON), 0);
+
+    // Without the mesh's annotation the same pod is enrolled: the mesh
+    // alone kept it out.
+    fake.apply(pod("client", POD_UID, NODE, true));
+    let dir = pod_cgroup(agent.cgroups.path(), POD_UID);
+    agent
+        .until("the pod enrolled", SHORT, |m| m.enrolled_cgroups() == vec![dir.clone()])
+        .await;
 }

@@ -43,6 +43,10 @@ pub struct SourceStatus {
     pub reloads_failed: u64,
     /// The last failed reload's error, until a reload succeeds.
     pub last_error: Option<String>,
+    /// Kubernetes mode: opted-in pods not enrolled because their cgroup
+    /// was not found in time (each has a `CgroupNotFound` Event).
+    #[serde(default)]
+    pub pods_cgroup_missing: Option<u64>,
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and
@@ -239,8 +243,21 @@ pub struct Pod {
     pub cgroup_id: Option<u64>,
     /// The cgroup's directory.
     pub cgroup: String,
-    /// The pod's IP, when known.
+    /// The pod's IP, when known (its IPv4 one: the address its redirected
+    /// connections come from).
     pub ip: Option<String>,
+}
+
+impl Pod {
+    /// An enrolled cgroup of the model, its id read from the directory.
+    pub fn from_model(e: &model::Enrolled) -> Self {
+        Pod {
+            pod: e.pod.as_ref().map(ToString::to_string),
+            cgroup_id: crate::cgroup::cgroup_id(&e.cgroup).ok(),
+            cgroup: e.cgroup.display().to_string(),
+            ip: e.pod.as_ref().and_then(|p| p.ips.first()).map(ToString::to_string),
+        }
+    }
 }
 
 /// `/api/v1/conns`: one client connection the agent holds.

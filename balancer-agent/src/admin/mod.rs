@@ -134,17 +134,20 @@ impl AdminState {
     }
 
     /// The open connections, each with its pod looked up by the peer's IP
-    /// when the proxy did not know it.
+    /// when the proxy did not know it. An IP that more than one enrolled pod
+    /// has (host-network pods share the node's) names none of them.
     pub fn conns(&self) -> Vec<api::Conn> {
         let mut conns = self.conns.list();
         if conns.iter().any(|c| c.pod.is_none()) {
             let pods = self.pods.pods();
             for c in conns.iter_mut().filter(|c| c.pod.is_none()) {
                 let ip = c.peer.ip().to_string();
-                c.pod = pods
+                let mut owners = pods
                     .iter()
-                    .find(|p| p.ip.as_deref() == Some(ip.as_str()))
-                    .map(|p| p.pod.clone().unwrap_or_else(|| p.cgroup.clone()));
+                    .filter(|p| p.ip.as_deref() == Some(ip.as_str()))
+                    .map(|p| p.pod.as_ref().unwrap_or(&p.cgroup));
+                let first = owners.next();
+                c.pod = first.filter(|f| owners.all(|o| o == *f)).cloned();
             }
         }
         conns
@@ -262,6 +265,37 @@ pub async fn serve(addr: SocketAddr, opts: AdminOptions, state: AdminState) -> R
 #[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_attributed_to_the_one_pod_with_its_ip() {
+        let mut state = AdminState::new(views::fixed_services(Vec::new()));
+        let pod = |name: &str, cgroup: &str, ip: &str| api::Pod {
+            pod: Some(name.to_owned()),
+            cgroup_id: None,
+            cgroup: cgroup.to_owned(),
+            ip: Some(ip.to_owned()),
+        };
+        let pods = vec![
+            // One pod, two container cgroups.
+            pod("demo/client", "/cg/a", "10.244.1.5"),
+            pod("demo/client", "/cg/b", "10.244.1.5"),
+            // Two host-network pods on the node's IP.
+            pod("demo/host-a", "/cg/c", "192.168.1.10"),
+            pod("demo/host-b", "/cg/d", "192.168.1.10"),
+        ];
+        state.pods = Arc::new(move || pods.clone());
+        let conn = |peer: &str| ConnMeta {
+            peer: peer.parse().unwrap(),
+            original_dst: None,
+            service: None,
+            pod: None,
+        };
+        let _a = state.conns.register(conn("10.244.1.5:40000"));
+        let _b = state.conns.register(conn("192.168.1.10:40001"));
+        let _c = state.conns.register(conn("10.244.1.99:40002"));
+        let pods: Vec<Option<String>> = state.conns().into_iter().map(|c| c.pod).collect();
+        assert_eq!(pods, [Some("demo/client".to_owned()), None, None]);
+    }
 
     #[test]
     fn non_loopback_is_refused_unless_allowed() {

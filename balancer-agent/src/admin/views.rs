@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use super::api;
+use crate::model::Model;
 
 /// The balanced services with their statistics (the balance table).
 pub trait ServicesView: Send + Sync + 'static {
@@ -68,6 +71,30 @@ pub trait KernelView: Send + Sync + 'static {
 /// A fixed services list (tests, and the agent before its table exists).
 pub fn fixed_services(services: Vec<api::Service>) -> Arc<dyn ServicesView> {
     Arc::new(move || services.clone())
+}
+
+/// The enrolled cgroups of the current model, each with its pod in
+/// Kubernetes mode.
+pub fn model_pods(models: watch::Receiver<Arc<Model>>) -> Arc<dyn PodsView> {
+    Arc::new(move || {
+        let model = Arc::clone(&models.borrow());
+        model.enrolled.iter().map(api::Pod::from_model).collect()
+    })
+}
+
+/// Kubernetes mode: synced once every watcher has listed once, and how
+/// many opted-in pods have no cgroup.
+pub fn kubernetes_source(status: watch::Receiver<crate::k8s::Status>) -> Arc<dyn SourceView> {
+    Arc::new(move || {
+        let s = *status.borrow();
+        api::SourceStatus {
+            kind: "kubernetes".to_owned(),
+            location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+            synced: s.synced,
+            pods_cgroup_missing: Some(s.pods_cgroup_missing),
+            ..api::SourceStatus::default()
+        }
+    })
 }
 
 /// No enrolled pods.

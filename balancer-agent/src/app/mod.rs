@@ -166,12 +166,12 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
             };
             let client = crate::k8s::client().await?;
             let (tx, models) = watch::channel(Arc::new(Model::default()));
-            let (ready_tx, ready) = watch::channel(false);
+            let (status_tx, status) = watch::channel(crate::k8s::Status::default());
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
             let fatal = fatal.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::k8s::run(client, k8s_opts, tx, ready_tx).await {
+                if let Err(e) = crate::k8s::run(client, k8s_opts, tx, status_tx).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
@@ -184,7 +184,7 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                     fast_path: true,
                 },
                 models,
-                source: views::kubernetes_source(ready),
+                source: admin::views::kubernetes_source(status),
             })
         }
     }
@@ -432,7 +432,7 @@ fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: 
     if let Err(e) = &services {
         warn!(error = %e, "services map not updated");
     }
-    let enrolled = kernel.set_enrolled(&model.enrolled);
+    let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
     if let Err(e) = &enrolled {
         warn!(error = %e, "enrolled map not updated");
     }

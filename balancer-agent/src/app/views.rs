@@ -11,9 +11,8 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    admin::{api, kernel::KernelReader, AdminState, PodsView, ServicesView, SourceView},
+    admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
     balance::{endpoint::EndpointSnapshot, Table},
-    cgroup,
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -73,27 +72,6 @@ fn fill_endpoint(ep: &mut api::Endpoint, s: &EndpointSnapshot) {
     ep.upstream_connections = s.upstream_connections as u64;
 }
 
-/// The enrolled cgroups of the current model.
-struct EnrolledView {
-    models: watch::Receiver<Arc<Model>>,
-}
-
-impl PodsView for EnrolledView {
-    fn pods(&self) -> Vec<api::Pod> {
-        let model = self.models.borrow().clone();
-        model
-            .enrolled
-            .iter()
-            .map(|dir| api::Pod {
-                pod: None,
-                cgroup_id: cgroup::cgroup_id(dir).ok(),
-                cgroup: dir.display().to_string(),
-                ip: None,
-            })
-            .collect()
-    }
-}
-
 /// Static mode: the file and its reload counters.
 pub fn static_source(path: &Path, stats: Arc<ReloadStats>) -> Arc<dyn SourceView> {
     let location = path.display().to_string();
@@ -104,16 +82,7 @@ pub fn static_source(path: &Path, stats: Arc<ReloadStats>) -> Arc<dyn SourceView
         reloads_ok: stats.ok(),
         reloads_failed: stats.failed(),
         last_error: stats.last_error(),
-    })
-}
-
-/// Kubernetes mode: synced once every watcher has listed once.
-pub fn kubernetes_source(ready: watch::Receiver<bool>) -> Arc<dyn SourceView> {
-    Arc::new(move || api::SourceStatus {
-        kind: "kubernetes".to_owned(),
-        location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
-        synced: *ready.borrow(),
-        ..api::SourceStatus::default()
+        pods_cgroup_missing: None,
     })
 }
 
@@ -129,7 +98,7 @@ pub fn admin_state(
         table,
         models: models.clone(),
     }));
-    state.pods = Arc::new(EnrolledView { models });
+    state.pods = crate::admin::views::model_pods(models);
     state.metrics = Arc::clone(&observers.metrics);
     state.conns = observers.conns.clone();
     state.source = source;

@@ -218,7 +218,7 @@ impl File {
             .collect::<Result<Vec<_>, _>>()?;
         let model = Model {
             services,
-            enrolled: self.enroll,
+            enrolled: self.enroll.into_iter().map(crate::model::Enrolled::from).collect(),
         };
         model
             .validate()

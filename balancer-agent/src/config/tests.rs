@@ -54,8 +54,12 @@ fn the_documented_example_parses_into_the_model() {
     );
     assert_eq!(loaded.generation, 1);
     assert_eq!(
-        loaded.model.enrolled,
+        loaded.model.enrolled_cgroups(),
         vec![std::path::PathBuf::from("/sys/fs/cgroup/unified/balancer/client")]
+    );
+    assert!(
+        loaded.model.enrolled.iter().all(|e| e.pod.is_none()),
+        "static enroll: names cgroups, not pods"
     );
     assert_eq!(
         loaded.model.services,

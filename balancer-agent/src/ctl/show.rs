@@ -376,6 +376,12 @@ pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) 
     if let Some(e) = s.source.last_error {
         writeln!(out, "Last error: {e}")?;
     }
+    if let Some(n) = s.source.pods_cgroup_missing {
+        writeln!(
+            out,
+            "No cgroup:  {n} opted-in pods not enrolled (their Events: CgroupNotFound)"
+        )?;
+    }
     writeln!(out, "Uptime:     {}", secs(s.uptime_seconds))?;
     Ok(())
 }

@@ -10,10 +10,15 @@
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
-//!   namespace's [`INJECT_LABEL`], by their cgroup v2 directory.
+//!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
+//!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
+//!   captures their connections ([`mesh`]). Pods left out get a Warning
+//!   Event ([`enrollment`]).
 
 pub mod cgroup;
+pub mod enrollment;
 pub mod grpcroute;
+pub mod mesh;
 mod report;
 pub mod translate;
 pub mod watch;
@@ -36,6 +41,7 @@ use tokio::{
 };
 
 use crate::model::Model;
+pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
 pub use report::INVALID_ROUTE_REASON;
 pub use translate::{translate, Snapshot, Translation};
 pub use watch::Kind;
@@ -55,9 +61,20 @@ pub struct K8sOptions {
     /// This node's name (`NODE_NAME` from the downward API): only its pods
     /// are enrolled.
     pub node_name: String,
-    /// Where the cgroup v2 hierarchy is mounted (in the agent's mount
-    /// namespace); pods' cgroups are looked up below it.
+    /// Where the node's cgroup v2 hierarchy is mounted in the agent's mount
+    /// namespace (in a DaemonSet the host's, e.g. `/run/balancer/cgroupv2`,
+    /// not the container's own `/sys/fs/cgroup`); pods' cgroups are looked
+    /// up below it.
     pub cgroup_root: PathBuf,
+    /// How many levels below `cgroup_root` pods' cgroups are looked for.
+    pub cgroup_max_depth: usize,
+    /// A pod whose cgroup is not in the kept index walks the hierarchy
+    /// again, at most this often.
+    pub cgroup_rescan: Duration,
+    /// An opted-in pod whose cgroup is still missing this long after the
+    /// agent first saw it wanting enrollment gets a `CgroupNotFound` Event
+    /// and is counted in [`Status::pods_cgroup_missing`].
+    pub cgroup_missing_after: Duration,
     /// Changes closer together than this are published as one model.
     pub debounce: Duration,
     /// Recompute this often even without API changes (a pod's cgroup
@@ -74,6 +91,9 @@ impl K8sOptions {
         K8sOptions {
             node_name: node_name.into(),
             cgroup_root: cgroup_root.into(),
+            cgroup_max_depth: cgroup::DEFAULT_MAX_DEPTH,
+            cgroup_rescan: Duration::from_secs(1),
+            cgroup_missing_after: Duration::from_secs(10),
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(10),
             controller: "balancer.io/agent".to_owned(),
@@ -99,6 +119,16 @@ pub enum K8sError {
     WatchersStopped,
     #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
     Client(#[source] kube::Error),
+}
+
+/// What Kubernetes mode reports besides the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Every watcher has listed once and the first model is published.
+    pub synced: bool,
+    /// Opted-in pods whose cgroup has been missing for longer than
+    /// [`K8sOptions::cgroup_missing_after`].
+    pub pods_cgroup_missing: u64,
 }
 
 /// A client from the in-cluster configuration or `KUBECONFIG`.
@@ -139,9 +169,10 @@ impl Drop for Tasks {
 
 /// Watches the cluster and publishes a new [`Model`] on `tx` whenever it
 /// changes (changes closer than `opts.debounce` are published together).
-/// `ready` turns true once every reflector has completed its first list and
-/// the first model is published. API server failures are retried with
-/// backoff while the last known state stays published.
+/// `status` turns `synced` once every reflector has completed its first
+/// list and the first model is published, and counts the opted-in pods
+/// without a cgroup. API server failures are retried with backoff while the
+/// last known state stays published.
 ///
 /// Runs until an unrecoverable error: a missing RBAC permission at startup
 /// ([`K8sError::Forbidden`], naming the verb and resource). Drop the future
@@ -150,7 +181,7 @@ pub async fn run(
     client: kube::Client,
     opts: K8sOptions,
     tx: tokio_watch::Sender<Arc<Model>>,
-    ready: tokio_watch::Sender<bool>,
+    status: tokio_watch::Sender<Status>,
 ) -> Result<(), K8sError> {
     if opts.node_name.is_empty() {
         return Err(K8sError::NoNodeName);
@@ -177,13 +208,16 @@ pub async fn run(
         routes,
     };
 
-    let mut reporter = report::RouteReporter::new(
+    let events = report::Events::new(
         client,
         Reporter {
             controller: opts.controller.clone(),
             instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
         },
     );
+    let mut reporter = report::RouteReporter::new(events.clone());
+    let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);
+    let mut enrollment = enrollment::Tracker::new(opts.cgroup_missing_after);
     let mut warned = Warned::default();
     let mut synced: HashSet<Kind> = HashSet::new();
     let mut failing: HashSet<Kind> = HashSet::new();
@@ -244,7 +278,8 @@ pub async fn run(
                     // The first model goes out as soon as everything is listed.
                     synced.len() == Kind::ALL.len()
                 } else {
-                    deadline.get_or_insert_with(|| Instant::now() + opts.debounce);
+                    let due = Instant::now() + opts.debounce;
+                    deadline = Some(deadline.map_or(due, |d| d.min(due)));
                     false
                 }
             }
@@ -257,9 +292,30 @@ pub async fn run(
         if !publish_now {
             continue;
         }
-        let t = translate(&stores.snapshot(), |pod| pod_cgroup(&opts, pod));
+        let snapshot = stores.snapshot();
+        let t = translate(&snapshot, |pod| cgroups.find(&cgroup::PodKeys::of(pod)));
         warned.log(&t);
         reporter.report(&t.invalid_routes);
+        let searched = enrollment::Searched {
+            root: cgroups.root(),
+            max_depth: cgroups.max_depth(),
+        };
+        let outcome = enrollment.update(&snapshot.pods, &t, Instant::now(), searched);
+        for notice in &outcome.notices {
+            events.pod(notice);
+        }
+        status.send_if_modified(|s| {
+            let changed = s.pods_cgroup_missing != outcome.cgroup_missing;
+            s.pods_cgroup_missing = outcome.cgroup_missing;
+            changed
+        });
+        if let Some(until) = outcome.pending_until {
+            // A pod waits for its cgroup: look again soon (the finder walks
+            // at most every `cgroup_rescan`; never sooner than a debounce)
+            // until its threshold has passed.
+            let next = (Instant::now() + opts.cgroup_rescan.max(opts.debounce)).min(until);
+            deadline = Some(deadline.map_or(next, |d| d.min(next)));
+        }
         match t.model.validate() {
             Ok(()) => {
                 let model = t.model;
@@ -284,7 +340,7 @@ pub async fn run(
         }
         if !is_ready {
             is_ready = true;
-            ready.send_replace(true);
+            status.send_modify(|s| s.synced = true);
             tracing::info!("Kubernetes state synced");
         }
     }
@@ -295,20 +351,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn pod_cgroup(opts: &K8sOptions, pod: &Pod) -> Option<PathBuf> {
-    let uid = pod.metadata.uid.as_deref()?;
-    let qos = cgroup::QosClass::from_status(pod.status.as_ref().and_then(|s| s.qos_class.as_deref()));
-    let found = cgroup::pod_cgroup(&opts.cgroup_root, uid, qos);
-    if found.is_none() {
-        tracing::debug!(
-            pod = pod.metadata.name.as_deref().unwrap_or_default(),
-            %uid,
-            "opted-in pod has no cgroup yet"
-        );
-    }
-    found
 }
 
 /// Problems already logged, so that a recomputation does not repeat them.

@@ -1,11 +1,11 @@
 //! The cluster's state (what the reflectors hold) onto a [`Model`].
 //!
-//! Pure: no I/O but the `cgroup_of` callback, so every rule here is tested on
+//! Pure: no I/O but the `cgroups_of` callback, so every rule here is tested on
 //! plain objects.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
 };
@@ -19,9 +19,12 @@ use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
+    mesh::Mesh,
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
 };
-use crate::model::{self, Endpoint, EndpointState, Labels, Model, ModelError, Policy, Route, RouteMatch, StringMatch};
+use crate::model::{
+    self, Endpoint, EndpointState, Enrolled, Labels, Model, ModelError, PodRef, Policy, Route, RouteMatch, StringMatch,
+};
 
 /// The EndpointSlice label naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -54,6 +57,11 @@ pub struct Translation {
     pub bad_policies: Vec<(String, String)>,
     /// Services left out because they would make the model invalid.
     pub dropped: Vec<(String, ModelError)>,
+    /// Opted-in pods whose cgroup was not found: not enrolled (yet).
+    pub cgroup_missing: Vec<Arc<Pod>>,
+    /// Opted-in pods left out because a service mesh captures their
+    /// connections (see [`super::mesh`]).
+    pub meshed: Vec<(Arc<Pod>, Mesh)>,
 }
 
 /// Whether a port speaks gRPC: named `grpc` or `grpc-*`, or with
@@ -75,6 +83,31 @@ pub fn opted_in(pod: &Pod, namespace: Option<&Namespace>) -> bool {
         Some("enabled") => true,
         Some("disabled") => false,
         _ => namespace.is_some_and(|ns| ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")),
+    }
+}
+
+/// Who `pod` is, for display: name and IPs (IPv4 first).
+pub fn pod_ref(pod: &Pod) -> PodRef {
+    let status = pod.status.as_ref();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    ips.sort_by_key(IpAddr::is_ipv6);
+    ips.dedup();
+    PodRef {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        ips,
     }
 }
 
@@ -237,10 +270,11 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
     split
 }
 
-/// Translates the snapshot. `cgroup_of` finds an opted-in pod's cgroup
-/// directory (see [`super::cgroup`]); pods it finds none for are not
-/// enrolled yet.
-pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -> Translation {
+/// Translates the snapshot. `cgroups_of` finds an opted-in pod's cgroup
+/// directories (see [`super::cgroup`]); pods it finds none for are not
+/// enrolled yet ([`Translation::cgroup_missing`]). Pods in a service mesh
+/// are never enrolled ([`Translation::meshed`]).
+pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
     let mut t = Translation::default();
 
     let services: HashMap<(String, String), &Service> = snap
@@ -339,18 +373,29 @@ pub fn translate(snap: &Snapshot, cgroup_of: impl Fn(&Pod) -> Option<PathBuf>) -
     }
 
     let namespaces: HashMap<String, &Namespace> = snap.namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
-    let mut enrolled: Vec<PathBuf> = snap
-        .pods
-        .iter()
-        .filter(|p| running(p))
-        .filter(|p| {
-            let ns = p.namespace().unwrap_or_default();
-            opted_in(p, namespaces.get(&ns).copied())
-        })
-        .filter_map(|p| cgroup_of(p))
-        .collect();
+    let mut enrolled: Vec<Enrolled> = Vec::new();
+    for pod in &snap.pods {
+        let ns = pod.namespace().unwrap_or_default();
+        if !running(pod) || !opted_in(pod, namespaces.get(&ns).copied()) {
+            continue;
+        }
+        if let Some(mesh) = Mesh::of(pod) {
+            t.meshed.push((Arc::clone(pod), mesh));
+            continue;
+        }
+        let dirs = cgroups_of(pod);
+        if dirs.is_empty() {
+            t.cgroup_missing.push(Arc::clone(pod));
+            continue;
+        }
+        let who = pod_ref(pod);
+        enrolled.extend(dirs.into_iter().map(|cgroup| Enrolled {
+            cgroup,
+            pod: Some(who.clone()),
+        }));
+    }
     enrolled.sort();
-    enrolled.dedup();
+    enrolled.dedup_by(|a, b| a.cgroup == b.cgroup);
     t.model.enrolled = enrolled;
     t
 }

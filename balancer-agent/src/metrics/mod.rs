@@ -407,6 +407,14 @@ impl Collector for Scrape {
             "Enrolled pods (cgroups).",
             &[(vec![], i(self.enrolled_pods))],
         )?;
+        if let Some(missing) = src.pods_cgroup_missing {
+            gauge(
+                e,
+                "balancer_pods_cgroup_missing",
+                "Opted-in pods not enrolled because their cgroup was not found in time (Kubernetes mode).",
+                &[(vec![], i(missing))],
+            )?;
+        }
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //! resumed watch replays what it missed), 410 Gone to force a relist, an
 //! outage, 403/404 per resource, and a record of the Events posted.
 
+#![allow(dead_code, reason = "each test file uses part of the fake")]
+
 use std::{
     collections::{BTreeMap, HashSet},
     io,

@@ -192,6 +192,7 @@ pub fn start(kernel: bool) -> Fixture {
         reloads_ok: 3,
         reloads_failed: 1,
         last_error: Some("balancer.yaml: services[0].vip: invalid socket address".into()),
+        pods_cgroup_missing: None,
     });
     if kernel {
         state.kernel = Some(Arc::new(FakeKernel));

@@ -414,6 +414,8 @@ fn forward(listen: SocketAddr, to: Vec<SocketAddr>) -> serde_json::Value {
         });
     }
     json!({"listening": false})
+}
+
 /// Keeps connections open: prints `{"conns":[{"to","local"} | {"to","error"}]}`,
 /// then `{"status":[{"to","ok","errno","eof"}]}` for each `check` line on
 /// stdin, until stdin closes.
