@@ -15,6 +15,7 @@
 pub mod cgroup;
 pub mod grpcroute;
 mod report;
+pub mod route_status;
 pub mod translate;
 pub mod watch;
 
