@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 pub mod grpcroute;
+pub mod lease;
 mod report;
 pub mod route_status;
 pub mod translate;
