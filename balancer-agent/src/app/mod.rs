@@ -66,8 +66,12 @@ pub struct Options {
     /// Kubernetes mode: where pods' cgroups are looked up (default: the
     /// cgroup v2 mount).
     pub cgroup_root: Option<PathBuf>,
-    /// Kubernetes mode: the agent's pod, named in the Events it reports.
+    /// Kubernetes mode: the agent's pod, named in the Events it reports
+    /// and the holder of the route-status Lease.
     pub pod_name: Option<String>,
+    /// Kubernetes mode: the agent's namespace, where the route-status Lease
+    /// lives. Without it (or `pod_name`) the agent writes no route status.
+    pub pod_namespace: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -99,9 +103,16 @@ struct Started {
     node: config::NodeConfig,
     models: watch::Receiver<Arc<Model>>,
     source: Arc<dyn admin::SourceView>,
+    /// Kubernetes mode: the discovery task, which ends (releasing the
+    /// route-status Lease) once `stopping` turns true.
+    k8s_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> anyhow::Result<Started> {
+async fn start_source(
+    opts: &Options,
+    fatal: &watch::Sender<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<Started> {
     match &opts.source {
         Source::Static(path) => {
             let watched = config::watch(path, RELOAD_INTERVAL)?;
@@ -122,7 +133,12 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                     tx.send_replace(Arc::new(loaded.model.clone()));
                 }
             });
-            Ok(Started { node, models, source })
+            Ok(Started {
+                node,
+                models,
+                source,
+                k8s_task: None,
+            })
         }
         Source::Kubernetes { node_name, host_ip } => {
             let node_name = node_name
@@ -145,9 +161,16 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
             let (ready_tx, ready) = watch::channel(false);
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
+            match (&opts.pod_namespace, &opts.pod_name) {
+                (Some(ns), Some(pod)) => k8s_opts.lease = Some(crate::k8s::lease::LeaseOptions::new(ns, pod)),
+                _ => warn!("POD_NAMESPACE or POD_NAME unset: this agent never writes GRPCRoute status"),
+            }
             let fatal = fatal.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::k8s::run(client, k8s_opts, tx, ready_tx).await {
+            let until_stopping = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let k8s_task = tokio::spawn(async move {
+                if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, ready_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
@@ -161,6 +184,7 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                 },
                 models,
                 source: views::kubernetes_source(ready),
+                k8s_task: Some(k8s_task),
             })
         }
     }
@@ -170,11 +194,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // A part that cannot go on (Kubernetes discovery without permissions)
     // stops the agent with its error.
     let (fatal_tx, mut fatal) = watch::channel(None::<String>);
+    let (stopping, stopping_rx) = watch::channel(false);
     let Started {
         node,
         mut models,
         source,
-    } = start_source(&opts, &fatal_tx).await?;
+        k8s_task,
+    } = start_source(&opts, &fatal_tx, stopping_rx).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let attach_cgroup = opts.attach_cgroup.clone().or(node.attach_cgroup);
@@ -270,6 +296,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
         }
+    }
+    // Hand the route-status Lease over first (bounded inside), then drain.
+    stopping.send_replace(true);
+    if let Some(task) = k8s_task {
+        let _ = task.await;
     }
     proxy.shutdown(SHUTDOWN_GRACE).await;
     tasks.abort_all();

@@ -77,9 +77,15 @@ struct Args {
     #[arg(long, value_name = "DIR", env = "BALANCER_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
 
-    /// Kubernetes mode: the agent's own pod (downward API), named in Events.
+    /// Kubernetes mode: the agent's own pod (downward API), named in Events
+    /// and holding the route-status Lease when it leads.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+
+    /// Kubernetes mode: the agent's namespace (downward API), where the
+    /// route-status Lease lives.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +109,7 @@ fn main() -> std::process::ExitCode {
         access_log: args.access_log,
         cgroup_root: args.cgroup_root,
         pod_name: args.pod_name,
+        pod_namespace: args.pod_namespace,
     };
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,16 +11,20 @@
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directory.
+//! - Route status: the agent that holds a Lease ([`lease`]) writes the
+//!   GRPCRoutes' `status.parents[]` ([`route_status`]); the others only
+//!   balance.
 
 pub mod cgroup;
 pub mod grpcroute;
 pub mod lease;
 mod report;
 pub mod route_status;
+mod status;
 pub mod translate;
 pub mod watch;
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::{
@@ -65,10 +69,14 @@ pub struct K8sOptions {
     /// Recompute this often even without API changes (a pod's cgroup
     /// directory can appear after the pod's last update).
     pub resync: Duration,
-    /// `reportingController` of the Events the agent publishes.
+    /// `reportingController` of the Events the status leader publishes.
     pub controller: String,
-    /// `reportingInstance` of those Events (the agent's pod name).
+    /// `reportingInstance` of those Events (the agent's pod name; default:
+    /// the node name).
     pub instance: Option<String>,
+    /// The Lease that elects the one agent writing GRPCRoute status; `None`:
+    /// this agent never writes status.
+    pub lease: Option<lease::LeaseOptions>,
 }
 
 impl K8sOptions {
@@ -78,8 +86,9 @@ impl K8sOptions {
             cgroup_root: cgroup_root.into(),
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(10),
-            controller: "balancer.io/agent".to_owned(),
+            controller: route_status::CONTROLLER_NAME.to_owned(),
             instance: None,
+            lease: None,
         }
     }
 }
@@ -154,6 +163,22 @@ pub async fn run(
     tx: tokio_watch::Sender<Arc<Model>>,
     ready: tokio_watch::Sender<bool>,
 ) -> Result<(), K8sError> {
+    run_until(client, opts, tx, ready, std::future::pending()).await
+}
+
+/// How long a stopping agent waits for its Lease to be released.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// [`run`] until `stop` completes; then, if this agent leads the route-status
+/// election, it releases the Lease (waiting at most 2 s) so that another
+/// agent takes over at once, and returns `Ok(())`.
+pub async fn run_until(
+    client: kube::Client,
+    opts: K8sOptions,
+    tx: tokio_watch::Sender<Arc<Model>>,
+    ready: tokio_watch::Sender<bool>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), K8sError> {
     if opts.node_name.is_empty() {
         return Err(K8sError::NoNodeName);
     }
@@ -179,13 +204,15 @@ pub async fn run(
         routes,
     };
 
-    let mut reporter = report::RouteReporter::new(
-        client,
-        Reporter {
+    let election = opts.lease.clone().map(|lease| {
+        let reporter = Reporter {
             controller: opts.controller.clone(),
             instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
-        },
-    );
+        };
+        status::Election::spawn(client, lease, reporter)
+    });
+    let mut stop = std::pin::pin!(stop);
+    let mut route_log = report::RouteLog::default();
     let mut warned = Warned::default();
     let mut synced: HashSet<Kind> = HashSet::new();
     let mut failing: HashSet<Kind> = HashSet::new();
@@ -255,13 +282,27 @@ pub async fn run(
                 true
             }
             _ = resync.tick(), if is_ready => true,
+            () = &mut stop => {
+                if let Some(election) = election {
+                    election.stop(RELEASE_WAIT).await;
+                }
+                return Ok(());
+            }
         };
         if !publish_now {
             continue;
         }
-        let t = translate(&stores.snapshot(), |pod| pod_cgroup(&opts, pod));
+        let snapshot = stores.snapshot();
+        let t = translate(&snapshot, |pod| pod_cgroup(&opts, pod));
         warned.log(&t);
-        reporter.report(&t.invalid_routes);
+        route_log.log(&t.invalid_routes);
+        if let Some(election) = &election {
+            election.offer(status::StatusInput {
+                routes: snapshot.routes,
+                services: snapshot.services,
+                invalid: t.invalid_routes.clone(),
+            });
+        }
         match t.model.validate() {
             Ok(()) => {
                 let model = t.model;
