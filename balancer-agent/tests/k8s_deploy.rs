@@ -13,7 +13,7 @@ use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
     core::v1::{ConfigMap, Namespace, ResourceQuota, Service, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
@@ -59,6 +59,8 @@ struct Manifests {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
     daemonsets: Vec<DaemonSet>,
     deployments: Vec<Deployment>,
     services: Vec<Service>,
@@ -86,6 +88,8 @@ fn load(dir: &Path) -> Manifests {
                 ("v1", "ResourceQuota") => m.quotas.push(strict(&path, &doc)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.cluster_roles.push(strict(&path, &doc)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => m.bindings.push(strict(&path, &doc)),
+                ("rbac.authorization.k8s.io/v1", "Role") => m.roles.push(strict(&path, &doc)),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => m.role_bindings.push(strict(&path, &doc)),
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
                 ("apps/v1", "Deployment") => m.deployments.push(strict(&path, &doc)),
                 ("gateway.networking.k8s.io/v1", "GRPCRoute") => m.routes.push(strict(&path, &doc)),
@@ -220,6 +224,9 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
     assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
     assert_eq!(field("HOST_IPS").as_deref(), Some("status.hostIPs"));
     assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
+    // The route-status Lease: its holder and its namespace.
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
     let value = |name: &str| {
         c.env
             .iter()
@@ -323,17 +330,19 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
     assert!(c.ports.as_ref().is_none_or(|p| p.is_empty()));
 }
 
+fn allows(rules: Option<&Vec<PolicyRule>>, group: &str, resource: &str, verb: &str) -> bool {
+    rules.into_iter().flatten().any(|r| {
+        r.api_groups.iter().flatten().any(|g| g == group)
+            && r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb)
+    })
+}
+
 #[test]
-fn rbac_grants_what_the_agent_watches_and_nothing_to_change_workloads() {
+fn rbac_grants_what_the_agent_uses_and_nothing_to_change_workloads() {
     let (m, ds) = agent();
     let role = &m.cluster_roles[0];
-    let allows = |group: &str, resource: &str, verb: &str| {
-        role.rules.iter().flatten().any(|r| {
-            r.api_groups.iter().flatten().any(|g| g == group)
-                && r.resources.iter().flatten().any(|x| x == resource)
-                && r.verbs.iter().any(|v| v == verb)
-        })
-    };
+    let allows = |group: &str, resource: &str, verb: &str| allows(role.rules.as_ref(), group, resource, verb);
     for kind in Kind::ALL {
         let (resource, group) = kind.resource().split_once('.').unwrap_or((kind.resource(), ""));
         for verb in ["get", "list", "watch"] {
@@ -346,15 +355,31 @@ fn rbac_grants_what_the_agent_watches_and_nothing_to_change_workloads() {
     }
     assert!(allows("events.k8s.io", "events", "create"));
     assert!(allows("events.k8s.io", "events", "patch"));
+    // The route-status leader patches the status subresource.
+    for verb in ["get", "patch", "update"] {
+        assert!(
+            allows("gateway.networking.k8s.io", "grpcroutes/status", verb),
+            "ClusterRole lacks {verb} grpcroutes/status"
+        );
+    }
     for r in role.rules.iter().flatten() {
         for v in &r.verbs {
             assert!(
-                ["get", "list", "watch", "create", "patch"].contains(&v.as_str()),
+                ["get", "list", "watch", "create", "patch", "update"].contains(&v.as_str()),
                 "verb {v}"
             );
         }
-        if r.verbs.iter().any(|v| v == "create" || v == "patch") {
-            assert_eq!(r.resources.as_deref(), Some(&["events".to_owned()][..]));
+        // Writes only to Events and route status: never to workloads, nor
+        // to the routes' spec.
+        if r.verbs
+            .iter()
+            .any(|v| ["create", "patch", "update"].contains(&v.as_str()))
+        {
+            let resources = r.resources.as_deref().unwrap_or_default();
+            assert!(
+                resources == ["events"] || resources == ["grpcroutes/status"],
+                "writes to {resources:?}"
+            );
         }
     }
 
@@ -366,6 +391,58 @@ fn rbac_grants_what_the_agent_watches_and_nothing_to_change_workloads() {
     assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
     assert_eq!(subject.namespace, sa.metadata.namespace);
     assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+}
+
+#[test]
+fn the_status_lease_is_granted_in_the_agents_namespace_only() {
+    let (m, ds) = agent();
+    let namespace = ds.metadata.namespace.clone().expect("the DaemonSet's namespace");
+    // Nothing cluster-wide about Leases.
+    for r in m.cluster_roles.iter().flat_map(|r| r.rules.iter().flatten()) {
+        assert!(
+            !r.resources.iter().flatten().any(|x| x == "leases"),
+            "Leases in a ClusterRole"
+        );
+    }
+    assert_eq!(m.roles.len(), 1);
+    let role = &m.roles[0];
+    assert_eq!(role.metadata.namespace.as_ref(), Some(&namespace));
+    for verb in ["get", "create", "update", "patch"] {
+        assert!(
+            allows(role.rules.as_ref(), "coordination.k8s.io", "leases", verb),
+            "Role lacks {verb} leases"
+        );
+    }
+    for r in role.rules.iter().flatten() {
+        assert_eq!(r.resources.as_deref(), Some(&["leases".to_owned()][..]));
+        assert!(r.verbs.iter().all(|v| v != "delete" && v != "deletecollection"));
+    }
+
+    assert_eq!(m.role_bindings.len(), 1);
+    let binding = &m.role_bindings[0];
+    assert_eq!(binding.metadata.namespace.as_ref(), Some(&namespace));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().expect("name"));
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(
+        Some(&subject.name),
+        ds.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.service_account_name.as_ref())
+    );
+    assert_eq!(subject.namespace.as_ref(), Some(&namespace));
+    // Should the Role name Leases, it must name the agent's.
+    let opts = k8s::lease::LeaseOptions::new(namespace.clone(), "agent");
+    assert!(
+        role.rules
+            .iter()
+            .flatten()
+            .all(|r| r.resource_names.as_ref().is_none_or(|n| n.contains(&opts.name))),
+        "resourceNames must include {}",
+        opts.name
+    );
 }
 
 #[test]

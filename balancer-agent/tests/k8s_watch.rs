@@ -1,6 +1,7 @@
 //! Kubernetes mode end to end against a faked API server: the first sync
 //! and readiness, adds, updates and deletes, relists, an API outage, missing
-//! RBAC, a missing GRPCRoute CRD, and invalid GRPCRoutes reported as Events.
+//! RBAC, a missing GRPCRoute CRD, and invalid GRPCRoutes left out (their
+//! status and Events come from the elected agent: see k8s_status.rs).
 
 mod k8s_fake;
 
@@ -375,7 +376,7 @@ async fn without_the_grpcroute_crd_the_agent_still_gets_ready() {
 }
 
 #[tokio::test]
-async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
+async fn grpcroutes_are_applied_and_invalid_ones_left_out() {
     let fake = FakeApi::default();
     seed(&fake);
     let mut agent = Agent::start(&fake);
@@ -400,8 +401,8 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
         .collect();
     assert_eq!(weights, vec![90, 10]);
 
-    // Broken: a backend that does not exist. The route is dropped, the
-    // agent keeps running and says why on the route.
+    // Broken: a backend that does not exist. The route is dropped and the
+    // agent keeps running.
     fake.apply(grpcroute(
         "split",
         json!([
@@ -414,26 +415,11 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
             m.service("demo/greeter").is_some_and(|s| s.routes.is_empty())
         })
         .await;
-    let event = timeout(SHORT, async {
-        loop {
-            if let Some(e) = fake
-                .events()
-                .into_iter()
-                .find(|e| e["reason"] == k8s::INVALID_ROUTE_REASON)
-            {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("an Event within 5 s");
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["regarding"]["kind"], "GRPCRoute");
-    assert_eq!(event["regarding"]["name"], "split");
-    assert_eq!(event["metadata"]["namespace"], "demo");
-    let note = event["note"].as_str().unwrap_or_default();
-    assert!(note.contains("backend Service `demo/greeter-v3` not found"), "{note}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An agent outside the route-status election (no Lease configured)
+    // neither posts Events nor writes status: every agent would.
+    assert!(fake.events().is_empty(), "{:#?}", fake.events());
+    assert!(fake.writes().is_empty(), "{:#?}", fake.writes());
 
     // Fixed by creating the missing Service: applied again.
     fake.apply(service("greeter-v3", "10.96.0.13"));
@@ -442,7 +428,6 @@ async fn grpcroutes_are_applied_and_invalid_ones_reported_as_events() {
             m.service("demo/greeter").is_some_and(|s| s.routes.len() == 1)
         })
         .await;
-    assert_eq!(fake.events().len(), 1, "one Event for one problem");
     assert!(!agent.task.is_finished());
 }
 

@@ -76,7 +76,8 @@ pub struct Options {
     /// The host's cgroup v2 hierarchy: where the programs attach and pods'
     /// cgroups are found (default: found in /proc/self/mountinfo).
     pub cgroup_root: Option<PathBuf>,
-    /// Kubernetes mode: the agent's pod, named in the Events it reports.
+    /// Kubernetes mode: the agent's pod, named in the Events it reports
+    /// and the holder of the route-status Lease.
     pub pod_name: Option<String>,
     /// Where this instance writes its admin address for local tools.
     pub run_dir: Option<PathBuf>,
@@ -86,6 +87,9 @@ pub struct Options {
     pub metrics_port: Option<u16>,
     /// How long open calls may run on after SIGTERM.
     pub drain: Duration,
+    /// Kubernetes mode: the agent's namespace, where the route-status Lease
+    /// lives. Without it (or `pod_name`) the agent writes no route status.
+    pub pod_namespace: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -117,6 +121,9 @@ struct Started {
     node: config::NodeConfig,
     models: watch::Receiver<Arc<Model>>,
     source: Arc<dyn admin::SourceView>,
+    /// Kubernetes mode: the discovery task, which ends (releasing the
+    /// route-status Lease) once `stopping` turns true.
+    k8s_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The first IPv4 address of the node (pods reach the agent there), else
@@ -125,7 +132,11 @@ pub fn node_address(host_ips: &[IpAddr]) -> Option<IpAddr> {
     host_ips.iter().find(|ip| ip.is_ipv4()).or(host_ips.first()).copied()
 }
 
-async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> anyhow::Result<Started> {
+async fn start_source(
+    opts: &Options,
+    fatal: &watch::Sender<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<Started> {
     match &opts.source {
         Source::Static(path) => {
             let watched = config::watch(path, RELOAD_INTERVAL)?;
@@ -146,7 +157,12 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                     tx.send_replace(Arc::new(loaded.model.clone()));
                 }
             });
-            Ok(Started { node, models, source })
+            Ok(Started {
+                node,
+                models,
+                source,
+                k8s_task: None,
+            })
         }
         Source::Kubernetes { node_name, host_ips } => {
             let node_name = node_name
@@ -169,9 +185,16 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
             let (status_tx, status) = watch::channel(crate::k8s::Status::default());
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
+            match (&opts.pod_namespace, &opts.pod_name) {
+                (Some(ns), Some(pod)) => k8s_opts.lease = Some(crate::k8s::lease::LeaseOptions::new(ns, pod)),
+                _ => warn!("POD_NAMESPACE or POD_NAME unset: this agent never writes GRPCRoute status"),
+            }
             let fatal = fatal.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::k8s::run(client, k8s_opts, tx, status_tx).await {
+            let until_stopping = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let k8s_task = tokio::spawn(async move {
+                if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, status_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
@@ -185,6 +208,7 @@ async fn start_source(opts: &Options, fatal: &watch::Sender<Option<String>>) -> 
                 },
                 models,
                 source: admin::views::kubernetes_source(status),
+                k8s_task: Some(k8s_task),
             })
         }
     }
@@ -247,11 +271,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // A part that cannot go on (Kubernetes discovery without permissions)
     // stops the agent with its error.
     let (fatal_tx, mut fatal) = watch::channel(None::<String>);
+    let (stopping, stopping_rx) = watch::channel(false);
     let Started {
         node,
         mut models,
         source,
-    } = start_source(&opts, &fatal_tx).await?;
+        k8s_task,
+    } = start_source(&opts, &fatal_tx, stopping_rx).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let admin_opts = AdminOptions {
@@ -374,7 +400,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
+    // The route-status Lease is handed over while the agent drains (the
+    // Kubernetes side stops, releasing it, bounded inside).
+    stopping.send_replace(true);
     stop(kernel.as_ref(), &proxy, &health, opts.drain).await;
+    if let Some(task) = k8s_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     tasks.abort_all();
     // Dropping the kernel handle detaches the remaining programs.
     drop(kernel);

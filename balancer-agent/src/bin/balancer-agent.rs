@@ -112,9 +112,15 @@ struct Args {
     #[arg(long, value_name = "SECONDS", env = "BALANCER_DRAIN_SECONDS", default_value_t = app::DEFAULT_DRAIN.as_secs())]
     drain_seconds: u64,
 
-    /// Kubernetes mode: the agent's own pod (downward API), named in Events.
+    /// Kubernetes mode: the agent's own pod (downward API), named in Events
+    /// and holding the route-status Lease when it leads.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+
+    /// Kubernetes mode: the agent's namespace (downward API), where the
+    /// route-status Lease lives.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +208,7 @@ fn main() -> std::process::ExitCode {
         metrics: args.metrics,
         metrics_port: args.metrics_port,
         drain: Duration::from_secs(args.drain_seconds),
+        pod_namespace: args.pod_namespace,
     };
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

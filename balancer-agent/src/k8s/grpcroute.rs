@@ -15,15 +15,18 @@
 //! method, then the number of header matches), ties to the oldest route, then
 //! `namespace/name`, then rule order. A route this agent cannot honour exactly (filters,
 //! a missing backend, all weights 0, a bad regular expression) is refused as a
-//! whole — never half-applied — and reported.
+//! whole — never half-applied — and reported: each [`RouteError`] names the
+//! route condition it turns False ([`RouteError::condition`]), which the
+//! elected agent writes in the route's status ([`super::route_status`]).
 
 use gateway_api::grpcroutes::{
-    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
-    GrpcRouteRulesMatchesMethodType,
+    GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
+    GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use kube::ResourceExt;
 
+use super::route_status::{reason, RouteCondition};
 use crate::model::{Backend, HeaderMatch, Labels, Route, RouteMatch, StringMatch};
 
 /// Endpoint label key marking the Kubernetes Service an endpoint belongs to
@@ -71,6 +74,36 @@ pub enum RouteError {
     UnsupportedFilter { rule: usize },
 }
 
+impl RouteError {
+    /// The condition of the route's `status.parents[]` entry this error
+    /// turns False, with the Gateway API reason.
+    pub fn condition(&self) -> (RouteCondition, &'static str) {
+        use RouteError::*;
+        match self {
+            ParentNotFound { .. } | ParentPortNotFound { .. } => (RouteCondition::Accepted, reason::NO_MATCHING_PARENT),
+            BackendNotFound { .. } | BackendPortNotFound { .. } => {
+                (RouteCondition::ResolvedRefs, reason::BACKEND_NOT_FOUND)
+            }
+            UnsupportedBackendKind { .. } => (RouteCondition::ResolvedRefs, reason::INVALID_KIND),
+            CrossNamespaceBackend { .. } => (RouteCondition::ResolvedRefs, reason::REF_NOT_PERMITTED),
+            UnsupportedFilter { .. } => (RouteCondition::Accepted, reason::INCOMPATIBLE_FILTERS),
+            NoBackends { .. }
+            | BackendPortRequired { .. }
+            | NegativeWeight { .. }
+            | AllWeightsZero { .. }
+            | BadRegex { .. } => (RouteCondition::Accepted, reason::UNSUPPORTED_VALUE),
+        }
+    }
+
+    /// Whether the error is about one parentRef rather than the rules.
+    pub fn is_parent_error(&self) -> bool {
+        matches!(
+            self,
+            RouteError::ParentNotFound { .. } | RouteError::ParentPortNotFound { .. }
+        )
+    }
+}
+
 /// A Service port a backendRef resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendPort {
@@ -99,6 +132,56 @@ fn is_core_service(group: Option<&str>, kind: Option<&str>) -> bool {
     matches!(group, None | Some("")) && matches!(kind, None | Some("Service"))
 }
 
+/// The route's parentRefs that name a core Service (group `""`, kind
+/// `Service`); a parentRef's group and kind default to the Gateway API's
+/// Gateway.
+pub fn service_parents(route: &GrpcRoute) -> impl Iterator<Item = &GrpcRouteParentRefs> {
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| matches!(p.group.as_deref(), Some("")) && p.kind.as_deref() == Some("Service"))
+}
+
+/// Checks one Service parentRef of a route in `namespace`: the Service
+/// exists and has `parentRef.port`, if given.
+pub fn check_parent<'a>(
+    namespace: &str,
+    parent: &GrpcRouteParentRefs,
+    lookup: impl Fn(&str, &str) -> Option<&'a Service>,
+) -> Result<(), RouteError> {
+    let parent_ns = parent.namespace.as_deref().unwrap_or(namespace);
+    let service = || format!("{parent_ns}/{}", parent.name);
+    let Some(svc) = lookup(parent_ns, &parent.name) else {
+        return Err(RouteError::ParentNotFound { service: service() });
+    };
+    match parent.port {
+        Some(port) if find_port(svc, port).is_none() => Err(RouteError::ParentPortNotFound {
+            service: service(),
+            port,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The first backendRef of any rule that does not resolve (a Service or
+/// port not found, a kind other than Service, another namespace): what the
+/// Gateway API's `ResolvedRefs` condition reports. Unlike [`attach`], which
+/// stops at the first problem of any kind, this looks at every backendRef.
+pub fn check_refs<'a>(route: &GrpcRoute, lookup: impl Fn(&str, &str) -> Option<&'a Service>) -> Result<(), RouteError> {
+    let namespace = route.namespace().unwrap_or_default();
+    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+        for r in rule.backend_refs.iter().flatten() {
+            match backend_port(i, r, &namespace, &lookup) {
+                Err(e) if e.condition().0 == RouteCondition::ResolvedRefs => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Translates `route` for every Service parent. `lookup(namespace, name)`
 /// finds a Service. A route whose parents are all Gateways gives `Ok([])`:
 /// it is some gateway's business, not the mesh's.
@@ -107,14 +190,7 @@ pub fn attach<'a>(
     lookup: impl Fn(&str, &str) -> Option<&'a Service>,
 ) -> Result<Vec<AttachedRoute>, RouteError> {
     let namespace = route.namespace().unwrap_or_default();
-    let parents: Vec<_> = route
-        .spec
-        .parent_refs
-        .iter()
-        .flatten()
-        // A parentRef's group and kind default to the Gateway API's Gateway.
-        .filter(|p| matches!(p.group.as_deref(), Some("")) && p.kind.as_deref() == Some("Service"))
-        .collect();
+    let parents: Vec<_> = service_parents(route).collect();
     if parents.is_empty() {
         return Ok(Vec::new());
     }
@@ -135,20 +211,8 @@ pub fn attach<'a>(
 
     let mut out = Vec::with_capacity(parents.len());
     for parent in parents {
+        check_parent(&namespace, parent, &lookup)?;
         let parent_ns = parent.namespace.clone().unwrap_or_else(|| namespace.clone());
-        let Some(svc) = lookup(&parent_ns, &parent.name) else {
-            return Err(RouteError::ParentNotFound {
-                service: format!("{parent_ns}/{}", parent.name),
-            });
-        };
-        if let Some(port) = parent.port {
-            if find_port(svc, port).is_none() {
-                return Err(RouteError::ParentPortNotFound {
-                    service: format!("{parent_ns}/{}", parent.name),
-                    port,
-                });
-            }
-        }
         out.push(AttachedRoute {
             namespace: parent_ns,
             service: parent.name.clone(),

@@ -14,16 +14,22 @@
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
 //!   captures their connections ([`mesh`]). Pods left out get a Warning
 //!   Event ([`enrollment`]).
+//! - Route status: the agent that holds a Lease ([`lease`]) writes the
+//!   GRPCRoutes' `status.parents[]` ([`route_status`]); the others only
+//!   balance.
 
 pub mod cgroup;
 pub mod enrollment;
 pub mod grpcroute;
+pub mod lease;
 pub mod mesh;
 mod report;
+pub mod route_status;
+mod status;
 pub mod translate;
 pub mod watch;
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::{
@@ -80,10 +86,14 @@ pub struct K8sOptions {
     /// Recompute this often even without API changes (a pod's cgroup
     /// directory can appear after the pod's last update).
     pub resync: Duration,
-    /// `reportingController` of the Events the agent publishes.
+    /// `reportingController` of the Events the status leader publishes.
     pub controller: String,
-    /// `reportingInstance` of those Events (the agent's pod name).
+    /// `reportingInstance` of those Events (the agent's pod name; default:
+    /// the node name).
     pub instance: Option<String>,
+    /// The Lease that elects the one agent writing GRPCRoute status; `None`:
+    /// this agent never writes status.
+    pub lease: Option<lease::LeaseOptions>,
 }
 
 impl K8sOptions {
@@ -96,8 +106,9 @@ impl K8sOptions {
             cgroup_missing_after: Duration::from_secs(10),
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(10),
-            controller: "balancer.io/agent".to_owned(),
+            controller: route_status::CONTROLLER_NAME.to_owned(),
             instance: None,
+            lease: None,
         }
     }
 }
@@ -183,6 +194,22 @@ pub async fn run(
     tx: tokio_watch::Sender<Arc<Model>>,
     status: tokio_watch::Sender<Status>,
 ) -> Result<(), K8sError> {
+    run_until(client, opts, tx, status, std::future::pending()).await
+}
+
+/// How long a stopping agent waits for its Lease to be released.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// [`run`] until `stop` completes; then, if this agent leads the route-status
+/// election, it releases the Lease (waiting at most 2 s) so that another
+/// agent takes over at once, and returns `Ok(())`.
+pub async fn run_until(
+    client: kube::Client,
+    opts: K8sOptions,
+    tx: tokio_watch::Sender<Arc<Model>>,
+    status: tokio_watch::Sender<Status>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), K8sError> {
     if opts.node_name.is_empty() {
         return Err(K8sError::NoNodeName);
     }
@@ -209,13 +236,21 @@ pub async fn run(
     };
 
     let events = report::Events::new(
-        client,
+        client.clone(),
         Reporter {
             controller: opts.controller.clone(),
             instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
         },
     );
-    let mut reporter = report::RouteReporter::new(events.clone());
+    let election = opts.lease.clone().map(|lease| {
+        let reporter = Reporter {
+            controller: opts.controller.clone(),
+            instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
+        };
+        status::Election::spawn(client, lease, reporter)
+    });
+    let mut stop = std::pin::pin!(stop);
+    let mut route_log = report::RouteLog::default();
     let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);
     let mut enrollment = enrollment::Tracker::new(opts.cgroup_missing_after);
     let mut warned = Warned::default();
@@ -288,6 +323,12 @@ pub async fn run(
                 true
             }
             _ = resync.tick(), if is_ready => true,
+            () = &mut stop => {
+                if let Some(election) = election {
+                    election.stop(RELEASE_WAIT).await;
+                }
+                return Ok(());
+            }
         };
         if !publish_now {
             continue;
@@ -295,7 +336,7 @@ pub async fn run(
         let snapshot = stores.snapshot();
         let t = translate(&snapshot, |pod| cgroups.find(&cgroup::PodKeys::of(pod)));
         warned.log(&t);
-        reporter.report(&t.invalid_routes);
+        route_log.log(&t.invalid_routes);
         let searched = enrollment::Searched {
             root: cgroups.root(),
             max_depth: cgroups.max_depth(),
@@ -315,6 +356,13 @@ pub async fn run(
             // until its threshold has passed.
             let next = (Instant::now() + opts.cgroup_rescan.max(opts.debounce)).min(until);
             deadline = Some(deadline.map_or(next, |d| d.min(next)));
+        }
+        if let Some(election) = &election {
+            election.offer(status::StatusInput {
+                routes: snapshot.routes.clone(),
+                services: snapshot.services.clone(),
+                invalid: t.invalid_routes.clone(),
+            });
         }
         match t.model.validate() {
             Ok(()) => {

@@ -1,7 +1,9 @@
-//! Telling users what the agent leaves out: a log line and a Warning Event
-//! on the object (`kubectl describe` shows it), once per distinct problem
-//! rather than at every recomputation. GRPCRoutes it ignores are tracked
-//! here; pods it does not enroll in [`super::enrollment`].
+//! Telling users what the agent leaves out: a log line once per distinct
+//! problem rather than at every recomputation, and a Warning Event on the
+//! object (`kubectl describe` shows it). For GRPCRoutes every agent logs and
+//! the status leader alone writes `status.parents[]` and posts the Event
+//! ([`super::status`]); pods the agent does not enroll are tracked in
+//! [`super::enrollment`].
 
 use std::collections::HashMap;
 
@@ -14,7 +16,7 @@ use tracing::Instrument;
 
 use super::{enrollment::PodNotice, translate::InvalidRoute};
 
-/// The Event reason on an ignored GRPCRoute.
+/// The Event reason on a GRPCRoute balancer does not apply.
 pub const INVALID_ROUTE_REASON: &str = "InvalidGRPCRoute";
 
 /// Posts Warning Events, each from its own task (the API server being slow
@@ -68,40 +70,65 @@ impl Events {
     }
 }
 
-pub struct RouteReporter {
-    events: Events,
-    /// `namespace/name` → the problem last reported for it.
-    reported: HashMap<String, String>,
+/// Logs ignored routes, once per distinct problem.
+#[derive(Default)]
+pub struct RouteLog {
+    /// `namespace/name` → the problem last logged for it.
+    logged: HashMap<String, String>,
 }
 
-impl RouteReporter {
-    pub fn new(events: Events) -> Self {
-        RouteReporter {
-            events,
-            reported: HashMap::new(),
-        }
-    }
-
-    /// Reports the problems that are new since the last call and forgets
-    /// those that are gone (so that breaking a route again reports again).
-    pub fn report(&mut self, invalid: &[InvalidRoute]) {
+impl RouteLog {
+    /// Logs the problems that are new since the last call and forgets those
+    /// that are gone (so that breaking a route again logs again).
+    pub fn log(&mut self, invalid: &[InvalidRoute]) {
         let mut now = HashMap::with_capacity(invalid.len());
         for inv in invalid {
             let key = format!("{}/{}", inv.route.namespace().unwrap_or_default(), inv.route.name_any());
             let message = inv.error.to_string();
-            if self.reported.get(&key) != Some(&message) {
+            if self.logged.get(&key) != Some(&message) {
                 tracing::warn!(grpcroute = %key, error = %message, "GRPCRoute ignored");
-                let span = tracing::info_span!("event", grpcroute = %key);
-                self.events.warn(
-                    inv.route.object_ref(&()),
-                    INVALID_ROUTE_REASON,
-                    format!("ignored by balancer: {message}"),
-                    "Translate",
-                    span,
-                );
             }
             now.insert(key, message);
         }
-        self.reported = now;
+        self.logged = now;
+    }
+}
+
+/// Publishes Warning Events on GRPCRoutes.
+pub struct RouteEvents {
+    recorder: Recorder,
+}
+
+impl RouteEvents {
+    pub fn new(client: kube::Client, reporter: Reporter) -> Self {
+        RouteEvents {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Publishes a Warning Event `note` on `route` in the background.
+    pub fn warn<K: Resource<DynamicType = ()>>(&self, route: &K, note: String) {
+        let recorder = self.recorder.clone();
+        let reference = route.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: INVALID_ROUTE_REASON.to_owned(),
+            note: Some(note),
+            action: "Translate".to_owned(),
+            secondary: None,
+        };
+        let span = tracing::info_span!(
+            "event",
+            grpcroute = %format!("{}/{}", route.meta().namespace.as_deref().unwrap_or_default(),
+                                 route.meta().name.as_deref().unwrap_or_default())
+        );
+        tokio::spawn(
+            async move {
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(error = %e, "could not publish an Event (RBAC: create events.events.k8s.io?)");
+                }
+            }
+            .instrument(span),
+        );
     }
 }

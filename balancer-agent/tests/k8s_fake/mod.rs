@@ -1,8 +1,11 @@
 //! A faked Kubernetes API server behind `kube::Client`, in kube's
 //! `tower_test::mock` style: lists, watches (with a resourceVersion log so a
 //! resumed watch replays what it missed), 410 Gone to force a relist, an
-//! outage, 403/404 per resource, and a record of the Events posted.
-
+//! outage, 403/404 per resource, a record of the Events posted, Leases
+//! (get, create, update with resourceVersion conflicts) and the GRPCRoute
+//! `status` subresource (get, merge patch, update), with every write
+//! recorded under the name of the client that made it.
+#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 #![allow(dead_code, reason = "each test file uses part of the fake")]
 
 use std::{
@@ -42,6 +45,21 @@ struct State {
     not_found: HashSet<&'static str>,
     requests: Vec<String>,
     events: Vec<Value>,
+    writes: Vec<Write>,
+    /// Resources whose next write is answered 409 Conflict.
+    conflict_next: HashSet<&'static str>,
+}
+
+/// A write (POST, PUT, PATCH) the fake accepted or refused.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The name given to [`FakeApi::client_named`].
+    pub client: String,
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+    /// The HTTP status answered.
+    pub code: u16,
 }
 
 #[derive(Clone, Default)]
@@ -65,6 +83,7 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "Namespace" => "namespaces",
         "EndpointSlice" => "endpointslices",
         "GRPCRoute" => "grpcroutes",
+        "Lease" => "leases",
         other => panic!("the fake API server does not serve {other}"),
     }
 }
@@ -137,18 +156,25 @@ impl FakeApi {
 
     /// A `kube::Client` whose every request this fake answers.
     pub fn client(&self) -> kube::Client {
+        self.client_named("client")
+    }
+
+    /// A client whose writes are recorded under `name`.
+    pub fn client_named(&self, name: &str) -> kube::Client {
         let (svc, mut handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
         let fake = self.clone();
+        let name = name.to_owned();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let fake = fake.clone();
-                tokio::spawn(async move { send.send_response(fake.serve(req).await) });
+                let name = name.clone();
+                tokio::spawn(async move { send.send_response(fake.serve(req, &name).await) });
             }
         });
         kube::Client::new(svc, "default")
     }
 
-    async fn serve(&self, req: Request<kube::client::Body>) -> Response<Body> {
+    async fn serve(&self, req: Request<kube::client::Body>, client: &str) -> Response<Body> {
         let q = query(&req);
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -164,6 +190,21 @@ impl FakeApi {
             let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             self.state().events.push(event.clone());
             return full(StatusCode::CREATED, event);
+        }
+        if let Some(target) = Target::parse(&path) {
+            let body = req.into_body().collect().await.expect("request body").to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let res = self.serve_object(&method, &target, &body);
+            if method != Method::GET {
+                self.state().writes.push(Write {
+                    client: client.to_owned(),
+                    method: method.to_string(),
+                    path: path.clone(),
+                    body,
+                    code: res.status().as_u16(),
+                });
+            }
+            return res;
         }
         let Some(resource) = resource_of(&path).filter(|_| method == Method::GET) else {
             return full(StatusCode::NOT_FOUND, status(404, "NotFound", "no such path"));
@@ -220,6 +261,105 @@ impl FakeApi {
             .expect("response")
     }
 
+    /// Leases and the GRPCRoute status subresource.
+    fn serve_object(&self, method: &Method, target: &Target, body: &Value) -> Response<Body> {
+        let forbidden_as = if target.status {
+            "grpcroutes/status"
+        } else {
+            target.resource
+        };
+        let verb = match *method {
+            Method::GET => "get",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            _ => "do",
+        };
+        {
+            let mut st = self.state();
+            if st.forbidden.contains(forbidden_as) {
+                let msg = format!("{forbidden_as} is forbidden: User \"system:serviceaccount:balancer:agent\" cannot {verb} resource \"{forbidden_as}\" in the namespace \"{}\"", target.namespace);
+                return full(StatusCode::FORBIDDEN, status(403, "Forbidden", &msg));
+            }
+            if *method != Method::GET && st.conflict_next.remove(forbidden_as) {
+                return full(
+                    StatusCode::CONFLICT,
+                    status(409, "Conflict", "the object has been modified"),
+                );
+            }
+        }
+        let name = match (&target.name, method) {
+            (Some(n), _) => n.clone(),
+            (None, &Method::POST) => body["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            (None, _) => return full(StatusCode::NOT_FOUND, status(404, "NotFound", "no such path")),
+        };
+        let key = (target.resource, format!("{}/{name}", target.namespace));
+        let existing = self.state().objects.get(&key).cloned();
+        let not_found = || {
+            full(
+                StatusCode::NOT_FOUND,
+                status(404, "NotFound", &format!("{name} not found")),
+            )
+        };
+        let conflict = || {
+            full(
+                StatusCode::CONFLICT,
+                status(
+                    409,
+                    "Conflict",
+                    "the object has been modified; please apply your changes to the latest version",
+                ),
+            )
+        };
+        let stale = |existing: &Value| {
+            let sent = &body["metadata"]["resourceVersion"];
+            !sent.is_null() && *sent != existing["metadata"]["resourceVersion"]
+        };
+        match (method, existing) {
+            (&Method::GET, Some(obj)) => full(StatusCode::OK, obj),
+            (&Method::GET, None) => not_found(),
+            (&Method::POST, Some(_)) => full(
+                StatusCode::CONFLICT,
+                status(409, "AlreadyExists", &format!("{name} already exists")),
+            ),
+            (&Method::POST, None) if !target.status => {
+                let mut obj = body.clone();
+                obj["metadata"]["namespace"] = json!(target.namespace);
+                obj["kind"] = json!(target.kind);
+                self.record("ADDED", obj, false);
+                full(
+                    StatusCode::CREATED,
+                    self.object(target.resource, &key.1).expect("created"),
+                )
+            }
+            (&Method::PUT | &Method::PATCH, None) => not_found(),
+            (&Method::PUT | &Method::PATCH, Some(existing)) if stale(&existing) => conflict(),
+            (&Method::PUT, Some(existing)) => {
+                let obj = if target.status {
+                    let mut obj = existing;
+                    obj["status"] = body["status"].clone();
+                    obj
+                } else {
+                    let mut obj = body.clone();
+                    obj["kind"] = json!(target.kind);
+                    obj["metadata"]["uid"] = existing["metadata"]["uid"].clone();
+                    obj
+                };
+                self.record("MODIFIED", obj, false);
+                full(StatusCode::OK, self.object(target.resource, &key.1).expect("updated"))
+            }
+            (&Method::PATCH, Some(mut obj)) if target.status => {
+                merge(&mut obj["status"], &body["status"]);
+                self.record("MODIFIED", obj, false);
+                full(StatusCode::OK, self.object(target.resource, &key.1).expect("patched"))
+            }
+            _ => full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                status(405, "MethodNotAllowed", "not served by the fake"),
+            ),
+        }
+    }
+
     fn record(&self, ty: &'static str, mut obj: Value, silently: bool) {
         let mut st = self.state();
         st.rv += 1;
@@ -248,11 +388,54 @@ impl FakeApi {
         });
     }
 
-    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, obj: Value) {
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers). As
+    /// the API server does, `metadata.generation` counts spec changes, and
+    /// an object given without `status` keeps the one it had.
+    pub fn apply(&self, mut obj: Value) {
         let resource = resource_of_kind(obj["kind"].as_str().expect("kind"));
-        let exists = self.state().objects.contains_key(&(resource, key_of(&obj)));
-        self.record(if exists { "MODIFIED" } else { "ADDED" }, obj, false);
+        let existing = self.state().objects.get(&(resource, key_of(&obj))).cloned();
+        let generation = match &existing {
+            Some(e) if e["spec"] == obj["spec"] => e["metadata"]["generation"].as_i64().unwrap_or(1),
+            Some(e) => e["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+            None => obj["metadata"]["generation"].as_i64().unwrap_or(1),
+        };
+        obj["metadata"]["generation"] = json!(generation);
+        if let Some(e) = &existing {
+            if obj["status"].is_null() && !e["status"].is_null() {
+                obj["status"] = e["status"].clone();
+            }
+        }
+        self.record(if existing.is_some() { "MODIFIED" } else { "ADDED" }, obj, false);
+    }
+
+    /// The stored object `namespace/name` of `resource` (`"grpcroutes"`,
+    /// `"leases"`, ...).
+    pub fn object(&self, resource: &str, key: &str) -> Option<Value> {
+        self.state()
+            .objects
+            .iter()
+            .find(|((r, k), _)| *r == resource && k == key)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// The next write (create, update, patch) to `resource` (`"leases"`,
+    /// `"grpcroutes/status"`) gets 409 Conflict, as if another client had
+    /// written first.
+    pub fn conflict_next(&self, resource: &'static str) {
+        self.state().conflict_next.insert(resource);
+    }
+
+    /// Every write to a Lease or a GRPCRoute's status, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state().writes.clone()
+    }
+
+    /// The accepted writes to GRPCRoute status.
+    pub fn status_writes(&self) -> Vec<Write> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.path.ends_with("/status") && w.code < 300)
+            .collect()
     }
 
     /// Deletes an object (DELETED to watchers).
@@ -293,8 +476,14 @@ impl FakeApi {
         }
     }
 
+    /// 403 for `resource`: a watched resource, `"leases"` or
+    /// `"grpcroutes/status"`.
     pub fn forbid(&self, resource: &'static str) {
         self.state().forbidden.insert(resource);
+    }
+
+    pub fn allow(&self, resource: &'static str) {
+        self.state().forbidden.remove(resource);
     }
 
     pub fn not_installed(&self, resource: &'static str) {
@@ -307,5 +496,63 @@ impl FakeApi {
 
     pub fn events(&self) -> Vec<Value> {
         self.state().events.clone()
+    }
+}
+
+/// A namespaced object path the fake serves beyond lists and watches.
+struct Target {
+    resource: &'static str,
+    kind: &'static str,
+    namespace: String,
+    name: Option<String>,
+    /// The `status` subresource.
+    status: bool,
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Target> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (resource, kind, rest) = match parts.as_slice() {
+            ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", rest @ ..] => {
+                ("leases", "Lease", (ns, rest))
+            }
+            ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "grpcroutes", rest @ ..] => {
+                ("grpcroutes", "GRPCRoute", (ns, rest))
+            }
+            _ => return None,
+        };
+        let (namespace, rest) = rest;
+        let (name, status) = match (resource, rest) {
+            ("leases", []) => (None, false),
+            ("leases", [name]) => (Some(*name), false),
+            ("grpcroutes", [name, "status"]) => (Some(*name), true),
+            _ => return None,
+        };
+        Some(Target {
+            resource,
+            kind,
+            namespace: (*namespace).to_owned(),
+            name: name.map(str::to_owned),
+            status,
+        })
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("an object");
+    for (k, v) in patch {
+        if v.is_null() {
+            target.remove(k);
+        } else {
+            merge(target.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
