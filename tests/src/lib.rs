@@ -25,9 +25,14 @@
 //!   test protocol served) over its stdin/stdout.
 //! * [`pod`]: run `balancer-test-pod` client workloads inside a pod.
 //! * [`wire`]: the test protocol both programs speak.
+//! * [`apiserver`]: `FakeApiServer`, a fake kube-apiserver in its own
+//!   process (`balancer-fake-apiserver`, implemented in [`fake_apiserver`])
+//!   for the agent's Kubernetes mode, with a kubeconfig pointing at it.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cgroup;
+pub mod fake_apiserver;
 pub mod netns;
 pub mod pod;
 pub mod privileged;
