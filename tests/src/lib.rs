@@ -30,10 +30,15 @@
 //!   hierarchy mounted by its init step); [`kubeproxy`]: a Service VIP that
 //!   answers when the agent does not redirect (fail-open); [`foreign`]:
 //!   another project's connect4 program.
+//! * [`apiserver`]: `FakeApiServer`, a fake kube-apiserver in its own
+//!   process (`balancer-fake-apiserver`, implemented in [`fake_apiserver`])
+//!   for the agent's Kubernetes mode, with a kubeconfig pointing at it.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cgroup;
 pub mod container;
+pub mod fake_apiserver;
 pub mod foreign;
 pub mod kubeproxy;
 pub mod netns;
