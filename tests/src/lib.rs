@@ -37,10 +37,13 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
+pub mod clients;
 pub mod container;
 pub mod fake_apiserver;
 pub mod foreign;
+pub mod kubelet;
 pub mod kubeproxy;
+pub mod manifest;
 pub mod netns;
 pub mod node_agent;
 pub mod pod;

@@ -24,7 +24,8 @@ use balancer_tests::{
     foreign::ForeignConnect4,
     kubeproxy::KubeProxy,
     node_agent::{NodeAgent, NodeAgentOptions},
-    pod::{self, PodProcess},
+    clients::{self, backends, GrpcioLoad},
+    pod::PodProcess,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
     topology::{Pod, Topology},
@@ -131,95 +132,14 @@ impl Node {
     }
 }
 
-/// greeter-client in `pod`: `calls` calls over one channel to the VIP,
-/// started now; its JSON report comes at the end.
+/// greeter-client in `pod`: `calls` calls over one channel to the VIP.
 fn load(pod: &Pod, calls: u64) -> PodProcess {
-    let args: Vec<String> = [
-        "--target",
-        &VIP.to_string(),
-        "--calls",
-        &calls.to_string(),
-        "--concurrency",
-        "8",
-        "--json",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    pod::spawn(&bin("greeter-client"), pod, &args).expect("start greeter-client")
+    clients::greeter(&bin("greeter-client"), &pod.netns, &pod.cgroup, VIP, calls)
 }
 
-/// A load of `calls` calls over one channel from a gRPC C-core client
-/// (Python grpcio) in `pod`: a client that, as the gRPC spec asks, moves
-/// calls not yet sent to a new connection when its connection gets GOAWAY.
-/// (tonic's client fails the calls it had queued at that moment instead.)
-struct GrpcioLoad {
-    child: ChildGuard,
-    out: PathBuf,
-    err: PathBuf,
-    case: String,
-}
-
-impl GrpcioLoad {
-    fn start(pod: &Pod, calls: u64, dir: &Path) -> GrpcioLoad {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let python = std::env::var_os("BALANCER_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.parent().expect("workspace").join(".venv/bin/python"));
-        assert!(
-            python.exists(),
-            "{} is missing: run `cargo xtask setup` (it installs tests/python/requirements.txt into .venv)",
-            python.display()
-        );
-        let case = format!("spread={calls},8");
-        let out = dir.join(format!("grpcio-{calls}.out"));
-        let err = dir.join(format!("grpcio-{calls}.err"));
-        let mut cmd = Command::new(&python);
-        cmd.arg(root.join("python/peer.py"))
-            .args(["client", "--target", &VIP.to_string(), &case])
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file"));
-        place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
-        GrpcioLoad {
-            child: ChildGuard::new(cmd.spawn().expect("start the grpcio client")),
-            out,
-            err,
-            case,
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.child_mut().try_wait().is_ok_and(|s| s.is_none())
-    }
-
-    /// Waits for the report: (calls per backend, failed calls per code).
-    fn finish(mut self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-        let status = self.child.wait_timeout(Duration::from_secs(180)).expect("wait");
-        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let err = std::fs::read_to_string(&self.err).unwrap_or_default();
-        assert!(status.is_some(), "the grpcio client ran for more than 180 s: {err}");
-        let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
-            panic!(
-                "no JSON report ({e}): {out:?}
-{err}"
-            )
-        });
-        let counts = |v: &serde_json::Value| -> BTreeMap<String, u64> {
-            v.as_object()
-                .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
-                .unwrap_or_default()
-        };
-        let case = &r[&self.case];
-        assert!(case.get("backends").is_some(), "the load itself failed: {r}");
-        (counts(&case["backends"]), counts(&case["errors"]))
-    }
-}
-
-fn backends(v: &serde_json::Value) -> BTreeMap<String, u64> {
-    v["backends"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
-        .unwrap_or_default()
+fn grpcio_load(node: &Node, calls: u64) -> GrpcioLoad {
+    let pod = &node.topo.pods[0];
+    GrpcioLoad::start(&pod.netns, &pod.cgroup, VIP, calls, node.dir.path())
 }
 
 fn names_at(cgroup: &Path, hook: Hook) -> Vec<String> {
@@ -319,7 +239,7 @@ fn sigterm_under_load_fails_no_call() {
     agent.wait(false, Duration::from_secs(20)).expect("ready");
 
     const CALLS: u64 = 6000;
-    let client = GrpcioLoad::start(&node.topo.pods[0], CALLS, node.dir.path());
+    let client = grpcio_load(&node, CALLS);
     wait_for_calls(&agent, 500, Duration::from_secs(60));
     let stopped = Instant::now();
     agent.sigterm().expect("SIGTERM");
@@ -355,7 +275,7 @@ fn a_second_agent_overlapping_the_first_fails_no_call() {
     old.wait(false, Duration::from_secs(20)).expect("old ready");
 
     const CALLS: u64 = 8000;
-    let client = GrpcioLoad::start(&node.topo.pods[0], CALLS, node.dir.path());
+    let client = grpcio_load(&node, CALLS);
     wait_for_calls(&old, 500, Duration::from_secs(60));
 
     // The surge: a new agent on the same node while the old one serves.

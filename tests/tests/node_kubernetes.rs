@@ -1,0 +1,393 @@
+//! The agent in Kubernetes mode, started the way deploy/daemonset.yaml starts
+//! it (its init step, its environment, its probes — read from the manifest)
+//! on a node shaped like a systemd + containerd cgroup v2 node: a private
+//! cgroup namespace, cgroup2 with `nsdelegate`, pods in the kubelet's cgroup
+//! layout, and an API server that runs as its own process and speaks HTTP.
+//!
+//! What it shows, with real gRPC clients in pod namespaces: calls of one
+//! connection split 50:50, then 90:10 and 0:100 by a GRPCRoute change; a pod
+//! without the annotation not redirected; a second agent overlapping the
+//! first under load with no failed call; SIGTERM under load with no failed
+//! call. Needs root.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{
+    apiserver::{FakeApiOptions, FakeApiServer},
+    bin_path,
+    clients::{self, backends, GrpcioLoad},
+    container::{CgroupView, HostCgroupMount, NsDelegate},
+    kubelet::{Kubepods, PodCgroups, Qos},
+    kubeproxy::KubeProxy,
+    manifest::DaemonSet,
+    node_agent::{NodeAgent, NodeAgentOptions},
+    privileged::serial_or_skip,
+    process::{place, ChildGuard},
+    topology::Topology,
+};
+use serde_json::{json, Value};
+
+const NODE: &str = "node-a";
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 8000);
+const V1: &str = "127.0.0.11";
+const V2: &str = "127.0.0.12";
+const BACKEND_PORT: u16 = 50080;
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_path(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+fn service(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"namespace": "demo", "name": name},
+           "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                    "ports": [{"name": "grpc", "port": VIP.port(), "protocol": "TCP"}]}})
+}
+
+fn slice(service: &str, ips: &[&str]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"namespace": "demo", "name": format!("{service}-x1"),
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "grpc", "port": BACKEND_PORT, "protocol": "TCP"}],
+           "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+               .collect::<Vec<_>>()})
+}
+
+fn pod(name: &str, cgroups: &PodCgroups, ip: Ipv4Addr, annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"namespace": "demo", "name": name, "uid": cgroups.uid, "annotations": annotations},
+           "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "client"}]},
+           "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+                      "qosClass": "BestEffort",
+                      "containerStatuses": [{"name": "app", "image": "client", "imageID": "client",
+                                             "containerID": cgroups.container_id, "ready": true,
+                                             "restartCount": 0}]}})
+}
+
+fn route(v1: u32, v2: u32) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+           "metadata": {"namespace": "demo", "name": "greeter-split"},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": VIP.port()}],
+                    "rules": [{"matches": [{"method": {"service": "helloworld.Greeter"}}],
+                               "backendRefs": [{"name": "greeter-v1", "port": VIP.port(), "weight": v1},
+                                               {"name": "greeter-v2", "port": VIP.port(), "weight": v2}]}]}})
+}
+
+/// The node and everything on it but the agents.
+struct Node {
+    manifest: DaemonSet,
+    api: FakeApiServer,
+    _kube_proxy: KubeProxy,
+    _backends: Vec<ChildGuard>,
+    client: PodCgroups,
+    other: PodCgroups,
+    kubepods: Kubepods,
+    host: HostCgroupMount,
+    dir: tempfile::TempDir,
+    topo: Topology,
+    _nsdelegate: NsDelegate,
+}
+
+impl Node {
+    fn new() -> Node {
+        let manifest = DaemonSet::load();
+        let nsdelegate = NsDelegate::enable().expect("cgroup2 nsdelegate");
+        let topo = Topology::new(2).expect("topology");
+
+        // The init step, as the manifest runs it: `balancer-agent
+        // mount-cgroup2 DIR --host-proc P`; here DIR is the test's own and
+        // this process stands for the host's PID 1.
+        let init = &manifest.init_command;
+        assert_eq!(init[..2], ["balancer-agent", "mount-cgroup2"], "{init:?}");
+        assert!(init.iter().any(|a| a == "--host-proc"), "{init:?}");
+        let init_cgroup = topo.root_cgroup.child("init").expect("init cgroup");
+        let host_dir = PathBuf::from(format!("/run/{}", balancer_tests::unique_name("balancer-test-k8s")));
+        let host = HostCgroupMount::create(&bin("balancer-agent"), host_dir, &init_cgroup).expect("mount-cgroup2");
+        drop(init_cgroup);
+
+        let kubepods = Kubepods::new(&topo.root_cgroup).expect("kubepods");
+        let client = kubepods.pod(Qos::BestEffort, 1).expect("client pod");
+        let other = kubepods.pod(Qos::BestEffort, 2).expect("other pod");
+
+        let mut servers = Vec::new();
+        for (ip, name) in [(V1, "greeter-v1"), (V2, "greeter-v2")] {
+            let mut cmd = Command::new(bin("greeter-server"));
+            cmd.args(["--listen", &format!("{ip}:{BACKEND_PORT}"), "--name", name])
+                .stdout(Stdio::null());
+            place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
+            servers.push(ChildGuard::new(cmd.spawn().expect("start greeter-server")));
+        }
+        let targets: Vec<SocketAddr> = [V1, V2]
+            .iter()
+            .map(|ip| SocketAddr::new(ip.parse().expect("ip"), BACKEND_PORT))
+            .collect();
+        let kube_proxy = KubeProxy::start(&bin("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
+
+        let api = FakeApiServer::spawn(&FakeApiOptions::default(), Some(&topo.node.netns)).expect("API server");
+        let objects = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}),
+            service("greeter", "10.96.0.10"),
+            service("greeter-v1", "10.96.0.11"),
+            service("greeter-v2", "10.96.0.12"),
+            slice("greeter", &[V1, V2]),
+            slice("greeter-v1", &[V1]),
+            slice("greeter-v2", &[V2]),
+            pod("client", &client, topo.pods[0].ip, json!({"balancer.io/inject": "enabled"})),
+            pod("other", &other, topo.pods[1].ip, json!({})),
+        ];
+        api.apply_all(objects).expect("seed the cluster");
+        Node {
+            manifest,
+            api,
+            _kube_proxy: kube_proxy,
+            _backends: servers,
+            client,
+            other,
+            kubepods,
+            host,
+            dir: tempfile::tempdir().expect("tempdir"),
+            topo,
+            _nsdelegate: nsdelegate,
+        }
+    }
+
+    /// The agent's environment: the manifest's literal values, with the
+    /// host hierarchy at the test's mount and the run directory the pod's; the downward API's values for
+    /// this node; the kubeconfig of the API server process; and the attach
+    /// cgroup narrowed to the test's `kubepods.slice` (not the machine's
+    /// root).
+    fn agent_env(&self, pod_name: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .manifest
+            .env
+            .iter()
+            // The run directory is each pod's own emptyDir: NodeAgent gives one.
+            .filter(|(k, _)| k != "BALANCER_RUN_DIR")
+            .map(|(k, v)| {
+                let v = match k.as_str() {
+                    "BALANCER_CGROUP_ROOT" => self.host.dir().display().to_string(),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let node_ip = self.topo.node.ip.to_string();
+        for (name, field) in &self.manifest.downward {
+            let value = match field.as_str() {
+                "spec.nodeName" => NODE.to_owned(),
+                "status.hostIPs" | "status.hostIP" => node_ip.clone(),
+                "metadata.name" => pod_name.to_owned(),
+                "metadata.namespace" => "balancer-system".to_owned(),
+                other => panic!("the DaemonSet reads {other} from the downward API; give it a value here"),
+            };
+            env.push((name.clone(), value));
+        }
+        env.push(("KUBECONFIG".into(), self.api.kubeconfig().display().to_string()));
+        env.push((
+            "BALANCER_ATTACH_CGROUP".into(),
+            self.host.view_of(self.kubepods.slice.path()).display().to_string(),
+        ));
+        env
+    }
+
+    fn start_agent(&self, name: &str, cgroups: &PodCgroups) -> NodeAgent {
+        let opts = NodeAgentOptions {
+            config: None,
+            args: Vec::new(),
+            env: self.agent_env(name),
+            view: CgroupView::Namespaced,
+            read_only: vec![self.host.dir().to_owned()],
+        };
+        NodeAgent::start(&bin("balancer-agent"), &self.topo.node.netns, &cgroups.container, &opts)
+            .expect("start balancer-agent")
+    }
+
+    /// The kubelet's readiness probe, as the manifest defines it.
+    fn probe_ready(&self, agent: &NodeAgent) -> (bool, String) {
+        agent.exec(&bin("balancer-agent"), &self.manifest.readiness).expect("exec probe")
+    }
+
+    fn wait_ready(&self, agent: &mut NodeAgent) {
+        agent.wait(false, Duration::from_secs(30)).expect("ready");
+        let start = Instant::now();
+        loop {
+            let (ok, out) = self.probe_ready(agent);
+            if ok {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "probe: {out}\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn greeter(&self, cgroups: &PodCgroups, pod: usize, calls: u64) -> Value {
+        let mut c = clients::greeter(
+            &bin("greeter-client"),
+            &self.topo.pods[pod].netns,
+            &cgroups.container,
+            VIP,
+            calls,
+        );
+        c.next_json(Duration::from_secs(120)).expect("client report")
+    }
+
+    fn grpcio(&self, calls: u64) -> GrpcioLoad {
+        GrpcioLoad::start(
+            &self.topo.pods[0].netns,
+            &self.client.container,
+            VIP,
+            calls,
+            self.dir.path(),
+        )
+    }
+}
+
+/// Waits until `agent` serves the route with weights v1:v2.
+fn wait_route(agent: &NodeAgent, v1: u32, v2: u32) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = agent.get("/api/v1/services").expect("services");
+        let services: Value = serde_json::from_str(&body).expect("json");
+        let weights: Vec<u64> = services
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "demo/greeter")
+            .flat_map(|s| s["routes"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["weight"].as_u64())
+            .collect();
+        if weights == [u64::from(v1), u64::from(v2)] {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "route {v1}:{v2} not applied: {weights:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn calls(agent: &NodeAgent) -> u64 {
+    agent.calls().expect("stats").values().sum()
+}
+
+#[test]
+fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
+    let Some(_serial) = serial_or_skip("the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call") else {
+        return;
+    };
+    let node = Node::new();
+    let agent_a_cgroups = node.kubepods.pod(Qos::Burstable, 100).expect("agent pod");
+    let mut a = node.start_agent("balancer-agent-a", &agent_a_cgroups);
+    node.wait_ready(&mut a);
+    assert_eq!(agent_a_cgroups.container.pids().expect("pids"), vec![a.pid()], "it stayed in its container");
+
+    // 1. One connection's calls, every one balanced: the parent Service's
+    // endpoints are both versions.
+    let v = node.greeter(&node.client, 0, 400);
+    assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
+    assert_eq!(
+        backends(&v),
+        BTreeMap::from([("greeter-v1".to_owned(), 200), ("greeter-v2".to_owned(), 200)]),
+        "{v}"
+    );
+    let (_, pods) = a.get("/api/v1/pods").expect("pods");
+    assert!(
+        pods.contains("demo/client") && pods.contains(&node.topo.pods[0].ip.to_string()),
+        "pod show names the enrolled pod: {pods}"
+    );
+
+    // 2. 90:10 by a GRPCRoute, applied to the running agent.
+    node.api.apply(route(90, 10)).expect("route");
+    wait_route(&a, 90, 10);
+    let v = node.greeter(&node.client, 0, 1000);
+    assert_eq!(v["errors"], 0, "{v}");
+    let v2 = backends(&v).get("greeter-v2").copied().unwrap_or(0);
+    assert!((70..=130).contains(&v2), "v2 gets 10% of 1000 calls ±3%: {v}");
+    // The one elected agent reports the route accepted.
+    let start = Instant::now();
+    loop {
+        let r = node.api.get("grpcroutes", Some("demo"), "greeter-split").expect("get");
+        let conditions = r.as_ref().map(|r| r["status"]["parents"][0]["conditions"].clone());
+        let accepted = conditions
+            .as_ref()
+            .and_then(|c| c.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Accepted" && c["status"] == "True");
+        if accepted {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no Accepted status: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 3. 0:100.
+    node.api.apply(route(0, 100)).expect("route");
+    wait_route(&a, 0, 100);
+    let v = node.greeter(&node.client, 0, 200);
+    assert_eq!(backends(&v), BTreeMap::from([("greeter-v2".to_owned(), 200)]), "{v}");
+
+    // 4. A pod without the annotation reaches the Service through
+    // kube-proxy; the agent never sees its calls.
+    let before = calls(&a);
+    let v = node.greeter(&node.other, 1, 30);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(calls(&a), before, "the agent served a pod that did not opt in");
+
+    // 5. A rolling update: a second agent overlaps the first under load.
+    let load = node.grpcio(8000);
+    let start = Instant::now();
+    while calls(&a) < before + 500 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the load never reached the agent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent_b_cgroups = node.kubepods.pod(Qos::Burstable, 101).expect("agent pod");
+    let mut b = node.start_agent("balancer-agent-b", &agent_b_cgroups);
+    node.wait_ready(&mut b);
+    // Each probe asks its own instance.
+    assert!(node.probe_ready(&a).0 && node.probe_ready(&b).0);
+    a.sigterm().expect("SIGTERM a");
+    assert_eq!(a.wait_exit(Duration::from_secs(40)).expect("exit"), Some(0), "{}", a.log());
+    let (served, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "calls failed in the rollout: {failed:?}\na:\n{}\nb:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(served.values().sum::<u64>(), 8000);
+    assert!(calls(&b) > 0, "the new agent took over: {}", b.log());
+
+    // 6. The last agent stops under load: calls go on to the Service.
+    let mut load = node.grpcio(6000);
+    let start = Instant::now();
+    let served_before = calls(&b);
+    while calls(&b) < served_before + 500 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the load never reached the agent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.sigterm().expect("SIGTERM b");
+    assert_eq!(b.wait_exit(Duration::from_secs(40)).expect("exit"), Some(0), "{}", b.log());
+    assert!(load.running(), "the load ended before the agent stopped");
+    let (served, failed) = load.finish();
+    assert!(failed.is_empty(), "calls failed when the agent stopped: {failed:?}\n{}", b.log());
+    assert_eq!(served.values().sum::<u64>(), 6000);
+    drop(agent_a_cgroups);
+    drop(agent_b_cgroups);
+}
