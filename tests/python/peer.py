@@ -188,6 +188,16 @@ def case_server_stream(ch):
             "sizes_ok": all(len(r.payload) == 1000 for r in replies)}
 
 
+def case_stream(ch, count, size, interval_ms):
+    """One server-streaming call of `count` replies of `size` bytes, one
+    every `interval_ms`: did every byte arrive, in order?"""
+    stub = ep_grpc.EchoStub(ch)
+    req = ep.StreamRequest(count=count, size=size, interval_ms=interval_ms)
+    replies = list(stub.ServerStream(req, timeout=60))
+    return {"count": len(replies), "in_order": [r.count for r in replies] == list(range(count)),
+            "sizes_ok": all(r.payload == b"s" * size for r in replies)}
+
+
 def case_client_stream(ch):
     stub = ep_grpc.EchoStub(ch)
     reqs = (ep.EchoRequest(payload=b"\x03" * 1024) for _ in range(200))
@@ -305,6 +315,9 @@ def client(args):
             if name == "spread":
                 n, _, c = arg.partition(",")
                 report[case] = case_spread(ch, int(n), int(c or 1))
+            elif name == "stream":
+                count, size, interval = (int(x) for x in arg.split(","))
+                report[case] = case_stream(ch, count, size, interval)
             else:
                 report[case] = globals()["case_" + name](ch)
         except grpc.RpcError as e:

@@ -72,13 +72,22 @@ pub struct GrpcioLoad {
 impl GrpcioLoad {
     /// Starts the load; its output goes into `dir`.
     pub fn start(netns: &NetNs, cgroup: &Cgroup, target: SocketAddrV4, calls: u64, dir: &Path) -> GrpcioLoad {
+        Self::case(netns, cgroup, target, &format!("spread={calls},8"), dir)
+    }
+
+    /// Starts any case of `tests/python/peer.py client` (`stream=N,SIZE,MS`,
+    /// `bidi`, ...) over one channel to `target`.
+    pub fn case(netns: &NetNs, cgroup: &Cgroup, target: SocketAddrV4, case: &str, dir: &Path) -> GrpcioLoad {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let case = format!("spread={calls},8");
-        let out = dir.join(format!("grpcio-{calls}.out"));
-        let err = dir.join(format!("grpcio-{calls}.err"));
+        let tag: String = case
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let out = dir.join(format!("grpcio-{tag}.out"));
+        let err = dir.join(format!("grpcio-{tag}.err"));
         let mut cmd = Command::new(python());
         cmd.arg(root.join("python/peer.py"))
-            .args(["client", "--target", &target.to_string(), &case])
+            .args(["client", "--target", &target.to_string(), case])
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"));
         place(&mut cmd, Some(netns), Some(cgroup)).expect("place client");
@@ -86,7 +95,7 @@ impl GrpcioLoad {
             child: ChildGuard::new(cmd.spawn().expect("start the grpcio client")),
             out,
             err,
-            case,
+            case: case.to_owned(),
         }
     }
 
@@ -95,21 +104,26 @@ impl GrpcioLoad {
         self.child.child_mut().try_wait().is_ok_and(|s| s.is_none())
     }
 
-    /// Waits for the report: (calls per backend, failed calls per code).
-    pub fn finish(mut self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    /// Waits for the client to finish: its report of the case.
+    pub fn report(mut self) -> serde_json::Value {
         let status = self.child.wait_timeout(Duration::from_secs(180)).expect("wait");
         let out = std::fs::read_to_string(&self.out).unwrap_or_default();
         let err = std::fs::read_to_string(&self.err).unwrap_or_default();
         assert!(status.is_some(), "the grpcio client ran for more than 180 s: {err}");
-        let r: serde_json::Value =
+        let mut r: serde_json::Value =
             serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("no JSON report ({e}): {out:?}\n{err}"));
+        r[&self.case].take()
+    }
+
+    /// Waits for a load's report: (calls per backend, failed calls per code).
+    pub fn finish(self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let case = self.report();
         let counts = |v: &serde_json::Value| -> BTreeMap<String, u64> {
             v.as_object()
                 .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
                 .unwrap_or_default()
         };
-        let case = &r[&self.case];
-        assert!(case.get("backends").is_some(), "the load itself failed: {r}");
+        assert!(case.get("backends").is_some(), "the load itself failed: {case}");
         (counts(&case["backends"]), counts(&case["errors"]))
     }
 }

@@ -79,7 +79,11 @@ impl NodeAgent {
     pub fn exec(&self, bin: &Path, argv: &[String]) -> io::Result<(bool, String)> {
         use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
         let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
-        let program = if program == "balancer-agent" { bin.to_owned() } else { PathBuf::from(program) };
+        let program = if program == "balancer-agent" {
+            bin.to_owned()
+        } else {
+            PathBuf::from(program)
+        };
         let ns = fs::File::open(&self.netns_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)

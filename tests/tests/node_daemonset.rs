@@ -20,11 +20,11 @@ use balancer_agent::ebpf::query::{self, Hook};
 use balancer_tests::{
     bin_path,
     cgroup::Cgroup,
+    clients::{self, backends, GrpcioLoad},
     container::{CgroupView, HostCgroupMount, NsDelegate},
     foreign::ForeignConnect4,
     kubeproxy::KubeProxy,
     node_agent::{NodeAgent, NodeAgentOptions},
-    clients::{self, backends, GrpcioLoad},
     pod::PodProcess,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
@@ -431,4 +431,51 @@ fn a_foreign_connect_program_that_runs_after_balancers_is_only_noted() {
     let v = client.next_json(Duration::from_secs(60)).expect("client report");
     assert_eq!(v["errors"], 0, "{v}");
     assert_eq!(backends(&v).len(), 3, "balanced by the agent: {v}");
+}
+
+#[test]
+fn a_stream_in_flight_when_the_agent_stops_arrives_whole() {
+    let Some(_serial) = serial_or_skip("a_stream_in_flight_when_the_agent_stops_arrives_whole") else {
+        return;
+    };
+    let node = Node::new(1);
+    let mut agent = node.start_agent(&node.topo.agent_cgroup);
+    agent.wait(false, Duration::from_secs(20)).expect("ready");
+    // 60 replies of 64 KiB, one every 40 ms: about 2.4 s and 3.8 MiB on the
+    // fast path, with the agent stopping in the middle.
+    let pod = &node.topo.pods[0];
+    let stream = GrpcioLoad::case(&pod.netns, &pod.cgroup, VIP, "stream=60,65536,40", node.dir.path());
+    wait_for_calls_started(&agent, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    agent.sigterm().expect("SIGTERM");
+    let report = stream.report();
+    assert_eq!(report["count"], 60, "{report}\n{}", agent.log());
+    assert_eq!(report["in_order"], true, "{report}");
+    assert_eq!(report["sizes_ok"], true, "{report}");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(40)).expect("exit"),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+}
+
+/// Waits until the agent has a call in flight.
+fn wait_for_calls_started(agent: &NodeAgent, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let (_, stats) = agent.get("/api/v1/stats").expect("stats");
+        let v: serde_json::Value = serde_json::from_str(&stats).expect("json");
+        let in_flight: u64 = v["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["in_flight"].as_u64())
+            .sum();
+        if in_flight > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no call reached the agent within {limit:?}; log:\n{}", agent.log());
 }

@@ -146,7 +146,12 @@ impl Node {
             slice("greeter", &[V1, V2]),
             slice("greeter-v1", &[V1]),
             slice("greeter-v2", &[V2]),
-            pod("client", &client, topo.pods[0].ip, json!({"balancer.io/inject": "enabled"})),
+            pod(
+                "client",
+                &client,
+                topo.pods[0].ip,
+                json!({"balancer.io/inject": "enabled"}),
+            ),
             pod("other", &other, topo.pods[1].ip, json!({})),
         ];
         api.apply_all(objects).expect("seed the cluster");
@@ -218,7 +223,9 @@ impl Node {
 
     /// The kubelet's readiness probe, as the manifest defines it.
     fn probe_ready(&self, agent: &NodeAgent) -> (bool, String) {
-        agent.exec(&bin("balancer-agent"), &self.manifest.readiness).expect("exec probe")
+        agent
+            .exec(&bin("balancer-agent"), &self.manifest.readiness)
+            .expect("exec probe")
     }
 
     fn wait_ready(&self, agent: &mut NodeAgent) {
@@ -229,7 +236,11 @@ impl Node {
             if ok {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "probe: {out}\n{}", agent.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "probe: {out}\n{}",
+                agent.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -288,14 +299,19 @@ fn calls(agent: &NodeAgent) -> u64 {
 
 #[test]
 fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
-    let Some(_serial) = serial_or_skip("the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call") else {
+    let Some(_serial) = serial_or_skip("the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call")
+    else {
         return;
     };
     let node = Node::new();
     let agent_a_cgroups = node.kubepods.pod(Qos::Burstable, 100).expect("agent pod");
     let mut a = node.start_agent("balancer-agent-a", &agent_a_cgroups);
     node.wait_ready(&mut a);
-    assert_eq!(agent_a_cgroups.container.pids().expect("pids"), vec![a.pid()], "it stayed in its container");
+    assert_eq!(
+        agent_a_cgroups.container.pids().expect("pids"),
+        vec![a.pid()],
+        "it stayed in its container"
+    );
 
     // 1. One connection's calls, every one balanced: the parent Service's
     // endpoints are both versions.
@@ -354,7 +370,10 @@ fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
     let load = node.grpcio(8000);
     let start = Instant::now();
     while calls(&a) < before + 500 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the load never reached the agent");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the load never reached the agent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let agent_b_cgroups = node.kubepods.pod(Qos::Burstable, 101).expect("agent pod");
@@ -363,7 +382,12 @@ fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
     // Each probe asks its own instance.
     assert!(node.probe_ready(&a).0 && node.probe_ready(&b).0);
     a.sigterm().expect("SIGTERM a");
-    assert_eq!(a.wait_exit(Duration::from_secs(40)).expect("exit"), Some(0), "{}", a.log());
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(40)).expect("exit"),
+        Some(0),
+        "{}",
+        a.log()
+    );
     let (served, failed) = load.finish();
     assert!(
         failed.is_empty(),
@@ -379,14 +403,26 @@ fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
     let start = Instant::now();
     let served_before = calls(&b);
     while calls(&b) < served_before + 500 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the load never reached the agent");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the load never reached the agent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     b.sigterm().expect("SIGTERM b");
-    assert_eq!(b.wait_exit(Duration::from_secs(40)).expect("exit"), Some(0), "{}", b.log());
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(40)).expect("exit"),
+        Some(0),
+        "{}",
+        b.log()
+    );
     assert!(load.running(), "the load ended before the agent stopped");
     let (served, failed) = load.finish();
-    assert!(failed.is_empty(), "calls failed when the agent stopped: {failed:?}\n{}", b.log());
+    assert!(
+        failed.is_empty(),
+        "calls failed when the agent stopped: {failed:?}\n{}",
+        b.log()
+    );
     assert_eq!(served.values().sum::<u64>(), 6000);
     drop(agent_a_cgroups);
     drop(agent_b_cgroups);
