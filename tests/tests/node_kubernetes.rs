@@ -313,6 +313,24 @@ fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
         "it stayed in its container"
     );
 
+    // Metrics on the node's address, for the cluster's Prometheus; the
+    // admin API is not there.
+    let port = node.manifest.value("BALANCER_METRICS_PORT").expect("metrics port");
+    let metrics = format!("{}:{port}", node.topo.node.ip);
+    let (status, text) = node
+        .topo
+        .node
+        .netns
+        .run(move || {
+            let c = balancer_agent::ctl::client::AdminClient::new(&metrics);
+            let m = c.get_raw("/metrics").expect("scrape");
+            let api = c.get_raw("/api/v1/status").expect("status");
+            (api.0, String::from_utf8_lossy(&m.1).into_owned())
+        })
+        .expect("in the node");
+    assert_eq!(status, 404, "the admin API stays on loopback");
+    assert!(text.contains("balancer_ebpf_enabled 1"), "{text}");
+
     // 1. One connection's calls, every one balanced: the parent Service's
     // endpoints are both versions.
     let v = node.greeter(&node.client, 0, 400);

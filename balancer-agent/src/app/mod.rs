@@ -505,3 +505,19 @@ fn check_listener_addr(addr: SocketAddrV4) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_goes_on_the_first_ipv4_node_address() {
+        let v6: IpAddr = "fd00::1".parse().expect("ip");
+        let v4: IpAddr = "10.0.0.7".parse().expect("ip");
+        // status.hostIPs on an IPv6-primary dual-stack node.
+        assert_eq!(node_address(&[v6, v4]), Some(v4));
+        assert_eq!(node_address(&[v4, v6]), Some(v4));
+        assert_eq!(node_address(&[v6]), Some(v6));
+        assert_eq!(node_address(&[]), None);
+    }
+}
