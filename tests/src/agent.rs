@@ -12,11 +12,11 @@
 //! or `FAILED <error>`.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     net::SocketAddrV4,
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::mpsc::{Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
 
@@ -71,15 +71,7 @@ impl TestAgent {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
         let process = ChildGuard::new(child);
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::process::lines(stdout);
         let mut agent = TestAgent {
             process,
             stdin,

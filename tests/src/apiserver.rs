@@ -99,12 +99,12 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
     sync::{
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::{Receiver, RecvTimeoutError},
         Mutex,
     },
     time::Duration,
@@ -229,15 +229,7 @@ impl FakeApiServer {
         let stdin = child.stdin.take().ok_or(ApiServerError::Exited)?;
         let stdout = child.stdout.take().ok_or(ApiServerError::Exited)?;
         let process = ChildGuard::new(child);
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::process::lines(stdout);
         let first = recv(&lines, Duration::from_secs(30))?;
         let addr = match first.split_once(' ') {
             Some(("LISTENING", a)) => a.parse().map_err(|_| ApiServerError::Reply { line: first.clone() })?,

@@ -22,7 +22,7 @@ use std::{
     process::Command,
 };
 
-use crate::{cgroup::Cgroup, netns::NetNs};
+use crate::{cgroup::Cgroup, netns::NetNs, process::join_cgroup};
 
 /// The cgroup2 mounts of this process: (mount point, super options).
 fn cgroup2_mounts() -> io::Result<Vec<(PathBuf, String)>> {
@@ -164,23 +164,6 @@ impl Drop for HostCgroupMount {
         }
         let _ = std::fs::remove_dir(&self.dir);
     }
-}
-
-fn join_cgroup(procs: &CString) -> io::Result<()> {
-    // SAFETY: plain system calls on a NUL-terminated path.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-        let err = io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 1 {
-            return Err(err);
-        }
-    }
-    Ok(())
 }
 
 /// What the container sees of cgroups.

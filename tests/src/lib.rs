@@ -68,6 +68,18 @@ pub fn bin_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// [`bin_path`] of a binary that must have been built: a test that needs
+/// one fails with how to build it.
+pub fn built(name: &str) -> PathBuf {
+    let p = bin_path(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
 /// A unique short name (interface names are limited to 15 bytes).
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

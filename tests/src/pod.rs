@@ -18,10 +18,10 @@
 //!   connection) until stdin closes.
 
 use std::{
-    io::{self, BufRead as _, BufReader},
+    io,
     path::Path,
     process::{ChildStdin, Command, Stdio},
-    sync::mpsc::{self, Receiver},
+    sync::mpsc::Receiver,
     time::Duration,
 };
 
@@ -65,15 +65,7 @@ pub fn spawn_in(bin: &Path, netns: &NetNs, cgroup: &Cgroup, args: &[String]) -> 
     let mut child = cmd.spawn()?;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = crate::process::lines(stdout);
     Ok(PodProcess {
         process: ChildGuard::new(child),
         stdin,

@@ -28,16 +28,7 @@ pub fn place(cmd: &mut Command, netns: Option<&NetNs>, cgroup: Option<&Cgroup>) 
     unsafe {
         cmd.pre_exec(move || {
             if let Some(procs) = &procs {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = io::Error::last_os_error();
-                libc::close(fd);
-                if rc != 1 {
-                    return Err(err);
-                }
+                join_cgroup(procs)?;
             }
             if let Some(ns) = &ns_fd {
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -46,6 +37,41 @@ pub fn place(cmd: &mut Command, netns: Option<&NetNs>, cgroup: Option<&Cgroup>) 
             }
             Ok(())
         });
+    }
+    Ok(())
+}
+
+/// The lines `out` (a child's stdout) prints, as they come, read by a
+/// thread of their own.
+pub fn lines(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Makes the calling process (after fork, before exec) join the cgroup
+/// whose `cgroup.procs` is `procs`. Async-signal-safe.
+pub fn join_cgroup(procs: &CString) -> io::Result<()> {
+    // SAFETY: plain system calls on a NUL-terminated path.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 1 {
+            return Err(err);
+        }
     }
     Ok(())
 }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use balancer_tests::{
-    bin_path,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
     topology::{Pod, Topology},
@@ -31,13 +30,7 @@ const BACKENDS: [(&str, &str, &str); 3] = [
 const ADMIN: &str = "127.0.0.1:15000";
 
 fn bin(name: &str) -> PathBuf {
-    let p = bin_path(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        p.display()
-    );
-    p
+    balancer_tests::built(name)
 }
 
 /// The node side: three backends and the agent, in the node's namespace.
@@ -271,14 +264,7 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
         return;
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("BALANCER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.parent().expect("workspace").join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} is missing: run `cargo xtask setup` (it installs tests/python/requirements.txt into .venv)",
-        python.display()
-    );
+    let python = balancer_tests::clients::python();
     let topo = Topology::new(1).expect("topology");
     let node = start_node(&topo, None);
     let pod = &topo.pods[0];

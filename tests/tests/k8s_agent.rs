@@ -10,18 +10,11 @@ use std::{
 
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
-    bin_path,
     process::ChildGuard,
 };
 
 fn agent_bin() -> PathBuf {
-    let p = bin_path("balancer-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo xtask test` does)",
-        p.display()
-    );
-    p
+    balancer_tests::built("balancer-agent")
 }
 
 #[test]

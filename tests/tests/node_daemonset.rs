@@ -18,7 +18,6 @@ use std::{
 
 use balancer_agent::ebpf::query::{self, Hook};
 use balancer_tests::{
-    bin_path,
     cgroup::Cgroup,
     clients::{self, backends, GrpcioLoad},
     container::{CgroupView, HostCgroupMount, NsDelegate},
@@ -39,13 +38,7 @@ const BACKENDS: [(&str, &str); 3] = [
 ];
 
 fn bin(name: &str) -> PathBuf {
-    let p = bin_path(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        p.display()
-    );
-    p
+    balancer_tests::built(name)
 }
 
 /// A node: topology, nsdelegate, the host hierarchy as the init step mounts

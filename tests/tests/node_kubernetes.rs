@@ -20,7 +20,6 @@ use std::{
 
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
-    bin_path,
     clients::{self, backends, GrpcioLoad},
     container::{CgroupView, HostCgroupMount, NsDelegate},
     kubelet::{Kubepods, PodCgroups, Qos},
@@ -40,13 +39,7 @@ const V2: &str = "127.0.0.12";
 const BACKEND_PORT: u16 = 50080;
 
 fn bin(name: &str) -> PathBuf {
-    let p = bin_path(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        p.display()
-    );
-    p
+    balancer_tests::built(name)
 }
 
 fn service(name: &str, ip: &str) -> Value {
