@@ -13,7 +13,10 @@
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
 //!   captures their connections ([`mesh`]). Pods left out get a Warning
-//!   Event ([`enrollment`]).
+//!   Event ([`enrollment`]). An enrolled pod's connections opened before it
+//!   was enrolled are counted by the agent and, opted in with
+//!   [`RECONNECT_PINNED_ANNOTATION`] or its namespace's
+//!   [`RECONNECT_PINNED_LABEL`], closed ([`crate::pinned`]).
 //! - Route status: the agent that holds a Lease ([`lease`]) writes the
 //!   GRPCRoutes' `status.parents[]` ([`route_status`]); the others only
 //!   balance.
@@ -57,6 +60,13 @@ pub use watch::Kind;
 pub const INJECT_ANNOTATION: &str = "balancer.io/inject";
 /// Namespace label that opts every pod of the namespace in (`enabled`).
 pub const INJECT_LABEL: &str = "balancer.io/inject";
+/// Pod annotation that turns on (`"enabled"`) or off (`"disabled"`, which
+/// wins over the namespace) closing the pod's connections that bypass the
+/// agent, so that it re-dials through it (see [`crate::pinned`]).
+pub const RECONNECT_PINNED_ANNOTATION: &str = "balancer.io/reconnect-pinned";
+/// Namespace label (or annotation) that turns it on for every pod of the
+/// namespace (`enabled`).
+pub const RECONNECT_PINNED_LABEL: &str = "balancer.io/reconnect-pinned";
 /// Service annotation choosing the balancing policy: `round-robin`
 /// (default), `least-request` or `peak-ewma`.
 pub const POLICY_ANNOTATION: &str = "balancer.io/policy";
