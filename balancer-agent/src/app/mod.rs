@@ -136,6 +136,7 @@ async fn start_source(
     opts: &Options,
     fatal: &watch::Sender<Option<String>>,
     mut stopping: watch::Receiver<bool>,
+    health: &Health,
 ) -> anyhow::Result<Started> {
     match &opts.source {
         Source::Static(path) => {
@@ -193,11 +194,20 @@ async fn start_source(
             let until_stopping = async move {
                 let _ = stopping.wait_for(|s| *s).await;
             };
+            // What keeps the agent from serving the node: Warning Events on
+            // the Node.
+            let node_events = crate::k8s::node_events::report(
+                crate::k8s::Events::new(client.clone(), k8s_opts.reporter()),
+                k8s_opts.node_name.clone(),
+                health.problems(),
+            );
             let k8s_task = tokio::spawn(async move {
+                let node_events = tokio::spawn(node_events);
                 if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, status_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
+                node_events.abort();
             });
             Ok(Started {
                 node: config::NodeConfig {
@@ -272,12 +282,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // stops the agent with its error.
     let (fatal_tx, mut fatal) = watch::channel(None::<String>);
     let (stopping, stopping_rx) = watch::channel(false);
+    let health = Arc::new(Health::new(opts.ebpf));
     let Started {
         node,
         mut models,
         source,
         k8s_task,
-    } = start_source(&opts, &fatal_tx, stopping_rx).await?;
+    } = start_source(&opts, &fatal_tx, stopping_rx, &health).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let admin_opts = AdminOptions {
@@ -285,7 +296,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     };
     // Check the admin address before anything is attached.
     admin::check_addr(admin_addr, &admin_opts)?;
-    let health = Arc::new(Health::new(opts.ebpf));
 
     let kernel_side = if opts.ebpf {
         start_kernel(&opts, &node, listen, &health)?
