@@ -4,6 +4,7 @@
 
 pub mod bind;
 mod listeners;
+pub mod pinned;
 mod views;
 
 use std::{
@@ -90,6 +91,9 @@ pub struct Options {
     /// Kubernetes mode: the agent's namespace, where the route-status Lease
     /// lives. Without it (or `pod_name`) the agent writes no route status.
     pub pod_namespace: Option<String>,
+    /// Kubernetes mode: the sweeps for enrolled pods' connections that
+    /// bypass the agent.
+    pub pinned: pinned::PinnedOptions,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -288,7 +292,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         mut models,
         source,
         k8s_task,
-    } = start_source(&opts, &fatal_tx, stopping_rx, &health).await?;
+    } = start_source(&opts, &fatal_tx, stopping_rx.clone(), &health).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let admin_opts = AdminOptions {
@@ -336,6 +340,26 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone(), &observers);
     state.health = Arc::clone(&health);
+    // Kubernetes mode with the kernel programs: enrolled pods are swept for
+    // connections that bypass the agent.
+    let sweeps = match (&opts.source, &kernel, opts.pinned.interval) {
+        (Source::Kubernetes { .. }, Some(kernel), Some(interval)) if !interval.is_zero() => {
+            Some((Arc::clone(kernel), interval))
+        }
+        _ => None,
+    };
+    if let Some((kernel, interval)) = sweeps {
+        let tally = Arc::new(crate::pinned::tally::Tally::new(interval));
+        state.pinned = Some(Arc::clone(&tally));
+        tasks.spawn(pinned::run(
+            opts.pinned.sweep_config(interval),
+            interval,
+            kernel,
+            models.clone(),
+            tally,
+            stopping_rx,
+        ));
+    }
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {
