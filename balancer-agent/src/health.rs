@@ -10,6 +10,8 @@
 
 use std::sync::Mutex;
 
+use tokio::sync::watch;
+
 #[derive(Debug, Default, Clone)]
 struct State {
     /// Why this node cannot run balancer at all.
@@ -27,7 +29,20 @@ struct State {
 
 /// The agent's conditions. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
-pub struct Health(Mutex<State>);
+pub struct Health {
+    state: Mutex<State>,
+    problems: watch::Sender<NodeProblems>,
+}
+
+/// What keeps this node from being served until an operator acts, for
+/// Kubernetes mode's Warning Events on the Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeProblems {
+    /// Why this node cannot run balancer at all.
+    pub unsupported: Option<String>,
+    /// Foreign connect programs that run before balancer's.
+    pub shadowing: Vec<String>,
+}
 
 /// What the conditions add up to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,19 +64,40 @@ impl Health {
     /// Conditions of an agent that loads the kernel programs (`ebpf`): it
     /// is not ready until the maps hold the published state.
     pub fn new(ebpf: bool) -> Self {
-        Health(Mutex::new(State {
-            needs_maps: ebpf,
-            ..State::default()
-        }))
+        Health {
+            state: Mutex::new(State {
+                needs_maps: ebpf,
+                ..State::default()
+            }),
+            problems: watch::Sender::default(),
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The node's lasting problems, now and as they change.
+    pub fn problems(&self) -> watch::Receiver<NodeProblems> {
+        self.problems.subscribe()
+    }
+
+    fn publish(&self) {
+        let now = self.with(|s| NodeProblems {
+            unsupported: s.unsupported.clone(),
+            shadowing: s.shadowing.clone(),
+        });
+        self.problems.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
     }
 
     /// This node cannot run balancer (no cgroup v2, an old kernel).
     pub fn set_unsupported(&self, reason: String) {
         self.with(|s| s.unsupported = Some(reason));
+        self.publish();
     }
 
     /// Whether the kernel maps hold the model last published.
@@ -82,12 +118,14 @@ impl Health {
     /// Foreign connect programs found at the attach cgroup; whether that
     /// changed what was known.
     pub fn set_foreign(&self, shadowing: Vec<String>, coexisting: Vec<String>) -> bool {
-        self.with(|s| {
+        let changed = self.with(|s| {
             let changed = s.shadowing != shadowing || s.coexisting != coexisting;
             s.shadowing = shadowing;
             s.coexisting = coexisting;
             changed
-        })
+        });
+        self.publish();
+        changed
     }
 
     pub fn conditions(&self) -> Conditions {
@@ -166,5 +204,25 @@ mod tests {
         h.set_foreign(vec![], vec!["connect4 program x (id 8)".into()]);
         let c = h.conditions();
         assert!(c.not_ready.is_empty() && c.warnings.len() == 1, "{c:?}");
+    }
+
+    #[test]
+    fn lasting_problems_are_published_when_they_change() {
+        let h = Health::new(true);
+        let mut rx = h.problems();
+        assert_eq!(*rx.borrow_and_update(), NodeProblems::default());
+        h.set_foreign(vec![], vec!["connect4 program x (id 8)".into()]);
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "a program that runs after is no problem"
+        );
+        h.set_foreign(vec!["connect4 program cil (id 7)".into()], vec![]);
+        assert!(rx.has_changed().unwrap_or(false));
+        assert_eq!(rx.borrow_and_update().shadowing, ["connect4 program cil (id 7)"]);
+        // Found again at the next check: no change.
+        h.set_foreign(vec!["connect4 program cil (id 7)".into()], vec![]);
+        assert!(!rx.has_changed().unwrap_or(true));
+        h.set_unsupported("no cgroup v2".into());
+        assert_eq!(rx.borrow_and_update().unsupported.as_deref(), Some("no cgroup v2"));
     }
 }

@@ -36,12 +36,20 @@ pub struct Enrolled {
     pub cgroup: PathBuf,
     /// The pod it belongs to (Kubernetes mode); `None` for static `enroll:`.
     pub pod: Option<PodRef>,
+    /// Close the pod's connections that bypass the agent (opened before it
+    /// was enrolled) so that it re-dials through the agent; otherwise they
+    /// are only counted. See [`crate::pinned`].
+    pub reconnect_pinned: bool,
 }
 
 impl From<PathBuf> for Enrolled {
     /// A cgroup enrolled by path alone (static mode).
     fn from(cgroup: PathBuf) -> Self {
-        Enrolled { cgroup, pod: None }
+        Enrolled {
+            cgroup,
+            pod: None,
+            reconnect_pinned: false,
+        }
     }
 }
 

@@ -211,7 +211,10 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
         .and_then(|c| c.add.as_ref())
         .map(|a| a.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    assert_eq!(caps, BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"]));
+    assert_eq!(
+        caps,
+        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_PTRACE"])
+    );
 
     // Downward API.
     let field = |name: &str| {
@@ -262,6 +265,17 @@ fn the_daemonset_runs_the_agent_as_a_node_level_data_plane() {
     assert!(
         value("BALANCER_ADMIN").is_none(),
         "the admin port moves for a second instance"
+    );
+
+    // Pinned-connection sweeps find pods' processes through the host's
+    // /proc, read-only, without sharing the host's PID namespace.
+    let procfs = value("BALANCER_PROCFS").expect("BALANCER_PROCFS");
+    let (path, mount) = host_path(c, &procfs).expect("the host's /proc for the agent");
+    assert_eq!(path, "/proc");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        value("BALANCER_PINNED_INTERVAL_SECONDS").is_none_or(|s| s != "0"),
+        "sweeps on"
     );
 
     // Probes run in the pod and ask its own instance (its run directory

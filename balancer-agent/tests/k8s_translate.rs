@@ -752,3 +752,91 @@ fn pods_in_a_service_mesh_are_never_enrolled() {
     let missing: Vec<String> = t.cgroup_missing.iter().map(|p| p.name_any()).collect();
     assert_eq!(missing, ["plain"]);
 }
+
+/// Each enrolled pod's `reconnect_pinned`, by pod name.
+fn reconnect_choices(snap: &Snapshot) -> Vec<(String, bool)> {
+    let t = translate(snap, |p: &Pod| {
+        p.metadata.uid.iter().map(|u| PathBuf::from("/cg").join(u)).collect()
+    });
+    t.model
+        .enrolled
+        .iter()
+        .map(|e| {
+            let pod = e.pod.as_ref().expect("a pod in Kubernetes mode");
+            (pod.name.clone(), e.reconnect_pinned)
+        })
+        .collect()
+}
+
+#[test]
+fn reconnecting_pinned_connections_is_opted_in_by_pod_or_namespace_and_the_pod_wins() {
+    let opted = |extra: Value| {
+        let mut a = json!({ "balancer.io/inject": "enabled" });
+        a.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        a
+    };
+    let pods = vec![
+        pod(
+            "on",
+            "uid-a",
+            opted(json!({ "balancer.io/reconnect-pinned": "enabled" })),
+            "Running",
+        ),
+        pod("unsaid", "uid-b", opted(json!({})), "Running"),
+        pod(
+            "off",
+            "uid-c",
+            opted(json!({ "balancer.io/reconnect-pinned": "disabled" })),
+            "Running",
+        ),
+        // Not enrolled: nothing to reconnect.
+        pod(
+            "not-enrolled",
+            "uid-d",
+            json!({ "balancer.io/reconnect-pinned": "enabled" }),
+            "Running",
+        ),
+    ];
+    let ns = |labels: Value, annotations: Value| -> Arc<Namespace> {
+        from(json!({ "apiVersion": "v1", "kind": "Namespace",
+                     "metadata": { "name": "demo", "labels": labels, "annotations": annotations } }))
+    };
+    let mut snap = Snapshot {
+        pods,
+        namespaces: vec![namespace(None)],
+        ..Snapshot::default()
+    };
+    let expect = |unsaid: bool| {
+        vec![
+            ("on".to_owned(), true),
+            ("unsaid".to_owned(), unsaid),
+            ("off".to_owned(), false),
+        ]
+    };
+    let mut got = reconnect_choices(&snap);
+    got.sort_by_key(|(n, _)| ["on", "unsaid", "off"].iter().position(|x| x == n));
+    assert_eq!(got, expect(false), "off unless asked");
+
+    for (labels, annotations, unsaid) in [
+        (json!({ "balancer.io/reconnect-pinned": "enabled" }), json!({}), true),
+        (json!({}), json!({ "balancer.io/reconnect-pinned": "enabled" }), true),
+        // The namespace's label wins over its annotation.
+        (
+            json!({ "balancer.io/reconnect-pinned": "disabled" }),
+            json!({ "balancer.io/reconnect-pinned": "enabled" }),
+            false,
+        ),
+        (json!({ "balancer.io/reconnect-pinned": "yes" }), json!({}), false),
+    ] {
+        snap.namespaces = vec![ns(labels.clone(), annotations.clone())];
+        let mut got = reconnect_choices(&snap);
+        got.sort_by_key(|(n, _)| ["on", "unsaid", "off"].iter().position(|x| x == n));
+        assert_eq!(
+            got,
+            expect(unsaid),
+            "namespace labels {labels}, annotations {annotations}"
+        );
+    }
+}

@@ -142,3 +142,38 @@ pub async fn say_hello_spread(channel: Channel, calls: u64, concurrency: usize, 
     }
     spread
 }
+
+/// Makes `calls` SayHello calls over `channel` one after another, `interval`
+/// apart (a client that keeps its connection for a long time, as a service
+/// calling another does), and counts them per backend. A call that fails
+/// does not stop the others: the channel reconnects for the next one.
+pub async fn say_hello_paced(channel: Channel, calls: u64, interval: Duration, timeout: Duration) -> Spread {
+    let mut client = greeter(channel);
+    let mut spread = Spread {
+        calls,
+        ..Spread::default()
+    };
+    for i in 0..calls {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let mut req = tonic::Request::new(HelloRequest {
+            name: format!("call-{i}"),
+        });
+        req.set_timeout(timeout);
+        match client.say_hello(req).await {
+            Ok(r) => {
+                spread.ok += 1;
+                *spread.backends.entry(r.into_inner().backend).or_default() += 1;
+            }
+            Err(status) => {
+                spread.errors += 1;
+                *spread.error_codes.entry(format!("{:?}", status.code())).or_default() += 1;
+                spread
+                    .first_error
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+    }
+    spread
+}

@@ -28,6 +28,35 @@ pub struct Status {
     pub programs_attached: bool,
     pub source: SourceStatus,
     pub uptime_seconds: f64,
+    /// The sweeps for enrolled pods' connections that bypass the agent;
+    /// `None` when they do not run (static mode, eBPF off).
+    #[serde(default)]
+    pub pinned: Option<PinnedSweeps>,
+}
+
+/// What the periodic sweeps for pinned connections found: an enrolled
+/// pod's connections to a balanced VIP that bypass the agent (opened before
+/// the pod was enrolled).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PinnedSweeps {
+    /// Time between sweeps.
+    pub interval_seconds: f64,
+    /// Sweeps so far.
+    pub sweeps: u64,
+    /// How long the last sweep took (closes wait for the node-wide rate).
+    pub last_sweep_seconds: f64,
+    /// Pinned connections the last sweep left open, on the node.
+    pub pinned: u64,
+    /// The same, by the pods' namespace.
+    pub pinned_by_namespace: BTreeMap<String, u64>,
+    /// Pinned connections closed so far (pods opted in with
+    /// `balancer.io/reconnect-pinned: enabled`).
+    pub closed: u64,
+    /// Closes put off to a later sweep by the rate limit, so far.
+    pub deferred: u64,
+    /// Pods' sweeps that stopped short, by reason (`cgroup_gone`,
+    /// `not_visible`, `permission`, `close_refused`, `other`).
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// Where services and enrolled pods come from (static file or Kubernetes).
@@ -234,7 +263,7 @@ impl Endpoint {
 }
 
 /// `/api/v1/pods`: an enrolled cgroup (a pod, in Kubernetes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pod {
     /// `namespace/name` in Kubernetes; `None` in static mode.
     pub pod: Option<String>,
@@ -246,6 +275,21 @@ pub struct Pod {
     /// The pod's IP, when known (its IPv4 one: the address its redirected
     /// connections come from).
     pub ip: Option<String>,
+    /// Whether its pinned connections are closed so that it re-dials
+    /// through the agent (`balancer.io/reconnect-pinned: enabled`).
+    #[serde(default)]
+    pub reconnect_pinned: bool,
+    /// Its connections to a balanced VIP that bypass the agent, left open
+    /// by the last sweep; `None` before its first sweep, when sweeps do not
+    /// run, or when the sweep could not look (`pinned_error`).
+    #[serde(default)]
+    pub pinned: Option<u64>,
+    /// Its pinned connections the agent closed so far.
+    #[serde(default)]
+    pub pinned_closed: u64,
+    /// Why its last sweep stopped short.
+    #[serde(default)]
+    pub pinned_error: Option<String>,
 }
 
 impl Pod {
@@ -256,6 +300,10 @@ impl Pod {
             cgroup_id: crate::cgroup::cgroup_id(&e.cgroup).ok(),
             cgroup: e.cgroup.display().to_string(),
             ip: e.pod.as_ref().and_then(|p| p.ips.first()).map(ToString::to_string),
+            reconnect_pinned: e.reconnect_pinned,
+            pinned: None,
+            pinned_closed: 0,
+            pinned_error: None,
         }
     }
 }

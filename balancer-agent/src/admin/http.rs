@@ -149,7 +149,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         },
         "/api/v1/status" => json(StatusCode::OK, &state.status()),
         "/api/v1/services" => json(StatusCode::OK, &state.services.services()),
-        "/api/v1/pods" => json(StatusCode::OK, &state.pods.pods()),
+        "/api/v1/pods" => json(StatusCode::OK, &state.pods()),
         "/api/v1/conns" => json(StatusCode::OK, &state.conns()),
         "/api/v1/stats" => json(StatusCode::OK, &state.stats()),
         "/api/v1/programs" => kernel(state, |k| k.programs().map(|p| json(StatusCode::OK, &p))),

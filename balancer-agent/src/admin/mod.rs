@@ -35,6 +35,7 @@ pub use views::{KernelView, PodsView, ServicesView, SourceView};
 use crate::{
     health::Health,
     metrics::{self, Metrics},
+    pinned::tally::Tally,
 };
 
 /// The admin server's default address.
@@ -77,6 +78,9 @@ pub struct AdminState {
     /// The agent's own conditions (unsupported node, draining, maps synced,
     /// foreign programs).
     pub health: Arc<Health>,
+    /// What the sweeps for pinned connections found; `None` when they do
+    /// not run.
+    pub pinned: Option<Arc<Tally>>,
     pub started: Instant,
 }
 
@@ -101,6 +105,7 @@ impl AdminState {
             conns: ConnRegistry::new(),
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::new(false)),
+            pinned: None,
             started: Instant::now(),
         }
     }
@@ -130,7 +135,17 @@ impl AdminState {
             programs_attached,
             source,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            pinned: self.pinned.as_ref().map(|t| t.summary()),
         }
+    }
+
+    /// The enrolled pods / cgroups, with what the last sweep found of each.
+    pub fn pods(&self) -> Vec<api::Pod> {
+        let mut pods = self.pods.pods();
+        if let Some(tally) = &self.pinned {
+            tally.fill(&mut pods);
+        }
+        pods
     }
 
     /// The open connections, each with its pod looked up by the peer's IP
@@ -197,6 +212,7 @@ impl AdminState {
             source: status.source,
             enrolled_pods: self.pods.pods().len() as u64,
             health: self.health.conditions(),
+            pinned: status.pinned,
         }
     }
 }
@@ -274,6 +290,7 @@ mod tests {
             cgroup_id: None,
             cgroup: cgroup.to_owned(),
             ip: Some(ip.to_owned()),
+            ..api::Pod::default()
         };
         let pods = vec![
             // One pod, two container cgroups.

@@ -4,6 +4,7 @@
 
 pub mod bind;
 mod listeners;
+pub mod pinned;
 mod views;
 
 use std::{
@@ -90,6 +91,9 @@ pub struct Options {
     /// Kubernetes mode: the agent's namespace, where the route-status Lease
     /// lives. Without it (or `pod_name`) the agent writes no route status.
     pub pod_namespace: Option<String>,
+    /// Kubernetes mode: the sweeps for enrolled pods' connections that
+    /// bypass the agent.
+    pub pinned: pinned::PinnedOptions,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -136,6 +140,7 @@ async fn start_source(
     opts: &Options,
     fatal: &watch::Sender<Option<String>>,
     mut stopping: watch::Receiver<bool>,
+    health: &Health,
 ) -> anyhow::Result<Started> {
     match &opts.source {
         Source::Static(path) => {
@@ -193,11 +198,20 @@ async fn start_source(
             let until_stopping = async move {
                 let _ = stopping.wait_for(|s| *s).await;
             };
+            // What keeps the agent from serving the node: Warning Events on
+            // the Node.
+            let node_events = crate::k8s::node_events::report(
+                crate::k8s::Events::new(client.clone(), k8s_opts.reporter()),
+                k8s_opts.node_name.clone(),
+                health.problems(),
+            );
             let k8s_task = tokio::spawn(async move {
+                let node_events = tokio::spawn(node_events);
                 if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, status_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
                     fatal.send_replace(Some(e.to_string()));
                 }
+                node_events.abort();
             });
             Ok(Started {
                 node: config::NodeConfig {
@@ -272,12 +286,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // stops the agent with its error.
     let (fatal_tx, mut fatal) = watch::channel(None::<String>);
     let (stopping, stopping_rx) = watch::channel(false);
+    let health = Arc::new(Health::new(opts.ebpf));
     let Started {
         node,
         mut models,
         source,
         k8s_task,
-    } = start_source(&opts, &fatal_tx, stopping_rx).await?;
+    } = start_source(&opts, &fatal_tx, stopping_rx.clone(), &health).await?;
     let listen = opts.listen.or(node.listen);
     let admin_addr = opts.admin.unwrap_or(node.admin);
     let admin_opts = AdminOptions {
@@ -285,7 +300,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     };
     // Check the admin address before anything is attached.
     admin::check_addr(admin_addr, &admin_opts)?;
-    let health = Arc::new(Health::new(opts.ebpf));
 
     let kernel_side = if opts.ebpf {
         start_kernel(&opts, &node, listen, &health)?
@@ -326,6 +340,26 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut state = views::admin_state(Arc::clone(&table), kernel.clone(), source, models.clone(), &observers);
     state.health = Arc::clone(&health);
+    // Kubernetes mode with the kernel programs: enrolled pods are swept for
+    // connections that bypass the agent.
+    let sweeps = match (&opts.source, &kernel, opts.pinned.interval) {
+        (Source::Kubernetes { .. }, Some(kernel), Some(interval)) if !interval.is_zero() => {
+            Some((Arc::clone(kernel), interval))
+        }
+        _ => None,
+    };
+    if let Some((kernel, interval)) = sweeps {
+        let tally = Arc::new(crate::pinned::tally::Tally::new(interval));
+        state.pinned = Some(Arc::clone(&tally));
+        tasks.spawn(pinned::run(
+            opts.pinned.sweep_config(interval),
+            interval,
+            kernel,
+            models.clone(),
+            tally,
+            stopping_rx,
+        ));
+    }
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {

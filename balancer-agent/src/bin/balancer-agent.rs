@@ -5,7 +5,7 @@
 //! `balancer-agent probe ready|live` is the DaemonSet's readiness and
 //! liveness probe; `balancer-agent mount-cgroup2 DIR` its init step.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use balancer_agent::{
     app::{self, Options, Source},
@@ -121,6 +121,25 @@ struct Args {
     /// route-status Lease lives.
     #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
+
+    /// Kubernetes mode: how often enrolled pods are swept for connections
+    /// that bypass the agent (opened before the pod was enrolled), in
+    /// seconds; 0 turns the sweeps off.
+    #[arg(long, value_name = "SECONDS", env = "BALANCER_PINNED_INTERVAL_SECONDS",
+          default_value_t = app::pinned::DEFAULT_INTERVAL.as_secs())]
+    pinned_interval_seconds: u64,
+
+    /// At most this many such connections are closed per second on the
+    /// node (pods opted in with `balancer.io/reconnect-pinned: enabled`).
+    #[arg(long, value_name = "PER_SECOND", env = "BALANCER_PINNED_CLOSE_RATE",
+          default_value_t = NonZeroU32::new(app::pinned::DEFAULT_CLOSE_RATE).unwrap_or(NonZeroU32::MIN))]
+    pinned_close_rate: NonZeroU32,
+
+    /// Where pods' processes are read, to find their network namespaces:
+    /// the host's /proc (the DaemonSet mounts it at /hostproc; the agent's
+    /// own /proc shows only its own PID namespace).
+    #[arg(long, value_name = "DIR", env = "BALANCER_PROCFS", default_value = "/proc")]
+    procfs: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +228,11 @@ fn main() -> std::process::ExitCode {
         metrics_port: args.metrics_port,
         drain: Duration::from_secs(args.drain_seconds),
         pod_namespace: args.pod_namespace,
+        pinned: app::pinned::PinnedOptions {
+            interval: Some(Duration::from_secs(args.pinned_interval_seconds)).filter(|d| !d.is_zero()),
+            procfs: args.procfs,
+            close_rate: args.pinned_close_rate,
+        },
     };
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

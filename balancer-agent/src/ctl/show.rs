@@ -289,17 +289,48 @@ pub(super) fn pods(client: &AdminClient, out: &mut dyn Write, format: Format) ->
     if format != Format::Table {
         return print_json(out, format, &pods);
     }
-    let mut t = Table::new(&["POD", "IP", "CGROUP ID", "CGROUP"]);
+    let mut t = Table::new(&["POD", "IP", "CGROUP ID", "PINNED", "CLOSED", "CGROUP"]);
     for p in &pods {
+        let (pinned, closed) = pinned_cells(p);
         t.row(vec![
             opt(p.pod.as_ref()),
             opt(p.ip.as_ref()),
             opt(p.cgroup_id),
+            pinned,
+            closed,
             p.cgroup.clone(),
         ]);
     }
     write!(out, "{}", t.render())?;
+    for p in pods.iter().filter(|p| p.pinned_error.is_some()) {
+        writeln!(
+            out,
+            "{}: sweep failed: {}",
+            p.pod.as_ref().unwrap_or(&p.cgroup),
+            p.pinned_error.as_deref().unwrap_or_default()
+        )?;
+    }
     Ok(())
+}
+
+/// PINNED: connections that bypass the agent, left open by the last sweep
+/// (`?`: the sweep could not look; `-`: not swept). CLOSED: those the agent
+/// closed so far (`off`: the pod has not opted in to that).
+fn pinned_cells(p: &api::Pod) -> (String, String) {
+    let swept = p.pinned.is_some() || p.pinned_error.is_some();
+    let pinned = match (p.pinned, &p.pinned_error) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(_)) => "?".to_owned(),
+        (None, None) => "-".to_owned(),
+    };
+    let closed = if !swept {
+        "-".to_owned()
+    } else if p.reconnect_pinned || p.pinned_closed > 0 {
+        p.pinned_closed.to_string()
+    } else {
+        "off".to_owned()
+    };
+    (pinned, closed)
 }
 
 pub(super) fn conns(client: &AdminClient, out: &mut dyn Write, format: Format) -> Result<(), CtlError> {
@@ -380,6 +411,15 @@ pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) 
         writeln!(
             out,
             "No cgroup:  {n} opted-in pods not enrolled (their Events: CgroupNotFound)"
+        )?;
+    }
+    if let Some(p) = &s.pinned {
+        writeln!(
+            out,
+            "Pinned:     {} connections bypass the agent, {} closed (sweeps every {})",
+            p.pinned,
+            p.closed,
+            secs(p.interval_seconds)
         )?;
     }
     writeln!(out, "Uptime:     {}", secs(s.uptime_seconds))?;

@@ -619,6 +619,14 @@ impl Kernel {
         Ok(())
     }
 
+    /// The cgroup ids the enrolled map holds now.
+    pub fn enrolled_ids(&self) -> Result<HashSet<u64>, EbpfError> {
+        self.enrolled
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err("ENROLLED"))
+    }
+
     /// Turns the fast path on or off for connections established from now
     /// on. Off keeps new sockets out of the SOCKHASH altogether.
     pub fn set_fast_path(&mut self, on: bool) -> Result<(), EbpfError> {

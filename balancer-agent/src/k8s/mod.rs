@@ -13,7 +13,13 @@
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
 //!   captures their connections ([`mesh`]). Pods left out get a Warning
-//!   Event ([`enrollment`]).
+//!   Event ([`enrollment`]). An enrolled pod's connections opened before it
+//!   was enrolled are counted by the agent and, opted in with
+//!   [`RECONNECT_PINNED_ANNOTATION`] or its namespace's
+//!   [`RECONNECT_PINNED_LABEL`], closed ([`crate::pinned`]).
+//! - The node: what keeps the agent from serving it (no cgroup v2, another
+//!   connect program first) gets a Warning Event on the Node
+//!   ([`node_events`]).
 //! - Route status: the agent that holds a Lease ([`lease`]) writes the
 //!   GRPCRoutes' `status.parents[]` ([`route_status`]); the others only
 //!   balance.
@@ -23,6 +29,7 @@ pub mod enrollment;
 pub mod grpcroute;
 pub mod lease;
 pub mod mesh;
+pub mod node_events;
 mod report;
 pub mod route_status;
 mod status;
@@ -48,7 +55,8 @@ use tokio::{
 
 use crate::model::Model;
 pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
-pub use report::INVALID_ROUTE_REASON;
+pub use node_events::{FOREIGN_CONNECT_PROGRAM_REASON, NODE_UNSUPPORTED_REASON};
+pub use report::{Events, INVALID_ROUTE_REASON};
 pub use translate::{translate, Snapshot, Translation};
 pub use watch::Kind;
 
@@ -57,6 +65,13 @@ pub use watch::Kind;
 pub const INJECT_ANNOTATION: &str = "balancer.io/inject";
 /// Namespace label that opts every pod of the namespace in (`enabled`).
 pub const INJECT_LABEL: &str = "balancer.io/inject";
+/// Pod annotation that turns on (`"enabled"`) or off (`"disabled"`, which
+/// wins over the namespace) closing the pod's connections that bypass the
+/// agent, so that it re-dials through it (see [`crate::pinned`]).
+pub const RECONNECT_PINNED_ANNOTATION: &str = "balancer.io/reconnect-pinned";
+/// Namespace label (or annotation) that turns it on for every pod of the
+/// namespace (`enabled`).
+pub const RECONNECT_PINNED_LABEL: &str = "balancer.io/reconnect-pinned";
 /// Service annotation choosing the balancing policy: `round-robin`
 /// (default), `least-request` or `peak-ewma`.
 pub const POLICY_ANNOTATION: &str = "balancer.io/policy";
@@ -97,6 +112,14 @@ pub struct K8sOptions {
 }
 
 impl K8sOptions {
+    /// Who the agent's Events say reported them.
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            controller: self.controller.clone(),
+            instance: self.instance.clone().or_else(|| Some(self.node_name.clone())),
+        }
+    }
+
     pub fn new(node_name: impl Into<String>, cgroup_root: impl Into<PathBuf>) -> Self {
         K8sOptions {
             node_name: node_name.into(),
@@ -235,20 +258,11 @@ pub async fn run_until(
         routes,
     };
 
-    let events = report::Events::new(
-        client.clone(),
-        Reporter {
-            controller: opts.controller.clone(),
-            instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
-        },
-    );
-    let election = opts.lease.clone().map(|lease| {
-        let reporter = Reporter {
-            controller: opts.controller.clone(),
-            instance: opts.instance.clone().or_else(|| Some(opts.node_name.clone())),
-        };
-        status::Election::spawn(client, lease, reporter)
-    });
+    let events = report::Events::new(client.clone(), opts.reporter());
+    let election = opts
+        .lease
+        .clone()
+        .map(|lease| status::Election::spawn(client, lease, opts.reporter()));
     let mut stop = std::pin::pin!(stop);
     let mut route_log = report::RouteLog::default();
     let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);

@@ -5,12 +5,23 @@
 //! ([`super::status`]); pods the agent does not enroll are tracked in
 //! [`super::enrollment`].
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as K8sEvent},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{
+    api::PostParams,
     runtime::events::{Event, EventType, Recorder, Reporter},
-    Resource, ResourceExt,
+    Api, Resource, ResourceExt,
 };
 use tracing::Instrument;
 
@@ -24,12 +35,20 @@ pub const INVALID_ROUTE_REASON: &str = "InvalidGRPCRoute";
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
+    /// Makes the names of Events created in one nanosecond differ.
+    seq: Arc<AtomicU64>,
 }
 
 impl Events {
+    /// Events reported by `reporter` (the agent's controller name and pod).
     pub fn new(client: kube::Client, reporter: Reporter) -> Self {
         Events {
-            recorder: Recorder::new(client, reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+            seq: Arc::default(),
         }
     }
 
@@ -45,6 +64,57 @@ impl Events {
         tokio::spawn(
             async move {
                 if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(error = %e, "could not publish an Event (RBAC: create events.events.k8s.io?)");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Creates a Warning Event on the Node object `node` (this agent's
+    /// node), in the namespace `default` as the kubelet's node Events are.
+    /// The reference carries the node's name as its UID, as the kubelet's
+    /// do (`kubectl describe node` finds them; the agent may not read
+    /// Nodes). Each call creates an Event of its own: the recorder behind
+    /// [`Events::pod`] would fold two notes with the same reason on the same
+    /// object into one Event's count, and the callers post each distinct
+    /// problem once.
+    pub fn node(&self, node: &str, reason: &str, note: String, action: &str) {
+        let regarding = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Node".to_owned()),
+            name: Some(node.to_owned()),
+            uid: Some(node.to_owned()),
+            ..ObjectReference::default()
+        };
+        let now = Timestamp::now();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{node}.{:x}.{seq}", now.as_nanosecond())),
+                namespace: Some("default".to_owned()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some("Warning".to_owned()),
+            reason: Some(reason.to_owned()),
+            action: Some(action.to_owned()),
+            note: Some(note),
+            regarding: Some(regarding),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            ..K8sEvent::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), "default");
+        let span = tracing::info_span!("event", node, reason);
+        tokio::spawn(
+            async move {
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
                     tracing::warn!(error = %e, "could not publish an Event (RBAC: create events.events.k8s.io?)");
                 }
             }

@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     mesh::Mesh,
-    INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION,
+    INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL,
 };
 use crate::model::{
     self, Endpoint, EndpointState, Enrolled, Labels, Model, ModelError, PodRef, Policy, Route, RouteMatch, StringMatch,
@@ -83,6 +83,25 @@ pub fn opted_in(pod: &Pod, namespace: Option<&Namespace>) -> bool {
         Some("enabled") => true,
         Some("disabled") => false,
         _ => namespace.is_some_and(|ns| ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")),
+    }
+}
+
+/// Whether `pod`'s connections that bypass the agent are closed so that it
+/// re-dials through it: its annotation `balancer.io/reconnect-pinned` says
+/// `enabled` (or `disabled`, which wins over the namespace), else its
+/// namespace's label of that name, else the namespace's annotation, says
+/// `enabled`.
+pub fn reconnects_pinned(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    match pod.annotations().get(RECONNECT_PINNED_ANNOTATION).map(String::as_str) {
+        Some("enabled") => true,
+        Some("disabled") => false,
+        _ => namespace.is_some_and(|ns| {
+            let value = ns
+                .labels()
+                .get(RECONNECT_PINNED_LABEL)
+                .or_else(|| ns.annotations().get(RECONNECT_PINNED_LABEL));
+            value.map(String::as_str) == Some("enabled")
+        }),
     }
 }
 
@@ -376,7 +395,8 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
     let mut enrolled: Vec<Enrolled> = Vec::new();
     for pod in &snap.pods {
         let ns = pod.namespace().unwrap_or_default();
-        if !running(pod) || !opted_in(pod, namespaces.get(&ns).copied()) {
+        let namespace = namespaces.get(&ns).copied();
+        if !running(pod) || !opted_in(pod, namespace) {
             continue;
         }
         if let Some(mesh) = Mesh::of(pod) {
@@ -389,9 +409,11 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
             continue;
         }
         let who = pod_ref(pod);
+        let reconnect_pinned = reconnects_pinned(pod, namespace);
         enrolled.extend(dirs.into_iter().map(|cgroup| Enrolled {
             cgroup,
             pod: Some(who.clone()),
+            reconnect_pinned,
         }));
     }
     enrolled.sort();

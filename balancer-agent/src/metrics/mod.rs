@@ -20,7 +20,9 @@
 //!
 //! Label sets are bounded: `service` and `endpoint` by the configuration,
 //! `grpc_status` by the 17 gRPC codes plus `reset`/`other`, `program` and
-//! `event` by the kernel programs.
+//! `event` by the kernel programs, `namespace` by the namespaces with
+//! enrolled pods, `reason` by the sweep errors' kinds. No metric is per pod
+//! (pods come and go; `balancerctl pod show` has the per-pod numbers).
 
 mod latency;
 
@@ -70,6 +72,8 @@ pub struct Scrape {
     pub enrolled_pods: u64,
     /// The agent's own conditions.
     pub health: crate::health::Conditions,
+    /// The sweeps for pinned connections, when they run.
+    pub pinned: Option<api::PinnedSweeps>,
 }
 
 /// Renders a scrape as OpenMetrics text.
@@ -119,6 +123,49 @@ fn per_ep<'a, V: Copy>(rows: &'a [((&'a str, String), V)]) -> Vec<(Labels<'a>, V
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The pinned-connection sweeps: open pinned connections per namespace
+/// (sum them for the node), closes, deferrals, errors by reason.
+fn encode_pinned(e: &mut DescriptorEncoder, p: &api::PinnedSweeps) -> std::fmt::Result {
+    gauge(
+        e,
+        "balancer_pinned_connections",
+        "Enrolled pods' connections to a balanced VIP that bypass the agent (opened before the pod was \
+         enrolled), left open by the last sweep, by the pods' namespace.",
+        &p.pinned_by_namespace
+            .iter()
+            .map(|(ns, n)| (vec![("namespace", ns.as_str())], i(*n)))
+            .collect::<Vec<_>>(),
+    )?;
+    counter(
+        e,
+        "balancer_pinned_connections_closed",
+        "Pinned connections the agent closed so that their pod re-dials through it \
+         (balancer.io/reconnect-pinned: enabled).",
+        &[(vec![], p.closed)],
+    )?;
+    counter(
+        e,
+        "balancer_pinned_connections_deferred",
+        "Closes of pinned connections put off to a later sweep by the node-wide rate limit.",
+        &[(vec![], p.deferred)],
+    )?;
+    counter(
+        e,
+        "balancer_pinned_sweeps",
+        "Sweeps of the enrolled pods for pinned connections.",
+        &[(vec![], p.sweeps)],
+    )?;
+    counter(
+        e,
+        "balancer_pinned_sweep_errors",
+        "Pods' sweeps that stopped short, by reason (cgroup_gone, not_visible, permission, close_refused, other).",
+        &p.errors
+            .iter()
+            .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+            .collect::<Vec<_>>(),
+    )
 }
 
 impl Collector for Scrape {
@@ -407,6 +454,9 @@ impl Collector for Scrape {
             "Enrolled pods (cgroups).",
             &[(vec![], i(self.enrolled_pods))],
         )?;
+        if let Some(p) = &self.pinned {
+            encode_pinned(e, p)?;
+        }
         if let Some(missing) = src.pods_cgroup_missing {
             gauge(
                 e,

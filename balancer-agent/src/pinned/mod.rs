@@ -69,7 +69,7 @@
 //! ```yaml
 //! # deploy/daemonset.yaml, container `agent`
 //! env:
-//!   - { name: BALANCER_PROCFS, value: /hostproc }   # proposed flag
+//!   - { name: BALANCER_PROCFS, value: /hostproc }
 //! securityContext:
 //!   capabilities:
 //!     add: ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_PTRACE"]
@@ -80,33 +80,34 @@
 //!   - { name: hostproc, hostPath: { path: /proc, type: Directory } }
 //! ```
 //!
-//! # Wiring (not done here)
+//! # Wiring
+//!
+//! In Kubernetes mode with the kernel programs (`crate::app::pinned`):
 //!
 //! * Opt-in: annotation `balancer.io/reconnect-pinned: enabled` on the pod,
-//!   or the label of the same name on its namespace (as `balancer.io/inject`
-//!   works); the pod's value wins. Without it a pod is still scanned and
-//!   counted, never closed.
-//! * A task every 30 s (configurable) after the enrolled map is written:
-//!   build the [`PodTarget`] list from the enrolled pods (key
-//!   `namespace/name`, the cgroup directory `k8s::cgroup` found, the
-//!   opt-in), the VIP set from the balanced Service ports, and run
-//!   [`Sweeper::sweep`] on a blocking thread
-//!   (`tokio::task::spawn_blocking`, the `Sweeper` moved in and back or held
-//!   in a `Mutex`): it sleeps for rate-limit tokens and does blocking
-//!   netlink I/O.
-//! * Metrics: `balancer_pinned_connections` (gauge, connections to VIPs
-//!   that bypass the agent at the last sweep, node-wide),
-//!   `balancer_pinned_connections_closed` and
-//!   `balancer_pinned_connections_deferred` (counters),
-//!   `balancer_pinned_sweep_errors` (counter, label `reason`: `cgroup_gone`,
-//!   `not_visible`, `permission`, `other`); per-pod counts belong in the
-//!   admin API's pod view rather than in labels.
-//! * Flags: `--procfs` (`BALANCER_PROCFS`, default `/proc`),
-//!   `--pinned-destroy-rate` (default 10/s), `--pinned-interval`.
+//!   or the label (else annotation) of the same name on its namespace; the
+//!   pod's value wins and `disabled` opts out. It reaches the sweep as
+//!   [`crate::model::Enrolled::reconnect_pinned`]. Without it a pod is
+//!   still swept and counted, never closed.
+//! * A task every 30 s (`--pinned-interval-seconds`,
+//!   `BALANCER_PINNED_INTERVAL_SECONDS`; 0: off) sweeps the current model's
+//!   enrolled cgroups for its VIPs on a blocking thread, the `Sweeper` moved
+//!   in and back. A pod's remedy holds only if its cgroup is in the kernel's
+//!   enrolled map at that moment (so its re-dial is redirected).
+//! * Results: [`tally`] per enrolled cgroup (`balancerctl pod show`:
+//!   PINNED, CLOSED; `/api/v1/pods`) and node-wide (`/api/v1/status`,
+//!   metrics `balancer_pinned_connections{namespace}`,
+//!   `balancer_pinned_connections_closed`,
+//!   `balancer_pinned_connections_deferred`, `balancer_pinned_sweeps`,
+//!   `balancer_pinned_sweep_errors{reason}`).
+//! * Flags: `--procfs` (`BALANCER_PROCFS`, default `/proc`; the DaemonSet
+//!   sets `/hostproc`), `--pinned-close-rate` (`BALANCER_PINNED_CLOSE_RATE`,
+//!   default 10/s).
 
 pub mod diag;
 pub mod netns;
 pub mod rate;
+pub mod tally;
 
 use std::{
     collections::HashSet,
@@ -229,6 +230,12 @@ impl<K> PodReport<K> {
     /// Connections left for the next sweep by the rate limit.
     pub fn deferred(&self) -> usize {
         self.count(Action::Deferred)
+    }
+
+    /// Pinned connections still open after this sweep: kept, deferred, or
+    /// refused by the kernel.
+    pub fn open(&self) -> usize {
+        self.count(Action::Kept) + self.count(Action::Deferred) + self.count(Action::Failed)
     }
 
     fn count(&self, action: Action) -> usize {

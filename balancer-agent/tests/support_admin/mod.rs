@@ -183,6 +183,7 @@ pub fn start(kernel: bool) -> Fixture {
             cgroup_id: Some(4242),
             cgroup: "/sys/fs/cgroup/kubepods/pod-client-0".into(),
             ip: Some("10.0.0.2".into()),
+            ..api::Pod::default()
         }]
     });
     state.source = Arc::new(|| api::SourceStatus {

@@ -1,6 +1,7 @@
-//! `greeter-client --target ADDR --calls N [--concurrency C] [--json]`:
-//! N `SayHello` calls over ONE channel (one HTTP/2 connection), counted per
-//! serving backend.
+//! `greeter-client --target ADDR --calls N [--concurrency C |
+//! --interval-ms MS] [--json]`: N `SayHello` calls over ONE channel (one
+//! HTTP/2 connection), counted per serving backend; with `--interval-ms`
+//! one at a time, that far apart.
 
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ struct Args {
     /// Per-call deadline in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// One call at a time, this many milliseconds apart (ignores
+    /// --concurrency).
+    #[arg(long)]
+    interval_ms: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -39,15 +44,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         let channel = greeter::client::connect(&args.target)
             .await
             .with_context(|| format!("cannot connect to {}", args.target))?;
-        anyhow::Ok(
-            greeter::client::say_hello_spread(
-                channel,
-                args.calls,
-                args.concurrency,
-                Duration::from_millis(args.timeout_ms),
-            )
-            .await,
-        )
+        let timeout = Duration::from_millis(args.timeout_ms);
+        anyhow::Ok(match args.interval_ms {
+            Some(ms) => greeter::client::say_hello_paced(channel, args.calls, Duration::from_millis(ms), timeout).await,
+            None => greeter::client::say_hello_spread(channel, args.calls, args.concurrency, timeout).await,
+        })
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&spread)?);
