@@ -286,10 +286,14 @@ fn check_program_types() -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// A program type, its name in messages, and the helpers (with their names)
+/// its programs call.
+type HelpersOf = (ProgramType, &'static str, &'static [(BpfHelper, &'static str)]);
+
 /// Every helper the programs call, by program type: a kernel without one
 /// would reject the program with a verifier log, so say which is missing.
 fn check_helpers() -> Result<(), EbpfError> {
-    let needed: [(ProgramType, &str, &[(BpfHelper, &str)]); 4] = [
+    let needed: [HelpersOf; 4] = [
         (
             ProgramType::CgroupSockAddr,
             "cgroup_sock_addr",

@@ -1,7 +1,7 @@
 //! An admin server on 127.0.0.1:0 with views that hold known values, served
 //! from its own runtime thread, for the admin API and balancerctl tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread, time::Duration};
 
