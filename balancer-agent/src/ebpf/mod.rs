@@ -340,24 +340,13 @@ fn check_helpers() -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// The errno of the first I/O error in `e`'s source chain.
-fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error();
-        }
-        cur = err.source();
-    }
-    None
-}
-
 fn load_error(source: aya::EbpfError) -> EbpfError {
-    match errno_of(&source) {
-        Some(libc::EPERM | libc::EACCES) => EbpfError::NotPermitted {
+    if crate::error::is_permission_denied(&source) {
+        EbpfError::NotPermitted {
             detail: source.to_string(),
-        },
-        _ => EbpfError::Load(source),
+        }
+    } else {
+        EbpfError::Load(source)
     }
 }
 
@@ -817,14 +806,27 @@ mod tests {
 
     #[test]
     fn permission_errors_are_told_by_errno_not_text() {
-        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
-        assert_eq!(errno_of(&denied), Some(libc::EPERM));
+        let failed = |errno| {
+            aya::EbpfError::ProgramError(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_load",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(matches!(
+            load_error(failed(libc::EPERM)),
+            EbpfError::NotPermitted { .. }
+        ));
+        assert!(matches!(
+            load_error(failed(libc::EACCES)),
+            EbpfError::NotPermitted { .. }
+        ));
+        assert!(matches!(load_error(failed(libc::EINVAL)), EbpfError::Load(_)));
+        // The errno stays reachable through the agent's own errors.
         let wrapped = EbpfError::Io {
             what: "x",
             source: std::io::Error::from_raw_os_error(libc::EACCES),
         };
-        assert_eq!(errno_of(&wrapped), Some(libc::EACCES));
-        assert_eq!(errno_of(&EbpfError::StubObject), None);
+        assert_eq!(crate::error::errno_of(&wrapped), Some(libc::EACCES));
     }
 
     #[test]
