@@ -294,16 +294,16 @@ impl KernelView for KernelReader {
         }
     }
 
-    fn programs(&self) -> Result<Vec<api::Program>, String> {
-        KernelReader::programs(self).map_err(|e| e.to_string())
+    fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
+        KernelReader::programs(self)
     }
 
-    fn maps(&self) -> Result<Vec<api::Map>, String> {
-        KernelReader::maps(self).map_err(|e| e.to_string())
+    fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
+        KernelReader::maps(self)
     }
 
-    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String> {
-        self.dump(name).map_err(|e| e.to_string())
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError> {
+        self.dump(name)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use balancer_agent::admin::{
-    api, AdminOptions, AdminServer, AdminState, ConnHandle, ConnMeta, KernelView, Protocol, StreamGuard,
+    api, AdminOptions, AdminServer, AdminState, ConnHandle, ConnMeta, KernelError, KernelView, Protocol, StreamGuard,
 };
 use tokio::sync::oneshot;
 
@@ -94,7 +94,7 @@ impl KernelView for FakeKernel {
         true
     }
 
-    fn programs(&self) -> Result<Vec<api::Program>, String> {
+    fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
         let prog = |id, name: &str, t: &str, redirected| api::Program {
             id,
             name: name.into(),
@@ -115,7 +115,7 @@ impl KernelView for FakeKernel {
         ])
     }
 
-    fn maps(&self) -> Result<Vec<api::Map>, String> {
+    fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
         Ok(vec![
             api::Map {
                 id: 21,
@@ -138,7 +138,7 @@ impl KernelView for FakeKernel {
         ])
     }
 
-    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String> {
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError> {
         Ok((name == "SERVICES").then(|| api::MapDump {
             id: 21,
             name: "SERVICES".into(),
