@@ -27,7 +27,7 @@ fn kernel_err(e: crate::admin::kernel::KernelError) -> CtlError {
     if e.is_permission_denied() {
         CtlError::NotRoot
     } else {
-        CtlError::Kernel(crate::error::Chain(&e).to_string())
+        CtlError::Kernel(e)
     }
 }
 
