@@ -134,7 +134,7 @@ pub fn node_address(host_ips: &[IpAddr]) -> Option<IpAddr> {
 
 async fn start_source(
     opts: &Options,
-    fatal: &watch::Sender<Option<String>>,
+    fatal: &watch::Sender<Option<Arc<crate::k8s::K8sError>>>,
     mut stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
     match &opts.source {
@@ -196,7 +196,7 @@ async fn start_source(
             let k8s_task = tokio::spawn(async move {
                 if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, status_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
-                    fatal.send_replace(Some(e.to_string()));
+                    fatal.send_replace(Some(Arc::new(e)));
                 }
             });
             Ok(Started {
@@ -270,7 +270,7 @@ fn start_kernel(
 async fn run(opts: Options) -> anyhow::Result<()> {
     // A part that cannot go on (Kubernetes discovery without permissions)
     // stops the agent with its error.
-    let (fatal_tx, mut fatal) = watch::channel(None::<String>);
+    let (fatal_tx, mut fatal) = watch::channel(None::<Arc<crate::k8s::K8sError>>);
     let (stopping, stopping_rx) = watch::channel(false);
     let Started {
         node,
@@ -392,9 +392,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
             _ = fatal.changed() => {
-                let e = fatal.borrow().clone().unwrap_or_default();
+                let e = fatal.borrow().clone();
                 proxy.shutdown(Duration::from_secs(1)).await;
-                bail!("{e}");
+                match e {
+                    Some(e) => return Err(e.into()),
+                    None => bail!("the Kubernetes source stopped"),
+                }
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
