@@ -69,25 +69,25 @@ fn judge(status: &api::Status, addr: &str) -> Result<String, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("entering the host's {what} namespace: {source} (needs CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE)")]
+    #[error("entering the host's {what} namespace (needs CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE)")]
     Setns {
         what: &'static str,
         #[source]
         source: nix::Error,
     },
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Create {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting cgroup2 at {path}: {source}")]
+    #[error("mounting cgroup2 at {path}")]
     Mount {
         path: PathBuf,
         #[source]

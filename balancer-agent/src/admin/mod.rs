@@ -55,13 +55,13 @@ pub enum AdminError {
          (use a loopback address, or allow it explicitly with --admin-allow-non-loopback)"
     )]
     NonLoopback(SocketAddr),
-    #[error("admin server: cannot bind {addr}: {source}")]
+    #[error("admin server: cannot bind {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin server: accept failed: {0}")]
+    #[error("admin server: accept failed")]
     Accept(#[source] std::io::Error),
 }
 

@@ -26,6 +26,7 @@ use crate::{
     balance::Table,
     config,
     ebpf::{Kernel, KernelOptions},
+    error::Chain,
     health::Health,
     logging,
     model::Model,
@@ -254,8 +255,9 @@ fn start_kernel(
     let kernel = match loaded {
         Ok(k) => k,
         Err(e) if e.node_unsupported() => {
+            let e = Chain(&e).to_string();
             error!("this node cannot run balancer: {e}; not redirecting (the agent stays up, not ready)");
-            health.set_unsupported(e.to_string());
+            health.set_unsupported(e);
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
@@ -329,7 +331,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {
-            tracing::error!(error = %e, "admin server stopped");
+            tracing::error!(error = %Chain(&e), "admin server stopped");
         }
     });
     let metrics_addr = opts
@@ -345,7 +347,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 .run_metrics_only(metrics_state)
                 .await
             {
-                tracing::error!(error = %e, "metrics listener stopped");
+                tracing::error!(error = %Chain(&e), "metrics listener stopped");
             }
         });
     }
@@ -377,7 +379,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     apply_kernel(kernel, &model, &health, is_synced(&state));
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
-                    warn!(error = %e, "listeners not updated");
+                    warn!(error = %Chain(e.as_ref()), "listeners not updated");
                 }
             }
             _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {
@@ -426,7 +428,7 @@ async fn stop(kernel: Option<&Arc<Mutex<Kernel>>>, proxy: &Proxy, health: &Healt
     if let Some(kernel) = kernel {
         match lock(kernel).stop_redirecting() {
             Ok(()) => {}
-            Err(e) => error!(error = %e, "could not stop redirecting; draining anyway"),
+            Err(e) => error!(error = %Chain(&e), "could not stop redirecting; draining anyway"),
         }
     }
     health.set_draining();
@@ -465,11 +467,11 @@ fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: 
     // being enrolled.
     let services = kernel.set_services(&vips);
     if let Err(e) = &services {
-        warn!(error = %e, "services map not updated");
+        warn!(error = %Chain(e), "services map not updated");
     }
     let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
     if let Err(e) = &enrolled {
-        warn!(error = %e, "enrolled map not updated");
+        warn!(error = %Chain(e), "enrolled map not updated");
     }
     health.set_maps_synced(synced && services.is_ok() && enrolled.is_ok());
 }
@@ -479,7 +481,7 @@ fn check_foreign(kernel: &Mutex<Kernel>, health: &Health) {
     let found = match lock(kernel).foreign_connect_programs() {
         Ok(found) => found,
         Err(e) => {
-            warn!(error = %e, "cannot list the attach cgroup's connect programs");
+            warn!(error = %Chain(&e), "cannot list the attach cgroup's connect programs");
             return;
         }
     };

@@ -77,9 +77,11 @@ pub enum EbpfError {
     #[error("this agent was built with BALANCER_EBPF_STUB=1 and carries no kernel programs; rebuild without BALANCER_EBPF_STUB (needs bpf-linker: `cargo xtask setup`)")]
     StubObject,
     #[error(
-        "not permitted to load eBPF programs ({detail}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+        "not permitted to load eBPF programs (missing {0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     )]
-    NotPermitted { detail: String },
+    MissingCapability(&'static str),
+    #[error("not permitted to load eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
+    NotPermitted(#[source] aya::EbpfError),
     #[error("this kernel does not support {0} programs (balancer needs Linux {KERNEL_FLOOR} or newer with cgroup BPF and sockmap)")]
     UnsupportedProgram(&'static str),
     #[error("this kernel lacks the BPF helper {helper} in {program} programs (balancer needs Linux {KERNEL_FLOOR} or newer)")]
@@ -98,23 +100,23 @@ pub enum EbpfError {
     AttachOutsideHierarchy { attach: PathBuf, hierarchy: PathBuf },
     #[error("the listener {0} must be a concrete IPv4 address the pods can reach (not 0.0.0.0, not IPv6)")]
     BadListener(SocketAddr),
-    #[error("loading the kernel programs: {0}")]
+    #[error("loading the kernel programs")]
     Load(#[source] aya::EbpfError),
     #[error("kernel object has no {0}: the agent and its kernel programs do not match")]
     Missing(&'static str),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -259,14 +261,10 @@ fn check_permissions() -> Result<(), EbpfError> {
     };
     let has = |cap: u64| caps & (1 << cap) != 0;
     if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
-        return Err(EbpfError::NotPermitted {
-            detail: "missing CAP_BPF".into(),
-        });
+        return Err(EbpfError::MissingCapability("CAP_BPF"));
     }
     if !has(CAP_NET_ADMIN) {
-        return Err(EbpfError::NotPermitted {
-            detail: "missing CAP_NET_ADMIN".into(),
-        });
+        return Err(EbpfError::MissingCapability("CAP_NET_ADMIN"));
     }
     Ok(())
 }
@@ -342,9 +340,7 @@ fn check_helpers() -> Result<(), EbpfError> {
 
 fn load_error(source: aya::EbpfError) -> EbpfError {
     if crate::error::is_permission_denied(&source) {
-        EbpfError::NotPermitted {
-            detail: source.to_string(),
-        }
+        EbpfError::NotPermitted(source)
     } else {
         EbpfError::Load(source)
     }
@@ -812,14 +808,8 @@ mod tests {
                 io_error: std::io::Error::from_raw_os_error(errno),
             }))
         };
-        assert!(matches!(
-            load_error(failed(libc::EPERM)),
-            EbpfError::NotPermitted { .. }
-        ));
-        assert!(matches!(
-            load_error(failed(libc::EACCES)),
-            EbpfError::NotPermitted { .. }
-        ));
+        assert!(matches!(load_error(failed(libc::EPERM)), EbpfError::NotPermitted(_)));
+        assert!(matches!(load_error(failed(libc::EACCES)), EbpfError::NotPermitted(_)));
         assert!(matches!(load_error(failed(libc::EINVAL)), EbpfError::Load(_)));
         // The errno stays reachable through the agent's own errors.
         let wrapped = EbpfError::Io {
