@@ -51,7 +51,7 @@ pub enum CgroupError {
          namespace's view); point BALANCER_CGROUP_ROOT at the host's hierarchy root"
     )]
     NotHierarchyRoot(PathBuf),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]

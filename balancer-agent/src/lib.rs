@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod config;
 pub mod ctl;
 pub mod ebpf;
+pub mod error;
 pub mod health;
 pub mod k8s;
 pub mod logging;

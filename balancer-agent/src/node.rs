@@ -11,7 +11,7 @@ use std::{
 
 use nix::{mount::MsFlags, sched::CloneFlags};
 
-use crate::{admin::api, app::bind, cgroup, ctl::client::AdminClient};
+use crate::{admin::api, app::bind, cgroup, ctl::client::AdminClient, error::Chain};
 
 /// What a probe asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,10 +45,12 @@ pub fn probe(
         Probe::Live => match client.get_raw("/healthz") {
             Ok((200, _)) => Ok(format!("alive ({addr})")),
             Ok((status, _)) => Err(format!("not alive: /healthz answered {status} ({addr})")),
-            Err(e) => Err(format!("not alive: {e}")),
+            Err(e) => Err(format!("not alive: {}", Chain(&e))),
         },
         Probe::Ready => {
-            let status: api::Status = client.get("/api/v1/status").map_err(|e| format!("not ready: {e}"))?;
+            let status: api::Status = client
+                .get("/api/v1/status")
+                .map_err(|e| format!("not ready: {}", Chain(&e)))?;
             judge(&status, &addr)
         }
     }
@@ -67,25 +69,25 @@ fn judge(status: &api::Status, addr: &str) -> Result<String, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("entering the host's {what} namespace: {source} (needs CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE)")]
+    #[error("entering the host's {what} namespace (needs CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE)")]
     Setns {
         what: &'static str,
         #[source]
         source: nix::Error,
     },
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Create {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting cgroup2 at {path}: {source}")]
+    #[error("mounting cgroup2 at {path}")]
     Mount {
         path: PathBuf,
         #[source]

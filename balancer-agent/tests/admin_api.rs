@@ -8,7 +8,7 @@ mod support_admin;
 use std::sync::Arc;
 
 use balancer_agent::{
-    admin::{api, AdminError, AdminOptions, AdminServer, AdminState},
+    admin::{api, AdminError, AdminOptions, AdminServer, AdminState, KernelError},
     ctl::{AdminClient, CtlError},
 };
 
@@ -68,13 +68,13 @@ fn not_ready_until_synced_and_attached() {
         fn attached(&self) -> bool {
             false
         }
-        fn programs(&self) -> Result<Vec<api::Program>, String> {
+        fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
             Ok(vec![])
         }
-        fn maps(&self) -> Result<Vec<api::Map>, String> {
+        fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
             Ok(vec![])
         }
-        fn map_dump(&self, _: &str) -> Result<Option<api::MapDump>, String> {
+        fn map_dump(&self, _: &str) -> Result<Option<api::MapDump>, KernelError> {
             Ok(None)
         }
     }
@@ -117,6 +117,55 @@ fn not_ready_until_synced_and_attached() {
     let state = AdminState::new(Arc::new(Vec::new));
     assert!(state.status().ready);
     assert!(!state.status().ebpf);
+}
+
+#[test]
+fn a_kernel_error_is_answered_with_its_cause() {
+    // A kernel that refuses to hand out a map's keys.
+    struct Refusing;
+    impl balancer_agent::admin::KernelView for Refusing {
+        fn attached(&self) -> bool {
+            true
+        }
+        fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
+            Ok(vec![])
+        }
+        fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
+            Ok(vec![])
+        }
+        fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError> {
+            Err(KernelError::ReadMap {
+                map: name.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            })
+        }
+    }
+    let mut state = AdminState::new(Arc::new(Vec::new));
+    state.kernel = Some(Arc::new(Refusing));
+    let rt = rt();
+    let server = rt
+        .block_on(AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &AdminOptions::default(),
+        ))
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        rt.block_on(server.run_until(state, async {
+            let _ = rx.await;
+        }))
+    });
+    let answer = AdminClient::new(&addr.to_string()).get::<api::MapDump>("/api/v1/maps/SERVICES");
+    let _ = tx.send(());
+    t.join().unwrap().unwrap();
+    match answer {
+        Err(CtlError::Api { status: 500, message }) => assert_eq!(
+            message,
+            "reading the keys of map SERVICES: Operation not permitted (os error 1)"
+        ),
+        other => panic!("expected a 500, got {other:?}"),
+    }
 }
 
 #[test]

@@ -246,6 +246,8 @@ fn errors_are_one_line_with_a_nonzero_exit() {
         err.contains(&addr) && err.contains("is balancer-agent running?"),
         "{err}"
     );
+    // The cause, once: the kernel's answer to the connect.
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
 
     let out = ctl(&addr, &["frobnicate"]);
     let err = String::from_utf8_lossy(&out.stderr);

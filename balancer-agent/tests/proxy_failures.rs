@@ -161,6 +161,18 @@ async fn no_endpoint_answers_unavailable_naming_the_service() {
         .expect("answer");
     assert_eq!(a.grpc_status(), Some(14));
     assert!(a.grpc_message().contains("greeter"), "{}", a.grpc_message());
+    // What failed, and the kernel's answer once.
+    assert!(
+        a.grpc_message().contains("connect to 127.0.0.1:"),
+        "{}",
+        a.grpc_message()
+    );
+    assert_eq!(
+        a.grpc_message().matches("Connection refused").count(),
+        1,
+        "{}",
+        a.grpc_message()
+    );
     assert_eq!(p.table.snapshot().services[0].no_endpoint, 2);
 }
 

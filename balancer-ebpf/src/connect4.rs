@@ -87,7 +87,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<Outcome, ()> {
 #[inline(always)]
 fn record(ctx: &SockAddrContext, agent_cgroup: u64, original: Ipv4Endpoint) -> Result<bool, ()> {
     let sa = ctx.sock_addr;
-    if SERVICES.get_ptr(&original).is_none() || !caller_enrolled(agent_cgroup) {
+    if SERVICES.get_ptr(original).is_none() || !caller_enrolled(agent_cgroup) {
         return Ok(false);
     }
     // SAFETY: `sk` is always a valid socket in connect4.
@@ -99,7 +99,7 @@ fn record(ctx: &SockAddrContext, agent_cgroup: u64, original: Ipv4Endpoint) -> R
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No record, no redirect: the agent would refuse the connection.
     ORIG_BY_COOKIE
-        .insert(&cookie, &original, BPF_ANY.into())
+        .insert(cookie, original, BPF_ANY.into())
         .map_err(|_| ())?;
     Ok(true)
 }
@@ -119,7 +119,7 @@ fn caller_enrolled(agent_cgroup: u64) -> bool {
         if id == agent_cgroup {
             return false;
         }
-        if ENROLLED.get_ptr(&id).is_some() {
+        if ENROLLED.get_ptr(id).is_some() {
             enrolled = true;
         }
         level += 1;

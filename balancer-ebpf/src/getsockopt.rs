@@ -55,7 +55,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<Outcome, ()> {
             local: Ipv4Endpoint::new((*sk).src_ip4, port_from_host_u32((*sk).src_port)),
             remote: Ipv4Endpoint::new((*sk).dst_ip4, port_from_be16((*sk).dst_port)),
         };
-        let Some(conn) = CONNECTIONS.get_ptr(&key) else {
+        let Some(conn) = CONNECTIONS.get_ptr(key) else {
             // Not redirected: keep the kernel's own answer (usually ENOENT).
             return Ok(Outcome::Passed);
         };

@@ -36,7 +36,7 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<Outcome, ()> {
     };
     let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
     let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
-    let Some(conn) = CONNECTIONS.get_ptr_mut(&conn_key) else {
+    let Some(conn) = CONNECTIONS.get_ptr_mut(conn_key) else {
         return Ok(Outcome::Passed);
     };
     // SAFETY: a value pointer returned by the lookup; each side writes only

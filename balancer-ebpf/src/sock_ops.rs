@@ -47,12 +47,12 @@ fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
     }
     // SAFETY: helper call with the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(original) = ORIG_BY_COOKIE.get_ptr(&cookie) else {
+    let Some(original) = ORIG_BY_COOKIE.get_ptr(cookie) else {
         return Ok(Outcome::Passed);
     };
     // SAFETY: a value pointer returned by the lookup.
     let original = unsafe { *original };
-    let _ = ORIG_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_BY_COOKIE.remove(cookie);
     let Some(cfg) = config() else {
         return Ok(Outcome::Passed);
     };
@@ -67,7 +67,7 @@ fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
         _pad: 0,
     };
     CONNECTIONS
-        .insert(&own.peer(cfg.agent_netns), &connection, BPF_ANY.into())
+        .insert(own.peer(cfg.agent_netns), connection, BPF_ANY.into())
         .map_err(|_| ())?;
     insert_socket(ctx, own, cfg.fast_path != 0, 0)
 }
@@ -78,7 +78,7 @@ fn on_passive(ctx: &SockOpsContext) -> Result<Outcome, ()> {
         return Ok(Outcome::Passed);
     }
     let own = own_key(ctx);
-    if CONNECTIONS.get_ptr(&own).is_none() {
+    if CONNECTIONS.get_ptr(own).is_none() {
         return Ok(Outcome::Passed);
     }
     let fast_path = config().is_some_and(|cfg| cfg.fast_path != 0);
@@ -129,7 +129,7 @@ fn on_transmit(ctx: &SockOpsContext) {
     let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
     // SAFETY: the context is valid for the program's whole run.
     let data_len = unsafe { (*ctx.ops).skb_len };
-    if let Some(conn) = CONNECTIONS.get_ptr_mut(&conn_key) {
+    if let Some(conn) = CONNECTIONS.get_ptr_mut(conn_key) {
         // SAFETY: a value pointer returned by the lookup; this socket's path
         // field is only written under this socket's lock.
         let path = unsafe {
@@ -155,6 +155,6 @@ fn on_transmit(ctx: &SockOpsContext) {
 
 fn on_state(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE && ctx.family() == AF_INET {
-        let _ = CONNECTIONS.remove(&own_key(ctx));
+        let _ = CONNECTIONS.remove(own_key(ctx));
     }
 }

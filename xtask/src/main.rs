@@ -1,11 +1,13 @@
 //! balancer's project tasks.
 //!
-//! `cargo xtask setup` installs what a bare machine lacks, `cargo xtask test`
-//! runs every test, `cargo xtask demo` shows per-call balancing through the
+//! `cargo xtask setup` installs what a bare machine lacks, `cargo xtask lint`
+//! runs the formatting and clippy gates, `cargo xtask test` runs them and
+//! every test, `cargo xtask demo` shows per-call balancing through the
 //! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx.
 
 mod bench;
 mod demo;
+mod lint;
 mod netns;
 mod setup;
 mod sh;
@@ -22,11 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker,
-    /// the Python test peers. Idempotent.
+    /// Install what is missing: Debian packages, nightly rust-src, rustfmt and
+    /// clippy, bpf-linker, the Python test peers. Idempotent.
     Setup,
-    /// Run setup, build everything and run every test (privileged tests
-    /// included when root).
+    /// Check formatting (rustfmt) and run clippy with warnings denied on every
+    /// crate, the kernel programs included (needs what setup installs).
+    Lint,
+    /// Run setup and the lint gates, build everything and run every test
+    /// (privileged tests included when root).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -43,6 +48,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Lint => lint::run(),
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(args),

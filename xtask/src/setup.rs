@@ -32,7 +32,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     apt(APT_PACKAGES)?;
-    nightly_rust_src()?;
+    rust_components()?;
     bpf_linker()?;
     python_peers()?;
     eprintln!("setup: everything is installed");
@@ -70,13 +70,35 @@ pub fn apt(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     )
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("setup: the nightly toolchain is needed to build the kernel programs (rustup toolchain nightly)")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+/// The rustup components the build and the lint gates use: nightly's
+/// `rust-src` (the kernel programs build `core` from source) and `clippy`
+/// (they are linted with the toolchain that builds them); `rustfmt` and
+/// `clippy` for the toolchain running this task.
+fn rust_components() -> anyhow::Result<()> {
+    let nightly = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context(
+        "setup: the nightly toolchain is needed to build the kernel programs (rustup toolchain nightly)",
+    )?;
+    add_missing_components(&nightly, &["rust-src", "clippy"], Some("nightly"))?;
+    // Without --toolchain, rustup answers for the toolchain that runs cargo
+    // (RUSTUP_TOOLCHAIN, set by its proxy) or the default one.
+    let current = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .context("setup: rustup cannot list the components of the current toolchain")?;
+    add_missing_components(&current, &["rustfmt", "clippy"], None)
+}
+
+/// Adds those of `wanted` that `installed` (rustup's list) lacks.
+fn add_missing_components(installed: &str, wanted: &[&str], toolchain: Option<&str>) -> anyhow::Result<()> {
+    let missing = missing_components(installed, wanted);
+    if missing.is_empty() {
         return Ok(());
     }
-    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    let mut cmd = Command::new("rustup");
+    cmd.args(["component", "add"]).args(&missing);
+    if let Some(t) = toolchain {
+        cmd.args(["--toolchain", t]);
+    }
+    exec(&mut cmd)
 }
 
 fn cargo_bin_dir() -> PathBuf {
@@ -107,6 +129,21 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .env("LLVM_PREFIX", LLVM_PREFIX),
     )
+}
+
+/// Those of `wanted` absent from `installed`, rustup's list of installed
+/// components: one a line, named with their target (`clippy-x86_64-…`) or
+/// without (`rust-src`).
+fn missing_components<'a>(installed: &str, wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|w| {
+            !installed
+                .lines()
+                .any(|l| l == *w || l.strip_prefix(w).is_some_and(|rest| rest.starts_with('-')))
+        })
+        .collect()
 }
 
 /// The virtualenv that holds the Python gRPC peers (grpcio).
@@ -143,4 +180,18 @@ fn python_peers() -> anyhow::Result<()> {
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
             .arg(&requirements),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_components;
+
+    #[test]
+    fn components_match_with_or_without_their_target() {
+        let installed = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n";
+        assert!(missing_components(installed, &["rust-src", "clippy"]).is_empty());
+        assert_eq!(missing_components(installed, &["rustfmt", "clippy"]), vec!["rustfmt"]);
+        // A longer name that starts with the wanted one is another component.
+        assert_eq!(missing_components("rust-srcx\n", &["rust-src"]), vec!["rust-src"]);
+    }
 }

@@ -1,15 +1,19 @@
-//! `cargo xtask test`: setup, a full build (kernel programs included), then
-//! every test. As root the privileged tests must run: a skip is a failure.
+//! `cargo xtask test`: setup, the lint gates (rustfmt, clippy), a full build
+//! (kernel programs included), then every test. As root the privileged tests
+//! must run: a skip is a failure.
 
 use std::process::Command;
 
 use crate::{
-    setup,
+    lint, setup,
     sh::{self, exec},
 };
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
+    // Formatting and clippy first: they fail in seconds where the tests take
+    // minutes.
+    lint::run()?;
     let root = sh::root();
     let privileged = sh::is_root();
     if !privileged {

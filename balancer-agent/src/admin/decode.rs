@@ -11,6 +11,8 @@ use std::{
 
 use balancer_common::{path, Config, Connection, Ipv4Endpoint, Program, ProgramCounters, SockKey};
 
+use crate::cgroup;
+
 /// Reads a plain-integer `#[repr(C)]` value from exactly its bytes.
 fn pod<T: Copy>(b: &[u8]) -> Option<T> {
     if b.len() != std::mem::size_of::<T>() {
@@ -49,8 +51,9 @@ fn path_name(p: u32) -> &'static str {
     }
 }
 
-/// Cgroup ids (directory inode numbers) to their paths under the cgroup v2
-/// mount, found once per dump.
+/// Cgroup ids (directory inode numbers) to their paths under the host's
+/// cgroup v2 hierarchy (else this mount namespace's first cgroup2 mount),
+/// found once per dump.
 #[derive(Debug, Default)]
 pub struct CgroupNames {
     by_id: Option<HashMap<u64, PathBuf>>,
@@ -60,7 +63,8 @@ impl CgroupNames {
     pub fn name(&mut self, id: u64) -> Option<&Path> {
         let map = self.by_id.get_or_insert_with(|| {
             let mut map = HashMap::new();
-            if let Some(root) = cgroup2_mount() {
+            let root = cgroup::host_hierarchy(None).or_else(|_| cgroup::cgroup2_mount());
+            if let Ok(root) = root {
                 walk(&root, 0, &mut map);
             }
             map
@@ -69,28 +73,12 @@ impl CgroupNames {
     }
 }
 
-/// The cgroup v2 mount point, from `/proc/mounts`.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
-}
-
-/// The cgroup id of a cgroup v2 directory (its inode number).
-pub fn cgroup_id(dir: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).ok().map(|m| m.ino())
-}
-
 fn walk(dir: &Path, depth: usize, map: &mut HashMap<u64, PathBuf>) {
     // Bounded: a node has thousands of cgroups at most, a few levels deep.
     if depth > 16 || map.len() > 100_000 {
         return;
     }
-    if let Some(id) = cgroup_id(dir) {
+    if let Ok(id) = cgroup::cgroup_id(dir) {
         map.insert(id, dir.to_path_buf());
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -209,6 +197,19 @@ mod tests {
     fn bytes<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-integer repr(C) value.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn cgroup_ids_are_named_by_their_directory_in_the_host_hierarchy() {
+        let Ok(root) = cgroup::host_hierarchy(None) else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy root visible here");
+            return;
+        };
+        let mut names = CgroupNames::default();
+        let id = cgroup::cgroup_id(&root).expect("the hierarchy root is a cgroup");
+        assert_eq!(names.name(id), Some(root.as_path()));
+        // An id no cgroup has stays unnamed.
+        assert_eq!(names.name(u64::MAX), None);
     }
 
     #[test]

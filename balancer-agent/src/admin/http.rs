@@ -188,14 +188,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
 
 fn kernel(
     state: &AdminState,
-    f: impl FnOnce(&dyn super::KernelView) -> Result<Response<Body>, String>,
+    f: impl FnOnce(&dyn super::KernelView) -> Result<Response<Body>, super::kernel::KernelError>,
 ) -> Response<Body> {
     match &state.kernel {
         None => error(
             StatusCode::CONFLICT,
             "the agent runs without eBPF (--no-ebpf): no kernel programs or maps".into(),
         ),
-        Some(k) => f(k.as_ref()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("kernel: {e}"))),
+        Some(k) => f(k.as_ref())
+            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, crate::error::Chain(&e).to_string())),
     }
 }
 

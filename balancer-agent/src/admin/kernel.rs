@@ -20,23 +20,46 @@ use super::{api, decode, KernelView};
 /// (`bal_connect4`, ...; kernel names are cut at 15 bytes).
 pub const PROGRAM_PREFIXES: [&str; 2] = ["bal_", "balancer_"];
 
+/// Why the kernel's programs or maps could not be read. Every variant keeps
+/// the kernel's answer as its source: [`KernelError::is_permission_denied`]
+/// tells a missing privilege by its errno.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("reading kernel programs and maps needs root (CAP_SYS_ADMIN): {0}")]
-    NotPermitted(String),
-    #[error("kernel: {0}")]
-    Other(String),
+    #[error("listing the kernel's BPF programs")]
+    Programs(#[source] aya::programs::ProgramError),
+    #[error("listing the kernel's BPF maps")]
+    Maps(#[source] aya::maps::MapError),
+    #[error("opening map {map}")]
+    OpenMap {
+        map: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the keys of map {map}")]
+    ReadMap {
+        map: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {file} (the number of CPUs, for per-CPU values)")]
+    Cpus {
+        file: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl KernelError {
-    fn from_display(e: impl std::fmt::Display) -> Self {
-        let s = e.to_string();
-        if s.contains("Operation not permitted") || s.contains("Permission denied") || s.contains("EPERM") {
-            KernelError::NotPermitted(s)
-        } else {
-            KernelError::Other(s)
-        }
+    /// The kernel refused for lack of privileges (`EPERM`/`EACCES`):
+    /// reading other processes' programs and maps needs root
+    /// (CAP_SYS_ADMIN).
+    pub fn is_permission_denied(&self) -> bool {
+        crate::error::is_permission_denied(self)
     }
+}
+
+fn cpus() -> Result<usize, KernelError> {
+    aya::util::nr_cpus().map_err(|(file, source)| KernelError::Cpus { file, source })
 }
 
 /// The short name of a program from its kernel type (the agent loads one of
@@ -98,7 +121,7 @@ impl KernelReader {
     fn infos(&self) -> Result<Vec<ProgramInfo>, KernelError> {
         let mut out = Vec::new();
         for p in loaded_programs() {
-            let p = p.map_err(KernelError::from_display)?;
+            let p = p.map_err(KernelError::Programs)?;
             let keep = match &self.program_ids {
                 Some(ids) => ids.contains(&p.id()),
                 None => p
@@ -157,7 +180,7 @@ impl KernelReader {
         }
         let mut out = Vec::new();
         for m in loaded_maps() {
-            let m = m.map_err(KernelError::from_display)?;
+            let m = m.map_err(KernelError::Maps)?;
             if ids.contains(&m.id()) {
                 out.push(m);
             }
@@ -196,20 +219,26 @@ impl KernelReader {
             return Ok(None);
         };
         let map_name = m.name_as_str().unwrap_or("").to_owned();
-        let fd = m.fd().map_err(KernelError::from_display)?;
+        let fd = m.fd().map_err(|source| KernelError::OpenMap {
+            map: map_name.clone(),
+            source,
+        })?;
         let per_cpu = matches!(
             m.map_type(),
             Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash)
         );
         let value_len = if per_cpu {
-            let cpus = aya::util::nr_cpus().map_err(|(f, e)| KernelError::Other(format!("{f}: {e}")))?;
-            (m.value_size() as usize).div_ceil(8) * 8 * cpus
+            (m.value_size() as usize).div_ceil(8) * 8 * cpus()?
         } else {
             m.value_size() as usize
         };
         let mut cgroups = decode::CgroupNames::default();
         let mut entries = Vec::new();
-        for key in keys(fd.as_fd(), m.key_size() as usize).map_err(KernelError::from_display)? {
+        let keys = keys(fd.as_fd(), m.key_size() as usize).map_err(|source| KernelError::ReadMap {
+            map: map_name.clone(),
+            source,
+        })?;
+        for key in keys {
             let value = match lookup(fd.as_fd(), &key, value_len) {
                 Ok(Some(v)) => v,
                 Ok(None) => continue, // deleted meanwhile
@@ -240,9 +269,11 @@ impl KernelReader {
         else {
             return Ok(BTreeMap::new());
         };
-        let fd = m.fd().map_err(KernelError::from_display)?;
-        let cpus = aya::util::nr_cpus().map_err(|(f, e)| KernelError::Other(format!("{f}: {e}")))?;
-        let len = (m.value_size() as usize).div_ceil(8) * 8 * cpus;
+        let fd = m.fd().map_err(|source| KernelError::OpenMap {
+            map: "COUNTERS".to_owned(),
+            source,
+        })?;
+        let len = (m.value_size() as usize).div_ceil(8) * 8 * cpus()?;
         let mut out = BTreeMap::new();
         for p in balancer_common::Program::ALL {
             let key = (p as u32).to_ne_bytes();
@@ -263,16 +294,16 @@ impl KernelView for KernelReader {
         }
     }
 
-    fn programs(&self) -> Result<Vec<api::Program>, String> {
-        KernelReader::programs(self).map_err(|e| e.to_string())
+    fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
+        KernelReader::programs(self)
     }
 
-    fn maps(&self) -> Result<Vec<api::Map>, String> {
-        KernelReader::maps(self).map_err(|e| e.to_string())
+    fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
+        KernelReader::maps(self)
     }
 
-    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String> {
-        self.dump(name).map_err(|e| e.to_string())
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError> {
+        self.dump(name)
     }
 }
 
@@ -451,5 +482,32 @@ fn attach_type_name(t: u32) -> String {
         21 => "cgroup_getsockopt".into(),
         22 => "cgroup_setsockopt".into(),
         other => format!("attach type {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelError;
+
+    #[test]
+    fn permission_is_told_by_errno_through_the_chain() {
+        let syscall = |errno| aya::sys::SyscallError {
+            call: "bpf_prog_get_next_id",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        };
+        let listing = |errno| KernelError::Programs(aya::programs::ProgramError::SyscallError(syscall(errno)));
+        assert!(listing(libc::EPERM).is_permission_denied());
+        assert!(listing(libc::EACCES).is_permission_denied());
+        assert!(!listing(libc::ENOENT).is_permission_denied());
+        let reading = KernelError::ReadMap {
+            map: "SERVICES".into(),
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(reading.is_permission_denied());
+        // The message names what failed; the kernel's answer is its source.
+        assert_eq!(
+            crate::error::Chain(&reading).to_string(),
+            "reading the keys of map SERVICES: Operation not permitted (os error 1)"
+        );
     }
 }

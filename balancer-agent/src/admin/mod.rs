@@ -30,6 +30,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::TcpListener;
 
 pub use conns::{ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard};
+pub use kernel::KernelError;
 pub use views::{KernelView, PodsView, ServicesView, SourceView};
 
 use crate::{
@@ -55,13 +56,13 @@ pub enum AdminError {
          (use a loopback address, or allow it explicitly with --admin-allow-non-loopback)"
     )]
     NonLoopback(SocketAddr),
-    #[error("admin server: cannot bind {addr}: {source}")]
+    #[error("admin server: cannot bind {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin server: accept failed: {0}")]
+    #[error("admin server: accept failed")]
     Accept(#[source] std::io::Error),
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::api;
+use super::{api, kernel::KernelError};
 use crate::model::Model;
 
 /// The balanced services with their statistics (the balance table).
@@ -62,10 +62,10 @@ where
 pub trait KernelView: Send + Sync + 'static {
     /// Every program is loaded and attached.
     fn attached(&self) -> bool;
-    fn programs(&self) -> Result<Vec<api::Program>, String>;
-    fn maps(&self) -> Result<Vec<api::Map>, String>;
+    fn programs(&self) -> Result<Vec<api::Program>, KernelError>;
+    fn maps(&self) -> Result<Vec<api::Map>, KernelError>;
     /// `Ok(None)` when the agent has no map of that name.
-    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String>;
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError>;
 }
 
 /// A fixed services list (tests, and the agent before its table exists).

@@ -27,6 +27,7 @@ use crate::{
     balance::Table,
     config,
     ebpf::{Kernel, KernelOptions},
+    error::Chain,
     health::Health,
     logging,
     model::Model,
@@ -138,7 +139,7 @@ pub fn node_address(host_ips: &[IpAddr]) -> Option<IpAddr> {
 
 async fn start_source(
     opts: &Options,
-    fatal: &watch::Sender<Option<String>>,
+    fatal: &watch::Sender<Option<Arc<crate::k8s::K8sError>>>,
     mut stopping: watch::Receiver<bool>,
     health: &Health,
 ) -> anyhow::Result<Started> {
@@ -209,7 +210,7 @@ async fn start_source(
                 let node_events = tokio::spawn(node_events);
                 if let Err(e) = crate::k8s::run_until(client, k8s_opts, tx, status_tx, until_stopping).await {
                     // Missing RBAC and the like: one clear line and a restart.
-                    fatal.send_replace(Some(e.to_string()));
+                    fatal.send_replace(Some(Arc::new(e)));
                 }
                 node_events.abort();
             });
@@ -268,8 +269,9 @@ fn start_kernel(
     let kernel = match loaded {
         Ok(k) => k,
         Err(e) if e.node_unsupported() => {
+            let e = Chain(&e).to_string();
             error!("this node cannot run balancer: {e}; not redirecting (the agent stays up, not ready)");
-            health.set_unsupported(e.to_string());
+            health.set_unsupported(e);
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
@@ -284,7 +286,7 @@ fn start_kernel(
 async fn run(opts: Options) -> anyhow::Result<()> {
     // A part that cannot go on (Kubernetes discovery without permissions)
     // stops the agent with its error.
-    let (fatal_tx, mut fatal) = watch::channel(None::<String>);
+    let (fatal_tx, mut fatal) = watch::channel(None::<Arc<crate::k8s::K8sError>>);
     let (stopping, stopping_rx) = watch::channel(false);
     let health = Arc::new(Health::new(opts.ebpf));
     let Started {
@@ -363,7 +365,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let admin_state = state.clone();
     tasks.spawn(async move {
         if let Err(e) = admin_server.run(admin_state).await {
-            tracing::error!(error = %e, "admin server stopped");
+            tracing::error!(error = %Chain(&e), "admin server stopped");
         }
     });
     let metrics_addr = opts
@@ -379,7 +381,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 .run_metrics_only(metrics_state)
                 .await
             {
-                tracing::error!(error = %e, "metrics listener stopped");
+                tracing::error!(error = %Chain(&e), "metrics listener stopped");
             }
         });
     }
@@ -411,7 +413,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     apply_kernel(kernel, &model, &health, is_synced(&state));
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
-                    warn!(error = %e, "listeners not updated");
+                    warn!(error = %Chain(e.as_ref()), "listeners not updated");
                 }
             }
             _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {
@@ -426,9 +428,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
             _ = fatal.changed() => {
-                let e = fatal.borrow().clone().unwrap_or_default();
+                let e = fatal.borrow().clone();
                 proxy.shutdown(Duration::from_secs(1)).await;
-                bail!("{e}");
+                match e {
+                    Some(e) => return Err(e.into()),
+                    None => bail!("the Kubernetes source stopped"),
+                }
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
@@ -457,7 +462,7 @@ async fn stop(kernel: Option<&Arc<Mutex<Kernel>>>, proxy: &Proxy, health: &Healt
     if let Some(kernel) = kernel {
         match lock(kernel).stop_redirecting() {
             Ok(()) => {}
-            Err(e) => error!(error = %e, "could not stop redirecting; draining anyway"),
+            Err(e) => error!(error = %Chain(&e), "could not stop redirecting; draining anyway"),
         }
     }
     health.set_draining();
@@ -496,11 +501,11 @@ fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: 
     // being enrolled.
     let services = kernel.set_services(&vips);
     if let Err(e) = &services {
-        warn!(error = %e, "services map not updated");
+        warn!(error = %Chain(e), "services map not updated");
     }
     let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
     if let Err(e) = &enrolled {
-        warn!(error = %e, "enrolled map not updated");
+        warn!(error = %Chain(e), "enrolled map not updated");
     }
     health.set_maps_synced(synced && services.is_ok() && enrolled.is_ok());
 }
@@ -510,7 +515,7 @@ fn check_foreign(kernel: &Mutex<Kernel>, health: &Health) {
     let found = match lock(kernel).foreign_connect_programs() {
         Ok(found) => found,
         Err(e) => {
-            warn!(error = %e, "cannot list the attach cgroup's connect programs");
+            warn!(error = %Chain(&e), "cannot list the attach cgroup's connect programs");
             return;
         }
     };

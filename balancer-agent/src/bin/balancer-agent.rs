@@ -9,6 +9,7 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use balancer_agent::{
     app::{self, Options, Source},
+    error::Chain,
     node,
 };
 use clap::{Parser, Subcommand};
@@ -193,7 +194,7 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("balancer-agent: {e}");
+                    eprintln!("balancer-agent: {}", Chain(&e));
                     std::process::ExitCode::FAILURE
                 }
             };
@@ -237,7 +238,7 @@ fn main() -> std::process::ExitCode {
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("balancer-agent: {e:#}");
+            eprintln!("balancer-agent: {}", Chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

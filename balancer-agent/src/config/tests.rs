@@ -336,8 +336,19 @@ fn load_reads_the_file_and_names_it() {
     );
 
     let missing = dir.path().join("missing.yaml");
-    let e = load(&missing).unwrap_err().to_string();
-    assert!(e.starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
+    let e = load(&missing).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{e:?}"
+    );
+    // The cause is shown once, after what failed.
+    assert_eq!(
+        crate::error::Chain(&e).to_string(),
+        format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
 }
 
 /// Writes like a careful editor: a temporary file renamed over the old one.

@@ -18,6 +18,7 @@ use tokio::{sync::watch as channel, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{load, parse, ConfigError, Loaded};
+use crate::error::Chain;
 
 /// Reload outcomes, for metrics and the admin server.
 #[derive(Debug, Default)]
@@ -102,10 +103,10 @@ async fn poll(
         let text = match tokio::fs::read(&path).await {
             Ok(t) => t,
             Err(e) => {
-                let e = ConfigError::Read {
+                let e = Chain(&ConfigError::Read {
                     file: file.clone(),
                     source: e,
-                }
+                })
                 .to_string();
                 // A missing file is reported once, not every interval.
                 if read_error.as_ref() != Some(&e) {
@@ -151,9 +152,10 @@ async fn poll(
                 tx.send_replace(Arc::new(loaded));
             }
             Err(e) => {
+                let e = Chain(&e).to_string();
                 warn!(file = %file, error = %e, "config reload refused; the last good config stays in force");
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                stats.set_last_error(Some(e.to_string()));
+                stats.set_last_error(Some(e));
             }
         }
     }

@@ -42,25 +42,22 @@ impl AdminClient {
         let addrs: Vec<SocketAddr> = self
             .addr
             .to_socket_addrs()
-            .map_err(|e| CtlError::BadAddress {
+            .map_err(|source| CtlError::BadAddress {
                 addr: self.addr.clone(),
-                reason: e.to_string(),
+                source,
             })?
             .collect();
         if addrs.is_empty() {
-            return Err(CtlError::BadAddress {
-                addr: self.addr.clone(),
-                reason: "no address".into(),
-            });
+            return Err(CtlError::NoAddress(self.addr.clone()));
         }
         Ok(addrs)
     }
 
     /// `GET path`: the status code and body.
     pub fn get_raw(&self, path: &str) -> Result<(u16, Vec<u8>), CtlError> {
-        let not_running = |e: std::io::Error| CtlError::AgentNotRunning {
+        let not_running = |source: std::io::Error| CtlError::AgentNotRunning {
             addr: self.addr.clone(),
-            reason: e.to_string(),
+            source,
         };
         let mut last = None;
         let mut stream = None;
@@ -88,8 +85,14 @@ impl AdminClient {
         stream
             .take(MAX_BODY)
             .read_to_end(&mut raw)
-            .map_err(|e| CtlError::Protocol(format!("reading the answer from {}: {e}", self.addr)))?;
-        parse_response(&raw).map_err(|e| CtlError::Protocol(format!("answer from {}: {e}", self.addr)))
+            .map_err(|source| CtlError::Read {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        parse_response(&raw).map_err(|reason| CtlError::Malformed {
+            addr: self.addr.clone(),
+            reason,
+        })
     }
 
     /// `GET path` as JSON; a non-2xx answer becomes its `error` message.
@@ -101,8 +104,11 @@ impl AdminClient {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
             return Err(CtlError::Api { status, message: msg });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| CtlError::Protocol(format!("unexpected answer to {path} from {}: {e}", self.addr)))
+        serde_json::from_slice(&body).map_err(|source| CtlError::Decode {
+            path: path.to_owned(),
+            addr: self.addr.clone(),
+            source,
+        })
     }
 }
 

@@ -19,25 +19,54 @@ pub use client::AdminClient;
 /// Default admin address (the agent's default).
 pub const DEFAULT_ADMIN: &str = crate::admin::DEFAULT_ADDR;
 
+/// Why a `balancerctl` command failed. Printed with its sources
+/// ([`crate::error::Chain`]) on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach the agent's admin API at {addr}: {reason} (is balancer-agent running? set --admin or BALANCERCTL_ADMIN)")]
-    AgentNotRunning { addr: String, reason: String },
-    #[error("bad admin address `{addr}`: {reason}")]
-    BadAddress { addr: String, reason: String },
+    #[error(
+        "cannot reach the agent's admin API at {addr} (is balancer-agent running? set --admin or BALANCERCTL_ADMIN)"
+    )]
+    AgentNotRunning {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad admin address `{addr}`")]
+    BadAddress {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad admin address `{0}`: it resolves to no address")]
+    NoAddress(String),
     #[error("agent answered {status}: {message}")]
     Api { status: u16, message: String },
-    #[error("{0}")]
-    Protocol(String),
+    #[error("reading the answer from {addr}")]
+    Read {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed answer from {addr}: {reason}")]
+    Malformed { addr: String, reason: String },
+    #[error("unexpected answer to {path} from {addr}")]
+    Decode {
+        path: String,
+        addr: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the output as JSON")]
+    Encode(#[source] serde_json::Error),
     #[error("--kernel reads the kernel's programs and maps directly and needs root (run as root, or drop --kernel to ask the agent)")]
     NotRoot,
-    #[error("{0}")]
-    Kernel(String),
+    #[error(transparent)]
+    Kernel(crate::admin::KernelError),
     #[error("{0}")]
     NotFound(String),
     #[error("--kernel applies to `prog` and `map` only")]
     KernelOnlyForProgAndMap,
-    #[error("writing the output: {0}")]
+    #[error("writing the output")]
     Output(#[from] std::io::Error),
 }
 
@@ -199,7 +228,7 @@ pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, format: Format, valu
     } else {
         serde_json::to_string(value)
     }
-    .map_err(|e| CtlError::Protocol(e.to_string()))?;
+    .map_err(CtlError::Encode)?;
     writeln!(out, "{s}")?;
     Ok(())
 }
@@ -279,7 +308,7 @@ pub fn main() -> ExitCode {
         // A closed pipe (`balancerctl ... | head`) is not an error.
         Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("balancerctl: {e}");
+            eprintln!("balancerctl: {}", crate::error::Chain(&e));
             ExitCode::FAILURE
         }
     }

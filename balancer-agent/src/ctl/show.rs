@@ -24,9 +24,10 @@ fn kernel_reader() -> Result<KernelReader, CtlError> {
 }
 
 fn kernel_err(e: crate::admin::kernel::KernelError) -> CtlError {
-    match e {
-        crate::admin::kernel::KernelError::NotPermitted(_) => CtlError::NotRoot,
-        other => CtlError::Kernel(other.to_string()),
+    if e.is_permission_denied() {
+        CtlError::NotRoot
+    } else {
+        CtlError::Kernel(e)
     }
 }
 

@@ -77,9 +77,11 @@ pub enum EbpfError {
     #[error("this agent was built with BALANCER_EBPF_STUB=1 and carries no kernel programs; rebuild without BALANCER_EBPF_STUB (needs bpf-linker: `cargo xtask setup`)")]
     StubObject,
     #[error(
-        "not permitted to load eBPF programs ({detail}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+        "not permitted to load eBPF programs (missing {0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     )]
-    NotPermitted { detail: String },
+    MissingCapability(&'static str),
+    #[error("not permitted to load eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
+    NotPermitted(#[source] aya::EbpfError),
     #[error("this kernel does not support {0} programs (balancer needs Linux {KERNEL_FLOOR} or newer with cgroup BPF and sockmap)")]
     UnsupportedProgram(&'static str),
     #[error("this kernel lacks the BPF helper {helper} in {program} programs (balancer needs Linux {KERNEL_FLOOR} or newer)")]
@@ -98,23 +100,23 @@ pub enum EbpfError {
     AttachOutsideHierarchy { attach: PathBuf, hierarchy: PathBuf },
     #[error("the listener {0} must be a concrete IPv4 address the pods can reach (not 0.0.0.0, not IPv6)")]
     BadListener(SocketAddr),
-    #[error("loading the kernel programs: {0}")]
+    #[error("loading the kernel programs")]
     Load(#[source] aya::EbpfError),
     #[error("kernel object has no {0}: the agent and its kernel programs do not match")]
     Missing(&'static str),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -259,14 +261,10 @@ fn check_permissions() -> Result<(), EbpfError> {
     };
     let has = |cap: u64| caps & (1 << cap) != 0;
     if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
-        return Err(EbpfError::NotPermitted {
-            detail: "missing CAP_BPF".into(),
-        });
+        return Err(EbpfError::MissingCapability("CAP_BPF"));
     }
     if !has(CAP_NET_ADMIN) {
-        return Err(EbpfError::NotPermitted {
-            detail: "missing CAP_NET_ADMIN".into(),
-        });
+        return Err(EbpfError::MissingCapability("CAP_NET_ADMIN"));
     }
     Ok(())
 }
@@ -286,10 +284,14 @@ fn check_program_types() -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// A program type, its name in messages, and the helpers (with their names)
+/// its programs call.
+type HelpersOf = (ProgramType, &'static str, &'static [(BpfHelper, &'static str)]);
+
 /// Every helper the programs call, by program type: a kernel without one
 /// would reject the program with a verifier log, so say which is missing.
 fn check_helpers() -> Result<(), EbpfError> {
-    let needed: [(ProgramType, &str, &[(BpfHelper, &str)]); 4] = [
+    let needed: [HelpersOf; 4] = [
         (
             ProgramType::CgroupSockAddr,
             "cgroup_sock_addr",
@@ -336,24 +338,11 @@ fn check_helpers() -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// The errno of the first I/O error in `e`'s source chain.
-fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error();
-        }
-        cur = err.source();
-    }
-    None
-}
-
 fn load_error(source: aya::EbpfError) -> EbpfError {
-    match errno_of(&source) {
-        Some(libc::EPERM | libc::EACCES) => EbpfError::NotPermitted {
-            detail: source.to_string(),
-        },
-        _ => EbpfError::Load(source),
+    if crate::error::is_permission_denied(&source) {
+        EbpfError::NotPermitted(source)
+    } else {
+        EbpfError::Load(source)
     }
 }
 
@@ -821,14 +810,21 @@ mod tests {
 
     #[test]
     fn permission_errors_are_told_by_errno_not_text() {
-        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
-        assert_eq!(errno_of(&denied), Some(libc::EPERM));
+        let failed = |errno| {
+            aya::EbpfError::ProgramError(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_load",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(matches!(load_error(failed(libc::EPERM)), EbpfError::NotPermitted(_)));
+        assert!(matches!(load_error(failed(libc::EACCES)), EbpfError::NotPermitted(_)));
+        assert!(matches!(load_error(failed(libc::EINVAL)), EbpfError::Load(_)));
+        // The errno stays reachable through the agent's own errors.
         let wrapped = EbpfError::Io {
             what: "x",
             source: std::io::Error::from_raw_os_error(libc::EACCES),
         };
-        assert_eq!(errno_of(&wrapped), Some(libc::EACCES));
-        assert_eq!(errno_of(&EbpfError::StubObject), None);
+        assert_eq!(crate::error::errno_of(&wrapped), Some(libc::EACCES));
     }
 
     #[test]

@@ -31,6 +31,8 @@ use k8s_openapi::{
 use kube::{api::PostParams, Api};
 use tokio::{sync::watch, time::Instant};
 
+use crate::error::Chain;
+
 /// The Lease's default name.
 pub const DEFAULT_LEASE_NAME: &str = "balancer-agent-status";
 
@@ -295,12 +297,12 @@ impl Elector {
                 Err(e) if !failing => {
                     failing = true;
                     tracing::warn!(
-                        error = %e,
+                        error = %Chain(e),
                         "cannot take part in the route-status election; balancing goes on, GRPCRoute \
                          status is not written by this agent"
                     );
                 }
-                Err(e) => tracing::debug!(error = %e, "Lease still unavailable"),
+                Err(e) => tracing::debug!(error = %Chain(e), "Lease still unavailable"),
             }
             let was = leading.send_replace(lead);
             match (was, lead) {
@@ -326,7 +328,7 @@ impl Elector {
             match self.release().await {
                 Ok(true) => tracing::info!(lease = %self.opts.name, "Lease released"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "could not release the Lease; it expires on its own"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "could not release the Lease; it expires on its own"),
             }
         }
     }

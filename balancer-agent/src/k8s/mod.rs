@@ -151,7 +151,7 @@ pub enum K8sError {
     },
     #[error("the Kubernetes watchers stopped")]
     WatchersStopped,
-    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG)")]
     Client(#[source] kube::Error),
 }
 

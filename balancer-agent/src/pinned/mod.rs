@@ -279,7 +279,7 @@ impl<K: Eq + Hash + Clone + Debug> Sweeper<K> {
                     error: None,
                 };
                 if let Err(e) = self.sweep_pod(pod, &vips, deadline, &mut scan, &mut report) {
-                    tracing::debug!(pod = ?pod.key, cgroup = %pod.cgroup.display(), error = %e, "pinned-connection sweep");
+                    tracing::debug!(pod = ?pod.key, cgroup = %pod.cgroup.display(), error = %crate::error::Chain(&e), "pinned-connection sweep");
                     report.error = Some(e);
                 }
                 report

@@ -14,7 +14,10 @@ use super::{
     body::{self, PumpError, ReqBody},
     grpc, Ctx,
 };
-use crate::balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot};
+use crate::{
+    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
+    error::Chain,
+};
 
 /// How a call ended, for the latency histogram and the access log.
 #[derive(Debug, Default)]
@@ -216,9 +219,10 @@ pub(crate) async fn run(
         let (mut sender, lease) = match leased {
             Ok(x) => x,
             Err(e) => {
+                let e = Chain(&e).to_string();
                 debug!(endpoint = %ep.address, error = %e, "endpoint unreachable");
                 rec.finish(guard, Outcome::ConnectFailed);
-                last_err = Some(e.to_string());
+                last_err = Some(e.clone());
                 allow_same = false;
                 if attempts >= max_attempts {
                     slot.count_no_endpoint();

@@ -41,6 +41,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::{
     admin::{ConnHandle, ConnMeta, ConnRegistry, Protocol as ConnProtocol},
     balance::{ServiceSlot, Table},
+    error::Chain,
     metrics::Metrics,
     redirect::Redirects,
 };
@@ -97,13 +98,13 @@ impl Default for ProxyOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("HTTP/2 with client: {0}")]
-    Client(h2::Error),
-    #[error("HTTP/2 with endpoint: {0}")]
-    Upstream(h2::Error),
-    #[error("io: {0}")]
+    #[error("HTTP/2 with client")]
+    Client(#[source] h2::Error),
+    #[error("HTTP/2 with endpoint")]
+    Upstream(#[source] h2::Error),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("endpoint: {0}")]
+    #[error(transparent)]
     Pool(#[from] pool::PoolError),
 }
 
@@ -351,7 +352,7 @@ async fn handle_conn(
         Protocol::Http2 => {
             handle.set_protocol(ConnProtocol::H2);
             if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle).await {
-                debug!(error = %e, "client connection ended with an error");
+                debug!(error = %Chain(&e), "client connection ended with an error");
             }
         }
         Protocol::Other => {
@@ -360,7 +361,7 @@ async fn handle_conn(
                 r.leave_fast_path(stream.as_fd());
             }
             if let Err(e) = tcp::proxy(ctx, stream, prefix, &slot).await {
-                debug!(error = %e, "plain TCP connection ended with an error");
+                debug!(error = %Chain(&e), "plain TCP connection ended with an error");
             }
         }
     }

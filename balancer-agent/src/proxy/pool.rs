@@ -63,10 +63,18 @@ impl Default for PoolOptions {
 pub enum PoolError {
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
-    #[error("connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP/2 handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: h2::Error },
+    #[error("connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {addr}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
 }
 
 #[derive(Debug)]

@@ -6,7 +6,6 @@
 //! `status` subresource (get, merge patch, update), with every write
 //! recorded under the name of the client that made it.
 #![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
-#![allow(dead_code, reason = "each test file uses part of the fake")]
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -1,12 +1,12 @@
 //! An admin server on 127.0.0.1:0 with views that hold known values, served
 //! from its own runtime thread, for the admin API and balancerctl tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use balancer_agent::admin::{
-    api, AdminOptions, AdminServer, AdminState, ConnHandle, ConnMeta, KernelView, Protocol, StreamGuard,
+    api, AdminOptions, AdminServer, AdminState, ConnHandle, ConnMeta, KernelError, KernelView, Protocol, StreamGuard,
 };
 use tokio::sync::oneshot;
 
@@ -94,7 +94,7 @@ impl KernelView for FakeKernel {
         true
     }
 
-    fn programs(&self) -> Result<Vec<api::Program>, String> {
+    fn programs(&self) -> Result<Vec<api::Program>, KernelError> {
         let prog = |id, name: &str, t: &str, redirected| api::Program {
             id,
             name: name.into(),
@@ -115,7 +115,7 @@ impl KernelView for FakeKernel {
         ])
     }
 
-    fn maps(&self) -> Result<Vec<api::Map>, String> {
+    fn maps(&self) -> Result<Vec<api::Map>, KernelError> {
         Ok(vec![
             api::Map {
                 id: 21,
@@ -138,7 +138,7 @@ impl KernelView for FakeKernel {
         ])
     }
 
-    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, String> {
+    fn map_dump(&self, name: &str) -> Result<Option<api::MapDump>, KernelError> {
         Ok((name == "SERVICES").then(|| api::MapDump {
             id: 21,
             name: "SERVICES".into(),

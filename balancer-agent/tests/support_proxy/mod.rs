@@ -2,7 +2,7 @@
 //! an h2 client, raw-frame helpers and a proxy on an explicit listener.
 //! Everything listens on 127.0.0.1 ephemeral ports.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
 use std::{
     collections::BTreeMap,
