@@ -25,6 +25,35 @@ struct State {
     shadowing: Vec<String>,
     /// Foreign connect programs that run after balancer's (harmless).
     coexisting: Vec<String>,
+    /// VIP:port pairs that did not fit the SERVICES map.
+    overflow: Option<Overflow>,
+}
+
+/// The SERVICES map is full: these VIP:port pairs are not redirected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overflow {
+    pub capacity: u32,
+    pub vips: Vec<std::net::SocketAddrV4>,
+}
+
+impl Overflow {
+    /// One line naming what does not fit (the first ten VIPs).
+    pub fn describe(&self) -> String {
+        let shown: Vec<String> = self.vips.iter().take(10).map(ToString::to_string).collect();
+        let more = self.vips.len().saturating_sub(shown.len());
+        format!(
+            "{} Service VIP:port pairs do not fit the SERVICES map ({} entries) and are not redirected: {}{}; \
+             restart the agent to size the map for the cluster, or set BALANCER_SERVICES_MAP_SIZE",
+            self.vips.len(),
+            self.capacity,
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    }
 }
 
 /// The agent's conditions. Cheap to share behind an `Arc`.
@@ -42,6 +71,8 @@ pub struct NodeProblems {
     pub unsupported: Option<String>,
     /// Foreign connect programs that run before balancer's.
     pub shadowing: Vec<String>,
+    /// VIPs that do not fit the SERVICES map.
+    pub overflow: Option<String>,
 }
 
 /// What the conditions add up to.
@@ -58,6 +89,8 @@ pub struct Conditions {
     pub draining: bool,
     /// Foreign connect programs that run before balancer's.
     pub shadowing: usize,
+    /// VIP:port pairs that do not fit the SERVICES map.
+    pub overflow: usize,
 }
 
 impl Health {
@@ -86,6 +119,7 @@ impl Health {
         let now = self.with(|s| NodeProblems {
             unsupported: s.unsupported.clone(),
             shadowing: s.shadowing.clone(),
+            overflow: s.overflow.as_ref().map(Overflow::describe),
         });
         self.problems.send_if_modified(|p| {
             let changed = *p != now;
@@ -103,6 +137,20 @@ impl Health {
     /// Whether the kernel maps hold the model last published.
     pub fn set_maps_synced(&self, synced: bool) {
         self.with(|s| s.maps_synced = synced);
+    }
+
+    /// What did not fit the SERVICES map at its last update (`None`:
+    /// everything did); whether that changed.
+    pub fn set_overflow(&self, overflow: Option<Overflow>) -> bool {
+        let changed = self.with(|s| {
+            let changed = s.overflow != overflow;
+            s.overflow = overflow;
+            changed
+        });
+        if changed {
+            self.publish();
+        }
+        changed
     }
 
     /// The agent is stopping: no new connection is redirected to it.
@@ -141,6 +189,9 @@ impl Health {
                      (see the README: Coexistence)"
                 ));
             }
+            if let Some(o) = &s.overflow {
+                lasting_reasons.push(o.describe());
+            }
             if s.draining {
                 passing.push("draining: no new connection is redirected".to_owned());
             } else if s.needs_maps && s.unsupported.is_none() && !s.maps_synced {
@@ -160,6 +211,7 @@ impl Health {
                 unsupported: s.unsupported.is_some(),
                 draining: s.draining,
                 shadowing: s.shadowing.len(),
+                overflow: s.overflow.as_ref().map_or(0, |o| o.vips.len()),
             }
         })
     }
@@ -192,6 +244,28 @@ mod tests {
         );
         h.set_draining();
         assert!(!h.conditions().lasting);
+    }
+
+    #[test]
+    fn vips_that_do_not_fit_are_named_and_the_rest_serves() {
+        let h = Health::new(true);
+        h.set_maps_synced(true);
+        let mut problems = h.problems();
+        let vips: Vec<std::net::SocketAddrV4> = (0..12u8)
+            .map(|i| std::net::SocketAddrV4::new([10, 96, 0, i].into(), 8000))
+            .collect();
+        h.set_overflow(Some(Overflow { capacity: 16, vips }));
+        let c = h.conditions();
+        assert!(c.lasting && c.overflow == 12, "{c:?}");
+        assert!(
+            c.not_ready[0].starts_with("12 Service VIP:port pairs do not fit the SERVICES map (16 entries)")
+                && c.not_ready[0].contains("10.96.0.9:8000 and 2 more"),
+            "{c:?}"
+        );
+        assert!(problems.has_changed().unwrap_or(false));
+        assert!(problems.borrow_and_update().overflow.is_some());
+        h.set_overflow(None);
+        assert!(h.conditions().not_ready.is_empty());
     }
 
     #[test]

@@ -84,6 +84,11 @@ impl Node {
     /// The static configuration: the programs attach at the enrolled pod's
     /// cgroup, which the agent's container cgroup is not below.
     fn config(&self) -> PathBuf {
+        self.config_with(0)
+    }
+
+    /// The same with `extra` more services (VIPs after the greeter's).
+    fn config_with(&self, extra: u8) -> PathBuf {
         let path = self.dir.path().join("balancer.yaml");
         let mut s = format!(
             "listen: {}:15001\nadmin: 127.0.0.1:15000\nattach_cgroup: {}\nenroll:\n  - {}\nservices:\n  - name: greeter\n    vip: {VIP}\n    endpoints:\n",
@@ -93,6 +98,12 @@ impl Node {
         );
         for (_, addr) in BACKENDS {
             s.push_str(&format!("      - {{ address: {addr} }}\n"));
+        }
+        for i in 0..extra {
+            s.push_str(&format!(
+                "  - name: extra-{i}\n    vip: 10.96.9.{i}:8000\n    endpoints:\n      - {{ address: {} }}\n",
+                BACKENDS[0].1
+            ));
         }
         std::fs::write(&path, s).expect("write config");
         path
@@ -471,4 +482,42 @@ fn wait_for_calls_started(agent: &NodeAgent, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("no call reached the agent within {limit:?}; log:\n{}", agent.log());
+}
+
+#[test]
+fn vips_that_do_not_fit_the_services_map_are_named_and_the_rest_is_balanced() {
+    let Some(_serial) = serial_or_skip("vips_that_do_not_fit_the_services_map_are_named_and_the_rest_is_balanced")
+    else {
+        return;
+    };
+    let node = Node::new(1);
+    let mut opts = node.agent_options();
+    opts.config = Some(node.config_with(6));
+    // Seven VIPs, room for four: the greeter's (first in address order)
+    // and three others fit.
+    opts.env.push(("BALANCER_SERVICES_MAP_SIZE".into(), "4".into()));
+    let mut agent = NodeAgent::start(
+        &bin("balancer-agent"),
+        &node.topo.node.netns,
+        &node.topo.agent_cgroup,
+        &opts,
+    )
+    .expect("start");
+    let status = agent.wait(true, Duration::from_secs(20)).expect("settled");
+    assert!(!status.ready, "{status:?}");
+    let reasons = status.not_ready.join("; ");
+    assert!(
+        reasons.contains("3 Service VIP:port pairs do not fit the SERVICES map (4 entries)")
+            && reasons.contains("10.96.9.3:8000, 10.96.9.4:8000, 10.96.9.5:8000"),
+        "{reasons}"
+    );
+    let (_, metrics) = agent.get("/metrics").expect("metrics");
+    assert!(metrics.contains("balancer_services_map_overflow 3"), "{metrics}");
+    // Enrollment went on: the pod's calls to the VIP that fits are
+    // balanced by the agent.
+    let mut client = load(&node.topo.pods[0], 90);
+    let v = client.next_json(Duration::from_secs(60)).expect("client report");
+    assert_eq!(v["errors"], 0, "{v}\n{}", agent.log());
+    assert_eq!(backends(&v).len(), 3, "{v}");
+    assert_eq!(agent.calls().expect("stats").values().sum::<u64>(), 90);
 }

@@ -89,6 +89,8 @@ pub struct Options {
     pub metrics_port: Option<u16>,
     /// How long open calls may run on after SIGTERM.
     pub drain: Duration,
+    /// Entries of the SERVICES map; `None`: sized from the cluster at start.
+    pub services_map_size: Option<u32>,
     /// Kubernetes mode: the agent's namespace, where the route-status Lease
     /// lives. Without it (or `pod_name`) the agent writes no route status.
     pub pod_namespace: Option<String>,
@@ -244,6 +246,7 @@ fn start_kernel(
     node: &config::NodeConfig,
     listen: Option<SocketAddr>,
     health: &Health,
+    services_capacity: u32,
 ) -> anyhow::Result<Option<KernelSide>> {
     let listener_addr = match listen {
         Some(SocketAddr::V4(v4)) => v4,
@@ -265,6 +268,7 @@ fn start_kernel(
         attach_cgroup: opts.attach_cgroup.clone().or(node.attach_cgroup.clone()),
         listener: bound,
         fast_path: node.fast_path,
+        services_capacity,
     });
     let kernel = match loaded {
         Ok(k) => k,
@@ -304,7 +308,18 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     admin::check_addr(admin_addr, &admin_opts)?;
 
     let kernel_side = if opts.ebpf {
-        start_kernel(&opts, &node, listen, &health)?
+        let capacity = match opts.services_map_size {
+            Some(n) => n,
+            None => {
+                // Sized for the cluster: the first full state (bounded wait).
+                let synced = wait_synced(&source, &mut models, &mut fatal, FIRST_SYNC_WAIT).await;
+                let vips: usize = models.borrow().services.iter().map(|s| s.vips.len()).sum();
+                let capacity = crate::ebpf::services_capacity_for(vips);
+                info!(vips, capacity, synced, "services map sized for the cluster");
+                capacity
+            }
+        };
+        start_kernel(&opts, &node, listen, &health, capacity)?
     } else {
         None
     };
@@ -453,6 +468,30 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the agent waits for the cluster's state before it sizes the
+/// kernel maps and attaches (then it goes on with the default size).
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until the source has a complete state (or `limit` passes, or a
+/// fatal error arrives): whether it has.
+async fn wait_synced(
+    source: &Arc<dyn admin::SourceView>,
+    models: &mut watch::Receiver<Arc<Model>>,
+    fatal: &mut watch::Receiver<Option<Arc<crate::k8s::K8sError>>>,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while !source.source().synced {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = models.changed() => {}
+            _ = fatal.changed() => return false,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    true
+}
+
 /// The stop that fails no call: stop redirecting new connects (and make
 /// sure the kernel no longer runs the connect programs), GOAWAY every client
 /// connection and let their calls finish within `drain`, then wait for the
@@ -500,8 +539,21 @@ fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: 
     // Each map on its own: a full services map must not keep pods from
     // being enrolled.
     let services = kernel.set_services(&vips);
-    if let Err(e) = &services {
-        warn!(error = %Chain(e), "services map not updated");
+    match &services {
+        Ok(fill) => {
+            let overflow = (!fill.overflow.is_empty()).then(|| crate::health::Overflow {
+                capacity: fill.capacity,
+                vips: fill.overflow.clone(),
+            });
+            let described = overflow.as_ref().map(crate::health::Overflow::describe);
+            if health.set_overflow(overflow) {
+                match described {
+                    Some(d) => warn!(capacity = fill.capacity, "the services map is full: {d}"),
+                    None => info!(entries = fill.entries, "every VIP fits the services map again"),
+                }
+            }
+        }
+        Err(e) => warn!(error = %Chain(e), "services map not updated"),
     }
     let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
     if let Err(e) = &enrolled {

@@ -113,6 +113,11 @@ struct Args {
     #[arg(long, value_name = "SECONDS", env = "BALANCER_DRAIN_SECONDS", default_value_t = app::DEFAULT_DRAIN.as_secs())]
     drain_seconds: u64,
 
+    /// Entries of the kernel's SERVICES map (VIP:port pairs); default: sized
+    /// for the cluster at start (twice its VIPs, at least 16384).
+    #[arg(long, value_name = "N", env = "BALANCER_SERVICES_MAP_SIZE")]
+    services_map_size: Option<u32>,
+
     /// Kubernetes mode: the agent's own pod (downward API), named in Events
     /// and holding the route-status Lease when it leads.
     #[arg(long, env = "POD_NAME")]
@@ -228,6 +233,7 @@ fn main() -> std::process::ExitCode {
         metrics: args.metrics,
         metrics_port: args.metrics_port,
         drain: Duration::from_secs(args.drain_seconds),
+        services_map_size: args.services_map_size,
         pod_namespace: args.pod_namespace,
         pinned: app::pinned::PinnedOptions {
             interval: Some(Duration::from_secs(args.pinned_interval_seconds)).filter(|d| !d.is_zero()),

@@ -48,7 +48,7 @@ use aya::{
 /// second guard, besides the agent's own cgroup, for the agent's upstream
 /// sockets).
 pub use balancer_common::SKIP_MARK;
-use balancer_common::{Config, Connection, ServiceKey, SockKey};
+use balancer_common::{sizes, Config, Connection, ServiceKey, SockKey};
 pub use balancer_common::{Program, ProgramCounters};
 use query::Hook;
 pub use redirects::KernelRedirects;
@@ -162,6 +162,9 @@ pub struct KernelOptions {
     pub listener: SocketAddrV4,
     /// Whether new connections enter the sk_msg fast path.
     pub fast_path: bool,
+    /// Entries of the SERVICES map (VIP:port pairs): sized from the cluster
+    /// at start (see [`services_capacity_for`]).
+    pub services_capacity: u32,
 }
 
 impl KernelOptions {
@@ -172,8 +175,30 @@ impl KernelOptions {
             attach_cgroup: None,
             listener,
             fast_path: true,
+            services_capacity: sizes::SERVICES,
         }
     }
+}
+
+/// The SERVICES map's size for `vips` VIP:port pairs: room for the cluster
+/// to double before it fills, never below the default, at most 2^22.
+pub fn services_capacity_for(vips: usize) -> u32 {
+    let wanted = vips.saturating_mul(2).checked_next_power_of_two().unwrap_or(usize::MAX);
+    u32::try_from(wanted)
+        .unwrap_or(u32::MAX)
+        .clamp(sizes::SERVICES, 1 << 22)
+}
+
+/// What the SERVICES map holds after an update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicesFill {
+    /// VIP:port pairs in the map.
+    pub entries: usize,
+    /// The map's size.
+    pub capacity: u32,
+    /// VIP:port pairs of the model that did not fit (the map is full):
+    /// their connections are not redirected.
+    pub overflow: Vec<SocketAddrV4>,
 }
 
 /// Summed per-CPU counters of each program.
@@ -224,6 +249,10 @@ pub struct Kernel {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     services: HashMap<MapData, ServiceKey, u32>,
+    /// What SERVICES holds (only the agent writes it): updates are diffs,
+    /// never a walk of the map.
+    services_present: HashSet<ServiceKey>,
+    services_capacity: u32,
     enrolled: HashMap<MapData, u64, u32>,
     counters: PerCpuArray<MapData, ProgramCounters>,
     sockets: SockHash<MapData, SockKey>,
@@ -384,6 +413,7 @@ impl Kernel {
         if std::env::var_os(VERIFIER_LOG_ENV).is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
+        loader.map_max_entries("SERVICES", opts.services_capacity);
         let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(EbpfError::Missing(name));
         let mut config: Array<MapData, Config> =
@@ -481,6 +511,8 @@ impl Kernel {
             own,
             connect_links,
             connect_ids,
+            services_present: HashSet::new(),
+            services_capacity: opts.services_capacity,
         })
     }
 
@@ -545,9 +577,12 @@ impl Kernel {
         self.sockets.keys().filter(Result::is_ok).count()
     }
 
-    /// Makes the services map hold exactly `vips` (IPv4 only; IPv6 entries
-    /// are logged and ignored).
-    pub fn set_services(&mut self, vips: &[SocketAddr]) -> Result<(), EbpfError> {
+    /// Makes the services map hold `vips` (IPv4 only; IPv6 entries are
+    /// logged and ignored), as far as it has room: stale entries go first,
+    /// then new ones are added in address order until the map is full; what
+    /// does not fit is reported (and tried again at the next update), and
+    /// every entry that fits works.
+    pub fn set_services(&mut self, vips: &[SocketAddr]) -> Result<ServicesFill, EbpfError> {
         let mut wanted = HashSet::new();
         for vip in vips {
             match vip {
@@ -559,22 +594,41 @@ impl Kernel {
                 }
             }
         }
-        let present: HashSet<ServiceKey> = self
-            .services
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err("SERVICES"))?;
-        for key in present.iter().filter(|k| !wanted.contains(*k)) {
-            match self.services.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+        let stale: Vec<ServiceKey> = self.services_present.difference(&wanted).copied().collect();
+        for key in stale {
+            match self.services.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    self.services_present.remove(&key);
+                }
                 Err(e) => return Err(map_err("SERVICES")(e)),
             }
         }
-        for key in wanted.iter().filter(|k| !present.contains(k)) {
-            self.services.insert(key, 0, 0).map_err(map_err("SERVICES"))?;
+        let mut new: Vec<ServiceKey> = wanted.difference(&self.services_present).copied().collect();
+        new.sort_by_key(|k| sockopt::socket_addr(*k));
+        let mut overflow = Vec::new();
+        for key in new {
+            if !overflow.is_empty() {
+                overflow.push(sockopt::socket_addr(key));
+                continue;
+            }
+            match self.services.insert(key, 0, 0) {
+                Ok(()) => {
+                    self.services_present.insert(key);
+                }
+                Err(e) if crate::error::errno_of(&e) == Some(libc::E2BIG) => overflow.push(sockopt::socket_addr(key)),
+                Err(e) => return Err(map_err("SERVICES")(e)),
+            }
         }
-        tracing::debug!(services = wanted.len(), "services map synced");
-        Ok(())
+        tracing::debug!(
+            services = self.services_present.len(),
+            overflow = overflow.len(),
+            "services map synced"
+        );
+        Ok(ServicesFill {
+            entries: self.services_present.len(),
+            capacity: self.services_capacity,
+            overflow,
+        })
     }
 
     /// Makes the enrolled map hold exactly the cgroups `cgroup_dirs` (by
@@ -825,6 +879,15 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::EACCES),
         };
         assert_eq!(crate::error::errno_of(&wrapped), Some(libc::EACCES));
+    }
+
+    #[test]
+    fn the_services_map_is_sized_for_twice_the_cluster() {
+        assert_eq!(services_capacity_for(0), sizes::SERVICES);
+        assert_eq!(services_capacity_for(5_000), sizes::SERVICES);
+        assert_eq!(services_capacity_for(10_000), 32_768);
+        assert_eq!(services_capacity_for(50_000), 131_072);
+        assert_eq!(services_capacity_for(usize::MAX), 1 << 22);
     }
 
     #[test]

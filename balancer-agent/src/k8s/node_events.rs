@@ -2,7 +2,8 @@
 //! node until an operator acts: the node cannot run balancer (no cgroup v2,
 //! an old kernel: [`NODE_UNSUPPORTED_REASON`]), or another connect program
 //! runs before balancer's and rewrites Service VIPs first
-//! ([`FOREIGN_CONNECT_PROGRAM_REASON`], one Event per such program).
+//! ([`FOREIGN_CONNECT_PROGRAM_REASON`], one Event per such program), or the
+//! SERVICES map cannot hold every VIP ([`SERVICES_MAP_FULL_REASON`]).
 //!
 //! The agent's main loop finds these ([`crate::health::Health`]) and
 //! publishes them on a watch channel; each distinct problem is posted once,
@@ -18,6 +19,8 @@ use crate::health::NodeProblems;
 
 /// The Event reason on a Node that cannot run balancer.
 pub const NODE_UNSUPPORTED_REASON: &str = "NodeUnsupported";
+/// The Event reason on a Node whose SERVICES map cannot hold every VIP.
+pub const SERVICES_MAP_FULL_REASON: &str = "ServicesMapFull";
 /// The Event reason on a Node where another connect program runs first.
 pub const FOREIGN_CONNECT_PROGRAM_REASON: &str = "ForeignConnectProgram";
 
@@ -45,6 +48,9 @@ pub fn notices(problems: &NodeProblems) -> Vec<(&'static str, String)> {
                  socketLB.hostNamespaceOnly=true)."
             ),
         ));
+    }
+    if let Some(overflow) = &problems.overflow {
+        out.push((SERVICES_MAP_FULL_REASON, overflow.clone()));
     }
     for (_, note) in &mut out {
         truncate(note);
@@ -90,6 +96,7 @@ mod tests {
         let n = notices(&NodeProblems {
             unsupported: Some("no cgroup v2 hierarchy".into()),
             shadowing: vec!["connect4 program a (id 1)".into(), "connect6 program b (id 2)".into()],
+            overflow: None,
         });
         let reasons: Vec<&str> = n.iter().map(|(r, _)| *r).collect();
         assert_eq!(
@@ -105,6 +112,7 @@ mod tests {
         let long = notices(&NodeProblems {
             unsupported: Some("é".repeat(1000)),
             shadowing: vec![],
+            overflow: None,
         });
         assert!(long[0].1.len() <= NOTE_MAX && long[0].1.ends_with("..."));
     }

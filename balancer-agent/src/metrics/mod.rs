@@ -352,6 +352,13 @@ impl Collector for Scrape {
         )?;
         gauge(
             e,
+            "balancer_services_map_overflow",
+            "Service VIP:port pairs that do not fit the kernel's SERVICES map: their connections are not \
+             redirected (see balancerctl status).",
+            &[(vec![], self.health.overflow as i64)],
+        )?;
+        gauge(
+            e,
             "balancer_foreign_connect_programs",
             "Other programs on the connect hooks of the attach cgroup, by whether they run before balancer's \
              (then they rewrite Service VIPs first and nothing is redirected).",

@@ -59,10 +59,9 @@ fn main() {
 
 fn start(args: &Args) -> anyhow::Result<(Kernel, TcpListener)> {
     let opts = KernelOptions {
-        hierarchy: None,
         attach_cgroup: Some(args.attach_cgroup.clone()),
-        listener: args.listen,
         fast_path: args.fast_path == "on",
+        ..KernelOptions::new(args.listen)
     };
     let mut kernel = Kernel::load(&opts)?;
     let vips: Vec<SocketAddr> = args.service.iter().map(|s| SocketAddr::V4(*s)).collect();
