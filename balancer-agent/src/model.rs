@@ -7,11 +7,13 @@
 //! with [`Model::validate`].
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -20,9 +22,14 @@ use serde::{Deserialize, Serialize};
 pub type Labels = BTreeMap<String, String>;
 
 /// The whole balanced state.
+///
+/// Services are shared (`Arc`): a new model keeps the `Arc` of every service
+/// that did not change, so consumers find what changed by pointer
+/// ([`diff`]) instead of comparing the whole cluster. Producers keep them
+/// sorted by name ([`Model::sort`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// cgroup v2 directories whose processes are redirected by the kernel
     /// programs (static `enroll:`; in Kubernetes the enrolled pods' cgroups,
     /// each with its pod).
@@ -133,19 +140,20 @@ impl FromStr for Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    pub labels: Labels,
+    /// Shared: the endpoints of one Service have one label set.
+    pub labels: Arc<Labels>,
     pub state: EndpointState,
     /// Locality hints (EndpointSlice `zone` / `nodeName`), kept for display
-    /// and future locality-aware picking.
-    pub zone: Option<String>,
-    pub node: Option<String>,
+    /// and future locality-aware picking; shared strings.
+    pub zone: Option<Arc<str>>,
+    pub node: Option<Arc<str>>,
 }
 
 impl Endpoint {
     pub fn ready(address: SocketAddr, labels: Labels) -> Self {
         Endpoint {
             address,
-            labels,
+            labels: Arc::new(labels),
             state: EndpointState::Ready,
             zone: None,
             node: None,
@@ -217,7 +225,7 @@ pub struct Backend {
     pub weight: u32,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
     #[error("unknown policy `{0}` (expected one of round-robin, least-request, peak-ewma)")]
     UnknownPolicy(String),
@@ -302,17 +310,94 @@ impl Model {
 
     /// The service a VIP belongs to.
     pub fn service_by_vip(&self, vip: SocketAddr) -> Option<&Service> {
-        self.services.iter().find(|s| s.vips.contains(&vip))
+        self.services.iter().find(|s| s.vips.contains(&vip)).map(|s| &**s)
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.name == name)
+        self.services.iter().find(|s| s.name == name).map(|s| &**s)
+    }
+
+    /// Sorts the services by name, the order [`diff`] walks them in.
+    pub fn sort(&mut self) {
+        self.services.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The enrolled cgroup directories (what the kernel map holds).
     pub fn enrolled_cgroups(&self) -> Vec<PathBuf> {
         self.enrolled.iter().map(|e| e.cgroup.clone()).collect()
     }
+}
+
+/// What changed for one service between two models.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    Added(&'a Arc<Service>),
+    Removed(&'a Arc<Service>),
+    /// The same name, another `Arc` (its content may still be equal).
+    Changed {
+        old: &'a Arc<Service>,
+        new: &'a Arc<Service>,
+    },
+}
+
+/// The services that differ between `old` and `new`, by name, skipping
+/// those whose `Arc` both share. Lists sorted by name ([`Model::sort`]) are
+/// walked side by side, without hashing; other lists are compared through a
+/// map by name.
+pub fn diff<'a>(old: &'a [Arc<Service>], new: &'a [Arc<Service>]) -> Vec<Change<'a>> {
+    let sorted = |l: &[Arc<Service>]| l.windows(2).all(|w| w[0].name < w[1].name);
+    if !(sorted(old) && sorted(new)) {
+        return diff_unsorted(old, new);
+    }
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let order = match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => Ordering::Equal,
+            (Some(o), Some(n)) => o.name.cmp(&n.name),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                out.push(Change::Removed(&old[i]));
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(Change::Added(&new[j]));
+                j += 1;
+            }
+            Ordering::Equal => {
+                if !Arc::ptr_eq(&old[i], &new[j]) {
+                    out.push(Change::Changed {
+                        old: &old[i],
+                        new: &new[j],
+                    });
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+fn diff_unsorted<'a>(old: &'a [Arc<Service>], new: &'a [Arc<Service>]) -> Vec<Change<'a>> {
+    let before: HashMap<&str, &Arc<Service>> = old.iter().map(|s| (s.name.as_str(), s)).collect();
+    let after: HashSet<&str> = new.iter().map(|s| s.name.as_str()).collect();
+    let mut out: Vec<Change<'a>> = old
+        .iter()
+        .filter(|s| !after.contains(s.name.as_str()))
+        .map(Change::Removed)
+        .collect();
+    for n in new {
+        match before.get(n.name.as_str()) {
+            None => out.push(Change::Added(n)),
+            Some(o) if !Arc::ptr_eq(o, n) => out.push(Change::Changed { old: o, new: n }),
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 impl Route {
@@ -382,7 +467,7 @@ mod tests {
     #[test]
     fn duplicate_vips_are_refused() {
         let m = Model {
-            services: vec![svc("a", "10.0.0.1:80"), svc("b", "10.0.0.1:80")],
+            services: vec![Arc::new(svc("a", "10.0.0.1:80")), Arc::new(svc("b", "10.0.0.1:80"))],
             enrolled: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::DuplicateVip { .. })));
@@ -400,7 +485,7 @@ mod tests {
             }],
         });
         let m = Model {
-            services: vec![s.clone()],
+            services: vec![Arc::new(s.clone())],
             enrolled: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
@@ -411,9 +496,39 @@ mod tests {
             ..RouteMatch::default()
         });
         let m = Model {
-            services: vec![s],
+            services: vec![Arc::new(s)],
             enrolled: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
+    }
+
+    fn names(changes: &[Change<'_>]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Added(s) => format!("+{}", s.name),
+                Change::Removed(s) => format!("-{}", s.name),
+                Change::Changed { new, .. } => format!("~{}", new.name),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn diff_names_what_was_added_removed_and_replaced_and_skips_shared_services() {
+        let a = Arc::new(svc("a", "10.0.0.1:80"));
+        let b = Arc::new(svc("b", "10.0.0.2:80"));
+        let c = Arc::new(svc("c", "10.0.0.3:80"));
+        let b2 = Arc::new(svc("b", "10.0.0.9:80"));
+        let d = Arc::new(svc("d", "10.0.0.4:80"));
+        let old = vec![Arc::clone(&a), Arc::clone(&b), Arc::clone(&c)];
+        let new = vec![Arc::clone(&b2), Arc::clone(&c), Arc::clone(&d)];
+        assert_eq!(names(&diff(&old, &new)), ["-a", "~b", "+d"]);
+        assert!(diff(&old, &old.clone()).is_empty());
+        // Unsorted lists give the same answer.
+        let old_unsorted = vec![Arc::clone(&c), Arc::clone(&a), Arc::clone(&b)];
+        let new_unsorted = vec![Arc::clone(&d), Arc::clone(&b2), Arc::clone(&c)];
+        let mut got = names(&diff(&old_unsorted, &new_unsorted));
+        got.sort();
+        assert_eq!(got, ["+d", "-a", "~b"]);
     }
 }

@@ -840,3 +840,122 @@ fn reconnecting_pinned_connections_is_opted_in_by_pod_or_namespace_and_the_pod_w
         );
     }
 }
+
+/// A small deterministic generator for the incremental test.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn incremental_translation_matches_a_fresh_one_after_every_change() {
+    use balancer_agent::k8s::translator::{key_of, Translator};
+    use std::collections::BTreeMap;
+
+    // Services s0..s7 (s6 and s7 share s0's VIP pool: duplicate VIPs come
+    // and go), slices, and a route over s0 with s1 and s2 as backends.
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let vip = |i: usize| format!("10.96.0.{}", 10 + i % 6);
+    let mut services: BTreeMap<String, Arc<Service>> = BTreeMap::new();
+    let mut slices: BTreeMap<String, Arc<EndpointSlice>> = BTreeMap::new();
+    let mut routes: Vec<Arc<GrpcRoute>> = Vec::new();
+    let route = grpcroute(
+        "split",
+        split(
+            "s0",
+            json!([{ "name": "s1", "port": 8000, "weight": 3 }, { "name": "s2", "port": 8000, "weight": 1 }]),
+        ),
+    );
+    let mut tr = Translator::default();
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut previous = tr.services();
+    for step in 0..400 {
+        let i = rng.below(names.len());
+        let name = &names[i];
+        let what = rng.below(7);
+        match what {
+            0 => {
+                let s = grpc_service(name, &vip(i + rng.below(2)));
+                services.insert(name.clone(), Arc::clone(&s));
+                tr.service_applied(s);
+            }
+            1 => {
+                if let Some(s) = services.remove(name) {
+                    tr.service_deleted(&key_of(s.as_ref()));
+                }
+            }
+            2 | 3 => {
+                let suffix = ["a", "b"][rng.below(2)];
+                let eps: Vec<(String, bool, bool, bool)> = (0..1 + rng.below(3))
+                    .map(|_| {
+                        (
+                            format!("10.1.{i}.{}", rng.below(5)),
+                            rng.below(4) > 0,
+                            true,
+                            rng.below(3) == 0,
+                        )
+                    })
+                    .collect();
+                let eps: Vec<(&str, bool, bool, bool)> =
+                    eps.iter().map(|(a, r, s, t)| (a.as_str(), *r, *s, *t)).collect();
+                let s = slice(name, suffix, &eps);
+                slices.insert(s.name_any(), Arc::clone(&s));
+                tr.slice_applied(s);
+            }
+            4 => {
+                let key = format!("{name}-{}", ["a", "b"][rng.below(2)]);
+                if let Some(s) = slices.remove(&key) {
+                    tr.slice_deleted(&key_of(s.as_ref()));
+                }
+            }
+            5 => {
+                routes = if routes.is_empty() {
+                    vec![Arc::clone(&route)]
+                } else {
+                    Vec::new()
+                };
+                tr.routes_replaced(routes.clone());
+            }
+            _ => {
+                // A no-op resync: nothing may change.
+                tr.services_replaced(services.values().cloned().collect());
+                tr.slices_replaced(slices.values().cloned().collect());
+            }
+        }
+        tr.flush();
+        let now = tr.services();
+        let fresh = translate(
+            &Snapshot {
+                services: services.values().cloned().collect(),
+                endpoint_slices: slices.values().cloned().collect(),
+                routes: routes.clone(),
+                ..Snapshot::default()
+            },
+            no_cgroups,
+        );
+        let mut expected = fresh.model.services.clone();
+        expected.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(now, expected, "step {step}: change {what} of {name}");
+        let mut dropped: Vec<String> = tr.dropped().into_iter().map(|(n, e)| format!("{n}: {e}")).collect();
+        let mut fresh_dropped: Vec<String> = fresh.dropped.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+        dropped.sort();
+        fresh_dropped.sort();
+        assert_eq!(dropped, fresh_dropped, "step {step}");
+        // What the change did not touch keeps its Arc.
+        let touched = |s: &str| s == format!("demo/{name}") || (!routes.is_empty() || what == 5) && s == "demo/s0";
+        for old in &previous {
+            if let Some(new) = now.iter().find(|n| n.name == old.name) {
+                if !touched(&old.name) && **old == **new {
+                    assert!(Arc::ptr_eq(old, new), "step {step}: {} was rebuilt", old.name);
+                }
+            }
+        }
+        previous = now;
+    }
+}

@@ -129,7 +129,7 @@ async fn draining_endpoints_take_no_new_calls() {
     let p = proxy(&m, fast_opts()).await;
     let c = client(p.addr).await;
     assert_eq!(spread(&c, 5).await.get("a"), Some(&5));
-    m.services[0].endpoints[0].state = EndpointState::Draining;
+    std::sync::Arc::make_mut(&mut m.services[0]).endpoints[0].state = EndpointState::Draining;
     p.table.update(&m);
     let a = within("call", call(&c, request(SAY_HELLO), b"x"))
         .await

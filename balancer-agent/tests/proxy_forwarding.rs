@@ -87,18 +87,18 @@ async fn weights_change_live_on_an_open_connection() {
     let v1 = endpoint("v1", Behavior::Echo).await;
     let v2 = endpoint("v2", Behavior::Echo).await;
     let mut m = model(&[(&v1, "v1"), (&v2, "v2")], Policy::RoundRobin);
-    m.services[0].routes = vec![split_route(90, 10)];
+    std::sync::Arc::make_mut(&mut m.services[0]).routes = vec![split_route(90, 10)];
     let p = proxy(&m, fast_opts()).await;
     let c = client(p.addr).await;
     let s = spread(&c, 200).await;
     assert_eq!((s.get("v1"), s.get("v2")), (Some(&180), Some(&20)), "{s:?}");
 
-    m.services[0].routes = vec![split_route(0, 100)];
+    std::sync::Arc::make_mut(&mut m.services[0]).routes = vec![split_route(0, 100)];
     p.table.update(&m);
     let s = spread(&c, 50).await;
     assert_eq!(s.get("v2"), Some(&50), "{s:?}");
 
-    m.services[0].routes = vec![split_route(50, 50)];
+    std::sync::Arc::make_mut(&mut m.services[0]).routes = vec![split_route(50, 50)];
     p.table.update(&m);
     let s = spread(&c, 100).await;
     assert_eq!((s.get("v1"), s.get("v2")), (Some(&50), Some(&50)), "{s:?}");

@@ -17,6 +17,7 @@ kept in the repository.
 
 import argparse
 import concurrent.futures
+import datetime
 import hashlib
 import json
 import os
@@ -287,7 +288,7 @@ def case_cancel(ch):
 
 def case_spread(ch, n, concurrency):
     stub = hw_grpc.GreeterStub(ch)
-    counts, errors = {}, {}
+    counts, errors, details = {}, {}, []
     lock = threading.Lock()
 
     def one(i):
@@ -298,10 +299,13 @@ def case_spread(ch, n, concurrency):
         except grpc.RpcError as e:
             with lock:
                 errors[code_name(e)] = errors.get(code_name(e), 0) + 1
+                if len(details) < 5:  # what the first failures said
+                    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S.%f")
+                    details.append("%s at %s: %s" % (code_name(e), stamp, e.details()))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(n)))
-    return {"backends": counts, "errors": errors}
+    return {"backends": counts, "errors": errors, "details": details}
 
 
 def client(args):

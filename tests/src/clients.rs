@@ -115,8 +115,8 @@ impl GrpcioLoad {
         r[&self.case].take()
     }
 
-    /// Waits for a load's report: (calls per backend, failed calls per code).
-    pub fn finish(self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    /// Waits for a load's report: calls per backend, and the failed calls.
+    pub fn finish(self) -> (BTreeMap<String, u64>, Failures) {
         let case = self.report();
         let counts = |v: &serde_json::Value| -> BTreeMap<String, u64> {
             v.as_object()
@@ -124,6 +124,30 @@ impl GrpcioLoad {
                 .unwrap_or_default()
         };
         assert!(case.get("backends").is_some(), "the load itself failed: {case}");
-        (counts(&case["backends"]), counts(&case["errors"]))
+        let details = case["details"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        (
+            counts(&case["backends"]),
+            Failures {
+                per_code: counts(&case["errors"]),
+                details,
+            },
+        )
+    }
+}
+
+/// The calls of a load that failed: how many per gRPC code, and what the
+/// first of them said (with the client's wall-clock time).
+#[derive(Debug, Default)]
+pub struct Failures {
+    pub per_code: BTreeMap<String, u64>,
+    pub details: Vec<String>,
+}
+
+impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.per_code.is_empty()
     }
 }

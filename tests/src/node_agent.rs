@@ -52,8 +52,10 @@ impl NodeAgent {
         if let Some(config) = &opts.config {
             cmd.arg("--config").arg(config);
         }
+        // The data plane's debug lines are one per failure (and one GOAWAY per
+        // connection at a stop): what a failed call needs explained.
         cmd.args(&opts.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,balancer_agent::proxy=debug")
             .env("BALANCER_LOG_FORMAT", "text")
             .env("BALANCER_RUN_DIR", dir.path().join("run"))
             .envs(opts.env.iter().map(|(k, v)| (k, v)))

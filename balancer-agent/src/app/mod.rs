@@ -30,7 +30,7 @@ use crate::{
     error::Chain,
     health::Health,
     logging,
-    model::Model,
+    model::{Change, Model},
     proxy::{Observers, Proxy, ProxyOptions},
 };
 use listeners::Listeners;
@@ -401,8 +401,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
 
+    let mut kernel_sync = KernelSync::default();
     if let Some(kernel) = &kernel {
-        apply_kernel(kernel, &model, &health, is_synced(&state));
+        kernel_sync.apply(kernel, &model, &health, is_synced(&state));
         check_foreign(kernel, &health);
     }
 
@@ -425,7 +426,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 let model = models.borrow_and_update().clone();
                 table.update(&model);
                 if let Some(kernel) = &kernel {
-                    apply_kernel(kernel, &model, &health, is_synced(&state));
+                    kernel_sync.apply(kernel, &model, &health, is_synced(&state));
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
                     warn!(error = %Chain(e.as_ref()), "listeners not updated");
@@ -434,7 +435,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {
                 if let Some(kernel) = &kernel {
                     let model = models.borrow().clone();
-                    apply_kernel(kernel, &model, &health, is_synced(&state));
+                    kernel_sync.apply(kernel, &model, &health, is_synced(&state));
                 }
             }
             _ = foreign_check.tick(), if kernel.is_some() => {
@@ -531,35 +532,57 @@ fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
     kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Brings the kernel maps in line with `model`; the agent is ready once
-/// they hold a complete state (`synced`).
-fn apply_kernel(kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: bool) {
-    let mut kernel = lock(kernel);
-    let vips: Vec<SocketAddr> = model.services.iter().flat_map(|s| s.vips.iter().copied()).collect();
-    // Each map on its own: a full services map must not keep pods from
-    // being enrolled.
-    let services = kernel.set_services(&vips);
-    match &services {
-        Ok(fill) => {
-            let overflow = (!fill.overflow.is_empty()).then(|| crate::health::Overflow {
-                capacity: fill.capacity,
-                vips: fill.overflow.clone(),
-            });
-            let described = overflow.as_ref().map(crate::health::Overflow::describe);
-            if health.set_overflow(overflow) {
-                match described {
-                    Some(d) => warn!(capacity = fill.capacity, "the services map is full: {d}"),
-                    None => info!(entries = fill.entries, "every VIP fits the services map again"),
+/// Keeps the kernel maps in line with the published models, by difference.
+#[derive(Default)]
+struct KernelSync {
+    /// The services the SERVICES map was last updated from.
+    applied: Vec<Arc<crate::model::Service>>,
+}
+
+impl KernelSync {
+    /// Brings the kernel maps in line with `model` (the services map by the
+    /// services whose `Arc` changed since the last call); the agent is ready
+    /// once they hold a complete state (`synced`).
+    fn apply(&mut self, kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: bool) {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for change in crate::model::diff(&self.applied, &model.services) {
+            match change {
+                Change::Added(s) => added.extend(s.vips.iter().copied()),
+                Change::Removed(s) => removed.extend(s.vips.iter().copied()),
+                Change::Changed { old, new } => {
+                    removed.extend(old.vips.iter().filter(|v| !new.vips.contains(v)).copied());
+                    added.extend(new.vips.iter().filter(|v| !old.vips.contains(v)).copied());
                 }
             }
         }
-        Err(e) => warn!(error = %Chain(e), "services map not updated"),
+        let mut kernel = lock(kernel);
+        // Each map on its own: a full services map must not keep pods from
+        // being enrolled.
+        let services = kernel.update_services(&removed, &added);
+        match &services {
+            Ok(fill) => {
+                self.applied.clone_from(&model.services);
+                let overflow = (!fill.overflow.is_empty()).then(|| crate::health::Overflow {
+                    capacity: fill.capacity,
+                    vips: fill.overflow.clone(),
+                });
+                let described = overflow.as_ref().map(crate::health::Overflow::describe);
+                if health.set_overflow(overflow) {
+                    match described {
+                        Some(d) => warn!(capacity = fill.capacity, "the services map is full: {d}"),
+                        None => info!(entries = fill.entries, "every VIP fits the services map again"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %Chain(e), "services map not updated"),
+        }
+        let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
+        if let Err(e) = &enrolled {
+            warn!(error = %Chain(e), "enrolled map not updated");
+        }
+        health.set_maps_synced(synced && services.is_ok() && enrolled.is_ok());
     }
-    let enrolled = kernel.set_enrolled(&model.enrolled_cgroups());
-    if let Err(e) = &enrolled {
-        warn!(error = %Chain(e), "enrolled map not updated");
-    }
-    health.set_maps_synced(synced && services.is_ok() && enrolled.is_ok());
 }
 
 /// Looks for other programs on the connect hooks and reports them.

@@ -215,14 +215,14 @@ mod tests {
     #[test]
     fn every_enrolled_cgroup_is_swept_for_the_models_vips_with_its_pods_choice() {
         let model = Model {
-            services: vec![crate::model::Service {
+            services: vec![std::sync::Arc::new(crate::model::Service {
                 name: "demo/greeter".into(),
                 vips: vec!["10.96.0.10:8000".parse().unwrap()],
                 listen: None,
                 policy: crate::model::Policy::default(),
                 endpoints: vec![],
                 routes: vec![],
-            }],
+            })],
             enrolled: vec![
                 Enrolled {
                     cgroup: PathBuf::from("/cg/a"),

@@ -33,7 +33,7 @@ use tokio::{sync::watch, time::Instant};
 pub use endpoint::{CallGuard, EndpointRt, EndpointSnapshot, Outcome};
 pub use route::CallMeta;
 
-use crate::model::{EndpointState, Model, Policy, Service};
+use crate::model::{self, Change, EndpointState, Model, Policy, Service};
 use pick::Tried;
 use route::{CompiledRoute, Subset};
 
@@ -76,13 +76,16 @@ pub struct ServiceState {
 
 impl ServiceState {
     fn build(svc: &Service, old: Option<&ServiceState>, opts: &Arc<BalanceOptions>, epoch: Instant) -> Self {
+        let kept: HashMap<SocketAddr, &Arc<EndpointRt>> = old
+            .map(|o| o.endpoints.iter().map(|e| (e.address, e)).collect())
+            .unwrap_or_default();
         let endpoints: Vec<Arc<EndpointRt>> = svc
             .endpoints
             .iter()
             .map(|e| {
-                let rt = old
-                    .and_then(|o| o.endpoints.iter().find(|x| x.address == e.address))
-                    .cloned()
+                let rt = kept
+                    .get(&e.address)
+                    .map(|rt| Arc::clone(rt))
                     .unwrap_or_else(|| Arc::new(EndpointRt::new(e.address, Arc::clone(opts), epoch)));
                 rt.set_draining(e.state == EndpointState::Draining);
                 rt
@@ -206,10 +209,13 @@ struct Index {
 /// The runtime balancing state of every service.
 #[derive(Debug)]
 pub struct Table {
-    index: RwLock<Arc<Index>>,
+    index: RwLock<Index>,
+    /// The services the index was last built from (and the lock that
+    /// serializes updates): an update rebuilds only those whose `Arc`
+    /// changed.
+    built: Mutex<Vec<Arc<Service>>>,
     opts: Arc<BalanceOptions>,
     epoch: Instant,
-    update_lock: Mutex<()>,
 }
 
 impl Table {
@@ -219,70 +225,57 @@ impl Table {
 
     pub fn with_options(model: &Model, opts: BalanceOptions) -> Arc<Table> {
         let t = Table {
-            index: RwLock::new(Arc::new(Index::default())),
+            index: RwLock::new(Index::default()),
+            built: Mutex::new(Vec::new()),
             opts: Arc::new(opts),
             epoch: Instant::now(),
-            update_lock: Mutex::new(()),
         };
         t.update(model);
         Arc::new(t)
     }
 
-    fn index(&self) -> Arc<Index> {
-        match self.index.read() {
-            Ok(i) => Arc::clone(&i),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Applies a new model: new weights and routes take effect for the next
     /// call; endpoints that stay keep their state and connections; services
     /// that left are marked removed (their listeners stop, their remaining
-    /// connections get `UNAVAILABLE` for new calls).
+    /// connections get `UNAVAILABLE` for new calls). Only the services whose
+    /// `Arc` differs from the last model's are rebuilt.
     pub fn update(&self, model: &Model) {
-        let _serialized = self.update_lock.lock();
-        let old = self.index();
-        let mut next = Index::default();
-        for svc in &model.services {
-            let slot = old
-                .by_name
-                .get(svc.name.as_str())
-                .cloned()
-                .unwrap_or_else(|| Arc::new(ServiceSlot::new(&svc.name)));
-            let prev = slot.state();
-            let st = ServiceState::build(svc, prev.as_deref(), &self.opts, self.epoch);
-            slot.set_state(Some(Arc::new(st)));
-            for vip in &svc.vips {
-                next.by_vip.insert(*vip, Arc::clone(&slot));
-            }
-            next.by_name.insert(Arc::clone(&slot.name), slot);
+        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changes = model::diff(&built, &model.services);
+        if changes.is_empty() {
+            return;
         }
-        for (name, slot) in &old.by_name {
-            if !next.by_name.contains_key(name) {
-                slot.set_state(None);
-                slot.removed.send_replace(true);
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for change in changes {
+            match change {
+                Change::Removed(svc) => index.remove(svc),
+                Change::Changed { old, new } => {
+                    index.remove_vips(old);
+                    index.upsert(new, &self.opts, self.epoch);
+                }
+                Change::Added(svc) => index.upsert(svc, &self.opts, self.epoch),
             }
         }
-        match self.index.write() {
-            Ok(mut i) => *i = Arc::new(next),
-            Err(p) => *p.into_inner() = Arc::new(next),
-        }
+        drop(index);
+        built.clone_from(&model.services);
     }
-
     pub fn service(&self, name: &str) -> Option<Arc<ServiceSlot>> {
-        self.index().by_name.get(name).cloned()
+        self.read().by_name.get(name).cloned()
     }
 
     pub fn service_by_vip(&self, vip: SocketAddr) -> Option<Arc<ServiceSlot>> {
-        self.index().by_vip.get(&vip).cloned()
+        self.read().by_vip.get(&vip).cloned()
     }
 
     /// Statistics of every service and endpoint, for the admin API.
     pub fn snapshot(&self) -> TableSnapshot {
-        let index = self.index();
-        let mut services: Vec<ServiceSnapshot> = index
-            .by_name
-            .values()
+        let slots: Vec<Arc<ServiceSlot>> = self.read().by_name.values().cloned().collect();
+        let mut services: Vec<ServiceSnapshot> = slots
+            .iter()
             .filter_map(|slot| {
                 let st = slot.state()?;
                 let endpoints: Vec<EndpointSnapshot> = st.endpoints.iter().map(|e| e.snapshot()).collect();
@@ -320,6 +313,45 @@ impl Table {
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         TableSnapshot { services }
+    }
+}
+
+impl Index {
+    /// Builds (or rebuilds, keeping its endpoints' runtime state) the slot
+    /// of `svc` and points its VIPs at it.
+    fn upsert(&mut self, svc: &Service, opts: &Arc<BalanceOptions>, epoch: Instant) {
+        let slot = match self.by_name.get(svc.name.as_str()) {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let slot = Arc::new(ServiceSlot::new(&svc.name));
+                self.by_name.insert(Arc::clone(&slot.name), Arc::clone(&slot));
+                slot
+            }
+        };
+        let prev = slot.state();
+        let st = ServiceState::build(svc, prev.as_deref(), opts, epoch);
+        slot.set_state(Some(Arc::new(st)));
+        for vip in &svc.vips {
+            self.by_vip.insert(*vip, Arc::clone(&slot));
+        }
+    }
+
+    /// Unpoints the VIPs of `svc` that still point at its slot.
+    fn remove_vips(&mut self, svc: &Service) {
+        for vip in &svc.vips {
+            if self.by_vip.get(vip).is_some_and(|s| *s.name == *svc.name) {
+                self.by_vip.remove(vip);
+            }
+        }
+    }
+
+    /// The service left the model: its slot is marked removed.
+    fn remove(&mut self, svc: &Service) {
+        self.remove_vips(svc);
+        if let Some(slot) = self.by_name.remove(svc.name.as_str()) {
+            slot.set_state(None);
+            slot.removed.send_replace(true);
+        }
     }
 }
 

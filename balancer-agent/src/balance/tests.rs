@@ -28,7 +28,7 @@ fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Serv
 
 fn three(policy: Policy) -> Model {
     Model {
-        services: vec![service(
+        services: vec![Arc::new(service(
             policy,
             vec![
                 Endpoint::ready(addr(1), labels("v1")),
@@ -36,7 +36,7 @@ fn three(policy: Policy) -> Model {
                 Endpoint::ready(addr(3), labels("v2")),
             ],
             vec![],
-        )],
+        ))],
         enrolled: vec![],
     }
 }
@@ -89,7 +89,7 @@ fn round_robin_spreads_evenly() {
 #[test]
 fn weighted_split_within_two_percent_over_10k_calls() {
     let mut m = three(Policy::RoundRobin);
-    m.services[0].routes = vec![split(90, 10)];
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(90, 10)];
     let t = Table::new(&m);
     let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
     let v1 = c.get(&1).copied().unwrap_or(0) + c.get(&2).copied().unwrap_or(0);
@@ -102,7 +102,7 @@ fn weighted_split_within_two_percent_over_10k_calls() {
     // Odd weights with every policy.
     for policy in [Policy::RoundRobin, Policy::LeastRequest, Policy::PeakEwma] {
         let mut m = three(policy);
-        m.services[0].routes = vec![split(37, 63)];
+        Arc::make_mut(&mut m.services[0]).routes = vec![split(37, 63)];
         let t = Table::new(&m);
         let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
         let v2 = c.get(&3).copied().unwrap_or(0);
@@ -113,13 +113,13 @@ fn weighted_split_within_two_percent_over_10k_calls() {
 #[test]
 fn reload_changes_weights_at_once_and_keeps_endpoint_state() {
     let mut m = three(Policy::RoundRobin);
-    m.services[0].routes = vec![split(50, 50)];
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(50, 50)];
     let t = Table::new(&m);
     let before = t.service("greeter").unwrap().state().unwrap();
     let held = before.endpoints[2].start_call();
     before.endpoints[0].start_call().finish(Outcome::Status(0));
 
-    m.services[0].routes = vec![split(0, 100)];
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(0, 100)];
     t.update(&m);
     let c = count(&t, SAY_HELLO, &HeaderMap::new(), 1000);
     assert_eq!(c.get(&3).copied(), Some(1000), "{c:?}");
@@ -144,7 +144,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
             weight: 1,
         }]
     };
-    m.services[0].routes = vec![
+    Arc::make_mut(&mut m.services[0]).routes = vec![
         Route {
             name: Some("canary-header".into()),
             matches: vec![RouteMatch {
@@ -191,14 +191,14 @@ fn routes_match_service_method_and_headers_first_match_wins() {
 #[test]
 fn draining_endpoints_get_no_new_calls() {
     let mut m = three(Policy::RoundRobin);
-    m.services[0].endpoints[1].state = EndpointState::Draining;
+    Arc::make_mut(&mut m.services[0]).endpoints[1].state = EndpointState::Draining;
     let t = Table::new(&m);
     let c = count(&t, SAY_HELLO, &HeaderMap::new(), 300);
     assert_eq!(c.get(&2), None, "{c:?}");
     assert_eq!(c[&1] + c[&3], 300);
     for p in [Policy::LeastRequest, Policy::PeakEwma] {
         let mut m = three(p);
-        m.services[0].endpoints[1].state = EndpointState::Draining;
+        Arc::make_mut(&mut m.services[0]).endpoints[1].state = EndpointState::Draining;
         let t = Table::new(&m);
         assert_eq!(count(&t, SAY_HELLO, &HeaderMap::new(), 300).get(&2), None);
     }
@@ -207,8 +207,8 @@ fn draining_endpoints_get_no_new_calls() {
 #[test]
 fn split_subset_without_available_endpoint_falls_back_to_the_others() {
     let mut m = three(Policy::RoundRobin);
-    m.services[0].routes = vec![split(50, 50)];
-    m.services[0].endpoints[2].state = EndpointState::Draining;
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(50, 50)];
+    Arc::make_mut(&mut m.services[0]).endpoints[2].state = EndpointState::Draining;
     let t = Table::new(&m);
     let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
     assert_eq!(c.get(&3), None);
@@ -218,7 +218,7 @@ fn split_subset_without_available_endpoint_falls_back_to_the_others() {
 #[test]
 fn least_request_prefers_fewer_in_flight() {
     let mut m = three(Policy::LeastRequest);
-    m.services[0].endpoints.truncate(2);
+    Arc::make_mut(&mut m.services[0]).endpoints.truncate(2);
     let t = Table::new(&m);
     let st = t.service("greeter").unwrap().state().unwrap();
     let _held: Vec<_> = (0..5).map(|_| st.endpoints[0].start_call()).collect();
@@ -237,7 +237,7 @@ fn least_request_prefers_fewer_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn peak_ewma_avoids_the_slow_endpoint_and_forgives_it_later() {
     let mut m = three(Policy::PeakEwma);
-    m.services[0].endpoints.truncate(2);
+    Arc::make_mut(&mut m.services[0]).endpoints.truncate(2);
     let t = Table::new(&m);
     let st = t.service("greeter").unwrap().state().unwrap();
     // One slow response on endpoint 1, fast ones on endpoint 2.
@@ -369,4 +369,40 @@ fn snapshot_shows_stats_and_serializes() {
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains("\"policy\":\"peak-ewma\""), "{json}");
     assert!(json.contains("\"upstream_connections\":0"), "{json}");
+}
+
+#[test]
+fn an_update_rebuilds_only_the_services_that_changed_and_moves_vips() {
+    let mut other = service(Policy::RoundRobin, vec![Endpoint::ready(addr(9), labels("v1"))], vec![]);
+    other.name = "other".into();
+    other.vips = vec!["10.96.0.20:8000".parse().unwrap()];
+    let mut m = three(Policy::RoundRobin);
+    m.services.push(Arc::new(other));
+    let t = Table::new(&m);
+    let greeter = t.service("greeter").unwrap().state().unwrap();
+    let before = t.service("other").unwrap().state().unwrap();
+
+    // A new endpoint for `other`: `greeter` keeps its state object.
+    Arc::make_mut(&mut m.services[1])
+        .endpoints
+        .push(Endpoint::ready(addr(10), labels("v1")));
+    t.update(&m);
+    assert!(Arc::ptr_eq(&greeter, &t.service("greeter").unwrap().state().unwrap()));
+    let after = t.service("other").unwrap().state().unwrap();
+    assert_eq!(after.endpoints.len(), 2);
+    assert!(
+        Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]),
+        "the endpoint that stays keeps its state"
+    );
+
+    // `other` takes greeter's VIP in the same update that greeter drops it.
+    let vip: SocketAddr = "10.96.0.10:8000".parse().unwrap();
+    Arc::make_mut(&mut m.services[0]).vips = vec!["10.96.0.30:8000".parse().unwrap()];
+    Arc::make_mut(&mut m.services[1]).vips.push(vip);
+    t.update(&m);
+    assert_eq!(t.service_by_vip(vip).unwrap().name(), "other");
+    assert_eq!(
+        t.service_by_vip("10.96.0.30:8000".parse().unwrap()).unwrap().name(),
+        "greeter"
+    );
 }

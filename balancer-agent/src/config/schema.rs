@@ -216,13 +216,16 @@ impl File {
             .enumerate()
             .map(|(i, s)| s.into_service(&format!("services[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let model = Model {
-            services,
+        let mut model = Model {
+            services: services.into_iter().map(std::sync::Arc::new).collect(),
             enrolled: self.enroll.into_iter().map(crate::model::Enrolled::from).collect(),
         };
         model
             .validate()
             .map_err(|e| locate_model_error(&model, &vip_given, e))?;
+        // Errors above name services by their place in the file; the model
+        // itself is sorted by name.
+        model.sort();
         Ok((node, model))
     }
 }
@@ -245,13 +248,13 @@ impl ServiceFile {
             .into_iter()
             .map(|e| Endpoint {
                 address: e.address.0,
-                labels: e.labels,
+                labels: e.labels.into(),
                 state: match e.state {
                     StateFile::Ready => EndpointState::Ready,
                     StateFile::Draining => EndpointState::Draining,
                 },
-                zone: e.zone,
-                node: e.node,
+                zone: e.zone.map(Into::into),
+                node: e.node.map(Into::into),
             })
             .collect();
         let routes = self

@@ -63,7 +63,7 @@ fn the_documented_example_parses_into_the_model() {
     );
     assert_eq!(
         loaded.model.services,
-        vec![Service {
+        vec![std::sync::Arc::new(Service {
             name: "greeter".into(),
             vips: vec!["10.96.0.10:8000".parse().unwrap()],
             listen: Some("127.0.0.1:18000".parse().unwrap()),
@@ -90,7 +90,7 @@ fn the_documented_example_parses_into_the_model() {
                     },
                 ],
             }],
-        }]
+        })]
     );
 }
 

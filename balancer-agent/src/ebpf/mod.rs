@@ -201,6 +201,35 @@ pub struct ServicesFill {
     pub overflow: Vec<SocketAddrV4>,
 }
 
+/// The agent's record of the SERVICES map: what it should hold, what it
+/// holds, and what waits for room (in address order).
+#[derive(Debug, Default)]
+struct ServicesSet {
+    wanted: HashSet<ServiceKey>,
+    present: HashSet<ServiceKey>,
+    pending: std::collections::BTreeSet<SocketAddrV4>,
+}
+
+impl ServicesSet {
+    /// No longer wanted: whether the map holds it (and must drop it).
+    fn remove(&mut self, key: ServiceKey) -> bool {
+        self.wanted.remove(&key);
+        self.pending.remove(&sockopt::socket_addr(key));
+        self.present.remove(&key)
+    }
+
+    fn want(&mut self, key: ServiceKey) {
+        if self.wanted.insert(key) && !self.present.contains(&key) {
+            self.pending.insert(sockopt::socket_addr(key));
+        }
+    }
+
+    fn inserted(&mut self, addr: SocketAddrV4) {
+        self.pending.remove(&addr);
+        self.present.insert(sockopt::endpoint(addr));
+    }
+}
+
 /// Summed per-CPU counters of each program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -249,9 +278,9 @@ pub struct Kernel {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     services: HashMap<MapData, ServiceKey, u32>,
-    /// What SERVICES holds (only the agent writes it): updates are diffs,
-    /// never a walk of the map.
-    services_present: HashSet<ServiceKey>,
+    /// What SERVICES holds and should hold (only the agent writes it):
+    /// updates are diffs, never a walk of the map.
+    services_set: ServicesSet,
     services_capacity: u32,
     enrolled: HashMap<MapData, u64, u32>,
     counters: PerCpuArray<MapData, ProgramCounters>,
@@ -511,7 +540,7 @@ impl Kernel {
             own,
             connect_links,
             connect_ids,
-            services_present: HashSet::new(),
+            services_set: ServicesSet::default(),
             services_capacity: opts.services_capacity,
         })
     }
@@ -578,56 +607,63 @@ impl Kernel {
     }
 
     /// Makes the services map hold `vips` (IPv4 only; IPv6 entries are
-    /// logged and ignored), as far as it has room: stale entries go first,
-    /// then new ones are added in address order until the map is full; what
-    /// does not fit is reported (and tried again at the next update), and
-    /// every entry that fits works.
+    /// logged and ignored), as far as it has room: see
+    /// [`Kernel::update_services`]. Compares with every wanted VIP: for
+    /// updates by difference, use `update_services`.
     pub fn set_services(&mut self, vips: &[SocketAddr]) -> Result<ServicesFill, EbpfError> {
-        let mut wanted = HashSet::new();
-        for vip in vips {
-            match vip {
-                SocketAddr::V4(v4) => {
-                    wanted.insert(sockopt::endpoint(*v4));
+        let wanted: HashSet<SocketAddr> = vips.iter().copied().collect();
+        let removed: Vec<SocketAddr> = self
+            .services_set
+            .wanted
+            .iter()
+            .map(|k| SocketAddr::V4(sockopt::socket_addr(*k)))
+            .filter(|v| !wanted.contains(v))
+            .collect();
+        self.update_services(&removed, vips)
+    }
+
+    /// Takes `removed` VIPs out of the services map and puts `added` in,
+    /// as far as it has room: removals go first, then what waits for room
+    /// goes in, in address order, until the map is full. What does not fit
+    /// is reported (and tried again at every update); every entry that fits
+    /// works. IPv6 VIPs are logged and ignored. The work is proportional to
+    /// the change (and to what waits for room), not to the map.
+    pub fn update_services(&mut self, removed: &[SocketAddr], added: &[SocketAddr]) -> Result<ServicesFill, EbpfError> {
+        for vip in removed {
+            let SocketAddr::V4(v4) = vip else { continue };
+            let key = sockopt::endpoint(*v4);
+            if self.services_set.remove(key) {
+                match self.services.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err("SERVICES")(e)),
                 }
+            }
+        }
+        for vip in added {
+            match vip {
+                SocketAddr::V4(v4) => self.services_set.want(sockopt::endpoint(*v4)),
                 SocketAddr::V6(v6) => {
                     tracing::warn!(vip = %v6, "IPv6 service not redirected: only IPv4 is supported");
                 }
             }
         }
-        let stale: Vec<ServiceKey> = self.services_present.difference(&wanted).copied().collect();
-        for key in stale {
-            match self.services.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    self.services_present.remove(&key);
-                }
-                Err(e) => return Err(map_err("SERVICES")(e)),
-            }
-        }
-        let mut new: Vec<ServiceKey> = wanted.difference(&self.services_present).copied().collect();
-        new.sort_by_key(|k| sockopt::socket_addr(*k));
-        let mut overflow = Vec::new();
-        for key in new {
-            if !overflow.is_empty() {
-                overflow.push(sockopt::socket_addr(key));
-                continue;
-            }
+        while let Some(addr) = self.services_set.pending.first().copied() {
+            let key = sockopt::endpoint(addr);
             match self.services.insert(key, 0, 0) {
-                Ok(()) => {
-                    self.services_present.insert(key);
-                }
-                Err(e) if crate::error::errno_of(&e) == Some(libc::E2BIG) => overflow.push(sockopt::socket_addr(key)),
+                Ok(()) => self.services_set.inserted(addr),
+                Err(e) if crate::error::errno_of(&e) == Some(libc::E2BIG) => break,
                 Err(e) => return Err(map_err("SERVICES")(e)),
             }
         }
         tracing::debug!(
-            services = self.services_present.len(),
-            overflow = overflow.len(),
+            services = self.services_set.present.len(),
+            overflow = self.services_set.pending.len(),
             "services map synced"
         );
         Ok(ServicesFill {
-            entries: self.services_present.len(),
+            entries: self.services_set.present.len(),
             capacity: self.services_capacity,
-            overflow,
+            overflow: self.services_set.pending.iter().copied().collect(),
         })
     }
 

@@ -34,6 +34,7 @@ mod report;
 pub mod route_status;
 mod status;
 pub mod translate;
+pub mod translator;
 pub mod watch;
 
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
@@ -44,7 +45,11 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    runtime::{events::Reporter, reflector::Store, watcher},
+    runtime::{
+        events::Reporter,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
     Api,
 };
 use tokio::{
@@ -58,6 +63,7 @@ pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
 pub use node_events::{FOREIGN_CONNECT_PROGRAM_REASON, NODE_UNSUPPORTED_REASON};
 pub use report::{Events, INVALID_ROUTE_REASON};
 pub use translate::{translate, Snapshot, Translation};
+use translator::Translator;
 pub use watch::Kind;
 
 /// Pod annotation that opts a pod in (`"enabled"`) or out (`"disabled"`,
@@ -179,13 +185,30 @@ struct Stores {
 }
 
 impl Stores {
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            services: self.services.state(),
-            endpoint_slices: self.slices.state(),
-            pods: self.pods.state(),
-            namespaces: self.namespaces.state(),
-            routes: self.routes.state(),
+    /// Tells the translator what the store of `kind` now holds for `key`.
+    fn changed(&self, translator: &mut Translator, kind: Kind, key: &translator::Key) {
+        match kind {
+            Kind::Services => match self.services.get(&ObjectRef::new(&key.1).within(&key.0)) {
+                Some(svc) => translator.service_applied(svc),
+                None => translator.service_deleted(key),
+            },
+            Kind::EndpointSlices => match self.slices.get(&ObjectRef::new(&key.1).within(&key.0)) {
+                Some(slice) => translator.slice_applied(slice),
+                None => translator.slice_deleted(key),
+            },
+            Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
+            // Enrollment is worked out again at every publish.
+            Kind::Pods | Kind::Namespaces => {}
+        }
+    }
+
+    /// A (re)list of `kind` completed: the translator takes its whole state.
+    fn relisted(&self, translator: &mut Translator, kind: Kind) {
+        match kind {
+            Kind::Services => translator.services_replaced(self.services.state()),
+            Kind::EndpointSlices => translator.slices_replaced(self.slices.state()),
+            Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
+            Kind::Pods | Kind::Namespaces => {}
         }
     }
 }
@@ -264,6 +287,7 @@ pub async fn run_until(
         .clone()
         .map(|lease| status::Election::spawn(client, lease, opts.reporter()));
     let mut stop = std::pin::pin!(stop);
+    let mut translator = Translator::default();
     let mut route_log = report::RouteLog::default();
     let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);
     let mut enrollment = enrollment::Tracker::new(opts.cgroup_missing_after);
@@ -282,15 +306,17 @@ pub async fn run_until(
                     return Err(K8sError::WatchersStopped);
                 };
                 match sig {
-                    watch::Signal::Changed(kind) => {
+                    watch::Signal::Changed(kind, key) => {
                         if failing.remove(&kind) {
                             tracing::info!(resource = kind.resource(), "watch resumed");
                         }
+                        stores.changed(&mut translator, kind, &key);
                     }
                     watch::Signal::Synced(kind) => {
                         if failing.remove(&kind) {
                             tracing::info!(resource = kind.resource(), "watch resumed");
                         }
+                        stores.relisted(&mut translator, kind);
                         if synced.insert(kind) {
                             tracing::debug!(resource = kind.resource(), "initial list complete");
                         }
@@ -347,15 +373,27 @@ pub async fn run_until(
         if !publish_now {
             continue;
         }
-        let snapshot = stores.snapshot();
-        let t = translate(&snapshot, |pod| cgroups.find(&cgroup::PodKeys::of(pod)));
+        // Only what changed is translated again; enrollment (this node's
+        // pods) is worked out again each time.
+        translator.flush();
+        let pods = stores.pods.state();
+        let mut t = Translation {
+            invalid_routes: translator.invalid_routes().to_vec(),
+            bad_policies: translator.bad_policies(),
+            dropped: translator.dropped(),
+            ..Translation::default()
+        };
+        t.model.services = translator.services();
+        translate::enroll(&mut t, &pods, &stores.namespaces.state(), |pod| {
+            cgroups.find(&cgroup::PodKeys::of(pod))
+        });
         warned.log(&t);
         route_log.log(&t.invalid_routes);
         let searched = enrollment::Searched {
             root: cgroups.root(),
             max_depth: cgroups.max_depth(),
         };
-        let outcome = enrollment.update(&snapshot.pods, &t, Instant::now(), searched);
+        let outcome = enrollment.update(&pods, &t, Instant::now(), searched);
         for notice in &outcome.notices {
             events.pod(notice);
         }
@@ -373,32 +411,29 @@ pub async fn run_until(
         }
         if let Some(election) = &election {
             election.offer(status::StatusInput {
-                routes: snapshot.routes.clone(),
-                services: snapshot.services.clone(),
+                routes: stores.routes.state(),
+                services: translator.route_services(),
                 invalid: t.invalid_routes.clone(),
             });
         }
-        match t.model.validate() {
-            Ok(()) => {
-                let model = t.model;
-                let changed = tx.send_if_modified(|cur| {
-                    if **cur == model {
-                        false
-                    } else {
-                        *cur = Arc::new(model);
-                        true
-                    }
-                });
-                if changed {
-                    let m = tx.borrow();
-                    tracing::info!(
-                        services = m.services.len(),
-                        enrolled = m.enrolled.len(),
-                        "model published"
-                    );
-                }
+        // The translator checked every service and kept VIPs unique.
+        debug_assert_eq!(t.model.validate(), Ok(()));
+        let model = t.model;
+        let changed = tx.send_if_modified(|cur| {
+            if **cur == model {
+                false
+            } else {
+                *cur = Arc::new(model);
+                true
             }
-            Err(e) => tracing::error!(error = %e, "translated model is invalid; keeping the last one"),
+        });
+        if changed {
+            let m = tx.borrow();
+            tracing::info!(
+                services = m.services.len(),
+                enrolled = m.enrolled.len(),
+                "model published"
+            );
         }
         if !is_ready {
             is_ready = true;

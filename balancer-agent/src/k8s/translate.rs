@@ -1,10 +1,12 @@
-//! The cluster's state (what the reflectors hold) onto a [`Model`].
+//! The cluster's state (what the reflectors hold) onto a [`Model`]: the
+//! rules, one Service (or pod) at a time.
 //!
 //! Pure: no I/O but the `cgroups_of` callback, so every rule here is tested on
-//! plain objects.
+//! plain objects. [`translate`] translates a whole [`Snapshot`]; the agent
+//! translates incrementally with a [`Translator`], from the same rules.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{btree_map::Entry, BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
@@ -20,6 +22,7 @@ use kube::ResourceExt;
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     mesh::Mesh,
+    translator::{Interner, Translator},
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL,
 };
 use crate::model::{
@@ -27,7 +30,7 @@ use crate::model::{
 };
 
 /// The EndpointSlice label naming its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Everything the reflectors hold, at one instant.
 #[derive(Debug, Clone, Default)]
@@ -151,20 +154,6 @@ fn cluster_ipv4s(svc: &Service) -> Vec<Ipv4Addr> {
     out
 }
 
-type SliceIndex<'a> = HashMap<(String, String), Vec<&'a EndpointSlice>>;
-
-fn index_slices(slices: &[Arc<EndpointSlice>]) -> SliceIndex<'_> {
-    let mut idx: SliceIndex<'_> = HashMap::new();
-    for s in slices {
-        let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else {
-            continue;
-        };
-        let key = (s.namespace().unwrap_or_default(), svc.clone());
-        idx.entry(key).or_default().push(s);
-    }
-    idx
-}
-
 fn endpoint_state(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<EndpointState> {
     let c = ep.conditions.as_ref();
     // The API: an absent `ready` means ready; `serving` defaults to `ready`.
@@ -180,21 +169,21 @@ fn endpoint_state(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<Endp
     }
 }
 
-/// Adds the endpoints of Service `namespace/service`, port `port_name`, to
-/// `out`, labelled as belonging to that Service. An address already present
-/// (the same pod behind the parent and a version Service) gets the label
-/// added; ready wins over draining.
-fn add_endpoints(
+/// Adds the endpoints of Service `namespace/service`, port `port_name` (from
+/// its EndpointSlices `slices`), to `out`, labelled as belonging to that
+/// Service. An address already present (the same pod behind the parent and
+/// a version Service) gets the label added; ready wins over draining.
+/// Endpoints share one label set per Service and interned zone and node
+/// names.
+fn add_endpoints<'s>(
     out: &mut BTreeMap<SocketAddr, Endpoint>,
-    slices: &SliceIndex<'_>,
-    namespace: &str,
+    slices: impl IntoIterator<Item = &'s Arc<EndpointSlice>>,
     service: &str,
     port_name: Option<&str>,
+    interner: &mut Interner,
 ) {
-    let Some(slices) = slices.get(&(namespace.to_owned(), service.to_owned())) else {
-        return;
-    };
     let (key, value) = service_label(service);
+    let mut shared: Option<Arc<Labels>> = None;
     for slice in slices {
         if slice.address_type != "IPv4" {
             continue;
@@ -216,22 +205,34 @@ fn add_endpoints(
                 continue;
             };
             let address = SocketAddr::V4(SocketAddrV4::new(ip, port));
-            let e = out.entry(address).or_insert_with(|| Endpoint {
-                address,
-                labels: Labels::new(),
-                state,
-                zone: None,
-                node: None,
-            });
-            e.labels.insert(key.clone(), value.clone());
-            if state == EndpointState::Ready {
-                e.state = EndpointState::Ready;
-            }
-            if e.zone.is_none() {
-                e.zone.clone_from(&ep.zone);
-            }
-            if e.node.is_none() {
-                e.node.clone_from(&ep.node_name);
+            match out.entry(address) {
+                Entry::Vacant(v) => {
+                    let labels = shared
+                        .get_or_insert_with(|| Arc::new(Labels::from([(key.clone(), value.clone())])))
+                        .clone();
+                    v.insert(Endpoint {
+                        address,
+                        labels,
+                        state,
+                        zone: ep.zone.as_deref().map(|z| interner.get(z)),
+                        node: ep.node_name.as_deref().map(|n| interner.get(n)),
+                    });
+                }
+                Entry::Occupied(mut o) => {
+                    let e = o.get_mut();
+                    if !e.labels.contains_key(&key) {
+                        Arc::make_mut(&mut e.labels).insert(key.clone(), value.clone());
+                    }
+                    if state == EndpointState::Ready {
+                        e.state = EndpointState::Ready;
+                    }
+                    if e.zone.is_none() {
+                        e.zone = ep.zone.as_deref().map(|z| interner.get(z));
+                    }
+                    if e.node.is_none() {
+                        e.node = ep.node_name.as_deref().map(|n| interner.get(n));
+                    }
+                }
             }
         }
     }
@@ -239,7 +240,7 @@ fn add_endpoints(
 
 /// GRPCRoutes in the order the Gateway API gives conflicting routes: oldest
 /// first, then by `namespace/name`.
-fn ordered_routes(routes: &[Arc<GrpcRoute>]) -> Vec<&Arc<GrpcRoute>> {
+pub(super) fn ordered_routes(routes: &[Arc<GrpcRoute>]) -> Vec<&Arc<GrpcRoute>> {
     let mut v: Vec<_> = routes.iter().collect();
     v.sort_by_key(|r| {
         (
@@ -289,111 +290,121 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
     split
 }
 
+/// What one Kubernetes Service translates into.
+#[derive(Debug, Default)]
+pub(super) struct Built {
+    /// One model service per gRPC port (not yet checked).
+    pub services: Vec<model::Service>,
+    /// `(namespace/name, annotation value)` if its policy annotation names
+    /// no policy (it uses the default).
+    pub bad_policy: Option<(String, String)>,
+}
+
+/// Translates one Service: a model service per gRPC port and IPv4 cluster
+/// IP set, with the endpoints of its EndpointSlices (`slices_of(namespace,
+/// service)`) and of the backend Services its `attached` GRPCRoutes select.
+pub(super) fn service<'s>(
+    svc: &Service,
+    attached: &[AttachedRoute],
+    slices_of: impl Fn(&str, &str) -> Option<&'s BTreeMap<String, Arc<EndpointSlice>>>,
+    interner: &mut Interner,
+) -> Built {
+    let mut out = Built::default();
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let ips = cluster_ipv4s(svc);
+    if ips.is_empty() {
+        return out;
+    }
+    let grpc_ports: Vec<&ServicePort> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|p| is_grpc_port(p))
+        .collect();
+    let policy = match svc.annotations().get(POLICY_ANNOTATION) {
+        None => Policy::default(),
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            out.bad_policy = Some((format!("{ns}/{name}"), v.clone()));
+            Policy::default()
+        }),
+    };
+    let slices = |service: &str| slices_of(&ns, service).into_iter().flat_map(BTreeMap::values);
+    for sp in &grpc_ports {
+        let Ok(port) = u16::try_from(sp.port) else { continue };
+        let model_name = if grpc_ports.len() == 1 {
+            format!("{ns}/{name}")
+        } else {
+            format!("{ns}/{name}:{}", sp.name.as_deref().unwrap_or("grpc"))
+        };
+        let port_name = sp.name.as_deref().filter(|n| !n.is_empty());
+
+        let mut endpoints = BTreeMap::new();
+        add_endpoints(&mut endpoints, slices(&name), &name, port_name, interner);
+        let mut routes = Vec::new();
+        for a in attached {
+            if a.port.is_some_and(|p| p != sp.port) {
+                continue;
+            }
+            for b in &a.backends {
+                add_endpoints(
+                    &mut endpoints,
+                    slices(&b.service),
+                    &b.service,
+                    b.port_name.as_deref(),
+                    interner,
+                );
+            }
+            routes.extend(a.routes.iter().cloned());
+        }
+        out.services.push(model::Service {
+            name: model_name,
+            vips: ips
+                .iter()
+                .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, port)))
+                .collect(),
+            listen: None,
+            policy,
+            endpoints: endpoints.into_values().collect(),
+            routes: by_precedence(routes),
+        });
+    }
+    out
+}
+
 /// Translates the snapshot. `cgroups_of` finds an opted-in pod's cgroup
 /// directories (see [`super::cgroup`]); pods it finds none for are not
 /// enrolled yet ([`Translation::cgroup_missing`]). Pods in a service mesh
 /// are never enrolled ([`Translation::meshed`]).
-pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
-    let mut t = Translation::default();
+pub fn translate(snap: &Snapshot, cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) -> Translation {
+    let mut tr = Translator::default();
+    tr.services_replaced(snap.services.clone());
+    tr.slices_replaced(snap.endpoint_slices.clone());
+    tr.routes_replaced(snap.routes.clone());
+    tr.flush();
+    let mut t = Translation {
+        invalid_routes: tr.invalid_routes().to_vec(),
+        bad_policies: tr.bad_policies(),
+        dropped: tr.dropped(),
+        ..Translation::default()
+    };
+    t.model.services = tr.services();
+    enroll(&mut t, &snap.pods, &snap.namespaces, cgroups_of);
+    t
+}
 
-    let services: HashMap<(String, String), &Service> = snap
-        .services
-        .iter()
-        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s.as_ref()))
-        .collect();
-    let lookup = |ns: &str, name: &str| services.get(&(ns.to_owned(), name.to_owned())).copied();
-
-    let mut attached: HashMap<(String, String), Vec<AttachedRoute>> = HashMap::new();
-    for route in ordered_routes(&snap.routes) {
-        match grpcroute::attach(route, lookup) {
-            Ok(list) => {
-                for a in list {
-                    attached
-                        .entry((a.namespace.clone(), a.service.clone()))
-                        .or_default()
-                        .push(a);
-                }
-            }
-            Err(error) => t.invalid_routes.push(InvalidRoute {
-                route: Arc::clone(route),
-                error: Arc::new(error),
-            }),
-        }
-    }
-
-    let slices = index_slices(&snap.endpoint_slices);
-    let mut vips_taken: HashMap<SocketAddr, String> = HashMap::new();
-    let mut sorted: Vec<&Arc<Service>> = snap.services.iter().collect();
-    sorted.sort_by_key(|s| (s.namespace().unwrap_or_default(), s.name_any()));
-    for svc in sorted {
-        let ns = svc.namespace().unwrap_or_default();
-        let name = svc.name_any();
-        let ips = cluster_ipv4s(svc);
-        if ips.is_empty() {
-            continue;
-        }
-        let grpc_ports: Vec<&ServicePort> = svc
-            .spec
-            .iter()
-            .flat_map(|s| s.ports.iter().flatten())
-            .filter(|p| is_grpc_port(p))
-            .collect();
-        let policy = match svc.annotations().get(POLICY_ANNOTATION) {
-            None => Policy::default(),
-            Some(v) => v.trim().parse().unwrap_or_else(|_| {
-                t.bad_policies.push((format!("{ns}/{name}"), v.clone()));
-                Policy::default()
-            }),
-        };
-        let routes_here = attached.get(&(ns.clone(), name.clone()));
-        for sp in &grpc_ports {
-            let Ok(port) = u16::try_from(sp.port) else { continue };
-            let model_name = if grpc_ports.len() == 1 {
-                format!("{ns}/{name}")
-            } else {
-                format!("{ns}/{name}:{}", sp.name.as_deref().unwrap_or("grpc"))
-            };
-            let port_name = sp.name.as_deref().filter(|n| !n.is_empty());
-
-            let mut endpoints = BTreeMap::new();
-            add_endpoints(&mut endpoints, &slices, &ns, &name, port_name);
-            let mut routes = Vec::new();
-            for a in routes_here.into_iter().flatten() {
-                if a.port.is_some_and(|p| p != sp.port) {
-                    continue;
-                }
-                for b in &a.backends {
-                    add_endpoints(&mut endpoints, &slices, &ns, &b.service, b.port_name.as_deref());
-                }
-                routes.extend(a.routes.iter().cloned());
-            }
-            let routes = by_precedence(routes);
-
-            let service = model::Service {
-                name: model_name.clone(),
-                vips: ips
-                    .iter()
-                    .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, port)))
-                    .collect(),
-                listen: None,
-                policy,
-                endpoints: endpoints.into_values().collect(),
-                routes,
-            };
-            if let Some(err) = check_alone(&service, &vips_taken) {
-                t.dropped.push((model_name, err));
-                continue;
-            }
-            for vip in &service.vips {
-                vips_taken.insert(*vip, model_name.clone());
-            }
-            t.model.services.push(service);
-        }
-    }
-
-    let namespaces: HashMap<String, &Namespace> = snap.namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
+/// The enrolled cgroups of the opted-in pods (`pods` are this node's): into
+/// `t.model.enrolled`, and the pods left out into `t.cgroup_missing` and
+/// `t.meshed`.
+pub fn enroll(
+    t: &mut Translation,
+    pods: &[Arc<Pod>],
+    namespaces: &[Arc<Namespace>],
+    mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>,
+) {
+    let namespaces: HashMap<String, &Namespace> = namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
     let mut enrolled: Vec<Enrolled> = Vec::new();
-    for pod in &snap.pods {
+    for pod in pods {
         let ns = pod.namespace().unwrap_or_default();
         let namespace = namespaces.get(&ns).copied();
         if !running(pod) || !opted_in(pod, namespace) {
@@ -419,26 +430,6 @@ pub fn translate(snap: &Snapshot, mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBu
     enrolled.sort();
     enrolled.dedup_by(|a, b| a.cgroup == b.cgroup);
     t.model.enrolled = enrolled;
-    t
-}
-
-/// The model's checks for one service, plus its VIPs against the services
-/// already accepted.
-fn check_alone(service: &model::Service, taken: &HashMap<SocketAddr, String>) -> Option<ModelError> {
-    for vip in &service.vips {
-        if let Some(other) = taken.get(vip) {
-            return Some(ModelError::DuplicateVip {
-                service: service.name.clone(),
-                vip: *vip,
-                other: other.clone(),
-            });
-        }
-    }
-    let alone = Model {
-        services: vec![service.clone()],
-        enrolled: Vec::new(),
-    };
-    alone.validate().err()
 }
 
 /// Names of the Services whose endpoints a model service was built from, for

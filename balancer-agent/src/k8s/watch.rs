@@ -65,8 +65,9 @@ pub enum Failure {
 /// What a watcher task reports.
 #[derive(Debug)]
 pub enum Signal {
-    /// An object was added, changed or deleted.
-    Changed(Kind),
+    /// An object was added, changed or deleted: its `(namespace, name)`
+    /// (the store holds what it is now, or nothing if it is gone).
+    Changed(Kind, (String, String)),
     /// A (re)list completed: the store holds the full current state.
     Synced(Kind),
     /// The watcher failed; it retries after a backoff.
@@ -123,7 +124,9 @@ where
             let mut stream = std::pin::pin!(stream);
             while let Some(item) = stream.next().await {
                 let signal = match item {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed(kind),
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                        Signal::Changed(kind, (o.namespace().unwrap_or_default(), o.name_any()))
+                    }
                     Ok(watcher::Event::InitDone) => Signal::Synced(kind),
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
                     Err(e) => Signal::Failed {

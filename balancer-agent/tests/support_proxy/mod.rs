@@ -283,14 +283,14 @@ pub fn model(endpoints: &[(&TestEndpoint, &str)], policy: Policy) -> Model {
 
 pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
     Model {
-        services: vec![Service {
+        services: vec![std::sync::Arc::new(Service {
             name: "greeter".into(),
             vips: vec!["10.96.0.10:8000".parse().expect("vip")],
             listen: None,
             policy,
             endpoints: endpoints.iter().map(|(a, v)| Endpoint::ready(*a, version(v))).collect(),
             routes: vec![],
-        }],
+        })],
         enrolled: vec![],
     }
 }
