@@ -33,6 +33,8 @@
 //! * [`apiserver`]: `FakeApiServer`, a fake kube-apiserver in its own
 //!   process (`balancer-fake-apiserver`, implemented in [`fake_apiserver`])
 //!   for the agent's Kubernetes mode, with a kubeconfig pointing at it.
+//! * [`scale`]: the scale bench (`balancer-scale-bench`): the agent against
+//!   a cluster of S Services.
 
 pub mod agent;
 pub mod apiserver;
@@ -49,6 +51,7 @@ pub mod node_agent;
 pub mod pod;
 pub mod privileged;
 pub mod process;
+pub mod scale;
 pub mod topology;
 pub mod wire;
 

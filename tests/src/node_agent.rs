@@ -194,6 +194,11 @@ impl NodeAgent {
         }
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.process.child_mut().try_wait()
+    }
+
     /// Sends SIGTERM (what the kubelet does to stop the pod).
     pub fn sigterm(&self) -> io::Result<()> {
         // SAFETY: kill on the pid of a child this guard has not reaped.

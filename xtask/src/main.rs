@@ -3,7 +3,8 @@
 //! `cargo xtask setup` installs what a bare machine lacks, `cargo xtask lint`
 //! runs the formatting and clippy gates, `cargo xtask test` runs them and
 //! every test, `cargo xtask demo` shows per-call balancing through the
-//! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx.
+//! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx, and
+//! `cargo xtask bench --scale` measures the agent against large clusters.
 
 mod bench;
 mod demo;
@@ -41,7 +42,8 @@ enum Task {
     /// live (needs root).
     Demo,
     /// Compare balancer with HAProxy and nginx on this machine and write
-    /// docs/benchmarks.md (needs root for the kernel-redirect paths).
+    /// docs/benchmarks.md (needs root for the kernel-redirect paths);
+    /// `--scale`: the agent against clusters of 1,000 and 10,000 Services.
     Bench(bench::Args),
 }
 

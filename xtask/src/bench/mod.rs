@@ -14,6 +14,7 @@ mod load;
 mod paths;
 mod procs;
 mod report;
+mod scale;
 mod stream;
 
 use std::{
@@ -70,6 +71,16 @@ pub struct Args {
     /// instead of building them (release) first.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Run the scale bench instead: the agent in Kubernetes mode against a
+    /// cluster of S Services (ready, memory, CPU per EndpointSlice change,
+    /// change → call, VIPs in the kernel map); replaces the "Scale" section
+    /// of benchmarks.md. Needs root. With --quick: S = 200, short windows.
+    #[arg(long)]
+    scale: bool,
+    /// With --scale: the cluster sizes, comma-separated (default
+    /// 1000,10000, then the map-overflow probe at 20000).
+    #[arg(long, value_delimiter = ',', requires = "scale")]
+    services: Vec<usize>,
 }
 
 /// Debian packages the bench runs.
@@ -131,6 +142,9 @@ pub struct Extras {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.scale {
+        return scale::run(&args);
+    }
     let root = sh::root();
     let settings = settings(&args)?;
     if args.bin_dir.is_none() {

@@ -108,6 +108,7 @@ machine and run to run; the ratios measured in one run are what to read.
 ```sh
 cargo xtask bench           # as root: about 10 minutes; writes docs/benchmarks.md and docs/bench-*.svg
 cargo xtask bench --quick   # a smoke run: one round, 20k calls, written to target/bench/
+cargo xtask bench --scale   # the agent against large clusters: the Scale section at the end
 ```
 
 `cargo xtask bench` first runs `cargo xtask setup`, installs what it needs
@@ -333,6 +334,11 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
         );
     }
 
+    // The scale bench's section (`cargo xtask bench --scale`) stays.
+    let old = fs::read_to_string(out.join("benchmarks.md")).unwrap_or_default();
+    if let Some(scale) = super::scale::block(&old) {
+        let _ = write!(md, "\n{scale}\n");
+    }
     fs::write(out.join("benchmarks.md"), &md)?;
     charts(out, &sums)?;
     Ok(md)
