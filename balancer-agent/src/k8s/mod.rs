@@ -33,6 +33,7 @@ pub mod node_events;
 mod report;
 pub mod route_status;
 mod status;
+pub mod strip;
 pub mod translate;
 pub mod translator;
 pub mod watch;
@@ -260,18 +261,45 @@ pub async fn run_until(
         return Err(K8sError::NoNodeName);
     }
     let (sig_tx, mut signals) = mpsc::unbounded_channel();
-    let all = watcher::Config::default();
-    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
-    let (services, t1) = watch::spawn(Kind::Services, Api::all(client.clone()), all.clone(), sig_tx.clone());
+    // Lists are served from the API server's watch cache (resourceVersion
+    // 0), not quorum reads from etcd: thousands of agents start at once.
+    let all = watcher::Config::default().any_semantic();
+    let on_node = all.clone().fields(&format!("spec.nodeName={}", opts.node_name));
+    let (services, t1) = watch::spawn(
+        Kind::Services,
+        Api::all(client.clone()),
+        all.clone(),
+        strip::service,
+        sig_tx.clone(),
+    );
     let (slices, t2) = watch::spawn(
         Kind::EndpointSlices,
         Api::all(client.clone()),
         all.clone(),
+        strip::endpoint_slice,
         sig_tx.clone(),
     );
-    let (pods, t3) = watch::spawn(Kind::Pods, Api::all(client.clone()), on_node, sig_tx.clone());
-    let (namespaces, t4) = watch::spawn(Kind::Namespaces, Api::all(client.clone()), all.clone(), sig_tx.clone());
-    let (routes, t5) = watch::spawn(Kind::GrpcRoutes, Api::all(client.clone()), all, sig_tx);
+    let (pods, t3) = watch::spawn(
+        Kind::Pods,
+        Api::all(client.clone()),
+        on_node,
+        strip::pod,
+        sig_tx.clone(),
+    );
+    let (namespaces, t4) = watch::spawn(
+        Kind::Namespaces,
+        Api::all(client.clone()),
+        all.clone(),
+        strip::namespace,
+        sig_tx.clone(),
+    );
+    let (routes, t5) = watch::spawn(
+        Kind::GrpcRoutes,
+        Api::all(client.clone()),
+        all,
+        strip::grpc_route,
+        sig_tx,
+    );
     let _tasks = Tasks(vec![t1, t2, t3, t4, t5]);
     let stores = Stores {
         services,

@@ -101,23 +101,22 @@ fn api_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
-/// Starts the reflector of `api` and returns its store and task. The task
-/// ends when the main loop goes away.
+/// Starts the reflector of `api` and returns its store and task; `strip`
+/// drops what the agent does not read from each object before the store
+/// keeps it (see [`super::strip`]). The task ends when the main loop goes
+/// away.
 pub fn spawn<K>(
     kind: Kind,
     api: Api<K>,
     config: watcher::Config,
+    strip: fn(&mut K),
     signals: mpsc::UnboundedSender<Signal>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        // Managed fields are most of an object's size and never read here.
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer);
+    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
     let span = tracing::info_span!("reflector", resource = kind.resource());
     let task = tokio::spawn(
         async move {

@@ -1,0 +1,153 @@
+//! What the watchers keep of each object: only the fields the agent reads.
+//!
+//! Every agent holds every Service and EndpointSlice of the cluster; most of
+//! an object's size is fields the agent never reads (managed fields, owner
+//! references, annotations of other tools, an endpoint's `targetRef`,
+//! hints and hostname). They are dropped as each object arrives, before it
+//! enters a reflector store.
+
+use gateway_api::grpcroutes::GrpcRoute;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::api::ObjectMeta;
+
+use super::{translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION};
+
+/// Drops what no reader of any kind uses.
+fn common(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+/// Keeps only the annotation or label `key` of `map`.
+fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, key: &str) {
+    if let Some(m) = map {
+        m.retain(|k, _| k == key);
+        if m.is_empty() {
+            *map = None;
+        }
+    }
+}
+
+/// A Service: its name, ports, cluster IPs, type and policy annotation.
+pub fn service(svc: &mut Service) {
+    common(&mut svc.metadata);
+    keep_only(&mut svc.metadata.annotations, POLICY_ANNOTATION);
+    svc.metadata.labels = None;
+    svc.status = None;
+    if let Some(spec) = &mut svc.spec {
+        spec.selector = None;
+        spec.external_ips = None;
+        spec.load_balancer_source_ranges = None;
+        spec.session_affinity_config = None;
+    }
+}
+
+/// An EndpointSlice: its Service label, ports and each endpoint's first
+/// address, conditions, node and zone.
+pub fn endpoint_slice(slice: &mut EndpointSlice) {
+    common(&mut slice.metadata);
+    slice.metadata.annotations = None;
+    keep_only(&mut slice.metadata.labels, SERVICE_NAME_LABEL);
+    for ep in &mut slice.endpoints {
+        ep.target_ref = None;
+        ep.hints = None;
+        ep.deprecated_topology = None;
+        ep.hostname = None;
+        ep.addresses.truncate(1);
+    }
+}
+
+/// A pod on this node: everything the enrollment and mesh checks read
+/// stays (they are few); only the managed fields go.
+pub fn pod(pod: &mut Pod) {
+    common(&mut pod.metadata);
+}
+
+/// A namespace: its labels and annotations (opt-in) stay.
+pub fn namespace(ns: &mut Namespace) {
+    common(&mut ns.metadata);
+}
+
+/// A GRPCRoute: read whole (its status too; they are few), only the managed
+/// fields go.
+pub fn grpc_route(route: &mut GrpcRoute) {
+    route.metadata.managed_fields = None;
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::k8s::translate::{translate, Snapshot};
+
+    fn rich() -> (Service, EndpointSlice) {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {
+                "name": "greeter", "namespace": "demo", "uid": "u1",
+                "labels": { "app": "greeter" },
+                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}" },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+                "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
+            },
+            "spec": {
+                "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "ClusterIP",
+                "selector": { "app": "greeter" },
+                "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }]
+            },
+            "status": { "loadBalancer": {} }
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {
+                "name": "greeter-abc", "namespace": "demo",
+                "labels": { "kubernetes.io/service-name": "greeter", "endpointslice.kubernetes.io/managed-by": "x" },
+                "annotations": { "endpoints.kubernetes.io/last-change-trigger-time": "2026-01-01T00:00:00Z" }
+            },
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["10.1.0.1"],
+                "conditions": { "ready": true, "serving": true, "terminating": false },
+                "nodeName": "node-a", "zone": "zone-1", "hostname": "greeter-0",
+                "targetRef": { "kind": "Pod", "name": "greeter-0", "namespace": "demo", "uid": "p1" },
+                "hints": { "forZones": [{ "name": "zone-1" }] }
+            }],
+            "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
+        }))
+        .unwrap();
+        (svc, slice)
+    }
+
+    #[test]
+    fn stripped_objects_translate_as_the_originals_and_are_smaller() {
+        let (svc, slice) = rich();
+        let (mut s2, mut e2) = (svc.clone(), slice.clone());
+        service(&mut s2);
+        endpoint_slice(&mut e2);
+        let snap = |s: &Service, e: &EndpointSlice| Snapshot {
+            services: vec![Arc::new(s.clone())],
+            endpoint_slices: vec![Arc::new(e.clone())],
+            ..Snapshot::default()
+        };
+        let before = translate(&snap(&svc, &slice), |_| Vec::new()).model;
+        let after = translate(&snap(&s2, &e2), |_| Vec::new()).model;
+        assert_eq!(before, after);
+        assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
+        assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
+        let size = |v: serde_json::Value| v.to_string().len();
+        let (svc, slice) = (
+            serde_json::to_value(&svc).unwrap(),
+            serde_json::to_value(&slice).unwrap(),
+        );
+        let (s2j, e2j) = (serde_json::to_value(&s2).unwrap(), serde_json::to_value(&e2).unwrap());
+        assert!(size(s2j) < size(svc) && size(e2j) < size(slice));
+        assert!(e2.endpoints[0].target_ref.is_none() && s2.metadata.managed_fields.is_none());
+    }
+}
