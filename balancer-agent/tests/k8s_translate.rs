@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
+use balancer_agent::k8s::slice::Slice as EndpointSlice;
 use balancer_agent::{
     k8s::{
         grpcroute::{service_label, RouteError},
@@ -14,10 +15,7 @@ use balancer_agent::{
     model::{Backend, EndpointState, HeaderMatch, Labels, Policy, RouteMatch, StringMatch},
 };
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 

@@ -32,6 +32,7 @@ pub mod mesh;
 pub mod node_events;
 mod report;
 pub mod route_status;
+pub mod slice;
 mod status;
 pub mod strip;
 pub mod translate;
@@ -41,10 +42,7 @@ pub mod watch;
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{
     runtime::{
         events::Reporter,
@@ -179,7 +177,7 @@ pub async fn client() -> Result<kube::Client, K8sError> {
 
 struct Stores {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    slices: Store<slice::Slice>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     routes: Store<GrpcRoute>,

@@ -7,13 +7,10 @@
 //! enters a reflector store.
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::ObjectMeta;
 
-use super::{translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION};
+use super::{slice::Slice, translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION};
 
 /// Drops what no reader of any kind uses.
 fn common(meta: &mut ObjectMeta) {
@@ -46,19 +43,12 @@ pub fn service(svc: &mut Service) {
     }
 }
 
-/// An EndpointSlice: its Service label, ports and each endpoint's first
-/// address, conditions, node and zone.
-pub fn endpoint_slice(slice: &mut EndpointSlice) {
+/// An EndpointSlice (already lean, see [`Slice`]): its metadata keeps only
+/// the Service label.
+pub fn endpoint_slice(slice: &mut Slice) {
     common(&mut slice.metadata);
     slice.metadata.annotations = None;
     keep_only(&mut slice.metadata.labels, SERVICE_NAME_LABEL);
-    for ep in &mut slice.endpoints {
-        ep.target_ref = None;
-        ep.hints = None;
-        ep.deprecated_topology = None;
-        ep.hostname = None;
-        ep.addresses.truncate(1);
-    }
 }
 
 /// A pod on this node: everything the enrollment and mesh checks read
@@ -88,7 +78,7 @@ mod tests {
     use super::*;
     use crate::k8s::translate::{translate, Snapshot};
 
-    fn rich() -> (Service, EndpointSlice) {
+    fn rich() -> (Service, Slice) {
         let svc: Service = serde_json::from_value(json!({
             "metadata": {
                 "name": "greeter", "namespace": "demo", "uid": "u1",
@@ -105,7 +95,7 @@ mod tests {
             "status": { "loadBalancer": {} }
         }))
         .unwrap();
-        let slice: EndpointSlice = serde_json::from_value(json!({
+        let slice: Slice = serde_json::from_value(json!({
             "metadata": {
                 "name": "greeter-abc", "namespace": "demo",
                 "labels": { "kubernetes.io/service-name": "greeter", "endpointslice.kubernetes.io/managed-by": "x" },
@@ -131,7 +121,7 @@ mod tests {
         let (mut s2, mut e2) = (svc.clone(), slice.clone());
         service(&mut s2);
         endpoint_slice(&mut e2);
-        let snap = |s: &Service, e: &EndpointSlice| Snapshot {
+        let snap = |s: &Service, e: &Slice| Snapshot {
             services: vec![Arc::new(s.clone())],
             endpoint_slices: vec![Arc::new(e.clone())],
             ..Snapshot::default()
@@ -142,12 +132,11 @@ mod tests {
         assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
         let size = |v: serde_json::Value| v.to_string().len();
-        let (svc, slice) = (
-            serde_json::to_value(&svc).unwrap(),
-            serde_json::to_value(&slice).unwrap(),
-        );
-        let (s2j, e2j) = (serde_json::to_value(&s2).unwrap(), serde_json::to_value(&e2).unwrap());
-        assert!(size(s2j) < size(svc) && size(e2j) < size(slice));
-        assert!(e2.endpoints[0].target_ref.is_none() && s2.metadata.managed_fields.is_none());
+        let (svc, s2j) = (serde_json::to_value(&svc).unwrap(), serde_json::to_value(&s2).unwrap());
+        assert!(size(s2j) < size(svc));
+        assert!(s2.metadata.managed_fields.is_none() && s2.metadata.labels.is_none());
+        let labels = e2.metadata.labels.unwrap();
+        assert_eq!(labels.keys().collect::<Vec<_>>(), [SERVICE_NAME_LABEL]);
+        assert!(e2.metadata.annotations.is_none());
     }
 }

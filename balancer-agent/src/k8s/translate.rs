@@ -13,15 +13,13 @@ use std::{
 };
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServicePort},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServicePort};
 use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
     mesh::Mesh,
+    slice::{Slice, SliceEndpoint},
     translator::{Interner, Translator},
     INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL,
 };
@@ -36,7 +34,7 @@ pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
-    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub endpoint_slices: Vec<Arc<Slice>>,
     /// Pods on this node.
     pub pods: Vec<Arc<Pod>>,
     pub namespaces: Vec<Arc<Namespace>>,
@@ -154,12 +152,12 @@ fn cluster_ipv4s(svc: &Service) -> Vec<Ipv4Addr> {
     out
 }
 
-fn endpoint_state(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<EndpointState> {
-    let c = ep.conditions.as_ref();
+fn endpoint_state(ep: &SliceEndpoint) -> Option<EndpointState> {
+    let c = ep.conditions;
     // The API: an absent `ready` means ready; `serving` defaults to `ready`.
-    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    let ready = c.ready.unwrap_or(true);
+    let serving = c.serving.unwrap_or(ready);
+    let terminating = c.terminating.unwrap_or(false);
     if ready {
         Some(EndpointState::Ready)
     } else if serving && terminating {
@@ -177,7 +175,7 @@ fn endpoint_state(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<Endp
 /// names.
 fn add_endpoints<'s>(
     out: &mut BTreeMap<SocketAddr, Endpoint>,
-    slices: impl IntoIterator<Item = &'s Arc<EndpointSlice>>,
+    slices: impl IntoIterator<Item = &'s Arc<Slice>>,
     service: &str,
     port_name: Option<&str>,
     interner: &mut Interner,
@@ -188,7 +186,7 @@ fn add_endpoints<'s>(
         if slice.address_type != "IPv4" {
             continue;
         }
-        let port = slice.ports.iter().flatten().find(|p| {
+        let port = slice.ports.iter().find(|p| {
             p.name.as_deref().filter(|n| !n.is_empty()) == port_name
                 && matches!(p.protocol.as_deref(), None | Some("TCP"))
         });
@@ -201,7 +199,7 @@ fn add_endpoints<'s>(
         for ep in &slice.endpoints {
             let Some(state) = endpoint_state(ep) else { continue };
             // The API: addresses are fungible; consumers may use the first.
-            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = ep.address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
             let address = SocketAddr::V4(SocketAddrV4::new(ip, port));
@@ -306,7 +304,7 @@ pub(super) struct Built {
 pub(super) fn service<'s>(
     svc: &Service,
     attached: &[AttachedRoute],
-    slices_of: impl Fn(&str, &str) -> Option<&'s BTreeMap<String, Arc<EndpointSlice>>>,
+    slices_of: impl Fn(&str, &str) -> Option<&'s BTreeMap<String, Arc<Slice>>>,
     interner: &mut Interner,
 ) -> Built {
     let mut out = Built::default();

@@ -21,11 +21,12 @@ use std::{
 };
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, AttachedRoute},
+    slice::Slice,
     translate::{self, InvalidRoute, SERVICE_NAME_LABEL},
 };
 use crate::model::{self, Model, ModelError};
@@ -40,7 +41,7 @@ pub fn key_of<K: ResourceExt>(o: &K) -> Key {
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name`
 /// label), if it names one.
-fn owner_of(slice: &EndpointSlice) -> Option<Key> {
+fn owner_of(slice: &Slice) -> Option<Key> {
     let svc = slice.labels().get(SERVICE_NAME_LABEL)?;
     Some((slice.namespace().unwrap_or_default(), svc.clone()))
 }
@@ -71,7 +72,7 @@ impl Interner {
 pub struct Translator {
     services: HashMap<Key, Arc<Service>>,
     /// Slices by their Service, in slice-name order.
-    slices_of: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
+    slices_of: HashMap<Key, BTreeMap<String, Arc<Slice>>>,
     /// Which Service each slice was filed under.
     slice_owner: HashMap<Key, Key>,
     routes: Vec<Arc<GrpcRoute>>,
@@ -126,7 +127,7 @@ impl Translator {
     }
 
     /// An EndpointSlice was added or changed.
-    pub fn slice_applied(&mut self, slice: Arc<EndpointSlice>) {
+    pub fn slice_applied(&mut self, slice: Arc<Slice>) {
         let key = key_of(slice.as_ref());
         let owner = owner_of(&slice);
         let same = self.slice_owner.get(&key) == owner.as_ref()
@@ -196,7 +197,7 @@ impl Translator {
     }
 
     /// The EndpointSlices after a (re)list.
-    pub fn slices_replaced(&mut self, all: Vec<Arc<EndpointSlice>>) {
+    pub fn slices_replaced(&mut self, all: Vec<Arc<Slice>>) {
         let keys: HashSet<Key> = all.iter().map(|s| key_of(s.as_ref())).collect();
         let gone: Vec<Key> = self
             .slice_owner
