@@ -101,7 +101,9 @@ pub struct K8sOptions {
     /// agent first saw it wanting enrollment gets a `CgroupNotFound` Event
     /// and is counted in [`Status::pods_cgroup_missing`].
     pub cgroup_missing_after: Duration,
-    /// Changes closer together than this are published as one model.
+    /// Changes closer together than this are published as one model (a
+    /// burst, such as a rollout touching many EndpointSlices, becomes one
+    /// update; each change alone costs only what it touches).
     pub debounce: Duration,
     /// Recompute this often even without API changes (a pod's cgroup
     /// directory can appear after the pod's last update).
@@ -132,7 +134,7 @@ impl K8sOptions {
             cgroup_max_depth: cgroup::DEFAULT_MAX_DEPTH,
             cgroup_rescan: Duration::from_secs(1),
             cgroup_missing_after: Duration::from_secs(10),
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(10),
             resync: Duration::from_secs(10),
             controller: route_status::CONTROLLER_NAME.to_owned(),
             instance: None,
