@@ -424,7 +424,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     continue;
                 }
                 let model = models.borrow_and_update().clone();
-                table.update(&model);
+                table.update_shared(&model);
                 if let Some(kernel) = &kernel {
                     kernel_sync.apply(kernel, &model, &health, is_synced(&state));
                 }
@@ -535,18 +535,18 @@ fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
 /// Keeps the kernel maps in line with the published models, by difference.
 #[derive(Default)]
 struct KernelSync {
-    /// The services the SERVICES map was last updated from.
-    applied: Vec<Arc<crate::model::Service>>,
+    /// The model the SERVICES map was last updated from.
+    applied: Arc<Model>,
 }
 
 impl KernelSync {
     /// Brings the kernel maps in line with `model` (the services map by the
     /// services whose `Arc` changed since the last call); the agent is ready
     /// once they hold a complete state (`synced`).
-    fn apply(&mut self, kernel: &Mutex<Kernel>, model: &Model, health: &Health, synced: bool) {
+    fn apply(&mut self, kernel: &Mutex<Kernel>, model: &Arc<Model>, health: &Health, synced: bool) {
         let mut removed = Vec::new();
         let mut added = Vec::new();
-        for change in crate::model::diff(&self.applied, &model.services) {
+        for change in crate::model::diff(&self.applied.services, &model.services) {
             match change {
                 Change::Added(s) => added.extend(s.vips.iter().copied()),
                 Change::Removed(s) => removed.extend(s.vips.iter().copied()),
@@ -562,7 +562,7 @@ impl KernelSync {
         let services = kernel.update_services(&removed, &added);
         match &services {
             Ok(fill) => {
-                self.applied.clone_from(&model.services);
+                self.applied = Arc::clone(model);
                 let overflow = (!fill.overflow.is_empty()).then(|| crate::health::Overflow {
                     capacity: fill.capacity,
                     vips: fill.overflow.clone(),

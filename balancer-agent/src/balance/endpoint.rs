@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
@@ -51,13 +51,27 @@ struct Ewma {
 }
 
 /// One endpoint of one service. Kept across reloads as long as the service
-/// keeps an endpoint with this address.
+/// keeps an endpoint with this address. What picking reads is inline; the
+/// outcome counters exist from the endpoint's first call on, so that the
+/// endpoints of a large cluster a node never calls stay small.
 #[derive(Debug)]
 pub struct EndpointRt {
     pub address: SocketAddr,
     opts: Arc<BalanceOptions>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Nanoseconds since `epoch` until which the endpoint is ejected; 0: never.
+    ejected_until: AtomicU64,
+    epoch: Instant,
+    ewma: Mutex<Ewma>,
+    counters: OnceLock<Box<Counters>>,
+    /// Pooled HTTP/2 connections to this endpoint.
+    pub(crate) pool: EndpointPool,
+}
+
+/// What happened to an endpoint's calls.
+#[derive(Debug, Default)]
+struct Counters {
     calls: AtomicU64,
     statuses: [AtomicU64; GRPC_CODES],
     other_status: AtomicU64,
@@ -68,13 +82,10 @@ pub struct EndpointRt {
     ejections: AtomicU32,
     /// Every ejection since the endpoint appeared.
     ejections_total: AtomicU64,
-    /// Nanoseconds since `epoch` until which the endpoint is ejected; 0: never.
-    ejected_until: AtomicU64,
-    epoch: Instant,
-    ewma: Mutex<Ewma>,
-    /// Pooled HTTP/2 connections to this endpoint.
-    pub(crate) pool: EndpointPool,
 }
+
+/// The counters of an endpoint that never had a call.
+static NO_COUNTS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);
 
 impl EndpointRt {
     pub(crate) fn new(address: SocketAddr, opts: Arc<BalanceOptions>, epoch: Instant) -> Self {
@@ -84,23 +95,25 @@ impl EndpointRt {
             opts,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            calls: AtomicU64::new(0),
-            statuses: Default::default(),
-            other_status: AtomicU64::new(0),
-            resets: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejections_total: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             epoch,
             ewma: Mutex::new(Ewma {
                 ns: default_ns,
                 at: Instant::now(),
             }),
+            counters: OnceLock::new(),
             pool: EndpointPool::new(address),
         }
+    }
+
+    /// The counters, to count into (made at the first call).
+    fn counters(&self) -> &Counters {
+        self.counters.get_or_init(Box::default)
+    }
+
+    /// The counters, to read (shared zeros before the first call).
+    fn counts(&self) -> &Counters {
+        self.counters.get().map_or(&*NO_COUNTS, |c| c)
     }
 
     pub(crate) fn set_draining(&self, draining: bool) {
@@ -183,12 +196,13 @@ impl EndpointRt {
     }
 
     fn record(&self, outcome: Outcome) {
+        let c = self.counters();
         match outcome {
             Outcome::Status(code) => {
-                self.calls.fetch_add(1, Relaxed);
-                match self.statuses.get(usize::from(code)) {
-                    Some(c) => c.fetch_add(1, Relaxed),
-                    None => self.other_status.fetch_add(1, Relaxed),
+                c.calls.fetch_add(1, Relaxed);
+                match c.statuses.get(usize::from(code)) {
+                    Some(n) => n.fetch_add(1, Relaxed),
+                    None => c.other_status.fetch_add(1, Relaxed),
                 };
                 if code == UNAVAILABLE {
                     self.failure();
@@ -197,26 +211,27 @@ impl EndpointRt {
                 }
             }
             Outcome::Reset => {
-                self.calls.fetch_add(1, Relaxed);
-                self.resets.fetch_add(1, Relaxed);
+                c.calls.fetch_add(1, Relaxed);
+                c.resets.fetch_add(1, Relaxed);
             }
             Outcome::ConnectFailed => {
-                self.connect_failures.fetch_add(1, Relaxed);
+                c.connect_failures.fetch_add(1, Relaxed);
                 self.failure();
             }
             Outcome::Refused => {
-                self.refused.fetch_add(1, Relaxed);
+                c.refused.fetch_add(1, Relaxed);
             }
             Outcome::Abandoned => {}
         }
     }
 
     fn success(&self) {
-        if self.consecutive_failures.load(Relaxed) != 0 {
-            self.consecutive_failures.store(0, Relaxed);
+        let c = self.counters();
+        if c.consecutive_failures.load(Relaxed) != 0 {
+            c.consecutive_failures.store(0, Relaxed);
         }
-        if self.ejections.load(Relaxed) != 0 && !self.is_ejected() {
-            self.ejections.store(0, Relaxed);
+        if c.ejections.load(Relaxed) != 0 && !self.is_ejected() {
+            c.ejections.store(0, Relaxed);
         }
     }
 
@@ -228,19 +243,16 @@ impl EndpointRt {
         if threshold == 0 {
             return;
         }
-        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        let c = self.counters();
+        let n = c.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if n < threshold {
             return;
         }
-        if self
-            .consecutive_failures
-            .compare_exchange(n, 0, Relaxed, Relaxed)
-            .is_err()
-        {
+        if c.consecutive_failures.compare_exchange(n, 0, Relaxed, Relaxed).is_err() {
             return; // someone else ejected it
         }
-        let k = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
-        self.ejections_total.fetch_add(1, Relaxed);
+        let k = c.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        c.ejections_total.fetch_add(1, Relaxed);
         let backoff = self.opts.base_ejection.saturating_mul(k).min(self.opts.max_ejection);
         let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
         self.ejected_until.store(until, Relaxed);
@@ -249,14 +261,15 @@ impl EndpointRt {
     }
 
     pub fn snapshot(&self) -> EndpointSnapshot {
+        let c = self.counts();
         let mut errors = std::collections::BTreeMap::new();
-        for (code, c) in self.statuses.iter().enumerate().skip(1) {
-            let v = c.load(Relaxed);
+        for (code, n) in c.statuses.iter().enumerate().skip(1) {
+            let v = n.load(Relaxed);
             if v != 0 {
                 errors.insert(code.to_string(), v);
             }
         }
-        let other = self.other_status.load(Relaxed);
+        let other = c.other_status.load(Relaxed);
         if other != 0 {
             errors.insert("other".into(), other);
         }
@@ -267,16 +280,16 @@ impl EndpointRt {
             draining: self.is_draining(),
             ejected: until != 0 && now < until,
             ejected_for_ms: if until > now { (until - now) / 1_000_000 } else { 0 },
-            ejections: self.ejections.load(Relaxed),
-            ejections_total: self.ejections_total.load(Relaxed),
-            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            ejections: c.ejections.load(Relaxed),
+            ejections_total: c.ejections_total.load(Relaxed),
+            consecutive_failures: c.consecutive_failures.load(Relaxed),
             in_flight: self.in_flight(),
-            calls: self.calls.load(Relaxed),
-            ok: self.statuses[0].load(Relaxed),
+            calls: c.calls.load(Relaxed),
+            ok: c.statuses[0].load(Relaxed),
             errors,
-            resets: self.resets.load(Relaxed),
-            connect_failures: self.connect_failures.load(Relaxed),
-            refused: self.refused.load(Relaxed),
+            resets: c.resets.load(Relaxed),
+            connect_failures: c.connect_failures.load(Relaxed),
+            refused: c.refused.load(Relaxed),
             ewma_ms: self.ewma_ns() / 1e6,
             upstream_connections: self.pool.open_connections(),
         }

@@ -210,10 +210,10 @@ struct Index {
 #[derive(Debug)]
 pub struct Table {
     index: RwLock<Index>,
-    /// The services the index was last built from (and the lock that
-    /// serializes updates): an update rebuilds only those whose `Arc`
-    /// changed.
-    built: Mutex<Vec<Arc<Service>>>,
+    /// The model the index was last built from (and the lock that
+    /// serializes updates): an update rebuilds only the services whose
+    /// `Arc` changed.
+    built: Mutex<Arc<Model>>,
     opts: Arc<BalanceOptions>,
     epoch: Instant,
 }
@@ -226,7 +226,7 @@ impl Table {
     pub fn with_options(model: &Model, opts: BalanceOptions) -> Arc<Table> {
         let t = Table {
             index: RwLock::new(Index::default()),
-            built: Mutex::new(Vec::new()),
+            built: Mutex::new(Arc::default()),
             opts: Arc::new(opts),
             epoch: Instant::now(),
         };
@@ -244,25 +244,30 @@ impl Table {
     /// connections get `UNAVAILABLE` for new calls). Only the services whose
     /// `Arc` differs from the last model's are rebuilt.
     pub fn update(&self, model: &Model) {
+        self.update_shared(&Arc::new(model.clone()));
+    }
+
+    /// [`Table::update`] from a shared model, which the table keeps (no
+    /// copy of the service list).
+    pub fn update_shared(&self, model: &Arc<Model>) {
         let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changes = model::diff(&built, &model.services);
-        if changes.is_empty() {
-            return;
-        }
-        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for change in changes {
-            match change {
-                Change::Removed(svc) => index.remove(svc),
-                Change::Changed { old, new } => {
-                    index.remove_vips(old);
-                    index.upsert(new, &self.opts, self.epoch);
+        let changes = model::diff(&built.services, &model.services);
+        if !changes.is_empty() {
+            let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for change in changes {
+                match change {
+                    Change::Removed(svc) => index.remove(svc),
+                    Change::Changed { old, new } => {
+                        index.remove_vips(old);
+                        index.upsert(new, &self.opts, self.epoch);
+                    }
+                    Change::Added(svc) => index.upsert(svc, &self.opts, self.epoch),
                 }
-                Change::Added(svc) => index.upsert(svc, &self.opts, self.epoch),
             }
         }
-        drop(index);
-        built.clone_from(&model.services);
+        *built = Arc::clone(model);
     }
+
     pub fn service(&self, name: &str) -> Option<Arc<ServiceSlot>> {
         self.read().by_name.get(name).cloned()
     }

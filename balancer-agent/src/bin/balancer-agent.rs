@@ -19,6 +19,29 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's `malloc_conf` (a C string pointer jemalloc reads at start):
+/// freed memory goes back to the system after a second, not ten.
+#[repr(transparent)]
+pub struct MallocConf(*const u8);
+
+// SAFETY: it points at a static, immutable, NUL-terminated string.
+unsafe impl Sync for MallocConf {}
+
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: MallocConf =
+    MallocConf(b"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0".as_ptr());
+
+/// The agent (not its one-shot subcommands, which must stay single-threaded
+/// to enter other namespaces) gets jemalloc's background thread: it gives
+/// the transient memory of a large cluster's initial lists (and of a
+/// relist) back to the system even while the agent is idle, so a pod memory
+/// limit sees what the agent holds, not what it once parsed.
+fn return_freed_memory_in_the_background() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("balancer-agent: jemalloc background thread not started: {e}");
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "balancer-agent",
@@ -206,6 +229,7 @@ fn main() -> std::process::ExitCode {
         }
         None => {}
     }
+    return_freed_memory_in_the_background();
     let source = match args.config {
         Some(path) => Source::Static(path),
         None => Source::Kubernetes {

@@ -456,12 +456,21 @@ pub async fn run_until(
             }
         });
         if changed {
+            // Every EndpointSlice change publishes: info only for the first.
             let m = tx.borrow();
-            tracing::info!(
-                services = m.services.len(),
-                enrolled = m.enrolled.len(),
-                "model published"
-            );
+            if is_ready {
+                tracing::debug!(
+                    services = m.services.len(),
+                    enrolled = m.enrolled.len(),
+                    "model published"
+                );
+            } else {
+                tracing::info!(
+                    services = m.services.len(),
+                    enrolled = m.enrolled.len(),
+                    "model published"
+                );
+            }
         }
         if !is_ready {
             is_ready = true;

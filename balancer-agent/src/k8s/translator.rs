@@ -98,8 +98,9 @@ pub struct Translator {
     bad_policies: BTreeMap<String, String>,
     dirty: HashSet<Key>,
     interner: Interner,
-    /// The published services as a list, until the next change.
-    list: Option<Vec<Arc<model::Service>>>,
+    /// The published services as a list sorted by name, kept in step with
+    /// `published`.
+    list: Vec<Arc<model::Service>>,
 }
 
 impl Translator {
@@ -235,7 +236,6 @@ impl Translator {
             self.decide(&name);
         }
         self.interner.trim();
-        self.list = None;
     }
 
     /// Attaches every GRPCRoute again; the parents whose routes changed are
@@ -366,8 +366,8 @@ impl Translator {
     /// Publishes a candidate, or leaves it out for a VIP a valid service
     /// with a smaller name claims too.
     fn decide(&mut self, name: &Arc<str>) {
-        let Some(candidate) = self.candidates.get(name) else {
-            self.published.remove(name);
+        let Some(candidate) = self.candidates.get(name).cloned() else {
+            self.unpublish(name);
             return;
         };
         let taken = candidate.vips.iter().find_map(|vip| {
@@ -384,24 +384,39 @@ impl Translator {
                         other,
                     },
                 );
-                self.published.remove(name);
+                self.unpublish(name);
             }
             None => {
                 self.dropped.remove(name);
-                let same = self.published.get(name).is_some_and(|p| Arc::ptr_eq(p, candidate));
+                let same = self.published.get(name).is_some_and(|p| Arc::ptr_eq(p, &candidate));
                 if !same {
-                    self.published.insert(Arc::clone(name), Arc::clone(candidate));
+                    match self.position(name) {
+                        Ok(i) => self.list[i] = Arc::clone(&candidate),
+                        Err(i) => self.list.insert(i, Arc::clone(&candidate)),
+                    }
+                    self.published.insert(Arc::clone(name), candidate);
                 }
             }
         }
     }
 
+    fn unpublish(&mut self, name: &Arc<str>) {
+        if self.published.remove(name).is_some() {
+            if let Ok(i) = self.position(name) {
+                self.list.remove(i);
+            }
+        }
+    }
+
+    /// Where `name` is (or would go) in the sorted list.
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.list.binary_search_by(|s| s.name.as_str().cmp(name))
+    }
+
     /// The model's services, sorted by name: the same `Arc`s as before for
     /// the services no change touched.
-    pub fn services(&mut self) -> Vec<Arc<model::Service>> {
-        self.list
-            .get_or_insert_with(|| self.published.values().cloned().collect())
-            .clone()
+    pub fn services(&self) -> Vec<Arc<model::Service>> {
+        self.list.clone()
     }
 
     /// The Services the GRPCRoutes name (as parents or backends), for the

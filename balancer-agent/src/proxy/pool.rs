@@ -109,7 +109,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct EndpointPool {
     addr: SocketAddr,
-    inner: Arc<Inner>,
+    /// Made at the first connection: the endpoints of a large cluster a
+    /// node never calls hold no pool state.
+    inner: std::sync::OnceLock<Arc<Inner>>,
 }
 
 /// A call's hold on one pooled connection; dropping it ends the call there.
@@ -141,15 +143,19 @@ impl Drop for Lease {
 }
 
 impl EndpointPool {
+    fn inner(&self) -> &Arc<Inner> {
+        self.inner.get_or_init(Arc::default)
+    }
+
     pub fn new(addr: SocketAddr) -> Self {
         EndpointPool {
             addr,
-            inner: Arc::new(Inner::default()),
+            inner: std::sync::OnceLock::new(),
         }
     }
 
     pub fn open_connections(&self) -> usize {
-        self.inner.open.load(Relaxed)
+        self.inner.get().map_or(0, |i| i.open.load(Relaxed))
     }
 
     fn take(conn: &Arc<UpConn>) -> (SendRequest<Bytes>, Lease) {
@@ -160,7 +166,7 @@ impl EndpointPool {
     /// A connection for one more call, or `None` when another should be
     /// opened first. `force` takes the least busy usable one regardless.
     fn try_take(&self, opts: &PoolOptions, force: bool) -> Option<(SendRequest<Bytes>, Lease)> {
-        let conns = self.inner.conns.lock().ok()?;
+        let conns = self.inner.get()?.conns.lock().ok()?;
         let best = conns
             .iter()
             .filter(|c| c.usable() && (force || !c.at_limit()))
@@ -172,7 +178,9 @@ impl EndpointPool {
     }
 
     fn count(&self) -> usize {
-        self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
+        self.inner
+            .get()
+            .map_or(0, |i| i.conns.lock().map(|c| c.len()).unwrap_or(0))
     }
 
     /// A sender and lease for one call, connecting if needed.
@@ -180,7 +188,7 @@ impl EndpointPool {
         if let Some(l) = self.try_take(opts, false) {
             return Ok(l);
         }
-        let _one_connect_at_a_time = self.inner.connecting.lock().await;
+        let _one_connect_at_a_time = self.inner().connecting.lock().await;
         if let Some(l) = self.try_take(opts, false) {
             return Ok(l);
         }
@@ -235,7 +243,7 @@ impl EndpointPool {
                 Ok(Ok(())) => {}
             }
         }
-        let id = self.inner.next_id.fetch_add(1, Relaxed);
+        let id = self.inner().next_id.fetch_add(1, Relaxed);
         let up = Arc::new(UpConn {
             id,
             send,
@@ -244,11 +252,11 @@ impl EndpointPool {
             close: Notify::new(),
             idle_since: Mutex::new(Some(Instant::now())),
         });
-        if let Ok(mut conns) = self.inner.conns.lock() {
+        if let Ok(mut conns) = self.inner().conns.lock() {
             conns.push(Arc::clone(&up));
         }
-        self.inner.open.fetch_add(1, Relaxed);
-        let weak = Arc::downgrade(&self.inner);
+        self.inner().open.fetch_add(1, Relaxed);
+        let weak = Arc::downgrade(self.inner());
         let driver = drive(conn, ping, Arc::clone(&up), weak, opts.clone());
         tokio::spawn(driver.instrument(tracing::debug_span!("upstream", endpoint = %addr, conn = id)));
         debug!(endpoint = %addr, conn = id, "upstream connection open");

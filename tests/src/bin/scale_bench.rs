@@ -25,12 +25,13 @@ struct Args {
     /// (default 1000,10000; with --quick 200).
     #[arg(long, value_delimiter = ',')]
     services: Vec<usize>,
-    /// Then a cluster this big, every 10th Service with three gRPC ports,
-    /// to see what the agent does with more VIPs than its map holds
-    /// (default 20000; with --quick or 0: not run).
+    /// Then the VIP probes: 50,000 VIPs on a map sized at start, and a
+    /// cluster this big, every 10th Service with three gRPC ports, on a map
+    /// held at 16,384 entries, to see what the agent does with more VIPs
+    /// than its map holds (default 20000; with --quick or 0: not run).
     #[arg(long)]
     overflow: Option<usize>,
-    /// A smoke run: S = 200, 5 s windows, 5 moves, no overflow probe.
+    /// A smoke run: S = 200, 5 s windows, 5 moves, no VIP probes.
     #[arg(long)]
     quick: bool,
     /// Length of the idle and churn windows, seconds (default 30; 5 with
@@ -162,6 +163,8 @@ fn bench(args: &Args) -> Result<(), String> {
     } else {
         vec![1_000, 10_000]
     };
+    /// The map size the overflow probe forces (the default's floor).
+    const SMALL_MAP: u32 = 16_384;
     let overflow = match (args.overflow, args.quick) {
         (Some(0), _) | (None, true) => None,
         (Some(n), _) => Some(n),
@@ -198,20 +201,41 @@ fn bench(args: &Args) -> Result<(), String> {
     }
     let mut failed_probe = None;
     if let Some(n) = overflow {
-        let shape = Shape {
-            services: n,
-            endpoints: 10,
-            multi_port_every: Some(10),
-        };
-        let o = ScaleOptions {
-            no_churn: true,
-            moves: 3,
-            ready_limit: Duration::from_secs(60),
-            ..opts.clone()
-        };
-        match scale::run(shape, &o) {
-            Ok(r) => results.push(r),
-            Err(e) => failed_probe = Some(format!("S = {n}: {}", chain(&e))),
+        let probes = [
+            (
+                "50,000 VIPs on a node that sized its map at start".to_owned(),
+                Shape {
+                    services: 16_667,
+                    endpoints: 10,
+                    multi_port_every: Some(1),
+                },
+                Vec::new(),
+            ),
+            (
+                format!("More VIPs than the SERVICES map holds (`BALANCER_SERVICES_MAP_SIZE={SMALL_MAP}`)"),
+                Shape {
+                    services: n,
+                    endpoints: 10,
+                    multi_port_every: Some(10),
+                },
+                vec![("BALANCER_SERVICES_MAP_SIZE".to_owned(), SMALL_MAP.to_string())],
+            ),
+        ];
+        for (title, shape, env) in probes {
+            let o = ScaleOptions {
+                no_churn: true,
+                moves: 3,
+                ready_limit: Duration::from_secs(60),
+                agent_env: env,
+                ..opts.clone()
+            };
+            match scale::run(shape, &o) {
+                Ok(mut r) => {
+                    r.probe = Some(title);
+                    results.push(r);
+                }
+                Err(e) => failed_probe = Some(format!("S = {}: {}", shape.services, chain(&e))),
+            }
         }
     }
     let mut md = report::section(&results, &meta);

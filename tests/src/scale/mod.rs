@@ -112,6 +112,9 @@ pub struct ScaleOptions {
     /// Before the start and each window, wait for a machine with less than
     /// a third of a core busy, at most this long in all.
     pub calm: Duration,
+    /// Environment the agent gets on top of the DaemonSet's (for instance
+    /// `BALANCER_SERVICES_MAP_SIZE`).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl ScaleOptions {
@@ -130,6 +133,7 @@ impl ScaleOptions {
             seed: 15,
             perf: None,
             calm: Duration::from_secs(300),
+            agent_env: Vec::new(),
         }
     }
 
@@ -208,6 +212,9 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 /// What one cluster size cost.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ScaleResult {
+    /// What a probe (not a plain cluster size) showed, as the report's
+    /// heading for it.
+    pub probe: Option<String>,
     pub shape: Option<Shape>,
     /// VIPs the cluster has (a complete SERVICES map holds that many).
     pub vips_cluster: usize,
@@ -277,7 +284,7 @@ pub fn run(shape: Shape, opts: &ScaleOptions) -> Result<ScaleResult, ScaleError>
     if !opts.calm.is_zero() {
         calm.wait();
     }
-    let mut agent = node.start_agent(&opts.bins.agent)?;
+    let mut agent = node.start_agent(&opts.bins.agent, &opts.agent_env)?;
     let started = Instant::now();
     let pid = agent.pid();
     let others = [node.api.pid(), std::process::id()];

@@ -192,12 +192,14 @@ impl BenchNode {
     }
 
     /// Starts the agent in its pod's container cgroup, in the node's
-    /// namespace.
-    pub fn start_agent(&self, agent: &Path) -> Result<NodeAgent, ScaleError> {
+    /// namespace, with `extra` environment on top of the DaemonSet's.
+    pub fn start_agent(&self, agent: &Path, extra: &[(String, String)]) -> Result<NodeAgent, ScaleError> {
+        let mut env = self.agent_env()?;
+        env.extend(extra.iter().cloned());
         let opts = NodeAgentOptions {
             config: None,
             args: Vec::new(),
-            env: self.agent_env()?,
+            env,
             view: CgroupView::Namespaced,
             read_only: vec![self.host.dir().to_owned()],
         };

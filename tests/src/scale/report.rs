@@ -210,9 +210,13 @@ fn overflow(r: &ScaleResult) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### More VIPs than the SERVICES map holds\n\nS = {} Services, every {}th with three gRPC ports: {} VIPs, {} endpoints.\n",
+        "### {}\n\nS = {} Services, {} with three gRPC ports: {} VIPs, {} endpoints.\n",
+        r.probe.as_deref().unwrap_or("More VIPs than the SERVICES map holds"),
         thousands(shape.services as u64),
-        shape.multi_port_every.unwrap_or(0),
+        match shape.multi_port_every.unwrap_or(0) {
+            1 => "each".to_owned(),
+            n => format!("every {n}th"),
+        },
         thousands(r.vips_cluster as u64),
         thousands(r.endpoints as u64),
     );
@@ -290,7 +294,7 @@ in the same namespace.
 ### Run it
 
 ```sh
-cargo xtask bench --scale                     # as root: S = 1,000 and 10,000, then the overflow probe (S = 20,000); about 10 minutes
+cargo xtask bench --scale                     # as root: S = 1,000 and 10,000, then the two VIP probes; about 15 minutes
 cargo xtask bench --scale --quick             # a smoke run: S = 200, 5 s windows, written to target/bench/
 cargo xtask bench --scale --services 1000,5000
 ```
@@ -333,9 +337,12 @@ knobs (`--perf FILE` records a CPU profile of the agent during the churn).
   during the CPU windows.
 - VIPs: the VIPs of the agent's model (`/api/v1/services`) against the
   SERVICES map's entries.
-- The overflow probe: a cluster of 20,000 Services, every 10th with three
-  gRPC ports (each port is a VIP, an entry of the SERVICES map), more than
-  the map holds; no churn, a shorter idle window, 3 moves.
+- The VIP probes (no churn, a shorter idle window, 3 moves): 16,667
+  Services with three gRPC ports each (each port is a VIP, an entry of the
+  SERVICES map): 50,000 VIPs, on an agent that sizes its map at start; then
+  20,000 Services, every 10th with three gRPC ports, on an agent whose map
+  is held at 16,384 entries (`BALANCER_SERVICES_MAP_SIZE`): more VIPs than
+  it holds.
 - Before the agent starts and before each window the bench waits (at most
   5 minutes per cluster size) for a machine with less than a third of a
   core busy. \"Machine busy elsewhere\" is the machine's CPU time outside
