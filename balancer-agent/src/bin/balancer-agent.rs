@@ -22,14 +22,14 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's `malloc_conf` (a C string pointer jemalloc reads at start):
 /// freed memory goes back to the system after a second, not ten.
 #[repr(transparent)]
-pub struct MallocConf(*const u8);
+pub struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: it points at a static, immutable, NUL-terminated string.
 unsafe impl Sync for MallocConf {}
 
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: MallocConf =
-    MallocConf(b"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0".as_ptr());
+    MallocConf(c"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
 /// The agent (not its one-shot subcommands, which must stay single-threaded
 /// to enter other namespaces) gets jemalloc's background thread: it gives
