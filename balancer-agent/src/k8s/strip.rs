@@ -19,6 +19,18 @@ fn common(meta: &mut ObjectMeta) {
     meta.finalizers = None;
 }
 
+/// Drops what is not read of the objects every agent holds by the
+/// thousand: all but their name, namespace, labels and annotations (the
+/// watcher keeps its own resource version).
+fn held_by_the_thousand(meta: &mut ObjectMeta) {
+    common(meta);
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.generate_name = None;
+    meta.generation = None;
+    meta.creation_timestamp = None;
+}
+
 /// Keeps only the annotation or label `key` of `map`.
 fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, key: &str) {
     if let Some(m) = map {
@@ -31,7 +43,7 @@ fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, key: 
 
 /// A Service: its name, ports, cluster IPs, type and policy annotation.
 pub fn service(svc: &mut Service) {
-    common(&mut svc.metadata);
+    held_by_the_thousand(&mut svc.metadata);
     keep_only(&mut svc.metadata.annotations, POLICY_ANNOTATION);
     svc.metadata.labels = None;
     svc.status = None;
@@ -46,7 +58,7 @@ pub fn service(svc: &mut Service) {
 /// An EndpointSlice (already lean, see [`Slice`]): its metadata keeps only
 /// the Service label.
 pub fn endpoint_slice(slice: &mut Slice) {
-    common(&mut slice.metadata);
+    held_by_the_thousand(&mut slice.metadata);
     slice.metadata.annotations = None;
     keep_only(&mut slice.metadata.labels, SERVICE_NAME_LABEL);
 }

@@ -168,6 +168,9 @@ impl BenchNode {
             .map(|(k, v)| {
                 let v = match k.as_str() {
                     "BALANCER_CGROUP_ROOT" => self.host.dir().display().to_string(),
+                    // The DaemonSet mounts the host's /proc there; the bench
+                    // runs in the host's PID namespace.
+                    "BALANCER_PROCFS" => "/proc".to_owned(),
                     _ => v.clone(),
                 };
                 (k.clone(), v)
