@@ -70,6 +70,13 @@ fn call_counters_match_the_known_calls() {
     assert_eq!(get(&s, "balancer_endpoint_ejections_total", &a), 0.0);
     assert_eq!(get(&s, "balancer_upstream_connections", &a), 1.0);
     assert_eq!(get(&s, "balancer_retries_total", &[("service", "greeter")]), 5.0);
+    let greeter = [("service", "greeter")];
+    assert_eq!(get(&s, "balancer_service_calls_total", &greeter), RECEIVED as f64);
+    assert_eq!(get(&s, "balancer_no_endpoint_total", &greeter), NO_ENDPOINT as f64);
+    assert_eq!(
+        get(&s, "balancer_no_endpoint_total", &[("service", "default/echo")]),
+        0.0
+    );
     assert!((get(&s, "balancer_endpoint_latency_ewma_seconds", &a) - 0.00125).abs() < 1e-9);
 }
 

@@ -92,6 +92,13 @@ pub struct Service {
     pub retries: u64,
     /// Client connections proxied as plain TCP (no HTTP/2 preface).
     pub l4_connections: u64,
+    /// Calls the service received (those the agent answered itself too).
+    #[serde(default)]
+    pub received: u64,
+    /// Calls answered UNAVAILABLE by the agent because no endpoint could
+    /// take them (none ready, all ejected or draining, every try failed).
+    #[serde(default)]
+    pub no_endpoint: u64,
 }
 
 impl Service {
@@ -120,6 +127,8 @@ impl Service {
             endpoints: svc.endpoints.iter().map(Endpoint::from_model).collect(),
             retries: 0,
             l4_connections: 0,
+            received: 0,
+            no_endpoint: 0,
         }
     }
 }

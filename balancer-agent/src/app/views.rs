@@ -38,6 +38,8 @@ impl ServicesView for TableView {
                 if let Some(snap) = live.get(svc.name.as_str()) {
                     out.retries = snap.retries;
                     out.l4_connections = snap.tcp_connections;
+                    out.received = snap.calls;
+                    out.no_endpoint = snap.no_endpoint;
                     let eps: HashMap<_, _> = snap.endpoints.iter().map(|e| (e.address, e)).collect();
                     for ep in &mut out.endpoints {
                         if let Some(s) = eps.get(&ep.address) {

@@ -285,6 +285,18 @@ impl Collector for Scrape {
             "Calls retried on another endpoint.",
             &per_svc(&|s| s.retries),
         )?;
+        counter(
+            e,
+            "balancer_service_calls",
+            "Calls a service received, those the agent answered itself included.",
+            &per_svc(&|s| s.received),
+        )?;
+        counter(
+            e,
+            "balancer_no_endpoint",
+            "Calls the agent answered UNAVAILABLE because no endpoint could take them.",
+            &per_svc(&|s| s.no_endpoint),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",

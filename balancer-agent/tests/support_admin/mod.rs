@@ -15,6 +15,11 @@ pub const OK_A: u64 = 40;
 pub const OK_B: u64 = 38;
 pub const UNAVAILABLE_B: u64 = 2;
 pub const RESETS_B: u64 = 1;
+/// Calls the agent answered UNAVAILABLE itself (no endpoint could take them).
+pub const NO_ENDPOINT: u64 = 3;
+/// Calls the service received: those that reached an endpoint and those the
+/// agent answered.
+pub const RECEIVED: u64 = OK_A + OK_B + UNAVAILABLE_B + RESETS_B + NO_ENDPOINT;
 /// Latency samples recorded for `greeter`: 60 at 1.5 ms, 20 at 30 ms.
 pub const FAST: u64 = 60;
 pub const SLOW: u64 = 20;
@@ -69,6 +74,8 @@ pub fn greeter() -> api::Service {
         endpoints: vec![ep("127.0.0.1:50051", "v1", statuses_a), b],
         retries: 5,
         l4_connections: 0,
+        received: RECEIVED,
+        no_endpoint: NO_ENDPOINT,
     }
 }
 
@@ -82,6 +89,8 @@ pub fn echo() -> api::Service {
         endpoints: vec![],
         retries: 0,
         l4_connections: 0,
+        received: 0,
+        no_endpoint: 0,
     }
 }
 

@@ -1,5 +1,5 @@
 //! `balancer-scale-bench`: what a cluster of S Services costs the agent on
-//! one node (see `balancer_tests::scale`). Needs root. Prints issue 15's
+//! one node (see `balancer_tests::scale`). Needs root. Prints its
 //! table and writes the docs section (`--markdown`) and the raw results
 //! (`--json`); `cargo xtask bench --scale` runs it.
 

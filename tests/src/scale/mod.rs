@@ -25,7 +25,7 @@
 //!    ENROLLED map; whether the agent served the pod's calls; the agent's
 //!    warnings.
 //!
-//! [`report`] prints the results as the table of issue 15 and writes the
+//! [`report`] prints the results as a table and writes the
 //! docs section. `balancer-scale-bench` (and `cargo xtask bench --scale`)
 //! runs it for several sizes.
 

@@ -1,4 +1,4 @@
-//! The scale bench's results as issue 15's table (one column per cluster
+//! The scale bench's results as a table (one column per cluster
 //! size), and the "Scale" section of docs/benchmarks.md.
 
 use std::fmt::Write as _;
@@ -284,7 +284,7 @@ fn warnings(results: &[ScaleResult]) -> String {
 }
 
 const METHOD: &str = "\
-What a cluster of S Services costs the agent on one node (issue 15): the
+What a cluster of S Services costs the agent on one node: the
 release agent in Kubernetes mode, started as `deploy/daemonset.yaml` starts
 it (its environment, its own container cgroup and cgroup namespace, the
 host's cgroup hierarchy mounted by its init step), in a node network
