@@ -63,6 +63,37 @@ impl DaemonSet {
         }
     }
 
+    /// The agent container's environment as a node on this machine gives
+    /// it: the literal values, with the host hierarchy mounted at
+    /// `cgroup_root` and the host's processes in this machine's `/proc` (the
+    /// DaemonSet mounts them at `/hostproc`), without the run directory
+    /// (each pod's own; `NodeAgent` gives one); then the downward API's
+    /// fields as `downward(fieldPath)` answers. `Err(fieldPath)`: a field it
+    /// has no answer for.
+    pub fn container_env(
+        &self,
+        cgroup_root: &Path,
+        downward: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != "BALANCER_RUN_DIR")
+            .map(|(k, v)| {
+                let v = match k.as_str() {
+                    "BALANCER_CGROUP_ROOT" => cgroup_root.display().to_string(),
+                    "BALANCER_PROCFS" => "/proc".to_owned(),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        for (name, field) in &self.downward {
+            env.push((name.clone(), downward(field).ok_or_else(|| field.clone())?));
+        }
+        Ok(env)
+    }
+
     /// A literal env value of the agent container.
     pub fn value(&self, name: &str) -> Option<&str> {
         self.env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())

@@ -169,31 +169,17 @@ impl Node {
     /// cgroup narrowed to the test's `kubepods.slice` (not the machine's
     /// root).
     fn agent_env(&self, pod_name: &str) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .manifest
-            .env
-            .iter()
-            // The run directory is each pod's own emptyDir: NodeAgent gives one.
-            .filter(|(k, _)| k != "BALANCER_RUN_DIR")
-            .map(|(k, v)| {
-                let v = match k.as_str() {
-                    "BALANCER_CGROUP_ROOT" => self.host.dir().display().to_string(),
-                    _ => v.clone(),
-                };
-                (k.clone(), v)
-            })
-            .collect();
         let node_ip = self.topo.node.ip.to_string();
-        for (name, field) in &self.manifest.downward {
-            let value = match field.as_str() {
-                "spec.nodeName" => NODE.to_owned(),
-                "status.hostIPs" | "status.hostIP" => node_ip.clone(),
-                "metadata.name" => pod_name.to_owned(),
-                "metadata.namespace" => "balancer-system".to_owned(),
-                other => panic!("the DaemonSet reads {other} from the downward API; give it a value here"),
-            };
-            env.push((name.clone(), value));
-        }
+        let mut env = self
+            .manifest
+            .container_env(self.host.dir(), |field| match field {
+                "spec.nodeName" => Some(NODE.to_owned()),
+                "status.hostIPs" | "status.hostIP" => Some(node_ip.clone()),
+                "metadata.name" => Some(pod_name.to_owned()),
+                "metadata.namespace" => Some("balancer-system".to_owned()),
+                _ => None,
+            })
+            .unwrap_or_else(|field| panic!("the DaemonSet reads {field} from the downward API; give it a value here"));
         env.push(("KUBECONFIG".into(), self.api.kubeconfig().display().to_string()));
         env.push((
             "BALANCER_ATTACH_CGROUP".into(),

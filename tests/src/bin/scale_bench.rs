@@ -113,15 +113,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    balancer_agent::error::Chain(e).to_string()
 }
 
 fn first_line(cmd: &mut std::process::Command) -> Option<String> {

@@ -160,32 +160,17 @@ impl BenchNode {
     /// downward API gives it on this node, the API server's kubeconfig, and
     /// the programs attached at the node's `kubepods.slice`.
     fn agent_env(&self) -> Result<Vec<(String, String)>, ScaleError> {
-        let mut env: Vec<(String, String)> = self
+        let node_ip = self.topo.node.ip.to_string();
+        let mut env = self
             .manifest
-            .env
-            .iter()
-            .filter(|(k, _)| k != "BALANCER_RUN_DIR")
-            .map(|(k, v)| {
-                let v = match k.as_str() {
-                    "BALANCER_CGROUP_ROOT" => self.host.dir().display().to_string(),
-                    // The DaemonSet mounts the host's /proc there; the bench
-                    // runs in the host's PID namespace.
-                    "BALANCER_PROCFS" => "/proc".to_owned(),
-                    _ => v.clone(),
-                };
-                (k.clone(), v)
+            .container_env(self.host.dir(), |field| match field {
+                "spec.nodeName" => Some(NODE.to_owned()),
+                "status.hostIPs" | "status.hostIP" => Some(node_ip.clone()),
+                "metadata.name" => Some("balancer-agent-scale".to_owned()),
+                "metadata.namespace" => Some("balancer-system".to_owned()),
+                _ => None,
             })
-            .collect();
-        for (name, field) in &self.manifest.downward {
-            let value = match field.as_str() {
-                "spec.nodeName" => NODE.to_owned(),
-                "status.hostIPs" | "status.hostIP" => self.topo.node.ip.to_string(),
-                "metadata.name" => "balancer-agent-scale".to_owned(),
-                "metadata.namespace" => "balancer-system".to_owned(),
-                other => return Err(ScaleError::Manifest(other.to_owned())),
-            };
-            env.push((name.clone(), value));
-        }
+            .map_err(ScaleError::Manifest)?;
         env.push(("KUBECONFIG".into(), self.api.kubeconfig().display().to_string()));
         env.push((
             "BALANCER_ATTACH_CGROUP".into(),
