@@ -94,6 +94,24 @@ impl DaemonSet {
         Ok(env)
     }
 
+    /// [`DaemonSet::container_env`] for the agent pod `pod` (namespace
+    /// `balancer-system`) on node `node` at `node_ip`.
+    pub fn node_env(
+        &self,
+        cgroup_root: &Path,
+        node: &str,
+        node_ip: &str,
+        pod: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.container_env(cgroup_root, |field| match field {
+            "spec.nodeName" => Some(node.to_owned()),
+            "status.hostIPs" | "status.hostIP" => Some(node_ip.to_owned()),
+            "metadata.name" => Some(pod.to_owned()),
+            "metadata.namespace" => Some("balancer-system".to_owned()),
+            _ => None,
+        })
+    }
+
     /// A literal env value of the agent container.
     pub fn value(&self, name: &str) -> Option<&str> {
         self.env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())

@@ -172,13 +172,7 @@ impl Node {
         let node_ip = self.topo.node.ip.to_string();
         let mut env = self
             .manifest
-            .container_env(self.host.dir(), |field| match field {
-                "spec.nodeName" => Some(NODE.to_owned()),
-                "status.hostIPs" | "status.hostIP" => Some(node_ip.clone()),
-                "metadata.name" => Some(pod_name.to_owned()),
-                "metadata.namespace" => Some("balancer-system".to_owned()),
-                _ => None,
-            })
+            .node_env(self.host.dir(), NODE, &node_ip, pod_name)
             .unwrap_or_else(|field| panic!("the DaemonSet reads {field} from the downward API; give it a value here"));
         env.push(("KUBECONFIG".into(), self.api.kubeconfig().display().to_string()));
         env.push((

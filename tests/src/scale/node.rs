@@ -163,13 +163,7 @@ impl BenchNode {
         let node_ip = self.topo.node.ip.to_string();
         let mut env = self
             .manifest
-            .container_env(self.host.dir(), |field| match field {
-                "spec.nodeName" => Some(NODE.to_owned()),
-                "status.hostIPs" | "status.hostIP" => Some(node_ip.clone()),
-                "metadata.name" => Some("balancer-agent-scale".to_owned()),
-                "metadata.namespace" => Some("balancer-system".to_owned()),
-                _ => None,
-            })
+            .node_env(self.host.dir(), NODE, &node_ip, "balancer-agent-scale")
             .map_err(ScaleError::Manifest)?;
         env.push(("KUBECONFIG".into(), self.api.kubeconfig().display().to_string()));
         env.push((
