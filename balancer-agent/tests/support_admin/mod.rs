@@ -94,7 +94,7 @@ pub fn echo() -> api::Service {
     }
 }
 
-/// A kernel with the agent's four programs and two maps.
+/// A kernel with four of the agent's programs and two maps.
 #[derive(Debug)]
 pub struct FakeKernel;
 
