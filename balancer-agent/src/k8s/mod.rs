@@ -26,6 +26,7 @@
 
 pub mod cgroup;
 pub mod enrollment;
+mod event_note;
 pub mod grpcroute;
 pub mod lease;
 pub mod mesh;
@@ -412,9 +413,12 @@ pub async fn run_until(
             ..Translation::default()
         };
         t.model.services = translator.services();
-        translate::enroll(&mut t, &pods, &stores.namespaces.state(), |pod| {
-            cgroups.find(&cgroup::PodKeys::of(pod))
-        });
+        translate::enroll(
+            &mut t,
+            &pods,
+            |name| stores.namespaces.get(&ObjectRef::new(name)),
+            |pod| cgroups.find(&cgroup::PodKeys::of(pod)),
+        );
         warned.log(&t);
         route_log.log(&t.invalid_routes);
         let searched = enrollment::Searched {

@@ -387,24 +387,29 @@ pub fn translate(snap: &Snapshot, cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) 
         ..Translation::default()
     };
     t.model.services = tr.services();
-    enroll(&mut t, &snap.pods, &snap.namespaces, cgroups_of);
+    let namespaces: HashMap<String, &Arc<Namespace>> = snap.namespaces.iter().map(|n| (n.name_any(), n)).collect();
+    enroll(
+        &mut t,
+        &snap.pods,
+        |name| namespaces.get(name).map(|n| Arc::clone(n)),
+        cgroups_of,
+    );
     t
 }
 
-/// The enrolled cgroups of the opted-in pods (`pods` are this node's): into
-/// `t.model.enrolled`, and the pods left out into `t.cgroup_missing` and
-/// `t.meshed`.
+/// The enrolled cgroups of the opted-in pods (`pods` are this node's; their
+/// namespaces by `namespace_of(name)`): into `t.model.enrolled`, and the
+/// pods left out into `t.cgroup_missing` and `t.meshed`.
 pub fn enroll(
     t: &mut Translation,
     pods: &[Arc<Pod>],
-    namespaces: &[Arc<Namespace>],
+    namespace_of: impl Fn(&str) -> Option<Arc<Namespace>>,
     mut cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>,
 ) {
-    let namespaces: HashMap<String, &Namespace> = namespaces.iter().map(|n| (n.name_any(), n.as_ref())).collect();
     let mut enrolled: Vec<Enrolled> = Vec::new();
     for pod in pods {
-        let ns = pod.namespace().unwrap_or_default();
-        let namespace = namespaces.get(&ns).copied();
+        let namespace = namespace_of(&pod.namespace().unwrap_or_default());
+        let namespace = namespace.as_deref();
         if !running(pod) || !opted_in(pod, namespace) {
             continue;
         }

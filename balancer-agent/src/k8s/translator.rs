@@ -91,15 +91,13 @@ pub struct Translator {
     candidates: HashMap<Arc<str>, Arc<model::Service>>,
     /// Valid candidates claiming each VIP.
     claims: HashMap<SocketAddr, BTreeSet<Arc<str>>>,
-    published: BTreeMap<Arc<str>, Arc<model::Service>>,
     /// Left out, by model name, and why.
     dropped: BTreeMap<Arc<str>, ModelError>,
     /// `namespace/name` → annotation value of Services with an unknown policy.
     bad_policies: BTreeMap<String, String>,
     dirty: HashSet<Key>,
     interner: Interner,
-    /// The published services as a list sorted by name, kept in step with
-    /// `published`.
+    /// The published services, sorted by name.
     list: Vec<Arc<model::Service>>,
 }
 
@@ -388,23 +386,18 @@ impl Translator {
             }
             None => {
                 self.dropped.remove(name);
-                let same = self.published.get(name).is_some_and(|p| Arc::ptr_eq(p, &candidate));
-                if !same {
-                    match self.position(name) {
-                        Ok(i) => self.list[i] = Arc::clone(&candidate),
-                        Err(i) => self.list.insert(i, Arc::clone(&candidate)),
-                    }
-                    self.published.insert(Arc::clone(name), candidate);
+                match self.position(name) {
+                    Ok(i) if Arc::ptr_eq(&self.list[i], &candidate) => {}
+                    Ok(i) => self.list[i] = candidate,
+                    Err(i) => self.list.insert(i, candidate),
                 }
             }
         }
     }
 
     fn unpublish(&mut self, name: &Arc<str>) {
-        if self.published.remove(name).is_some() {
-            if let Ok(i) = self.position(name) {
-                self.list.remove(i);
-            }
+        if let Ok(i) = self.position(name) {
+            self.list.remove(i);
         }
     }
 
