@@ -15,15 +15,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tokio::time::Instant;
 
-use super::{cgroup::PodKeys, mesh::Mesh, translate::Translation};
+use super::{cgroup::PodKeys, event_note, mesh::Mesh, translate::Translation};
 
 /// The Event reason on an opted-in pod whose cgroup is not found.
 pub const CGROUP_NOT_FOUND_REASON: &str = "CgroupNotFound";
 /// The Event reason on an opted-in pod left out because of its mesh.
 pub const NOT_ENROLLED_REASON: &str = "NotEnrolled";
-
-/// The API's limit on an Event's note.
-const NOTE_MAX: usize = 1024;
 
 /// An Event due on a pod.
 #[derive(Debug, Clone)]
@@ -144,14 +141,7 @@ fn missing_note(pod: &Pod, threshold: Duration, searched: Searched<'_>) -> Strin
         searched.max_depth,
         PodKeys::of(pod).describe()
     );
-    if note.len() > NOTE_MAX {
-        let mut end = NOTE_MAX - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
+    event_note::fit(&mut note);
     note
 }
 

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use tokio::sync::watch;
 
-use super::report::Events;
+use super::{event_note, report::Events};
 use crate::health::NodeProblems;
 
 /// The Event reason on a Node that cannot run balancer.
@@ -23,9 +23,6 @@ pub const NODE_UNSUPPORTED_REASON: &str = "NodeUnsupported";
 pub const SERVICES_MAP_FULL_REASON: &str = "ServicesMapFull";
 /// The Event reason on a Node where another connect program runs first.
 pub const FOREIGN_CONNECT_PROGRAM_REASON: &str = "ForeignConnectProgram";
-
-/// The API's limit on an Event's note.
-const NOTE_MAX: usize = 1024;
 
 /// The Events `problems` call for: (reason, note), one per problem.
 pub fn notices(problems: &NodeProblems) -> Vec<(&'static str, String)> {
@@ -53,20 +50,9 @@ pub fn notices(problems: &NodeProblems) -> Vec<(&'static str, String)> {
         out.push((SERVICES_MAP_FULL_REASON, overflow.clone()));
     }
     for (_, note) in &mut out {
-        truncate(note);
+        event_note::fit(note);
     }
     out
-}
-
-fn truncate(note: &mut String) {
-    if note.len() > NOTE_MAX {
-        let mut end = NOTE_MAX - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
 }
 
 /// Posts an Event on Node `node` for each distinct problem, as `problems`
@@ -114,6 +100,6 @@ mod tests {
             shadowing: vec![],
             overflow: None,
         });
-        assert!(long[0].1.len() <= NOTE_MAX && long[0].1.ends_with("..."));
+        assert!(long[0].1.len() <= event_note::NOTE_MAX && long[0].1.ends_with("..."));
     }
 }
