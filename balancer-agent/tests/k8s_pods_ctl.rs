@@ -5,8 +5,9 @@
 //! is missing are counted in `status` and `/metrics`.
 
 mod k8s_fake;
+mod support_ctl;
 
-use std::{net::SocketAddr, path::Path, process::Command, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use balancer_agent::{
     admin::{self, api, AdminOptions, AdminServer, AdminState, ConnMeta},
@@ -16,6 +17,7 @@ use balancer_agent::{
 };
 use k8s_fake::FakeApi;
 use serde_json::{json, Value};
+use support_ctl::{cell, ctl, table};
 use tokio::{sync::watch, time::timeout};
 
 const NODE: &str = "node-a";
@@ -56,47 +58,6 @@ fn cgroups(root: &Path) {
     for d in [slice, format!("system.slice/cri-containerd-{C2}.scope")] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
-}
-
-fn ctl(admin: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .expect("run balancerctl");
-    assert!(
-        out.status.success(),
-        "balancerctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
-
-/// A table's rows as (header → cell) lookups; cells are separated by at
-/// least two spaces.
-fn table(text: &str) -> Vec<Vec<(String, String)>> {
-    let split = |l: &str| -> Vec<String> {
-        l.split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut lines = text.lines();
-    let head = split(lines.next().expect("header"));
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| head.iter().cloned().zip(split(l)).collect())
-        .collect()
-}
-
-fn cell<'a>(row: &'a [(String, String)], col: &str) -> &'a str {
-    row.iter()
-        .find(|(h, _)| h == col)
-        .map(|(_, c)| c.as_str())
-        .unwrap_or_else(|| panic!("no {col} in {row:?}"))
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -6,12 +6,12 @@
 //! their reports are given.
 
 mod k8s_fake;
+mod support_ctl;
 
 use std::{
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -30,6 +30,7 @@ use balancer_agent::{
 };
 use k8s_fake::FakeApi;
 use serde_json::{json, Value};
+use support_ctl::{cell, ctl, table};
 use tokio::{sync::watch, time::timeout};
 
 const NODE: &str = "node-a";
@@ -55,47 +56,6 @@ fn pod_dir(root: &Path, uid: &str) -> PathBuf {
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
         uid.replace('-', "_")
     ))
-}
-
-fn ctl(admin: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .expect("run balancerctl");
-    assert!(
-        out.status.success(),
-        "balancerctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
-
-/// A table's rows as (header → cell) lookups; cells are separated by at
-/// least two spaces.
-fn table(text: &str) -> Vec<Vec<(String, String)>> {
-    let split = |l: &str| -> Vec<String> {
-        l.split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut lines = text.lines().take_while(|l| !l.trim().is_empty());
-    let head = split(lines.next().expect("header"));
-    lines
-        .filter(|l| !l.contains("sweep failed"))
-        .map(|l| head.iter().cloned().zip(split(l)).collect())
-        .collect()
-}
-
-fn cell<'a>(row: &'a [(String, String)], col: &str) -> &'a str {
-    row.iter()
-        .find(|(h, _)| h == col)
-        .map(|(_, c)| c.as_str())
-        .unwrap_or_else(|| panic!("no {col} in {row:?}"))
 }
 
 /// A sample's value, by metric name and labels.
