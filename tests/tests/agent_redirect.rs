@@ -16,6 +16,7 @@ use std::{
 };
 
 use balancer_tests::{
+    built,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
     topology::{Pod, Topology},
@@ -28,10 +29,6 @@ const BACKENDS: [(&str, &str, &str); 3] = [
     ("greeter-c", "127.0.0.1:50063", "v2"),
 ];
 const ADMIN: &str = "127.0.0.1:15000";
-
-fn bin(name: &str) -> PathBuf {
-    balancer_tests::built(name)
-}
 
 /// The node side: three backends and the agent, in the node's namespace.
 struct Node {
@@ -72,7 +69,7 @@ fn node_cmd(topo: &Topology, argv: &[&str]) -> std::process::Output {
 fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
     let mut backends = Vec::new();
     for (name, addr, _) in BACKENDS {
-        let mut cmd = Command::new(bin("greeter-server"));
+        let mut cmd = Command::new(built("greeter-server"));
         cmd.args(["--listen", addr, "--name", name]).stdout(Stdio::null());
         place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
         backends.push(ChildGuard::new(cmd.spawn().expect("start greeter-server")));
@@ -80,7 +77,7 @@ fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("balancer.yaml");
     fs::write(&config_path, config(topo, weights)).expect("write config");
-    let mut cmd = Command::new(bin("balancer-agent"));
+    let mut cmd = Command::new(built("balancer-agent"));
     cmd.arg("--config")
         .arg(&config_path)
         .env("RUST_LOG", "info")
@@ -133,7 +130,7 @@ fn wait_ready(topo: &Topology, node: &Node) {
 
 /// greeter-client in the pod: `calls` calls over one connection to the VIP.
 fn client(pod: &Pod, calls: u64) -> serde_json::Value {
-    let mut cmd = Command::new(bin("greeter-client"));
+    let mut cmd = Command::new(built("greeter-client"));
     cmd.args([
         "--target",
         VIP,
@@ -156,7 +153,7 @@ fn client(pod: &Pod, calls: u64) -> serde_json::Value {
 
 /// One call from `pod` to `target` (2 s deadline): did it succeed?
 fn one_call_succeeds(pod: &Pod, target: &str) -> bool {
-    let mut cmd = Command::new(bin("greeter-client"));
+    let mut cmd = Command::new(built("greeter-client"));
     cmd.args(["--target", target, "--calls", "1", "--json", "--timeout-ms", "2000"]);
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
     cmd.stderr(Stdio::null())

@@ -18,6 +18,7 @@ use std::{
 
 use balancer_agent::ebpf::query::{self, Hook};
 use balancer_tests::{
+    built,
     cgroup::Cgroup,
     clients::{self, backends, GrpcioLoad},
     container::{CgroupView, HostCgroupMount, NsDelegate},
@@ -36,10 +37,6 @@ const BACKENDS: [(&str, &str); 3] = [
     ("greeter-b", "127.0.0.1:50072"),
     ("greeter-c", "127.0.0.1:50073"),
 ];
-
-fn bin(name: &str) -> PathBuf {
-    balancer_tests::built(name)
-}
 
 /// A node: topology, nsdelegate, the host hierarchy as the init step mounts
 /// it, the backends and the kube-proxy stand-in for the VIP.
@@ -60,17 +57,17 @@ impl Node {
         let topo = Topology::new(pods).expect("topology");
         let mut backends = Vec::new();
         for (name, addr) in BACKENDS {
-            let mut cmd = Command::new(bin("greeter-server"));
+            let mut cmd = Command::new(built("greeter-server"));
             cmd.args(["--listen", addr, "--name", name]).stdout(Stdio::null());
             place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
             backends.push(ChildGuard::new(cmd.spawn().expect("start greeter-server")));
         }
         let init = topo.root_cgroup.child("init").expect("init container cgroup");
         let host_dir = PathBuf::from(format!("/run/{}", balancer_tests::unique_name("balancer-test-cg")));
-        let host = HostCgroupMount::create(&bin("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
+        let host = HostCgroupMount::create(&built("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
         drop(init);
         let targets: Vec<SocketAddr> = BACKENDS.iter().map(|(_, a)| a.parse().expect("addr")).collect();
-        let kube_proxy = KubeProxy::start(&bin("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
+        let kube_proxy = KubeProxy::start(&built("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
         Node {
             _kube_proxy: kube_proxy,
             _backends: backends,
@@ -127,7 +124,7 @@ impl Node {
 
     fn start_agent(&self, cgroup: &Cgroup) -> NodeAgent {
         NodeAgent::start(
-            &bin("balancer-agent"),
+            &built("balancer-agent"),
             &self.topo.node.netns,
             cgroup,
             &self.agent_options(),
@@ -138,7 +135,7 @@ impl Node {
 
 /// greeter-client in `pod`: `calls` calls over one channel to the VIP.
 fn load(pod: &Pod, calls: u64) -> PodProcess {
-    clients::greeter(&bin("greeter-client"), &pod.netns, &pod.cgroup, VIP, calls)
+    clients::greeter(&built("greeter-client"), &pod.netns, &pod.cgroup, VIP, calls)
 }
 
 fn grpcio_load(node: &Node, calls: u64) -> GrpcioLoad {
@@ -347,7 +344,7 @@ fn a_node_without_cgroup_v2_leaves_the_agent_up_not_ready_and_settled() {
         read_only: Vec::new(),
     };
     let mut agent =
-        NodeAgent::start(&bin("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start");
+        NodeAgent::start(&built("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start");
     let status = agent.wait(true, Duration::from_secs(20)).expect("settled");
     assert!(!status.ready, "{status:?}");
     let reason = status.not_ready.join("; ");
@@ -377,7 +374,7 @@ fn a_node_without_cgroup_v2_leaves_the_agent_up_not_ready_and_settled() {
 /// A backend on the node's address, which pods reach without the agent.
 fn direct_backend(node: &Node) -> (ChildGuard, SocketAddrV4) {
     let addr = SocketAddrV4::new(node.topo.node.ip, 50080);
-    let mut cmd = Command::new(bin("greeter-server"));
+    let mut cmd = Command::new(built("greeter-server"));
     cmd.args(["--listen", &addr.to_string(), "--name", "greeter-direct"])
         .stdout(Stdio::null());
     place(&mut cmd, Some(&node.topo.node.netns), None).expect("place backend");
@@ -497,7 +494,7 @@ fn vips_that_do_not_fit_the_services_map_are_named_and_the_rest_is_balanced() {
     // and three others fit.
     opts.env.push(("BALANCER_SERVICES_MAP_SIZE".into(), "4".into()));
     let mut agent = NodeAgent::start(
-        &bin("balancer-agent"),
+        &built("balancer-agent"),
         &node.topo.node.netns,
         &node.topo.agent_cgroup,
         &opts,

@@ -13,7 +13,7 @@ use std::{
 
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
-    bin_path,
+    built,
     container::{CgroupView, HostCgroupMount},
     foreign::ForeignConnect4,
     node_agent::{NodeAgent, NodeAgentOptions},
@@ -24,16 +24,6 @@ use serde_json::Value;
 
 const NODE: &str = "node-events";
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 8000);
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_path(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        p.display()
-    );
-    p
-}
 
 fn agent_env(api: &FakeApiServer, topo: &Topology) -> Vec<(String, String)> {
     vec![
@@ -82,7 +72,7 @@ fn a_foreign_connect_program_first_is_a_warning_event_on_the_node() {
     let topo = Topology::new(1).expect("topology");
     let init = topo.root_cgroup.child("init").expect("init container cgroup");
     let host_dir = PathBuf::from(format!("/run/{}", balancer_tests::unique_name("balancer-test-cg")));
-    let host = HostCgroupMount::create(&bin("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
+    let host = HostCgroupMount::create(&built("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
     drop(init);
     let attach = &topo.pods[0].cgroup;
     let _foreign = ForeignConnect4::attach(
@@ -107,7 +97,7 @@ fn a_foreign_connect_program_first_is_a_warning_event_on_the_node() {
         read_only: vec![host.dir().to_owned()],
     };
     let mut agent =
-        NodeAgent::start(&bin("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
+        NodeAgent::start(&built("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
     let status = agent.wait(true, Duration::from_secs(30)).expect("settled");
     assert!(!status.ready, "{status:?}");
 
@@ -139,7 +129,7 @@ fn a_node_without_cgroup_v2_is_a_warning_event_on_the_node() {
         read_only: Vec::new(),
     };
     let mut agent =
-        NodeAgent::start(&bin("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
+        NodeAgent::start(&built("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
     let status = agent.wait(true, Duration::from_secs(30)).expect("settled");
     assert!(!status.ready, "{status:?}");
 

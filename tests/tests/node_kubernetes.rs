@@ -20,6 +20,7 @@ use std::{
 
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
+    built,
     clients::{self, backends, GrpcioLoad},
     container::{CgroupView, HostCgroupMount, NsDelegate},
     kubelet::{Kubepods, PodCgroups, Qos},
@@ -37,10 +38,6 @@ const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 8000);
 const V1: &str = "127.0.0.11";
 const V2: &str = "127.0.0.12";
 const BACKEND_PORT: u16 = 50080;
-
-fn bin(name: &str) -> PathBuf {
-    balancer_tests::built(name)
-}
 
 fn service(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
@@ -108,7 +105,7 @@ impl Node {
         assert!(init.iter().any(|a| a == "--host-proc"), "{init:?}");
         let init_cgroup = topo.root_cgroup.child("init").expect("init cgroup");
         let host_dir = PathBuf::from(format!("/run/{}", balancer_tests::unique_name("balancer-test-k8s")));
-        let host = HostCgroupMount::create(&bin("balancer-agent"), host_dir, &init_cgroup).expect("mount-cgroup2");
+        let host = HostCgroupMount::create(&built("balancer-agent"), host_dir, &init_cgroup).expect("mount-cgroup2");
         drop(init_cgroup);
 
         let kubepods = Kubepods::new(&topo.root_cgroup).expect("kubepods");
@@ -117,7 +114,7 @@ impl Node {
 
         let mut servers = Vec::new();
         for (ip, name) in [(V1, "greeter-v1"), (V2, "greeter-v2")] {
-            let mut cmd = Command::new(bin("greeter-server"));
+            let mut cmd = Command::new(built("greeter-server"));
             cmd.args(["--listen", &format!("{ip}:{BACKEND_PORT}"), "--name", name])
                 .stdout(Stdio::null());
             place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
@@ -127,7 +124,7 @@ impl Node {
             .iter()
             .map(|ip| SocketAddr::new(ip.parse().expect("ip"), BACKEND_PORT))
             .collect();
-        let kube_proxy = KubeProxy::start(&bin("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
+        let kube_proxy = KubeProxy::start(&built("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
 
         let api = FakeApiServer::spawn(&FakeApiOptions::default(), Some(&topo.node.netns)).expect("API server");
         let objects = vec![
@@ -190,14 +187,19 @@ impl Node {
             view: CgroupView::Namespaced,
             read_only: vec![self.host.dir().to_owned()],
         };
-        NodeAgent::start(&bin("balancer-agent"), &self.topo.node.netns, &cgroups.container, &opts)
-            .expect("start balancer-agent")
+        NodeAgent::start(
+            &built("balancer-agent"),
+            &self.topo.node.netns,
+            &cgroups.container,
+            &opts,
+        )
+        .expect("start balancer-agent")
     }
 
     /// The kubelet's readiness probe, as the manifest defines it.
     fn probe_ready(&self, agent: &NodeAgent) -> (bool, String) {
         agent
-            .exec(&bin("balancer-agent"), &self.manifest.readiness)
+            .exec(&built("balancer-agent"), &self.manifest.readiness)
             .expect("exec probe")
     }
 
@@ -220,7 +222,7 @@ impl Node {
 
     fn greeter(&self, cgroups: &PodCgroups, pod: usize, calls: u64) -> Value {
         let mut c = clients::greeter(
-            &bin("greeter-client"),
+            &built("greeter-client"),
             &self.topo.pods[pod].netns,
             &cgroups.container,
             VIP,

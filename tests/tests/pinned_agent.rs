@@ -22,7 +22,7 @@ use std::{
 use balancer_agent::admin::api;
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
-    bin_path,
+    built,
     container::{CgroupView, HostCgroupMount, NsDelegate},
     kubeproxy::KubeProxy,
     node_agent::{NodeAgent, NodeAgentOptions},
@@ -37,16 +37,6 @@ const NODE: &str = "node-pinned";
 const POD_UID: &str = "5c7e1f0a-1b2c-4d3e-8f90-0123456789ab";
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 8000);
 const BACKENDS: [(&str, u16); 3] = [("greeter-a", 50071), ("greeter-b", 50072), ("greeter-c", 50073)];
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_path(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        p.display()
-    );
-    p
-}
 
 /// The node's objects in the API: the namespace, the greeter Service and
 /// one EndpointSlice per backend (each on its own port).
@@ -93,7 +83,7 @@ fn client_pod(ip: Ipv4Addr, reconnect: bool) -> Value {
 /// `kubectl exec` into the agent's pod would.
 fn ctl(agent: &NodeAgent, topo: &Topology, args: &[&str]) -> String {
     let admin = balancer_agent::app::bind::read_admin_address(&agent.run_dir()).expect("the agent's admin address");
-    let mut cmd = Command::new(bin("balancerctl"));
+    let mut cmd = Command::new(built("balancerctl"));
     cmd.arg("--admin").arg(admin.to_string()).args(args);
     place(&mut cmd, Some(&topo.node.netns), None).expect("place balancerctl");
     let out = cmd.output().expect("run balancerctl");
@@ -168,7 +158,7 @@ fn a_connection_opened_before_enrollment_is_counted_and_with_the_annotation_redi
     let pod = &topo.pods[0];
     let mut backends = Vec::new();
     for (name, port) in BACKENDS {
-        let mut cmd = Command::new(bin("greeter-server"));
+        let mut cmd = Command::new(built("greeter-server"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--name", name])
             .stdout(Stdio::null());
         place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
@@ -178,10 +168,10 @@ fn a_connection_opened_before_enrollment_is_counted_and_with_the_annotation_redi
         .iter()
         .map(|(_, port)| SocketAddr::from(([127, 0, 0, 1], *port)))
         .collect();
-    let _kube_proxy = KubeProxy::start(&bin("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
+    let _kube_proxy = KubeProxy::start(&built("balancer-test-pod"), &topo, VIP, &targets).expect("kube-proxy");
     let init = topo.root_cgroup.child("init").expect("init container cgroup");
     let host_dir = PathBuf::from(format!("/run/{}", balancer_tests::unique_name("balancer-test-cg")));
-    let host = HostCgroupMount::create(&bin("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
+    let host = HostCgroupMount::create(&built("balancer-agent"), host_dir, &init).expect("mount-cgroup2");
     drop(init);
     let api = FakeApiServer::spawn(&FakeApiOptions::default(), Some(&topo.node.netns)).expect("fake API server");
     cluster(&api);
@@ -207,7 +197,7 @@ fn a_connection_opened_before_enrollment_is_counted_and_with_the_annotation_redi
     .map(|s| (*s).to_owned())
     .collect();
     let mut client: PodProcess =
-        pod::spawn_in(&bin("greeter-client"), &pod.netns, &pod_cgroup, &args).expect("start greeter-client");
+        pod::spawn_in(&built("greeter-client"), &pod.netns, &pod_cgroup, &args).expect("start greeter-client");
     std::thread::sleep(Duration::from_millis(500));
 
     let env = [
@@ -230,7 +220,7 @@ fn a_connection_opened_before_enrollment_is_counted_and_with_the_annotation_redi
         read_only: vec![host.dir().to_owned()],
     };
     let mut agent =
-        NodeAgent::start(&bin("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
+        NodeAgent::start(&built("balancer-agent"), &topo.node.netns, &topo.agent_cgroup, &opts).expect("start agent");
     agent.wait(false, Duration::from_secs(30)).expect("ready");
 
     // Enrolled, swept: the connection that bypasses the agent is counted,
