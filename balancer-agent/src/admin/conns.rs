@@ -194,12 +194,38 @@ impl ConnHandle {
     /// Opens a stream (one call) on the connection; it counts as open until
     /// the guard is dropped.
     pub fn stream(&self) -> StreamGuard {
-        self.entry.open_streams.fetch_add(1, Relaxed);
-        self.entry.total_streams.fetch_add(1, Relaxed);
-        self.registry.inner.streams.fetch_add(1, Relaxed);
-        StreamGuard {
+        open_stream(&self.registry, &self.entry)
+    }
+
+    /// What opens streams on this connection from a task that does not hold
+    /// the handle.
+    pub fn stream_source(&self) -> StreamSource {
+        StreamSource {
+            registry: self.registry.clone(),
             entry: Arc::clone(&self.entry),
         }
+    }
+}
+
+fn open_stream(registry: &ConnRegistry, entry: &Arc<Entry>) -> StreamGuard {
+    entry.open_streams.fetch_add(1, Relaxed);
+    entry.total_streams.fetch_add(1, Relaxed);
+    registry.inner.streams.fetch_add(1, Relaxed);
+    StreamGuard {
+        entry: Arc::clone(entry),
+    }
+}
+
+/// Opens streams on one registered connection (see [`ConnHandle::stream`]).
+#[derive(Debug)]
+pub struct StreamSource {
+    registry: ConnRegistry,
+    entry: Arc<Entry>,
+}
+
+impl StreamSource {
+    pub fn stream(&self) -> StreamGuard {
+        open_stream(&self.registry, &self.entry)
     }
 }
 

@@ -29,7 +29,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpListener;
 
-pub use conns::{ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard};
+pub use conns::{ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard, StreamSource};
 pub use kernel::KernelError;
 pub use views::{KernelView, PodsView, ServicesView, SourceView};
 

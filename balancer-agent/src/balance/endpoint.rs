@@ -67,6 +67,9 @@ pub struct EndpointRt {
     counters: OnceLock<Box<Counters>>,
     /// Pooled HTTP/2 connections to this endpoint.
     pub(crate) pool: EndpointPool,
+    /// The relay engine's connections to this endpoint, made at its first
+    /// call.
+    relay: OnceLock<Arc<crate::relay::RelayPool>>,
 }
 
 /// What happened to an endpoint's calls.
@@ -103,7 +106,14 @@ impl EndpointRt {
             }),
             counters: OnceLock::new(),
             pool: EndpointPool::new(address),
+            relay: OnceLock::new(),
         }
+    }
+
+    /// The relay engine's connections to this endpoint.
+    pub(crate) fn relay_pool(&self) -> &Arc<crate::relay::RelayPool> {
+        self.relay
+            .get_or_init(|| Arc::new(crate::relay::RelayPool::new(self.address)))
     }
 
     /// The counters, to count into (made at the first call).
@@ -291,7 +301,7 @@ impl EndpointRt {
             connect_failures: c.connect_failures.load(Relaxed),
             refused: c.refused.load(Relaxed),
             ewma_ms: self.ewma_ns() / 1e6,
-            upstream_connections: self.pool.open_connections(),
+            upstream_connections: self.pool.open_connections() + self.relay.get().map_or(0, |p| p.open_connections()),
         }
     }
 }

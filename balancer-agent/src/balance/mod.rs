@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 
 pub use endpoint::{CallGuard, EndpointRt, EndpointSnapshot, Outcome};
-pub use route::CallMeta;
+pub use route::{CallHeaders, CallMeta};
 
 use crate::model::{self, Change, EndpointState, Model, Policy, Service};
 use pick::Tried;

@@ -14,11 +14,25 @@ pub struct CallMeta<'a> {
     /// gRPC service from `:path` (`/pkg.Service/Method` → `pkg.Service`).
     pub service: &'a str,
     pub method: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a (dyn CallHeaders + Sync),
+}
+
+/// The request headers a route matches on, whichever engine holds them.
+pub trait CallHeaders: std::fmt::Debug {
+    /// Whether a value of header `name` (lowercase) satisfies `pred`.
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl CallHeaders for HeaderMap {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.get_all(name)
+            .iter()
+            .any(|v| v.to_str().map(&mut *pred).unwrap_or(false))
+    }
 }
 
 impl<'a> CallMeta<'a> {
-    pub fn from_path(path: &'a str, headers: &'a HeaderMap) -> Self {
+    pub fn from_path(path: &'a str, headers: &'a (dyn CallHeaders + Sync)) -> Self {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         let (service, method) = match trimmed.split_once('/') {
             Some((s, m)) => (s, m),
@@ -86,10 +100,7 @@ impl CompiledMatch {
         }
         self.headers.iter().all(|(name, m)| {
             let Some(name) = name else { return false };
-            call.headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.to_str().map(|v| m.is_match(v)).unwrap_or(false))
+            call.headers.any_value(name.as_str(), &mut |v| m.is_match(v))
         })
     }
 }

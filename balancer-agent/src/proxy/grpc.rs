@@ -13,7 +13,11 @@ pub const UNAVAILABLE: u16 = 14;
 /// Parses `grpc-timeout` (`1-8 digits` + `H M S m u n`). A malformed value
 /// is ignored, as gRPC servers do.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    parse_timeout(headers.get("grpc-timeout")?.as_bytes())
+}
+
+/// Parses one `grpc-timeout` value.
+pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -38,17 +42,24 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// UNKNOWN otherwise.
 pub fn status(headers: Option<&HeaderMap>, http: StatusCode) -> u16 {
     match headers.and_then(|h| h.get("grpc-status")) {
-        Some(v) => std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2),
+        Some(v) => parse_status(v.as_bytes()),
         None if http.is_success() => OK,
         None => 2,
     }
 }
 
+/// A `grpc-status` value; UNKNOWN (2) when it is not a number.
+pub fn parse_status(v: &[u8]) -> u16 {
+    std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(2)
+}
+
 /// Percent-encodes a `grpc-message` as the gRPC spec asks.
 fn encode_message(msg: &str) -> HeaderValue {
+    HeaderValue::from_str(&message_text(msg)).unwrap_or_else(|_| HeaderValue::from_static("error"))
+}
+
+/// A `grpc-message` value: `msg` percent-encoded.
+pub fn message_text(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     for b in msg.bytes() {
         if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -57,7 +68,7 @@ fn encode_message(msg: &str) -> HeaderValue {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("error"))
+    out
 }
 
 fn status_value(code: u16) -> HeaderValue {

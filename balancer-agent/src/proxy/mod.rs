@@ -78,6 +78,30 @@ pub struct ProxyOptions {
     /// (a pod that vanished without closing its connections).
     pub client_keepalive_timeout: Duration,
     pub pool: PoolOptions,
+    /// Which data plane carries HTTP/2 calls.
+    pub engine: Engine,
+}
+
+/// The HTTP/2 data plane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// Streams through `h2` on both sides, a task per call.
+    #[default]
+    H2,
+    /// The frame-level relay ([`crate::relay`]).
+    Relay,
+}
+
+impl Engine {
+    /// From `BALANCER_ENGINE` (`h2` or `relay`; unset: h2). The default
+    /// options take it too, so that a whole test run can use either engine.
+    pub fn from_env() -> Result<Engine, String> {
+        match std::env::var("BALANCER_ENGINE").as_deref() {
+            Err(_) | Ok("") | Ok("h2") => Ok(Engine::H2),
+            Ok("relay") => Ok(Engine::Relay),
+            Ok(other) => Err(format!("BALANCER_ENGINE: `{other}` is neither `h2` nor `relay`")),
+        }
+    }
 }
 
 impl Default for ProxyOptions {
@@ -92,6 +116,7 @@ impl Default for ProxyOptions {
             client_keepalive_interval: Duration::from_secs(60),
             client_keepalive_timeout: Duration::from_secs(20),
             pool: PoolOptions::default(),
+            engine: Engine::from_env().unwrap_or_default(),
         }
     }
 }
@@ -349,6 +374,12 @@ async fn handle_conn(
     };
     match proto {
         Protocol::Closed => {}
+        Protocol::Http2 if ctx.opts.engine == Engine::Relay => {
+            handle.set_protocol(ConnProtocol::H2);
+            if let Err(e) = crate::relay::serve(ctx, stream, &prefix, slot, &handle).await {
+                debug!(error = %e, "client connection ended with an error");
+            }
+        }
         Protocol::Http2 => {
             handle.set_protocol(ConnProtocol::H2);
             if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle).await {

@@ -1,0 +1,731 @@
+//! The client-facing side of the relay: one task per client connection
+//! parses its frames, gives every new stream (every call) an endpoint and an
+//! upstream connection, forwards the call's frames both ways, and retries
+//! what an endpoint never handled.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    io,
+    sync::Arc,
+    time::Instant as StdInstant,
+};
+
+use balancer_relay::frame::{self, Reason};
+use bytes::{Bytes, BytesMut};
+use tokio::{net::TcpStream, time::Instant};
+use tracing::debug;
+
+use super::{
+    conn::{Conn, Event, MAX_HEADER_LIST},
+    driver::{Driver, Machine},
+    flow::Outflow,
+    head::{Builder, Head, RequestCheck},
+    keepalive::{Due, PingTimer},
+    mailbox::Mailbox,
+    msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
+    upstream::UpHandle,
+};
+use crate::{
+    admin::{ConnHandle, StreamGuard},
+    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
+    logging::{self, AccessEntry},
+    metrics::LatencyHistogram,
+    proxy::{grpc, Ctx},
+};
+
+/// Attempts per call, whatever the options say.
+const MAX_ATTEMPTS: usize = 8;
+/// Resets by the client per read beyond which the connection ends
+/// (rapid reset).
+const RESET_FLOOD: u32 = 1_000;
+/// Empty DATA frames without END_STREAM per read beyond which the
+/// connection ends.
+const EMPTY_DATA_FLOOD: u32 = 1_000;
+
+/// Serves one client connection whose first bytes (`prefix`, the preface)
+/// were already read.
+pub(crate) async fn serve(
+    ctx: &Arc<Ctx>,
+    io: TcpStream,
+    prefix: &[u8],
+    slot: Arc<ServiceSlot>,
+    handle: &ConnHandle,
+) -> io::Result<()> {
+    let o = &ctx.opts;
+    let conn = Conn::new(o.connection_window);
+    let mut out = BytesMut::with_capacity(64);
+    conn.start(
+        &mut out,
+        &[
+            (frame::SETTINGS_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams),
+            (frame::SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window),
+            (frame::SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+        ],
+    );
+    let mailbox: Arc<Mailbox<ToClient>> = Arc::default();
+    let machine = ClientConn {
+        conn,
+        st: ClientState {
+            ctx: Arc::clone(ctx),
+            latency: ctx.observers.metrics.latency.service(slot.name()),
+            slot,
+            id: handle.id(),
+            handle: handle.stream_source(),
+            me: Arc::clone(&mailbox),
+            preface: false,
+            calls: HashMap::new(),
+            last_stream: 0,
+            draining: false,
+            peer_goaway: false,
+            eof: false,
+            resets: 0,
+            empty_data: 0,
+            deadlines: BinaryHeap::new(),
+            keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, Instant::now()),
+        },
+    };
+    let mut driver = Driver::new(io, machine, Arc::clone(&mailbox), out);
+    driver.feed(prefix);
+    let mut draining = false;
+    let r = loop {
+        tokio::select! {
+            r = driver.run() => break r,
+            _ = ctx.drained(), if !draining => {
+                draining = true;
+                debug!("shutting down: GOAWAY to client");
+                driver.drain();
+            }
+        }
+    };
+    r
+}
+
+struct ClientConn {
+    conn: Conn,
+    st: ClientState,
+}
+
+struct ClientState {
+    ctx: Arc<Ctx>,
+    slot: Arc<ServiceSlot>,
+    latency: Arc<LatencyHistogram>,
+    id: u64,
+    handle: crate::admin::StreamSource,
+    me: Arc<Mailbox<ToClient>>,
+    preface: bool,
+    calls: HashMap<u32, Call>,
+    last_stream: u32,
+    /// GOAWAY sent: no new calls.
+    draining: bool,
+    peer_goaway: bool,
+    eof: bool,
+    resets: u32,
+    empty_data: u32,
+    /// Calls' deadlines (`grpc-timeout`), soonest first; entries of calls
+    /// that ended are dropped when they come up or when they pile up.
+    deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
+    keepalive: PingTimer,
+}
+
+/// Endpoints a call already tried, without allocating.
+#[derive(Default)]
+struct Tried {
+    items: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, id: usize) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.items[..self.len]
+    }
+}
+
+struct Call {
+    attempt: u32,
+    tried: Tried,
+    /// After a refusal tied to one connection, the same endpoint may take
+    /// the retry on another.
+    allow_same: bool,
+    up: Option<Arc<UpHandle>>,
+    guard: Option<CallGuard>,
+    head: Head,
+    /// The request bytes so far, while the call may still be retried.
+    replay: Option<BytesMut>,
+    req_end: bool,
+    /// What the client may still send on this stream.
+    recv_window: i64,
+    /// The response towards the client.
+    out: Outflow,
+    responded: bool,
+    http_ok: bool,
+    status: Option<u16>,
+    deadline: Option<Instant>,
+    started: StdInstant,
+    last_error: Option<Box<str>>,
+    _stream: StreamGuard,
+}
+
+impl Call {
+    fn key(&self, conn: u64, stream: u32) -> CallKey {
+        CallKey {
+            conn,
+            stream,
+            attempt: self.attempt,
+        }
+    }
+
+    fn tell_up(&self, msg: ToUp) {
+        if let Some(up) = &self.up {
+            let _ = up.mailbox.push(msg);
+        }
+    }
+}
+
+impl ClientState {
+    fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut BytesMut) {
+        match ev {
+            Event::Headers { stream, end, block } => self.on_headers(c, stream, end, block, out),
+            Event::Data { stream, data, end } => self.on_data(c, stream, data, end, out),
+            Event::Reset { stream, reason: _ } => {
+                self.resets += 1;
+                if self.resets > RESET_FLOOD {
+                    c.fail(Reason::ENHANCE_YOUR_CALM, "too many stream resets", out);
+                }
+                if let Some(call) = self.calls.remove(&stream) {
+                    call.tell_up(ToUp::Reset {
+                        key: call.key(self.id, stream),
+                        reason: Reason::CANCEL,
+                    });
+                    self.done(call, Outcome::Reset);
+                }
+            }
+            Event::Window { stream, increment } => {
+                let Some(call) = self.calls.get_mut(&stream) else {
+                    return;
+                };
+                call.out.window += i64::from(increment);
+                if call.out.window > i64::from(frame::MAX_WINDOW) {
+                    self.reset(c, stream, Reason::FLOW_CONTROL_ERROR, out);
+                    return;
+                }
+                self.flush(c, stream, out);
+            }
+            Event::Windows { delta } => {
+                for call in self.calls.values_mut() {
+                    call.out.window += delta;
+                }
+                let ids: Vec<u32> = self.calls.keys().copied().collect();
+                for id in ids {
+                    self.flush(c, id, out);
+                }
+            }
+            Event::GoAway { .. } => self.peer_goaway = true,
+            Event::StreamError { stream, reason } => self.reset(c, stream, reason, out),
+        }
+    }
+
+    fn on_headers(&mut self, c: &mut Conn, stream: u32, end: bool, block: &[u8], out: &mut BytesMut) {
+        if stream.is_multiple_of(2) {
+            c.fail(Reason::PROTOCOL_ERROR, "client stream id is even", out);
+            return;
+        }
+        let trailers = self.calls.contains_key(&stream);
+        let mut check = if trailers {
+            RequestCheck::trailers()
+        } else {
+            RequestCheck::default()
+        };
+        let mut b = Builder::with_capacity(block.len() * 2 + 64);
+        let whole = c.decode(block, out, |n, v, never| {
+            check.field(n, v);
+            b.push(n, v, never);
+            true
+        });
+        if c.finished {
+            return;
+        }
+        if trailers {
+            let Some(call) = self.calls.get_mut(&stream) else {
+                return;
+            };
+            if !end || call.req_end || !whole || check.finish().is_err() {
+                self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
+                return;
+            }
+            call.req_end = true;
+            call.replay = None;
+            call.tell_up(ToUp::Trailers {
+                key: call.key(self.id, stream),
+                head: b.finish(),
+            });
+            return;
+        }
+        if stream <= self.last_stream {
+            frame::put_rst_stream(out, stream, Reason::STREAM_CLOSED);
+            return;
+        }
+        self.last_stream = stream;
+        c.last_peer_stream = stream;
+        if self.draining || self.calls.len() >= self.ctx.opts.max_concurrent_streams as usize {
+            frame::put_rst_stream(out, stream, Reason::REFUSED_STREAM);
+            return;
+        }
+        if !whole || check.finish().is_err() {
+            if let Some(e) = check.error {
+                debug!(stream, error = %e, "malformed request");
+            }
+            frame::put_rst_stream(out, stream, Reason::PROTOCOL_ERROR);
+            return;
+        }
+        let head = b.finish();
+        let deadline = head
+            .get(b"grpc-timeout")
+            .and_then(grpc::parse_timeout)
+            .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
+        self.slot.count_call();
+        let call = Call {
+            attempt: 0,
+            tried: Tried::default(),
+            allow_same: false,
+            up: None,
+            guard: None,
+            head,
+            replay: Some(BytesMut::new()),
+            req_end: end,
+            recv_window: i64::from(self.ctx.opts.stream_window),
+            out: Outflow::new(c.peer_initial_window),
+            responded: false,
+            http_ok: true,
+            status: None,
+            deadline,
+            started: StdInstant::now(),
+            last_error: None,
+            _stream: self.handle.stream(),
+        };
+        self.calls.insert(stream, call);
+        if let Some(d) = deadline {
+            self.add_deadline(d, stream);
+        }
+        self.attempt(c, stream, out);
+    }
+
+    fn on_data(&mut self, c: &mut Conn, stream: u32, data: &[u8], end: bool, out: &mut BytesMut) {
+        if data.is_empty() && !end {
+            self.empty_data += 1;
+            if self.empty_data > EMPTY_DATA_FLOOD {
+                c.fail(Reason::ENHANCE_YOUR_CALM, "too many empty DATA frames", out);
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&stream) else {
+            if stream > self.last_stream {
+                c.fail(Reason::PROTOCOL_ERROR, "DATA on an idle stream", out);
+            } else {
+                frame::put_rst_stream(out, stream, Reason::STREAM_CLOSED);
+            }
+            return;
+        };
+        if call.req_end {
+            self.reset(c, stream, Reason::STREAM_CLOSED, out);
+            return;
+        }
+        call.recv_window -= data.len() as i64;
+        if call.recv_window < 0 {
+            self.reset(c, stream, Reason::FLOW_CONTROL_ERROR, out);
+            return;
+        }
+        call.req_end = end;
+        if let Some(r) = &mut call.replay {
+            if r.len() + data.len() <= self.ctx.opts.replay_buffer {
+                r.extend_from_slice(data);
+            } else {
+                call.replay = None;
+            }
+        }
+        call.tell_up(ToUp::Data {
+            key: call.key(self.id, stream),
+            data: Bytes::copy_from_slice(data),
+            end,
+        });
+    }
+
+    /// Sends the call to an endpoint: its first attempt, or a retry.
+    fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        let Some(state) = self.slot.state() else {
+            let msg = format!("service `{}` was removed", self.slot.name());
+            self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
+            return;
+        };
+        let path = std::str::from_utf8(call.head.get(b":path").unwrap_or_default()).unwrap_or_default();
+        let meta = CallMeta::from_path(path, &call.head);
+        let picked = state.pick(&meta, call.tried.as_slice()).or_else(|| {
+            if call.allow_same {
+                state.pick(&meta, &[])
+            } else {
+                None
+            }
+        });
+        drop(state);
+        let Some(ep) = picked else {
+            self.no_endpoint(c, stream, out);
+            return;
+        };
+        if call.tried.len > 0 {
+            self.slot.count_retry();
+        }
+        call.tried.push(identity(&ep));
+        call.attempt += 1;
+        let head = match call.deadline.filter(|_| call.attempt > 1) {
+            Some(d) => {
+                let left = d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .clamp(1, 99_999_999);
+                call.head.with(b"grpc-timeout", format!("{left}m").as_bytes())
+            }
+            None => call.head.clone(),
+        };
+        let guard = ep.start_call();
+        let up = ep.relay_pool().lease(&self.ctx.opts.pool);
+        let data = call
+            .replay
+            .as_ref()
+            .map(|r| Bytes::copy_from_slice(r))
+            .unwrap_or_default();
+        let msg = ToUp::Open {
+            key: call.key(self.id, stream),
+            reply: Arc::clone(&self.me),
+            head,
+            data,
+            end: call.req_end,
+        };
+        if up.mailbox.push(msg).is_err() {
+            up.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            guard.finish(Outcome::Refused);
+            call.last_error = Some("upstream connection closed".into());
+            call.allow_same = true;
+            if (call.attempt as usize) < max_attempts {
+                self.attempt(c, stream, out);
+            } else {
+                self.no_endpoint(c, stream, out);
+            }
+            return;
+        }
+        call.up = Some(up);
+        call.guard = Some(guard);
+    }
+
+    fn on_msg(&mut self, c: &mut Conn, msg: ToClient, out: &mut BytesMut) {
+        let stream = msg.stream;
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        if call.attempt != msg.attempt {
+            return;
+        }
+        match msg.what {
+            Upstream::Head { head, end } if !call.responded => {
+                call.responded = true;
+                call.replay = None;
+                if let Some(g) = &call.guard {
+                    g.first_byte();
+                }
+                call.http_ok = head.get(b":status").is_some_and(|s| s.starts_with(b"2"));
+                if end {
+                    call.status = Some(head.get(b"grpc-status").map_or(2, grpc::parse_status));
+                }
+                c.put_head(out, stream, &head, end);
+                if end {
+                    call.out.ended = true;
+                    self.finish_response(c, stream, out);
+                }
+            }
+            Upstream::Head { head, .. } => {
+                call.status = Some(head.get(b"grpc-status").map_or(2, grpc::parse_status));
+                call.out.push_trailers(head);
+                self.flush(c, stream, out);
+            }
+            Upstream::Data { data, end } => {
+                call.out.push(data, end);
+                self.flush(c, stream, out);
+            }
+            Upstream::Reset(reason) => {
+                frame::put_rst_stream(out, stream, reason);
+                if let Some(call) = self.calls.remove(&stream) {
+                    self.done(call, Outcome::Reset);
+                }
+            }
+            Upstream::GaveBack(back @ (GaveBack::Refused(_) | GaveBack::Unreachable(_))) => {
+                call.up = None;
+                let (outcome, why): (_, Box<str>) = match back {
+                    GaveBack::Unreachable(why) => (Outcome::ConnectFailed, why.as_ref().into()),
+                    GaveBack::Refused(why) | GaveBack::Lost(why) => (Outcome::Refused, why.into()),
+                };
+                if let Some(g) = call.guard.take() {
+                    g.finish(outcome);
+                }
+                // After a refusal tied to one connection the same endpoint
+                // may take the retry; an unreachable one may not.
+                call.allow_same = outcome == Outcome::Refused;
+                let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
+                let retry = !call.responded && call.replay.is_some() && (call.attempt as usize) < max_attempts;
+                call.last_error = Some(why);
+                if retry {
+                    self.attempt(c, stream, out);
+                } else {
+                    self.no_endpoint(c, stream, out);
+                }
+            }
+            Upstream::GaveBack(GaveBack::Lost(why)) => {
+                call.up = None;
+                let msg = format!("service `{}`: {why}", self.slot.name());
+                self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
+            }
+            Upstream::Credit(n) => {
+                if !call.req_end {
+                    call.recv_window += i64::from(n);
+                    frame::put_window_update(out, stream, n);
+                }
+            }
+        }
+    }
+
+    /// Writes what the response may send; the call ends with its last byte.
+    fn flush(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        let n = c.flush(out, stream, &mut call.out);
+        if n > 0 && !call.out.ended {
+            call.tell_up(ToUp::Credit {
+                key: call.key(self.id, stream),
+                n: n as u32,
+            });
+        }
+        if call.out.ended {
+            self.finish_response(c, stream, out);
+        }
+    }
+
+    /// The response went out whole: the call is over.
+    fn finish_response(&mut self, _c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let Some(call) = self.calls.remove(&stream) else { return };
+        if !call.req_end {
+            // The endpoint answered before the request was over.
+            frame::put_rst_stream(out, stream, Reason::NO_ERROR);
+        }
+        let code = call.status.unwrap_or(if call.http_ok { grpc::OK } else { 2 });
+        self.done(call, Outcome::Status(code));
+    }
+
+    /// No endpoint could take the call: UNAVAILABLE, naming the last error.
+    fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let Some(call) = self.calls.get(&stream) else { return };
+        self.slot.count_no_endpoint();
+        let msg = match &call.last_error {
+            Some(e) => format!("no endpoint of service `{}` could take the call: {e}", self.slot.name()),
+            None => format!("no healthy endpoint for service `{}`", self.slot.name()),
+        };
+        self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
+    }
+
+    /// Answers the call from the relay: trailers-only, or trailers after a
+    /// response that already started.
+    fn answer(&mut self, c: &mut Conn, stream: u32, code: u16, msg: &str, out: &mut BytesMut) {
+        let Some(mut call) = self.calls.remove(&stream) else {
+            return;
+        };
+        debug!(stream, code, msg, "call answered by the relay");
+        call.tell_up(ToUp::Reset {
+            key: call.key(self.id, stream),
+            reason: Reason::CANCEL,
+        });
+        let code_text = code.to_string();
+        let text = grpc::message_text(msg);
+        let mut b = Builder::with_capacity(96 + text.len());
+        if !call.responded {
+            b.push(b":status", b"200", false);
+            b.push(b"content-type", b"application/grpc", false);
+        }
+        b.push(b"grpc-status", code_text.as_bytes(), false);
+        b.push(b"grpc-message", text.as_bytes(), false);
+        c.put_head(out, stream, &b.finish(), true);
+        if !call.req_end {
+            frame::put_rst_stream(out, stream, Reason::NO_ERROR);
+        }
+        call.status = Some(code);
+        let outcome = if call.guard.is_some() {
+            Outcome::Status(code)
+        } else {
+            Outcome::Abandoned
+        };
+        self.done(call, outcome);
+    }
+
+    fn reset(&mut self, _c: &mut Conn, stream: u32, reason: Reason, out: &mut BytesMut) {
+        frame::put_rst_stream(out, stream, reason);
+        if let Some(call) = self.calls.remove(&stream) {
+            call.tell_up(ToUp::Reset {
+                key: call.key(self.id, stream),
+                reason: Reason::CANCEL,
+            });
+            self.done(call, Outcome::Reset);
+        }
+    }
+
+    /// Accounts for a call that is over.
+    fn done(&self, mut call: Call, outcome: Outcome) {
+        let endpoint = call.guard.as_ref().map(|g| g.endpoint().address);
+        if let Some(g) = call.guard.take() {
+            g.finish(outcome);
+        }
+        let duration = call.started.elapsed();
+        self.latency.observe(duration);
+        if logging::access_enabled() {
+            let path = String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
+            logging::access(&AccessEntry {
+                service: self.slot.name(),
+                method: &path,
+                endpoint,
+                grpc_status: call.status,
+                duration,
+                retries: call.attempt.saturating_sub(1),
+            });
+        }
+    }
+
+    fn add_deadline(&mut self, at: Instant, stream: u32) {
+        if self.deadlines.len() > 2 * self.calls.len() + 64 {
+            let calls = &self.calls;
+            self.deadlines
+                .retain(|Reverse((d, s))| calls.get(s).is_some_and(|c| c.deadline == Some(*d)));
+        }
+        self.deadlines.push(Reverse((at, stream)));
+    }
+
+    fn next_timer(&self) -> Instant {
+        let ping = self.keepalive.next();
+        match self.deadlines.peek() {
+            Some(Reverse((d, _))) => (*d).min(ping),
+            None => ping,
+        }
+    }
+
+    fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut BytesMut) {
+        while let Some(&Reverse((at, stream))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.calls.get(&stream).is_some_and(|call| call.deadline == Some(at)) {
+                self.answer(c, stream, grpc::DEADLINE_EXCEEDED, "deadline exceeded", out);
+            }
+        }
+        match self.keepalive.fire(now) {
+            Due::Ping => frame::put_ping(out, false, *b"balancer"),
+            Due::Dead => {
+                debug!("client left a PING unanswered: connection closed");
+                c.finished = true;
+            }
+            Due::Nothing => {}
+        }
+    }
+
+    /// The connection is over: calls still open are cancelled upstream.
+    fn abort_all(&mut self) {
+        for (stream, call) in std::mem::take(&mut self.calls) {
+            call.tell_up(ToUp::Reset {
+                key: call.key(self.id, stream),
+                reason: Reason::CANCEL,
+            });
+            self.done(call, Outcome::Reset);
+        }
+    }
+}
+
+impl Drop for ClientState {
+    /// However the connection ends (even dropped at a forced shutdown), its
+    /// calls are cancelled upstream and accounted for.
+    fn drop(&mut self) {
+        self.me.close();
+        self.abort_all();
+    }
+}
+
+impl Machine for ClientConn {
+    type Msg = ToClient;
+
+    fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
+        let mut used = 0;
+        if !self.st.preface {
+            match frame::preface(buf) {
+                Ok(true) => {
+                    self.st.preface = true;
+                    used = frame::PREFACE.len();
+                }
+                Ok(false) => return 0,
+                Err(_) => {
+                    self.conn.fail(Reason::PROTOCOL_ERROR, "no HTTP/2 preface", out);
+                    return buf.len();
+                }
+            }
+        }
+        self.st.resets = 0;
+        self.st.empty_data = 0;
+        let st = &mut self.st;
+        let used = used + self.conn.read(&buf[used..], out, |c, ev, out| st.on_event(c, ev, out));
+        if std::mem::take(&mut self.conn.pong) {
+            self.st.keepalive.answered(Instant::now());
+        }
+        used
+    }
+
+    fn on_msgs(&mut self, msgs: &mut Vec<ToClient>, out: &mut BytesMut) {
+        for m in msgs.drain(..) {
+            self.st.on_msg(&mut self.conn, m, out);
+        }
+    }
+
+    fn on_closed(&mut self, _error: Option<&io::Error>) {
+        self.st.eof = true;
+    }
+
+    fn finished(&self) -> bool {
+        self.conn.finished || ((self.st.draining || self.st.peer_goaway) && self.st.calls.is_empty())
+    }
+
+    fn idle(&self) -> bool {
+        self.st.calls.is_empty()
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        Some(self.st.next_timer())
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut BytesMut) {
+        self.st.on_timer(&mut self.conn, now, out);
+    }
+}
+
+impl Driver<ClientConn> {
+    /// Shutting down: GOAWAY, and the connection ends when its calls have.
+    fn drain(&mut self) {
+        if !self.m.st.draining {
+            self.m.st.draining = true;
+            let last = self.m.st.last_stream;
+            self.push_out(|out| frame::put_goaway(out, last, Reason::NO_ERROR, b"shutting down"));
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! What both sides of the relay do alike on one HTTP/2 connection: split the
+//! byte stream into frames, answer SETTINGS and PING, keep the
+//! connection-level windows, assemble header blocks, and end the connection
+//! with GOAWAY on a connection error.
+
+use balancer_relay::{
+    frame::{self, flags, Head as FrameHead, HeaderBlock, Kind, Reason, Scope},
+    hpack,
+};
+use bytes::BytesMut;
+
+use super::{flow::Outflow, head::Head};
+
+/// Largest frame we accept (our SETTINGS_MAX_FRAME_SIZE: the default).
+pub(crate) const MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
+/// Largest encoded header block, and CONTINUATION frames per block.
+const MAX_BLOCK: usize = 64 * 1024;
+const MAX_CONTINUATIONS: u32 = 16;
+/// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE).
+pub(crate) const MAX_HEADER_LIST: usize = 16 * 1024;
+/// Control frames (SETTINGS, PING) a peer may send per read before the
+/// connection is ended with ENHANCE_YOUR_CALM.
+const CONTROL_FLOOD: u32 = 10_000;
+
+/// A connection-level event the side-specific code acts on.
+pub(crate) enum Event<'a> {
+    /// A complete header block.
+    Headers {
+        stream: u32,
+        end: bool,
+        block: &'a [u8],
+    },
+    /// DATA: the payload after padding; `flow` counts against the windows.
+    Data {
+        stream: u32,
+        data: &'a [u8],
+        end: bool,
+    },
+    Reset {
+        stream: u32,
+        reason: Reason,
+    },
+    /// A stream's send window grew.
+    Window {
+        stream: u32,
+        increment: u32,
+    },
+    /// Every stream's send window changed by `delta` (new
+    /// SETTINGS_INITIAL_WINDOW_SIZE), or the connection window grew (0).
+    Windows {
+        delta: i64,
+    },
+    GoAway {
+        last: u32,
+        reason: Reason,
+    },
+    /// Stream-level protocol error: the side resets the stream.
+    StreamError {
+        stream: u32,
+        reason: Reason,
+    },
+}
+
+/// The frame-level state of one connection.
+pub(crate) struct Conn {
+    pub dec: hpack::Decoder,
+    pub enc: hpack::Encoder,
+    block: HeaderBlock,
+    /// The peer's SETTINGS.
+    pub peer_max_frame: u32,
+    pub peer_initial_window: u32,
+    pub peer_max_streams: u32,
+    /// What we may still send on the connection.
+    pub send_window: i64,
+    /// What we announced for the connection, and what came in since the
+    /// last WINDOW_UPDATE.
+    recv_window: u32,
+    recv_unacked: u32,
+    /// Stream ids announced by the peer (for GOAWAY).
+    pub last_peer_stream: u32,
+    /// The connection is over (after a GOAWAY for a connection error).
+    pub finished: bool,
+    /// The peer's first SETTINGS arrived (the handshake is done).
+    pub peer_settings: bool,
+    /// A PING of ours was answered since the side last looked.
+    pub pong: bool,
+    control_frames: u32,
+}
+
+impl Conn {
+    pub fn new(recv_window: u32) -> Conn {
+        Conn {
+            dec: hpack::Decoder::new(4096),
+            enc: hpack::Encoder::new(),
+            block: HeaderBlock::new(MAX_BLOCK, MAX_CONTINUATIONS),
+            peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            peer_initial_window: 65_535,
+            peer_max_streams: 100,
+            send_window: 65_535,
+            recv_window: recv_window.max(65_535),
+            recv_unacked: 0,
+            last_peer_stream: 0,
+            finished: false,
+            pong: false,
+            peer_settings: false,
+            control_frames: 0,
+        }
+    }
+
+    /// Our SETTINGS and the connection window, the first thing we send.
+    pub fn start(&self, out: &mut BytesMut, settings: &[(u16, u32)]) {
+        frame::put_settings(out, settings);
+        if self.recv_window > 65_535 {
+            frame::put_window_update(out, 0, self.recv_window - 65_535);
+        }
+    }
+
+    /// Ends the connection: GOAWAY with `reason`.
+    pub fn fail(&mut self, reason: Reason, what: &str, out: &mut BytesMut) {
+        if !self.finished {
+            tracing::debug!(%reason, what, "HTTP/2 connection error: GOAWAY");
+            frame::put_goaway(out, self.last_peer_stream, reason, what.as_bytes());
+            self.finished = true;
+        }
+    }
+
+    /// Parses the frames in `buf`, calling `on` for each stream-level event;
+    /// returns the bytes used.
+    pub fn read(
+        &mut self,
+        buf: &[u8],
+        out: &mut BytesMut,
+        mut on: impl FnMut(&mut Conn, Event<'_>, &mut BytesMut),
+    ) -> usize {
+        let mut pos = 0;
+        self.control_frames = 0;
+        while !self.finished {
+            let head = match frame::next(&buf[pos..], MAX_FRAME) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(e.reason, e.what, out);
+                    break;
+                }
+            };
+            let start = pos + frame::HEADER_LEN;
+            let end = start + head.len as usize;
+            pos = end;
+            if let Err(e) = self.frame(&head, &buf[start..end], out, &mut on) {
+                match e.scope {
+                    Scope::Connection => self.fail(e.reason, e.what, out),
+                    Scope::Stream(stream) => on(
+                        self,
+                        Event::StreamError {
+                            stream,
+                            reason: e.reason,
+                        },
+                        out,
+                    ),
+                }
+            }
+        }
+        self.credit(out);
+        pos
+    }
+
+    /// Returns connection-level credit once half the window was used.
+    fn credit(&mut self, out: &mut BytesMut) {
+        if self.recv_unacked >= self.recv_window / 2 {
+            frame::put_window_update(out, 0, self.recv_unacked);
+            self.recv_unacked = 0;
+        }
+    }
+
+    fn frame(
+        &mut self,
+        head: &FrameHead,
+        payload: &[u8],
+        out: &mut BytesMut,
+        on: &mut impl FnMut(&mut Conn, Event<'_>, &mut BytesMut),
+    ) -> Result<(), frame::Error> {
+        if let Some(open) = self.block.stream() {
+            if head.kind != Kind::Continuation || head.stream != open {
+                return Err(conn_error(Reason::PROTOCOL_ERROR, "a frame inside a header block"));
+            }
+        }
+        match head.kind {
+            Kind::Data => {
+                let range = frame::data(head, payload)?;
+                self.take_recv(head.len)?;
+                on(
+                    self,
+                    Event::Data {
+                        stream: head.stream,
+                        data: &payload[range],
+                        end: head.has(flags::END_STREAM),
+                    },
+                    out,
+                );
+            }
+            Kind::Headers => {
+                let h = frame::headers(head, payload)?;
+                let fragment = &payload[h.fragment];
+                if h.end_headers {
+                    on(
+                        self,
+                        Event::Headers {
+                            stream: head.stream,
+                            end: h.end_stream,
+                            block: fragment,
+                        },
+                        out,
+                    );
+                } else {
+                    self.block.start(head.stream, h.end_stream, fragment)?;
+                }
+            }
+            Kind::Continuation => {
+                frame::continuation(head, payload)?;
+                let mut block = std::mem::replace(&mut self.block, HeaderBlock::new(MAX_BLOCK, MAX_CONTINUATIONS));
+                let done = block.push(head, payload);
+                let r = match done {
+                    Ok(Some((end, bytes))) => {
+                        on(
+                            self,
+                            Event::Headers {
+                                stream: head.stream,
+                                end,
+                                block: bytes,
+                            },
+                            out,
+                        );
+                        block.clear();
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.block = block;
+                r?;
+            }
+            Kind::Priority => frame::priority(head, payload)?,
+            Kind::RstStream => {
+                let reason = frame::rst_stream(head, payload)?;
+                on(
+                    self,
+                    Event::Reset {
+                        stream: head.stream,
+                        reason,
+                    },
+                    out,
+                );
+            }
+            Kind::Settings => {
+                self.flood()?;
+                if let Some(s) = frame::settings(head, payload)? {
+                    self.peer_settings = true;
+                    let delta = self.apply(&s);
+                    frame::put_settings_ack(out);
+                    if delta != 0 {
+                        on(self, Event::Windows { delta }, out);
+                    }
+                }
+            }
+            Kind::Ping => {
+                self.flood()?;
+                let data = frame::ping(head, payload)?;
+                if head.has(flags::ACK) {
+                    self.pong = true;
+                } else {
+                    frame::put_ping(out, true, data);
+                }
+            }
+            Kind::GoAway => {
+                let g = frame::goaway(head, payload)?;
+                on(
+                    self,
+                    Event::GoAway {
+                        last: g.last_stream,
+                        reason: g.reason,
+                    },
+                    out,
+                );
+            }
+            Kind::WindowUpdate => {
+                let increment = frame::window_update(head, payload)?;
+                if head.stream == 0 {
+                    self.send_window += i64::from(increment);
+                    if self.send_window > i64::from(frame::MAX_WINDOW) {
+                        return Err(conn_error(Reason::FLOW_CONTROL_ERROR, "connection window over 2^31-1"));
+                    }
+                    on(self, Event::Windows { delta: 0 }, out);
+                } else {
+                    on(
+                        self,
+                        Event::Window {
+                            stream: head.stream,
+                            increment,
+                        },
+                        out,
+                    );
+                }
+            }
+            Kind::PushPromise => return Err(conn_error(Reason::PROTOCOL_ERROR, "PUSH_PROMISE")),
+            Kind::Unknown(_) => {}
+        }
+        Ok(())
+    }
+
+    fn flood(&mut self) -> Result<(), frame::Error> {
+        self.control_frames += 1;
+        if self.control_frames > CONTROL_FLOOD {
+            return Err(conn_error(Reason::ENHANCE_YOUR_CALM, "SETTINGS or PING flood"));
+        }
+        Ok(())
+    }
+
+    /// Counts received DATA against the connection window.
+    fn take_recv(&mut self, len: u32) -> Result<(), frame::Error> {
+        let used = self.recv_unacked.saturating_add(len);
+        if used > self.recv_window {
+            return Err(conn_error(
+                Reason::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection window",
+            ));
+        }
+        self.recv_unacked = used;
+        Ok(())
+    }
+
+    /// Applies the peer's SETTINGS; returns the change of every stream's
+    /// send window.
+    fn apply(&mut self, s: &frame::Settings) -> i64 {
+        if let Some(v) = s.header_table_size {
+            self.enc.set_peer_max_table_size(v);
+        }
+        if let Some(v) = s.max_frame_size {
+            self.peer_max_frame = v;
+        }
+        if let Some(v) = s.max_concurrent_streams {
+            self.peer_max_streams = v;
+        }
+        match s.initial_window_size {
+            Some(v) => {
+                let delta = i64::from(v) - i64::from(self.peer_initial_window);
+                self.peer_initial_window = v;
+                delta
+            }
+            None => 0,
+        }
+    }
+
+    /// Decodes a header block; `field` sees each field. Ok(false) when the
+    /// list was too large or `field` stopped it (the block was still
+    /// decoded, so the table stays in sync); Err after a compression error
+    /// (the connection has failed).
+    pub fn decode(
+        &mut self,
+        block: &[u8],
+        out: &mut BytesMut,
+        mut field: impl FnMut(&[u8], &[u8], bool) -> bool,
+    ) -> bool {
+        match self
+            .dec
+            .decode(block, MAX_HEADER_LIST, |f| field(f.name, f.value, f.never_index))
+        {
+            Ok(()) => true,
+            Err(e) if e.is_fatal() => {
+                self.fail(Reason::COMPRESSION_ERROR, "header block does not decode", out);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Writes `head` as a header block on `stream`.
+    pub fn put_head(&mut self, out: &mut BytesMut, stream: u32, head: &Head, end: bool) {
+        out.reserve(frame::HEADER_LEN + head.len_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; frame::HEADER_LEN]);
+        self.enc.begin(out);
+        for f in head.iter() {
+            self.enc.field(f.name, f.value, f.never_index, out);
+        }
+        frame::finish_headers(out, at, stream, end, self.peer_max_frame);
+    }
+
+    /// Writes what `flow` may send on `stream` now; returns the DATA bytes
+    /// written.
+    pub fn flush(&mut self, out: &mut BytesMut, stream: u32, flow: &mut Outflow) -> usize {
+        let n = flow.write(out, stream, &mut self.send_window, self.peer_max_frame);
+        if flow.trailers_due() {
+            if let Some(t) = flow.take_trailers() {
+                self.put_head(out, stream, &t, true);
+            }
+        }
+        n
+    }
+}
+
+fn conn_error(reason: Reason, what: &'static str) -> frame::Error {
+    frame::Error {
+        reason,
+        scope: Scope::Connection,
+        what,
+    }
+}

@@ -1,0 +1,216 @@
+//! Drives one relay connection: a single task reads what the peer sent,
+//! takes what other connections left in its mailbox, and writes everything
+//! that resulted in one send. Buffers exist while bytes are in flight and
+//! are released when the connection goes idle, so an idle connection holds
+//! its socket and a small struct.
+
+use std::{
+    future::{poll_fn, Future},
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+};
+
+use bytes::{Buf, BytesMut};
+use tokio::{
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
+
+use super::mailbox::Mailbox;
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+/// Rounds of read/message/write per poll before yielding to other tasks.
+const ROUNDS: usize = 8;
+/// Bytes waiting to be written beyond which the connection stops reading:
+/// a peer that never reads cannot make its replies (PING and SETTINGS
+/// acknowledgements, WINDOW_UPDATEs) pile up.
+const OUT_LIMIT: usize = 1 << 20;
+
+/// One side of the relay: turns bytes and messages into bytes to send.
+pub(crate) trait Machine {
+    type Msg;
+
+    /// Bytes from the peer; returns how many were used (a partial frame is
+    /// left for the next read).
+    fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize;
+    /// Messages from other connections; leaves `msgs` empty.
+    fn on_msgs(&mut self, msgs: &mut Vec<Self::Msg>, out: &mut BytesMut);
+    /// The peer closed its side, or the socket failed.
+    fn on_closed(&mut self, error: Option<&io::Error>);
+    /// Whether the connection is over once `out` is written.
+    fn finished(&self) -> bool;
+    /// Whether no stream is open (buffers may be released).
+    fn idle(&self) -> bool;
+    /// When [`Machine::on_timer`] is next due, if ever.
+    fn next_timer(&self) -> Option<Instant> {
+        None
+    }
+    fn on_timer(&mut self, _now: Instant, _out: &mut BytesMut) {}
+}
+
+pub(crate) struct Driver<M: Machine> {
+    pub io: TcpStream,
+    pub m: M,
+    pub mailbox: Arc<Mailbox<M::Msg>>,
+    rbuf: BytesMut,
+    out: BytesMut,
+    msgs: Vec<M::Msg>,
+    eof: bool,
+    /// Made at the first timer, dropped when the connection goes idle.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<M: Machine> Driver<M> {
+    /// `out` holds what must be sent first (the preface, SETTINGS).
+    pub fn new(io: TcpStream, m: M, mailbox: Arc<Mailbox<M::Msg>>, out: BytesMut) -> Self {
+        Driver {
+            io,
+            m,
+            mailbox,
+            rbuf: BytesMut::new(),
+            out,
+            msgs: Vec::new(),
+            eof: false,
+            timer: None,
+        }
+    }
+
+    /// Queues bytes to send (written at the next poll).
+    pub fn push_out(&mut self, f: impl FnOnce(&mut BytesMut)) {
+        f(&mut self.out);
+    }
+
+    /// Bytes that arrived before the driver started (the sniffed preface).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.rbuf.extend_from_slice(bytes);
+        let used = self.m.on_bytes(&self.rbuf, &mut self.out);
+        self.rbuf.advance(used);
+    }
+
+    /// Runs until the connection is over. Cancel-safe: all state is in
+    /// `self`, so a caller may stop polling and call `run` again.
+    pub async fn run(&mut self) -> io::Result<()> {
+        let r = poll_fn(|cx| {
+            for _ in 0..ROUNDS {
+                let mut progress = false;
+                if self.mailbox.take(cx, &mut self.msgs) {
+                    self.m.on_msgs(&mut self.msgs, &mut self.out);
+                    progress = true;
+                }
+                if !self.eof && self.out.len() < OUT_LIMIT && !self.m.finished() {
+                    match self.read(cx) {
+                        Poll::Ready(Ok(true)) => progress = true,
+                        Poll::Ready(Ok(false)) => {
+                            self.eof = true;
+                            self.m.on_closed(None);
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.m.on_closed(Some(&e));
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if !self.out.is_empty() {
+                    match self.write(cx) {
+                        Poll::Ready(Ok(())) => progress = true,
+                        Poll::Ready(Err(e)) => {
+                            self.m.on_closed(Some(&e));
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if self.fire_timer(cx) {
+                    progress = true;
+                }
+                if self.out.is_empty() && (self.m.finished() || (self.eof && self.m.idle())) {
+                    return Poll::Ready(Ok(()));
+                }
+                if !progress {
+                    self.release_if_idle();
+                    return Poll::Pending;
+                }
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+        self.release_if_idle();
+        r
+    }
+
+    /// Runs the machine's timer if it is due; otherwise arms it.
+    fn fire_timer(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(at) = self.m.next_timer() else {
+            self.timer = None;
+            return false;
+        };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.m.on_timer(Instant::now(), &mut self.out);
+            return true;
+        }
+        false
+    }
+
+    /// Reads once; Ok(false) at end of stream.
+    fn read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => {
+                    let used = self.m.on_bytes(&self.rbuf, &mut self.out);
+                    self.rbuf.advance(used);
+                    return Poll::Ready(Ok(true));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.io.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            match self.io.try_write(&self.out) {
+                Ok(n) => {
+                    self.out.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn release_if_idle(&mut self) {
+        if self.m.idle() {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                self.rbuf = BytesMut::new();
+            }
+            if self.out.is_empty() && self.out.capacity() > 0 {
+                self.out = BytesMut::new();
+                self.msgs = Vec::new();
+                self.mailbox.shrink();
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! A header list the relay keeps between decoding it from one peer and
+//! encoding it towards another: one buffer per header block, fields stored
+//! back to back as `flags, name length, value length, name, value`.
+//!
+//! Request heads are checked against RFC 9113 §8.2–8.3 as they are built;
+//! a malformed request is answered with `RST_STREAM(PROTOCOL_ERROR)`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::balance::CallHeaders;
+
+const NEVER_INDEX: u8 = 1;
+/// flags (1) + name length (2) + value length (4).
+const ENTRY: usize = 7;
+
+/// One decoded header block.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Head {
+    buf: Bytes,
+}
+
+/// A field of a [`Head`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Field<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub never_index: bool,
+}
+
+impl Head {
+    pub fn iter(&self) -> Fields<'_> {
+        Fields { rest: &self.buf }
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|f| f.name == name).map(|f| f.value)
+    }
+
+    /// The same head with `name` set to `value` (every other field kept in
+    /// order), e.g. the remaining `grpc-timeout` on a retry.
+    pub fn with(&self, name: &[u8], value: &[u8]) -> Head {
+        let mut b = Builder::with_capacity(self.buf.len() + value.len() + ENTRY + name.len());
+        let mut set = false;
+        for f in self.iter() {
+            if f.name == name {
+                if !set {
+                    b.push(name, value, false);
+                    set = true;
+                }
+            } else {
+                b.push(f.name, f.value, f.never_index);
+            }
+        }
+        if !set {
+            b.push(name, value, false);
+        }
+        b.finish()
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+pub(crate) struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Field<'a>;
+
+    fn next(&mut self) -> Option<Field<'a>> {
+        let r = self.rest;
+        if r.len() < ENTRY {
+            return None;
+        }
+        let name_len = u16::from_be_bytes([r[1], r[2]]) as usize;
+        let value_len = u32::from_be_bytes([r[3], r[4], r[5], r[6]]) as usize;
+        let name = r.get(ENTRY..ENTRY + name_len)?;
+        let value = r.get(ENTRY + name_len..ENTRY + name_len + value_len)?;
+        self.rest = &r[ENTRY + name_len + value_len..];
+        Some(Field {
+            name,
+            value,
+            never_index: r[0] & NEVER_INDEX != 0,
+        })
+    }
+}
+
+/// Builds a [`Head`] field by field.
+pub(crate) struct Builder {
+    buf: BytesMut,
+}
+
+impl Builder {
+    pub fn with_capacity(n: usize) -> Builder {
+        Builder {
+            buf: BytesMut::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8], never_index: bool) {
+        // Names longer than 64 KiB never get here: the header list limit is
+        // far smaller.
+        let name = &name[..name.len().min(u16::MAX as usize)];
+        self.buf.reserve(ENTRY + name.len() + value.len());
+        self.buf.put_u8(if never_index { NEVER_INDEX } else { 0 });
+        self.buf.put_u16(name.len() as u16);
+        self.buf.put_u32(value.len() as u32);
+        self.buf.put_slice(name);
+        self.buf.put_slice(value);
+    }
+
+    pub fn finish(self) -> Head {
+        Head { buf: self.buf.freeze() }
+    }
+}
+
+/// Why a request head is malformed (RFC 9113 §8.2–8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Malformed {
+    #[error("a header name has uppercase characters")]
+    Uppercase,
+    #[error("a pseudo-header follows a regular header")]
+    PseudoAfterRegular,
+    #[error("unknown or repeated pseudo-header")]
+    BadPseudo,
+    #[error("a connection-specific header")]
+    ConnectionSpecific,
+    #[error("`te` other than `trailers`")]
+    Te,
+    #[error("a header value with NUL, CR or LF, or a name that is empty")]
+    BadValue,
+    #[error("`:method`, `:scheme` or `:path` missing or empty")]
+    MissingPseudo,
+    #[error("trailers with pseudo-headers")]
+    PseudoInTrailers,
+}
+
+/// Checks a request's fields one at a time while they are decoded.
+#[derive(Default)]
+pub(crate) struct RequestCheck {
+    seen: u8,
+    regular: bool,
+    trailers: bool,
+    pub error: Option<Malformed>,
+}
+
+const METHOD: u8 = 1;
+const SCHEME: u8 = 2;
+const PATH: u8 = 4;
+const AUTHORITY: u8 = 8;
+
+impl RequestCheck {
+    pub fn trailers() -> RequestCheck {
+        RequestCheck {
+            trailers: true,
+            ..RequestCheck::default()
+        }
+    }
+
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        if self.error.is_none() {
+            if let Err(e) = self.check(name, value) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn check(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
+        if name.is_empty() || value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(Malformed::BadValue);
+        }
+        if name[0] == b':' {
+            if self.trailers {
+                return Err(Malformed::PseudoInTrailers);
+            }
+            if self.regular {
+                return Err(Malformed::PseudoAfterRegular);
+            }
+            let bit = match name {
+                b":method" => METHOD,
+                b":scheme" => SCHEME,
+                b":path" => PATH,
+                b":authority" => AUTHORITY,
+                _ => return Err(Malformed::BadPseudo),
+            };
+            if self.seen & bit != 0 {
+                return Err(Malformed::BadPseudo);
+            }
+            if value.is_empty() && bit != AUTHORITY {
+                return Err(Malformed::MissingPseudo);
+            }
+            self.seen |= bit;
+            return Ok(());
+        }
+        self.regular = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err(Malformed::Uppercase);
+        }
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
+                Err(Malformed::ConnectionSpecific)
+            }
+            b"te" if value != b"trailers" => Err(Malformed::Te),
+            _ => Ok(()),
+        }
+    }
+
+    /// The verdict once the whole block was decoded.
+    pub fn finish(&self) -> Result<(), Malformed> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if !self.trailers && self.seen & (METHOD | SCHEME | PATH) != METHOD | SCHEME | PATH {
+            return Err(Malformed::MissingPseudo);
+        }
+        Ok(())
+    }
+}
+
+impl CallHeaders for Head {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter()
+            .filter(|f| f.name == name.as_bytes())
+            .any(|f| std::str::from_utf8(f.value).map(&mut *pred).unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn head(fields: &[(&str, &str)]) -> Head {
+        let mut b = Builder::with_capacity(64);
+        for (n, v) in fields {
+            b.push(n.as_bytes(), v.as_bytes(), *n == "authorization");
+        }
+        b.finish()
+    }
+
+    fn check(fields: &[(&str, &str)]) -> Result<(), Malformed> {
+        let mut c = RequestCheck::default();
+        for (n, v) in fields {
+            c.field(n.as_bytes(), v.as_bytes());
+        }
+        c.finish()
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/pkg.Svc/Do"),
+        (":authority", "svc:50051"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("authorization", "secret"),
+    ];
+
+    #[test]
+    fn fields_come_back_in_order_with_their_flags() {
+        let h = head(GOOD);
+        let back: Vec<_> = h
+            .iter()
+            .map(|f| (String::from_utf8_lossy(f.name).into_owned(), f.never_index))
+            .collect();
+        assert_eq!(back.len(), GOOD.len());
+        assert_eq!(back[2].0, ":path");
+        assert!(back[6].1, "never-indexed survives");
+        assert!(!back[0].1);
+        assert_eq!(h.get(b":path"), Some(&b"/pkg.Svc/Do"[..]));
+    }
+
+    #[test]
+    fn with_replaces_or_appends_one_field() {
+        let h = head(GOOD).with(b"grpc-timeout", b"99m");
+        assert_eq!(h.get(b"grpc-timeout"), Some(&b"99m"[..]));
+        let h2 = h.with(b"grpc-timeout", b"5m");
+        assert_eq!(h2.iter().filter(|f| f.name == b"grpc-timeout").count(), 1);
+        assert_eq!(h2.get(b"grpc-timeout"), Some(&b"5m"[..]));
+        assert_eq!(h2.iter().count(), GOOD.len() + 1);
+    }
+
+    #[test]
+    fn routes_see_header_values() {
+        let h = head(&[("x-tenant", "a"), ("x-tenant", "b")]);
+        assert!(h.any_value("x-tenant", &mut |v| v == "b"));
+        assert!(!h.any_value("x-tenant", &mut |v| v == "c"));
+        assert!(!h.any_value("x-other", &mut |_| true));
+    }
+
+    #[test]
+    fn a_well_formed_request_passes() {
+        assert_eq!(check(GOOD), Ok(()));
+    }
+
+    #[test]
+    fn malformed_requests_are_named() {
+        let cases: &[(&[(&str, &str)], Malformed)] = &[
+            (&[(":method", "POST"), (":path", "/a")], Malformed::MissingPseudo),
+            (
+                &[(":method", "POST"), ("x", "1"), (":scheme", "http"), (":path", "/")],
+                Malformed::PseudoAfterRegular,
+            ),
+            (&[(":method", "POST"), (":method", "GET")], Malformed::BadPseudo),
+            (&[(":status", "200")], Malformed::BadPseudo),
+            (&[(":method", "POST"), ("Content-Type", "x")], Malformed::Uppercase),
+            (
+                &[(":method", "POST"), ("connection", "close")],
+                Malformed::ConnectionSpecific,
+            ),
+            (&[(":method", "POST"), ("te", "gzip")], Malformed::Te),
+            (&[(":method", "POST"), ("x", "a\r\nb")], Malformed::BadValue),
+            (&[(":method", "POST"), (":path", "")], Malformed::MissingPseudo),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(check(fields), Err(*want), "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_take_no_pseudo_headers() {
+        let mut c = RequestCheck::trailers();
+        c.field(b"x-sum", b"1");
+        assert_eq!(c.finish(), Ok(()));
+        let mut c = RequestCheck::trailers();
+        c.field(b":path", b"/");
+        assert_eq!(c.finish(), Err(Malformed::PseudoInTrailers));
+    }
+}

@@ -1,0 +1,28 @@
+//! The relay engine: a frame-level HTTP/2 data plane. Each connection —
+//! client or upstream — is one task that owns it outright; calls are frames
+//! forwarded between them through mailboxes, with header blocks re-encoded
+//! towards each peer and DATA copied under a rewritten frame header. No task
+//! per call, no lock shared between a connection and its streams.
+//!
+//! Module map: [`client`] (client connections and the calls on them),
+//! [`upstream`] (connections to endpoints), [`pool`] (which upstream
+//! connection a call takes), [`conn`] (what both sides do alike: SETTINGS,
+//! PING, windows, header blocks), [`flow`] (one direction of a stream and its
+//! window), [`head`] (decoded header lists and request checks), [`keepalive`]
+//! (PINGs that find dead peers), [`msg`] and
+//! [`mailbox`] (how connections talk), [`driver`] (socket I/O of one
+//! connection). The wire formats are in the `balancer-relay` crate.
+
+mod client;
+mod conn;
+mod driver;
+mod flow;
+mod head;
+mod keepalive;
+mod mailbox;
+mod msg;
+mod pool;
+mod upstream;
+
+pub(crate) use client::serve;
+pub(crate) use pool::RelayPool;

@@ -1,0 +1,73 @@
+//! The relay's connections to one endpoint. A call goes to the first open
+//! connection with room under the endpoint's MAX_CONCURRENT_STREAMS, so one
+//! connection fills before another opens (fewer, fuller writes for the
+//! endpoint); past `max_connections`, calls wait on the least busy one.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+};
+
+use super::upstream::{self, UpHandle};
+use crate::proxy::PoolOptions;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct RelayPool {
+    addr: SocketAddr,
+    conns: Mutex<Vec<Arc<UpHandle>>>,
+}
+
+impl std::fmt::Debug for RelayPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayPool")
+            .field("addr", &self.addr)
+            .field("connections", &self.open_connections())
+            .finish()
+    }
+}
+
+impl RelayPool {
+    pub fn new(addr: SocketAddr) -> RelayPool {
+        RelayPool {
+            addr,
+            conns: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<UpHandle>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for one more call (counted on it).
+    pub fn lease(self: &Arc<Self>, opts: &PoolOptions) -> Arc<UpHandle> {
+        let mut conns = self.lock();
+        conns.retain(|c| !c.closed.load(Relaxed));
+        let full = conns.len() >= opts.max_connections.max(1);
+        let chosen = match conns.iter().find(|c| c.has_room()) {
+            Some(c) => Arc::clone(c),
+            None => match conns.iter().min_by_key(|c| c.active.load(Relaxed)) {
+                Some(c) if full => Arc::clone(c),
+                _ => {
+                    let c = Arc::new(UpHandle::new(NEXT_ID.fetch_add(1, Relaxed)));
+                    conns.push(Arc::clone(&c));
+                    upstream::spawn(Arc::clone(&c), self.addr, opts.clone(), Arc::downgrade(self));
+                    c
+                }
+            },
+        };
+        chosen.active.fetch_add(1, Relaxed);
+        chosen
+    }
+
+    pub fn remove(&self, handle: &Arc<UpHandle>) {
+        self.lock().retain(|c| !Arc::ptr_eq(c, handle));
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.lock().len()
+    }
+}
