@@ -382,7 +382,10 @@ async fn handle_conn(
         }
         Protocol::Http2 => {
             handle.set_protocol(ConnProtocol::H2);
-            if let Err(e) = server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle).await {
+            // Boxed: the h2 engine's state would otherwise size every
+            // connection's task, relay or not.
+            let serve = Box::pin(server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle));
+            if let Err(e) = serve.await {
                 debug!(error = %Chain(&e), "client connection ended with an error");
             }
         }
@@ -391,7 +394,7 @@ async fn handle_conn(
             if let Some(r) = &redirects {
                 r.leave_fast_path(stream.as_fd());
             }
-            if let Err(e) = tcp::proxy(ctx, stream, prefix, &slot).await {
+            if let Err(e) = Box::pin(tcp::proxy(ctx, stream, prefix, &slot)).await {
                 debug!(error = %Chain(&e), "plain TCP connection ended with an error");
             }
         }

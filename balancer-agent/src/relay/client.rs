@@ -34,6 +34,21 @@ use crate::{
     proxy::{grpc, Ctx},
 };
 
+/// The PING that follows the first GOAWAY of a graceful shutdown.
+const DRAIN_PING: [u8; 8] = *b"draining";
+/// How long the client has to answer it before new streams are refused.
+const DRAIN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that names no
+/// stream and a PING; once the PING comes back, every stream the client
+/// sent before it has arrived, and a second GOAWAY names the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    No,
+    Announced,
+    Refusing,
+}
+
 /// Attempts per call, whatever the options say.
 const MAX_ATTEMPTS: usize = 8;
 /// Resets by the client per read beyond which the connection ends
@@ -76,7 +91,8 @@ pub(crate) async fn serve(
             preface: false,
             calls: HashMap::new(),
             last_stream: 0,
-            draining: false,
+            drain: Drain::No,
+            drain_by: None,
             peer_goaway: false,
             eof: false,
             resets: 0,
@@ -116,8 +132,9 @@ struct ClientState {
     preface: bool,
     calls: HashMap<u32, Call>,
     last_stream: u32,
-    /// GOAWAY sent: no new calls.
-    draining: bool,
+    drain: Drain,
+    /// When the drain PING is given up on.
+    drain_by: Option<Instant>,
     peer_goaway: bool,
     eof: bool,
     resets: u32,
@@ -274,7 +291,7 @@ impl ClientState {
         }
         self.last_stream = stream;
         c.last_peer_stream = stream;
-        if self.draining || self.calls.len() >= self.ctx.opts.max_concurrent_streams as usize {
+        if self.drain == Drain::Refusing || self.calls.len() >= self.ctx.opts.max_concurrent_streams as usize {
             frame::put_rst_stream(out, stream, Reason::REFUSED_STREAM);
             return;
         }
@@ -616,14 +633,28 @@ impl ClientState {
     }
 
     fn next_timer(&self) -> Instant {
-        let ping = self.keepalive.next();
-        match self.deadlines.peek() {
-            Some(Reverse((d, _))) => (*d).min(ping),
-            None => ping,
+        let mut at = self.keepalive.next();
+        if let Some(Reverse((d, _))) = self.deadlines.peek() {
+            at = at.min(*d);
         }
+        if let Some(d) = self.drain_by {
+            at = at.min(d);
+        }
+        at
+    }
+
+    /// The second GOAWAY of a graceful shutdown: streams after the last one
+    /// seen are refused.
+    fn refuse_new(&mut self, out: &mut BytesMut) {
+        self.drain = Drain::Refusing;
+        self.drain_by = None;
+        frame::put_goaway(out, self.last_stream, Reason::NO_ERROR, b"shutting down");
     }
 
     fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut BytesMut) {
+        if self.drain_by.is_some_and(|d| now >= d) {
+            self.refuse_new(out);
+        }
         while let Some(&Reverse((at, stream))) = self.deadlines.peek() {
             if at > now {
                 break;
@@ -686,8 +717,10 @@ impl Machine for ClientConn {
         self.st.empty_data = 0;
         let st = &mut self.st;
         let used = used + self.conn.read(&buf[used..], out, |c, ev, out| st.on_event(c, ev, out));
-        if std::mem::take(&mut self.conn.pong) {
-            self.st.keepalive.answered(Instant::now());
+        match self.conn.pong.take() {
+            Some(DRAIN_PING) if self.st.drain == Drain::Announced => self.st.refuse_new(out),
+            Some(_) => self.st.keepalive.answered(Instant::now()),
+            None => {}
         }
         used
     }
@@ -703,7 +736,7 @@ impl Machine for ClientConn {
     }
 
     fn finished(&self) -> bool {
-        self.conn.finished || ((self.st.draining || self.st.peer_goaway) && self.st.calls.is_empty())
+        self.conn.finished || ((self.st.drain == Drain::Refusing || self.st.peer_goaway) && self.st.calls.is_empty())
     }
 
     fn idle(&self) -> bool {
@@ -722,10 +755,13 @@ impl Machine for ClientConn {
 impl Driver<ClientConn> {
     /// Shutting down: GOAWAY, and the connection ends when its calls have.
     fn drain(&mut self) {
-        if !self.m.st.draining {
-            self.m.st.draining = true;
-            let last = self.m.st.last_stream;
-            self.push_out(|out| frame::put_goaway(out, last, Reason::NO_ERROR, b"shutting down"));
+        if self.m.st.drain == Drain::No {
+            self.m.st.drain = Drain::Announced;
+            self.m.st.drain_by = Some(Instant::now() + DRAIN_ROUND_TRIP);
+            self.push_out(|out| {
+                frame::put_goaway(out, frame::STREAM_ID_MASK, Reason::NO_ERROR, b"shutting down");
+                frame::put_ping(out, false, DRAIN_PING);
+            });
         }
     }
 }

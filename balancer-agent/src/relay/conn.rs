@@ -82,8 +82,9 @@ pub(crate) struct Conn {
     pub finished: bool,
     /// The peer's first SETTINGS arrived (the handshake is done).
     pub peer_settings: bool,
-    /// A PING of ours was answered since the side last looked.
-    pub pong: bool,
+    /// The payload of the last PING of ours answered since the side last
+    /// looked.
+    pub pong: Option<[u8; 8]>,
     control_frames: u32,
 }
 
@@ -101,7 +102,7 @@ impl Conn {
             recv_unacked: 0,
             last_peer_stream: 0,
             finished: false,
-            pong: false,
+            pong: None,
             peer_settings: false,
             control_frames: 0,
         }
@@ -266,7 +267,7 @@ impl Conn {
                 self.flood()?;
                 let data = frame::ping(head, payload)?;
                 if head.has(flags::ACK) {
-                    self.pong = true;
+                    self.pong = Some(data);
                 } else {
                     frame::put_ping(out, true, data);
                 }

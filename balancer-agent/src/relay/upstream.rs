@@ -524,7 +524,7 @@ impl Machine for UpConn {
     fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
         let st = &mut self.st;
         let used = self.conn.read(buf, out, |c, ev, out| st.on_event(c, ev, out));
-        if std::mem::take(&mut self.conn.pong) {
+        if self.conn.pong.take().is_some() {
             self.st.keepalive.answered(Instant::now());
         }
         if self.conn.finished {
