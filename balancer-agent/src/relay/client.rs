@@ -51,9 +51,12 @@ enum Drain {
 
 /// Attempts per call, whatever the options say.
 const MAX_ATTEMPTS: usize = 8;
-/// Resets by the client per read beyond which the connection ends
-/// (rapid reset).
-const RESET_FLOOD: u32 = 1_000;
+/// Rapid reset (CVE-2023-44487): a client may reset calls that got no
+/// response yet out of a budget of this many, refilled by `RESET_REFILL`
+/// per second and by one for every call answered; a client that spends it
+/// gets GOAWAY(ENHANCE_YOUR_CALM).
+const RESET_BUDGET: u32 = 200;
+const RESET_REFILL: u32 = 100;
 /// Empty DATA frames without END_STREAM per read beyond which the
 /// connection ends.
 const EMPTY_DATA_FLOOD: u32 = 1_000;
@@ -95,7 +98,7 @@ pub(crate) async fn serve(
             drain_by: None,
             peer_goaway: false,
             eof: false,
-            resets: 0,
+            resets: ResetBudget::new(Instant::now()),
             empty_data: 0,
             deadlines: BinaryHeap::new(),
             keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, Instant::now()),
@@ -137,12 +140,48 @@ struct ClientState {
     drain_by: Option<Instant>,
     peer_goaway: bool,
     eof: bool,
-    resets: u32,
+    resets: ResetBudget,
     empty_data: u32,
     /// Calls' deadlines (`grpc-timeout`), soonest first; entries of calls
     /// that ended are dropped when they come up or when they pile up.
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     keepalive: PingTimer,
+}
+
+/// What is left of a connection's budget of resets (see [`RESET_BUDGET`]).
+struct ResetBudget {
+    left: u32,
+    refilled: Instant,
+}
+
+impl ResetBudget {
+    fn new(now: Instant) -> ResetBudget {
+        ResetBudget {
+            left: RESET_BUDGET,
+            refilled: now,
+        }
+    }
+
+    /// Spends one reset; false when none is left.
+    fn spend(&mut self, now: Instant) -> bool {
+        let secs = now.saturating_duration_since(self.refilled).as_secs() as u32;
+        if secs > 0 {
+            self.left = self.left.saturating_add(secs.saturating_mul(RESET_REFILL)).min(RESET_BUDGET);
+            self.refilled = now;
+        }
+        match self.left.checked_sub(1) {
+            Some(l) => {
+                self.left = l;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A call was answered.
+    fn earn(&mut self) {
+        self.left = (self.left + 1).min(RESET_BUDGET);
+    }
 }
 
 /// Endpoints a call already tried, without allocating.
@@ -212,11 +251,10 @@ impl ClientState {
             Event::Headers { stream, end, block } => self.on_headers(c, stream, end, block, out),
             Event::Data { stream, data, end } => self.on_data(c, stream, data, end, out),
             Event::Reset { stream, reason: _ } => {
-                self.resets += 1;
-                if self.resets > RESET_FLOOD {
-                    c.fail(Reason::ENHANCE_YOUR_CALM, "too many stream resets", out);
-                }
                 if let Some(call) = self.calls.remove(&stream) {
+                    if !call.responded && !self.resets.spend(Instant::now()) {
+                        c.fail(Reason::ENHANCE_YOUR_CALM, "too many calls reset before a response", out);
+                    }
                     call.tell_up(ToUp::Reset {
                         key: call.key(self.id, stream),
                         reason: Reason::CANCEL,
@@ -455,6 +493,7 @@ impl ClientState {
         match msg.what {
             Upstream::Head { head, end } if !call.responded => {
                 call.responded = true;
+                self.resets.earn();
                 call.replay = None;
                 if let Some(g) = &call.guard {
                     g.first_byte();
@@ -713,7 +752,6 @@ impl Machine for ClientConn {
                 }
             }
         }
-        self.st.resets = 0;
         self.st.empty_data = 0;
         let st = &mut self.st;
         let used = used + self.conn.read(&buf[used..], out, |c, ev, out| st.on_event(c, ev, out));

@@ -3,7 +3,7 @@
 //! endpoint answers back to the calls' client connections.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     io,
     net::SocketAddr,
     sync::{
@@ -205,7 +205,13 @@ struct UpState {
 
 impl UpState {
     fn open(&mut self, c: &mut Conn, o: Opening, out: &mut BytesMut) {
-        if self.goaway.is_some() || c.finished || self.next_stream > (1 << 31) - 2 {
+        if self.next_stream > frame::STREAM_ID_MASK - 1 {
+            // Stream ids used up: the connection takes no new calls and ends
+            // once the ones on it have.
+            self.handle.closed.store(true, Relaxed);
+            self.goaway.get_or_insert(frame::STREAM_ID_MASK);
+        }
+        if self.goaway.is_some() || c.finished {
             give_back(&o.reply, o.key, GaveBack::Refused("upstream connection is closing"));
             self.release();
             return;
@@ -534,8 +540,20 @@ impl Machine for UpConn {
     }
 
     fn on_msgs(&mut self, msgs: &mut Vec<ToUp>, out: &mut BytesMut) {
+        // A call opened and reset within one batch (a client's rapid reset)
+        // never reaches the endpoint.
+        let reset: HashSet<CallKey> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                ToUp::Reset { key, .. } => Some(*key),
+                _ => None,
+            })
+            .collect();
         for m in msgs.drain(..) {
-            self.st.on_msg(&mut self.conn, m, out);
+            match m {
+                ToUp::Open { key, .. } if reset.contains(&key) => self.st.release(),
+                m => self.st.on_msg(&mut self.conn, m, out),
+            }
         }
     }
 
