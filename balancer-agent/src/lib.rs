@@ -22,4 +22,3 @@ pub mod node;
 pub mod pinned;
 pub mod proxy;
 pub mod redirect;
-pub mod relay;

@@ -31,7 +31,7 @@ use crate::{
     health::Health,
     logging,
     model::{Change, Model},
-    proxy::{Engine, Observers, Proxy, ProxyOptions},
+    proxy::{Observers, Proxy, ProxyOptions},
 };
 use listeners::Listeners;
 
@@ -328,11 +328,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
     let observers = Observers::default();
-    let proxy_opts = ProxyOptions {
-        engine: Engine::from_env().map_err(anyhow::Error::msg)?,
-        ..ProxyOptions::default()
-    };
-    let proxy = Proxy::with_observers(Arc::clone(&table), proxy_opts, observers.clone());
+    let proxy = Proxy::with_observers(Arc::clone(&table), ProxyOptions::default(), observers.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(side) = kernel_side {

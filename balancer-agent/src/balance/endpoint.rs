@@ -16,7 +16,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::BalanceOptions;
-use crate::proxy::pool::EndpointPool;
 
 /// Number of gRPC status codes (0 OK ..= 16 UNAUTHENTICATED).
 pub const GRPC_CODES: usize = 17;
@@ -65,11 +64,16 @@ pub struct EndpointRt {
     epoch: Instant,
     ewma: Mutex<Ewma>,
     counters: OnceLock<Box<Counters>>,
-    /// Pooled HTTP/2 connections to this endpoint.
-    pub(crate) pool: EndpointPool,
-    /// The relay engine's connections to this endpoint, made at its first
+    /// The data plane's connections to this endpoint, made at its first
     /// call.
-    relay: OnceLock<Arc<crate::relay::RelayPool>>,
+    conns: OnceLock<Box<dyn EndpointConns>>,
+}
+
+/// The upstream connections a data plane keeps to one endpoint. The
+/// balancer holds them with the endpoint (they go when it goes) and only
+/// counts them.
+pub trait EndpointConns: std::any::Any + Send + Sync + std::fmt::Debug {
+    fn open_connections(&self) -> usize;
 }
 
 /// What happened to an endpoint's calls.
@@ -105,15 +109,15 @@ impl EndpointRt {
                 at: Instant::now(),
             }),
             counters: OnceLock::new(),
-            pool: EndpointPool::new(address),
-            relay: OnceLock::new(),
+            conns: OnceLock::new(),
         }
     }
 
-    /// The relay engine's connections to this endpoint.
-    pub(crate) fn relay_pool(&self) -> &Arc<crate::relay::RelayPool> {
-        self.relay
-            .get_or_init(|| Arc::new(crate::relay::RelayPool::new(self.address)))
+    /// The data plane's connections to this endpoint, made by `make` at the
+    /// first call; `None` if they are of another type than `T`.
+    pub fn conns<T: EndpointConns>(&self, make: impl FnOnce(SocketAddr) -> T) -> Option<&T> {
+        let conns: &dyn EndpointConns = &**self.conns.get_or_init(|| Box::new(make(self.address)));
+        (conns as &dyn std::any::Any).downcast_ref::<T>()
     }
 
     /// The counters, to count into (made at the first call).
@@ -301,7 +305,7 @@ impl EndpointRt {
             connect_failures: c.connect_failures.load(Relaxed),
             refused: c.refused.load(Relaxed),
             ewma_ms: self.ewma_ns() / 1e6,
-            upstream_connections: self.pool.open_connections() + self.relay.get().map_or(0, |p| p.open_connections()),
+            upstream_connections: self.conns.get().map_or(0, |c| c.open_connections()),
         }
     }
 }

@@ -4,20 +4,14 @@
 //! picks for it. Anything that is not HTTP/2 is proxied as plain TCP to one
 //! endpoint.
 //!
-//! Module map: [`sniff`] (preface detection), [`server`] (client-facing
-//! HTTP/2 connections), [`call`] (one stream: pick, retry, forward),
-//! [`body`] (DATA with end-to-end flow control), [`pool`] (upstream
-//! connections), [`coalesce`] (fewer, larger writes), [`keepalive`] (PINGs
-//! that find dead peers), [`tcp`] (plain TCP fallback), [`grpc`] (status,
-//! timeout).
+//! Module map: [`sniff`] (preface detection), [`relay`] (the HTTP/2 data
+//! plane: a frame-level relay), [`tcp`] (plain TCP fallback), [`grpc`]
+//! (status, timeout), [`ctx`] (what connection tasks share), [`options`].
 
-mod body;
-mod call;
-mod coalesce;
+mod ctx;
 pub mod grpc;
-mod keepalive;
-pub mod pool;
-mod server;
+mod options;
+mod relay;
 pub mod sniff;
 mod tcp;
 
@@ -26,7 +20,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsFd,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -34,164 +28,27 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, Notify},
+    sync::watch,
 };
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
-    admin::{ConnHandle, ConnMeta, ConnRegistry, Protocol as ConnProtocol},
+    admin::{ConnHandle, ConnMeta, Protocol as ConnProtocol},
     balance::{ServiceSlot, Table},
     error::Chain,
-    metrics::Metrics,
     redirect::Redirects,
 };
 
-/// Where the demultiplexer reports what it does: the latency histograms
-/// and the client connections the admin server shows.
-#[derive(Debug, Clone, Default)]
-pub struct Observers {
-    pub metrics: Arc<Metrics>,
-    pub conns: ConnRegistry,
-}
-pub use pool::PoolOptions;
+pub(crate) use ctx::Ctx;
+pub use ctx::Observers;
+use ctx::Tracker;
+pub use options::{PoolOptions, ProxyOptions};
 use sniff::Protocol;
-
-/// Tunables of the demultiplexer.
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    /// How long to wait for a client's first bytes before treating the
-    /// connection as not HTTP/2 (server-first protocols send nothing).
-    pub sniff_timeout: Duration,
-    /// Extra attempts for a call that was never handled by an endpoint.
-    pub max_retries: usize,
-    /// Request bytes kept per call so that a call refused after sending
-    /// some DATA can still be retried; beyond it, no retry.
-    pub replay_buffer: usize,
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` announced to clients.
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 windows announced to clients.
-    pub stream_window: u32,
-    pub connection_window: u32,
-    /// A PING to each client after this long without one in flight...
-    pub client_keepalive_interval: Duration,
-    /// ...and its connection closed when the PING goes unanswered this long
-    /// (a pod that vanished without closing its connections).
-    pub client_keepalive_timeout: Duration,
-    pub pool: PoolOptions,
-    /// Which data plane carries HTTP/2 calls.
-    pub engine: Engine,
-}
-
-/// The HTTP/2 data plane.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Engine {
-    /// Streams through `h2` on both sides, a task per call.
-    #[default]
-    H2,
-    /// The frame-level relay ([`crate::relay`]).
-    Relay,
-}
-
-impl Engine {
-    /// From `BALANCER_ENGINE` (`h2` or `relay`; unset: h2). The default
-    /// options take it too, so that a whole test run can use either engine.
-    pub fn from_env() -> Result<Engine, String> {
-        match std::env::var("BALANCER_ENGINE").as_deref() {
-            Err(_) | Ok("") | Ok("h2") => Ok(Engine::H2),
-            Ok("relay") => Ok(Engine::Relay),
-            Ok(other) => Err(format!("BALANCER_ENGINE: `{other}` is neither `h2` nor `relay`")),
-        }
-    }
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        ProxyOptions {
-            sniff_timeout: Duration::from_secs(1),
-            max_retries: 2,
-            replay_buffer: 64 * 1024,
-            max_concurrent_streams: 1024,
-            stream_window: 1 << 20,
-            connection_window: 4 << 20,
-            client_keepalive_interval: Duration::from_secs(60),
-            client_keepalive_timeout: Duration::from_secs(20),
-            pool: PoolOptions::default(),
-            engine: Engine::from_env().unwrap_or_default(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("HTTP/2 with client")]
-    Client(#[source] h2::Error),
-    #[error("HTTP/2 with endpoint")]
-    Upstream(#[source] h2::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Pool(#[from] pool::PoolError),
-}
-
-/// Counts the tasks that hold client connections, so shutdown can wait.
-#[derive(Debug, Default)]
-struct Tracker {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-struct TrackGuard(Arc<Ctx>);
-
-impl Drop for TrackGuard {
-    fn drop(&mut self) {
-        if self.0.tracker.count.fetch_sub(1, Relaxed) == 1 {
-            self.0.tracker.idle.notify_waiters();
-        }
-    }
-}
-
-impl Tracker {
-    async fn wait(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Relaxed) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// What every connection and call task shares.
-pub(crate) struct Ctx {
-    pub table: Arc<Table>,
-    pub opts: ProxyOptions,
-    pub observers: Observers,
-    /// Set when shutting down: stop accepting, GOAWAY clients.
-    pub draining: watch::Sender<bool>,
-    /// Set when the grace period is over: drop what is left.
-    pub force: watch::Sender<bool>,
-    tracker: Tracker,
-    next_conn: AtomicU64,
-}
-
-impl Ctx {
-    fn track(self: &Arc<Self>) -> TrackGuard {
-        self.tracker.count.fetch_add(1, Relaxed);
-        TrackGuard(Arc::clone(self))
-    }
-
-    pub async fn drained(&self) {
-        let mut rx = self.draining.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
-    }
-
-    pub async fn forced(&self) {
-        let mut rx = self.force.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
-    }
 }
 
 /// The demultiplexer. Cheap to clone; clones share state.
@@ -374,19 +231,10 @@ async fn handle_conn(
     };
     match proto {
         Protocol::Closed => {}
-        Protocol::Http2 if ctx.opts.engine == Engine::Relay => {
-            handle.set_protocol(ConnProtocol::H2);
-            if let Err(e) = crate::relay::serve(ctx, stream, &prefix, slot, &handle).await {
-                debug!(error = %e, "client connection ended with an error");
-            }
-        }
         Protocol::Http2 => {
             handle.set_protocol(ConnProtocol::H2);
-            // Boxed: the h2 engine's state would otherwise size every
-            // connection's task, relay or not.
-            let serve = Box::pin(server::serve(ctx, sniff::Prefixed::new(prefix, stream), slot, &handle));
-            if let Err(e) = serve.await {
-                debug!(error = %Chain(&e), "client connection ended with an error");
+            if let Err(e) = relay::serve(ctx, stream, &prefix, slot, &handle).await {
+                debug!(error = %e, "client connection ended with an error");
             }
         }
         Protocol::Other => {

@@ -27,7 +27,7 @@ use super::{
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     pool::RelayPool,
 };
-use crate::proxy::PoolOptions;
+use crate::proxy::options::PoolOptions;
 
 /// What the pool and the calls see of an upstream connection.
 pub(crate) struct UpHandle {

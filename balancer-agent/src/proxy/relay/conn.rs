@@ -9,7 +9,7 @@ use balancer_relay::{
 };
 use bytes::BytesMut;
 
-use super::{flow::Outflow, head::Head};
+use super::{budget::Budget, flow::Outflow, head::Head};
 
 /// Largest frame we accept (our SETTINGS_MAX_FRAME_SIZE: the default).
 pub(crate) const MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
@@ -18,9 +18,10 @@ const MAX_BLOCK: usize = 64 * 1024;
 const MAX_CONTINUATIONS: u32 = 16;
 /// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub(crate) const MAX_HEADER_LIST: usize = 16 * 1024;
-/// Control frames (SETTINGS, PING) a peer may send per read before the
-/// connection is ended with ENHANCE_YOUR_CALM.
-const CONTROL_FLOOD: u32 = 10_000;
+/// Control frames (SETTINGS, PING) a peer may send (a budget refilled every
+/// second) before the connection is ended with ENHANCE_YOUR_CALM.
+const CONTROL_BUDGET: u32 = 10_000;
+const CONTROL_REFILL: u32 = 1_000;
 
 /// A connection-level event the side-specific code acts on.
 pub(crate) enum Event<'a> {
@@ -85,7 +86,7 @@ pub(crate) struct Conn {
     /// The payload of the last PING of ours answered since the side last
     /// looked.
     pub pong: Option<[u8; 8]>,
-    control_frames: u32,
+    control: Budget,
 }
 
 impl Conn {
@@ -104,7 +105,7 @@ impl Conn {
             finished: false,
             pong: None,
             peer_settings: false,
-            control_frames: 0,
+            control: Budget::new(CONTROL_BUDGET, CONTROL_REFILL, tokio::time::Instant::now()),
         }
     }
 
@@ -134,7 +135,6 @@ impl Conn {
         mut on: impl FnMut(&mut Conn, Event<'_>, &mut BytesMut),
     ) -> usize {
         let mut pos = 0;
-        self.control_frames = 0;
         while !self.finished {
             let head = match frame::next(&buf[pos..], MAX_FRAME) {
                 Ok(Some(h)) => h,
@@ -309,8 +309,7 @@ impl Conn {
     }
 
     fn flood(&mut self) -> Result<(), frame::Error> {
-        self.control_frames += 1;
-        if self.control_frames > CONTROL_FLOOD {
+        if !self.control.spend(tokio::time::Instant::now()) {
             return Err(conn_error(Reason::ENHANCE_YOUR_CALM, "SETTINGS or PING flood"));
         }
         Ok(())

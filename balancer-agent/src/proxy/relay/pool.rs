@@ -12,7 +12,10 @@ use std::{
 };
 
 use super::upstream::{self, UpHandle};
-use crate::proxy::PoolOptions;
+use crate::{
+    balance::endpoint::{EndpointConns, EndpointRt},
+    proxy::options::PoolOptions,
+};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -70,4 +73,19 @@ impl RelayPool {
     pub fn open_connections(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// The relay's pool as an endpoint holds it.
+#[derive(Debug)]
+struct Held(Arc<RelayPool>);
+
+impl EndpointConns for Held {
+    fn open_connections(&self) -> usize {
+        self.0.open_connections()
+    }
+}
+
+/// The relay's connections to `ep`, made at its first call.
+pub(crate) fn of(ep: &EndpointRt) -> Option<&Arc<RelayPool>> {
+    ep.conns(|addr| Held(Arc::new(RelayPool::new(addr)))).map(|h| &h.0)
 }

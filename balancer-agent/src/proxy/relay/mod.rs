@@ -4,7 +4,7 @@
 //! towards each peer and DATA copied under a rewritten frame header. No task
 //! per call, no lock shared between a connection and its streams.
 //!
-//! Module map: [`client`] (client connections and the calls on them),
+//! Module map: [`budget`] (limits on floods), [`client`] (client connections and the calls on them),
 //! [`upstream`] (connections to endpoints), [`pool`] (which upstream
 //! connection a call takes), [`conn`] (what both sides do alike: SETTINGS,
 //! PING, windows, header blocks), [`flow`] (one direction of a stream and its
@@ -13,6 +13,7 @@
 //! [`mailbox`] (how connections talk), [`driver`] (socket I/O of one
 //! connection). The wire formats are in the `balancer-relay` crate.
 
+mod budget;
 mod client;
 mod conn;
 mod driver;
@@ -25,4 +26,3 @@ mod pool;
 mod upstream;
 
 pub(crate) use client::serve;
-pub(crate) use pool::RelayPool;

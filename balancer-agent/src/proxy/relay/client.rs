@@ -17,6 +17,7 @@ use tokio::{net::TcpStream, time::Instant};
 use tracing::debug;
 
 use super::{
+    budget::Budget,
     conn::{Conn, Event, MAX_HEADER_LIST},
     driver::{Driver, Machine},
     flow::Outflow,
@@ -24,6 +25,7 @@ use super::{
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
+    pool,
     upstream::UpHandle,
 };
 use crate::{
@@ -31,7 +33,7 @@ use crate::{
     balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
-    proxy::{grpc, Ctx},
+    proxy::{ctx::Ctx, grpc},
 };
 
 /// The PING that follows the first GOAWAY of a graceful shutdown.
@@ -57,9 +59,10 @@ const MAX_ATTEMPTS: usize = 8;
 /// gets GOAWAY(ENHANCE_YOUR_CALM).
 const RESET_BUDGET: u32 = 200;
 const RESET_REFILL: u32 = 100;
-/// Empty DATA frames without END_STREAM per read beyond which the
-/// connection ends.
-const EMPTY_DATA_FLOOD: u32 = 1_000;
+/// Empty DATA frames without END_STREAM a client may send (a budget
+/// refilled every second) before it gets GOAWAY(ENHANCE_YOUR_CALM).
+const EMPTY_DATA_BUDGET: u32 = 1_000;
+const EMPTY_DATA_REFILL: u32 = 100;
 
 /// Serves one client connection whose first bytes (`prefix`, the preface)
 /// were already read.
@@ -98,8 +101,8 @@ pub(crate) async fn serve(
             drain_by: None,
             peer_goaway: false,
             eof: false,
-            resets: ResetBudget::new(Instant::now()),
-            empty_data: 0,
+            resets: Budget::new(RESET_BUDGET, RESET_REFILL, Instant::now()),
+            empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, Instant::now()),
             deadlines: BinaryHeap::new(),
             keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, Instant::now()),
         },
@@ -140,48 +143,12 @@ struct ClientState {
     drain_by: Option<Instant>,
     peer_goaway: bool,
     eof: bool,
-    resets: ResetBudget,
-    empty_data: u32,
+    resets: Budget,
+    empty_data: Budget,
     /// Calls' deadlines (`grpc-timeout`), soonest first; entries of calls
     /// that ended are dropped when they come up or when they pile up.
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     keepalive: PingTimer,
-}
-
-/// What is left of a connection's budget of resets (see [`RESET_BUDGET`]).
-struct ResetBudget {
-    left: u32,
-    refilled: Instant,
-}
-
-impl ResetBudget {
-    fn new(now: Instant) -> ResetBudget {
-        ResetBudget {
-            left: RESET_BUDGET,
-            refilled: now,
-        }
-    }
-
-    /// Spends one reset; false when none is left.
-    fn spend(&mut self, now: Instant) -> bool {
-        let secs = now.saturating_duration_since(self.refilled).as_secs() as u32;
-        if secs > 0 {
-            self.left = self.left.saturating_add(secs.saturating_mul(RESET_REFILL)).min(RESET_BUDGET);
-            self.refilled = now;
-        }
-        match self.left.checked_sub(1) {
-            Some(l) => {
-                self.left = l;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A call was answered.
-    fn earn(&mut self) {
-        self.left = (self.left + 1).min(RESET_BUDGET);
-    }
 }
 
 /// Endpoints a call already tried, without allocating.
@@ -373,12 +340,9 @@ impl ClientState {
     }
 
     fn on_data(&mut self, c: &mut Conn, stream: u32, data: &[u8], end: bool, out: &mut BytesMut) {
-        if data.is_empty() && !end {
-            self.empty_data += 1;
-            if self.empty_data > EMPTY_DATA_FLOOD {
-                c.fail(Reason::ENHANCE_YOUR_CALM, "too many empty DATA frames", out);
-                return;
-            }
+        if data.is_empty() && !end && !self.empty_data.spend(Instant::now()) {
+            c.fail(Reason::ENHANCE_YOUR_CALM, "too many empty DATA frames", out);
+            return;
         }
         let Some(call) = self.calls.get_mut(&stream) else {
             if stream > self.last_stream {
@@ -453,7 +417,13 @@ impl ClientState {
             None => call.head.clone(),
         };
         let guard = ep.start_call();
-        let up = ep.relay_pool().lease(&self.ctx.opts.pool);
+        let Some(pool) = pool::of(&ep) else {
+            // Only the relay makes an endpoint's connections.
+            guard.finish(Outcome::Abandoned);
+            self.answer(c, stream, grpc::INTERNAL, "endpoint connections of another kind", out);
+            return;
+        };
+        let up = pool.lease(&self.ctx.opts.pool);
         let data = call
             .replay
             .as_ref()
@@ -500,7 +470,7 @@ impl ClientState {
                 }
                 call.http_ok = head.get(b":status").is_some_and(|s| s.starts_with(b"2"));
                 if end {
-                    call.status = Some(head.get(b"grpc-status").map_or(2, grpc::parse_status));
+                    call.status = Some(head.get(b"grpc-status").map_or(grpc::UNKNOWN, grpc::parse_status));
                 }
                 c.put_head(out, stream, &head, end);
                 if end {
@@ -509,7 +479,7 @@ impl ClientState {
                 }
             }
             Upstream::Head { head, .. } => {
-                call.status = Some(head.get(b"grpc-status").map_or(2, grpc::parse_status));
+                call.status = Some(head.get(b"grpc-status").map_or(grpc::UNKNOWN, grpc::parse_status));
                 call.out.push_trailers(head);
                 self.flush(c, stream, out);
             }
@@ -582,7 +552,9 @@ impl ClientState {
             // The endpoint answered before the request was over.
             frame::put_rst_stream(out, stream, Reason::NO_ERROR);
         }
-        let code = call.status.unwrap_or(if call.http_ok { grpc::OK } else { 2 });
+        let code = call
+            .status
+            .unwrap_or(if call.http_ok { grpc::OK } else { grpc::UNKNOWN });
         self.done(call, Outcome::Status(code));
     }
 
@@ -752,7 +724,6 @@ impl Machine for ClientConn {
                 }
             }
         }
-        self.st.empty_data = 0;
         let st = &mut self.st;
         let used = used + self.conn.read(&buf[used..], out, |c, ev, out| st.on_event(c, ev, out));
         match self.conn.pong.take() {
@@ -770,11 +741,16 @@ impl Machine for ClientConn {
     }
 
     fn on_closed(&mut self, _error: Option<&io::Error>) {
+        // The client is gone: nothing it asked for can reach it any more
+        // (a call waiting for window would otherwise wait for the keepalive).
         self.st.eof = true;
+        self.st.abort_all();
     }
 
     fn finished(&self) -> bool {
-        self.conn.finished || ((self.st.drain == Drain::Refusing || self.st.peer_goaway) && self.st.calls.is_empty())
+        self.conn.finished
+            || self.st.eof
+            || ((self.st.drain == Drain::Refusing || self.st.peer_goaway) && self.st.calls.is_empty())
     }
 
     fn idle(&self) -> bool {

@@ -1,0 +1,79 @@
+//! Budgets for what a peer may do a lot of but not endlessly (reset calls,
+//! send empty DATA, SETTINGS or PINGs): a bucket that refills with time, so
+//! that a flood gets the connection ended however slowly it is sent, and a
+//! busy honest peer never runs dry.
+
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub(crate) struct Budget {
+    left: u32,
+    cap: u32,
+    per_second: u32,
+    refilled: Instant,
+}
+
+impl Budget {
+    /// A full budget of `cap`, refilled by `per_second`.
+    pub fn new(cap: u32, per_second: u32, now: Instant) -> Budget {
+        Budget {
+            left: cap,
+            cap,
+            per_second,
+            refilled: now,
+        }
+    }
+
+    /// Spends one; false when nothing is left.
+    pub fn spend(&mut self, now: Instant) -> bool {
+        let secs = now.saturating_duration_since(self.refilled).as_secs();
+        if secs > 0 {
+            let refill = u32::try_from(secs).unwrap_or(u32::MAX).saturating_mul(self.per_second);
+            self.left = self.left.saturating_add(refill).min(self.cap);
+            self.refilled = now;
+        }
+        match self.left.checked_sub(1) {
+            Some(l) => {
+                self.left = l;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Earns one back (a reset budget, for every call answered).
+    pub fn earn(&mut self) {
+        self.left = (self.left + 1).min(self.cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_burst_runs_dry_and_time_refills_it() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(3, 2, t0);
+        assert!(b.spend(t0) && b.spend(t0) && b.spend(t0));
+        assert!(!b.spend(t0), "a fourth at once is over the budget");
+        assert!(!b.spend(t0 + Duration::from_millis(900)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(b.spend(t1) && b.spend(t1));
+        assert!(!b.spend(t1));
+        b.earn();
+        assert!(b.spend(t1));
+        assert!(b.spend(t1 + Duration::from_secs(3600)), "refills up to the cap");
+    }
+
+    #[test]
+    fn a_slow_flood_still_runs_dry() {
+        // Ten a second against a refill of two: dry within a few seconds.
+        let t0 = Instant::now();
+        let mut b = Budget::new(20, 2, t0);
+        let dry = (0..200).find(|i| !b.spend(t0 + Duration::from_millis(100 * i)));
+        assert!(dry.is_some_and(|i| i < 40), "{dry:?}");
+    }
+}
