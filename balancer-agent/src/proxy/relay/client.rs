@@ -18,10 +18,11 @@ use tracing::debug;
 
 use super::{
     budget::Budget,
+    closed::RecentlyClosed,
     conn::{Conn, Event, MAX_HEADER_LIST},
     driver::{Driver, Machine},
     flow::Outflow,
-    head::{Builder, Head, RequestCheck},
+    head::{check_request, Builder, Head, RequestCheck},
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
@@ -100,6 +101,7 @@ pub(crate) async fn serve(
             drain: Drain::No,
             drain_by: None,
             peer_goaway: false,
+            recently_closed: RecentlyClosed::default(),
             eof: false,
             resets: Budget::new(RESET_BUDGET, RESET_REFILL, Instant::now()),
             empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, Instant::now()),
@@ -139,6 +141,8 @@ struct ClientState {
     calls: HashMap<u32, Call>,
     last_stream: u32,
     drain: Drain,
+    /// The last streams that closed, and whether the client had ended them.
+    recently_closed: RecentlyClosed,
     /// When the drain PING is given up on.
     drain_by: Option<Instant>,
     peer_goaway: bool,
@@ -183,6 +187,8 @@ struct Call {
     /// The request bytes so far, while the call may still be retried.
     replay: Option<BytesMut>,
     req_end: bool,
+    /// What `content-length` says is still to come.
+    content_left: Option<u64>,
     /// What the client may still send on this stream.
     recv_window: i64,
     /// The response towards the client.
@@ -218,6 +224,10 @@ impl ClientState {
             Event::Headers { stream, end, block } => self.on_headers(c, stream, end, block, out),
             Event::Data { stream, data, end } => self.on_data(c, stream, data, end, out),
             Event::Reset { stream, reason: _ } => {
+                if stream > self.last_stream {
+                    c.fail(Reason::PROTOCOL_ERROR, "RST_STREAM on an idle stream", out);
+                    return;
+                }
                 if let Some(call) = self.calls.remove(&stream) {
                     if !call.responded && !self.resets.spend(Instant::now()) {
                         c.fail(Reason::ENHANCE_YOUR_CALM, "too many calls reset before a response", out);
@@ -226,10 +236,14 @@ impl ClientState {
                         key: call.key(self.id, stream),
                         reason: Reason::CANCEL,
                     });
-                    self.done(call, Outcome::Reset);
+                    self.done(stream, call, Outcome::Reset);
                 }
             }
             Event::Window { stream, increment } => {
+                if stream > self.last_stream {
+                    c.fail(Reason::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream", out);
+                    return;
+                }
                 let Some(call) = self.calls.get_mut(&stream) else {
                     return;
                 };
@@ -278,7 +292,12 @@ impl ClientState {
             let Some(call) = self.calls.get_mut(&stream) else {
                 return;
             };
-            if !end || call.req_end || !whole || check.finish().is_err() {
+            if call.req_end {
+                // HEADERS after END_STREAM: half-closed (remote).
+                self.reset(c, stream, Reason::STREAM_CLOSED, out);
+                return;
+            }
+            if !end || !whole || check.finish().is_err() || call.content_left.is_some_and(|n| n != 0) {
                 self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
                 return;
             }
@@ -291,7 +310,13 @@ impl ClientState {
             return;
         }
         if stream <= self.last_stream {
-            frame::put_rst_stream(out, stream, Reason::STREAM_CLOSED);
+            match self.recently_closed.get(stream) {
+                // Frames after the client's END_STREAM: a connection error.
+                Some(true) => c.fail(Reason::STREAM_CLOSED, "HEADERS on a closed stream", out),
+                // A stream the relay ended first: the client may not know yet.
+                Some(false) => frame::put_rst_stream(out, stream, Reason::STREAM_CLOSED),
+                None => c.fail(Reason::PROTOCOL_ERROR, "HEADERS on a stream id below the last one", out),
+            }
             return;
         }
         self.last_stream = stream;
@@ -308,6 +333,14 @@ impl ClientState {
             return;
         }
         let head = b.finish();
+        let content_left = match check_request(&head, end) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(stream, error = %e, "malformed request");
+                frame::put_rst_stream(out, stream, Reason::PROTOCOL_ERROR);
+                return;
+            }
+        };
         let deadline = head
             .get(b"grpc-timeout")
             .and_then(grpc::parse_timeout)
@@ -322,6 +355,7 @@ impl ClientState {
             head,
             replay: Some(BytesMut::new()),
             req_end: end,
+            content_left,
             recv_window: i64::from(self.ctx.opts.stream_window),
             out: Outflow::new(c.peer_initial_window),
             responded: false,
@@ -347,6 +381,8 @@ impl ClientState {
         let Some(call) = self.calls.get_mut(&stream) else {
             if stream > self.last_stream {
                 c.fail(Reason::PROTOCOL_ERROR, "DATA on an idle stream", out);
+            } else if self.recently_closed.get(stream) == Some(true) {
+                c.fail(Reason::STREAM_CLOSED, "DATA on a closed stream", out);
             } else {
                 frame::put_rst_stream(out, stream, Reason::STREAM_CLOSED);
             }
@@ -360,6 +396,15 @@ impl ClientState {
         if call.recv_window < 0 {
             self.reset(c, stream, Reason::FLOW_CONTROL_ERROR, out);
             return;
+        }
+        if let Some(left) = &mut call.content_left {
+            match left.checked_sub(data.len() as u64) {
+                Some(l) if !end || l == 0 => *left = l,
+                _ => {
+                    self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
+                    return;
+                }
+            }
         }
         call.req_end = end;
         if let Some(r) = &mut call.replay {
@@ -490,7 +535,7 @@ impl ClientState {
             Upstream::Reset(reason) => {
                 frame::put_rst_stream(out, stream, reason);
                 if let Some(call) = self.calls.remove(&stream) {
-                    self.done(call, Outcome::Reset);
+                    self.done(stream, call, Outcome::Reset);
                 }
             }
             Upstream::GaveBack(back @ (GaveBack::Refused(_) | GaveBack::Unreachable(_))) => {
@@ -555,7 +600,7 @@ impl ClientState {
         let code = call
             .status
             .unwrap_or(if call.http_ok { grpc::OK } else { grpc::UNKNOWN });
-        self.done(call, Outcome::Status(code));
+        self.done(stream, call, Outcome::Status(code));
     }
 
     /// No endpoint could take the call: UNAVAILABLE, naming the last error.
@@ -599,7 +644,7 @@ impl ClientState {
         } else {
             Outcome::Abandoned
         };
-        self.done(call, outcome);
+        self.done(stream, call, outcome);
     }
 
     fn reset(&mut self, _c: &mut Conn, stream: u32, reason: Reason, out: &mut BytesMut) {
@@ -609,12 +654,13 @@ impl ClientState {
                 key: call.key(self.id, stream),
                 reason: Reason::CANCEL,
             });
-            self.done(call, Outcome::Reset);
+            self.done(stream, call, Outcome::Reset);
         }
     }
 
     /// Accounts for a call that is over.
-    fn done(&self, mut call: Call, outcome: Outcome) {
+    fn done(&mut self, stream: u32, mut call: Call, outcome: Outcome) {
+        self.recently_closed.remember(stream, call.req_end);
         let endpoint = call.guard.as_ref().map(|g| g.endpoint().address);
         if let Some(g) = call.guard.take() {
             g.finish(outcome);
@@ -692,7 +738,7 @@ impl ClientState {
                 key: call.key(self.id, stream),
                 reason: Reason::CANCEL,
             });
-            self.done(call, Outcome::Reset);
+            self.done(stream, call, Outcome::Reset);
         }
     }
 }

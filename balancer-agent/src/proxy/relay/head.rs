@@ -122,6 +122,14 @@ impl Builder {
 pub(crate) enum Malformed {
     #[error("a header name has uppercase characters")]
     Uppercase,
+    #[error("a header name has a character that is not a token character")]
+    BadName,
+    #[error("a header value starts or ends with whitespace")]
+    Whitespace,
+    #[error("`content-length` is not a number, or does not match the DATA")]
+    ContentLength,
+    #[error("`host` and `:authority` differ")]
+    HostAuthority,
     #[error("a pseudo-header follows a regular header")]
     PseudoAfterRegular,
     #[error("unknown or repeated pseudo-header")]
@@ -199,6 +207,12 @@ impl RequestCheck {
         if name.iter().any(u8::is_ascii_uppercase) {
             return Err(Malformed::Uppercase);
         }
+        if !name.iter().all(|&b| is_token(b)) {
+            return Err(Malformed::BadName);
+        }
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
+            return Err(Malformed::Whitespace);
+        }
         match name {
             b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
                 Err(Malformed::ConnectionSpecific)
@@ -218,6 +232,34 @@ impl RequestCheck {
         }
         Ok(())
     }
+}
+
+/// RFC 9110 token characters, lowercase (RFC 9113 §8.2.1).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What a whole request head must also satisfy: `host` agrees with
+/// `:authority`, and `content-length` (if any) is a number, zero when the
+/// HEADERS frame ended the stream. Returns the declared length.
+pub(crate) fn check_request(head: &Head, end: bool) -> Result<Option<u64>, Malformed> {
+    if let (Some(a), Some(h)) = (head.get(b":authority"), head.get(b"host")) {
+        if a != h {
+            return Err(Malformed::HostAuthority);
+        }
+    }
+    let Some(v) = head.get(b"content-length") else {
+        return Ok(None);
+    };
+    let n = std::str::from_utf8(v)
+        .ok()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or(Malformed::ContentLength)?;
+    if end && n != 0 {
+        return Err(Malformed::ContentLength);
+    }
+    Ok(Some(n))
 }
 
 impl CallHeaders for Head {
@@ -313,11 +355,41 @@ mod tests {
             ),
             (&[(":method", "POST"), ("te", "gzip")], Malformed::Te),
             (&[(":method", "POST"), ("x", "a\r\nb")], Malformed::BadValue),
+            (&[(":method", "POST"), ("space name", "x")], Malformed::BadName),
+            (&[(":method", "POST"), ("a:b", "x")], Malformed::BadName),
+            (&[(":method", "POST"), ("\u{7f}x", "x")], Malformed::BadName),
+            (&[(":method", "POST"), ("inválid", "x")], Malformed::BadName),
+            (&[(":method", "POST"), ("x", " lead")], Malformed::Whitespace),
+            (&[(":method", "POST"), ("x", "trail\t")], Malformed::Whitespace),
             (&[(":method", "POST"), (":path", "")], Malformed::MissingPseudo),
         ];
         for (fields, want) in cases {
             assert_eq!(check(fields), Err(*want), "{fields:?}");
         }
+    }
+
+    #[test]
+    fn host_must_agree_with_authority_and_content_length_be_a_number() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut f = GOOD.to_vec();
+            f.extend_from_slice(extra);
+            head(&f)
+        };
+        assert_eq!(check_request(&with(&[("host", "svc:50051")]), false), Ok(None));
+        assert_eq!(
+            check_request(&with(&[("host", "other")]), false),
+            Err(Malformed::HostAuthority)
+        );
+        assert_eq!(check_request(&with(&[("content-length", "12")]), false), Ok(Some(12)));
+        assert_eq!(
+            check_request(&with(&[("content-length", "12")]), true),
+            Err(Malformed::ContentLength),
+            "HEADERS that end the stream carry no body"
+        );
+        assert_eq!(
+            check_request(&with(&[("content-length", "-1")]), false),
+            Err(Malformed::ContentLength)
+        );
     }
 
     #[test]

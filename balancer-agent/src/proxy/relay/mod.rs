@@ -4,7 +4,8 @@
 //! towards each peer and DATA copied under a rewritten frame header. No task
 //! per call, no lock shared between a connection and its streams.
 //!
-//! Module map: [`budget`] (limits on floods), [`client`] (client connections and the calls on them),
+//! Module map: [`budget`] (limits on floods), [`client`] (client connections and the calls on them), [`closed`]
+//! (streams that closed lately),
 //! [`upstream`] (connections to endpoints), [`pool`] (which upstream
 //! connection a call takes), [`conn`] (what both sides do alike: SETTINGS,
 //! PING, windows, header blocks), [`flow`] (one direction of a stream and its
@@ -15,6 +16,7 @@
 
 mod budget;
 mod client;
+mod closed;
 mod conn;
 mod driver;
 mod flow;
