@@ -18,11 +18,21 @@ pub fn run() -> anyhow::Result<()> {
     clippy_ebpf()
 }
 
-/// `cargo fmt --check` on every crate (rustfmt.toml at the root).
+/// `cargo fmt --check` on every crate (rustfmt.toml at the root), the fuzz
+/// targets' workspace included.
 fn fmt() -> anyhow::Result<()> {
     let mut cmd = sh::cargo();
     cmd.current_dir(sh::root()).args(["fmt", "--all", "--", "--check"]);
-    exec(&mut cmd)
+    exec(&mut cmd)?;
+    let mut fuzz = sh::cargo();
+    fuzz.current_dir(sh::root()).args([
+        "fmt",
+        "--manifest-path",
+        "balancer-relay/fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]);
+    exec(&mut fuzz)
 }
 
 /// Clippy with warnings denied on every host crate and all their targets.

@@ -2,12 +2,14 @@
 //!
 //! `cargo xtask setup` installs what a bare machine lacks, `cargo xtask lint`
 //! runs the formatting and clippy gates, `cargo xtask test` runs them and
-//! every test, `cargo xtask demo` shows per-call balancing through the
-//! kernel redirect, `cargo xtask bench` compares with HAProxy and nginx, and
-//! `cargo xtask bench --scale` measures the agent against large clusters.
+//! every test, `cargo xtask fuzz` fuzzes the relay's frame codec and HPACK,
+//! `cargo xtask demo` shows per-call balancing through the kernel redirect,
+//! `cargo xtask bench` compares with HAProxy and nginx, and `cargo xtask
+//! bench --scale` measures the agent against large clusters.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lint;
 mod netns;
 mod setup;
@@ -38,6 +40,15 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Fuzz balancer-relay's frame codec and HPACK (cargo-fuzz on nightly;
+    /// needs what setup installs); a crash fails with the input's path.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS)]
+        seconds: u32,
+        /// Targets to run (default: all of them).
+        targets: Vec<String>,
+    },
     /// Run the demo: one client pod, two greeter versions, weights changed
     /// live (needs root).
     Demo,
@@ -52,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Lint => lint::run(),
         Task::Test { args } => test::run(&args),
+        Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(args),
     }

@@ -30,10 +30,26 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// Tools the tests run, built with `cargo install --locked`: the crate, the
+/// version requirement, and why.
+const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "cargo-fuzz",
+        "^0.13",
+        "fuzzing the relay's frame codec and HPACK (balancer-relay/fuzz)",
+    ),
+    (
+        "httpwg-cli",
+        "=0.2.5",
+        "the relay's RFC 9113 conformance test (tests/tests/relay_h2_conformance.rs reads its output)",
+    ),
+];
+
 pub fn run() -> anyhow::Result<()> {
     apt(APT_PACKAGES)?;
     rust_components()?;
     bpf_linker()?;
+    cargo_tools()?;
     python_peers()?;
     eprintln!("setup: everything is installed");
     Ok(())
@@ -131,6 +147,51 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
+/// `cargo install`s each of [`CARGO_TOOLS`] that is missing. cargo-fuzz
+/// answers `cargo fuzz --version`; httpwg has no version flag, so its crate
+/// is looked up in `cargo install --list`.
+fn cargo_tools() -> anyhow::Result<()> {
+    let installed = output(sh::cargo().args(["install", "--list"])).unwrap_or_default();
+    for &(krate, version, why) in CARGO_TOOLS {
+        let have = match krate {
+            "cargo-fuzz" => output(sh::cargo().args(["fuzz", "--version"]))
+                .is_some_and(|v| v.starts_with(&format!("cargo-fuzz {}", version.trim_start_matches('^')))),
+            _ => installed_crate(&installed, krate, version),
+        };
+        if have {
+            continue;
+        }
+        eprintln!("setup: building {krate} {version} ({why}; about a minute)");
+        exec(
+            sh::cargo()
+                .args(["install", krate, "--locked", "--force"])
+                .args(["--version", version]),
+        )?;
+    }
+    Ok(())
+}
+
+/// True when `cargo install --list` (`installed`) has `krate` at `version`
+/// (`=x.y.z` or `^x.y`).
+fn installed_crate(installed: &str, krate: &str, version: &str) -> bool {
+    let want = version.trim_start_matches(['=', '^']);
+    installed.lines().any(|l| {
+        l.strip_prefix(krate)
+            .and_then(|rest| rest.strip_prefix(" v"))
+            .is_some_and(|v| v.trim_end_matches(':') == want || v.starts_with(&format!("{want}.")))
+    })
+}
+
+/// httpwg, the HTTP/2 conformance client: where `cargo install httpwg-cli`
+/// puts it, else from `PATH`.
+pub fn httpwg_bin() -> PathBuf {
+    let in_cargo_bin = cargo_bin_dir().join("httpwg");
+    if in_cargo_bin.exists() {
+        return in_cargo_bin;
+    }
+    PathBuf::from("httpwg")
+}
+
 /// Those of `wanted` absent from `installed`, rustup's list of installed
 /// components: one a line, named with their target (`clippy-x86_64-…`) or
 /// without (`rust-src`).
@@ -184,7 +245,17 @@ fn python_peers() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::missing_components;
+    use super::{installed_crate, missing_components};
+
+    #[test]
+    fn cargo_installed_crates_match_name_and_version() {
+        let list = "bpf-linker v0.13.1:\n    bpf-linker\nhttpwg-cli v0.2.5:\n    httpwg\n";
+        assert!(installed_crate(list, "httpwg-cli", "=0.2.5"));
+        assert!(installed_crate(list, "bpf-linker", "^0.13"));
+        assert!(!installed_crate(list, "httpwg-cli", "=0.2.6"));
+        assert!(!installed_crate(list, "httpwg", "=0.2.5"));
+        assert!(!installed_crate(list, "bpf-linker", "^0.1"));
+    }
 
     #[test]
     fn components_match_with_or_without_their_target() {

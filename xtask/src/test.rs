@@ -1,11 +1,11 @@
 //! `cargo xtask test`: setup, the lint gates (rustfmt, clippy), a full build
-//! (kernel programs included), then every test. As root the privileged tests
-//! must run: a skip is a failure.
+//! (kernel programs included), then every test, and the fuzz targets for a
+//! bounded time. As root the privileged tests must run: a skip is a failure.
 
 use std::process::Command;
 
 use crate::{
-    lint, setup,
+    fuzz, lint, setup,
     sh::{self, exec},
 };
 
@@ -24,6 +24,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let env = |cmd: &mut Command| {
         cmd.current_dir(&root)
             .env("BALANCER_PYTHON", setup::venv_python())
+            .env("BALANCER_HTTPWG", setup::httpwg_bin())
             .env_remove("BALANCER_EBPF_STUB");
         if privileged {
             cmd.env("BALANCER_REQUIRE_PRIVILEGED", "1");
@@ -53,6 +54,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     .args(args);
     env(&mut unit);
     exec(&mut unit)?;
+
+    // The relay's frame codec and HPACK against arbitrary bytes: the targets
+    // must not panic (`cargo xtask fuzz` runs them alone).
+    fuzz::run(&[], fuzz::TEST_SECONDS)?;
 
     // End-to-end tests share namespaces, cgroups and the kernel's attach
     // points: one at a time.

@@ -14,6 +14,9 @@ use balancer_relay::{
 use balancer_relay_fuzz::{frame::ENGINE_WITH_PREFACE, hpack::SIZES};
 use bytes::{BufMut, BytesMut};
 
+/// Named seeds of one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 /// (name, value, never_index)
 type Fields = &'static [(&'static str, &'static str, bool)];
 
@@ -68,7 +71,7 @@ fn grpc_message() -> Vec<u8> {
     m
 }
 
-fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn frame_seeds() -> Seeds {
     let mut seeds = Vec::new();
 
     // A client: preface, SETTINGS, two unary calls (the second one mostly
@@ -162,7 +165,7 @@ fn size_index(size: u32) -> u8 {
     SIZES.iter().position(|&s| s == size).unwrap() as u8
 }
 
-fn hpack_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn hpack_seeds() -> Seeds {
     let mut seeds = Vec::new();
 
     // A connection's requests: the second one indexed, then a smaller table
@@ -234,18 +237,17 @@ fn main() {
     .unwrap();
     assert_eq!(authority, b"www.example.com");
 
-    let targets: [(&str, Vec<(&str, Vec<u8>)>, fn(&[u8])); 2] = [
-        ("frame", frame_seeds(), balancer_relay_fuzz::frame::run),
-        ("hpack", hpack_seeds(), balancer_relay_fuzz::hpack::run),
-    ];
-    for (target, seeds, run) in targets {
-        let dir = dir.join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds {
-            run(&bytes);
-            let path = dir.join(format!("seed-{name}"));
-            std::fs::write(&path, &bytes).unwrap();
-            println!("{} ({} bytes)", path.display(), bytes.len());
-        }
+    write(&dir.join("frame"), frame_seeds(), balancer_relay_fuzz::frame::run);
+    write(&dir.join("hpack"), hpack_seeds(), balancer_relay_fuzz::hpack::run);
+}
+
+/// Runs every seed through its target, then writes it to `dir`.
+fn write(dir: &std::path::Path, seeds: Seeds, run: fn(&[u8])) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in seeds {
+        run(&bytes);
+        let path = dir.join(format!("seed-{name}"));
+        std::fs::write(&path, &bytes).unwrap();
+        println!("{} ({} bytes)", path.display(), bytes.len());
     }
 }

@@ -77,7 +77,11 @@ pub fn run(data: &[u8]) {
         for (name, value, never_index) in &fields {
             enc.field(name, value, *never_index, &mut out);
         }
-        assert_eq!(decode_all(&mut next_hop, &out), fields, "the next hop reads other fields");
+        assert_eq!(
+            decode_all(&mut next_hop, &out),
+            fields,
+            "the next hop reads other fields"
+        );
 
         // ...and on a new connection.
         let mut fresh_enc = Encoder::new();
