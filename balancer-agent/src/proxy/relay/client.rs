@@ -21,7 +21,7 @@ use super::{
     closed::RecentlyClosed,
     conn::{Conn, Event, MAX_HEADER_LIST},
     driver::{Driver, Machine},
-    flow::Outflow,
+    flow::{Outflow, Owed},
     head::{check_request, Builder, Head, RequestCheck},
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
@@ -189,8 +189,9 @@ struct Call {
     req_end: bool,
     /// What `content-length` says is still to come.
     content_left: Option<u64>,
-    /// What the client may still send on this stream.
+    /// What the client may still send on this stream, and what it is owed.
     recv_window: i64,
+    owed: Owed,
     /// The response towards the client.
     out: Outflow,
     responded: bool,
@@ -357,6 +358,7 @@ impl ClientState {
             req_end: end,
             content_left,
             recv_window: i64::from(self.ctx.opts.stream_window),
+            owed: Owed::default(),
             out: Outflow::new(c.peer_initial_window),
             responded: false,
             http_ok: true,
@@ -566,8 +568,10 @@ impl ClientState {
             }
             Upstream::Credit(n) => {
                 if !call.req_end {
-                    call.recv_window += i64::from(n);
-                    frame::put_window_update(out, stream, n);
+                    if let Some(n) = call.owed.add(n, self.ctx.opts.stream_window) {
+                        call.recv_window += i64::from(n);
+                        frame::put_window_update(out, stream, n);
+                    }
                 }
             }
         }

@@ -91,3 +91,48 @@ impl Outflow {
         sent
     }
 }
+
+/// Window a receiver owes its sender on one stream: what was forwarded and
+/// not yet given back. It goes back in WINDOW_UPDATEs of a quarter of the
+/// stream window or more, so a stream of small messages does not cost a
+/// frame per message; the sender still has three quarters of its window
+/// while the relay holds none of its bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Owed(u32);
+
+impl Owed {
+    /// Adds `n`; returns the increment to send now, if it is time.
+    pub fn add(&mut self, n: u32, window: u32) -> Option<u32> {
+        self.0 = self.0.saturating_add(n);
+        (self.0 >= (window / 4).max(1)).then(|| std::mem::take(&mut self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_goes_back_a_quarter_window_at_a_time() {
+        let mut o = Owed::default();
+        assert_eq!(o.add(100, 1000), None);
+        assert_eq!(o.add(100, 1000), None);
+        assert_eq!(o.add(50, 1000), Some(250));
+        assert_eq!(o.add(10, 1000), None);
+        assert_eq!(o.add(1000, 1000), Some(1010));
+    }
+
+    #[test]
+    fn queued_data_waits_for_the_window_and_ends_with_the_stream() {
+        let mut f = Outflow::new(10);
+        let mut conn = 100i64;
+        let mut out = BytesMut::new();
+        f.push(Bytes::from_static(b"0123456789abcdef"), true);
+        assert_eq!(f.write(&mut out, 1, &mut conn, 16_384), 10);
+        assert!(!f.ended, "six bytes wait for window");
+        f.window += 6;
+        assert_eq!(f.write(&mut out, 1, &mut conn, 16_384), 6);
+        assert!(f.ended, "END_STREAM with the last byte");
+        assert_eq!(conn, 84);
+    }
+}

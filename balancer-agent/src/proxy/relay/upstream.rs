@@ -20,7 +20,7 @@ use tracing::{debug, Instrument};
 use super::{
     conn::{Conn, Event},
     driver::{Driver, Machine},
-    flow::Outflow,
+    flow::{Outflow, Owed},
     head::{Builder, Head},
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
@@ -151,8 +151,9 @@ struct UpStream {
     reply: Arc<Mailbox<ToClient>>,
     /// Request bytes towards the endpoint.
     out: Outflow,
-    /// What the endpoint may still send on this stream.
+    /// What the endpoint may still send on this stream, and what it is owed.
     recv_window: i64,
+    owed: Owed,
     responded: bool,
     remote_ended: bool,
 }
@@ -242,6 +243,7 @@ impl UpState {
                 reply: o.reply,
                 out: flow,
                 recv_window: i64::from(self.stream_window),
+                owed: Owed::default(),
                 responded: false,
                 remote_ended: false,
             },
@@ -346,8 +348,10 @@ impl UpState {
                 if let Some(&id) = self.by_key.get(&key) {
                     if let Some(s) = self.streams.get_mut(&id) {
                         if !s.remote_ended {
-                            s.recv_window += i64::from(n);
-                            frame::put_window_update(out, id, n);
+                            if let Some(n) = s.owed.add(n, self.stream_window) {
+                                s.recv_window += i64::from(n);
+                                frame::put_window_update(out, id, n);
+                            }
                         }
                     }
                 }
