@@ -2,11 +2,11 @@
 //! the observers, and the shutdown signals.
 
 use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
     Arc,
 };
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use super::options::ProxyOptions;
 use crate::{admin::ConnRegistry, balance::Table, metrics::Metrics};
@@ -54,10 +54,7 @@ pub(crate) struct Ctx {
     pub table: Arc<Table>,
     pub opts: ProxyOptions,
     pub observers: Observers,
-    /// Set when shutting down: stop accepting, GOAWAY clients.
-    pub draining: watch::Sender<bool>,
-    /// Set when the grace period is over: drop what is left.
-    pub force: watch::Sender<bool>,
+    pub shutdown: Shutdown,
     pub tracker: Tracker,
     pub next_conn: AtomicU64,
 }
@@ -68,13 +65,43 @@ impl Ctx {
         TrackGuard(Arc::clone(self))
     }
 
+    /// Resolves once shutting down: stop accepting, GOAWAY clients.
     pub async fn drained(&self) {
-        let mut rx = self.draining.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
+        self.shutdown.reached(Shutdown::DRAINING).await;
     }
 
+    /// Resolves once the grace period is over: drop what is left.
     pub async fn forced(&self) {
-        let mut rx = self.force.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
+        self.shutdown.reached(Shutdown::FORCED).await;
+    }
+}
+
+/// How far shutting down has gone. Every connection waits on it, so its
+/// future is kept small (a `Notify` waiter rather than a watch receiver).
+#[derive(Debug, Default)]
+pub(crate) struct Shutdown {
+    phase: AtomicU8,
+    changed: Notify,
+}
+
+impl Shutdown {
+    pub const DRAINING: u8 = 1;
+    pub const FORCED: u8 = 2;
+
+    pub fn enter(&self, phase: u8) {
+        self.phase.fetch_max(phase, Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    async fn reached(&self, phase: u8) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.phase.load(Relaxed) >= phase {
+                return;
+            }
+            changed.await;
+        }
     }
 }

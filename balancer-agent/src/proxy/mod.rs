@@ -26,10 +26,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
@@ -41,7 +38,7 @@ use crate::{
 
 pub(crate) use ctx::Ctx;
 pub use ctx::Observers;
-use ctx::Tracker;
+use ctx::{Shutdown, Tracker};
 pub use options::{PoolOptions, ProxyOptions};
 use sniff::Protocol;
 
@@ -69,8 +66,7 @@ impl Proxy {
                 table,
                 opts,
                 observers,
-                draining: watch::Sender::new(false),
-                force: watch::Sender::new(false),
+                shutdown: Shutdown::default(),
                 tracker: Tracker::default(),
                 next_conn: AtomicU64::new(1),
             }),
@@ -164,13 +160,13 @@ impl Proxy {
     /// Stops accepting, sends GOAWAY to every client connection, waits up to
     /// `grace` for open calls and connections to finish, then drops the rest.
     pub async fn shutdown(&self, grace: Duration) {
-        self.ctx.draining.send_replace(true);
+        self.ctx.shutdown.enter(Shutdown::DRAINING);
         if tokio::time::timeout(grace, self.ctx.tracker.wait()).await.is_err() {
             warn!(
                 open = self.ctx.tracker.count.load(Relaxed),
                 "grace period over: closing remaining connections"
             );
-            self.ctx.force.send_replace(true);
+            self.ctx.shutdown.enter(Shutdown::FORCED);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.tracker.wait()).await;
         }
     }

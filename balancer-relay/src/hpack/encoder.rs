@@ -26,10 +26,9 @@ const SIZE_UPDATE: u8 = 0x20;
 #[derive(Debug)]
 pub struct Encoder {
     table: DynamicTable,
-    /// Hash of (name, value) → sequence number of the newest entry with it.
-    pairs: Index,
-    /// Hash of name → sequence number of the newest entry with that name.
-    names: Index,
+    /// Made at the first insert: an encoder that never indexes anything
+    /// (an idle connection's) keeps its size small.
+    index: Option<Box<Indexes>>,
     /// Size updates owed at the start of the next block: (smallest, final).
     pending: Option<(u32, u32)>,
 }
@@ -79,8 +78,7 @@ impl Encoder {
     pub fn new() -> Encoder {
         Encoder {
             table: DynamicTable::new(MAX_TABLE_SIZE as usize),
-            pairs: Index::default(),
-            names: Index::default(),
+            index: None,
             pending: None,
         }
     }
@@ -97,10 +95,8 @@ impl Encoder {
         }
         let smallest = self.pending.map_or(size, |(smallest, _)| smallest.min(size));
         self.pending = Some((smallest, size));
-        let Encoder {
-            table, pairs, names, ..
-        } = self;
-        table.set_max_size(size as usize, |seq, e| forget(pairs, names, seq, e));
+        let Encoder { table, index, .. } = self;
+        table.set_max_size(size as usize, |seq, e| forget(index, seq, e));
     }
 
     /// Starts a header block: writes any pending table size update.
@@ -156,7 +152,10 @@ impl Encoder {
     /// Heap bytes held (table + index), for memory accounting.
     pub fn heap_size(&self) -> usize {
         let slot = std::mem::size_of::<(u64, u64)>() + 1;
-        self.table.heap_size() + (self.pairs.capacity() + self.names.capacity()) * slot
+        self.table.heap_size()
+            + self.index.as_ref().map_or(0, |i| {
+                std::mem::size_of::<Indexes>() + (i.pairs.capacity() + i.names.capacity()) * slot
+            })
     }
 
     #[cfg(test)]
@@ -166,7 +165,7 @@ impl Encoder {
 
     /// The HPACK index of the entry `name: value` in the dynamic table.
     fn find_pair(&self, key: u64, name: &[u8], value: &[u8]) -> Option<usize> {
-        let seq = *self.pairs.get(&key)?;
+        let seq = *self.index.as_ref()?.pairs.get(&key)?;
         let (i, e) = self.table.get_by_seq(seq)?;
         (e.name() == name && e.value() == value).then_some(STATIC_LEN + 1 + i)
     }
@@ -176,30 +175,32 @@ impl Encoder {
         if self.table.len() == 0 {
             return None;
         }
-        let seq = *self.names.get(&name_hash(name))?;
+        let seq = *self.index.as_ref()?.names.get(&name_hash(name))?;
         let (i, e) = self.table.get_by_seq(seq)?;
         (e.name() == name).then_some(STATIC_LEN + 1 + i)
     }
 
     fn insert(&mut self, name: &[u8], value: &[u8], pair_key: u64) {
-        let Encoder {
-            table, pairs, names, ..
-        } = self;
+        let Encoder { table, index, .. } = self;
         if !table.fits(name, value) {
-            table.clear(|seq, e| forget(pairs, names, seq, e));
+            table.clear(|seq, e| forget(index, seq, e));
             return;
         }
-        table.insert(Entry::new(name, value), |seq, e| forget(pairs, names, seq, e));
+        table.insert(Entry::new(name, value), |seq, e| forget(index, seq, e));
         if let Some(seq) = table.newest_seq() {
-            pairs.insert(pair_key, seq);
-            names.insert(name_hash(name), seq);
+            let i = index.get_or_insert_with(Box::default);
+            i.pairs.insert(pair_key, seq);
+            i.names.insert(name_hash(name), seq);
         }
     }
 }
 
 /// Removes the index entries of the evicted entry `seq`, unless they already
 /// point to a newer entry.
-fn forget(pairs: &mut Index, names: &mut Index, seq: u64, e: &Entry) {
+fn forget(index: &mut Option<Box<Indexes>>, seq: u64, e: &Entry) {
+    let Some(Indexes { pairs, names }) = index.as_deref_mut() else {
+        return;
+    };
     let key = pair_hash(e.name(), e.value());
     if pairs.get(&key) == Some(&seq) {
         pairs.remove(&key);
@@ -227,6 +228,15 @@ fn literal(dst: &mut BytesMut, flags: u8, prefix_bits: u32, name_index: Option<u
 fn string(dst: &mut BytesMut, s: &[u8]) {
     integer::encode(dst, 0, 7, s.len() as u64);
     dst.extend_from_slice(s);
+}
+
+/// The encoder's lookups into its dynamic table.
+#[derive(Debug, Default)]
+struct Indexes {
+    /// Hash of (name, value) → sequence number of the newest entry with it.
+    pairs: Index,
+    /// Hash of name → sequence number of the newest entry with that name.
+    names: Index,
 }
 
 /// A map keyed by a precomputed hash.

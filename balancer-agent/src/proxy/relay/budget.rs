@@ -3,33 +3,46 @@
 //! that a flood gets the connection ended however slowly it is sent, and a
 //! busy honest peer never runs dry.
 
+use std::sync::OnceLock;
+
 use tokio::time::Instant;
 
+/// A budget in eight bytes (every connection holds a few): what is left and
+/// the second (since the process's first budget) it was last refilled; its
+/// size and refill rate are the caller's constants.
 #[derive(Debug)]
 pub(crate) struct Budget {
     left: u32,
-    cap: u32,
-    per_second: u32,
-    refilled: Instant,
+    refilled: u32,
+    cap: u16,
+    per_second: u16,
+}
+
+/// Seconds since the first budget was made.
+fn seconds(now: Instant) -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Budget {
     /// A full budget of `cap`, refilled by `per_second`.
-    pub fn new(cap: u32, per_second: u32, now: Instant) -> Budget {
+    pub fn new(cap: u16, per_second: u16, now: Instant) -> Budget {
         Budget {
-            left: cap,
+            left: u32::from(cap),
+            refilled: seconds(now),
             cap,
             per_second,
-            refilled: now,
         }
     }
 
     /// Spends one; false when nothing is left.
     pub fn spend(&mut self, now: Instant) -> bool {
-        let secs = now.saturating_duration_since(self.refilled).as_secs();
+        let now = seconds(now);
+        let secs = now.saturating_sub(self.refilled);
         if secs > 0 {
-            let refill = u32::try_from(secs).unwrap_or(u32::MAX).saturating_mul(self.per_second);
-            self.left = self.left.saturating_add(refill).min(self.cap);
+            let refill = secs.saturating_mul(u32::from(self.per_second));
+            self.left = self.left.saturating_add(refill).min(u32::from(self.cap));
             self.refilled = now;
         }
         match self.left.checked_sub(1) {
@@ -43,7 +56,7 @@ impl Budget {
 
     /// Earns one back (a reset budget, for every call answered).
     pub fn earn(&mut self) {
-        self.left = (self.left + 1).min(self.cap);
+        self.left = (self.left + 1).min(u32::from(self.cap));
     }
 }
 

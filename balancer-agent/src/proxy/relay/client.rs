@@ -58,12 +58,12 @@ const MAX_ATTEMPTS: usize = 8;
 /// response yet out of a budget of this many, refilled by `RESET_REFILL`
 /// per second and by one for every call answered; a client that spends it
 /// gets GOAWAY(ENHANCE_YOUR_CALM).
-const RESET_BUDGET: u32 = 200;
-const RESET_REFILL: u32 = 100;
+const RESET_BUDGET: u16 = 200;
+const RESET_REFILL: u16 = 100;
 /// Empty DATA frames without END_STREAM a client may send (a budget
 /// refilled every second) before it gets GOAWAY(ENHANCE_YOUR_CALM).
-const EMPTY_DATA_BUDGET: u32 = 1_000;
-const EMPTY_DATA_REFILL: u32 = 100;
+const EMPTY_DATA_BUDGET: u16 = 1_000;
+const EMPTY_DATA_REFILL: u16 = 100;
 
 /// Serves one client connection whose first bytes (`prefix`, the preface)
 /// were already read.
@@ -74,6 +74,30 @@ pub(crate) async fn serve(
     slot: Arc<ServiceSlot>,
     handle: &ConnHandle,
 ) -> io::Result<()> {
+    // Built outside this async fn: only the driver lives across its awaits,
+    // which keeps every connection's task small.
+    let mut driver = start(ctx, io, prefix, slot, handle);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = driver.run() => return r,
+            _ = ctx.drained(), if !draining => {
+                draining = true;
+                debug!("shutting down: GOAWAY to client");
+                driver.drain();
+            }
+        }
+    }
+}
+
+/// The connection's driver, with our SETTINGS queued and `prefix` read.
+fn start(
+    ctx: &Arc<Ctx>,
+    io: TcpStream,
+    prefix: &[u8],
+    slot: Arc<ServiceSlot>,
+    handle: &ConnHandle,
+) -> Driver<ClientConn> {
     let o = &ctx.opts;
     let conn = Conn::new(o.connection_window);
     let mut out = BytesMut::with_capacity(64);
@@ -86,6 +110,7 @@ pub(crate) async fn serve(
         ],
     );
     let mailbox: Arc<Mailbox<ToClient>> = Arc::default();
+    let now = Instant::now();
     let machine = ClientConn {
         conn,
         st: ClientState {
@@ -103,26 +128,15 @@ pub(crate) async fn serve(
             peer_goaway: false,
             recently_closed: RecentlyClosed::default(),
             eof: false,
-            resets: Budget::new(RESET_BUDGET, RESET_REFILL, Instant::now()),
-            empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, Instant::now()),
+            resets: Budget::new(RESET_BUDGET, RESET_REFILL, now),
+            empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, now),
             deadlines: BinaryHeap::new(),
-            keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, Instant::now()),
+            keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, now),
         },
     };
-    let mut driver = Driver::new(io, machine, Arc::clone(&mailbox), out);
+    let mut driver = Driver::new(io, machine, mailbox, out);
     driver.feed(prefix);
-    let mut draining = false;
-    let r = loop {
-        tokio::select! {
-            r = driver.run() => break r,
-            _ = ctx.drained(), if !draining => {
-                draining = true;
-                debug!("shutting down: GOAWAY to client");
-                driver.drain();
-            }
-        }
-    };
-    r
+    driver
 }
 
 struct ClientConn {

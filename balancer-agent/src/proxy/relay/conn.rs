@@ -20,8 +20,8 @@ const MAX_CONTINUATIONS: u32 = 16;
 pub(crate) const MAX_HEADER_LIST: usize = 16 * 1024;
 /// Control frames (SETTINGS, PING) a peer may send (a budget refilled every
 /// second) before the connection is ended with ENHANCE_YOUR_CALM.
-const CONTROL_BUDGET: u32 = 10_000;
-const CONTROL_REFILL: u32 = 1_000;
+const CONTROL_BUDGET: u16 = 10_000;
+const CONTROL_REFILL: u16 = 1_000;
 
 /// A connection-level event the side-specific code acts on.
 pub(crate) enum Event<'a> {

@@ -7,12 +7,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub(crate) struct PingTimer {
-    interval: Duration,
-    timeout: Duration,
-    /// When the PING in flight was sent.
-    sent: Option<Instant>,
-    /// When the last PING was answered (or the connection opened).
-    last: Instant,
+    /// When the PING in flight was sent, or (none in flight) when the last
+    /// one was answered or the connection opened.
+    since: Instant,
+    in_flight: bool,
+    interval_ms: u32,
+    timeout_ms: u32,
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.max(Duration::from_millis(10)).as_millis()).unwrap_or(u32::MAX)
 }
 
 /// What a due keepalive asks for.
@@ -26,35 +30,37 @@ pub(crate) enum Due {
 impl PingTimer {
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> PingTimer {
         PingTimer {
-            interval: interval.max(Duration::from_millis(10)),
-            timeout: timeout.max(Duration::from_millis(10)),
-            sent: None,
-            last: now,
+            since: now,
+            in_flight: false,
+            interval_ms: millis(interval),
+            timeout_ms: millis(timeout),
         }
     }
 
     pub fn next(&self) -> Instant {
-        match self.sent {
-            Some(s) => s + self.timeout,
-            None => self.last + self.interval,
-        }
+        let wait = if self.in_flight {
+            self.timeout_ms
+        } else {
+            self.interval_ms
+        };
+        self.since + Duration::from_millis(u64::from(wait))
     }
 
     pub fn fire(&mut self, now: Instant) -> Due {
-        match self.sent {
-            Some(s) if now >= s + self.timeout => Due::Dead,
-            Some(_) => Due::Nothing,
-            None if now >= self.last + self.interval => {
-                self.sent = Some(now);
-                Due::Ping
-            }
-            None => Due::Nothing,
+        if now < self.next() {
+            return Due::Nothing;
         }
+        if self.in_flight {
+            return Due::Dead;
+        }
+        self.in_flight = true;
+        self.since = now;
+        Due::Ping
     }
 
     pub fn answered(&mut self, now: Instant) {
-        self.sent = None;
-        self.last = now;
+        self.in_flight = false;
+        self.since = now;
     }
 }
 
