@@ -6,10 +6,12 @@
 //! call.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod balance;
 pub mod cgroup;
 pub mod config;
+pub mod conns;
 pub mod ctl;
 pub mod ebpf;
 pub mod error;

@@ -11,7 +11,11 @@ use std::{
 
 use nix::{mount::MsFlags, sched::CloneFlags};
 
-use crate::{admin::api, app::bind, cgroup, ctl::client::AdminClient, error::Chain};
+use crate::{
+    api, cgroup,
+    ctl::client::{admin_address, AdminClient},
+    error::Chain,
+};
 
 /// What a probe asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,15 +25,6 @@ pub enum Probe {
     Ready,
     /// The process serves its admin API.
     Live,
-}
-
-/// The admin address of this pod's instance: `explicit`, else the one the
-/// agent wrote into `run_dir`, else the default.
-pub fn admin_address(explicit: Option<SocketAddr>, run_dir: Option<&Path>) -> String {
-    explicit
-        .or_else(|| run_dir.and_then(bind::read_admin_address))
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| crate::admin::DEFAULT_ADDR.to_owned())
 }
 
 /// Runs a probe: the line to print and whether it passed.
@@ -172,7 +167,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(admin_address(None, Some(dir.path())), crate::admin::DEFAULT_ADDR);
         let addr: SocketAddr = "127.0.0.1:15002".parse().expect("addr");
-        bind::write_admin_address(dir.path(), addr).expect("write");
+        crate::app::bind::write_admin_address(dir.path(), addr).expect("write");
         assert_eq!(admin_address(None, Some(dir.path())), "127.0.0.1:15002");
         let explicit: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         assert_eq!(admin_address(Some(explicit), Some(dir.path())), "127.0.0.1:9");

@@ -7,7 +7,7 @@ mod support_admin;
 
 use std::process::{Command, Output};
 
-use balancer_agent::admin::api;
+use balancer_agent::api;
 use support_admin::*;
 
 fn ctl(admin: &str, args: &[&str]) -> Output {

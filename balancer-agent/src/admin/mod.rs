@@ -18,8 +18,6 @@
 //! Service names may contain `/` (`namespace/name`); clients send it as-is
 //! or percent-encoded.
 
-pub mod api;
-pub mod conns;
 pub mod decode;
 mod http;
 pub mod kernel;
@@ -29,7 +27,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpListener;
 
-pub use conns::{ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard, StreamSource};
+// The API's types and the connection registry live outside the admin server
+// (the data plane and the metrics use them too); the admin server reads them.
+pub use crate::{
+    api,
+    conns::{self, ConnHandle, ConnMeta, ConnRegistry, Protocol, StreamGuard, StreamSource},
+};
 pub use kernel::KernelError;
 pub use views::{KernelView, PodsView, ServicesView, SourceView};
 

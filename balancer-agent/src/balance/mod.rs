@@ -15,6 +15,7 @@
 
 pub mod endpoint;
 pub mod pick;
+mod rand;
 pub mod route;
 
 use std::{

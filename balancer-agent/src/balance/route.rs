@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::{HeaderMap, HeaderName};
 
-use super::pick::rand_u64;
+use super::rand::rand_u64;
 use crate::model::{self, StringMatch};
 
 /// What a route looks at in a call.

@@ -10,7 +10,7 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::CtlError;
-use crate::admin::api;
+use crate::api;
 
 /// The admin API of one agent.
 #[derive(Debug, Clone)]
@@ -165,6 +165,15 @@ pub fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// The admin address of this pod's instance: `explicit`, else the one the
+/// agent wrote into `run_dir`, else the default.
+pub fn admin_address(explicit: Option<SocketAddr>, run_dir: Option<&std::path::Path>) -> String {
+    explicit
+        .or_else(|| run_dir.and_then(crate::app::bind::read_admin_address))
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| crate::admin::DEFAULT_ADDR.to_owned())
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ impl Cli {
             Some(a) => a.clone(),
             None => {
                 let run_dir = std::env::var_os("BALANCER_RUN_DIR").map(std::path::PathBuf::from);
-                crate::node::admin_address(None, run_dir.as_deref())
+                client::admin_address(None, run_dir.as_deref())
             }
         }
     }

@@ -265,7 +265,7 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
                 format!("{} ({})", e.errors(), errors.join(","))
             },
             e.upstream_connections.to_string(),
-            crate::admin::api::selector(&e.labels),
+            crate::api::selector(&e.labels),
         ]);
     }
     t

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::admin::api;
+use crate::api;
 
 /// Upper bounds of the call latency buckets, seconds (100 µs to 30 s).
 pub const BUCKETS: [f64; 18] = [

@@ -14,7 +14,7 @@
 //!   `histogram.observe(started.elapsed())` with `started` taken when its
 //!   request headers arrived. Without this, `balancer_request_duration_seconds`
 //!   and the p50/p99 of `balancerctl stats` stay empty.
-//! - Connections: [`crate::admin::ConnRegistry`] (see its module docs).
+//! - Connections: [`crate::conns::ConnRegistry`] (see its module docs).
 //! - The access log: [`crate::logging::access`] at the same point as the
 //!   latency, guarded by [`crate::logging::access_enabled`].
 //!
@@ -37,7 +37,7 @@ use prometheus_client::{
 
 pub use latency::{LatencyHistogram, LatencyRecorder, BUCKETS};
 
-use crate::admin::{api, conns::ConnTotals};
+use crate::{api, conns::ConnTotals};
 
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

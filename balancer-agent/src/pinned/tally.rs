@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{diag::DiagError, netns::NetnsError, PinnedError, PodReport};
-use crate::admin::api;
+use crate::api;
 
 /// Who a swept cgroup belongs to: the sweeper's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use std::sync::{
 use tokio::sync::Notify;
 
 use super::options::ProxyOptions;
-use crate::{admin::ConnRegistry, balance::Table, metrics::Metrics};
+use crate::{balance::Table, conns::ConnRegistry, metrics::Metrics};
 
 /// Where the demultiplexer reports what it does: the latency histograms
 /// and the client connections the admin server shows.

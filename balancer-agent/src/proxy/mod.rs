@@ -30,8 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
-    admin::{ConnHandle, ConnMeta, Protocol as ConnProtocol},
     balance::{ServiceSlot, Table},
+    conns::{ConnHandle, ConnMeta, Protocol as ConnProtocol},
     error::Chain,
     redirect::Redirects,
 };

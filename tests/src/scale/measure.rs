@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_agent::admin::api;
+use balancer_agent::api;
 
 use super::{procfs, ScaleError, Window};
 use crate::{node_agent::NodeAgent, process::ChildGuard};

@@ -30,8 +30,8 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    admin::{ConnHandle, StreamGuard},
     balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
+    conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
     proxy::{ctx::Ctx, grpc},
@@ -149,7 +149,7 @@ struct ClientState {
     slot: Arc<ServiceSlot>,
     latency: Arc<LatencyHistogram>,
     id: u64,
-    handle: crate::admin::StreamSource,
+    handle: crate::conns::StreamSource,
     me: Arc<Mailbox<ToClient>>,
     preface: bool,
     calls: HashMap<u32, Call>,

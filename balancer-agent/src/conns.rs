@@ -22,7 +22,7 @@ use std::{
     time::Instant,
 };
 
-use super::api;
+use crate::api;
 
 /// What a client connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
