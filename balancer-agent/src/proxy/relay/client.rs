@@ -27,6 +27,7 @@ use super::{
     mailbox::Mailbox,
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     pool,
+    retry::{self, Next, Standing},
     upstream::UpHandle,
 };
 use crate::{
@@ -554,31 +555,41 @@ impl ClientState {
                     self.done(stream, call, Outcome::Reset);
                 }
             }
-            Upstream::GaveBack(back @ (GaveBack::Refused(_) | GaveBack::Unreachable(_))) => {
+            Upstream::GaveBack(back) => {
                 call.up = None;
-                let (outcome, why): (_, Box<str>) = match back {
-                    GaveBack::Unreachable(why) => (Outcome::ConnectFailed, why.as_ref().into()),
-                    GaveBack::Refused(why) | GaveBack::Lost(why) => (Outcome::Refused, why.into()),
+                let standing = Standing {
+                    responded: call.responded,
+                    replayable: call.replay.is_some(),
+                    attempts: call.attempt as usize,
+                    max_attempts: (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS),
                 };
-                if let Some(g) = call.guard.take() {
-                    g.finish(outcome);
+                let (outcome, next) = retry::after(&back, standing);
+                let why: Box<str> = match back {
+                    GaveBack::Unreachable(why) => why.as_ref().into(),
+                    GaveBack::Refused(why) | GaveBack::Lost(why) => why.into(),
+                };
+                match next {
+                    Next::Retry { same_endpoint } => {
+                        if let Some(g) = call.guard.take() {
+                            g.finish(outcome);
+                        }
+                        call.allow_same = same_endpoint;
+                        call.last_error = Some(why);
+                        self.attempt(c, stream, out);
+                    }
+                    Next::NoEndpoint => {
+                        if let Some(g) = call.guard.take() {
+                            g.finish(outcome);
+                        }
+                        call.last_error = Some(why);
+                        self.no_endpoint(c, stream, out);
+                    }
+                    // The answer accounts for the endpoint (UNAVAILABLE).
+                    Next::Failed => {
+                        let msg = format!("service `{}`: {why}", self.slot.name());
+                        self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
+                    }
                 }
-                // After a refusal tied to one connection the same endpoint
-                // may take the retry; an unreachable one may not.
-                call.allow_same = outcome == Outcome::Refused;
-                let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
-                let retry = !call.responded && call.replay.is_some() && (call.attempt as usize) < max_attempts;
-                call.last_error = Some(why);
-                if retry {
-                    self.attempt(c, stream, out);
-                } else {
-                    self.no_endpoint(c, stream, out);
-                }
-            }
-            Upstream::GaveBack(GaveBack::Lost(why)) => {
-                call.up = None;
-                let msg = format!("service `{}`: {why}", self.slot.name());
-                self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
             }
             Upstream::Credit(n) => {
                 if !call.req_end {

@@ -4,15 +4,16 @@
 //! towards each peer and DATA copied under a rewritten frame header. No task
 //! per call, no lock shared between a connection and its streams.
 //!
-//! Module map: [`budget`] (limits on floods), [`client`] (client connections and the calls on them), [`closed`]
-//! (streams that closed lately),
+//! Module map: [`client`] (client connections and the calls on them),
 //! [`upstream`] (connections to endpoints), [`pool`] (which upstream
-//! connection a call takes), [`conn`] (what both sides do alike: SETTINGS,
-//! PING, windows, header blocks), [`flow`] (one direction of a stream and its
-//! window), [`head`] (decoded header lists and request checks), [`keepalive`]
-//! (PINGs that find dead peers), [`msg`] and
-//! [`mailbox`] (how connections talk), [`driver`] (socket I/O of one
-//! connection). The wire formats are in the `balancer-relay` crate.
+//! connection a call takes), [`retry`] (what a call given back does next),
+//! [`conn`] (what both sides do alike: SETTINGS, PING, windows, header
+//! blocks), [`flow`] (one direction of a stream and its window), [`head`]
+//! (decoded header lists and request checks), [`closed`] (streams that
+//! closed lately), [`budget`] (limits on floods), [`keepalive`] (PINGs that
+//! find dead peers), [`msg`] and [`mailbox`] (how connections talk),
+//! [`driver`] (socket I/O of one connection). The wire formats are in the
+//! `balancer-relay` crate.
 
 mod budget;
 mod client;
@@ -25,6 +26,7 @@ mod keepalive;
 mod mailbox;
 mod msg;
 mod pool;
+mod retry;
 mod upstream;
 
 pub(crate) use client::serve;
