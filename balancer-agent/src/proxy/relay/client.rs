@@ -126,7 +126,6 @@ fn start(
             last_stream: 0,
             drain: Drain::No,
             drain_by: None,
-            peer_goaway: false,
             recently_closed: RecentlyClosed::default(),
             eof: false,
             resets: Budget::new(RESET_BUDGET, RESET_REFILL, now),
@@ -160,7 +159,6 @@ struct ClientState {
     recently_closed: RecentlyClosed,
     /// When the drain PING is given up on.
     drain_by: Option<Instant>,
-    peer_goaway: bool,
     eof: bool,
     resets: Budget,
     empty_data: Budget,
@@ -279,7 +277,9 @@ impl ClientState {
                     self.flush(c, id, out);
                 }
             }
-            Event::GoAway { .. } => self.peer_goaway = true,
+            // The client opens no more streams; it closes the connection
+            // when it is done, and until then PINGs and open calls go on.
+            Event::GoAway { .. } => {}
             Event::StreamError { stream, reason } => self.reset(c, stream, reason, out),
         }
     }
@@ -823,9 +823,7 @@ impl Machine for ClientConn {
     }
 
     fn finished(&self) -> bool {
-        self.conn.finished
-            || self.st.eof
-            || ((self.st.drain == Drain::Refusing || self.st.peer_goaway) && self.st.calls.is_empty())
+        self.conn.finished || self.st.eof || (self.st.drain == Drain::Refusing && self.st.calls.is_empty())
     }
 
     fn idle(&self) -> bool {
