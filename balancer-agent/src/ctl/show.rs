@@ -46,7 +46,7 @@ pub(super) fn programs(
     if let Some(id) = id {
         progs.retain(|p| p.id == id);
         if progs.is_empty() {
-            return Err(CtlError::NotFound(format!("no balancer program with id {id}")));
+            return Err(CtlError::NoProgram(id));
         }
     }
     if format != Format::Table {
@@ -119,7 +119,7 @@ pub(super) fn map_dump(
         kernel_reader()?
             .dump(name)
             .map_err(kernel_err)?
-            .ok_or_else(|| CtlError::NotFound(format!("no balancer map named `{name}`")))?
+            .ok_or_else(|| CtlError::NoMap(name.to_owned()))?
     } else {
         client.get(&format!("/api/v1/maps/{}", segment(name)))?
     };
