@@ -191,6 +191,12 @@ fn prog_and_map_show_and_dump() {
         .find(|r| col(&head, r, "NAME") == "connect6")
         .expect("connect6 row");
     assert_eq!(col(&head, c6, "REDIRECTED"), CONNECT6_REDIRECTED.to_string());
+    let sk_msg = rows
+        .iter()
+        .find(|r| col(&head, r, "NAME") == "sk_msg")
+        .expect("sk_msg row");
+    assert_eq!(col(&head, sk_msg, "BYTES"), SK_MSG_BYTES.to_string());
+    assert_eq!(col(&head, c6, "BYTES"), "-");
     assert_eq!(col(&head, &rows[0], "ATTACHED TO"), "cgroup /sys/fs/cgroup/test");
     let one: Vec<api::Program> = json(&fx, &["prog", "show", "13"]);
     assert_eq!(one.len(), 1);

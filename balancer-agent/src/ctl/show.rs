@@ -63,6 +63,8 @@ pub(super) fn programs(
         "REDIRECTED",
         "PASSED",
         "ERRORS",
+        "BYTES",
+        "PINNED",
     ]);
     for p in &progs {
         let c = |k: &str| opt(p.counters.get(k));
@@ -77,6 +79,8 @@ pub(super) fn programs(
             c("redirected"),
             c("passed"),
             c("errors"),
+            c("bytes"),
+            c("pinned"),
         ]);
     }
     write!(out, "{}", t.render())?;

@@ -25,6 +25,8 @@ pub const FAST: u64 = 60;
 pub const SLOW: u64 = 20;
 /// Connects connect6 redirected (v4-mapped VIPs), apart from connect4's 42.
 pub const CONNECT6_REDIRECTED: u64 = 5;
+/// Bytes sk_msg handed from socket to socket.
+pub const SK_MSG_BYTES: u64 = 123_456;
 
 pub fn greeter() -> api::Service {
     let mut statuses_a = BTreeMap::new();
@@ -116,10 +118,12 @@ impl KernelView for FakeKernel {
                 .into_iter()
                 .collect(),
         };
+        let mut sk_msg = prog(13, "sk_msg", "sk_msg", 900);
+        sk_msg.counters.insert("bytes".to_owned(), SK_MSG_BYTES);
         Ok(vec![
             prog(11, "connect4", "cgroup_sock_addr", 42),
             prog(12, "sock_ops", "sock_ops", 84),
-            prog(13, "sk_msg", "sk_msg", 900),
+            sk_msg,
             prog(14, "getsockopt", "cgroup_sockopt", 42),
             prog(15, "connect6", "cgroup_sock_addr", CONNECT6_REDIRECTED),
         ])
