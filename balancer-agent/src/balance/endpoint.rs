@@ -4,6 +4,7 @@
 //! never held across an await.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -11,8 +12,6 @@ use std::{
     },
     time::Duration,
 };
-
-use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
