@@ -378,4 +378,23 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
         assert_eq!(case["reply_len"], size, "{size}-byte reply: {r}");
     }
     assert_eq!(r["bidi"]["pairs_ok"], true, "bidi: {r}");
+
+    // connect6 redirected those connects and counted them in a slot of its
+    // own: balancerctl shows the five programs apart.
+    let ctl = built("balancerctl");
+    let out = node_cmd(
+        &topo,
+        &[ctl.to_str().expect("path"), "--admin", ADMIN, "-j", "prog", "show"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("prog show JSON");
+    let mut names: Vec<&str> = progs.iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["connect4", "connect6", "getsockopt", "sk_msg", "sock_ops"]);
+    let redirected = |name: &str| {
+        progs.iter().find(|p| p["name"] == name).expect("program")["counters"]["redirected"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(redirected("connect6") >= 1, "connect6's own counter: {progs:?}");
 }
