@@ -40,6 +40,8 @@ impl ServicesView for TableView {
                     out.l4_connections = snap.tcp_connections;
                     out.received = snap.calls;
                     out.no_endpoint = snap.no_endpoint;
+                    out.faults_delayed = snap.faults_delayed;
+                    out.faults_aborted = snap.faults_aborted;
                     let eps: HashMap<_, _> = snap.endpoints.iter().map(|e| (e.address, e)).collect();
                     for ep in &mut out.endpoints {
                         if let Some(s) = eps.get(&ep.address) {

@@ -298,6 +298,24 @@ impl Collector for Scrape {
             &per_svc(&|s| s.no_endpoint),
         )?;
         {
+            let faults: Vec<(Labels<'_>, u64)> = self
+                .services
+                .iter()
+                .filter(|s| s.fault.is_some() || s.faults_delayed + s.faults_aborted > 0)
+                .flat_map(|s| {
+                    [("delay", s.faults_delayed), ("abort", s.faults_aborted)]
+                        .into_iter()
+                        .map(|(kind, n)| (vec![("service", s.name.as_str()), ("fault", kind)], n))
+                })
+                .collect();
+            counter(
+                e,
+                "balancer_faults_injected",
+                "Calls into which the agent injected a fault (fault=delay or abort).",
+                &faults,
+            )?;
+        }
+        {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",
                 "Call duration at the agent, from the request's headers to the end of the response.",

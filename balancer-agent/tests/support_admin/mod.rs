@@ -57,6 +57,8 @@ pub fn greeter() -> api::Service {
         vips: vec!["10.96.0.10:8000".parse().expect("vip")],
         listen: Some("127.0.0.1:18000".parse().expect("listen")),
         policy: "round-robin".into(),
+        hash_header: None,
+        fault: None,
         routes: vec![api::Route {
             name: Some("canary".into()),
             matches: vec!["service=helloworld.Greeter method=~Say.*".into()],
@@ -76,6 +78,8 @@ pub fn greeter() -> api::Service {
         l4_connections: 0,
         received: RECEIVED,
         no_endpoint: NO_ENDPOINT,
+        faults_delayed: 0,
+        faults_aborted: 0,
     }
 }
 
@@ -85,12 +89,16 @@ pub fn echo() -> api::Service {
         vips: vec!["10.96.0.11:9000".parse().expect("vip")],
         listen: None,
         policy: "peak-ewma".into(),
+        hash_header: None,
+        fault: None,
         routes: vec![],
         endpoints: vec![],
         retries: 0,
         l4_connections: 0,
         received: 0,
         no_endpoint: 0,
+        faults_delayed: 0,
+        faults_aborted: 0,
     }
 }
 
