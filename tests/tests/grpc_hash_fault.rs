@@ -116,10 +116,9 @@ async fn an_abort_of_every_call_is_answered_by_the_agent_with_the_chosen_status(
     let ch = client::connect(&agent.target()).await.unwrap();
 
     let mut greeter = client::greeter(ch.clone());
-    let err = greeter
-        .say_hello(HelloRequest { name: "x".into() })
-        .await
-        .expect_err("an injected abort");
+    let mut req = tonic::Request::new(HelloRequest { name: "x".into() });
+    req.set_timeout(CALL_TIMEOUT);
+    let err = greeter.say_hello(req).await.expect_err("an injected abort");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert_eq!(err.message(), "chaos test");
 
@@ -181,7 +180,9 @@ async fn a_delay_holds_only_the_delayed_calls_of_a_connection() {
         let mut g = client::greeter(ch.clone());
         tasks.spawn(async move {
             let t = Instant::now();
-            let r = g.say_hello(HelloRequest { name: format!("{i}") }).await;
+            let mut req = tonic::Request::new(HelloRequest { name: format!("{i}") });
+            req.set_timeout(CALL_TIMEOUT);
+            let r = g.say_hello(req).await;
             (r.map(|_| ()), t.elapsed(), start.elapsed())
         });
     }

@@ -96,7 +96,12 @@ mod tests {
             "metadata": {
                 "name": "greeter", "namespace": "demo", "uid": "u1",
                 "labels": { "app": "greeter" },
-                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}" },
+                "annotations": {
+                    "balancer.io/policy": "least-request",
+                    "balancer.io/fault-abort": "UNAVAILABLE",
+                    "balancer.io/fault-abort-percent": "5",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}"
+                },
                 "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
             },
@@ -143,6 +148,12 @@ mod tests {
         let after = translate(&snap(&s2, &e2), |_| Vec::new()).model;
         assert_eq!(before, after);
         assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
+        let abort = after.services[0].fault.as_ref().and_then(|f| f.abort.as_ref());
+        assert_eq!(
+            abort.map(|a| (a.code, a.share.percent())),
+            Some((14, 5.0)),
+            "fault annotations kept"
+        );
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
         let size = |v: serde_json::Value| v.to_string().len();
         let (svc, s2j) = (serde_json::to_value(&svc).unwrap(), serde_json::to_value(&s2).unwrap());

@@ -88,9 +88,9 @@ pub fn echo() -> api::Service {
         name: "default/echo".into(),
         vips: vec!["10.96.0.11:9000".parse().expect("vip")],
         listen: None,
-        policy: "peak-ewma".into(),
-        hash_header: None,
-        fault: None,
+        policy: "ring-hash".into(),
+        hash_header: Some("x-user-id".into()),
+        fault: Some("abort UNAVAILABLE (\"fault injected\") to 5% of calls".into()),
         routes: vec![],
         endpoints: vec![],
         retries: 0,
@@ -98,9 +98,12 @@ pub fn echo() -> api::Service {
         received: 0,
         no_endpoint: 0,
         faults_delayed: 0,
-        faults_aborted: 0,
+        faults_aborted: FAULTS_ABORTED,
     }
 }
+
+/// Calls of `default/echo` aborted by fault injection.
+pub const FAULTS_ABORTED: u64 = 3;
 
 /// A kernel with four of the agent's programs and two maps.
 #[derive(Debug)]
