@@ -14,7 +14,7 @@ use std::{
 
 use greeter::{
     client::{self, Spread},
-    pb::helloworld::HelloRequest,
+    pb::{echo::EchoRequest, helloworld::HelloRequest},
     server::TestServer,
 };
 use grpc_support::{config, ep, free_port, Agent, Ep};
@@ -211,4 +211,46 @@ async fn a_delay_holds_only_the_delayed_calls_of_a_connection() {
     assert!(slow.iter().all(|d| *d < DELAY * 3), "{slow:?}");
     assert_eq!(server.calls(), N as u64, "delayed calls reach the endpoint");
     assert_eq!(injected(&agent, "delay"), Some(slow.len() as f64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_call_keeps_its_whole_request_and_its_deadline() {
+    let server = TestServer::spawn("a").unwrap();
+    let (admin, listen) = (free_port(), free_port());
+    let fault = "      delay: { duration: 300ms }\n";
+    let cfg = with_fault(config(admin, "greeter", listen, &[ep(server.addr(), "v1")], &[]), fault);
+    let agent = Agent::start(admin, listen, &cfg);
+    let ch = client::connect(&agent.target()).await.unwrap();
+    let mut echo = client::echo(ch.clone());
+
+    // A request larger than the replay buffer (64 KiB), sent while the
+    // call is held: it reaches the endpoint whole.
+    let payload: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: payload.clone(),
+        message: "big".into(),
+        reply_size: 0,
+    });
+    req.set_timeout(CALL_TIMEOUT);
+    let t = Instant::now();
+    let reply = echo.unary(req).await.unwrap().into_inner();
+    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert_eq!(reply.payload, payload, "the held request arrived changed");
+
+    // A deadline shorter than the delay: the call ends at its deadline
+    // (tonic's own timer and the agent's race: CANCELLED or
+    // DEADLINE_EXCEEDED) and the endpoint never sees it.
+    let before = server.calls();
+    let mut req = tonic::Request::new(HelloRequest { name: "x".into() });
+    req.set_timeout(Duration::from_millis(100));
+    let err = client::greeter(ch.clone())
+        .say_hello(req)
+        .await
+        .expect_err("past its deadline");
+    assert!(
+        matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.calls(), before, "a call past its deadline reached the endpoint");
 }
