@@ -31,7 +31,7 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
+    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
     conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
@@ -420,10 +420,14 @@ impl ClientState {
     /// delay (other calls of the connection go on meanwhile), answers an
     /// injected abort itself, or sends it on.
     fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let injection = match self.slot.state() {
-            Some(st) => st.fault.as_ref().map(fault::draw).unwrap_or_default(),
-            None => fault::Injection::default(),
+        let state = self.slot.state();
+        let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
+            // The common case: no fault configured, straight on.
+            self.attempt_with(c, stream, state, out);
+            return;
         };
+        let injection = fault::draw(fault);
+        drop(state);
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
         };
@@ -517,11 +521,17 @@ impl ClientState {
 
     /// Sends the call to an endpoint: its first attempt, or a retry.
     fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let state = self.slot.state();
+        self.attempt_with(c, stream, state, out);
+    }
+
+    /// [`Self::attempt`] with the service's state already at hand.
+    fn attempt_with(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut BytesMut) {
         let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
         };
-        let Some(state) = self.slot.state() else {
+        let Some(state) = state else {
             let msg = format!("service `{}` was removed", self.slot.name());
             self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
             return;
