@@ -220,8 +220,10 @@ mod tests {
                 vips: vec!["10.96.0.10:8000".parse().unwrap()],
                 listen: None,
                 policy: crate::model::Policy::default(),
+                hash_header: None,
                 endpoints: vec![],
                 routes: vec![],
+                fault: None,
             })],
             enrolled: vec![
                 Enrolled {

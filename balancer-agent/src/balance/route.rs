@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::{HeaderMap, HeaderName};
 
-use super::rand::rand_u64;
+use super::{rand::rand_u64, ring::Ring};
 use crate::model::{self, StringMatch};
 
 /// What a route looks at in a call.
@@ -106,11 +106,12 @@ impl CompiledMatch {
 }
 
 /// A subset of a service's endpoints (indices into its endpoint list) with
-/// its own round-robin cursor.
+/// its own round-robin cursor and, for a ring-hash service, its ring.
 #[derive(Debug, Default)]
 pub struct Subset {
     pub(crate) members: Vec<usize>,
     pub(crate) cursor: AtomicUsize,
+    pub(crate) ring: Option<Ring>,
 }
 
 impl Subset {
@@ -118,7 +119,19 @@ impl Subset {
         Subset {
             members,
             cursor: AtomicUsize::new(0),
+            ring: None,
         }
+    }
+
+    /// Places the members on a ring; `addresses` are the service's
+    /// endpoints' addresses, by index.
+    pub fn build_ring(&mut self, addresses: &[std::net::SocketAddr]) {
+        let members: Vec<(usize, std::net::SocketAddr)> = self
+            .members
+            .iter()
+            .filter_map(|i| addresses.get(*i).map(|a| (*i, *a)))
+            .collect();
+        self.ring = Some(Ring::build(members.into_iter()));
     }
 }
 

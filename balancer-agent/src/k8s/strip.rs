@@ -10,7 +10,7 @@ use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::ObjectMeta;
 
-use super::{slice::Slice, translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION};
+use super::{annotations, slice::Slice, translate::SERVICE_NAME_LABEL};
 
 /// Drops what no reader of any kind uses.
 fn common(meta: &mut ObjectMeta) {
@@ -31,20 +31,21 @@ fn held_by_the_thousand(meta: &mut ObjectMeta) {
     meta.creation_timestamp = None;
 }
 
-/// Keeps only the annotation or label `key` of `map`.
-fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, key: &str) {
+/// Keeps only the annotations or labels `keys` of `map`.
+fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, keys: &[&str]) {
     if let Some(m) = map {
-        m.retain(|k, _| k == key);
+        m.retain(|k, _| keys.contains(&k.as_str()));
         if m.is_empty() {
             *map = None;
         }
     }
 }
 
-/// A Service: its name, ports, cluster IPs, type and policy annotation.
+/// A Service: its name, ports, cluster IPs, type and the annotations the
+/// agent reads (policy, hash header, faults).
 pub fn service(svc: &mut Service) {
     held_by_the_thousand(&mut svc.metadata);
-    keep_only(&mut svc.metadata.annotations, POLICY_ANNOTATION);
+    keep_only(&mut svc.metadata.annotations, &annotations::ALL);
     svc.metadata.labels = None;
     svc.status = None;
     if let Some(spec) = &mut svc.spec {
@@ -60,7 +61,7 @@ pub fn service(svc: &mut Service) {
 pub fn endpoint_slice(slice: &mut Slice) {
     held_by_the_thousand(&mut slice.metadata);
     slice.metadata.annotations = None;
-    keep_only(&mut slice.metadata.labels, SERVICE_NAME_LABEL);
+    keep_only(&mut slice.metadata.labels, &[SERVICE_NAME_LABEL]);
 }
 
 /// A pod on this node: everything the enrollment and mesh checks read
@@ -95,7 +96,12 @@ mod tests {
             "metadata": {
                 "name": "greeter", "namespace": "demo", "uid": "u1",
                 "labels": { "app": "greeter" },
-                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}" },
+                "annotations": {
+                    "balancer.io/policy": "least-request",
+                    "balancer.io/fault-abort": "UNAVAILABLE",
+                    "balancer.io/fault-abort-percent": "5",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}"
+                },
                 "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
             },
@@ -142,6 +148,12 @@ mod tests {
         let after = translate(&snap(&s2, &e2), |_| Vec::new()).model;
         assert_eq!(before, after);
         assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
+        let abort = after.services[0].fault.as_ref().and_then(|f| f.abort.as_ref());
+        assert_eq!(
+            abort.map(|a| (a.code, a.share.percent())),
+            Some((14, 5.0)),
+            "fault annotations kept"
+        );
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
         let size = |v: serde_json::Value| v.to_string().len();
         let (svc, s2j) = (serde_json::to_value(&svc).unwrap(), serde_json::to_value(&s2).unwrap());

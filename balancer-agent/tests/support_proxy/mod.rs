@@ -288,8 +288,10 @@ pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
             vips: vec!["10.96.0.10:8000".parse().expect("vip")],
             listen: None,
             policy,
+            hash_header: None,
             endpoints: endpoints.iter().map(|(a, v)| Endpoint::ready(*a, version(v))).collect(),
             routes: vec![],
+            fault: None,
         })],
         enrolled: vec![],
     }
