@@ -86,6 +86,24 @@ fn wait_ready(admin: SocketAddr, agent: &mut AgentGuard) {
     }
 }
 
+/// `calls` calls over one HTTP/2 connection to `listen`, `concurrency` at a
+/// time, bounded in time.
+fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize) -> greeter::client::Spread {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            greeter::client::say_hello_spread(channel, calls, concurrency, Duration::from_secs(10)),
+        )
+        .await
+        .expect("calls finished within 60 s")
+    })
+}
+
 fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     scrape
@@ -117,19 +135,7 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     wait_ready(admin, &mut agent);
 
     // CALLS calls over one HTTP/2 connection, bounded in time.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let spread = rt.block_on(async {
-        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, CALLS, 4, Duration::from_secs(10)),
-        )
-        .await
-        .expect("calls finished within 60 s")
-    });
+    let spread = calls_over_one_connection(listen, CALLS, 4);
     assert_eq!(spread.ok, CALLS, "{}", spread.table());
     assert_eq!(v1.calls() + v2.calls(), CALLS);
     assert!(
@@ -239,19 +245,7 @@ fn calls_the_agent_answers_itself_are_counted_alike_everywhere() {
     let mut agent = start_agent(dir.path(), &config, &[]);
     wait_ready(admin, &mut agent);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let spread = rt.block_on(async {
-        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, REFUSED, 1, Duration::from_secs(10)),
-        )
-        .await
-        .expect("calls finished within 60 s")
-    });
+    let spread = calls_over_one_connection(listen, REFUSED, 1);
     assert_eq!(
         spread.error_codes.get("Unavailable"),
         Some(&REFUSED),
