@@ -260,12 +260,7 @@ fn stats_and_status() {
 #[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = balancer_testing::port::free_port().unwrap().to_string();
     let out = ctl(&addr, &["service", "show"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));

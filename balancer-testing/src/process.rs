@@ -94,6 +94,27 @@ impl ChildGuard {
         self.child.as_mut().expect("child present until drop")
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends `signal` to the process, by its PID.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+        // SAFETY: kill on the PID of a child this guard has not reaped yet.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// SIGKILL and wait for the process to be gone.
     pub fn kill(&mut self) -> io::Result<()> {
         if let Some(mut child) = self.child.take() {
