@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    io,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -24,6 +24,7 @@ use crate::{
     cgroup::Cgroup,
     container::{place_container, CgroupView},
     netns::{run_in, NetNs},
+    process::place_at,
 };
 
 /// How to start one agent.
@@ -78,30 +79,18 @@ impl NodeAgent {
     /// namespace with the container's environment (`balancer-agent` is
     /// this build's binary). Whether it exited 0, and what it printed.
     pub fn exec(&self, bin: &Path, argv: &[String]) -> io::Result<(bool, String)> {
-        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
         let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
         let program = if program == "balancer-agent" {
             bin.to_owned()
         } else {
             PathBuf::from(program)
         };
-        let ns = fs::File::open(&self.netns_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BALANCER_RUN_DIR", self.run_dir());
-        // SAFETY: setns is async-signal-safe; the fd lives until after spawn.
-        unsafe {
-            let fd = ns.as_raw_fd();
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        place_at(&mut cmd, Some(&self.netns_path), None)?;
         let out = cmd.output()?;
-        drop(ns);
         Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
