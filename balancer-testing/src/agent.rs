@@ -106,11 +106,23 @@ impl AgentProcess {
     /// agent's exit status and log if it exits first. `what` names what
     /// is awaited.
     pub fn wait_until(&mut self, what: &str, limit: Duration, ready: impl FnMut() -> bool) -> Result<(), WaitError> {
+        self.wait_until_every(what, limit, ready::POLL, ready)
+    }
+
+    /// [`AgentProcess::wait_until`], polling every `every`.
+    pub fn wait_until_every(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        every: Duration,
+        ready: impl FnMut() -> bool,
+    ) -> Result<(), WaitError> {
         let process = &mut self.process;
         let log = &self.log;
-        let result = ready::wait(
+        let result = ready::wait_every(
             what,
             limit,
+            every,
             || match process.try_wait() {
                 Ok(Some(status)) => Some(format!("balancer-agent exited ({status})")),
                 Ok(None) => None,

@@ -43,6 +43,18 @@ impl From<WaitError> for std::io::Error {
 pub fn wait(
     what: &str,
     limit: Duration,
+    exited: impl FnMut() -> Option<String>,
+    ready: impl FnMut() -> bool,
+) -> Result<(), WaitError> {
+    wait_every(what, limit, POLL, exited, ready)
+}
+
+/// [`wait`], polling every `every` (a measurement of when something became
+/// ready wants a finer grain than a test).
+pub fn wait_every(
+    what: &str,
+    limit: Duration,
+    every: Duration,
     mut exited: impl FnMut() -> Option<String>,
     mut ready: impl FnMut() -> bool,
 ) -> Result<(), WaitError> {
@@ -64,7 +76,7 @@ pub fn wait(
                 detail: String::new(),
             });
         }
-        thread::sleep(POLL);
+        thread::sleep(every);
     }
 }
 

@@ -18,6 +18,7 @@ use balancer_agent::{admin::api, node};
 use balancer_testing::{
     agent::{self, AgentProcess, Log},
     http,
+    ready::{self, WaitError},
 };
 
 use crate::{
@@ -112,10 +113,12 @@ impl NodeAgent {
         self.admin().status()
     }
 
-    fn admin(&self) -> Admin<'_> {
+    /// This instance's admin server, reachable while the agent is waited
+    /// for ([`NodeAgent::wait_until`]).
+    pub fn admin(&self) -> Admin {
         Admin {
             run_dir: self.run_dir(),
-            netns: &self.netns_path,
+            netns: self.netns_path.clone(),
         }
     }
 
@@ -149,15 +152,24 @@ impl NodeAgent {
             "balancer-agent ready"
         };
         let mut last = None;
-        let admin = Admin {
-            run_dir: self.dir.path().join("run"),
-            netns: &self.netns_path,
-        };
-        self.process.wait_until(what, limit, || {
+        let admin = self.admin();
+        self.wait_until(what, limit, ready::POLL, || {
             last = admin.status().ok();
             last.as_ref().is_some_and(|s| s.ready || (settled && s.settled))
         })?;
         last.ok_or_else(|| io::Error::other("no status"))
+    }
+
+    /// Polls `ready` every `every` until it holds, for at most `limit`;
+    /// fails with the agent's log if it exits first.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        every: Duration,
+        ready: impl FnMut() -> bool,
+    ) -> Result<(), WaitError> {
+        self.process.wait_until_every(what, limit, every, ready)
     }
 
     /// The exit status if the process has exited, without waiting.
@@ -178,15 +190,15 @@ impl NodeAgent {
 
 /// One instance's admin server, reached from inside the node's network
 /// namespace at the address the instance wrote in its run directory.
-struct Admin<'a> {
+pub struct Admin {
     run_dir: PathBuf,
-    netns: &'a Path,
+    netns: PathBuf,
 }
 
-impl Admin<'_> {
+impl Admin {
     /// `GET path` on this instance's admin server, from inside the node's
     /// network namespace.
-    fn get(&self, path: &str) -> io::Result<http::Response> {
+    pub fn get(&self, path: &str) -> io::Result<http::Response> {
         // Only this instance's own address: never the default, which may be
         // another instance's.
         let addr: SocketAddr = balancer_agent::app::bind::read_admin_address(&self.run_dir).ok_or_else(|| {
@@ -196,7 +208,7 @@ impl Admin<'_> {
             )
         })?;
         let path = path.to_owned();
-        run_in(self.netns, move || http::get(addr, &path))?.map_err(io::Error::other)
+        run_in(&self.netns, move || http::get(addr, &path))?.map_err(io::Error::other)
     }
 
     /// `GET path` on this instance's JSON API, decoded.
