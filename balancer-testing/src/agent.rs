@@ -176,3 +176,61 @@ fn with_log(e: WaitError, log: &Option<PathBuf>) -> WaitError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    /// A stand-in for the agent: `sh -c script`.
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[test]
+    fn an_agent_that_exits_while_starting_fails_the_wait_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("balancer-testing-agent-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("agent.log");
+        let mut agent =
+            AgentProcess::spawn(sh("echo 'bad config: line 3' >&2; exit 3"), Log::File(log)).expect("spawn");
+        let err = agent
+            .wait_until("ready", Duration::from_secs(10), || false)
+            .expect_err("it exited");
+        let text = err.to_string();
+        assert!(matches!(err, WaitError::Exited { .. }), "{text}");
+        assert!(text.contains("exit status: 3"), "{text}");
+        assert!(text.contains("bad config: line 3"), "{text}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sigterm_stops_it_and_the_exit_is_seen() {
+        let mut agent = AgentProcess::spawn(sh("exec sleep 30"), Log::Discard).expect("spawn");
+        assert!(agent.try_wait().expect("try_wait").is_none(), "still running");
+        agent.sigterm().expect("SIGTERM");
+        let status = agent
+            .wait_exit(Duration::from_secs(10))
+            .expect("wait")
+            .expect("it exited on its own");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_times_out() {
+        let mut agent = AgentProcess::spawn(sh("exec sleep 30"), Log::Discard).expect("spawn");
+        let admin = crate::port::free_port().expect("port");
+        let err = agent
+            .wait_readyz(admin, Duration::from_millis(300))
+            .expect_err("nothing answers");
+        assert!(matches!(err, WaitError::TimedOut { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("http://{admin}/readyz")), "{err}");
+        let pid = agent.pid();
+        drop(agent);
+        // Dropped: killed and reaped, by its PID.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid} still there");
+    }
+}
