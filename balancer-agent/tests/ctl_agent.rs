@@ -4,12 +4,9 @@
 
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+mod support_ctl;
+
+use std::{net::SocketAddr, path::Path, process::Output, time::Duration};
 
 use balancer_agent::admin::api;
 use balancer_testing::{
@@ -21,13 +18,7 @@ use greeter::server::TestServer;
 const CALLS: u64 = 60;
 
 fn ctl(admin: SocketAddr, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .unwrap()
+    support_ctl::run(&admin.to_string(), args)
 }
 
 fn ctl_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, args: &[&str]) -> T {

@@ -4,21 +4,11 @@
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
 mod support_admin;
-
-use std::process::{Command, Output};
+mod support_ctl;
 
 use balancer_agent::api;
 use support_admin::*;
-
-fn ctl(admin: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin)
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .expect("run balancerctl")
-}
+use support_ctl::run as ctl;
 
 fn ok(fx: &Fixture, args: &[&str]) -> String {
     let out = ctl(&fx.addr.to_string(), args);
