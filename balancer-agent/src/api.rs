@@ -99,6 +99,12 @@ pub struct Service {
     /// take them (none ready, all ejected or draining, every try failed).
     #[serde(default)]
     pub no_endpoint: u64,
+    /// `PreferClose` when calls prefer close endpoints; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// `Local` when calls stay on the agent's node; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
 }
 
 impl Service {
@@ -129,6 +135,10 @@ impl Service {
             l4_connections: 0,
             received: 0,
             no_endpoint: 0,
+            traffic_distribution: (svc.traffic_distribution != model::TrafficDistribution::Any)
+                .then(|| svc.traffic_distribution.as_str().to_owned()),
+            internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
+                .then(|| svc.internal_traffic_policy.as_str().to_owned()),
         }
     }
 }
@@ -224,6 +234,11 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub zone: Option<String>,
     pub node: Option<String>,
+    /// Its locality tier for this agent, when the service prefers close
+    /// endpoints or stays on the node: `node`, `zone`, `other`, or
+    /// `off-node` (takes no call: `internalTrafficPolicy: Local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
     pub in_flight: u64,
     /// Peak-EWMA of the time to response headers, milliseconds.
     pub ewma_ms: Option<f64>,
@@ -261,6 +276,7 @@ impl Endpoint {
             labels: (*ep.labels).clone(),
             zone: ep.zone.as_deref().map(str::to_owned),
             node: ep.node.as_deref().map(str::to_owned),
+            locality: None,
             in_flight: 0,
             ewma_ms: None,
             calls: 0,

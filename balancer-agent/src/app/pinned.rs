@@ -222,6 +222,8 @@ mod tests {
                 policy: crate::model::Policy::default(),
                 endpoints: vec![],
                 routes: vec![],
+                traffic_distribution: crate::model::TrafficDistribution::Any,
+                internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
             })],
             enrolled: vec![
                 Enrolled {
@@ -235,6 +237,7 @@ mod tests {
                 },
                 Enrolled::from(PathBuf::from("/cg/static")),
             ],
+            locality: crate::model::Locality::default(),
         };
         let (pods, vips) = targets(&model);
         assert_eq!(vips, HashSet::from(["10.96.0.10:8000".parse().unwrap()]));

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::{endpoint::EndpointSnapshot, Table},
+    balance::{endpoint::EndpointSnapshot, locality, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -35,6 +35,10 @@ impl ServicesView for TableView {
             .iter()
             .map(|svc| {
                 let mut out = api::Service::from_model(svc);
+                let classes = locality::classify(svc, &model.locality);
+                for (i, ep) in out.endpoints.iter_mut().enumerate() {
+                    ep.locality = classes.label(i).map(str::to_owned);
+                }
                 if let Some(snap) = live.get(svc.name.as_str()) {
                     out.retries = snap.retries;
                     out.l4_connections = snap.tcp_connections;

@@ -22,8 +22,22 @@ fn eligible(ep: &Arc<EndpointRt>, tried: Tried<'_>) -> bool {
     ep.is_available() && !tried.contains(&identity(ep))
 }
 
-/// Picks an available endpoint of `subset` that the call has not tried yet.
+/// Picks an available endpoint of `subset` that the call has not tried yet:
+/// in a locality tier first when the subset has tiers.
 pub fn pick(
+    policy: Policy,
+    subset: &Subset,
+    endpoints: &[Arc<EndpointRt>],
+    tried: Tried<'_>,
+) -> Option<Arc<EndpointRt>> {
+    match &subset.tiers {
+        None => pick_flat(policy, subset, endpoints, tried),
+        Some(tiers) => super::locality::pick(policy, tiers, endpoints, tried),
+    }
+}
+
+/// Picks among every member of `subset`, whatever their tier.
+pub(super) fn pick_flat(
     policy: Policy,
     subset: &Subset,
     endpoints: &[Arc<EndpointRt>],

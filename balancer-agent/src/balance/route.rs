@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::{HeaderMap, HeaderName};
 
-use super::rand::rand_u64;
+use super::{
+    locality::{self, Classes, Tiers},
+    rand::rand_u64,
+};
 use crate::model::{self, StringMatch};
 
 /// What a route looks at in a call.
@@ -106,11 +109,13 @@ impl CompiledMatch {
 }
 
 /// A subset of a service's endpoints (indices into its endpoint list) with
-/// its own round-robin cursor.
+/// its own round-robin cursor, and split by locality tier when the service
+/// prefers close endpoints (see [`super::locality`]).
 #[derive(Debug, Default)]
 pub struct Subset {
     pub(crate) members: Vec<usize>,
     pub(crate) cursor: AtomicUsize,
+    pub(crate) tiers: Option<Box<Tiers>>,
 }
 
 impl Subset {
@@ -118,6 +123,7 @@ impl Subset {
         Subset {
             members,
             cursor: AtomicUsize::new(0),
+            tiers: None,
         }
     }
 }
@@ -221,8 +227,8 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     /// `endpoints` are the service's endpoints, in the order the indices of
-    /// subsets refer to.
-    pub fn compile(route: &model::Route, endpoints: &[model::Endpoint]) -> Self {
+    /// subsets refer to; `classes` their locality for this agent.
+    pub fn compile(route: &model::Route, endpoints: &[model::Endpoint], classes: &Classes) -> Self {
         let matches = route
             .matches
             .iter()
@@ -251,7 +257,7 @@ impl CompiledRoute {
                     .filter(|(_, ep)| b.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
                     .map(|(i, _)| i)
                     .collect();
-                (Subset::new(members), b.weight)
+                (locality::subset(members, classes), b.weight)
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();

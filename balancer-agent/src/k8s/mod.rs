@@ -7,6 +7,11 @@
 //! - Endpoints: EndpointSlices of the Service and port. Ready endpoints take
 //!   new calls; serving-but-terminating ones drain; zone and node are kept.
 //! - Policy: the Service annotation [`POLICY_ANNOTATION`].
+//! - Locality: the agent's node (`NODE_NAME`) and its zone (the Node's
+//!   [`ZONE_LABEL`], watched); a Service's `spec.trafficDistribution`
+//!   (`PreferClose`) or [`TOPOLOGY_MODE_ANNOTATION`] and
+//!   `spec.internalTrafficPolicy`, endpoints' zones and zone hints (see
+//!   [`crate::balance::locality`]).
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
@@ -43,14 +48,14 @@ pub mod watch;
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     runtime::{
         events::Reporter,
         reflector::{ObjectRef, Store},
         watcher,
     },
-    Api,
+    Api, ResourceExt,
 };
 use tokio::{
     sync::{mpsc, watch as tokio_watch},
@@ -58,7 +63,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::model::Model;
+use crate::model::{Locality, Model};
 pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
 pub use node_events::{FOREIGN_CONNECT_PROGRAM_REASON, NODE_UNSUPPORTED_REASON};
 pub use report::{Events, INVALID_ROUTE_REASON};
@@ -81,6 +86,13 @@ pub const RECONNECT_PINNED_LABEL: &str = "balancer.io/reconnect-pinned";
 /// Service annotation choosing the balancing policy: `round-robin`
 /// (default), `least-request` or `peak-ewma`.
 pub const POLICY_ANNOTATION: &str = "balancer.io/policy";
+/// Service annotation of topology aware routing (`Auto`): prefer close
+/// endpoints, as `spec.trafficDistribution: PreferClose` does.
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+/// Its older name (Kubernetes 1.23–1.26; `auto`).
+pub const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+/// The Node label naming its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// How Kubernetes mode runs.
 #[derive(Debug, Clone)]
@@ -184,6 +196,24 @@ struct Stores {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     routes: Store<GrpcRoute>,
+    /// This node alone (for its zone).
+    nodes: Store<Node>,
+}
+
+impl Stores {
+    /// Where this agent runs: its node, and the zone its Node object names.
+    fn locality(&self, node_name: &str) -> Locality {
+        let zone = self.nodes.get(&ObjectRef::new(node_name)).and_then(|n| {
+            n.labels()
+                .get(ZONE_LABEL)
+                .filter(|z| !z.is_empty())
+                .map(|z| z.as_str().into())
+        });
+        Locality {
+            zone,
+            node: Some(node_name.into()),
+        }
+    }
 }
 
 impl Stores {
@@ -199,8 +229,8 @@ impl Stores {
                 None => translator.slice_deleted(key),
             },
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            // Enrollment is worked out again at every publish.
-            Kind::Pods | Kind::Namespaces => {}
+            // Enrollment and locality are worked out again at every publish.
+            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
         }
     }
 
@@ -210,7 +240,7 @@ impl Stores {
             Kind::Services => translator.services_replaced(self.services.state()),
             Kind::EndpointSlices => translator.slices_replaced(self.slices.state()),
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            Kind::Pods | Kind::Namespaces => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
         }
     }
 }
@@ -297,17 +327,20 @@ pub async fn run_until(
     let (routes, t5) = watch::spawn(
         Kind::GrpcRoutes,
         Api::all(client.clone()),
-        all,
+        all.clone(),
         strip::grpc_route,
-        sig_tx,
+        sig_tx.clone(),
     );
-    let _tasks = Tasks(vec![t1, t2, t3, t4, t5]);
+    let this_node = all.fields(&format!("metadata.name={}", opts.node_name));
+    let (nodes, t6) = watch::spawn(Kind::Nodes, Api::all(client.clone()), this_node, strip::node, sig_tx);
+    let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6]);
     let stores = Stores {
         services,
         slices,
         pods,
         namespaces,
         routes,
+        nodes,
     };
 
     let events = report::Events::new(client.clone(), opts.reporter());
@@ -352,6 +385,15 @@ pub async fn run_until(
                     }
                     watch::Signal::Failed { kind, failure, error } => {
                         match failure {
+                            watch::Failure::Forbidden { .. } | watch::Failure::NotServed if kind == Kind::Nodes => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(%error,
+                                        "cannot read this node's Node object (grant get/list/watch on nodes, \
+                                         deploy/rbac.yaml): its zone is unknown, so services that prefer \
+                                         close endpoints prefer this node's only");
+                                }
+                                synced.insert(kind);
+                            }
                             watch::Failure::Forbidden { verb } if !is_ready => {
                                 return Err(K8sError::Forbidden { verb, resource: kind.resource(), message: error });
                             }
@@ -413,6 +455,7 @@ pub async fn run_until(
             ..Translation::default()
         };
         t.model.services = translator.services();
+        t.model.locality = stores.locality(&opts.node_name);
         translate::enroll(
             &mut t,
             &pods,

@@ -2,15 +2,17 @@
 //!
 //! Every agent holds every Service and EndpointSlice of the cluster; most of
 //! an object's size is fields the agent never reads (managed fields, owner
-//! references, annotations of other tools, an endpoint's `targetRef`,
-//! hints and hostname). They are dropped as each object arrives, before it
+//! references, annotations of other tools, an endpoint's `targetRef` and
+//! hostname). They are dropped as each object arrives, before it
 //! enters a reflector store.
 
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::ObjectMeta;
 
-use super::{slice::Slice, translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION};
+use super::{
+    slice::Slice, translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+};
 
 /// Drops what no reader of any kind uses.
 fn common(meta: &mut ObjectMeta) {
@@ -31,20 +33,24 @@ fn held_by_the_thousand(meta: &mut ObjectMeta) {
     meta.creation_timestamp = None;
 }
 
-/// Keeps only the annotation or label `key` of `map`.
-fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, key: &str) {
+/// Keeps only the annotations or labels `keys` of `map`.
+fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, keys: &[&str]) {
     if let Some(m) = map {
-        m.retain(|k, _| k == key);
+        m.retain(|k, _| keys.contains(&k.as_str()));
         if m.is_empty() {
             *map = None;
         }
     }
 }
 
-/// A Service: its name, ports, cluster IPs, type and policy annotation.
+/// A Service: its name, ports, cluster IPs, type, traffic policies and
+/// its policy and topology annotations.
 pub fn service(svc: &mut Service) {
     held_by_the_thousand(&mut svc.metadata);
-    keep_only(&mut svc.metadata.annotations, POLICY_ANNOTATION);
+    keep_only(
+        &mut svc.metadata.annotations,
+        &[POLICY_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION],
+    );
     svc.metadata.labels = None;
     svc.status = None;
     if let Some(spec) = &mut svc.spec {
@@ -60,7 +66,7 @@ pub fn service(svc: &mut Service) {
 pub fn endpoint_slice(slice: &mut Slice) {
     held_by_the_thousand(&mut slice.metadata);
     slice.metadata.annotations = None;
-    keep_only(&mut slice.metadata.labels, SERVICE_NAME_LABEL);
+    keep_only(&mut slice.metadata.labels, &[SERVICE_NAME_LABEL]);
 }
 
 /// A pod on this node: everything the enrollment and mesh checks read
@@ -72,6 +78,15 @@ pub fn pod(pod: &mut Pod) {
 /// A namespace: its labels and annotations (opt-in) stay.
 pub fn namespace(ns: &mut Namespace) {
     common(&mut ns.metadata);
+}
+
+/// This node: only its name and zone label.
+pub fn node(node: &mut k8s_openapi::api::core::v1::Node) {
+    held_by_the_thousand(&mut node.metadata);
+    node.metadata.annotations = None;
+    keep_only(&mut node.metadata.labels, &[super::ZONE_LABEL]);
+    node.spec = None;
+    node.status = None;
 }
 
 /// A GRPCRoute: read whole (its status too; they are few), only the managed
@@ -95,13 +110,14 @@ mod tests {
             "metadata": {
                 "name": "greeter", "namespace": "demo", "uid": "u1",
                 "labels": { "app": "greeter" },
-                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}" },
+                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                                 "service.kubernetes.io/topology-mode": "Auto" },
                 "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
             },
             "spec": {
                 "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "ClusterIP",
-                "selector": { "app": "greeter" },
+                "selector": { "app": "greeter" }, "internalTrafficPolicy": "Local",
                 "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }]
             },
             "status": { "loadBalancer": {} }
@@ -143,6 +159,18 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
+        assert_eq!(
+            after.services[0].endpoints[0].for_zones.as_deref().map(<[_]>::len),
+            Some(1)
+        );
+        assert_eq!(
+            after.services[0].traffic_distribution,
+            crate::model::TrafficDistribution::PreferClose
+        );
+        assert_eq!(
+            after.services[0].internal_traffic_policy,
+            crate::model::InternalTrafficPolicy::Local
+        );
         let size = |v: serde_json::Value| v.to_string().len();
         let (svc, s2j) = (serde_json::to_value(&svc).unwrap(), serde_json::to_value(&s2).unwrap());
         assert!(size(s2j) < size(svc));

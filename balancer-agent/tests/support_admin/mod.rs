@@ -40,6 +40,7 @@ pub fn greeter() -> api::Service {
         labels: [("version".to_owned(), version.to_owned())].into_iter().collect(),
         zone: None,
         node: None,
+        locality: None,
         in_flight: 0,
         ewma_ms: Some(1.25),
         calls: statuses.values().sum(),
@@ -76,6 +77,8 @@ pub fn greeter() -> api::Service {
         l4_connections: 0,
         received: RECEIVED,
         no_endpoint: NO_ENDPOINT,
+        traffic_distribution: None,
+        internal_traffic_policy: None,
     }
 }
 
@@ -91,6 +94,8 @@ pub fn echo() -> api::Service {
         l4_connections: 0,
         received: 0,
         no_endpoint: 0,
+        traffic_distribution: None,
+        internal_traffic_policy: None,
     }
 }
 
