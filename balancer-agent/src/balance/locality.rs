@@ -16,8 +16,11 @@
 //! uses: neither draining nor ejected by outlier detection, so overload
 //! that makes endpoints fail or refuse calls moves traffic outwards too.
 //! A call whose drawn tier has nothing left for it (every endpoint tried or
-//! unavailable) tries the other tiers, closest first: endpoints being down
-//! near the agent never fail a call while others are ready.
+//! unavailable) tries the other tiers, closest first; a call retried (its
+//! endpoint refused it or could not be reached) goes first to the closest
+//! tier it has not tried yet, as Envoy's `previous_priorities` retry
+//! option does. So endpoints dying near the agent, before outlier
+//! detection ejects them, fail no call while others are ready.
 //!
 //! `internal_traffic_policy: Local` keeps only the endpoints on the agent's
 //! node; the others never take a call, even when none is local.
@@ -29,7 +32,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{endpoint::EndpointRt, pick::Tried, rand::rand_u64, route::Subset};
+use super::{
+    endpoint::EndpointRt,
+    pick::{identity, Tried},
+    rand::rand_u64,
+    route::Subset,
+};
 use crate::model::{Endpoint, InternalTrafficPolicy, Locality, Policy, Service, TrafficDistribution};
 
 /// Envoy's overprovisioning factor: a tier keeps all its calls while at
@@ -210,6 +218,22 @@ pub(super) fn pick(
             .iter()
             .filter(|i| endpoints.get(**i).is_some_and(|e| e.is_available()))
             .count();
+    }
+    if !tried.is_empty() {
+        // A retry: tiers the call has not tried yet first, closest first.
+        let mut was_tried = [false; 3];
+        for (t, s) in tiers.0.iter().enumerate() {
+            was_tried[t] = s
+                .members
+                .iter()
+                .any(|i| endpoints.get(*i).is_some_and(|e| tried.contains(&identity(e))));
+        }
+        let order = (0..3)
+            .filter(|t| !was_tried[*t])
+            .chain((0..3).filter(|t| was_tried[*t]));
+        return order
+            .into_iter()
+            .find_map(|t| super::pick::pick_flat(policy, &tiers.0[t], endpoints, tried));
     }
     let shares = shares(available, total);
     let first = if shares.contains(&1.0) {

@@ -534,9 +534,15 @@ fn a_call_that_tried_the_close_endpoints_goes_further() {
     assert_eq!(first.address, addr(2));
     let second = st.pick(&meta, &[pick::identity(&first)]).unwrap();
     assert!([addr(1), addr(3)].contains(&second.address), "the zone next");
-    let tried: Vec<usize> = st.endpoints[..3].iter().map(pick::identity).collect();
+    let tried = [pick::identity(&first), pick::identity(&second)];
     let third = st.pick(&meta, &tried).unwrap();
-    assert!([addr(4), addr(5)].contains(&third.address), "then the rest");
+    assert!(
+        [addr(4), addr(5)].contains(&third.address),
+        "a retry goes to a tier it has not tried, before the rest of the zone"
+    );
+    let tried: Vec<usize> = [0, 1, 3].iter().map(|i| pick::identity(&st.endpoints[*i])).collect();
+    let fourth = st.pick(&meta, &tried).unwrap();
+    assert_eq!(fourth.address, addr(3), "then what is left, closest first");
 }
 
 #[test]
