@@ -48,7 +48,10 @@ pub fn greeter() -> api::Service {
         connect_failures: 0,
         upstream_connections: 1,
     };
+    let mut a = ep("127.0.0.1:50051", "v1", statuses_a);
+    (a.zone, a.locality) = (Some("zone-1".into()), Some("zone".into()));
     let mut b = ep("127.0.0.1:50052", "v2", statuses_b);
+    (b.zone, b.locality) = (Some("zone-2".into()), Some("other".into()));
     b.ejected = true;
     b.ejections = 1;
     b.ejections_total = 4;
@@ -72,12 +75,12 @@ pub fn greeter() -> api::Service {
                 },
             ],
         }],
-        endpoints: vec![ep("127.0.0.1:50051", "v1", statuses_a), b],
+        endpoints: vec![a, b],
         retries: 5,
         l4_connections: 0,
         received: RECEIVED,
         no_endpoint: NO_ENDPOINT,
-        traffic_distribution: None,
+        traffic_distribution: Some("PreferClose".into()),
         internal_traffic_policy: None,
     }
 }
