@@ -26,7 +26,9 @@
 //! node; the others never take a call, even when none is local.
 //!
 //! A service with neither is balanced as if locality did not exist: one
-//! subset, no per-call work.
+//! subset, no per-call work. A tiered pick costs one pass over the subset
+//! per call (counting each tier's available endpoints), which is what
+//! keeps the spill-over exact as endpoints are ejected and come back.
 
 use std::sync::Arc;
 
