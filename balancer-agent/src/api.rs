@@ -2,11 +2,19 @@
 //! `balancerctl` reads. Plain data, stable field names; optional fields are
 //! `null` when the agent does not know them.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model;
+use crate::{
+    balance::{EndpointSnapshot, ServiceSnapshot},
+    model,
+};
+
+pub use crate::balance::{EndpointStats, ServiceCounters};
 
 /// `/api/v1/status`: what `/readyz` decides on, and where the state comes from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -79,7 +87,9 @@ pub struct SourceStatus {
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and
-/// per-endpoint state.
+/// per-endpoint state. Its counters are the balancer's snapshot
+/// ([`ServiceCounters`]: `calls`, `no_endpoint`, `retries`,
+/// `l4_connections`), flattened into the document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
@@ -88,17 +98,8 @@ pub struct Service {
     pub policy: String,
     pub routes: Vec<Route>,
     pub endpoints: Vec<Endpoint>,
-    /// Calls retried on another endpoint.
-    pub retries: u64,
-    /// Client connections proxied as plain TCP (no HTTP/2 preface).
-    pub l4_connections: u64,
-    /// Calls the service received (those the agent answered itself too).
-    #[serde(default)]
-    pub received: u64,
-    /// Calls answered UNAVAILABLE by the agent because no endpoint could
-    /// take them (none ready, all ejected or draining, every try failed).
-    #[serde(default)]
-    pub no_endpoint: u64,
+    #[serde(flatten)]
+    pub counters: ServiceCounters,
     /// `PreferClose` when calls prefer close endpoints; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<String>,
@@ -108,33 +109,35 @@ pub struct Service {
 }
 
 impl Service {
-    /// Calls that ended on any endpoint.
-    pub fn calls(&self) -> u64 {
-        self.endpoints.iter().map(|e| e.calls).sum()
-    }
-
-    /// Calls that ended with a non-OK status or a reset.
+    /// Calls that did not end with OK: those that ended so on an endpoint
+    /// (resets included) and those the agent answered UNAVAILABLE itself.
     pub fn errors(&self) -> u64 {
-        self.endpoints.iter().map(Endpoint::errors).sum()
+        self.endpoints.iter().map(|e| e.stats.errors()).sum::<u64>() + self.counters.no_endpoint
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.endpoints.iter().map(|e| e.in_flight).sum()
+        self.endpoints.iter().map(|e| e.stats.in_flight).sum()
     }
 
-    /// The service as configured, with every statistic at zero.
-    pub fn from_model(svc: &model::Service) -> Self {
+    /// The service as configured, with the statistics of `live` (the
+    /// balancer's snapshot of it; zeros without one).
+    pub fn new(svc: &model::Service, live: Option<&ServiceSnapshot>) -> Self {
+        let live_eps: HashMap<SocketAddr, &EndpointSnapshot> = live
+            .map(|l| l.endpoints.iter().map(|e| (e.address, e)).collect())
+            .unwrap_or_default();
+        let endpoints = svc
+            .endpoints
+            .iter()
+            .map(|ep| Endpoint::new(ep, live_eps.get(&ep.address).copied()))
+            .collect();
         Service {
             name: svc.name.clone(),
             vips: svc.vips.clone(),
             listen: svc.listen,
             policy: svc.policy.to_string(),
             routes: svc.routes.iter().map(Route::from_model).collect(),
-            endpoints: svc.endpoints.iter().map(Endpoint::from_model).collect(),
-            retries: 0,
-            l4_connections: 0,
-            received: 0,
-            no_endpoint: 0,
+            endpoints,
+            counters: live.map(|l| l.counters).unwrap_or_default(),
             traffic_distribution: (svc.traffic_distribution != model::TrafficDistribution::Any)
                 .then(|| svc.traffic_distribution.as_str().to_owned()),
             internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
@@ -219,18 +222,13 @@ pub fn selector(labels: &model::Labels) -> String {
         .join(",")
 }
 
-/// One endpoint of a service with its load and call statistics.
+/// One endpoint of a service: where it is, what it is, and the balancer's
+/// statistics of it ([`EndpointStats`], flattened into the document).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     /// `ready` or `draining`.
     pub state: String,
-    pub ejected: bool,
-    /// Times passive health checking ejected it (since it last recovered).
-    pub ejections: u64,
-    /// Times passive health checking ejected it, in all.
-    #[serde(default)]
-    pub ejections_total: u64,
     pub labels: BTreeMap<String, String>,
     pub zone: Option<String>,
     pub node: Option<String>,
@@ -239,50 +237,23 @@ pub struct Endpoint {
     /// `off-node` (takes no call: `internalTrafficPolicy: Local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
-    pub in_flight: u64,
-    /// Peak-EWMA of the time to response headers, milliseconds.
-    pub ewma_ms: Option<f64>,
-    /// Calls that ended on this endpoint (any status or reset).
-    pub calls: u64,
-    /// Calls by gRPC status code (`"0"` is OK; `"reset"` for streams reset
-    /// before a status arrived; `"other"` for codes above 16).
-    pub statuses: BTreeMap<String, u64>,
-    /// Connects that failed.
-    pub connect_failures: u64,
-    pub upstream_connections: u64,
+    #[serde(flatten)]
+    pub stats: EndpointStats,
 }
 
 impl Endpoint {
-    /// Calls that did not end with OK.
-    pub fn errors(&self) -> u64 {
-        self.statuses
-            .iter()
-            .filter(|(k, _)| k.as_str() != "0")
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    pub fn from_model(ep: &model::Endpoint) -> Self {
+    /// The endpoint as configured, with the statistics of `live` (zeros
+    /// without one). Draining in either is draining.
+    pub fn new(ep: &model::Endpoint, live: Option<&EndpointSnapshot>) -> Self {
+        let draining = ep.state == model::EndpointState::Draining || live.is_some_and(|l| l.draining);
         Endpoint {
             address: ep.address,
-            state: match ep.state {
-                model::EndpointState::Ready => "ready",
-                model::EndpointState::Draining => "draining",
-            }
-            .to_owned(),
-            ejected: false,
-            ejections: 0,
-            ejections_total: 0,
+            state: if draining { "draining" } else { "ready" }.to_owned(),
             labels: (*ep.labels).clone(),
             zone: ep.zone.as_deref().map(str::to_owned),
             node: ep.node.as_deref().map(str::to_owned),
             locality: None,
-            in_flight: 0,
-            ewma_ms: None,
-            calls: 0,
-            statuses: BTreeMap::new(),
-            connect_failures: 0,
-            upstream_connections: 0,
+            stats: live.map(|l| l.stats.clone()).unwrap_or_default(),
         }
     }
 }
@@ -416,8 +387,14 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStats {
     pub service: String,
+    /// Calls the service received ([`ServiceCounters::calls`]).
     pub calls: u64,
+    /// Calls that did not end with OK ([`Service::errors`]).
     pub errors: u64,
+    /// Of those, calls the agent answered UNAVAILABLE for want of an
+    /// endpoint ([`ServiceCounters::no_endpoint`]).
+    #[serde(default)]
+    pub no_endpoint: u64,
     pub in_flight: u64,
     pub latency: Histogram,
 }

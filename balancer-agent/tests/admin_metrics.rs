@@ -70,6 +70,11 @@ fn call_counters_match_the_known_calls() {
     assert_eq!(get(&s, "balancer_endpoint_ejections_total", &a), 0.0);
     assert_eq!(get(&s, "balancer_upstream_connections", &a), 1.0);
     assert_eq!(get(&s, "balancer_retries_total", &[("service", "greeter")]), 5.0);
+    assert_eq!(
+        get(&s, "balancer_service_l4_connections_total", &[("service", "greeter")]),
+        2.0
+    );
+    assert_eq!(get(&s, "balancer_endpoint_refused_total", &b), 6.0);
     let greeter = [("service", "greeter")];
     assert_eq!(get(&s, "balancer_service_calls_total", &greeter), RECEIVED as f64);
     assert_eq!(get(&s, "balancer_no_endpoint_total", &greeter), NO_ENDPOINT as f64);
@@ -118,7 +123,31 @@ fn connections_kernel_and_source() {
     assert_eq!(get(&s, "balancer_client_connections_refused_total", &[]), 1.0);
     assert_eq!(get(&s, "balancer_l4_fallback_connections_total", &[]), 1.0);
     assert_eq!(get(&s, "balancer_client_streams_total", &[]), 3.0);
-    assert_eq!(get(&s, "balancer_redirected_connections_total", &[]), 42.0);
+    // Both connect programs redirect; each has its own counters.
+    assert_eq!(
+        get(&s, "balancer_redirected_connections_total", &[]),
+        (42 + CONNECT6_REDIRECTED) as f64
+    );
+    for (program, redirected) in [("connect4", 42), ("connect6", CONNECT6_REDIRECTED)] {
+        assert_eq!(
+            get(
+                &s,
+                "balancer_kernel_events_total",
+                &[("program", program), ("event", "redirected")]
+            ),
+            redirected as f64
+        );
+    }
+    let programs: std::collections::BTreeSet<&str> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "balancer_kernel_program_runs_total")
+        .filter_map(|x| x.labels.get("program"))
+        .collect();
+    assert_eq!(
+        programs,
+        ["connect4", "connect6", "getsockopt", "sk_msg", "sock_ops"].into()
+    );
     assert_eq!(
         get(&s, "balancer_kernel_program_runs_total", &[("program", "sk_msg")]),
         113.0

@@ -140,7 +140,8 @@ fn balancerctl_and_metrics_count_the_calls_made() {
 
     // service show: JSON and table.
     let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
-    assert_eq!(svc.calls(), CALLS);
+    assert_eq!(svc.counters.calls, CALLS);
+    assert_eq!(svc.counters.no_endpoint, 0);
     assert_eq!(svc.errors(), 0);
     assert_eq!(svc.vips, vec!["10.96.0.10:8000".parse::<SocketAddr>().unwrap()]);
     let services: Vec<api::Service> = ctl_json(admin, &["service", "show"]);
@@ -155,8 +156,8 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     let eps: Vec<api::Endpoint> = ctl_json(admin, &["endpoint", "show", "greeter"]);
     for (ep, backend) in eps.iter().zip([&v1, &v2]) {
         assert_eq!(ep.address, backend.addr());
-        assert_eq!(ep.calls, backend.calls(), "{}", ep.address);
-        assert_eq!(ep.statuses.get("0").copied(), Some(backend.calls()));
+        assert_eq!(ep.stats.calls, backend.calls(), "{}", ep.address);
+        assert_eq!(ep.stats.statuses.get("0").copied(), Some(backend.calls()));
     }
     let table = String::from_utf8(ctl(admin, &["endpoint", "show", "greeter"]).stdout).unwrap();
     assert!(
@@ -221,6 +222,88 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     );
     v1.stop();
     v2.stop();
+}
+
+/// Calls no endpoint could take are answered UNAVAILABLE by the agent
+/// itself: `balancerctl` (JSON and tables) and `/metrics` count them alike.
+#[test]
+fn calls_the_agent_answers_itself_are_counted_alike_everywhere() {
+    const REFUSED: u64 = 7;
+    let admin = free_port();
+    let listen = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    // The service's only endpoint is draining: no call can go anywhere.
+    let config = format!(
+        "admin: {admin}\nservices:\n  - name: closed\n    vip: 10.96.0.12:8000\n    listen: {listen}\n    endpoints:\n      - {{ address: 127.0.0.1:1, state: draining }}\n"
+    );
+    let mut agent = start_agent(dir.path(), &config, &[]);
+    wait_ready(admin, &mut agent);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spread = rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            greeter::client::say_hello_spread(channel, REFUSED, 1, Duration::from_secs(10)),
+        )
+        .await
+        .expect("calls finished within 60 s")
+    });
+    assert_eq!(
+        spread.error_codes.get("Unavailable"),
+        Some(&REFUSED),
+        "{}",
+        spread.table()
+    );
+    assert!(
+        spread.first_error.as_deref().is_some_and(|e| e.contains("closed")),
+        "the answer names the service: {}",
+        spread.table()
+    );
+
+    // JSON: the service document and the stats.
+    let svc: api::Service = ctl_json(admin, &["service", "show", "closed"]);
+    assert_eq!((svc.counters.calls, svc.counters.no_endpoint), (REFUSED, REFUSED));
+    assert_eq!(svc.errors(), REFUSED);
+    assert_eq!(svc.endpoints[0].stats.calls, 0, "no call reached the endpoint");
+    let rows: Vec<serde_json::Value> = ctl_json(admin, &["stats"]);
+    let row = rows.iter().find(|r| r["service"] == "closed").unwrap();
+    assert_eq!(
+        (&row["calls"], &row["errors"], &row["no_endpoint"]),
+        (&REFUSED.into(), &REFUSED.into(), &REFUSED.into())
+    );
+
+    // Tables.
+    let table = String::from_utf8(ctl(admin, &["service", "show"]).stdout).unwrap();
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let col = |name: &str| {
+        row[head
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("{name}: {table}"))]
+    };
+    assert_eq!(
+        (col("CALLS"), col("ERRORS"), col("NO-ENDPOINT")),
+        ("7", "7", "7"),
+        "{table}"
+    );
+
+    // /metrics: the same numbers.
+    let (code, body) = AdminClient::new(&admin.to_string()).get_raw("/metrics").unwrap();
+    assert_eq!(code, 200);
+    let text = String::from_utf8(body).unwrap();
+    let closed = [("service", "closed")];
+    assert_eq!(
+        metric_sum(&text, "balancer_service_calls_total", &closed),
+        REFUSED as f64
+    );
+    assert_eq!(metric_sum(&text, "balancer_no_endpoint_total", &closed), REFUSED as f64);
+    assert_eq!(metric_sum(&text, "balancer_requests_total", &closed), 0.0);
 }
 
 #[test]

@@ -117,12 +117,16 @@ fn service_show() {
     assert_eq!(col(&head, g, "VIPS"), "10.96.0.10:8000");
     assert_eq!(col(&head, g, "POLICY"), "round-robin");
     assert_eq!(col(&head, g, "ENDPOINTS"), "1/2"); // one ejected
+                                                   // Every call the service received, those the agent answered itself
+                                                   // (no endpoint could take them) included, and those among the errors.
+    assert_eq!(col(&head, g, "CALLS"), RECEIVED.to_string());
     assert_eq!(
-        col(&head, g, "CALLS"),
-        (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string()
+        col(&head, g, "ERRORS"),
+        (UNAVAILABLE_B + RESETS_B + NO_ENDPOINT).to_string()
     );
-    assert_eq!(col(&head, g, "ERRORS"), (UNAVAILABLE_B + RESETS_B).to_string());
+    assert_eq!(col(&head, g, "NO-ENDPOINT"), NO_ENDPOINT.to_string());
     assert_eq!(col(&head, &rows[1], "NAME"), "default/echo");
+    assert_eq!(col(&head, &rows[1], "NO-ENDPOINT"), "0");
 
     let services: Vec<api::Service> = json(&fx, &["service", "show"]);
     assert_eq!(services, vec![greeter(), echo()]);
@@ -137,6 +141,7 @@ fn service_show() {
         detail.contains("Locality:   PreferClose (endpoints: 1 zone, 1 other)"),
         "{detail}"
     );
+    assert!(detail.contains(&format!("No endpoint: {NO_ENDPOINT}")), "{detail}");
     let one: api::Service = json(&fx, &["service", "show", "default/echo"]);
     assert_eq!(one, echo());
 }
@@ -184,9 +189,21 @@ fn pod_and_conn_show() {
 fn prog_and_map_show_and_dump() {
     let fx = start(true);
     let (head, rows) = table(&ok(&fx, &["prog", "show"]));
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     assert_eq!(col(&head, &rows[0], "NAME"), "connect4");
     assert_eq!(col(&head, &rows[0], "REDIRECTED"), "42");
+    // connect6 has its own row and counters.
+    let c6 = rows
+        .iter()
+        .find(|r| col(&head, r, "NAME") == "connect6")
+        .expect("connect6 row");
+    assert_eq!(col(&head, c6, "REDIRECTED"), CONNECT6_REDIRECTED.to_string());
+    let sk_msg = rows
+        .iter()
+        .find(|r| col(&head, r, "NAME") == "sk_msg")
+        .expect("sk_msg row");
+    assert_eq!(col(&head, sk_msg, "BYTES"), SK_MSG_BYTES.to_string());
+    assert_eq!(col(&head, c6, "BYTES"), "-");
     assert_eq!(col(&head, &rows[0], "ATTACHED TO"), "cgroup /sys/fs/cgroup/test");
     let one: Vec<api::Program> = json(&fx, &["prog", "show", "13"]);
     assert_eq!(one.len(), 1);
@@ -211,13 +228,13 @@ fn stats_and_status() {
     let fx = start(true);
     let (head, rows) = table(&ok(&fx, &["stats"]));
     let g = rows.iter().find(|r| r[0] == "greeter").expect("greeter row");
-    assert_eq!(
-        col(&head, g, "CALLS"),
-        (OK_A + OK_B + UNAVAILABLE_B + RESETS_B).to_string()
-    );
+    assert_eq!(col(&head, g, "CALLS"), RECEIVED.to_string());
+    assert_eq!(col(&head, g, "NO-ENDPOINT"), NO_ENDPOINT.to_string());
     assert!(col(&head, g, "P50").ends_with("ms"), "{g:?}");
     let json_rows: Vec<serde_json::Value> = json(&fx, &["stats"]);
     let g = json_rows.iter().find(|r| r["service"] == "greeter").unwrap();
+    assert_eq!(g["no_endpoint"], NO_ENDPOINT);
+    assert_eq!(g["errors"], UNAVAILABLE_B + RESETS_B + NO_ENDPOINT);
     let p99 = g["p99_seconds"].as_f64().unwrap();
     assert!((0.025..=0.05).contains(&p99), "{p99}");
     // --watch: interval rates; nothing happened in the interval.

@@ -22,9 +22,12 @@ async fn connect_refused_is_retried_on_another_endpoint_and_ejected() {
     let snap = p.table.snapshot();
     let svc = &snap.services[0];
     let d = svc.endpoints.iter().find(|e| e.address == dead).unwrap();
-    assert_eq!(d.connect_failures, 5, "ejected after 5 consecutive failures: {d:?}");
-    assert!(d.ejected);
-    assert_eq!(svc.retries, 5);
+    assert_eq!(
+        d.stats.connect_failures, 5,
+        "ejected after 5 consecutive failures: {d:?}"
+    );
+    assert!(d.stats.ejected);
+    assert_eq!(svc.counters.retries, 5);
 }
 
 #[tokio::test]
@@ -63,7 +66,7 @@ async fn refused_streams_are_retried_with_their_body() {
         .iter()
         .find(|e| e.address == refuse.addr)
         .unwrap();
-    assert_eq!(r.refused as usize, refuse.calls.load(SeqCst));
+    assert_eq!(r.stats.refused as usize, refuse.calls.load(SeqCst));
 }
 
 #[tokio::test]
@@ -173,7 +176,7 @@ async fn no_endpoint_answers_unavailable_naming_the_service() {
         "{}",
         a.grpc_message()
     );
-    assert_eq!(p.table.snapshot().services[0].no_endpoint, 2);
+    assert_eq!(p.table.snapshot().services[0].counters.no_endpoint, 2);
 }
 
 #[tokio::test]
@@ -218,7 +221,7 @@ async fn unavailable_answers_count_towards_ejection() {
         .iter()
         .find(|e| e.address == sick.addr)
         .unwrap();
-    assert!(s.ejected, "{s:?}");
+    assert!(s.stats.ejected, "{s:?}");
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn forwards_headers_body_trailers_and_metadata() {
     assert_eq!(a.grpc_status(), Some(5));
     assert_eq!(a.grpc_message(), "from endpoint");
     let snap = p.table.snapshot();
-    assert_eq!(snap.services[0].endpoints[0].errors.get("5"), Some(&1));
+    assert_eq!(snap.services[0].endpoints[0].stats.statuses.get("5"), Some(&1));
 }
 
 #[tokio::test]
@@ -77,8 +77,8 @@ async fn calls_on_one_connection_spread_over_endpoints() {
     // A few pooled connections per endpoint, not one per call.
     let snap = p.table.snapshot();
     for e in &snap.services[0].endpoints {
-        assert!((1..=2).contains(&e.upstream_connections), "{e:?}");
-        assert_eq!(e.in_flight, 0);
+        assert!((1..=2).contains(&e.stats.upstream_connections), "{e:?}");
+        assert_eq!(e.stats.in_flight, 0);
     }
 }
 
@@ -181,7 +181,7 @@ async fn client_cancel_resets_the_upstream_stream() {
     })
     .await;
     within("in-flight back to zero", async {
-        while p.table.snapshot().services[0].in_flight != 0 {
+        while p.table.snapshot().services[0].in_flight() != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -112,7 +112,7 @@ async fn rapid_resets_do_not_wedge_the_proxy() {
     within("in-flight back to zero", async {
         loop {
             let snap = p.table.snapshot();
-            if snap.services[0].in_flight == 0 {
+            if snap.services[0].in_flight() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -707,7 +707,7 @@ async fn settled(n: &AtomicUsize) -> usize {
 async fn in_flight_drains(p: &TestProxy) {
     within("in-flight calls back to zero", async {
         loop {
-            if p.table.snapshot().services[0].in_flight == 0 {
+            if p.table.snapshot().services[0].in_flight() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -67,7 +67,7 @@ async fn http1_and_tls_bytes_are_proxied_byte_for_byte_off_the_fast_path() {
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     let almost = b"PRI * HTTP/2.0\r\n\r\nXX and more";
     assert_eq!(echo_roundtrip(&mut s, almost).await, almost);
-    assert_eq!(p.table.snapshot().services[0].tcp_connections, 3);
+    assert_eq!(p.table.snapshot().services[0].counters.l4_connections, 3);
 }
 
 #[tokio::test]

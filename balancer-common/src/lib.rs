@@ -178,6 +178,11 @@ pub mod path {
 /// fast path; from now on both sides send through TCP.
 pub const CONN_LEFT_FAST_PATH: u32 = 1;
 
+/// Flag in [`Connection::flags`]: the entry pairs the agent's upstream socket
+/// with a node-local endpoint's accepted socket; `original` is the endpoint
+/// and the `pod_*` fields describe the endpoint's socket.
+pub const CONN_UPSTREAM: u32 = 2;
+
 /// Value of the connections map, keyed by the [`SockKey`] of the agent's
 /// (accepted) socket. Written by sock_ops when the pod's side is established,
 /// read by getsockopt (`SO_ORIGINAL_DST`) and by sk_msg, removed when the
@@ -237,6 +242,9 @@ pub mod sizes {
     pub const CONNECTIONS: u32 = 131_072;
     /// Sockets in the fast path (two per connection).
     pub const SOCKETS: u32 = 131_072;
+    /// The agent's upstream sockets offered to the fast path, between
+    /// connect and established (LRU).
+    pub const UPSTREAM_OFFERS: u32 = 4_096;
 }
 
 /// `SOL_IP`.

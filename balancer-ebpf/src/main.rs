@@ -6,6 +6,9 @@
 //! * `sock_ops` moves that destination to the connections map (keyed by the
 //!   agent side's socket) when the pod's side is established, and puts both
 //!   local sockets into the fast-path SOCKHASH (unless the fast path is off).
+//!   An agent socket offered by cookie (`UPSTREAM_OFFERS`) is paired the same
+//!   way with the endpoint's accepted socket, when that endpoint is a pod of
+//!   this node.
 //! * `sk_msg` on that SOCKHASH hands each message to the peer socket. A
 //!   socket decides at its first message: if it cannot be redirected then, it
 //!   stays on TCP for good (mixing the two paths would reorder bytes).

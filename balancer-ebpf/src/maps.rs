@@ -25,6 +25,11 @@ pub static ENROLLED: HashMap<u64, EnrolledValue> = HashMap::with_max_entries(siz
 #[map(name = "ORIG_BY_COOKIE")]
 pub static ORIG_BY_COOKIE: LruHashMap<u64, Ipv4Endpoint> = LruHashMap::with_max_entries(sizes::ORIGINAL_BY_COOKIE, 0);
 
+/// The agent's upstream sockets offered to the fast path, by socket cookie
+/// (written by the agent before it connects to an endpoint).
+#[map(name = "UPSTREAM_OFFERS")]
+pub static UPSTREAM_OFFERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(sizes::UPSTREAM_OFFERS, 0);
+
 /// Redirected connections, keyed by the agent side's socket.
 #[map(name = "CONNECTIONS")]
 pub static CONNECTIONS: LruHashMap<SockKey, Connection> = LruHashMap::with_max_entries(sizes::CONNECTIONS, 0);

@@ -34,10 +34,17 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<Outcome, ()> {
             remote: Ipv4Endpoint::new((*md).remote_ip4, port_from_remote_u32((*md).remote_port)),
         }
     };
-    let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
-    let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
-    let Some(conn) = CONNECTIONS.get_ptr_mut(conn_key) else {
-        return Ok(Outcome::Passed);
+    // The connection's entry is keyed by the agent's socket: this socket's
+    // own key on the agent's side, its peer's on the other.
+    let (agent_side, conn_key, conn) = match CONNECTIONS.get_ptr_mut(own) {
+        Some(conn) => (true, own, conn),
+        None => {
+            let key = own.peer(cfg.agent_netns);
+            let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
+                return Ok(Outcome::Passed);
+            };
+            (false, key, conn)
+        }
     };
     // SAFETY: a value pointer returned by the lookup; each side writes only
     // its own path field, under its socket's lock.

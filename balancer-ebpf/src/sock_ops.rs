@@ -1,4 +1,5 @@
-//! `sock_ops`: pair the two local sockets of a redirected connection.
+//! `sock_ops`: pair the two local sockets of a redirected connection, and
+//! of the agent's connection to an endpoint on this node.
 
 use aya_ebpf::{
     bindings::{
@@ -10,9 +11,11 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext as _,
 };
-use balancer_common::{path, port_from_host_u32, port_from_remote_u32, Connection, Ipv4Endpoint, Program, SockKey};
+use balancer_common::{
+    path, port_from_host_u32, port_from_remote_u32, Connection, Ipv4Endpoint, Program, SockKey, CONN_UPSTREAM,
+};
 
-use crate::maps::{config, count, Outcome, CONNECTIONS, ORIG_BY_COOKIE, SOCKETS};
+use crate::maps::{config, count, Outcome, CONNECTIONS, ORIG_BY_COOKIE, SOCKETS, UPSTREAM_OFFERS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -48,7 +51,7 @@ fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
     // SAFETY: helper call with the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(original) = ORIG_BY_COOKIE.get_ptr(cookie) else {
-        return Ok(Outcome::Passed);
+        return on_upstream(ctx, cookie);
     };
     // SAFETY: a value pointer returned by the lookup.
     let original = unsafe { *original };
@@ -72,18 +75,69 @@ fn on_active(ctx: &SockOpsContext) -> Result<Outcome, ()> {
     insert_socket(ctx, own, cfg.fast_path != 0, 0)
 }
 
-/// The agent's side (accepted) is established.
+/// An active socket that is not a redirected pod's: the agent's connection
+/// to an endpoint, if the agent offered it to the fast path. Its entry waits
+/// for the endpoint's side (`on_passive`); if that never comes — the
+/// endpoint is on another node, or outside the attach cgroup — the agent's
+/// first message finds no peer and pins the socket to TCP, and the agent
+/// takes it out of the map.
+fn on_upstream(ctx: &SockOpsContext, cookie: u64) -> Result<Outcome, ()> {
+    if UPSTREAM_OFFERS.get_ptr(cookie).is_none() {
+        return Ok(Outcome::Passed);
+    }
+    let _ = UPSTREAM_OFFERS.remove(cookie);
+    let Some(cfg) = config() else {
+        return Ok(Outcome::Passed);
+    };
+    let own = own_key(ctx);
+    if cfg.fast_path == 0 || ctx.family() != AF_INET || own.netns != cfg.agent_netns {
+        return Ok(Outcome::Passed);
+    }
+    let connection = Connection {
+        original: own.remote,
+        pod_netns: 0,
+        pod_cookie: 0,
+        pod_path: path::UNDECIDED,
+        agent_path: path::UNDECIDED,
+        flags: CONN_UPSTREAM,
+        _pad: 0,
+    };
+    CONNECTIONS.insert(own, connection, BPF_ANY.into()).map_err(|_| ())?;
+    // Get told when it closes, to drop the connection's entry.
+    insert_socket(ctx, own, true, BPF_SOCK_OPS_STATE_CB_FLAG)
+}
+
+/// The passive side is established: the agent's accepted socket of a
+/// redirected connection, or a node-local endpoint's socket accepted from
+/// the agent's upstream connect.
 fn on_passive(ctx: &SockOpsContext) -> Result<Outcome, ()> {
-    if ctx.family() != AF_INET {
+    if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(Outcome::Passed);
     }
     let own = own_key(ctx);
-    if CONNECTIONS.get_ptr(own).is_none() {
+    if CONNECTIONS.get_ptr(own).is_some() {
+        if ctx.family() != AF_INET {
+            return Ok(Outcome::Passed);
+        }
+        let fast_path = config().is_some_and(|cfg| cfg.fast_path != 0);
+        // Get told when it closes, to drop the connection's entry.
+        return insert_socket(ctx, own, fast_path, BPF_SOCK_OPS_STATE_CB_FLAG);
+    }
+    let Some(cfg) = config() else {
+        return Ok(Outcome::Passed);
+    };
+    let Some(conn) = CONNECTIONS.get_ptr_mut(own.peer(cfg.agent_netns)) else {
+        return Ok(Outcome::Passed);
+    };
+    // SAFETY: a value pointer returned by the lookup.
+    let conn = unsafe { &mut *conn };
+    if conn.flags & CONN_UPSTREAM == 0 {
         return Ok(Outcome::Passed);
     }
-    let fast_path = config().is_some_and(|cfg| cfg.fast_path != 0);
-    // Get told when it closes, to drop the connection's entry.
-    insert_socket(ctx, own, fast_path, BPF_SOCK_OPS_STATE_CB_FLAG)
+    conn.pod_netns = own.netns;
+    // SAFETY: helper call with the program's own context.
+    conn.pod_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    insert_socket(ctx, own, true, 0)
 }
 
 /// Puts the socket into the fast-path map (if the fast path is on) and sets
@@ -125,11 +179,13 @@ fn on_transmit(ctx: &SockOpsContext) {
         return;
     };
     let own = own_key(ctx);
-    let agent_side = own.netns == cfg.agent_netns && own.local == cfg.listener;
-    let conn_key = if agent_side { own } else { own.peer(cfg.agent_netns) };
     // SAFETY: the context is valid for the program's whole run.
     let data_len = unsafe { (*ctx.ops).skb_len };
-    if let Some(conn) = CONNECTIONS.get_ptr_mut(conn_key) {
+    let (agent_side, conn) = match CONNECTIONS.get_ptr_mut(own) {
+        Some(conn) => (true, Some(conn)),
+        None => (false, CONNECTIONS.get_ptr_mut(own.peer(cfg.agent_netns))),
+    };
+    if let Some(conn) = conn {
         // SAFETY: a value pointer returned by the lookup; this socket's path
         // field is only written under this socket's lock.
         let path = unsafe {

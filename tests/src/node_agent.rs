@@ -158,7 +158,8 @@ impl NodeAgent {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Total calls the agent finished, per service (from its stats).
+    /// Calls the agent received, per service (from its stats; those it
+    /// answered UNAVAILABLE itself included).
     pub fn calls(&self) -> io::Result<BTreeMap<String, u64>> {
         let stats: api::Stats = self
             .with_admin(|c| c.get::<api::Stats>("/api/v1/stats"))?

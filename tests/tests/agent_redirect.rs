@@ -17,6 +17,7 @@ use std::{
 
 use balancer_tests::{
     built,
+    cgroup::Cgroup,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
     topology::{Pod, Topology},
@@ -68,16 +69,18 @@ fn node_cmd(topo: &Topology, argv: &[&str]) -> std::process::Output {
 }
 
 fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
-    start_node_with(topo, &config(topo, weights))
+    start_node_with(topo, &config(topo, weights), None)
 }
 
-/// The backends and the agent on the static file `text`.
-fn start_node_with(topo: &Topology, text: &str) -> Node {
+/// The node on the static file `text`, with the backends in
+/// `backend_cgroup` (pods of this node under the attach cgroup) or, by
+/// default, outside the attach cgroup.
+fn start_node_with(topo: &Topology, text: &str, backend_cgroup: Option<&Cgroup>) -> Node {
     let mut backends = Vec::new();
     for (name, addr, _) in BACKENDS {
         let mut cmd = Command::new(built("greeter-server"));
         cmd.args(["--listen", addr, "--name", name]).stdout(Stdio::null());
-        place(&mut cmd, Some(&topo.node.netns), None).expect("place backend");
+        place(&mut cmd, Some(&topo.node.netns), backend_cgroup).expect("place backend");
         backends.push(ChildGuard::new(cmd.spawn().expect("start greeter-server")));
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -121,6 +124,26 @@ fn readyz(topo: &Topology) -> bool {
         ],
     );
     String::from_utf8_lossy(&out.stdout).contains("200")
+}
+
+/// The agent's connections map (`/api/v1/maps/CONNECTIONS`), entries decoded
+/// as `balancerctl map dump` shows them.
+fn connections_map(topo: &Topology) -> Vec<String> {
+    let out = node_cmd(
+        topo,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/15000 || exit 1; printf 'GET /api/v1/maps/CONNECTIONS HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let dump: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("connections map: {e}: {text}"));
+    dump["entries"]
+        .as_array()
+        .map(|es| es.iter().map(|e| format!("{} -> {}", e["key"], e["value"])).collect())
+        .unwrap_or_default()
 }
 
 fn wait_ready(topo: &Topology, node: &Node) {
@@ -199,11 +222,59 @@ fn one_connection_from_an_enrolled_pod_is_spread_call_by_call() {
         );
     }
 
+    // The backends are not under the attach cgroup: the agent's connections
+    // to them could not be paired, and left the fast path's maps.
+    let upstream: Vec<String> = connections_map(&topo)
+        .into_iter()
+        .filter(|e| e.contains("upstream"))
+        .collect();
+    assert!(
+        upstream.is_empty(),
+        "unpaired upstream connections stayed in the map: {upstream:?}"
+    );
+
     // A pod that is not enrolled is not redirected: the VIP is unroutable.
     assert!(
         !one_call_succeeds(&topo.pods[1], VIP),
         "a pod that is not enrolled reached the VIP"
     );
+}
+
+/// Endpoints that are pods of this node (under the attach cgroup): the
+/// agent's connections to them skip TCP both ways, like the client's.
+#[test]
+fn connections_to_endpoints_on_this_node_take_the_fast_path_too() {
+    let Some(_serial) = serial_or_skip("connections_to_endpoints_on_this_node_take_the_fast_path_too") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let backends = topo.root_cgroup.child("backends").expect("backends cgroup");
+    let node = start_node_with(&topo, &config(&topo, None), Some(&backends));
+
+    let v = client(&topo.pods[0], 300);
+    assert_eq!(v["errors"], 0, "calls failed: {v}\nagent log:\n{}", node.log());
+    let counts = per_backend(&v);
+    assert_eq!(counts.len(), 3, "every backend serves calls: {counts:?}");
+    for (name, n) in &counts {
+        assert_eq!(
+            *n, 100,
+            "round robin over 3 endpoints: {name} got {n} of 300 ({counts:?})"
+        );
+    }
+    let entries = connections_map(&topo);
+    let upstream: Vec<&String> = entries.iter().filter(|e| e.contains("upstream")).collect();
+    assert_eq!(
+        upstream.len(),
+        3,
+        "one paired upstream connection per endpoint: {entries:#?}\nagent log:\n{}",
+        node.log()
+    );
+    for e in &upstream {
+        assert!(
+            e.contains("pod path redirect agent path redirect"),
+            "both ends of an upstream connection send through the fast path: {e}"
+        );
+    }
 }
 
 #[test]
@@ -309,6 +380,25 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
         assert_eq!(case["reply_len"], size, "{size}-byte reply: {r}");
     }
     assert_eq!(r["bidi"]["pairs_ok"], true, "bidi: {r}");
+
+    // connect6 redirected those connects and counted them in a slot of its
+    // own: balancerctl shows the five programs apart.
+    let ctl = built("balancerctl");
+    let out = node_cmd(
+        &topo,
+        &[ctl.to_str().expect("path"), "--admin", ADMIN, "-j", "prog", "show"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("prog show JSON");
+    let mut names: Vec<&str> = progs.iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["connect4", "connect6", "getsockopt", "sk_msg", "sock_ops"]);
+    let redirected = |name: &str| {
+        progs.iter().find(|p| p["name"] == name).expect("program")["counters"]["redirected"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(redirected("connect6") >= 1, "connect6's own counter: {progs:?}");
 }
 
 /// The agent in zone a on node n1; greeter-a and greeter-b in zone a (on
@@ -340,7 +430,7 @@ fn calls_through_the_redirect_stay_close_and_spill_over_when_the_zone_dies() {
     };
     let topo = Topology::new(1).expect("topology");
     let prefer = "    traffic_distribution: PreferClose\n";
-    let mut node = start_node_with(&topo, &locality_config(&topo, prefer, ["n2", "n3", "n4"]));
+    let mut node = start_node_with(&topo, &locality_config(&topo, prefer, ["n2", "n3", "n4"]), None);
     let pod = &topo.pods[0];
 
     let v = client(pod, 300);

@@ -112,12 +112,17 @@ pub fn entry(map: &str, key: &[u8], value: &[u8], cgroups: &mut CgroupNames) -> 
             (
                 sock_key(&k),
                 format!(
-                    "original {} pod netns {} cookie {} pod path {} agent path {}{}",
+                    "original {} pod netns {} cookie {} pod path {} agent path {}{}{}",
                     endpoint(&c.original),
                     c.pod_netns,
                     c.pod_cookie,
                     path_name(c.pod_path),
                     path_name(c.agent_path),
+                    if c.flags & balancer_common::CONN_UPSTREAM != 0 {
+                        " upstream"
+                    } else {
+                        ""
+                    },
                     if c.flags & balancer_common::CONN_LEFT_FAST_PATH != 0 {
                         " left-fast-path"
                     } else {

@@ -182,8 +182,9 @@ impl AdminState {
                 .iter()
                 .map(|s| api::ServiceStats {
                     service: s.name.clone(),
-                    calls: s.calls(),
+                    calls: s.counters.calls,
                     errors: s.errors(),
+                    no_endpoint: s.counters.no_endpoint,
                     in_flight: s.in_flight(),
                     latency: latency
                         .remove(&s.name)

@@ -54,11 +54,11 @@ where
 /// The agent's kernel programs and maps (absent when eBPF is off).
 ///
 /// `api::Program::name` is the short program name of
-/// `balancer_common::Program::name()` (`connect4`, `sock_ops`, `sk_msg`,
-/// `getsockopt`), and its `counters` hold the fields of
-/// `balancer_common::ProgramCounters` by name (`redirected`, `passed`,
-/// `errors`, `bytes`, `pinned`): the metrics read connect4's `redirected` as
-/// the redirected connections.
+/// `balancer_common::Program::name()` (`connect4`, `connect6`, `sock_ops`,
+/// `sk_msg`, `getsockopt`: one `COUNTERS` slot each), and its `counters`
+/// hold the fields of `balancer_common::ProgramCounters` by name
+/// (`redirected`, `passed`, `errors`, `bytes`, `pinned`): the metrics add
+/// connect4's and connect6's `redirected` up as the redirected connections.
 pub trait KernelView: Send + Sync + 'static {
     /// Every program is loaded and attached.
     fn attached(&self) -> bool;

@@ -31,7 +31,7 @@ use crate::{
     health::Health,
     logging,
     model::{Change, Model},
-    proxy::{Observers, Proxy, ProxyOptions},
+    proxy::{FastPath, Observers, Proxy, ProxyOptions},
 };
 use listeners::Listeners;
 
@@ -328,7 +328,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
     let observers = Observers::default();
-    let proxy = Proxy::with_observers(Arc::clone(&table), ProxyOptions::default(), observers.clone());
+    let mut proxy_opts = ProxyOptions::default();
+    if let Some(side) = &kernel_side {
+        // Upstream connections to endpoints on this node take the fast path
+        // too, when the kernel can pair them.
+        proxy_opts.pool.fast_path = Some(FastPath(lock(&side.kernel).redirects()));
+    }
+    let proxy = Proxy::with_observers(Arc::clone(&table), proxy_opts, observers.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(side) = kernel_side {

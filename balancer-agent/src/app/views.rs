@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::{endpoint::EndpointSnapshot, locality, Table},
+    balance::{locality, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -34,48 +34,15 @@ impl ServicesView for TableView {
             .services
             .iter()
             .map(|svc| {
-                let mut out = api::Service::from_model(svc);
+                let mut out = api::Service::new(svc, live.get(svc.name.as_str()).copied());
                 let classes = locality::classify(svc, &model.locality);
                 for (i, ep) in out.endpoints.iter_mut().enumerate() {
                     ep.locality = classes.label(i).map(str::to_owned);
-                }
-                if let Some(snap) = live.get(svc.name.as_str()) {
-                    out.retries = snap.retries;
-                    out.l4_connections = snap.tcp_connections;
-                    out.received = snap.calls;
-                    out.no_endpoint = snap.no_endpoint;
-                    let eps: HashMap<_, _> = snap.endpoints.iter().map(|e| (e.address, e)).collect();
-                    for ep in &mut out.endpoints {
-                        if let Some(s) = eps.get(&ep.address) {
-                            fill_endpoint(ep, s);
-                        }
-                    }
                 }
                 out
             })
             .collect()
     }
-}
-
-fn fill_endpoint(ep: &mut api::Endpoint, s: &EndpointSnapshot) {
-    if s.draining {
-        ep.state = "draining".to_owned();
-    }
-    ep.ejected = s.ejected;
-    ep.ejections = u64::from(s.ejections);
-    ep.ejections_total = s.ejections_total;
-    ep.in_flight = s.in_flight as u64;
-    ep.ewma_ms = (s.ewma_ms > 0.0).then_some(s.ewma_ms);
-    ep.calls = s.calls;
-    ep.statuses = s.errors.clone().into_iter().collect();
-    if s.ok > 0 {
-        ep.statuses.insert("0".to_owned(), s.ok);
-    }
-    if s.resets > 0 {
-        ep.statuses.insert("reset".to_owned(), s.resets);
-    }
-    ep.connect_failures = s.connect_failures;
-    ep.upstream_connections = s.upstream_connections as u64;
 }
 
 /// Static mode: the file and its reload counters.
@@ -119,4 +86,122 @@ pub fn admin_state(
         Arc::new(KernelReader::for_programs(ids)) as Arc<dyn crate::admin::KernelView>
     });
     state
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
+mod tests {
+    use super::*;
+    use crate::{balance::Outcome, metrics};
+
+    /// The value of the one sample of `metric` with these labels.
+    fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let found: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{metric} is not a number"),
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{metric}{labels:?} in:\n{text}");
+        found[0]
+    }
+
+    /// Calls counted by the balancer's atomics show up with the same values
+    /// in the JSON API and in `/metrics`, those the agent answered
+    /// UNAVAILABLE itself (no endpoint) included.
+    #[tokio::test]
+    async fn json_and_metrics_show_the_same_counters() {
+        let loaded = crate::config::parse(
+            "services:\n  - name: greeter\n    vip: 10.96.0.10:8000\n    endpoints:\n      - { address: 127.0.0.1:50051 }\n      - { address: 127.0.0.1:50052, state: draining }\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let model = Arc::new(loaded.model);
+        let table = Table::new(&model);
+        let slot = table.service("greeter").unwrap();
+        let st = slot.state().unwrap();
+        let ep = &st.endpoints[0];
+        for outcome in [
+            Outcome::Status(0),
+            Outcome::Status(0),
+            Outcome::Status(5),
+            Outcome::Reset,
+        ] {
+            slot.count_call();
+            ep.start_call().finish(outcome);
+        }
+        ep.start_call().finish(Outcome::ConnectFailed);
+        ep.start_call().finish(Outcome::Refused);
+        slot.count_retry();
+        for _ in 0..3 {
+            slot.count_call();
+            slot.count_no_endpoint();
+        }
+        let (_tx, models) = watch::channel(Arc::clone(&model));
+        let observers = Observers::default();
+        let state = admin_state(
+            Arc::clone(&table),
+            None,
+            crate::admin::views::synced_source("static"),
+            models,
+            &observers,
+        );
+
+        // The JSON documents, as served.
+        let json = serde_json::to_value(state.services.services()).unwrap();
+        let greeter = &json[0];
+        assert_eq!(greeter["calls"], 7);
+        assert_eq!(greeter["no_endpoint"], 3);
+        assert_eq!(greeter["retries"], 1);
+        let e0 = &greeter["endpoints"][0];
+        assert_eq!(e0["calls"], 4);
+        assert_eq!(e0["statuses"]["0"], 2);
+        assert_eq!(e0["statuses"]["5"], 1);
+        assert_eq!(e0["statuses"]["reset"], 1);
+        assert_eq!(e0["connect_failures"], 1);
+        assert_eq!(e0["refused"], 1);
+        assert_eq!(greeter["endpoints"][1]["state"], "draining");
+        let stats = serde_json::to_value(state.stats()).unwrap();
+        assert_eq!(stats["services"][0]["calls"], 7);
+        assert_eq!(stats["services"][0]["no_endpoint"], 3);
+        // OK twice; status 5, a reset and three UNAVAILABLE from the agent.
+        assert_eq!(stats["services"][0]["errors"], 5);
+
+        // /metrics: the same numbers.
+        let text = metrics::encode(state.scrape()).unwrap();
+        let svc = [("service", "greeter")];
+        let as_f64 = |v: &serde_json::Value| v.as_u64().unwrap() as f64;
+        assert_eq!(
+            sample(&text, "balancer_service_calls_total", &svc),
+            as_f64(&greeter["calls"])
+        );
+        assert_eq!(
+            sample(&text, "balancer_no_endpoint_total", &svc),
+            as_f64(&greeter["no_endpoint"])
+        );
+        assert_eq!(
+            sample(&text, "balancer_retries_total", &svc),
+            as_f64(&greeter["retries"])
+        );
+        let a = [("service", "greeter"), ("endpoint", "127.0.0.1:50051")];
+        for (status, n) in e0["statuses"].as_object().unwrap() {
+            let mut l = a.to_vec();
+            l.push(("grpc_status", status.as_str()));
+            assert_eq!(sample(&text, "balancer_requests_total", &l), as_f64(n), "{status}");
+        }
+        assert_eq!(
+            sample(&text, "balancer_endpoint_connect_failures_total", &a),
+            as_f64(&e0["connect_failures"])
+        );
+        assert_eq!(
+            sample(&text, "balancer_endpoint_refused_total", &a),
+            as_f64(&e0["refused"])
+        );
+    }
 }

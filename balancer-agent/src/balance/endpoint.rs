@@ -4,6 +4,7 @@
 //! never held across an await.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -12,10 +13,12 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use tokio::time::Instant;
 
-use super::BalanceOptions;
+use super::{
+    stats::{EndpointSnapshot, EndpointStats, STATUS_OTHER, STATUS_RESET},
+    BalanceOptions,
+};
 
 /// Number of gRPC status codes (0 OK ..= 16 UNAUTHENTICATED).
 pub const GRPC_CODES: usize = 17;
@@ -274,66 +277,44 @@ impl EndpointRt {
             "endpoint ejected after {n} consecutive failures");
     }
 
+    /// The endpoint's statistics, read from its atomics: the one place
+    /// they are read (the admin API and `/metrics` show this).
     pub fn snapshot(&self) -> EndpointSnapshot {
         let c = self.counts();
-        let mut errors = std::collections::BTreeMap::new();
-        for (code, n) in c.statuses.iter().enumerate().skip(1) {
+        let mut statuses = BTreeMap::new();
+        let mut add = |key: String, n: &AtomicU64| {
             let v = n.load(Relaxed);
             if v != 0 {
-                errors.insert(code.to_string(), v);
+                statuses.insert(key, v);
             }
+        };
+        for (code, n) in c.statuses.iter().enumerate() {
+            add(code.to_string(), n);
         }
-        let other = c.other_status.load(Relaxed);
-        if other != 0 {
-            errors.insert("other".into(), other);
-        }
+        add(STATUS_OTHER.to_owned(), &c.other_status);
+        add(STATUS_RESET.to_owned(), &c.resets);
         let until = self.ejected_until.load(Relaxed);
         let now = self.now_ns();
+        let ewma_ns = self.ewma_ns();
         EndpointSnapshot {
             address: self.address,
             draining: self.is_draining(),
-            ejected: until != 0 && now < until,
-            ejected_for_ms: if until > now { (until - now) / 1_000_000 } else { 0 },
-            ejections: c.ejections.load(Relaxed),
-            ejections_total: c.ejections_total.load(Relaxed),
-            consecutive_failures: c.consecutive_failures.load(Relaxed),
-            in_flight: self.in_flight(),
-            calls: c.calls.load(Relaxed),
-            ok: c.statuses[0].load(Relaxed),
-            errors,
-            resets: c.resets.load(Relaxed),
-            connect_failures: c.connect_failures.load(Relaxed),
-            refused: c.refused.load(Relaxed),
-            ewma_ms: self.ewma_ns() / 1e6,
-            upstream_connections: self.conns.get().map_or(0, |c| c.open_connections()),
+            stats: EndpointStats {
+                ejected: until != 0 && now < until,
+                ejected_for_ms: until.saturating_sub(now) / 1_000_000,
+                ejections: u64::from(c.ejections.load(Relaxed)),
+                ejections_total: c.ejections_total.load(Relaxed),
+                consecutive_failures: u64::from(c.consecutive_failures.load(Relaxed)),
+                in_flight: self.in_flight() as u64,
+                ewma_ms: (ewma_ns > 0.0).then_some(ewma_ns / 1e6),
+                calls: c.calls.load(Relaxed),
+                statuses,
+                connect_failures: c.connect_failures.load(Relaxed),
+                refused: c.refused.load(Relaxed),
+                upstream_connections: self.conns.get().map_or(0, |c| c.open_connections() as u64),
+            },
         }
     }
-}
-
-/// Per-endpoint statistics for the admin API.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointSnapshot {
-    pub address: SocketAddr,
-    pub draining: bool,
-    pub ejected: bool,
-    pub ejected_for_ms: u64,
-    /// Consecutive ejections (the back-off multiplier; 0 once recovered).
-    pub ejections: u32,
-    /// Every ejection since the endpoint appeared.
-    pub ejections_total: u64,
-    pub consecutive_failures: u32,
-    pub in_flight: usize,
-    /// Calls that reached the endpoint and ended (any status or reset).
-    pub calls: u64,
-    pub ok: u64,
-    /// Calls by non-OK gRPC status code.
-    pub errors: std::collections::BTreeMap<String, u64>,
-    pub resets: u64,
-    pub connect_failures: u64,
-    /// Calls the endpoint refused (REFUSED_STREAM, GOAWAY): retried elsewhere.
-    pub refused: u64,
-    pub ewma_ms: f64,
-    pub upstream_connections: usize,
 }
 
 /// Holds one call (or TCP connection) in flight on an endpoint.

@@ -18,6 +18,7 @@ pub mod locality;
 pub mod pick;
 mod rand;
 pub mod route;
+pub mod stats;
 
 use std::{
     collections::HashMap,
@@ -29,11 +30,11 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 
-pub use endpoint::{CallGuard, EndpointRt, EndpointSnapshot, Outcome};
+pub use endpoint::{CallGuard, EndpointRt, Outcome};
 pub use route::{CallHeaders, CallMeta};
+pub use stats::{EndpointSnapshot, EndpointStats, ServiceCounters, ServiceSnapshot, TableSnapshot};
 
 use crate::model::{self, Change, EndpointState, InternalTrafficPolicy, Locality, Model, Policy, Service};
 use pick::Tried;
@@ -224,6 +225,16 @@ impl ServiceSlot {
         self.no_endpoint.fetch_add(1, Relaxed);
     }
 
+    /// The service's counters as they are now.
+    pub fn counters(&self) -> ServiceCounters {
+        ServiceCounters {
+            calls: self.calls.load(Relaxed),
+            no_endpoint: self.no_endpoint.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            l4_connections: self.tcp_connections.load(Relaxed),
+        }
+    }
+
     pub fn count_tcp_connection(&self) {
         self.tcp_connections.fetch_add(1, Relaxed);
     }
@@ -319,7 +330,8 @@ impl Table {
         self.read().by_vip.get(&vip).cloned()
     }
 
-    /// Statistics of every service and endpoint, for the admin API.
+    /// Statistics of every service and endpoint, read from the atomics:
+    /// what the admin API and `/metrics` show.
     pub fn snapshot(&self) -> TableSnapshot {
         let slots: Vec<Arc<ServiceSlot>> = self.read().by_name.values().cloned().collect();
         let mut services: Vec<ServiceSnapshot> = slots
@@ -331,20 +343,16 @@ impl Table {
                     name: slot.name.to_string(),
                     policy: st.policy,
                     vips: st.vips.clone(),
-                    calls: slot.calls.load(Relaxed),
-                    retries: slot.retries.load(Relaxed),
-                    no_endpoint: slot.no_endpoint.load(Relaxed),
-                    tcp_connections: slot.tcp_connections.load(Relaxed),
-                    in_flight: endpoints.iter().map(|e| e.in_flight).sum(),
+                    counters: slot.counters(),
                     routes: st
                         .routes
                         .iter()
-                        .map(|r| RouteSnapshot {
+                        .map(|r| stats::RouteSnapshot {
                             name: r.name.clone(),
                             backends: r
                                 .backends
                                 .iter()
-                                .map(|(s, w)| BackendSnapshot {
+                                .map(|(s, w)| stats::BackendSnapshot {
                                     weight: *w,
                                     endpoints: s
                                         .members
@@ -401,41 +409,6 @@ impl Index {
             slot.removed.send_replace(true);
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TableSnapshot {
-    pub services: Vec<ServiceSnapshot>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceSnapshot {
-    pub name: String,
-    pub policy: Policy,
-    pub vips: Vec<SocketAddr>,
-    /// Calls received for this service.
-    pub calls: u64,
-    /// Attempts retried on another endpoint (or connection).
-    pub retries: u64,
-    /// Calls answered UNAVAILABLE because no endpoint could take them.
-    pub no_endpoint: u64,
-    /// Connections proxied as plain TCP (not HTTP/2).
-    pub tcp_connections: u64,
-    pub in_flight: usize,
-    pub routes: Vec<RouteSnapshot>,
-    pub endpoints: Vec<EndpointSnapshot>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteSnapshot {
-    pub name: Option<String>,
-    pub backends: Vec<BackendSnapshot>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendSnapshot {
-    pub weight: u32,
-    pub endpoints: Vec<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ fn reload_changes_weights_at_once_and_keeps_endpoint_state() {
         "endpoint state kept"
     );
     assert_eq!(after.endpoints[2].in_flight(), 1);
-    assert_eq!(after.endpoints[0].snapshot().calls, 1);
+    assert_eq!(after.endpoints[0].snapshot().stats.calls, 1);
     drop(held);
     assert_eq!(after.endpoints[2].in_flight(), 0);
 }
@@ -275,7 +275,7 @@ async fn outlier_ejection_and_backoff() {
     assert!(bad.is_available(), "four failures do not eject");
     bad.start_call().finish(Outcome::Status(14));
     assert!(!bad.is_available(), "the fifth does");
-    assert!(bad.snapshot().ejected);
+    assert!(bad.snapshot().stats.ejected);
     assert_eq!(count(&t, SAY_HELLO, &HeaderMap::new(), 100).get(&1), None);
 
     tokio::time::advance(Duration::from_secs(9)).await;
@@ -292,11 +292,14 @@ async fn outlier_ejection_and_backoff() {
     assert!(bad.is_ejected(), "second ejection is 20 s");
     tokio::time::advance(Duration::from_secs(6)).await;
     assert!(bad.is_available());
-    assert_eq!(bad.snapshot().ejections, 2);
+    assert_eq!(bad.snapshot().stats.ejections, 2);
 
     // A success after recovery resets the multiplier; the total stays.
     bad.start_call().finish(Outcome::Status(0));
-    assert_eq!((bad.snapshot().ejections, bad.snapshot().ejections_total), (0, 2));
+    assert_eq!(
+        (bad.snapshot().stats.ejections, bad.snapshot().stats.ejections_total),
+        (0, 2)
+    );
 
     // A success in between resets the consecutive count.
     for _ in 0..4 {
@@ -367,11 +370,14 @@ fn snapshot_shows_stats_and_serializes() {
     let s = t.snapshot();
     let svc = &s.services[0];
     assert_eq!(svc.name, "greeter");
-    assert_eq!(svc.in_flight, 1);
-    let e0 = &svc.endpoints[0];
-    assert_eq!((e0.calls, e0.ok), (2, 1));
-    assert_eq!(e0.errors.get("5"), Some(&1));
-    assert_eq!(svc.endpoints[1].connect_failures, 1);
+    assert_eq!(svc.in_flight(), 1);
+    let e0 = &svc.endpoints[0].stats;
+    assert_eq!(e0.calls, 2);
+    assert_eq!(e0.statuses.get("0"), Some(&1));
+    assert_eq!(e0.statuses.get("5"), Some(&1));
+    assert_eq!(e0.errors(), 1);
+    assert_eq!(svc.endpoints[1].stats.connect_failures, 1);
+    assert_eq!(svc.endpoints[1].stats.calls, 0, "a failed connect is no call");
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains("\"policy\":\"peak-ewma\""), "{json}");
     assert!(json.contains("\"upstream_connections\":0"), "{json}");
@@ -616,5 +622,5 @@ fn a_new_agent_locality_re_tiers_every_service_and_keeps_endpoint_state() {
     assert_eq!((c.get(&4), c.get(&5)), (Some(&50), Some(&50)), "{c:?}");
     let after = t.service("greeter").unwrap().state().unwrap();
     assert!(Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]));
-    assert_eq!(after.endpoints[0].snapshot().calls, 1);
+    assert_eq!(after.endpoints[0].snapshot().stats.calls, 1);
 }

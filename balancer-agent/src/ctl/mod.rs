@@ -62,8 +62,10 @@ pub enum CtlError {
     NotRoot,
     #[error(transparent)]
     Kernel(crate::admin::KernelError),
-    #[error("{0}")]
-    NotFound(String),
+    #[error("no balancer program with id {0}")]
+    NoProgram(u32),
+    #[error("no balancer map named `{0}`")]
+    NoMap(String),
     #[error("--kernel applies to `prog` and `map` only")]
     KernelOnlyForProgAndMap,
     #[error("writing the output")]

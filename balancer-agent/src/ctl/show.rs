@@ -46,7 +46,7 @@ pub(super) fn programs(
     if let Some(id) = id {
         progs.retain(|p| p.id == id);
         if progs.is_empty() {
-            return Err(CtlError::NotFound(format!("no balancer program with id {id}")));
+            return Err(CtlError::NoProgram(id));
         }
     }
     if format != Format::Table {
@@ -63,6 +63,8 @@ pub(super) fn programs(
         "REDIRECTED",
         "PASSED",
         "ERRORS",
+        "BYTES",
+        "PINNED",
     ]);
     for p in &progs {
         let c = |k: &str| opt(p.counters.get(k));
@@ -77,6 +79,8 @@ pub(super) fn programs(
             c("redirected"),
             c("passed"),
             c("errors"),
+            c("bytes"),
+            c("pinned"),
         ]);
     }
     write!(out, "{}", t.render())?;
@@ -119,7 +123,7 @@ pub(super) fn map_dump(
         kernel_reader()?
             .dump(name)
             .map_err(kernel_err)?
-            .ok_or_else(|| CtlError::NotFound(format!("no balancer map named `{name}`")))?
+            .ok_or_else(|| CtlError::NoMap(name.to_owned()))?
     } else {
         client.get(&format!("/api/v1/maps/{}", segment(name)))?
     };
@@ -166,10 +170,11 @@ pub(super) fn services(
         if let Some(l) = locality_line(&svc) {
             writeln!(out, "Locality:   {l}")?;
         }
-        writeln!(out, "Calls:      {}", svc.calls())?;
+        writeln!(out, "Calls:      {}", svc.counters.calls)?;
         writeln!(out, "Errors:     {}", svc.errors())?;
+        writeln!(out, "No endpoint: {}", svc.counters.no_endpoint)?;
         writeln!(out, "In flight:  {}", svc.in_flight())?;
-        writeln!(out, "Retries:    {}", svc.retries)?;
+        writeln!(out, "Retries:    {}", svc.counters.retries)?;
         writeln!(out, "Routes:")?;
         if svc.routes.is_empty() {
             writeln!(out, "  (none: every call goes to all ready endpoints)")?;
@@ -207,10 +212,15 @@ pub(super) fn services(
         "IN-FLIGHT",
         "CALLS",
         "ERRORS",
+        "NO-ENDPOINT",
         "RETRIES",
     ]);
     for s in &services {
-        let ready = s.endpoints.iter().filter(|e| e.state == "ready" && !e.ejected).count();
+        let ready = s
+            .endpoints
+            .iter()
+            .filter(|e| e.state == "ready" && !e.stats.ejected)
+            .count();
         t.row(vec![
             s.name.clone(),
             join(&s.vips),
@@ -219,9 +229,10 @@ pub(super) fn services(
             format!("{ready}/{}", s.endpoints.len()),
             s.routes.len().to_string(),
             s.in_flight().to_string(),
-            s.calls().to_string(),
+            s.counters.calls.to_string(),
             s.errors().to_string(),
-            s.retries.to_string(),
+            s.counters.no_endpoint.to_string(),
+            s.counters.retries.to_string(),
         ]);
     }
     write!(out, "{}", t.render())?;
@@ -283,7 +294,8 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
     }
     let mut t = Table::new(&head);
     for e in eps {
-        let errors: Vec<String> = e
+        let st = &e.stats;
+        let errors: Vec<String> = st
             .statuses
             .iter()
             .filter(|(k, _)| k.as_str() != "0")
@@ -292,20 +304,20 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
         let mut row = vec![
             e.address.to_string(),
             e.state.clone(),
-            if e.ejected {
-                format!("yes ({})", e.ejections)
+            if st.ejected {
+                format!("yes ({})", st.ejections)
             } else {
                 "no".into()
             },
-            e.in_flight.to_string(),
-            e.ewma_ms.map_or_else(|| "-".into(), |ms| secs(ms / 1e3)),
-            e.calls.to_string(),
+            st.in_flight.to_string(),
+            st.ewma_ms.map_or_else(|| "-".into(), |ms| secs(ms / 1e3)),
+            st.calls.to_string(),
             if errors.is_empty() {
                 "0".into()
             } else {
-                format!("{} ({})", e.errors(), errors.join(","))
+                format!("{} ({})", st.errors(), errors.join(","))
             },
-            e.upstream_connections.to_string(),
+            st.upstream_connections.to_string(),
             crate::api::selector(&e.labels),
         ];
         if tiered {
@@ -479,6 +491,9 @@ pub struct StatsRow {
     pub calls: u64,
     pub calls_per_second: f64,
     pub errors: u64,
+    /// Of the errors, calls the agent answered UNAVAILABLE for want of an
+    /// endpoint.
+    pub no_endpoint: u64,
     pub in_flight: u64,
     /// Seconds; `null` without calls in the interval.
     pub p50_seconds: Option<f64>,
@@ -491,20 +506,21 @@ fn rows(before: Option<&api::Stats>, now: &api::Stats, interval: f64) -> Vec<Sta
         .iter()
         .map(|s| {
             let prev = before.and_then(|b| b.services.iter().find(|p| p.service == s.service));
-            let (calls, errors, hist) = match prev {
+            let (calls, errors, no_endpoint, hist) = match prev {
                 Some(p) => (
                     s.calls.saturating_sub(p.calls),
                     s.errors.saturating_sub(p.errors),
+                    s.no_endpoint.saturating_sub(p.no_endpoint),
                     s.latency.since(&p.latency),
                 ),
-                None if before.is_some() => (s.calls, s.errors, s.latency.clone()),
-                None => (s.calls, s.errors, s.latency.clone()),
+                None => (s.calls, s.errors, s.no_endpoint, s.latency.clone()),
             };
             StatsRow {
                 service: s.service.clone(),
                 calls,
                 calls_per_second: if interval > 0.0 { calls as f64 / interval } else { 0.0 },
                 errors,
+                no_endpoint,
                 in_flight: s.in_flight,
                 p50_seconds: hist.quantile(0.5),
                 p99_seconds: hist.quantile(0.99),
@@ -514,7 +530,16 @@ fn rows(before: Option<&api::Stats>, now: &api::Stats, interval: f64) -> Vec<Sta
 }
 
 fn stats_table(rows: &[StatsRow]) -> String {
-    let mut t = Table::new(&["SERVICE", "CALLS", "CALLS/S", "P50", "P99", "ERRORS", "IN-FLIGHT"]);
+    let mut t = Table::new(&[
+        "SERVICE",
+        "CALLS",
+        "CALLS/S",
+        "P50",
+        "P99",
+        "ERRORS",
+        "NO-ENDPOINT",
+        "IN-FLIGHT",
+    ]);
     for r in rows {
         t.row(vec![
             r.service.clone(),
@@ -523,6 +548,7 @@ fn stats_table(rows: &[StatsRow]) -> String {
             r.p50_seconds.map_or_else(|| "-".into(), secs),
             r.p99_seconds.map_or_else(|| "-".into(), secs),
             r.errors.to_string(),
+            r.no_endpoint.to_string(),
             r.in_flight.to_string(),
         ]);
     }

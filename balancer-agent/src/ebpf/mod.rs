@@ -284,7 +284,6 @@ pub struct Kernel {
     services_capacity: u32,
     enrolled: HashMap<MapData, u64, u32>,
     counters: PerCpuArray<MapData, ProgramCounters>,
-    sockets: SockHash<MapData, SockKey>,
     redirects: Arc<KernelRedirects>,
     hierarchy: PathBuf,
     attach_cgroup: PathBuf,
@@ -454,6 +453,8 @@ impl Kernel {
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let sockets: SockHash<MapData, SockKey> =
             SockHash::try_from(take(&mut ebpf, "SOCKETS")?).map_err(map_err("SOCKETS"))?;
+        let offers: HashMap<MapData, u64, u32> =
+            HashMap::try_from(take(&mut ebpf, "UPSTREAM_OFFERS")?).map_err(map_err("UPSTREAM_OFFERS"))?;
 
         let agent_netns = sockopt::current_netns_cookie().map_err(|source| EbpfError::Io {
             what: "reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)",
@@ -533,8 +534,12 @@ impl Kernel {
             services,
             enrolled,
             counters,
-            sockets,
-            redirects: Arc::new(KernelRedirects::new(Arc::new(Mutex::new(connections)))),
+            redirects: Arc::new(KernelRedirects::new(
+                Arc::new(Mutex::new(connections)),
+                sockets,
+                offers,
+                agent_netns,
+            )),
             hierarchy,
             attach_cgroup,
             own,
@@ -603,7 +608,7 @@ impl Kernel {
     /// agent that exits while one is still there would drop the bytes
     /// queued for the pod.
     pub fn fast_path_sockets(&self) -> usize {
-        self.sockets.keys().filter(Result::is_ok).count()
+        self.redirects.fast_path_sockets()
     }
 
     /// Makes the services map hold `vips` (IPv4 only; IPv6 entries are

@@ -66,6 +66,14 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// The socket's cookie (`SO_COOKIE`): what the kernel programs key a socket
+/// by before it has addresses.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_COOKIE, &mut cookie)?;
+    Ok(cookie)
+}
+
 /// Cookie of the network namespace the calling thread is in.
 pub fn current_netns_cookie() -> io::Result<u64> {
     let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))

@@ -37,7 +37,7 @@ use prometheus_client::{
 
 pub use latency::{LatencyHistogram, LatencyRecorder, BUCKETS};
 
-use crate::{api, conns::ConnTotals};
+use crate::{api, balance::ServiceCounters, conns::ConnTotals};
 
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,6 +64,9 @@ pub struct Scrape {
     pub ready: bool,
     pub ebpf: bool,
     pub programs_attached: bool,
+    /// The services as the JSON API shows them: their counters are the
+    /// balancer's snapshot ([`ServiceCounters`], `balance::EndpointStats`),
+    /// encoded here as they are.
     pub services: Vec<api::Service>,
     pub latency: BTreeMap<String, api::Histogram>,
     pub conns: ConnTotals,
@@ -86,6 +89,9 @@ pub fn encode(scrape: Scrape) -> Result<String, std::fmt::Error> {
 }
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// A per-service counter: its name, help and field.
+type PerService = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels<'_>, u64)]) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -193,20 +199,23 @@ impl Collector for Scrape {
         let mut ejections = Vec::new();
         let mut ejections_total = Vec::new();
         let mut connect_failures = Vec::new();
+        let mut refused = Vec::new();
         let mut ewma = Vec::new();
         for svc in &self.services {
             for ep in &svc.endpoints {
                 let addr = ep.address.to_string();
-                for (status, n) in &ep.statuses {
+                let st = &ep.stats;
+                for (status, n) in &st.statuses {
                     requests.push(((svc.name.as_str(), addr.clone(), status.as_str()), *n));
                 }
-                in_flight.push(((svc.name.as_str(), addr.clone()), i(ep.in_flight)));
-                upstream.push(((svc.name.as_str(), addr.clone()), i(ep.upstream_connections)));
-                ejected.push(((svc.name.as_str(), addr.clone()), i64::from(ep.ejected)));
-                ejections.push(((svc.name.as_str(), addr.clone()), i(ep.ejections)));
-                ejections_total.push(((svc.name.as_str(), addr.clone()), ep.ejections_total));
-                connect_failures.push(((svc.name.as_str(), addr.clone()), ep.connect_failures));
-                if let Some(ms) = ep.ewma_ms {
+                in_flight.push(((svc.name.as_str(), addr.clone()), i(st.in_flight)));
+                upstream.push(((svc.name.as_str(), addr.clone()), i(st.upstream_connections)));
+                ejected.push(((svc.name.as_str(), addr.clone()), i64::from(st.ejected)));
+                ejections.push(((svc.name.as_str(), addr.clone()), i(st.ejections)));
+                ejections_total.push(((svc.name.as_str(), addr.clone()), st.ejections_total));
+                connect_failures.push(((svc.name.as_str(), addr.clone()), st.connect_failures));
+                refused.push(((svc.name.as_str(), addr.clone()), st.refused));
+                if let Some(ms) = st.ewma_ms {
                     ewma.push(((svc.name.as_str(), addr.clone()), ms / 1e3));
                 }
             }
@@ -259,6 +268,12 @@ impl Collector for Scrape {
             "Connects to an endpoint that failed.",
             &per_ep(&connect_failures),
         )?;
+        counter(
+            e,
+            "balancer_endpoint_refused",
+            "Calls an endpoint refused before handling them (REFUSED_STREAM, GOAWAY): retried elsewhere.",
+            &per_ep(&refused),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "balancer_endpoint_latency_ewma_seconds",
@@ -272,31 +287,33 @@ impl Collector for Scrape {
             }
         }
 
-        // Per service.
-        let per_svc = |f: &dyn Fn(&api::Service) -> u64| -> Vec<(Labels<'_>, u64)> {
-            self.services
+        // Per service: every counter of the balancer's snapshot.
+        let per_svc: [PerService; 4] = [
+            (
+                "balancer_service_calls",
+                "Calls a service received, those the agent answered itself included.",
+                |c| c.calls,
+            ),
+            (
+                "balancer_no_endpoint",
+                "Calls the agent answered UNAVAILABLE because no endpoint could take them.",
+                |c| c.no_endpoint,
+            ),
+            ("balancer_retries", "Calls retried on another endpoint.", |c| c.retries),
+            (
+                "balancer_service_l4_connections",
+                "Client connections to a service proxied as plain TCP (no HTTP/2 preface).",
+                |c| c.l4_connections,
+            ),
+        ];
+        for (name, help, value) in per_svc {
+            let rows: Vec<(Labels<'_>, u64)> = self
+                .services
                 .iter()
-                .map(|s| (vec![("service", s.name.as_str())], f(s)))
-                .collect()
-        };
-        counter(
-            e,
-            "balancer_retries",
-            "Calls retried on another endpoint.",
-            &per_svc(&|s| s.retries),
-        )?;
-        counter(
-            e,
-            "balancer_service_calls",
-            "Calls a service received, those the agent answered itself included.",
-            &per_svc(&|s| s.received),
-        )?;
-        counter(
-            e,
-            "balancer_no_endpoint",
-            "Calls the agent answered UNAVAILABLE because no endpoint could take them.",
-            &per_svc(&|s| s.no_endpoint),
-        )?;
+                .map(|s| (vec![("service", s.name.as_str())], value(&s.counters)))
+                .collect();
+            counter(e, name, help, &rows)?;
+        }
         {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",

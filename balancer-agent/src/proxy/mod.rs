@@ -39,7 +39,7 @@ use crate::{
 pub(crate) use ctx::Ctx;
 pub use ctx::Observers;
 use ctx::{Shutdown, Tracker};
-pub use options::{PoolOptions, ProxyOptions};
+pub use options::{FastPath, PoolOptions, ProxyOptions};
 use sniff::Protocol;
 
 #[derive(Debug, thiserror::Error)]

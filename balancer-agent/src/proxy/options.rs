@@ -1,6 +1,8 @@
 //! The demultiplexer's tunables.
 
-use std::time::Duration;
+use std::{fmt, sync::Arc, time::Duration};
+
+use crate::redirect::Redirects;
 
 /// Tunables of the demultiplexer.
 #[derive(Debug, Clone)]
@@ -55,6 +57,20 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
     pub stream_window: u32,
     pub connection_window: u32,
+    /// The kernel's fast path, offered every upstream connection (it pairs
+    /// those whose endpoint is on this node); `None` without it.
+    pub fast_path: Option<FastPath>,
+}
+
+/// The kernel side that pairs upstream connections with node-local
+/// endpoints' sockets.
+#[derive(Clone)]
+pub struct FastPath(pub Arc<dyn Redirects>);
+
+impl fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FastPath")
+    }
 }
 
 impl Default for PoolOptions {
@@ -67,6 +83,7 @@ impl Default for PoolOptions {
             idle_timeout: Duration::from_secs(60),
             stream_window: 1 << 20,
             connection_window: 4 << 20,
+            fast_path: None,
         }
     }
 }

@@ -23,6 +23,10 @@ pub const RECEIVED: u64 = OK_A + OK_B + UNAVAILABLE_B + RESETS_B + NO_ENDPOINT;
 /// Latency samples recorded for `greeter`: 60 at 1.5 ms, 20 at 30 ms.
 pub const FAST: u64 = 60;
 pub const SLOW: u64 = 20;
+/// Connects connect6 redirected (v4-mapped VIPs), apart from connect4's 42.
+pub const CONNECT6_REDIRECTED: u64 = 5;
+/// Bytes sk_msg handed from socket to socket.
+pub const SK_MSG_BYTES: u64 = 123_456;
 
 pub fn greeter() -> api::Service {
     let mut statuses_a = BTreeMap::new();
@@ -34,28 +38,27 @@ pub fn greeter() -> api::Service {
     let ep = |addr: &str, version: &str, statuses: BTreeMap<String, u64>| api::Endpoint {
         address: addr.parse().expect("address"),
         state: "ready".into(),
-        ejected: false,
-        ejections: 0,
-        ejections_total: 0,
         labels: [("version".to_owned(), version.to_owned())].into_iter().collect(),
         zone: None,
         node: None,
         locality: None,
-        in_flight: 0,
-        ewma_ms: Some(1.25),
-        calls: statuses.values().sum(),
-        statuses,
-        connect_failures: 0,
-        upstream_connections: 1,
+        stats: api::EndpointStats {
+            ewma_ms: Some(1.25),
+            calls: statuses.values().sum(),
+            statuses,
+            upstream_connections: 1,
+            ..api::EndpointStats::default()
+        },
     };
     let mut a = ep("127.0.0.1:50051", "v1", statuses_a);
     (a.zone, a.locality) = (Some("zone-1".into()), Some("zone".into()));
     let mut b = ep("127.0.0.1:50052", "v2", statuses_b);
     (b.zone, b.locality) = (Some("zone-2".into()), Some("other".into()));
-    b.ejected = true;
-    b.ejections = 1;
-    b.ejections_total = 4;
-    b.in_flight = 3;
+    b.stats.ejected = true;
+    b.stats.ejections = 1;
+    b.stats.ejections_total = 4;
+    b.stats.in_flight = 3;
+    b.stats.refused = 6;
     api::Service {
         name: "greeter".into(),
         vips: vec!["10.96.0.10:8000".parse().expect("vip")],
@@ -76,10 +79,12 @@ pub fn greeter() -> api::Service {
             ],
         }],
         endpoints: vec![a, b],
-        retries: 5,
-        l4_connections: 0,
-        received: RECEIVED,
-        no_endpoint: NO_ENDPOINT,
+        counters: api::ServiceCounters {
+            calls: RECEIVED,
+            no_endpoint: NO_ENDPOINT,
+            retries: 5,
+            l4_connections: 2,
+        },
         traffic_distribution: Some("PreferClose".into()),
         internal_traffic_policy: None,
     }
@@ -93,16 +98,13 @@ pub fn echo() -> api::Service {
         policy: "peak-ewma".into(),
         routes: vec![],
         endpoints: vec![],
-        retries: 0,
-        l4_connections: 0,
-        received: 0,
-        no_endpoint: 0,
+        counters: api::ServiceCounters::default(),
         traffic_distribution: None,
         internal_traffic_policy: None,
     }
 }
 
-/// A kernel with four of the agent's programs and two maps.
+/// A kernel with the agent's five programs and two maps.
 #[derive(Debug)]
 pub struct FakeKernel;
 
@@ -124,11 +126,14 @@ impl KernelView for FakeKernel {
                 .into_iter()
                 .collect(),
         };
+        let mut sk_msg = prog(13, "sk_msg", "sk_msg", 900);
+        sk_msg.counters.insert("bytes".to_owned(), SK_MSG_BYTES);
         Ok(vec![
             prog(11, "connect4", "cgroup_sock_addr", 42),
             prog(12, "sock_ops", "sock_ops", 84),
-            prog(13, "sk_msg", "sk_msg", 900),
+            sk_msg,
             prog(14, "getsockopt", "cgroup_sockopt", 42),
+            prog(15, "connect6", "cgroup_sock_addr", CONNECT6_REDIRECTED),
         ])
     }
 

@@ -91,8 +91,8 @@ pub fn model_vips(agent: &NodeAgent) -> Option<usize> {
     Some(services.iter().map(|s| s.vips.len()).sum())
 }
 
-/// Calls the agent finished for the service `name` since it started (its
-/// latency histogram's count: per-endpoint counts go with the endpoints).
+/// Calls the agent took for the service `name` since it started: the calls
+/// it received, or its latency histogram's count if that is more.
 pub fn service_calls(agent: &NodeAgent, name: &str) -> Option<u64> {
     let stats: api::Stats = json(agent, "/api/v1/stats")?;
     let s = stats.services.into_iter().find(|s| s.service == name)?;

@@ -185,20 +185,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let body = scratch.0.join("hello.bin");
     fs::write(&body, load::HELLO_BODY)?;
 
-    let mut backends = Vec::new();
-    for (name, addr) in BACKENDS {
-        let mut p = Proc::spawn(
-            name,
-            Command::new(bin.join("greeter-server"))
-                .args(["--listen", addr, "--name", name, "--threads", "1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )?;
-        procs::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
-        p.check_alive()?;
-        backends.push(p);
-    }
-
     let pod = if settings.paths.iter().any(|p| p.needs_root()) {
         let cgroup2 = netns::cgroup2_mount()?;
         let attach = netns::CgroupTree::create(cgroup2.join("balancer-bench"))?;
@@ -208,6 +194,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut backends = Vec::new();
+    for (name, addr) in BACKENDS {
+        let program = bin.join("greeter-server");
+        // On the kernel-redirect paths the backends are pods of this node
+        // (under the attach cgroup), so the agent's connections to them can
+        // take the fast path too.
+        let mut cmd = match &pod {
+            Some(pod) => netns::in_cgroup(&pod.attach.path().join("backends"), &program)?,
+            None => Command::new(&program),
+        };
+        let mut p = Proc::spawn(
+            name,
+            cmd.args(["--listen", addr, "--name", name, "--threads", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        procs::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+        p.check_alive()?;
+        backends.push(p);
+    }
+
     let env = Env {
         bin: bin.clone(),
         dir: scratch.0.clone(),

@@ -146,7 +146,9 @@ direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
   - **balancer, kernel redirect**: h2load runs in a client \"pod\" (its own
     network namespace and an enrolled cgroup) and dials the Service VIP; the
     agent's `cgroup/connect4` program redirects the connection into the agent,
-    with the `sk_msg` fast path on (`fast_path: true`) and off;
+    with the `sk_msg` fast path on (`fast_path: true`) and off; the backends
+    run in a cgroup below the attach cgroup, as pods of the node would, so
+    with the fast path on the agent's connections to them take it too;
   - **HAProxy**: `mode http`, `bind … proto h2`, `balance roundrobin`,
     `server … proto h2`, `http-reuse always`;
   - **nginx**: `listen … http2`, `grpc_pass`, an upstream `keepalive` pool

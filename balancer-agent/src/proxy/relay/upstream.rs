@@ -6,6 +6,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     net::SocketAddr,
+    os::fd::AsFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed},
         Arc, Weak,
@@ -14,7 +15,11 @@ use std::{
 
 use balancer_relay::frame::{self, Reason};
 use bytes::{Bytes, BytesMut};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpSocket, TcpStream},
+    time::Instant,
+};
 use tracing::{debug, Instrument};
 
 use super::{
@@ -83,9 +88,23 @@ pub(crate) fn spawn(handle: Arc<UpHandle>, addr: SocketAddr, opts: PoolOptions, 
     );
 }
 
+/// Connects to `addr`, first offering the socket to the kernel's fast path
+/// when there is one.
+async fn connect(addr: SocketAddr, opts: &PoolOptions) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(fast) = &opts.fast_path {
+        fast.0.offer_upstream(socket.as_fd());
+    }
+    socket.connect(addr).await
+}
+
 /// Drives the connection; Err says why no HTTP/2 connection could be made.
 async fn run(handle: &Arc<UpHandle>, addr: SocketAddr, opts: &PoolOptions) -> Result<(), String> {
-    let io = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
+    let mut io = match tokio::time::timeout(opts.connect_timeout, connect(addr, opts)).await {
         Ok(Ok(io)) => io,
         Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
         Err(_) => return Err(format!("connect to {addr} timed out")),
@@ -101,6 +120,16 @@ async fn run(handle: &Arc<UpHandle>, addr: SocketAddr, opts: &PoolOptions) -> Re
             (frame::SETTINGS_INITIAL_WINDOW_SIZE, opts.stream_window),
         ],
     );
+    if let Some(fast) = &opts.fast_path {
+        // The first message decides the socket's path: send it, then ask
+        // the kernel whether it went to the endpoint's socket directly.
+        if let Err(e) = io.write_all(&out).await {
+            return Err(format!("HTTP/2 handshake with {addr} failed: {e}"));
+        }
+        out.clear();
+        let paired = fast.0.settle_upstream(io.as_fd());
+        debug!(paired, "upstream fast path");
+    }
     let machine = UpConn {
         conn,
         st: UpState {
