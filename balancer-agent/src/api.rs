@@ -96,6 +96,14 @@ pub struct Service {
     pub vips: Vec<SocketAddr>,
     pub listen: Option<SocketAddr>,
     pub policy: String,
+    /// With policy `ring-hash`: the request header whose value picks the
+    /// endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// Faults injected into the service's calls, e.g. `delay 500ms to 10%,
+    /// abort UNAVAILABLE to 5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
     pub routes: Vec<Route>,
     pub endpoints: Vec<Endpoint>,
     #[serde(flatten)]
@@ -135,6 +143,8 @@ impl Service {
             vips: svc.vips.clone(),
             listen: svc.listen,
             policy: svc.policy.to_string(),
+            hash_header: svc.hash_header.clone(),
+            fault: svc.fault.as_ref().map(describe_fault),
             routes: svc.routes.iter().map(Route::from_model).collect(),
             endpoints,
             counters: live.map(|l| l.counters).unwrap_or_default(),
@@ -144,6 +154,23 @@ impl Service {
                 .then(|| svc.internal_traffic_policy.as_str().to_owned()),
         }
     }
+}
+
+/// `delay 500ms to 10% of calls, abort UNAVAILABLE ("msg") to 5% of calls`.
+fn describe_fault(f: &model::Fault) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = &f.delay {
+        parts.push(format!("delay {:?} to {}% of calls", d.duration, d.share.percent()));
+    }
+    if let Some(a) = &f.abort {
+        let name = model::GRPC_CODES.get(usize::from(a.code)).copied().unwrap_or("?");
+        parts.push(format!(
+            "abort {name} ({:?}) to {}% of calls",
+            a.message,
+            a.share.percent()
+        ));
+    }
+    parts.join(", ")
 }
 
 /// A route in display form.

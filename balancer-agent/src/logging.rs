@@ -104,6 +104,9 @@ pub struct AccessEntry<'a> {
     pub duration: Duration,
     /// Attempts beyond the first.
     pub retries: u32,
+    /// The fault injected into the call, if any: `delay`, `abort` or
+    /// `delay+abort`.
+    pub injected: Option<&'static str>,
 }
 
 /// Emits one access log line (a no-op unless the access log is enabled).
@@ -116,6 +119,7 @@ pub fn access(e: &AccessEntry<'_>) {
         grpc_status = e.grpc_status,
         duration_ms = e.duration.as_secs_f64() * 1e3,
         retries = e.retries,
+        injected = e.injected,
         "call"
     );
 }
@@ -170,6 +174,7 @@ mod tests {
                 grpc_status: Some(0),
                 duration: Duration::from_micros(1500),
                 retries: 0,
+                injected: Some("abort"),
             });
             assert_eq!(access_enabled(), access_log);
         });
@@ -188,6 +193,7 @@ mod tests {
         assert_eq!(f["endpoint"], "127.0.0.1:50051");
         assert_eq!(f["grpc_status"], 0);
         assert_eq!(f["duration_ms"], 1.5);
+        assert_eq!(f["injected"], "abort");
         // Off unless asked for, even though the base filter lets warnings through.
         assert_eq!(logged(false), "");
     }

@@ -99,10 +99,15 @@ pub struct Service {
     /// Optional explicit listener: no eBPF needed to reach this service.
     pub listen: Option<SocketAddr>,
     pub policy: Policy,
+    /// With [`Policy::RingHash`]: the request header (lower case) whose
+    /// value picks the endpoint on the ring.
+    pub hash_header: Option<String>,
     pub endpoints: Vec<Endpoint>,
     /// First match wins; a call that matches no route goes to all ready
     /// endpoints.
     pub routes: Vec<Route>,
+    /// Faults injected into a share of the calls (resilience testing).
+    pub fault: Option<Fault>,
     /// Whether calls prefer endpoints close to the agent.
     pub traffic_distribution: TrafficDistribution,
     /// Whether calls may leave the agent's node at all.
@@ -152,6 +157,119 @@ impl InternalTrafficPolicy {
     }
 }
 
+/// Faults injected into calls, as Istio's VirtualService `fault`: a delay
+/// before the call is forwarded and/or an abort answered by the agent. When
+/// both are drawn for a call, the delay comes first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+/// Delays `share` of the calls by `duration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FaultDelay {
+    pub share: Share,
+    pub duration: std::time::Duration,
+}
+
+/// Answers `share` of the calls with gRPC status `code` and `message`,
+/// without contacting an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FaultAbort {
+    pub share: Share,
+    pub code: u16,
+    pub message: String,
+}
+
+/// A share of calls in parts per million (0 to 100 %).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Share(u32);
+
+impl Share {
+    pub const MILLION: u32 = 1_000_000;
+    pub const ALL: Share = Share(Share::MILLION);
+
+    /// A percentage from 0 to 100 (fractions allowed: 0.1 is one call in a
+    /// thousand); `None` outside that range.
+    pub fn from_percent(p: f64) -> Option<Share> {
+        if !(0.0..=100.0).contains(&p) {
+            return None;
+        }
+        Some(Share((p * 10_000.0).round() as u32))
+    }
+
+    pub fn per_million(self) -> u32 {
+        self.0
+    }
+
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+
+    /// Whether a uniform draw in `0..MILLION` falls into the share.
+    pub fn contains(self, draw: u32) -> bool {
+        draw < self.0
+    }
+}
+
+/// gRPC status codes by name, in code order.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A gRPC status from its name (`UNAVAILABLE`, any case) or its number
+/// (`14`); an abort cannot be `OK`.
+pub fn parse_abort_code(s: &str) -> Result<u16, ModelError> {
+    let s = s.trim();
+    let code = match s.parse::<u16>() {
+        Ok(n) => Some(n).filter(|n| usize::from(*n) < GRPC_CODES.len()),
+        Err(_) => GRPC_CODES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(s))
+            .map(|i| i as u16),
+    };
+    match code {
+        Some(0) | None => Err(ModelError::BadAbortStatus(s.to_owned())),
+        Some(c) => Ok(c),
+    }
+}
+
+/// A duration such as `500ms`, `2s`, `1.5s` or `1m` (units ms, s, m).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, ModelError> {
+    let t = s.trim();
+    let bad = || ModelError::BadDuration(s.to_owned());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= std::time::Duration::from_secs(3600))
+        .ok_or_else(bad)
+}
+
 /// How a service picks the endpoint for each call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,16 +280,20 @@ pub enum Policy {
     LeastRequest,
     /// Power of two choices over a peak-EWMA of latency times load.
     PeakEwma,
+    /// Consistent hashing of a request header ([`Service::hash_header`])
+    /// on a ring; calls without the header are picked round-robin.
+    RingHash,
 }
 
 impl Policy {
-    pub const NAMES: [&'static str; 3] = ["round-robin", "least-request", "peak-ewma"];
+    pub const NAMES: [&'static str; 4] = ["round-robin", "least-request", "peak-ewma", "ring-hash"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round-robin",
             Policy::LeastRequest => "least-request",
             Policy::PeakEwma => "peak-ewma",
+            Policy::RingHash => "ring-hash",
         }
     }
 }
@@ -190,6 +312,7 @@ impl FromStr for Policy {
             "round-robin" => Ok(Policy::RoundRobin),
             "least-request" => Ok(Policy::LeastRequest),
             "peak-ewma" => Ok(Policy::PeakEwma),
+            "ring-hash" => Ok(Policy::RingHash),
             other => Err(ModelError::UnknownPolicy(other.to_owned())),
         }
     }
@@ -289,8 +412,20 @@ pub struct Backend {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
-    #[error("unknown policy `{0}` (expected one of round-robin, least-request, peak-ewma)")]
+    #[error("unknown policy `{0}` (expected one of round-robin, least-request, peak-ewma, ring-hash)")]
     UnknownPolicy(String),
+    #[error("service `{0}`: policy ring-hash needs a hash header (the request header whose value picks the endpoint)")]
+    RingHashWithoutHeader(String),
+    #[error("service `{0}`: a hash header is used only by policy ring-hash")]
+    HeaderWithoutRingHash(String),
+    #[error("service `{service}`: invalid hash header name {header:?}")]
+    BadHashHeader { service: String, header: String },
+    #[error("invalid gRPC status `{0}` for an abort (expected a name such as UNAVAILABLE or a number from 1 to 16)")]
+    BadAbortStatus(String),
+    #[error("invalid duration `{0}` (expected e.g. 500ms, 2s or 1m, at most 1 hour)")]
+    BadDuration(String),
+    #[error("invalid percentage `{0}` (expected a number from 0 to 100)")]
+    BadPercent(String),
     #[error("service `{0}` is defined twice")]
     DuplicateService(String),
     #[error("service name is empty")]
@@ -365,6 +500,23 @@ impl Model {
             }
             for (i, route) in svc.routes.iter().enumerate() {
                 route.validate(&svc.name, i)?;
+            }
+            match (svc.policy, &svc.hash_header) {
+                (Policy::RingHash, None) => return Err(ModelError::RingHashWithoutHeader(svc.name.clone())),
+                (Policy::RingHash, Some(h)) => {
+                    if h.is_empty()
+                        || h.bytes().any(|b| b.is_ascii_uppercase())
+                        || http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                        || h.starts_with(':')
+                    {
+                        return Err(ModelError::BadHashHeader {
+                            service: svc.name.clone(),
+                            header: h.clone(),
+                        });
+                    }
+                }
+                (_, Some(_)) => return Err(ModelError::HeaderWithoutRingHash(svc.name.clone())),
+                (_, None) => {}
             }
         }
         Ok(())
@@ -541,8 +693,10 @@ mod tests {
             vips: vec![vip.parse().unwrap()],
             listen: None,
             policy: Policy::default(),
+            hash_header: None,
             endpoints: vec![Endpoint::ready("127.0.0.1:1".parse().unwrap(), Labels::new())],
             routes: vec![],
+            fault: None,
             traffic_distribution: TrafficDistribution::Any,
             internal_traffic_policy: InternalTrafficPolicy::Cluster,
         }
@@ -555,7 +709,7 @@ mod tests {
         }
         assert_eq!(
             "random".parse::<Policy>().unwrap_err().to_string(),
-            "unknown policy `random` (expected one of round-robin, least-request, peak-ewma)"
+            "unknown policy `random` (expected one of round-robin, least-request, peak-ewma, ring-hash)"
         );
     }
 
@@ -628,5 +782,48 @@ mod tests {
         let mut got = names(&diff(&old_unsorted, &new_unsorted));
         got.sort();
         assert_eq!(got, ["+d", "-a", "~b"]);
+    }
+
+    #[test]
+    fn ring_hash_and_its_header_come_together() {
+        let mut s = svc("a", "10.0.0.1:80");
+        let check = |s: &Service| {
+            Model {
+                services: vec![Arc::new(s.clone())],
+                enrolled: vec![],
+                locality: Locality::default(),
+            }
+            .validate()
+        };
+        s.policy = Policy::RingHash;
+        assert_eq!(check(&s), Err(ModelError::RingHashWithoutHeader("a".into())));
+        s.hash_header = Some("x-user-id".into());
+        assert_eq!(check(&s), Ok(()));
+        s.hash_header = Some("X-User".into());
+        assert!(matches!(check(&s), Err(ModelError::BadHashHeader { .. })));
+        s.hash_header = Some("x-user-id".into());
+        s.policy = Policy::LeastRequest;
+        assert_eq!(check(&s), Err(ModelError::HeaderWithoutRingHash("a".into())));
+    }
+
+    #[test]
+    fn fault_values_parse_or_name_what_is_wrong() {
+        assert_eq!(parse_abort_code("UNAVAILABLE"), Ok(14));
+        assert_eq!(parse_abort_code("resource_exhausted"), Ok(8));
+        assert_eq!(parse_abort_code("3"), Ok(3));
+        assert_eq!(parse_abort_code("OK"), Err(ModelError::BadAbortStatus("OK".into())));
+        assert_eq!(parse_abort_code("17"), Err(ModelError::BadAbortStatus("17".into())));
+        assert_eq!(parse_abort_code("NOPE"), Err(ModelError::BadAbortStatus("NOPE".into())));
+        assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(std::time::Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(std::time::Duration::from_secs(120)));
+        for bad in ["", "5", "5h", "ms", "-1s", "2d", "61m"] {
+            assert_eq!(parse_duration(bad), Err(ModelError::BadDuration(bad.into())), "{bad:?}");
+        }
+        assert_eq!(Share::from_percent(50.0).map(Share::per_million), Some(500_000));
+        assert_eq!(Share::from_percent(0.1).map(Share::per_million), Some(1_000));
+        assert_eq!(Share::from_percent(100.5), None);
+        assert!(Share::ALL.contains(Share::MILLION - 1));
+        assert!(!Share::from_percent(0.0).unwrap().contains(0));
     }
 }

@@ -191,7 +191,9 @@ fn services_and_endpoints() {
     let e1: api::Service = c.get("/api/v1/services/default/echo").unwrap();
     let e2: api::Service = c.get("/api/v1/services/default%2Fecho").unwrap();
     assert_eq!(e1, e2);
-    assert_eq!(e1.policy, "peak-ewma");
+    assert_eq!(e1.policy, "ring-hash");
+    assert_eq!(e1.hash_header.as_deref(), Some("x-user-id"));
+    assert_eq!(e1.counters.faults_aborted, support_admin::FAULTS_ABORTED);
     let eps: Vec<api::Endpoint> = c.get("/api/v1/services/greeter/endpoints").unwrap();
     assert_eq!(eps.len(), 2);
     assert!(eps[1].stats.ejected);

@@ -78,6 +78,13 @@ fn call_counters_match_the_known_calls() {
     let greeter = [("service", "greeter")];
     assert_eq!(get(&s, "balancer_service_calls_total", &greeter), RECEIVED as f64);
     assert_eq!(get(&s, "balancer_no_endpoint_total", &greeter), NO_ENDPOINT as f64);
+    let echo_abort = [("service", "default/echo"), ("fault", "abort")];
+    assert_eq!(
+        get(&s, "balancer_faults_injected_total", &echo_abort),
+        FAULTS_ABORTED as f64
+    );
+    let echo_delay = [("service", "default/echo"), ("fault", "delay")];
+    assert_eq!(get(&s, "balancer_faults_injected_total", &echo_delay), 0.0);
     assert_eq!(
         get(&s, "balancer_no_endpoint_total", &[("service", "default/echo")]),
         0.0

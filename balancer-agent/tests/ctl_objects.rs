@@ -144,6 +144,17 @@ fn service_show() {
     assert!(detail.contains(&format!("No endpoint: {NO_ENDPOINT}")), "{detail}");
     let one: api::Service = json(&fx, &["service", "show", "default/echo"]);
     assert_eq!(one, echo());
+    let detail = ok(&fx, &["service", "show", "default/echo"]);
+    assert!(
+        detail.contains("Policy:     ring-hash (header x-user-id; without it round-robin)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(
+            "Faults:     abort UNAVAILABLE (\"fault injected\") to 5% of calls (so far 0 delayed, 3 aborted)"
+        ),
+        "{detail}"
+    );
 }
 
 #[test]

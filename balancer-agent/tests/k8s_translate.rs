@@ -227,7 +227,48 @@ fn policy_annotation_chooses_the_policy_and_a_bad_one_falls_back() {
     let t = run(&snap);
     assert_eq!(t.model.service("demo/a").map(|s| s.policy), Some(Policy::PeakEwma));
     assert_eq!(t.model.service("demo/b").map(|s| s.policy), Some(Policy::RoundRobin));
-    assert_eq!(t.bad_policies, vec![("demo/b".to_owned(), "fastest".to_owned())]);
+    assert_eq!(t.bad_annotations.len(), 1);
+    assert_eq!(t.bad_annotations[0].0, "demo/b");
+    assert!(
+        t.bad_annotations[0]
+            .1
+            .starts_with("balancer.io/policy: unknown policy `fastest`"),
+        "{:?}",
+        t.bad_annotations
+    );
+}
+
+#[test]
+fn ring_hash_and_fault_annotations_reach_the_model() {
+    let svc = from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "a", "namespace": "demo",
+                      "annotations": {
+                          "balancer.io/policy": "ring-hash",
+                          "balancer.io/hash-header": "x-user-id",
+                          "balancer.io/fault-delay": "200ms",
+                          "balancer.io/fault-delay-percent": "25",
+                          "balancer.io/fault-abort": "UNAVAILABLE",
+                          "balancer.io/fault-abort-message": "chaos",
+                          "kubectl.kubernetes.io/last-applied-configuration": "{}"
+                      } },
+        "spec": { "clusterIP": "10.96.0.1", "ports": [{ "name": "grpc", "port": 8000 }] }
+    }));
+    let t = run(&Snapshot {
+        services: vec![svc],
+        ..Snapshot::default()
+    });
+    assert!(t.bad_annotations.is_empty(), "{:?}", t.bad_annotations);
+    let s = t.model.service("demo/a").expect("the service");
+    assert_eq!(
+        (s.policy, s.hash_header.as_deref()),
+        (Policy::RingHash, Some("x-user-id"))
+    );
+    let f = s.fault.as_ref().expect("a fault");
+    let d = f.delay.as_ref().expect("a delay");
+    assert_eq!((d.duration.as_millis(), d.share.percent()), (200, 25.0));
+    let a = f.abort.as_ref().expect("an abort");
+    assert_eq!((a.code, a.share.percent(), a.message.as_str()), (14, 100.0, "chaos"));
 }
 
 #[test]

@@ -101,6 +101,25 @@ impl Spread {
 /// Makes `calls` SayHello calls over `channel`, at most `concurrency` at a
 /// time, and counts them per backend. Each call has `timeout`.
 pub async fn say_hello_spread(channel: Channel, calls: u64, concurrency: usize, timeout: Duration) -> Spread {
+    say_hello_spread_with(channel, calls, concurrency, timeout, &[]).await
+}
+
+/// [`say_hello_spread`] with `metadata` (lower-case name, value) on every
+/// call.
+pub async fn say_hello_spread_with(
+    channel: Channel,
+    calls: u64,
+    concurrency: usize,
+    timeout: Duration,
+    metadata: &[(String, String)],
+) -> Spread {
+    let metadata: Vec<(
+        tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )> = metadata
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+        .collect();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..calls {
@@ -108,12 +127,16 @@ pub async fn say_hello_spread(channel: Channel, calls: u64, concurrency: usize, 
             break;
         };
         let mut client = greeter(channel.clone());
+        let md = metadata.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let mut req = tonic::Request::new(HelloRequest {
                 name: format!("call-{i}"),
             });
             req.set_timeout(timeout);
+            for (k, v) in md {
+                req.metadata_mut().insert(k, v);
+            }
             client.say_hello(req).await.map(|r| r.into_inner().backend)
         });
     }

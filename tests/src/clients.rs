@@ -21,6 +21,18 @@ use crate::{
 /// channel to `target`, 8 at a time, started now; its JSON report
 /// (`backends`, `errors`, ...) is its one line.
 pub fn greeter(bin: &Path, netns: &NetNs, cgroup: &Cgroup, target: SocketAddrV4, calls: u64) -> PodProcess {
+    greeter_with(bin, netns, cgroup, target, calls, &[])
+}
+
+/// [`greeter`] with more arguments (`--header NAME=VALUE`, ...).
+pub fn greeter_with(
+    bin: &Path,
+    netns: &NetNs,
+    cgroup: &Cgroup,
+    target: SocketAddrV4,
+    calls: u64,
+    extra: &[&str],
+) -> PodProcess {
     let args: Vec<String> = [
         "--target",
         &target.to_string(),
@@ -31,6 +43,7 @@ pub fn greeter(bin: &Path, netns: &NetNs, cgroup: &Cgroup, target: SocketAddrV4,
         "--json",
     ]
     .iter()
+    .chain(extra)
     .map(|s| (*s).to_owned())
     .collect();
     pod::spawn_in(bin, netns, cgroup, &args).expect("start greeter-client")

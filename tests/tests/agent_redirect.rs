@@ -159,6 +159,11 @@ fn wait_ready(topo: &Topology, node: &Node) {
 
 /// greeter-client in the pod: `calls` calls over one connection to the VIP.
 fn client(pod: &Pod, calls: u64) -> serde_json::Value {
+    client_with(pod, calls, &[])
+}
+
+/// [`client`] with more arguments (`--header NAME=VALUE`, ...).
+fn client_with(pod: &Pod, calls: u64, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(built("greeter-client"));
     cmd.args([
         "--target",
@@ -169,6 +174,7 @@ fn client(pod: &Pod, calls: u64) -> serde_json::Value {
         "8",
         "--json",
     ]);
+    cmd.args(extra);
     place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
     let out = cmd.stderr(Stdio::piped()).output().expect("run greeter-client");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -472,4 +478,69 @@ fn calls_through_the_redirect_stay_close_and_spill_over_when_the_zone_dies() {
             && first.contains("internalTrafficPolicy Local and no endpoint on this node `n1`"),
         "{v}"
     );
+}
+
+/// Consistent hashing and injected faults on redirected connections: a
+/// user's calls stay on one endpoint; an injected abort never reaches an
+/// endpoint; an injected delay holds the calls.
+#[test]
+fn ring_hash_and_injected_faults_through_the_redirect() {
+    let Some(_serial) = serial_or_skip("ring_hash_and_injected_faults_through_the_redirect") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let node = start_node(&topo, None);
+    let pod = &topo.pods[0];
+    let ring_hash = format!(
+        "{}    policy: ring-hash\n    hash_header: x-user-id\n",
+        config(&topo, None)
+    );
+    fs::write(&node.config, &ring_hash).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let mut owners = BTreeMap::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let header = format!("x-user-id={user}");
+        for _ in 0..2 {
+            let v = client_with(pod, 40, &["--header", &header]);
+            assert_eq!(v["errors"], 0, "{user}: {v}\nagent log:\n{}", node.log());
+            let counts = per_backend(&v);
+            assert_eq!(
+                counts.len(),
+                1,
+                "the calls of {user} went to several endpoints: {counts:?}"
+            );
+            let owner = counts.keys().next().cloned().unwrap_or_default();
+            assert_eq!(
+                owners.entry(user).or_insert_with(|| owner.clone()),
+                &owner,
+                "{user} moved between two connections"
+            );
+        }
+    }
+    let used: std::collections::BTreeSet<&String> = owners.values().collect();
+    assert!(used.len() >= 2, "8 users all on one endpoint: {owners:?}");
+
+    // Every call aborted by the agent with the chosen status.
+    let abort = format!("{ring_hash}    fault:\n      abort: {{ status: UNAVAILABLE, percent: 100 }}\n");
+    fs::write(&node.config, abort).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = client_with(pod, 50, &["--header", "x-user-id=alice"]);
+    assert_eq!(v["errors"], 50, "{v}");
+    assert_eq!(v["error_codes"]["Unavailable"], 50, "{v}");
+    assert_eq!(v["first_error"], "Unavailable: fault injected", "{v}");
+
+    // Every call delayed 300 ms: 8 calls one at a time take 2.4 s or more.
+    let delay = format!("{ring_hash}    fault:\n      delay: {{ duration: 300ms }}\n");
+    fs::write(&node.config, delay).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+    let start = Instant::now();
+    let mut cmd = Command::new(built("greeter-client"));
+    cmd.args(["--target", VIP, "--calls", "8", "--concurrency", "1", "--json"]);
+    place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
+    let out = cmd.stderr(Stdio::null()).output().expect("run greeter-client");
+    let took = start.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(took >= Duration::from_millis(2400), "8 delayed calls took {took:?}");
 }

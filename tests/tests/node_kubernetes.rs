@@ -231,6 +231,18 @@ impl Node {
         c.next_json(Duration::from_secs(120)).expect("client report")
     }
 
+    fn greeter_with(&self, calls: u64, extra: &[&str]) -> Value {
+        let mut c = clients::greeter_with(
+            &built("greeter-client"),
+            &self.topo.pods[0].netns,
+            &self.client.container,
+            VIP,
+            calls,
+            extra,
+        );
+        c.next_json(Duration::from_secs(120)).expect("client report")
+    }
+
     fn grpcio(&self, calls: u64) -> GrpcioLoad {
         GrpcioLoad::start(
             &self.topo.pods[0].netns,
@@ -496,4 +508,68 @@ fn the_daemonset_agent_keeps_calls_in_its_zone_and_spills_over() {
     let v = node.greeter(&node.client, 0, 100);
     assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
     assert_eq!(backends(&v), BTreeMap::from([("greeter-v2".to_owned(), 100)]), "{v}");
+}
+
+/// Waits until `agent` serves demo/greeter with a service field `key`
+/// equal to `want`.
+fn wait_service_field(agent: &NodeAgent, key: &str, want: &Value) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = agent.get("/api/v1/services/demo/greeter").expect("service");
+        let svc: Value = serde_json::from_str(&body).unwrap_or_default();
+        if &svc[key] == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{key} is not {want} after 10 s: {svc}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn service_annotations_choose_ring_hash_and_inject_faults() {
+    let Some(_serial) = serial_or_skip("service_annotations_choose_ring_hash_and_inject_faults") else {
+        return;
+    };
+    let node = Node::new();
+    let cgroups = node.kubepods.pod(Qos::Burstable, 100).expect("agent pod");
+    let mut a = node.start_agent("balancer-agent-a", &cgroups);
+    node.wait_ready(&mut a);
+
+    // Consistent hashing on x-user-id: each user's calls on one endpoint.
+    let mut svc = service("greeter", "10.96.0.10");
+    svc["metadata"]["annotations"] = json!({
+        "balancer.io/policy": "ring-hash",
+        "balancer.io/hash-header": "x-user-id",
+    });
+    node.api.apply(svc.clone()).expect("service");
+    wait_service_field(&a, "hash_header", &json!("x-user-id"));
+    let mut seen = std::collections::BTreeSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let v = node.greeter_with(40, &["--header", &format!("x-user-id={user}")]);
+        assert_eq!(v["errors"], 0, "{user}: {v}\n{}", a.log());
+        let b = backends(&v);
+        assert_eq!(b.len(), 1, "the calls of {user} went to several endpoints: {v}");
+        seen.extend(b.into_keys());
+    }
+    assert_eq!(seen.len(), 2, "six users all on one of two endpoints: {seen:?}");
+
+    // Every call aborted by the agent with the annotated status.
+    svc["metadata"]["annotations"] = json!({
+        "balancer.io/fault-abort": "PERMISSION_DENIED",
+        "balancer.io/fault-abort-message": "chaos",
+    });
+    node.api.apply(svc).expect("service");
+    wait_service_field(
+        &a,
+        "fault",
+        &json!("abort PERMISSION_DENIED (\"chaos\") to 100% of calls"),
+    );
+    let v = node.greeter(&node.client, 0, 30);
+    assert_eq!(v["errors"], 30, "{v}");
+    assert_eq!(v["error_codes"]["PermissionDenied"], 30, "{v}");
+    assert_eq!(v["first_error"], "PermissionDenied: chaos", "{v}");
+    drop(cgroups);
 }

@@ -22,6 +22,13 @@
 //! option does. So endpoints dying near the agent, before outlier
 //! detection ejects them, fail no call while others are ready.
 //!
+//! With policy `ring-hash`, each tier has its own ring and a call's key
+//! (the hash header's value) draws its tier instead of a random number: a
+//! key keeps landing in the same tier and on the same endpoint of it while
+//! the tiers' health stays; when the close tier degrades, the keys that
+//! spill over are the same ones each time, and only they move. A call with
+//! no key draws at random and picks round-robin inside its tier.
+//!
 //! `internal_traffic_policy: Local` keeps only the endpoints on the agent's
 //! node; the others never take a call, even when none is local.
 //!
@@ -130,7 +137,8 @@ pub fn classify(svc: &Service, here: &Locality) -> Classes {
     Classes::Tiered(t)
 }
 
-/// A subset split by tier: each tier with its own round-robin cursor.
+/// A subset split by tier: each tier with its own round-robin cursor and,
+/// for a ring-hash service, its own ring.
 #[derive(Debug, Default)]
 pub struct Tiers([Subset; 3]);
 
@@ -138,6 +146,13 @@ impl Tiers {
     /// The members of the subset by tier.
     pub fn members(&self) -> impl Iterator<Item = (Tier, &[usize])> {
         Tier::ALL.into_iter().zip(self.0.iter().map(|s| s.members.as_slice()))
+    }
+
+    /// Places each tier's members on the tier's own ring.
+    pub(super) fn build_rings(&mut self, addresses: &[std::net::SocketAddr]) {
+        for s in &mut self.0 {
+            s.build_ring(addresses);
+        }
     }
 }
 
@@ -202,14 +217,35 @@ pub fn tier_for(shares: [f64; 3], u: f64) -> usize {
     shares.iter().rposition(|s| *s > 0.0).unwrap_or(0)
 }
 
+/// The draw in `[0, 1)` that places a call in a tier: random, or for a
+/// call with a hash key (ring-hash) a function of the key, so that a key
+/// lands in the same tier, and so on the same endpoint of that tier's ring,
+/// for as long as the shares stay. The key is mixed first (SplitMix64's
+/// finalizer): the keys of one tier are then spread over its whole ring,
+/// not the keys of one arc of it.
+fn draw(key: Option<u64>) -> f64 {
+    let bits = match key {
+        None => rand_u64(),
+        Some(k) => {
+            let mut z = k ^ (k >> 30);
+            z = z.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z ^= z >> 27;
+            z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    };
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Picks for a call in a tiered subset: a tier by shares, then `policy`
-/// inside it; the other tiers, closest first, when that tier has no
-/// endpoint left for the call.
+/// inside it (with ring-hash, on that tier's ring from `key`); the other
+/// tiers, closest first, when that tier has no endpoint left for the call.
 pub(super) fn pick(
     policy: Policy,
     tiers: &Tiers,
     endpoints: &[Arc<EndpointRt>],
     tried: Tried<'_>,
+    key: Option<u64>,
 ) -> Option<Arc<EndpointRt>> {
     let mut available = [0; 3];
     let mut total = [0; 3];
@@ -235,17 +271,17 @@ pub(super) fn pick(
             .chain((0..3).filter(|t| was_tried[*t]));
         return order
             .into_iter()
-            .find_map(|t| super::pick::pick_flat(policy, &tiers.0[t], endpoints, tried));
+            .find_map(|t| super::pick::pick_flat(policy, &tiers.0[t], endpoints, tried, key));
     }
     let shares = shares(available, total);
     let first = if shares.contains(&1.0) {
         tier_for(shares, 0.0)
     } else {
-        tier_for(shares, (rand_u64() >> 11) as f64 / (1u64 << 53) as f64)
+        tier_for(shares, draw(key))
     };
     std::iter::once(first)
         .chain((0..3).filter(|t| *t != first))
-        .find_map(|t| super::pick::pick_flat(policy, &tiers.0[t], endpoints, tried))
+        .find_map(|t| super::pick::pick_flat(policy, &tiers.0[t], endpoints, tried, key))
 }
 
 #[cfg(test)]

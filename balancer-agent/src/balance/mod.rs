@@ -16,7 +16,8 @@
 pub mod endpoint;
 pub mod locality;
 pub mod pick;
-mod rand;
+pub mod rand;
+pub mod ring;
 pub mod route;
 pub mod stats;
 
@@ -71,6 +72,10 @@ impl Default for BalanceOptions {
 #[derive(Debug)]
 pub struct ServiceState {
     pub policy: Policy,
+    /// With [`Policy::RingHash`]: the header whose value is hashed.
+    pub hash_header: Option<http::HeaderName>,
+    /// Faults injected into this service's calls.
+    pub fault: Option<model::Fault>,
     pub vips: Vec<SocketAddr>,
     pub endpoints: Vec<Arc<EndpointRt>>,
     all: Subset,
@@ -104,12 +109,12 @@ impl ServiceState {
             })
             .collect();
         let classes = locality::classify(svc, here);
-        let routes = svc
+        let mut routes: Vec<CompiledRoute> = svc
             .routes
             .iter()
             .map(|r| CompiledRoute::compile(r, &svc.endpoints, &classes))
             .collect();
-        let all = locality::subset((0..endpoints.len()).collect(), &classes);
+        let mut all = locality::subset((0..endpoints.len()).collect(), &classes);
         let no_local =
             (svc.internal_traffic_policy == InternalTrafficPolicy::Local && all.members.is_empty()).then(|| {
                 let node = here.node.as_deref().unwrap_or("(unknown: set `node:`)");
@@ -119,8 +124,28 @@ impl ServiceState {
                 )
                 .into()
             });
+        let hash_header = match svc.policy {
+            Policy::RingHash => svc
+                .hash_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            _ => None,
+        };
+        if hash_header.is_some() {
+            // The rings are built here, once per change of the service: one
+            // per subset and, in a service split by locality, one per tier.
+            let addresses: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.address).collect();
+            all.build_ring(&addresses);
+            for r in &mut routes {
+                for (subset, _) in &mut r.backends {
+                    subset.build_ring(&addresses);
+                }
+            }
+        }
         ServiceState {
             policy: svc.policy,
+            hash_header,
+            fault: svc.fault.clone(),
             vips: svc.vips.clone(),
             all,
             endpoints,
@@ -135,31 +160,43 @@ impl ServiceState {
         self.no_local.as_deref()
     }
 
+    /// The hash of the call's key for a ring-hash service: the first value
+    /// of its hash header; `None` without one (the call is picked
+    /// round-robin).
+    fn call_key(&self, call: &CallMeta<'_>) -> Option<u64> {
+        let name = self.hash_header.as_ref()?;
+        let mut key = None;
+        call.headers.any_value(name.as_str(), &mut |v| {
+            key = Some(ring::key_hash(v.as_bytes()));
+            true
+        });
+        key
+    }
+
     /// The endpoint for a call: the first matching route's weighted backend
     /// (falling back to its other weighted backends when that subset has no
     /// available endpoint), or any endpoint when no route matches.
     pub fn pick(&self, call: &CallMeta<'_>, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
+        let key = self.call_key(call);
+        let pick = |subset: &Subset| pick::pick(self.policy, subset, &self.endpoints, tried, key);
         match self.routes.iter().find(|r| r.is_match(call)) {
-            None => pick::pick(self.policy, &self.all, &self.endpoints, tried),
+            None => pick(&self.all),
             Some(route) => {
                 let b = route.next_backend();
                 if let Some((subset, _)) = route.backends.get(b) {
-                    if let Some(ep) = pick::pick(self.policy, subset, &self.endpoints, tried) {
+                    if let Some(ep) = pick(subset) {
                         return Some(ep);
                     }
                 }
-                route
-                    .backends
-                    .iter()
-                    .filter(|(_, w)| *w > 0)
-                    .find_map(|(s, _)| pick::pick(self.policy, s, &self.endpoints, tried))
+                route.backends.iter().filter(|(_, w)| *w > 0).find_map(|(s, _)| pick(s))
             }
         }
     }
 
-    /// The endpoint for a plain TCP connection (no call to route on).
+    /// The endpoint for a plain TCP connection (no call to route on; a
+    /// ring-hash service picks round-robin).
     pub fn pick_connection(&self, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
-        pick::pick(self.policy, &self.all, &self.endpoints, tried)
+        pick::pick(self.policy, &self.all, &self.endpoints, tried, None)
     }
 }
 
@@ -173,6 +210,8 @@ pub struct ServiceSlot {
     retries: AtomicU64,
     no_endpoint: AtomicU64,
     tcp_connections: AtomicU64,
+    faults_delayed: AtomicU64,
+    faults_aborted: AtomicU64,
 }
 
 impl ServiceSlot {
@@ -185,6 +224,8 @@ impl ServiceSlot {
             retries: AtomicU64::new(0),
             no_endpoint: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
+            faults_delayed: AtomicU64::new(0),
+            faults_aborted: AtomicU64::new(0),
         }
     }
 
@@ -232,11 +273,23 @@ impl ServiceSlot {
             no_endpoint: self.no_endpoint.load(Relaxed),
             retries: self.retries.load(Relaxed),
             l4_connections: self.tcp_connections.load(Relaxed),
+            faults_delayed: self.faults_delayed.load(Relaxed),
+            faults_aborted: self.faults_aborted.load(Relaxed),
         }
     }
 
     pub fn count_tcp_connection(&self) {
         self.tcp_connections.fetch_add(1, Relaxed);
+    }
+
+    /// A call delayed by fault injection.
+    pub fn count_fault_delay(&self) {
+        self.faults_delayed.fetch_add(1, Relaxed);
+    }
+
+    /// A call aborted by fault injection.
+    pub fn count_fault_abort(&self) {
+        self.faults_aborted.fetch_add(1, Relaxed);
     }
 }
 

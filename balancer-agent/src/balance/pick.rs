@@ -1,5 +1,6 @@
-//! The per-call policies over a subset of endpoints: round-robin, and the
-//! power of two choices over in-flight calls or over peak-EWMA cost.
+//! The per-call policies over a subset of endpoints: round-robin, the
+//! power of two choices over in-flight calls or over peak-EWMA cost, and
+//! consistent hashing on the subset's ring.
 
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
@@ -23,16 +24,22 @@ fn eligible(ep: &Arc<EndpointRt>, tried: Tried<'_>) -> bool {
 }
 
 /// Picks an available endpoint of `subset` that the call has not tried yet:
-/// in a locality tier first when the subset has tiers.
+/// in a locality tier first when the subset has tiers (see
+/// [`super::locality`]). `key` is the hash of the call's key for
+/// [`Policy::RingHash`]: the first endpoint from it on the ring (the
+/// subset's, or the tier's) that is available and untried (an ejected,
+/// draining or tried one is walked past, so its keys spread over the next
+/// ones); without a key, ring-hash picks round-robin.
 pub fn pick(
     policy: Policy,
     subset: &Subset,
     endpoints: &[Arc<EndpointRt>],
     tried: Tried<'_>,
+    key: Option<u64>,
 ) -> Option<Arc<EndpointRt>> {
     match &subset.tiers {
-        None => pick_flat(policy, subset, endpoints, tried),
-        Some(tiers) => super::locality::pick(policy, tiers, endpoints, tried),
+        None => pick_flat(policy, subset, endpoints, tried, key),
+        Some(tiers) => super::locality::pick(policy, tiers, endpoints, tried, key),
     }
 }
 
@@ -42,22 +49,27 @@ pub(super) fn pick_flat(
     subset: &Subset,
     endpoints: &[Arc<EndpointRt>],
     tried: Tried<'_>,
+    key: Option<u64>,
 ) -> Option<Arc<EndpointRt>> {
     let n = subset.members.len();
     let ep = |k: usize| endpoints.get(subset.members[k]);
     match n {
         0 => None,
         1 => ep(0).filter(|e| eligible(e, tried)).cloned(),
-        _ => match policy {
-            Policy::RoundRobin => {
+        _ => match (policy, key.zip(subset.ring.as_ref())) {
+            (Policy::RingHash, Some((hash, ring))) => ring
+                .find(hash, |i| endpoints.get(i).is_some_and(|e| eligible(e, tried)))
+                .and_then(|i| endpoints.get(i))
+                .cloned(),
+            (Policy::RoundRobin | Policy::RingHash, _) => {
                 let start = subset.cursor.fetch_add(1, Relaxed);
                 (0..n)
                     .filter_map(|i| ep((start + i) % n))
                     .find(|e| eligible(e, tried))
                     .cloned()
             }
-            Policy::LeastRequest => p2c(n, &ep, tried, |e| e.in_flight() as f64),
-            Policy::PeakEwma => p2c(n, &ep, tried, |e| e.ewma_cost()),
+            (Policy::LeastRequest, _) => p2c(n, &ep, tried, |e| e.in_flight() as f64),
+            (Policy::PeakEwma, _) => p2c(n, &ep, tried, |e| e.ewma_cost()),
         },
     }
 }

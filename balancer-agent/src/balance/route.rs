@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName};
 use super::{
     locality::{self, Classes, Tiers},
     rand::rand_u64,
+    ring::Ring,
 };
 use crate::model::{self, StringMatch};
 
@@ -109,12 +110,14 @@ impl CompiledMatch {
 }
 
 /// A subset of a service's endpoints (indices into its endpoint list) with
-/// its own round-robin cursor, and split by locality tier when the service
-/// prefers close endpoints (see [`super::locality`]).
+/// its own round-robin cursor and, for a ring-hash service, its ring; split
+/// by locality tier when the service prefers close endpoints (see
+/// [`super::locality`]), each tier with its own cursor and ring.
 #[derive(Debug, Default)]
 pub struct Subset {
     pub(crate) members: Vec<usize>,
     pub(crate) cursor: AtomicUsize,
+    pub(crate) ring: Option<Ring>,
     pub(crate) tiers: Option<Box<Tiers>>,
 }
 
@@ -123,7 +126,23 @@ impl Subset {
         Subset {
             members,
             cursor: AtomicUsize::new(0),
+            ring: None,
             tiers: None,
+        }
+    }
+
+    /// Places the members on a ring, and each tier's members on the tier's
+    /// own ring; `addresses` are the service's endpoints' addresses, by
+    /// index.
+    pub fn build_ring(&mut self, addresses: &[std::net::SocketAddr]) {
+        let members: Vec<(usize, std::net::SocketAddr)> = self
+            .members
+            .iter()
+            .filter_map(|i| addresses.get(*i).map(|a| (*i, *a)))
+            .collect();
+        self.ring = Some(Ring::build(members.into_iter()));
+        if let Some(tiers) = &mut self.tiers {
+            tiers.build_rings(addresses);
         }
     }
 }

@@ -30,6 +30,12 @@ pub struct ServiceCounters {
     pub retries: u64,
     /// Client connections proxied as plain TCP (no HTTP/2 preface).
     pub l4_connections: u64,
+    /// Calls delayed by fault injection.
+    #[serde(default)]
+    pub faults_delayed: u64,
+    /// Calls aborted by fault injection.
+    #[serde(default)]
+    pub faults_aborted: u64,
 }
 
 /// One endpoint's load, health and call statistics.

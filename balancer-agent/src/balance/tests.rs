@@ -24,8 +24,10 @@ fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Serv
         vips: vec!["10.96.0.10:8000".parse().unwrap()],
         listen: None,
         policy,
+        hash_header: (policy == Policy::RingHash).then(|| "x-user-id".to_owned()),
         endpoints,
         routes,
+        fault: None,
         traffic_distribution: TrafficDistribution::Any,
         internal_traffic_policy: InternalTrafficPolicy::Cluster,
     }
@@ -623,4 +625,165 @@ fn a_new_agent_locality_re_tiers_every_service_and_keeps_endpoint_state() {
     let after = t.service("greeter").unwrap().state().unwrap();
     assert!(Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]));
     assert_eq!(after.endpoints[0].snapshot().stats.calls, 1);
+}
+
+fn user(id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-user-id", id.parse().unwrap());
+    h
+}
+
+/// The endpoint (port) each of `users` lands on.
+fn owners(t: &Table, users: &[String]) -> Vec<u16> {
+    let st = t.service("greeter").unwrap().state().unwrap();
+    users
+        .iter()
+        .map(|u| {
+            let h = user(u);
+            st.pick(&CallMeta::from_path(SAY_HELLO, &h), &[])
+                .unwrap()
+                .address
+                .port()
+        })
+        .collect()
+}
+
+fn users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user-{i}")).collect()
+}
+
+#[test]
+fn ring_hash_keeps_a_key_on_one_endpoint_and_spreads_keys() {
+    let t = Table::new(&three(Policy::RingHash));
+    for u in ["alice", "bob", "carol"] {
+        let c = count(&t, SAY_HELLO, &user(u), 100);
+        assert_eq!(c.len(), 1, "{u}: {c:?}");
+    }
+    let us = users(600);
+    let first = owners(&t, &us);
+    assert_eq!(owners(&t, &us), first, "the same keys land on the same endpoints");
+    for port in 1..=3 {
+        let n = first.iter().filter(|p| **p == port).count();
+        assert!((100..=300).contains(&n), "endpoint {port} owns {n} of 600 keys");
+    }
+    // Without the header: round-robin.
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 300);
+    assert_eq!((c[&1], c[&2], c[&3]), (100, 100, 100));
+    // A plain TCP connection has no header either.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let ports: std::collections::HashSet<u16> = (0..3)
+        .map(|_| st.pick_connection(&[]).unwrap().address.port())
+        .collect();
+    assert_eq!(ports.len(), 3);
+}
+
+#[test]
+fn ring_hash_moves_only_the_keys_of_a_removed_endpoint() {
+    let mut m = three(Policy::RingHash);
+    let t = Table::new(&m);
+    let us = users(1000);
+    let before = owners(&t, &us);
+    Arc::make_mut(&mut m.services[0]).endpoints.remove(1);
+    t.update(&m);
+    let after = owners(&t, &us);
+    for (b, a) in before.iter().zip(&after) {
+        if *b != 2 {
+            assert_eq!(a, b, "a key of a staying endpoint moved");
+        } else {
+            assert_ne!(*a, 2);
+        }
+    }
+    // Back again: the keys return to it.
+    Arc::make_mut(&mut m.services[0])
+        .endpoints
+        .insert(1, Endpoint::ready(addr(2), labels("v1")));
+    t.update(&m);
+    assert_eq!(owners(&t, &us), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ring_hash_walks_past_ejected_draining_and_tried_endpoints() {
+    let mut m = three(Policy::RingHash);
+    let t = Table::new(&m);
+    let us = users(300);
+    let before = owners(&t, &us);
+    // Endpoint 2 ejected: its keys go elsewhere, the others' stay.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    for _ in 0..5 {
+        st.endpoints[1].start_call().finish(Outcome::ConnectFailed);
+    }
+    assert!(!st.endpoints[1].is_available());
+    let ejected = owners(&t, &us);
+    for (b, a) in before.iter().zip(&ejected) {
+        assert_ne!(*a, 2);
+        if *b != 2 {
+            assert_eq!(a, b);
+        }
+    }
+    // Endpoint 3 draining (a new model): walked past as well.
+    Arc::make_mut(&mut m.services[0]).endpoints[2].state = EndpointState::Draining;
+    t.update(&m);
+    assert!(owners(&t, &us).iter().all(|p| *p == 1));
+    // A retry skips what the call tried.
+    let t = Table::new(&three(Policy::RingHash));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let h = user("alice");
+    let meta = CallMeta::from_path(SAY_HELLO, &h);
+    let first = st.pick(&meta, &[]).unwrap();
+    let second = st.pick(&meta, &[pick::identity(&first)]).unwrap();
+    assert_ne!(first.address, second.address);
+}
+
+#[test]
+fn ring_hash_within_a_route_subset() {
+    let mut m = three(Policy::RingHash);
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(100, 0)];
+    let t = Table::new(&m);
+    let us = users(200);
+    let o = owners(&t, &us);
+    assert!(o.iter().all(|p| *p == 1 || *p == 2), "only v1 endpoints: {o:?}");
+    assert!(o.contains(&1) && o.contains(&2));
+    assert_eq!(owners(&t, &us), o);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ring_hash_picks_on_the_ring_of_the_close_tier_and_spills_the_same_keys() {
+    let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    let svc = Arc::make_mut(&mut m.services[0]);
+    svc.policy = Policy::RingHash;
+    svc.hash_header = Some("x-user-id".into());
+    let t = Table::new(&m);
+    let us = users(1000);
+    let first = owners(&t, &us);
+    assert_eq!(owners(&t, &us), first, "the same keys land on the same endpoints");
+    for port in 1..=3 {
+        let n = first.iter().filter(|p| **p == port).count();
+        assert!((150..=500).contains(&n), "endpoint {port} owns {n} of 1000 keys");
+    }
+    assert!(first.iter().all(|p| *p <= 3), "a healthy zone keeps every key");
+
+    // One of the zone's three ejected: 6.7% of the keys spill to zone b,
+    // the same keys on every call; the keys that stay in the zone and were
+    // not on the ejected endpoint do not move.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    fail_until_ejected(&st.endpoints[0]);
+    let degraded = owners(&t, &us);
+    assert_eq!(owners(&t, &us), degraded, "spill-over by key, not at random");
+    let remote = degraded.iter().filter(|p| **p > 3).count();
+    assert!((30..=110).contains(&remote), "6.7% of keys expected remote: {remote}");
+    assert!(!degraded.contains(&1));
+    for (b, a) in first.iter().zip(&degraded) {
+        if *b != 1 && *a <= 3 {
+            assert_eq!(a, b, "a key of a staying endpoint moved inside the zone");
+        }
+    }
+    // The whole zone ejected: zone b's ring takes every key, spread.
+    fail_until_ejected(&st.endpoints[1]);
+    fail_until_ejected(&st.endpoints[2]);
+    let away = owners(&t, &us);
+    assert!(away.iter().all(|p| *p >= 4), "{away:?}");
+    assert!(away.contains(&4) && away.contains(&5));
+    // Back after the ejection: every key returns to its endpoint.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(owners(&t, &us), first);
 }

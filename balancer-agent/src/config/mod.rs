@@ -13,7 +13,8 @@
 //!   - name: greeter
 //!     vip: 10.96.0.10:8000        # and/or `vips: [..]`
 //!     listen: 127.0.0.1:18000     # optional explicit listener
-//!     policy: round-robin         # round-robin | least-request | peak-ewma
+//!     policy: round-robin         # round-robin | least-request | peak-ewma | ring-hash
+//!     # hash_header: x-user-id    # with ring-hash: the header that picks the endpoint
 //!     traffic_distribution: PreferClose  # optional: node, then zone, then the rest
 //!     internal_traffic_policy: Local     # optional: this node's endpoints only
 //!     endpoints:
@@ -27,6 +28,9 @@
 //!         backends:
 //!           - { labels: { version: v1 }, weight: 90 }
 //!           - { labels: { version: v2 }, weight: 10 }
+//!     fault:                      # optional: injected faults
+//!       delay: { duration: 500ms, percent: 10 }
+//!       abort: { status: UNAVAILABLE, percent: 5, message: "injected" }
 //! ```
 //!
 //! Every error is one line naming the file, the key and the line:

@@ -11,8 +11,9 @@ use serde::{
 };
 
 use crate::model::{
-    Backend, Endpoint, EndpointState, HeaderMatch, InternalTrafficPolicy, Labels, Locality, Model, Policy, Route,
-    RouteMatch, Service, StringMatch, TrafficDistribution,
+    parse_abort_code, parse_duration, Backend, Endpoint, EndpointState, Fault, FaultAbort, FaultDelay, HeaderMatch,
+    InternalTrafficPolicy, Labels, Locality, Model, ModelError, Policy, Route, RouteMatch, Service, Share, StringMatch,
+    TrafficDistribution,
 };
 
 use super::NodeConfig;
@@ -90,6 +91,9 @@ struct ServiceFile {
     listen: Option<Addr>,
     #[serde(default)]
     policy: Policy,
+    /// With `policy: ring-hash`: the request header that picks the endpoint.
+    #[serde(default)]
+    hash_header: Option<String>,
     #[serde(default)]
     endpoints: Vec<EndpointFile>,
     #[serde(default)]
@@ -98,6 +102,103 @@ struct ServiceFile {
     traffic_distribution: TrafficDistributionFile,
     #[serde(default)]
     internal_traffic_policy: InternalTrafficPolicyFile,
+    #[serde(default)]
+    fault: Option<FaultFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    #[serde(default)]
+    delay: Option<DelayFile>,
+    #[serde(default)]
+    abort: Option<AbortFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayFile {
+    /// `500ms`, `2s`, `1m`.
+    duration: String,
+    #[serde(default = "hundred")]
+    percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortFile {
+    /// A gRPC status name (`UNAVAILABLE`) or number (`14`).
+    status: StatusFile,
+    #[serde(default = "hundred")]
+    percent: f64,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+/// A status name or number, kept as text.
+#[derive(Debug)]
+struct StatusFile(String);
+
+impl<'de> Deserialize<'de> for StatusFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusFile;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a gRPC status name (e.g. UNAVAILABLE) or number")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StatusFile(v.to_owned()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StatusFile(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(StatusFile(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The message an injected abort carries unless one is given.
+pub const DEFAULT_ABORT_MESSAGE: &str = "fault injected";
+
+impl FaultFile {
+    fn into_fault(self, at: &str) -> Result<Fault, Invalid> {
+        let share = |p: f64, at: String| {
+            Share::from_percent(p).ok_or_else(|| invalid(at, ModelError::BadPercent(p.to_string()).to_string()))
+        };
+        let delay = match self.delay {
+            None => None,
+            Some(d) => Some(FaultDelay {
+                share: share(d.percent, format!("{at}.delay.percent"))?,
+                duration: parse_duration(&d.duration)
+                    .map_err(|e| invalid(format!("{at}.delay.duration"), e.to_string()))?,
+            }),
+        };
+        let abort = match self.abort {
+            None => None,
+            Some(a) => Some(FaultAbort {
+                share: share(a.percent, format!("{at}.abort.percent"))?,
+                code: parse_abort_code(&a.status.0)
+                    .map_err(|e| invalid(format!("{at}.abort.status"), e.to_string()))?,
+                message: a.message.unwrap_or_else(|| DEFAULT_ABORT_MESSAGE.to_owned()),
+            }),
+        };
+        if delay.is_none() && abort.is_none() {
+            return Err(invalid(at.to_owned(), "a fault needs `delay` and/or `abort`"));
+        }
+        Ok(Fault { delay, abort })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,13 +411,39 @@ impl ServiceFile {
             .enumerate()
             .map(|(r, route)| route.into_route(&format!("{at}.routes[{r}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let hash_header = self.hash_header.map(|h| h.to_ascii_lowercase());
+        match (self.policy, &hash_header) {
+            (Policy::RingHash, None) => {
+                return Err(invalid(
+                    format!("{at}.policy"),
+                    "policy ring-hash needs `hash_header` (the request header whose value picks the endpoint)",
+                ))
+            }
+            (Policy::RingHash, Some(h)) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                return Err(invalid(
+                    format!("{at}.hash_header"),
+                    format!("invalid header name {h:?}"),
+                ))
+            }
+            (Policy::RingHash, Some(_)) => {}
+            (other, Some(_)) => {
+                return Err(invalid(
+                    format!("{at}.hash_header"),
+                    format!("`hash_header` is used only by policy ring-hash (this service's policy is {other})"),
+                ))
+            }
+            (_, None) => {}
+        }
+        let fault = self.fault.map(|f| f.into_fault(&format!("{at}.fault"))).transpose()?;
         Ok(Service {
             name: self.name,
             vips,
             listen: self.listen.map(|a| a.0),
             policy: self.policy,
+            hash_header,
             endpoints,
             routes,
+            fault,
             traffic_distribution: match self.traffic_distribution {
                 TrafficDistributionFile::Any => TrafficDistribution::Any,
                 TrafficDistributionFile::PreferClose | TrafficDistributionFile::PreferSameZone => {
@@ -434,7 +561,11 @@ fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelE
     use crate::model::ModelError as E;
     let index_of = |name: &str| model.services.iter().rposition(|s| s.name == name).unwrap_or_default();
     let path = match &e {
-        E::UnknownPolicy(_) => "services".to_owned(),
+        E::UnknownPolicy(_) | E::BadAbortStatus(_) | E::BadDuration(_) | E::BadPercent(_) => "services".to_owned(),
+        E::RingHashWithoutHeader(service) => format!("services[{}].policy", index_of(service)),
+        E::HeaderWithoutRingHash(service) | E::BadHashHeader { service, .. } => {
+            format!("services[{}].hash_header", index_of(service))
+        }
         E::EmptyServiceName => {
             let i = model
                 .services

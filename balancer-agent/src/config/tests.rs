@@ -68,6 +68,7 @@ fn the_documented_example_parses_into_the_model() {
             vips: vec!["10.96.0.10:8000".parse().unwrap()],
             listen: Some("127.0.0.1:18000".parse().unwrap()),
             policy: Policy::RoundRobin,
+            hash_header: None,
             endpoints: vec![
                 Endpoint::ready("127.0.0.1:50051".parse().unwrap(), labels(&[("version", "v1")])),
                 Endpoint::ready("127.0.0.1:50052".parse().unwrap(), labels(&[("version", "v2")])),
@@ -90,6 +91,7 @@ fn the_documented_example_parses_into_the_model() {
                     },
                 ],
             }],
+            fault: None,
             traffic_distribution: crate::model::TrafficDistribution::Any,
             internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
         })]
@@ -215,7 +217,7 @@ fn wrong_types_and_values_name_the_key() {
     assert_eq!(
         err("services:\n  - name: a\n    vip: 10.0.0.1:80\n    policy: random\n"),
         "greeter.yaml: services[0].policy: unknown variant `random`, expected one of \
-         `round-robin`, `least-request`, `peak-ewma` at line 4 column 13"
+         `round-robin`, `least-request`, `peak-ewma`, `ring-hash` at line 4 column 13"
     );
     assert_eq!(
         err("services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - address: 127.0.0.1:1\n        labels: { a: [1] }\n"),
@@ -509,4 +511,87 @@ services:
     assert!(e.ends_with("at line 4 column 27"), "{e}");
     let e = err("zone: \"\"\nservices: []\n");
     assert!(e.starts_with("greeter.yaml: zone: must not be empty"), "{e}");
+}
+
+#[test]
+fn ring_hash_and_faults_from_the_file() {
+    let text = "\
+services:
+  - name: greeter
+    listen: 127.0.0.1:18000
+    policy: ring-hash
+    hash_header: X-User-Id
+    fault:
+      delay: { duration: 250ms, percent: 10 }
+      abort: { status: UNAVAILABLE, percent: 2.5, message: chaos }
+";
+    let loaded = parse(text, "greeter.yaml").unwrap();
+    let svc = &loaded.model.services[0];
+    assert_eq!(svc.policy, Policy::RingHash);
+    assert_eq!(svc.hash_header.as_deref(), Some("x-user-id"));
+    let f = svc.fault.as_ref().unwrap();
+    let d = f.delay.as_ref().unwrap();
+    assert_eq!(
+        (d.duration, d.share.per_million()),
+        (std::time::Duration::from_millis(250), 100_000)
+    );
+    let a = f.abort.as_ref().unwrap();
+    assert_eq!(
+        (a.code, a.share.per_million(), a.message.as_str()),
+        (14, 25_000, "chaos")
+    );
+
+    let text = "services:\n  - name: a\n    listen: 127.0.0.1:1\n    fault:\n      abort: { status: 8 }\n";
+    let a = parse(text, "a.yaml").unwrap().model.services[0]
+        .fault
+        .clone()
+        .unwrap()
+        .abort
+        .unwrap();
+    assert_eq!(
+        (a.code, a.share.percent(), a.message.as_str()),
+        (8, 100.0, "fault injected")
+    );
+}
+
+#[test]
+fn ring_hash_and_fault_mistakes_name_the_key() {
+    let base = "services:\n  - name: a\n    listen: 127.0.0.1:1\n";
+    let e = err(&format!("{base}    policy: ring-hash\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].policy: policy ring-hash needs `hash_header`"),
+        "{e}"
+    );
+    let e = err(&format!("{base}    hash_header: x-user-id\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].hash_header: `hash_header` is used only by policy ring-hash"),
+        "{e}"
+    );
+    let e = err(&format!("{base}    policy: ring-hash\n    hash_header: \"x user\"\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].hash_header: invalid header name"),
+        "{e}"
+    );
+    let e = err(&format!("{base}    fault:\n      delay: {{ duration: soon }}\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].fault.delay.duration: invalid duration `soon`"),
+        "{e}"
+    );
+    let e = err(&format!("{base}    fault:\n      abort: {{ status: OK }}\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].fault.abort.status: invalid gRPC status `OK`"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}    fault:\n      abort: {{ status: 14, percent: 101 }}\n"
+    ));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].fault.abort.percent: invalid percentage `101`"),
+        "{e}"
+    );
+    let e = err(&format!("{base}    fault: {{}}\n"));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].fault: a fault needs `delay` and/or `abort`"),
+        "{e}"
+    );
 }

@@ -166,7 +166,17 @@ pub(super) fn services(
         writeln!(out, "Name:       {}", svc.name)?;
         writeln!(out, "VIPs:       {}", join(&svc.vips))?;
         writeln!(out, "Listen:     {}", opt(svc.listen))?;
-        writeln!(out, "Policy:     {}", svc.policy)?;
+        match &svc.hash_header {
+            Some(h) => writeln!(out, "Policy:     {} (header {h}; without it round-robin)", svc.policy)?,
+            None => writeln!(out, "Policy:     {}", svc.policy)?,
+        }
+        if let Some(f) = &svc.fault {
+            writeln!(
+                out,
+                "Faults:     {f} (so far {} delayed, {} aborted)",
+                svc.counters.faults_delayed, svc.counters.faults_aborted
+            )?;
+        }
         if let Some(l) = locality_line(&svc) {
             writeln!(out, "Locality:   {l}")?;
         }

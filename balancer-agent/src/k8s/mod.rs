@@ -6,7 +6,9 @@
 //!   `kubernetes.io/h2c`; VIPs are the Service's IPv4 ClusterIPs.
 //! - Endpoints: EndpointSlices of the Service and port. Ready endpoints take
 //!   new calls; serving-but-terminating ones drain; zone and node are kept.
-//! - Policy: the Service annotation [`POLICY_ANNOTATION`].
+//! - Policy: the Service annotation [`POLICY_ANNOTATION`] (with
+//!   [`HASH_HEADER_ANNOTATION`] for `ring-hash`); injected faults: the
+//!   `balancer.io/fault-*` annotations ([`annotations`]).
 //! - Locality: the agent's node (`NODE_NAME`) and its zone (the Node's
 //!   [`ZONE_LABEL`], watched); a Service's `spec.trafficDistribution`
 //!   (`PreferClose`) or [`TOPOLOGY_MODE_ANNOTATION`] and
@@ -29,6 +31,7 @@
 //!   GRPCRoutes' `status.parents[]` ([`route_status`]); the others only
 //!   balance.
 
+mod annotations;
 pub mod cgroup;
 pub mod enrollment;
 mod event_note;
@@ -84,8 +87,21 @@ pub const RECONNECT_PINNED_ANNOTATION: &str = "balancer.io/reconnect-pinned";
 /// namespace (`enabled`).
 pub const RECONNECT_PINNED_LABEL: &str = "balancer.io/reconnect-pinned";
 /// Service annotation choosing the balancing policy: `round-robin`
-/// (default), `least-request` or `peak-ewma`.
+/// (default), `least-request`, `peak-ewma` or `ring-hash`.
 pub const POLICY_ANNOTATION: &str = "balancer.io/policy";
+/// With `ring-hash`: the request header whose value picks the endpoint.
+pub const HASH_HEADER_ANNOTATION: &str = "balancer.io/hash-header";
+/// Injected delay of calls (`500ms`, `2s`), for resilience testing.
+pub const FAULT_DELAY_ANNOTATION: &str = "balancer.io/fault-delay";
+/// The percentage of calls delayed (default 100).
+pub const FAULT_DELAY_PERCENT_ANNOTATION: &str = "balancer.io/fault-delay-percent";
+/// Injected abort: the gRPC status calls are answered with
+/// (`UNAVAILABLE` or `14`), without reaching an endpoint.
+pub const FAULT_ABORT_ANNOTATION: &str = "balancer.io/fault-abort";
+/// The percentage of calls aborted (default 100).
+pub const FAULT_ABORT_PERCENT_ANNOTATION: &str = "balancer.io/fault-abort-percent";
+/// The `grpc-message` of injected aborts (default `fault injected`).
+pub const FAULT_ABORT_MESSAGE_ANNOTATION: &str = "balancer.io/fault-abort-message";
 /// Service annotation of topology aware routing (`Auto`): prefer close
 /// endpoints, as `spec.trafficDistribution: PreferClose` does.
 pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
@@ -450,7 +466,7 @@ pub async fn run_until(
         let pods = stores.pods.state();
         let mut t = Translation {
             invalid_routes: translator.invalid_routes().to_vec(),
-            bad_policies: translator.bad_policies(),
+            bad_annotations: translator.bad_annotations(),
             dropped: translator.dropped(),
             ..Translation::default()
         };
@@ -543,14 +559,9 @@ struct Warned {
 
 impl Warned {
     fn log(&mut self, t: &Translation) {
-        let policies: HashSet<_> = t.bad_policies.iter().cloned().collect();
-        for (service, value) in policies.difference(&self.policies) {
-            tracing::warn!(
-                %service,
-                annotation = POLICY_ANNOTATION,
-                %value,
-                "unknown policy (expected round-robin, least-request or peak-ewma); using round-robin"
-            );
+        let policies: HashSet<_> = t.bad_annotations.iter().cloned().collect();
+        for (service, problem) in policies.difference(&self.policies) {
+            tracing::warn!(%service, %problem, "Service annotation not applied");
         }
         self.policies = policies;
         let dropped: HashSet<String> = t.dropped.iter().map(|(s, e)| format!("{s}: {e}")).collect();

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::ObjectMeta;
 
 use super::{
-    slice::Slice, translate::SERVICE_NAME_LABEL, POLICY_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+    annotations, slice::Slice, translate::SERVICE_NAME_LABEL, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
 };
 
 /// Drops what no reader of any kind uses.
@@ -43,14 +43,24 @@ fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, keys:
     }
 }
 
+/// The Service annotations the agent reads: its own (policy, hash header,
+/// faults) and those of topology aware routing.
+const SERVICE_ANNOTATIONS: [&str; annotations::ALL.len() + 2] = {
+    let mut keys = [TOPOLOGY_MODE_ANNOTATION; annotations::ALL.len() + 2];
+    let mut i = 0;
+    while i < annotations::ALL.len() {
+        keys[i] = annotations::ALL[i];
+        i += 1;
+    }
+    keys[i] = TOPOLOGY_HINTS_ANNOTATION;
+    keys
+};
+
 /// A Service: its name, ports, cluster IPs, type, traffic policies and
-/// its policy and topology annotations.
+/// the annotations the agent reads.
 pub fn service(svc: &mut Service) {
     held_by_the_thousand(&mut svc.metadata);
-    keep_only(
-        &mut svc.metadata.annotations,
-        &[POLICY_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION],
-    );
+    keep_only(&mut svc.metadata.annotations, &SERVICE_ANNOTATIONS);
     svc.metadata.labels = None;
     svc.status = None;
     if let Some(spec) = &mut svc.spec {
@@ -110,8 +120,13 @@ mod tests {
             "metadata": {
                 "name": "greeter", "namespace": "demo", "uid": "u1",
                 "labels": { "app": "greeter" },
-                "annotations": { "balancer.io/policy": "least-request", "kubectl.kubernetes.io/last-applied-configuration": "{...}",
-                                 "service.kubernetes.io/topology-mode": "Auto" },
+                "annotations": {
+                    "balancer.io/policy": "least-request",
+                    "balancer.io/fault-abort": "UNAVAILABLE",
+                    "balancer.io/fault-abort-percent": "5",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                    "service.kubernetes.io/topology-mode": "Auto"
+                },
                 "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
             },
@@ -158,6 +173,12 @@ mod tests {
         let after = translate(&snap(&s2, &e2), |_| Vec::new()).model;
         assert_eq!(before, after);
         assert_eq!(after.services[0].policy, crate::model::Policy::LeastRequest);
+        let abort = after.services[0].fault.as_ref().and_then(|f| f.abort.as_ref());
+        assert_eq!(
+            abort.map(|a| (a.code, a.share.percent())),
+            Some((14, 5.0)),
+            "fault annotations kept"
+        );
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
         assert_eq!(
             after.services[0].endpoints[0].for_zones.as_deref().map(<[_]>::len),

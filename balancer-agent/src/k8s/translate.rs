@@ -21,11 +21,11 @@ use super::{
     mesh::Mesh,
     slice::{Slice, SliceEndpoint},
     translator::{Interner, Translator},
-    INJECT_ANNOTATION, INJECT_LABEL, POLICY_ANNOTATION, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL,
-    TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+    INJECT_ANNOTATION, INJECT_LABEL, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL, TOPOLOGY_HINTS_ANNOTATION,
+    TOPOLOGY_MODE_ANNOTATION,
 };
 use crate::model::{
-    self, Endpoint, EndpointState, Enrolled, InternalTrafficPolicy, Labels, Model, ModelError, PodRef, Policy, Route,
+    self, Endpoint, EndpointState, Enrolled, InternalTrafficPolicy, Labels, Model, ModelError, PodRef, Route,
     RouteMatch, StringMatch, TrafficDistribution,
 };
 
@@ -55,9 +55,9 @@ pub struct InvalidRoute {
 pub struct Translation {
     pub model: Model,
     pub invalid_routes: Vec<InvalidRoute>,
-    /// `(service, annotation value)` of Services whose policy annotation
-    /// names no policy; they use the default.
-    pub bad_policies: Vec<(String, String)>,
+    /// `(service, problem)` of Services with an annotation that was not
+    /// applied (see [`super::annotations`]); they use the default.
+    pub bad_annotations: Vec<(String, String)>,
     /// Services left out because they would make the model invalid.
     pub dropped: Vec<(String, ModelError)>,
     /// Opted-in pods whose cgroup was not found: not enrolled (yet).
@@ -332,9 +332,8 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
 pub(super) struct Built {
     /// One model service per gRPC port (not yet checked).
     pub services: Vec<model::Service>,
-    /// `(namespace/name, annotation value)` if its policy annotation names
-    /// no policy (it uses the default).
-    pub bad_policy: Option<(String, String)>,
+    /// `(namespace/name, problem)` for each annotation that was not applied.
+    pub bad_annotations: Vec<(String, String)>,
 }
 
 /// Translates one Service: a model service per gRPC port and IPv4 cluster
@@ -359,13 +358,12 @@ pub(super) fn service<'s>(
         .flat_map(|s| s.ports.iter().flatten())
         .filter(|p| is_grpc_port(p))
         .collect();
-    let policy = match svc.annotations().get(POLICY_ANNOTATION) {
-        None => Policy::default(),
-        Some(v) => v.trim().parse().unwrap_or_else(|_| {
-            out.bad_policy = Some((format!("{ns}/{name}"), v.clone()));
-            Policy::default()
-        }),
-    };
+    let settings = super::annotations::read(svc.annotations());
+    out.bad_annotations = settings
+        .problems
+        .iter()
+        .map(|p| (format!("{ns}/{name}"), p.clone()))
+        .collect();
     let slices = |service: &str| slices_of(&ns, service).into_iter().flat_map(BTreeMap::values);
     for sp in &grpc_ports {
         let Ok(port) = u16::try_from(sp.port) else { continue };
@@ -401,9 +399,11 @@ pub(super) fn service<'s>(
                 .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, port)))
                 .collect(),
             listen: None,
-            policy,
+            policy: settings.policy,
+            hash_header: settings.hash_header.clone(),
             endpoints: endpoints.into_values().collect(),
             routes: by_precedence(routes),
+            fault: settings.fault.clone(),
             traffic_distribution: traffic_distribution(svc),
             internal_traffic_policy: internal_traffic_policy(svc),
         });
@@ -423,7 +423,7 @@ pub fn translate(snap: &Snapshot, cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) 
     tr.flush();
     let mut t = Translation {
         invalid_routes: tr.invalid_routes().to_vec(),
-        bad_policies: tr.bad_policies(),
+        bad_annotations: tr.bad_annotations(),
         dropped: tr.dropped(),
         ..Translation::default()
     };

@@ -93,8 +93,9 @@ pub struct Translator {
     claims: HashMap<SocketAddr, BTreeSet<Arc<str>>>,
     /// Left out, by model name, and why.
     dropped: BTreeMap<Arc<str>, ModelError>,
-    /// `namespace/name` → annotation value of Services with an unknown policy.
-    bad_policies: BTreeMap<String, String>,
+    /// `namespace/name` → the annotations of the Service that were not
+    /// applied, and why.
+    bad_annotations: BTreeMap<String, Vec<String>>,
     dirty: HashSet<Key>,
     interner: Interner,
     /// The published services, sorted by name.
@@ -307,7 +308,7 @@ impl Translator {
             self.dropped.remove(&name);
             decide.insert(name);
         }
-        self.bad_policies.remove(&format!("{}/{}", key.0, key.1));
+        self.bad_annotations.remove(&format!("{}/{}", key.0, key.1));
         let Some(svc) = self.services.get(key).cloned() else {
             return;
         };
@@ -317,8 +318,8 @@ impl Translator {
             |ns, name| self.slices_of.get(&(ns.to_owned(), name.to_owned())),
             &mut self.interner,
         );
-        if let Some((name, value)) = built.bad_policy {
-            self.bad_policies.insert(name, value);
+        for (name, problem) in built.bad_annotations {
+            self.bad_annotations.entry(name).or_default().push(problem);
         }
         let mut names = Vec::with_capacity(built.services.len());
         for service in built.services {
@@ -426,10 +427,13 @@ impl Translator {
         &self.invalid_routes
     }
 
-    /// `(namespace/name, value)` of Services whose policy annotation names
-    /// no policy.
-    pub fn bad_policies(&self) -> Vec<(String, String)> {
-        self.bad_policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    /// `(namespace/name, problem)` of Services' annotations that were not
+    /// applied.
+    pub fn bad_annotations(&self) -> Vec<(String, String)> {
+        self.bad_annotations
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(|p| (k.clone(), p.clone())))
+            .collect()
     }
 
     /// Model services left out, and why.

@@ -315,6 +315,27 @@ impl Collector for Scrape {
             counter(e, name, help, &rows)?;
         }
         {
+            let faults: Vec<(Labels<'_>, u64)> = self
+                .services
+                .iter()
+                .filter(|s| s.fault.is_some() || s.counters.faults_delayed + s.counters.faults_aborted > 0)
+                .flat_map(|s| {
+                    [
+                        ("delay", s.counters.faults_delayed),
+                        ("abort", s.counters.faults_aborted),
+                    ]
+                    .into_iter()
+                    .map(|(kind, n)| (vec![("service", s.name.as_str()), ("fault", kind)], n))
+                })
+                .collect();
+            counter(
+                e,
+                "balancer_faults_injected",
+                "Calls into which the agent injected a fault (fault=delay or abort).",
+                &faults,
+            )?;
+        }
+        {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",
                 "Call duration at the agent, from the request's headers to the end of the response.",

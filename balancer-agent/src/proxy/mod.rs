@@ -6,9 +6,11 @@
 //!
 //! Module map: [`sniff`] (preface detection), [`relay`] (the HTTP/2 data
 //! plane: a frame-level relay), [`tcp`] (plain TCP fallback), [`grpc`]
-//! (status, timeout), [`ctx`] (what connection tasks share), [`options`].
+//! (status, timeout), [`fault`] (injected delays and aborts), [`ctx`] (what
+//! connection tasks share), [`options`].
 
 mod ctx;
+mod fault;
 pub mod grpc;
 mod options;
 mod relay;

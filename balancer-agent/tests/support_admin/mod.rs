@@ -64,6 +64,8 @@ pub fn greeter() -> api::Service {
         vips: vec!["10.96.0.10:8000".parse().expect("vip")],
         listen: Some("127.0.0.1:18000".parse().expect("listen")),
         policy: "round-robin".into(),
+        hash_header: None,
+        fault: None,
         routes: vec![api::Route {
             name: Some("canary".into()),
             matches: vec!["service=helloworld.Greeter method=~Say.*".into()],
@@ -84,6 +86,7 @@ pub fn greeter() -> api::Service {
             no_endpoint: NO_ENDPOINT,
             retries: 5,
             l4_connections: 2,
+            ..Default::default()
         },
         traffic_distribution: Some("PreferClose".into()),
         internal_traffic_policy: None,
@@ -95,14 +98,22 @@ pub fn echo() -> api::Service {
         name: "default/echo".into(),
         vips: vec!["10.96.0.11:9000".parse().expect("vip")],
         listen: None,
-        policy: "peak-ewma".into(),
+        policy: "ring-hash".into(),
+        hash_header: Some("x-user-id".into()),
+        fault: Some("abort UNAVAILABLE (\"fault injected\") to 5% of calls".into()),
         routes: vec![],
         endpoints: vec![],
-        counters: api::ServiceCounters::default(),
+        counters: api::ServiceCounters {
+            faults_aborted: FAULTS_ABORTED,
+            ..Default::default()
+        },
         traffic_distribution: None,
         internal_traffic_policy: None,
     }
 }
+
+/// Calls of `default/echo` aborted by fault injection.
+pub const FAULTS_ABORTED: u64 = 3;
 
 /// A kernel with the agent's five programs and two maps.
 #[derive(Debug)]

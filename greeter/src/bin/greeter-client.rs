@@ -1,7 +1,7 @@
 //! `greeter-client --target ADDR --calls N [--concurrency C |
-//! --interval-ms MS] [--json]`: N `SayHello` calls over ONE channel (one
-//! HTTP/2 connection), counted per serving backend; with `--interval-ms`
-//! one at a time, that far apart.
+//! --interval-ms MS] [--header NAME=VALUE]... [--json]`: N `SayHello` calls
+//! over ONE channel (one HTTP/2 connection), counted per serving backend;
+//! with `--interval-ms` one at a time, that far apart.
 
 use std::time::Duration;
 
@@ -32,6 +32,17 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Metadata sent with every call, `name=value` (repeatable; not with
+    /// --interval-ms).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_ascii_lowercase(), v.to_owned()))
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -47,7 +58,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         let timeout = Duration::from_millis(args.timeout_ms);
         anyhow::Ok(match args.interval_ms {
             Some(ms) => greeter::client::say_hello_paced(channel, args.calls, Duration::from_millis(ms), timeout).await,
-            None => greeter::client::say_hello_spread(channel, args.calls, args.concurrency, timeout).await,
+            None => {
+                greeter::client::say_hello_spread_with(channel, args.calls, args.concurrency, timeout, &args.headers)
+                    .await
+            }
         })
     })?;
     if args.json {

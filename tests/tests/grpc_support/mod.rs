@@ -138,6 +138,12 @@ impl Agent {
     /// Starts the agent on `config` (whose service listens on `listen`,
     /// admin on `admin`) and waits until the listener accepts.
     pub fn start(admin: SocketAddr, listen: SocketAddr, config: &str) -> Agent {
+        Agent::start_with(admin, listen, config, &[])
+    }
+
+    /// [`Agent::start`] with more command-line arguments (e.g.
+    /// `--access-log`).
+    pub fn start_with(admin: SocketAddr, listen: SocketAddr, config: &str, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("balancer.yaml");
         write_atomic(&path, config);
@@ -147,6 +153,7 @@ impl Agent {
             .arg("--config")
             .arg(&path)
             .arg("--no-ebpf")
+            .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("BALANCER_LOG_FORMAT", "text")
             .stdin(Stdio::null())

@@ -31,11 +31,11 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot},
+    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
     conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
-    proxy::{ctx::Ctx, grpc},
+    proxy::{ctx::Ctx, fault, grpc},
 };
 
 /// The PING that follows the first GOAWAY of a graceful shutdown.
@@ -131,6 +131,7 @@ fn start(
             resets: Budget::new(RESET_BUDGET, RESET_REFILL, now),
             empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, now),
             deadlines: BinaryHeap::new(),
+            held: BinaryHeap::new(),
             keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, now),
         },
     };
@@ -165,6 +166,9 @@ struct ClientState {
     /// Calls' deadlines (`grpc-timeout`), soonest first; entries of calls
     /// that ended are dropped when they come up or when they pile up.
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Calls held by an injected delay, by when they go on, soonest first
+    /// (entries of calls that ended meanwhile are skipped).
+    held: BinaryHeap<Reverse<(Instant, u32)>>,
     keepalive: PingTimer,
 }
 
@@ -211,6 +215,13 @@ struct Call {
     http_ok: bool,
     status: Option<u16>,
     deadline: Option<Instant>,
+    /// Until when an injected delay holds the call (its request is kept
+    /// whole meanwhile, within the stream's window).
+    held_until: Option<Instant>,
+    /// An injected abort, answered once the delay (if any) is over.
+    abort: Option<(u16, Box<str>)>,
+    /// What was injected, for the access log.
+    injected: Option<&'static str>,
     started: StdInstant,
     last_error: Option<Box<str>>,
     _stream: StreamGuard,
@@ -317,6 +328,18 @@ impl ClientState {
                 self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
                 return;
             }
+            if call.held_until.is_some() {
+                // gRPC clients end requests with DATA; trailers cannot wait
+                // in a held call's request.
+                self.answer(
+                    c,
+                    stream,
+                    grpc::INTERNAL,
+                    "request trailers during an injected delay are not supported",
+                    out,
+                );
+                return;
+            }
             call.req_end = true;
             call.replay = None;
             call.tell_up(ToUp::Trailers {
@@ -379,6 +402,9 @@ impl ClientState {
             http_ok: true,
             status: None,
             deadline,
+            held_until: None,
+            abort: None,
+            injected: None,
             started: StdInstant::now(),
             last_error: None,
             _stream: self.handle.stream(),
@@ -387,7 +413,60 @@ impl ClientState {
         if let Some(d) = deadline {
             self.add_deadline(d, stream);
         }
+        self.inject_or_attempt(c, stream, out);
+    }
+
+    /// Draws the service's faults for a new call: holds it for an injected
+    /// delay (other calls of the connection go on meanwhile), answers an
+    /// injected abort itself, or sends it on.
+    fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let state = self.slot.state();
+        let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
+            // The common case: no fault configured, straight on.
+            self.attempt_with(c, stream, state, out);
+            return;
+        };
+        let injection = fault::draw(fault);
+        drop(state);
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        call.injected = injection.label();
+        call.abort = injection.abort;
+        if let Some(delay) = injection.delay {
+            self.slot.count_fault_delay();
+            let at = Instant::now() + delay;
+            call.held_until = Some(at);
+            self.held.push(Reverse((at, stream)));
+            return;
+        }
+        self.release(c, stream, out);
+    }
+
+    /// A call past its injected delay (or without one): its injected abort,
+    /// or its first attempt.
+    fn release(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        call.held_until = None;
+        if let Some((code, msg)) = call.abort.take() {
+            self.slot.count_fault_abort();
+            self.answer(c, stream, code, &msg, out);
+            return;
+        }
         self.attempt(c, stream, out);
+        // What was kept during the delay beyond the replay buffer cannot be
+        // replayed by a retry.
+        if let Some(call) = self.calls.get_mut(&stream) {
+            if call
+                .replay
+                .as_ref()
+                .is_some_and(|r| r.len() > self.ctx.opts.replay_buffer)
+            {
+                call.replay = None;
+            }
+        }
     }
 
     fn on_data(&mut self, c: &mut Conn, stream: u32, data: &[u8], end: bool, out: &mut BytesMut) {
@@ -425,7 +504,9 @@ impl ClientState {
         }
         call.req_end = end;
         if let Some(r) = &mut call.replay {
-            if r.len() + data.len() <= self.ctx.opts.replay_buffer {
+            // A held call keeps its whole request (its stream window bounds
+            // it: no credit is returned before it goes on).
+            if call.held_until.is_some() || r.len() + data.len() <= self.ctx.opts.replay_buffer {
                 r.extend_from_slice(data);
             } else {
                 call.replay = None;
@@ -440,11 +521,17 @@ impl ClientState {
 
     /// Sends the call to an endpoint: its first attempt, or a retry.
     fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+        let state = self.slot.state();
+        self.attempt_with(c, stream, state, out);
+    }
+
+    /// [`Self::attempt`] with the service's state already at hand.
+    fn attempt_with(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut BytesMut) {
         let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
         };
-        let Some(state) = self.slot.state() else {
+        let Some(state) = state else {
             let msg = format!("service `{}` was removed", self.slot.name());
             self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
             return;
@@ -468,7 +555,7 @@ impl ClientState {
         }
         call.tried.push(identity(&ep));
         call.attempt += 1;
-        let head = match call.deadline.filter(|_| call.attempt > 1) {
+        let head = match call.deadline.filter(|_| call.attempt > 1 || call.injected.is_some()) {
             Some(d) => {
                 let left = d
                     .saturating_duration_since(Instant::now())
@@ -710,6 +797,7 @@ impl ClientState {
                 grpc_status: call.status,
                 duration,
                 retries: call.attempt.saturating_sub(1),
+                injected: call.injected,
             });
         }
     }
@@ -726,6 +814,9 @@ impl ClientState {
     fn next_timer(&self) -> Instant {
         let mut at = self.keepalive.next();
         if let Some(Reverse((d, _))) = self.deadlines.peek() {
+            at = at.min(*d);
+        }
+        if let Some(Reverse((d, _))) = self.held.peek() {
             at = at.min(*d);
         }
         if let Some(d) = self.drain_by {
@@ -753,6 +844,15 @@ impl ClientState {
             self.deadlines.pop();
             if self.calls.get(&stream).is_some_and(|call| call.deadline == Some(at)) {
                 self.answer(c, stream, grpc::DEADLINE_EXCEEDED, "deadline exceeded", out);
+            }
+        }
+        while let Some(&Reverse((at, stream))) = self.held.peek() {
+            if at > now {
+                break;
+            }
+            self.held.pop();
+            if self.calls.get(&stream).is_some_and(|call| call.held_until == Some(at)) {
+                self.release(c, stream, out);
             }
         }
         match self.keepalive.fire(now) {
