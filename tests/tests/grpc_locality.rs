@@ -3,7 +3,8 @@
 //! service keeps its calls in the agent's zone and spills them to the other
 //! zone when the local endpoints stop, failing none; an
 //! `internal_traffic_policy: Local` service stays on the agent's node and,
-//! with no endpoint there, answers UNAVAILABLE saying why. The kernel
+//! with no endpoint there, answers UNAVAILABLE saying why; with ring-hash,
+//! each key stays on one endpoint of its tier. The kernel
 //! redirect's side is in `agent_redirect.rs`.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
@@ -189,4 +190,77 @@ async fn internal_traffic_policy_local_stays_on_the_node_or_says_why_not() {
         "{msg}"
     );
     assert_eq!(there.calls(), 0);
+}
+
+/// The one backend each user's calls went to (fails if a user's calls
+/// went to two).
+async fn owners(ch: &tonic::transport::Channel, users: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in users {
+        let md = [("x-user-id".to_owned(), u.clone())];
+        let s = client::say_hello_spread_with(ch.clone(), 6, 2, CALL_TIMEOUT, &md).await;
+        assert_eq!(s.errors, 0, "{u}: {}", s.table());
+        assert_eq!(
+            s.backends.len(),
+            1,
+            "the calls of {u} went to several endpoints:\n{}",
+            s.table()
+        );
+        out.push(s.backends.keys().next().unwrap().clone());
+    }
+    out
+}
+
+/// Ring-hash in a PreferClose service: each key stays on one endpoint of
+/// the agent's zone; when that zone's endpoints drain, every key goes to
+/// one endpoint of the other zone, and comes back when they return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_each_key_on_one_close_endpoint_and_spills_whole_keys() {
+    let servers: Vec<_> = ["a1", "a2", "b1", "b2"]
+        .iter()
+        .map(|n| TestServer::spawn(n).unwrap())
+        .collect();
+    let (admin, listen) = (free_port(), free_port());
+    let eps: Vec<_> = servers
+        .iter()
+        .zip([("a", "n2"), ("a", "n3"), ("b", "n4"), ("b", "n5")])
+        .map(|(s, (zone, node))| (s.addr(), zone, node))
+        .collect();
+    let keys = "    policy: ring-hash\n    hash_header: x-user-id\n    traffic_distribution: PreferClose\n";
+    let text = config(admin, listen, keys, &eps);
+    let agent = Agent::start(admin, listen, &text);
+    let ch = client::connect(&agent.target()).await.unwrap();
+
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let before = owners(&ch, &users).await;
+    assert!(
+        before.iter().all(|b| b.starts_with('a')),
+        "a key left the zone: {before:?}"
+    );
+    assert!(
+        before.contains(&"a1".to_owned()) && before.contains(&"a2".to_owned()),
+        "{before:?}"
+    );
+    assert_eq!(owners(&ch, &users).await, before, "a key moved");
+
+    // Zone a's endpoints drain: every key to one endpoint of zone b.
+    let mut drained = text.clone();
+    for s in &servers[..2] {
+        let at = format!("address: \"{}\",", s.addr());
+        drained = drained.replace(&at, &format!("{at} state: draining,"));
+    }
+    agent.rewrite(&drained);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let away = owners(&ch, &users).await;
+    assert!(away.iter().all(|b| b.starts_with('b')), "{away:?}");
+    assert!(
+        away.contains(&"b1".to_owned()) && away.contains(&"b2".to_owned()),
+        "{away:?}"
+    );
+    assert_eq!(owners(&ch, &users).await, away, "a key moved inside zone b");
+
+    // Back: every key returns to its endpoint in zone a.
+    agent.rewrite(&text);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(owners(&ch, &users).await, before);
 }
