@@ -7,15 +7,14 @@ mod support_admin;
 
 use std::collections::HashMap;
 
-use balancer_agent::ctl::AdminClient;
+use balancer_testing::http;
 use prometheus_parse::{Sample, Scrape, Value};
 use support_admin::*;
 
 fn scrape(fx: &Fixture) -> Scrape {
-    let (code, body) = AdminClient::new(&fx.addr.to_string()).get_raw("/metrics").unwrap();
-    assert_eq!(code, 200);
-    let text = String::from_utf8(body).unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    let r = http::get(fx.addr, "/metrics").unwrap();
+    assert_eq!(r.status, 200);
+    Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
 fn value(s: &Sample) -> f64 {

@@ -4,39 +4,21 @@
 
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+mod support_ctl;
 
-use balancer_agent::{admin::api, ctl::AdminClient};
+use std::{net::SocketAddr, path::Path, process::Output, time::Duration};
+
+use balancer_agent::admin::api;
+use balancer_testing::{
+    agent::{self, AgentProcess, Log},
+    port::free_port,
+};
 use greeter::server::TestServer;
 
 const CALLS: u64 = 60;
 
-/// Kills the agent (by its pid) when the test ends, pass or fail.
-struct AgentGuard(Child);
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 fn ctl(admin: SocketAddr, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .unwrap()
+    support_ctl::run(&admin.to_string(), args)
 }
 
 fn ctl_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, args: &[&str]) -> T {
@@ -51,39 +33,35 @@ fn ctl_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, args: &[&str]) ->
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn start_agent(dir: &std::path::Path, config: &str, extra: &[&str]) -> AgentGuard {
+/// The agent on `config` without eBPF, logging at `rust_log` to `log`;
+/// killed (by its pid) when the test ends, pass or fail.
+fn start_agent(dir: &Path, config: &str, extra: &[&str], rust_log: &str, log: Log) -> AgentProcess {
     let path = dir.join("balancer.yaml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_balancer-agent"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--no-ebpf")
+    let mut cmd = agent::command(Path::new(env!("CARGO_BIN_EXE_balancer-agent")), Some(&path));
+    cmd.arg("--no-ebpf")
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .env_remove("BALANCER_ADMIN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    AgentGuard(child)
+        .env("RUST_LOG", rust_log)
+        .env_remove("BALANCER_ADMIN");
+    AgentProcess::spawn(cmd, log).unwrap()
 }
 
-fn wait_ready(admin: SocketAddr, agent: &mut AgentGuard) {
-    let client = AdminClient::new(&admin.to_string());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = client.get_raw("/readyz") {
-            return;
-        }
-        if let Ok(Some(status)) = agent.0.try_wait() {
-            panic!("the agent exited before it was ready: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent at {admin} was not ready within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `calls` calls over one HTTP/2 connection to `listen`, `concurrency` at a
+/// time, bounded in time.
+fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize) -> greeter::client::Spread {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            greeter::client::say_hello_spread(channel, calls, concurrency, Duration::from_secs(10)),
+        )
+        .await
+        .expect("calls finished within 60 s")
+    })
 }
 
 fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
@@ -105,31 +83,19 @@ fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
 fn balancerctl_and_metrics_count_the_calls_made() {
     let v1 = TestServer::spawn("greeter-v1").unwrap();
     let v2 = TestServer::spawn("greeter-v2").unwrap();
-    let admin = free_port();
-    let listen = free_port();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "admin: {admin}\nservices:\n  - name: greeter\n    vip: 10.96.0.10:8000\n    listen: {listen}\n    policy: round-robin\n    endpoints:\n      - {{ address: {}, labels: {{ version: v1 }} }}\n      - {{ address: {}, labels: {{ version: v2 }} }}\n",
         v1.addr(),
         v2.addr()
     );
-    let mut agent = start_agent(dir.path(), &config, &[]);
-    wait_ready(admin, &mut agent);
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
 
     // CALLS calls over one HTTP/2 connection, bounded in time.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let spread = rt.block_on(async {
-        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, CALLS, 4, Duration::from_secs(10)),
-        )
-        .await
-        .expect("calls finished within 60 s")
-    });
+    let spread = calls_over_one_connection(listen, CALLS, 4);
     assert_eq!(spread.ok, CALLS, "{}", spread.table());
     assert_eq!(v1.calls() + v2.calls(), CALLS);
     assert!(
@@ -183,9 +149,9 @@ fn balancerctl_and_metrics_count_the_calls_made() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("without eBPF"));
 
     // /metrics: the same numbers.
-    let (code, body) = AdminClient::new(&admin.to_string()).get_raw("/metrics").unwrap();
-    assert_eq!(code, 200);
-    let text = String::from_utf8(body).unwrap();
+    let r = balancer_testing::http::get(admin, "/metrics").unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.body;
     let ok = metric_sum(
         &text,
         "balancer_requests_total",
@@ -229,29 +195,17 @@ fn balancerctl_and_metrics_count_the_calls_made() {
 #[test]
 fn calls_the_agent_answers_itself_are_counted_alike_everywhere() {
     const REFUSED: u64 = 7;
-    let admin = free_port();
-    let listen = free_port();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The service's only endpoint is draining: no call can go anywhere.
     let config = format!(
         "admin: {admin}\nservices:\n  - name: closed\n    vip: 10.96.0.12:8000\n    listen: {listen}\n    endpoints:\n      - {{ address: 127.0.0.1:1, state: draining }}\n"
     );
-    let mut agent = start_agent(dir.path(), &config, &[]);
-    wait_ready(admin, &mut agent);
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let spread = rt.block_on(async {
-        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, REFUSED, 1, Duration::from_secs(10)),
-        )
-        .await
-        .expect("calls finished within 60 s")
-    });
+    let spread = calls_over_one_connection(listen, REFUSED, 1);
     assert_eq!(
         spread.error_codes.get("Unavailable"),
         Some(&REFUSED),
@@ -294,9 +248,9 @@ fn calls_the_agent_answers_itself_are_counted_alike_everywhere() {
     );
 
     // /metrics: the same numbers.
-    let (code, body) = AdminClient::new(&admin.to_string()).get_raw("/metrics").unwrap();
-    assert_eq!(code, 200);
-    let text = String::from_utf8(body).unwrap();
+    let r = balancer_testing::http::get(admin, "/metrics").unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.body;
     let closed = [("service", "closed")];
     assert_eq!(
         metric_sum(&text, "balancer_service_calls_total", &closed),
@@ -309,35 +263,17 @@ fn calls_the_agent_answers_itself_are_counted_alike_everywhere() {
 #[test]
 fn the_agent_refuses_a_non_loopback_admin_address() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_port();
+    let listen = free_port().unwrap();
     let config = format!(
         "services:\n  - name: greeter\n    vip: 10.96.0.10:8000\n    listen: {listen}\n    endpoints:\n      - {{ address: 127.0.0.1:1 }}\n"
     );
-    let path = dir.path().join("balancer.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_balancer-agent"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--no-ebpf", "--admin", "0.0.0.0:0"])
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the agent kept running with a non-loopback admin address");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let log = dir.path().join("stderr");
+    let mut agent = start_agent(dir.path(), &config, &["--admin", "0.0.0.0:0"], "off", Log::File(log));
+    let status = agent
+        .wait_exit(Duration::from_secs(30))
+        .unwrap()
+        .expect("the agent kept running with a non-loopback admin address");
+    let err = agent.log();
     assert!(!status.success());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("refusing to bind non-loopback address 0.0.0.0:0"), "{err}");

@@ -4,21 +4,11 @@
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
 mod support_admin;
-
-use std::process::{Command, Output};
+mod support_ctl;
 
 use balancer_agent::api;
 use support_admin::*;
-
-fn ctl(admin: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
-        .arg("--admin")
-        .arg(admin)
-        .args(args)
-        .env_remove("BALANCERCTL_ADMIN")
-        .output()
-        .expect("run balancerctl")
-}
+use support_ctl::run as ctl;
 
 fn ok(fx: &Fixture, args: &[&str]) -> String {
     let out = ctl(&fx.addr.to_string(), args);
@@ -267,12 +257,7 @@ fn stats_and_status() {
 #[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = balancer_testing::port::free_port().unwrap().to_string();
     let out = ctl(&addr, &["service", "show"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));

@@ -11,7 +11,6 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use balancer_agent::{
     admin::{self, api, AdminOptions, AdminServer, AdminState, ConnMeta},
-    ctl::AdminClient,
     k8s::{self, K8sOptions},
     model::Model,
 };
@@ -111,15 +110,13 @@ async fn pods_are_shown_by_name_and_ip_and_connections_attributed_to_them() {
         .expect("run() is alive");
 
     let (pods_table, pods_json, conns, status_text, metrics) = tokio::task::spawn_blocking(move || {
-        let metrics = AdminClient::new(&addr.to_string())
-            .get_raw("/metrics")
-            .expect("metrics");
+        let metrics = balancer_testing::http::get(addr, "/metrics").expect("metrics");
         (
             ctl(addr, &["pod", "show"]),
             ctl(addr, &["-j", "pod", "show"]),
             ctl(addr, &["conn", "show"]),
             ctl(addr, &["status"]),
-            String::from_utf8(metrics.1).expect("UTF-8"),
+            metrics.body,
         )
     })
     .await

@@ -18,7 +18,6 @@ use std::{
 
 use balancer_agent::{
     admin::{self, api, AdminOptions, AdminServer, AdminState},
-    ctl::AdminClient,
     k8s::{self, K8sOptions},
     model::Model,
     pinned::{
@@ -108,14 +107,12 @@ struct Shown {
 
 async fn show(addr: SocketAddr) -> Shown {
     tokio::task::spawn_blocking(move || {
-        let metrics = AdminClient::new(&addr.to_string())
-            .get_raw("/metrics")
-            .expect("metrics");
+        let metrics = balancer_testing::http::get(addr, "/metrics").expect("metrics");
         Shown {
             table: ctl(addr, &["pod", "show"]),
             json: serde_json::from_str(&ctl(addr, &["-j", "pod", "show"])).expect("pods JSON"),
             status: ctl(addr, &["status"]),
-            metrics: String::from_utf8(metrics.1).expect("UTF-8"),
+            metrics: metrics.body,
         }
     })
     .await

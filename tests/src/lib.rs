@@ -15,10 +15,9 @@
 //!
 //! * [`privileged`]: skip (loudly) without root, or fail when
 //!   `BALANCER_REQUIRE_PRIVILEGED=1`; one privileged test at a time.
-//! * [`netns`], [`cgroup`]: `NetNs` and `Cgroup` guards.
-//! * [`process`]: spawn a command inside a netns and a cgroup (cgroup first,
-//!   then `setns`, without remounting /sys as `ip netns exec` would), and a
-//!   guard that kills and reaps it.
+//! * [`netns`], [`cgroup`], [`process`]: `NetNs` and `Cgroup` guards, a
+//!   command placed in both, the guard that kills and reaps it — from
+//!   `balancer-testing`, which the agent's tests and xtask share.
 //! * [`topology`]: a "node" netns joined by veth to N "pod" netns, no default
 //!   routes anywhere, plus the test's cgroup tree.
 //! * [`agent`]: drive `balancer-test-agent` (the kernel programs loaded, the
@@ -38,7 +37,6 @@
 
 pub mod agent;
 pub mod apiserver;
-pub mod cgroup;
 pub mod clients;
 pub mod container;
 pub mod fake_apiserver;
@@ -46,14 +44,14 @@ pub mod foreign;
 pub mod kubelet;
 pub mod kubeproxy;
 pub mod manifest;
-pub mod netns;
 pub mod node_agent;
 pub mod pod;
 pub mod privileged;
-pub mod process;
 pub mod scale;
 pub mod topology;
 pub mod wire;
+
+pub use balancer_testing::{cgroup, netns, process, unique_name};
 
 use std::path::PathBuf;
 
@@ -81,12 +79,4 @@ pub fn built(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A unique short name (interface names are limited to 15 bytes).
-pub fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }

@@ -15,6 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_testing::{
+    agent::{self, AgentProcess, Log},
+    http,
+};
 use balancer_tests::{
     built,
     cgroup::Cgroup,
@@ -35,7 +39,7 @@ const ADMIN: &str = "127.0.0.1:15000";
 struct Node {
     /// In the order of `BACKENDS`.
     backends: Vec<ChildGuard>,
-    agent: ChildGuard,
+    agent: AgentProcess,
     config: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -86,75 +90,52 @@ fn start_node_with(topo: &Topology, text: &str, backend_cgroup: Option<&Cgroup>)
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("balancer.yaml");
     fs::write(&config_path, text).expect("write config");
-    let mut cmd = Command::new(built("balancer-agent"));
-    cmd.arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .env("BALANCER_LOG_FORMAT", "text")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("agent.log")).expect("log file"));
+    let mut cmd = agent::command(&built("balancer-agent"), Some(&config_path));
+    cmd.env("RUST_LOG", "info").env("BALANCER_LOG_FORMAT", "text");
     // The agent runs in a cgroup of its own, as a service manager or a
     // container runtime would start it.
     place(&mut cmd, Some(&topo.node.netns), Some(&topo.agent_cgroup)).expect("place agent");
-    let agent = ChildGuard::new(cmd.spawn().expect("start balancer-agent"));
-    let node = Node {
+    let mut agent = AgentProcess::spawn(cmd, Log::File(dir.path().join("agent.log"))).expect("start balancer-agent");
+    // `/readyz` on the agent's admin port, asked from inside the node's
+    // namespace.
+    let admin: SocketAddr = ADMIN.parse().expect("admin address");
+    let ready = agent.wait_until("balancer-agent ready", Duration::from_secs(20), || {
+        topo.node.netns.run(move || http::ok(admin, "/readyz")).unwrap_or(false)
+    });
+    if let Err(e) = ready {
+        panic!("{e}");
+    }
+    Node {
         backends,
         agent,
         config: config_path,
         dir,
-    };
-    wait_ready(topo, &node);
-    node
+    }
 }
 
 impl Node {
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.agent.log()
     }
 }
 
-/// `GET /readyz` on the agent's admin port, from inside the node namespace.
-fn readyz(topo: &Topology) -> bool {
-    let out = node_cmd(
-        topo,
-        &[
-            "bash",
-            "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/15000 2>/dev/null || exit 1; printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3; head -c 12 <&3",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout).contains("200")
-}
-
 /// The agent's connections map (`/api/v1/maps/CONNECTIONS`), entries decoded
-/// as `balancerctl map dump` shows them.
+/// as `balancerctl map dump` shows them; asked from inside the node's
+/// namespace.
 fn connections_map(topo: &Topology) -> Vec<String> {
-    let out = node_cmd(
-        topo,
-        &[
-            "bash",
-            "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/15000 || exit 1; printf 'GET /api/v1/maps/CONNECTIONS HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let dump: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("connections map: {e}: {text}"));
+    let admin: SocketAddr = ADMIN.parse().expect("admin address");
+    let r = topo
+        .node
+        .netns
+        .run(move || http::get(admin, "/api/v1/maps/CONNECTIONS"))
+        .expect("thread in the node's namespace")
+        .unwrap_or_else(|e| panic!("connections map: {e}"));
+    let dump: serde_json::Value =
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("connections map: {e}: {} {}", r.status, r.body));
     dump["entries"]
         .as_array()
         .map(|es| es.iter().map(|e| format!("{} -> {}", e["key"], e["value"])).collect())
         .unwrap_or_default()
-}
-
-fn wait_ready(topo: &Topology, node: &Node) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if readyz(topo) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("agent not ready within 20 s; its log:\n{}", node.log());
 }
 
 /// greeter-client in the pod: `calls` calls over one connection to the VIP.

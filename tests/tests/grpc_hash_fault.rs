@@ -100,7 +100,7 @@ async fn a_hash_header_keeps_each_key_on_one_endpoint_and_moves_only_the_removed
 
 /// `balancer_faults_injected_total` for `fault`, from the admin server.
 fn injected(agent: &Agent, fault: &str) -> Option<f64> {
-    let (_, body) = agent.admin_get("/metrics")?;
+    let body = balancer_testing::http::get(agent.admin, "/metrics").ok()?.body;
     let want = format!("balancer_faults_injected_total{{service=\"greeter\",fault=\"{fault}\"}} ");
     body.lines().find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
 }

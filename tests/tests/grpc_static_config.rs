@@ -4,11 +4,9 @@
 
 mod grpc_support;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
+use balancer_testing::agent::{self, AgentProcess, Log};
 use grpc_support::{agent_bin, free_port};
 
 #[test]
@@ -23,25 +21,15 @@ fn a_bad_file_stops_the_agent_with_one_line_naming_key_and_line() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(agent_bin())
-        .arg("--config")
-        .arg(&path)
-        .arg("--no-ebpf")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the agent kept running on a bad config");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = agent::command(&agent_bin(), Some(&path));
+    cmd.arg("--no-ebpf");
+    let mut agent = AgentProcess::spawn(cmd, Log::File(dir.path().join("stderr"))).unwrap();
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .unwrap()
+        .expect("the agent kept running on a bad config");
+    assert!(!status.success());
+    let stderr = agent.log();
     let line = stderr
         .lines()
         .find(|l| l.contains("services[0].endpoints[1].address"))

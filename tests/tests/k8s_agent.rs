@@ -4,14 +4,11 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use balancer_tests::{
-    apiserver::{FakeApiOptions, FakeApiServer},
-    process::ChildGuard,
-};
+use balancer_testing::agent::{self, AgentProcess, Log};
+use balancer_tests::apiserver::{FakeApiOptions, FakeApiServer};
 
 fn agent_bin() -> PathBuf {
     balancer_tests::built("balancer-agent")
@@ -24,17 +21,15 @@ fn a_forbidden_list_makes_the_agent_exit_with_one_line_every_time() {
         api.forbid("list", "endpointslices").expect("forbid");
         let dir = tempfile::tempdir().expect("tempdir");
         let err = dir.path().join("stderr");
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = agent::command(&agent_bin(), None);
         cmd.args(["--no-ebpf", "--admin", "127.0.0.1:0"])
             .env("KUBECONFIG", api.kubeconfig())
             .env("NODE_NAME", "node-a")
-            .env("RUST_LOG", "off")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).expect("stderr file"));
-        let mut agent = ChildGuard::new(cmd.spawn().expect("start the agent"));
+            .env("RUST_LOG", "off");
+        let mut agent = AgentProcess::spawn(cmd, Log::File(err)).expect("start the agent");
         let started = Instant::now();
-        let status = agent.wait_timeout(Duration::from_secs(20)).expect("wait");
-        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        let status = agent.wait_exit(Duration::from_secs(20)).expect("wait");
+        let text = agent.log();
         let status = status.unwrap_or_else(|| panic!("run {run}: the agent hung instead of exiting: {text}"));
         assert_eq!(status.code(), Some(1), "run {run}: {text}");
         let lines: Vec<&str> = text.lines().collect();
@@ -55,21 +50,15 @@ fn a_forbidden_list_makes_the_agent_exit_with_one_line_every_time() {
 fn sigterm_stops_an_agent_that_cannot_reach_the_api_server() {
     let api = FakeApiServer::start(&FakeApiOptions::default()).expect("fake API server");
     api.set_unavailable(true).expect("down");
-    let mut cmd = Command::new(agent_bin());
+    let mut cmd = agent::command(&agent_bin(), None);
     cmd.args(["--no-ebpf", "--admin", "127.0.0.1:0"])
         .env("KUBECONFIG", api.kubeconfig())
         .env("NODE_NAME", "node-a")
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut agent = ChildGuard::new(cmd.spawn().expect("start the agent"));
+        .env("RUST_LOG", "off");
+    let mut agent = AgentProcess::spawn(cmd, Log::Discard).expect("start the agent");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        agent.child_mut().try_wait().expect("try_wait").is_none(),
-        "it keeps trying"
-    );
-    // SAFETY: kill on the pid of a child not yet reaped.
-    assert_eq!(unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) }, 0);
-    let status = agent.wait_timeout(Duration::from_secs(15)).expect("wait");
+    assert!(agent.try_wait().expect("try_wait").is_none(), "it keeps trying");
+    agent.sigterm().expect("SIGTERM");
+    let status = agent.wait_exit(Duration::from_secs(15)).expect("wait");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "SIGTERM ends it cleanly");
 }

@@ -10,23 +10,31 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
+use balancer_testing::{
+    agent::{self, AgentProcess, Log},
+    port,
+    process::ChildGuard,
+};
 
 use crate::{
-    netns::{self, cgroup2_mount, in_cgroup, remove_cgroup_tree, PodNet},
+    pod::{Pod, PodSpec},
     setup,
     sh::{self, exec},
 };
 
-const NETNS: &str = "balancer-demo";
-const HOST_IF: &str = "bdemo0";
-const HOST_IP: &str = "10.250.0.1";
-const POD_IP: &str = "10.250.0.2";
+const POD: PodSpec<'static> = PodSpec {
+    cgroup: "balancer-demo",
+    netns: "balancer-demo",
+    host_if: "bdemo0",
+    host_ip: "10.250.0.1",
+    pod_ip: "10.250.0.2",
+};
 const VIP: &str = "10.96.0.10:8000";
 const LISTEN: &str = "10.250.0.1:15001";
 const ADMIN: &str = "127.0.0.1:15000";
@@ -49,38 +57,39 @@ pub fn run() -> anyhow::Result<()> {
     ]))?;
     let bin = sh::target_dir(&root).join("debug");
 
-    let cgroup2 = cgroup2_mount()?;
-    let mut demo = Demo::new(cgroup2.join("balancer-demo"));
-    demo.setup_network()?;
-    fs::create_dir_all(demo.pod_cgroup()).context("demo: cannot create the pod's cgroup")?;
-
+    let mut demo = Demo::new()?;
     for (name, addr) in BACKENDS {
         let child = Command::new(bin.join("greeter-server"))
             .args(["--listen", addr, "--name", &format!("greeter-{name}")])
             .stdout(Stdio::null())
             .spawn()
             .context("demo: cannot start greeter-server")?;
-        demo.children.push(child);
-        sh::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+        demo.backends.push(ChildGuard::new(child));
+        port::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
     }
 
     let config = demo.dir.join("balancer.yaml");
     fs::write(&config, demo.config(None))?;
     // The agent runs in a cgroup of its own beside the pod's.
-    let agent = in_cgroup(&demo.attach.join("agent"), &bin.join("balancer-agent"))?
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .context("demo: cannot start balancer-agent")?;
-    demo.children.push(agent);
-    wait_ready(Duration::from_secs(15))?;
+    let mut cmd = agent::command(&bin.join("balancer-agent"), Some(&config));
+    cmd.env("RUST_LOG", "warn");
+    demo.pod.place_agent(&mut cmd)?;
+    let agent = AgentProcess::spawn(cmd, Log::Inherit).context("demo: cannot start balancer-agent")?;
+    demo.agent
+        .insert(agent)
+        .wait_readyz(ADMIN.parse()?, Duration::from_secs(15))
+        .context("demo: the agent did not become ready")?;
 
     println!(
         "\n== The agent's kernel programs, attached at {}:",
-        demo.attach.display()
+        demo.pod.attach.path().display()
     );
-    let _ = exec(Command::new("bpftool").arg("cgroup").arg("tree").arg(&demo.attach));
+    let _ = exec(
+        Command::new("bpftool")
+            .arg("cgroup")
+            .arg("tree")
+            .arg(demo.pod.attach.path()),
+    );
 
     println!("\n== 1. {CALLS} calls over ONE HTTP/2 connection from the pod to {VIP}, no routes: every call balanced on its own");
     demo.client(&bin)?;
@@ -99,35 +108,27 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Everything the demo creates, removed on drop (also on error).
+/// Everything the demo creates, removed on drop (also on error). Fields
+/// drop in order: the processes before the pod's cgroups.
 struct Demo {
-    attach: PathBuf,
+    agent: Option<AgentProcess>,
+    backends: Vec<ChildGuard>,
+    pod: Pod,
     dir: PathBuf,
-    children: Vec<Child>,
-    net: Option<PodNet>,
 }
 
 impl Demo {
-    fn new(attach: PathBuf) -> Self {
+    fn new() -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("balancer-demo-{}", std::process::id()));
-        let _ = fs::create_dir_all(&dir);
-        Demo {
-            attach,
+        fs::create_dir_all(&dir).with_context(|| format!("demo: cannot create {}", dir.display()))?;
+        Ok(Demo {
+            agent: None,
+            backends: Vec::new(),
+            // No default route: a connect to the VIP that is not redirected
+            // fails inside the pod instead of leaving the machine.
+            pod: Pod::create(&POD)?,
             dir,
-            children: Vec::new(),
-            net: None,
-        }
-    }
-
-    fn pod_cgroup(&self) -> PathBuf {
-        self.attach.join("pod")
-    }
-
-    fn setup_network(&mut self) -> anyhow::Result<()> {
-        // No default route: a connect to the VIP that is not redirected
-        // fails inside the pod instead of leaving the machine.
-        self.net = Some(PodNet::create(NETNS, HOST_IF, HOST_IP, POD_IP)?);
-        Ok(())
+        })
     }
 
     fn config(&self, weights: Option<(u32, u32)>) -> String {
@@ -142,8 +143,8 @@ impl Demo {
              \x20   vip: {VIP}\n\
              \x20   policy: round-robin\n\
              \x20   endpoints:\n",
-            attach = self.attach.display(),
-            pod = self.pod_cgroup().display(),
+            attach = self.pod.attach.path().display(),
+            pod = self.pod.cgroup.path().display(),
         );
         for (version, addr) in BACKENDS {
             s.push_str(&format!(
@@ -162,8 +163,7 @@ impl Demo {
         s
     }
 
-    /// Runs the greeter client inside the pod: first into its cgroup, then
-    /// into its network namespace (`ip netns exec` remounts /sys).
+    /// Runs the greeter client inside the pod.
     fn client(&self, bin: &Path) -> anyhow::Result<()> {
         let args = [
             "--target".to_owned(),
@@ -171,36 +171,14 @@ impl Demo {
             "--calls".to_owned(),
             CALLS.to_string(),
         ];
-        exec(&mut netns::in_pod(
-            &self.pod_cgroup(),
-            NETNS,
-            &bin.join("greeter-client"),
-            &args,
-        ))
+        exec(&mut self.pod.command(&bin.join("greeter-client"), &args)?)
     }
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The network namespace goes when `net` drops.
-        remove_cgroup_tree(&self.attach);
+        // The processes, the pod's cgroups and its namespace go with their
+        // guards.
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Waits for the agent's `/readyz` (programs attached, config applied).
-fn wait_ready(limit: Duration) -> anyhow::Result<()> {
-    let admin = ADMIN.parse()?;
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if sh::http_ok(admin, "/readyz") {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    bail!("demo: the agent did not become ready on {ADMIN} within {limit:?}")
 }

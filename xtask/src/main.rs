@@ -11,7 +11,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod lint;
-mod netns;
+mod pod;
 mod setup;
 mod sh;
 mod test;

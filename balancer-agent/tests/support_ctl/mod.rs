@@ -3,17 +3,25 @@
 
 #![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
-use std::{net::SocketAddr, process::Command};
+use std::{
+    net::SocketAddr,
+    process::{Command, Output},
+};
 
-/// `balancerctl --admin ADMIN ARGS...`'s standard output; it must succeed.
-pub fn ctl(admin: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_balancerctl"))
+/// `balancerctl --admin ADMIN ARGS...`, run to its end, whatever its exit.
+pub fn run(admin: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_balancerctl"))
         .arg("--admin")
-        .arg(admin.to_string())
+        .arg(admin)
         .args(args)
         .env_remove("BALANCERCTL_ADMIN")
         .output()
-        .expect("run balancerctl");
+        .expect("run balancerctl")
+}
+
+/// `balancerctl --admin ADMIN ARGS...`'s standard output; it must succeed.
+pub fn ctl(admin: SocketAddr, args: &[&str]) -> String {
+    let out = run(&admin.to_string(), args);
     assert!(
         out.status.success(),
         "balancerctl {args:?}: {}",

@@ -459,10 +459,7 @@ pub async fn spread(send: &SendRequest<Bytes>, n: usize) -> BTreeMap<String, usi
 
 /// A port nothing listens on (bound, then released).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
-    a
+    balancer_testing::port::free_port().expect("free port")
 }
 
 // ---- raw HTTP/2 frames ----

@@ -16,6 +16,7 @@ use std::{
 };
 
 use balancer_agent::api;
+use balancer_testing::ready::WaitError;
 
 use super::{procfs, ScaleError, Window};
 use crate::{node_agent::NodeAgent, process::ChildGuard};
@@ -30,20 +31,30 @@ fn json<T: serde::de::DeserializeOwned>(agent: &NodeAgent, path: &str) -> Option
 /// Polls `/readyz` every 10 ms: when the first 200 came (`Err` with the
 /// last answer if none came within `limit`). Fails if the agent exits.
 pub fn wait_ready(agent: &mut NodeAgent, limit: Duration) -> Result<Result<Instant, String>, ScaleError> {
-    let start = Instant::now();
+    let admin = agent.admin();
     let mut last = String::from("no answer");
-    while start.elapsed() < limit {
-        if agent.try_wait().is_ok_and(|s| s.is_some()) {
-            return Err(ScaleError::AgentExited(tail(&agent.log())));
+    let mut at = None;
+    let waited = agent.wait_until("balancer-agent ready", limit, Duration::from_millis(10), || match admin
+        .get("/readyz")
+    {
+        Ok(r) if r.status == 200 => {
+            at = Some(Instant::now());
+            true
         }
-        match agent.get("/readyz") {
-            Ok((200, _)) => return Ok(Ok(Instant::now())),
-            Ok((status, body)) => last = format!("{status} {}", body.trim()),
-            Err(e) => last = e.to_string(),
+        Ok(r) => {
+            last = format!("{} {}", r.status, r.body.trim());
+            false
         }
-        std::thread::sleep(Duration::from_millis(10));
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    match (waited, at) {
+        (Ok(()), Some(at)) => Ok(Ok(at)),
+        (Err(WaitError::Exited { .. }), _) => Err(ScaleError::AgentExited(tail(&agent.log()))),
+        _ => Ok(Err(last)),
     }
-    Ok(Err(last))
 }
 
 /// The last 20 lines of a log.

@@ -1,6 +1,7 @@
 //! Shared by the gRPC conformance tests: the agent as a process in static
 //! mode (`--config FILE --no-ebpf`, unprivileged, explicit listeners only),
-//! its YAML file, free loopback ports, and the Python grpcio peers.
+//! its YAML file, and the Python grpcio peers. Starting the agent, free
+//! ports and waiting are `balancer-testing`'s.
 //!
 //! The agent binary is built on first use (`cargo build --workspace
 //! --exclude balancer-ebpf --bins`, a no-op when it is up to date) in the target
@@ -11,12 +12,17 @@
 use std::{
     fmt::Write as _,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
     thread,
     time::{Duration, Instant},
+};
+
+use balancer_testing::{
+    agent::{self, AgentProcess, Log},
+    port,
 };
 
 /// The workspace root.
@@ -72,8 +78,7 @@ pub fn agent_bin() -> PathBuf {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    port::free_port().unwrap()
 }
 
 /// Replaces `path` atomically (a reader never sees half a file).
@@ -126,12 +131,11 @@ pub fn config(admin: SocketAddr, name: &str, listen: SocketAddr, eps: &[Ep], wei
 
 /// The agent running in static mode; killed (by its pid) on drop.
 pub struct Agent {
-    pub child: Child,
+    pub process: AgentProcess,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub admin: SocketAddr,
     pub listen: SocketAddr,
-    log: PathBuf,
 }
 
 impl Agent {
@@ -147,48 +151,26 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("balancer.yaml");
         write_atomic(&path, config);
-        let log = dir.path().join("agent.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(agent_bin())
-            .arg("--config")
-            .arg(&path)
-            .arg("--no-ebpf")
+        let mut cmd = agent::command(&agent_bin(), Some(&path));
+        cmd.arg("--no-ebpf")
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .env("BALANCER_LOG_FORMAT", "text")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("cannot start balancer-agent");
-        let mut agent = Agent {
-            child,
+            .env("BALANCER_LOG_FORMAT", "text");
+        let mut process = AgentProcess::spawn(cmd, Log::File(dir.path().join("agent.log"))).unwrap();
+        if let Err(e) = process.wait_until(
+            &format!("balancer-agent listening on {listen}"),
+            Duration::from_secs(20),
+            || port::accepts(listen),
+        ) {
+            panic!("{e}");
+        }
+        Agent {
+            process,
             dir,
             config: path,
             admin,
             listen,
-            log,
-        };
-        agent.wait_listening();
-        agent
-    }
-
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("balancer-agent exited with {status}:\n{}", self.log());
-            }
-            if TcpStream::connect_timeout(&self.listen, Duration::from_millis(100)).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "balancer-agent does not listen on {} after 20 s:\n{}",
-            self.listen,
-            self.log()
-        );
     }
 
     /// Rewrites the config file (the agent polls it).
@@ -197,18 +179,7 @@ impl Agent {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `GET path` on the admin server: (status line, body).
-    pub fn admin_get(&self, path: &str) -> Option<(String, String)> {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let (head, body) = resp.split_once("\r\n\r\n")?;
-        Some((head.lines().next()?.to_owned(), body.to_owned()))
+        self.process.log()
     }
 
     pub fn target(&self) -> String {
@@ -218,8 +189,6 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if thread::panicking() {
             eprintln!("---- balancer-agent log ----\n{}", self.log());
         }

@@ -202,7 +202,7 @@ pub struct GrpcSample {
 /// turns the nghttp command line into the command to run, e.g. inside a
 /// pod) and checks every grpc-status; a second pass reads the replies.
 pub fn grpc_sample(
-    wrap: &dyn Fn(&[String]) -> Command,
+    wrap: &dyn Fn(&[String]) -> anyhow::Result<Command>,
     target: &str,
     body: &Path,
     calls: u64,
@@ -227,7 +227,7 @@ pub fn grpc_sample(
         a.push(format!("http://{target}{SAY_HELLO}"));
         a
     };
-    let verbose = wrap(&base(true))
+    let verbose = wrap(&base(true))?
         .stderr(Stdio::null())
         .output()
         .context("bench: cannot run nghttp")?;
@@ -247,7 +247,7 @@ pub fn grpc_sample(
     if missing > 0 {
         *sample.errors.entry("none".into()).or_default() += missing;
     }
-    let bodies = wrap(&base(false))
+    let bodies = wrap(&base(false))?
         .stderr(Stdio::null())
         .output()
         .context("bench: cannot run nghttp")?;

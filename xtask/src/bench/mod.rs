@@ -28,10 +28,12 @@ use anyhow::{bail, Context};
 
 use self::{
     load::{GrpcSample, Load, Measured},
-    paths::{CallPath, Env, Pod, BACKENDS},
+    paths::{CallPath, Env, BACKENDS},
     procs::Proc,
 };
-use crate::{netns, setup, sh};
+use balancer_testing::process::place;
+
+use crate::{pod::Pod, setup, sh};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -186,35 +188,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     fs::write(&body, load::HELLO_BODY)?;
 
     let pod = if settings.paths.iter().any(|p| p.needs_root()) {
-        let cgroup2 = netns::cgroup2_mount()?;
-        let attach = netns::CgroupTree::create(cgroup2.join("balancer-bench"))?;
-        let cgroup = attach.child("client")?;
-        let net = netns::PodNet::create(paths::NETNS, paths::HOST_IF, paths::HOST_IP, paths::POD_IP)?;
-        Some(Pod { attach, cgroup, net })
+        Some(Pod::create(&paths::POD)?)
     } else {
         None
     };
-    let mut backends = Vec::new();
-    for (name, addr) in BACKENDS {
-        let program = bin.join("greeter-server");
-        // On the kernel-redirect paths the backends are pods of this node
-        // (under the attach cgroup), so the agent's connections to them can
-        // take the fast path too.
-        let mut cmd = match &pod {
-            Some(pod) => netns::in_cgroup(&pod.attach.path().join("backends"), &program)?,
-            None => Command::new(&program),
-        };
-        let mut p = Proc::spawn(
-            name,
-            cmd.args(["--listen", addr, "--name", name, "--threads", "1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )?;
-        procs::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
-        p.check_alive()?;
-        backends.push(p);
-    }
-
     let env = Env {
         bin: bin.clone(),
         dir: scratch.0.clone(),
@@ -223,6 +200,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         nofile,
         pod,
     };
+    // Declared after `env`, so dropped (stopped) before the pod's cgroups
+    // are removed.
+    let mut backends = Vec::new();
+    for (name, addr) in BACKENDS {
+        let program = bin.join("greeter-server");
+        // On the kernel-redirect paths the backends are pods of this node
+        // (under the attach cgroup), so the agent's connections to them can
+        // take the fast path too.
+        let mut cmd = Command::new(&program);
+        if let Some(pod) = &env.pod {
+            place(&mut cmd, None, Some(&pod.backends))?;
+        }
+        let mut p = Proc::spawn(
+            name,
+            cmd.args(["--listen", addr, "--name", name, "--threads", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        balancer_testing::port::wait_for_port(addr.parse()?, Duration::from_secs(10))?;
+        p.check_alive()?;
+        backends.push(p);
+    }
 
     let mut runs = Vec::new();
     for round in 1..=settings.rounds {
@@ -360,14 +359,14 @@ fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPa
     let running = env
         .start(path)
         .with_context(|| format!("bench: starting {}", path.key()))?;
-    let client = |args: &[String], program: &str| -> Command {
+    let client = |args: &[String], program: &str| -> anyhow::Result<Command> {
         let program = Path::new(program);
         match (&env.pod, running.in_pod) {
-            (Some(pod), true) => netns::in_pod(&pod.cgroup, pod.net.name(), program, args),
+            (Some(pod), true) => pod.command(program, args),
             _ => {
                 let mut c = Command::new(program);
                 c.args(args);
-                c
+                Ok(c)
             }
         }
     };
@@ -381,7 +380,7 @@ fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPa
     };
     // Warm-up: connections, pools, caches; not measured.
     let warm = load((s.calls / 20).max(1_000));
-    warm.run(&mut client(&warm.args(true), "h2load"), Duration::from_secs(60))
+    warm.run(&mut client(&warm.args(true), "h2load")?, Duration::from_secs(60))
         .with_context(|| format!("bench: warm-up of {}", path.key()))?;
 
     let proxy_pid = running.proxy.as_ref().map(Proc::pid);
@@ -392,7 +391,7 @@ fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPa
     // Bounded: even 2,000 calls/s finishes within this.
     let limit = Duration::from_secs(60 + s.calls / 2_000);
     let m = main
-        .run(&mut client(&main.args(true), "h2load"), limit)
+        .run(&mut client(&main.args(true), "h2load")?, limit)
         .with_context(|| format!("bench: {} round {round}", path.key()))?;
     let (cpu1, bcpu1, mach1) = (cpu(), backend_cpu(), procs::MachineCpu::now());
     let window = t0.elapsed().as_secs_f64();

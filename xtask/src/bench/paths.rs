@@ -8,13 +8,14 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::bail;
+use balancer_testing::{http, port, ready};
 
-use super::procs::{self, Proc};
+use super::procs::Proc;
+use crate::pod::{Pod, PodSpec};
 
 pub const BACKENDS: [(&str, &str); 3] = [
     ("greeter-1", "127.0.0.1:50161"),
@@ -27,10 +28,13 @@ const NGINX: &str = "127.0.0.1:18102";
 const AGENT_ADMIN: &str = "127.0.0.1:15100";
 
 /// The client pod of the kernel-redirect paths.
-pub const NETNS: &str = "balancer-bench";
-pub const HOST_IF: &str = "bbench0";
-pub const HOST_IP: &str = "10.250.1.1";
-pub const POD_IP: &str = "10.250.1.2";
+pub const POD: PodSpec<'static> = PodSpec {
+    cgroup: "balancer-bench",
+    netns: "balancer-bench",
+    host_if: "bbench0",
+    host_ip: "10.250.1.1",
+    pod_ip: "10.250.1.2",
+};
 /// The Service VIP the pod dials: nothing routes it.
 pub const VIP: &str = "10.96.0.20:8000";
 const REDIRECT_LISTEN: &str = "10.250.1.1:15001";
@@ -113,14 +117,6 @@ pub struct Env {
     /// The open-file limit every proxy inherits.
     pub nofile: u64,
     pub pod: Option<Pod>,
-}
-
-/// The redirect paths' client pod: attach cgroup, the pod's cgroup inside
-/// it, and its network namespace.
-pub struct Pod {
-    pub attach: crate::netns::CgroupTree,
-    pub cgroup: PathBuf,
-    pub net: crate::netns::PodNet,
 }
 
 /// A started path: its proxy (none for direct) and where clients dial.
@@ -209,13 +205,11 @@ impl Env {
         // With the kernel path the agent runs in a cgroup of its own beside
         // the pod's, as a service manager would start it.
         let program = self.bin.join("balancer-agent");
-        let mut cmd = match (&self.pod, ebpf) {
-            (Some(pod), true) => crate::netns::in_cgroup(&pod.attach.path().join("agent"), &program)?,
-            _ => Command::new(&program),
-        };
-        cmd.arg("--config")
-            .arg(&cfg)
-            .args(["--threads", &self.threads.to_string()])
+        let mut cmd = balancer_testing::agent::command(&program, Some(&cfg));
+        if let (Some(pod), true) = (&self.pod, ebpf) {
+            pod.place_agent(&mut cmd)?;
+        }
+        cmd.args(["--threads", &self.threads.to_string()])
             .env("RUST_LOG", "warn")
             .env("BALANCER_LOG_FORMAT", "text")
             .stdout(Stdio::null())
@@ -225,19 +219,19 @@ impl Env {
         }
         let mut agent = Proc::spawn("balancer-agent", &mut cmd)?;
         let admin: SocketAddr = AGENT_ADMIN.parse()?;
-        let start = Instant::now();
-        while !procs::http_ok(admin, "/readyz") {
-            if let Err(e) = agent.check_alive() {
+        ready::wait(
+            &format!("balancer-agent ready at http://{AGENT_ADMIN}/readyz"),
+            Duration::from_secs(20),
+            || {
+                let e = agent.check_alive().err()?;
                 let log = fs::read_to_string(self.dir.join("agent.err")).unwrap_or_default();
-                bail!("{e}: {}", log.trim());
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                bail!("bench: the agent did not become ready on {AGENT_ADMIN}/readyz within 20 s");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+                Some(format!("{e}: {}", log.trim()))
+            },
+            || http::ok(admin, "/readyz"),
+        )
+        .map_err(|e| anyhow::anyhow!("bench: {e}"))?;
         if !ebpf {
-            procs::wait_for_port(AGENT_LISTENER.parse()?, Duration::from_secs(10))?;
+            port::wait_for_port(AGENT_LISTENER.parse()?, Duration::from_secs(10))?;
         }
         Ok(agent)
     }
@@ -249,7 +243,7 @@ impl Env {
             s.push_str(&format!(
                 "listen: {REDIRECT_LISTEN}\nattach_cgroup: {}\nfast_path: {fast_path}\nenroll:\n  - {}\n",
                 pod.attach.path().display(),
-                pod.cgroup.display()
+                pod.cgroup.path().display()
             ));
         }
         s.push_str(&format!(
@@ -334,18 +328,18 @@ impl Env {
 
 fn wait_listening(proxy: &mut Proc, addr: &str, log: &Path) -> anyhow::Result<()> {
     let addr: SocketAddr = addr.parse()?;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Err(e) = proxy.check_alive() {
+    let name = proxy.name.clone();
+    ready::wait(
+        &format!("{name} listening on {addr}"),
+        Duration::from_secs(10),
+        || {
+            let e = proxy.check_alive().err()?;
             let log = fs::read_to_string(log).unwrap_or_default();
-            bail!("{e}: {}", log.trim());
-        }
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("bench: {} does not listen on {addr} after 10 s", proxy.name)
+            Some(format!("{e}: {}", log.trim()))
+        },
+        || port::accepts(addr),
+    )
+    .map_err(|e| anyhow::anyhow!("bench: {e}"))
 }
 
 #[cfg(test)]

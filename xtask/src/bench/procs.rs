@@ -295,8 +295,6 @@ impl Calm {
     }
 }
 
-pub use crate::sh::{http_ok, wait_for_port};
-
 /// Raises this process's open-file limit (children inherit it).
 pub fn raise_nofile(want: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit on a local struct.

@@ -385,12 +385,18 @@ sockets).\n",
         let _ = writeln!(
             md,
             "Kernel redirect and explicit listener. Both paths do the same \
-HTTP/2 work per call in the agent; the `sk_msg` fast path only takes the \
-loopback TCP work between the client's socket and the agent's out of the \
-agent (into the client's send). That is worth a few µs per call, about the \
-spread between rounds on a shared machine: calls/s over the rounds ranged \
-{} on the explicit listener and {} through the kernel redirect in this \
-run, so the order of the two medians can change from run to run.\n",
+HTTP/2 work per call in the agent. With the `sk_msg` fast path, the bytes \
+between the client's socket and the agent's, and between the agent's \
+upstream sockets and the backends' (pods of this node, below the attach \
+cgroup), skip TCP: each message is handed to the peer socket in the \
+sender's send. Per call the agent spent {:.1} µs through the kernel \
+redirect and {:.1} µs on the explicit listener, the backends {:.1} and \
+{:.1} µs. Calls/s over the rounds ranged {} on the explicit listener and \
+{} through the kernel redirect in this run.\n",
+            redirect.cpu_us_per_call.unwrap_or(f64::NAN),
+            listener.cpu_us_per_call.unwrap_or(f64::NAN),
+            redirect.backend_cpu_us_per_call,
+            listener.backend_cpu_us_per_call,
             range(listener),
             range(redirect),
         );

@@ -12,7 +12,6 @@ use super::{
     paths::{CallPath, Env},
     Settings,
 };
-use crate::netns;
 
 pub const MESSAGE_BYTES: usize = 16 * 1024;
 pub const MESSAGES_PER_CALL: usize = 64;
@@ -64,7 +63,7 @@ pub fn measure(env: &Env, path: CallPath, _bin: &Path, s: &Settings) -> anyhow::
     };
     let args = load.args_for(BIDI, true);
     let mut cmd = match (&env.pod, running.in_pod) {
-        (Some(pod), true) => netns::in_pod(&pod.cgroup, pod.net.name(), Path::new("h2load"), &args),
+        (Some(pod), true) => pod.command(Path::new("h2load"), &args)?,
         _ => {
             let mut c = std::process::Command::new("h2load");
             c.args(&args);

@@ -18,13 +18,21 @@ impl Cgroup {
     /// A new cgroup directly below the cgroup v2 mount point, with a unique
     /// name starting with `prefix`.
     pub fn new_top(prefix: &str) -> io::Result<Cgroup> {
-        let mount = balancer_agent::cgroup::cgroup2_mount().map_err(io::Error::other)?;
-        Cgroup::create(mount.join(crate::unique_name(prefix)))
+        Cgroup::create(cgroup2_mount()?.join(crate::unique_name(prefix)))
     }
 
-    fn create(path: PathBuf) -> io::Result<Cgroup> {
-        fs::create_dir(&path)?;
+    /// A new cgroup at `path` (its parent must exist, it must not).
+    pub fn create(path: PathBuf) -> io::Result<Cgroup> {
+        fs::create_dir(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create the cgroup {}: {e}", path.display())))?;
         Ok(Cgroup { path })
+    }
+
+    /// A cgroup at a fixed `path` (a tool's own name, not a test's unique
+    /// one): a leftover of an interrupted run is removed first.
+    pub fn replace(path: PathBuf) -> io::Result<Cgroup> {
+        remove_tree(&path, Duration::from_secs(5))?;
+        Cgroup::create(path)
     }
 
     /// A new child cgroup `name`; it is removed on its own drop (and with
@@ -37,9 +45,11 @@ impl Cgroup {
         &self.path
     }
 
-    /// The cgroup id (inode number of the directory).
+    /// The cgroup id (the inode number of its directory on cgroup2, what
+    /// `bpf_get_current_cgroup_id` returns).
     pub fn id(&self) -> io::Result<u64> {
-        balancer_agent::cgroup::cgroup_id(&self.path).map_err(io::Error::other)
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(fs::metadata(&self.path)?.ino())
     }
 
     /// Moves process `pid` into this cgroup.
@@ -54,6 +64,25 @@ impl Cgroup {
             .filter_map(|l| l.trim().parse().ok())
             .collect())
     }
+}
+
+/// The cgroup v2 mount point of this process's mount namespace (the first
+/// one in `/proc/self/mounts`).
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_ascii_whitespace();
+            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup v2 hierarchy is mounted (see /proc/mounts); balancer needs cgroup v2",
+            )
+        })
 }
 
 /// Removes `dir` and every cgroup below it, retrying while exiting

@@ -2,11 +2,13 @@
 
 use std::{
     ffi::CString,
+    fs::File,
     io,
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::{ffi::OsStrExt as _, process::CommandExt as _},
     },
+    path::Path,
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -18,9 +20,15 @@ use crate::{cgroup::Cgroup, netns::NetNs};
 /// `setns` — unlike `ip netns exec`, /sys is not remounted, so the cgroup
 /// file system stays visible to it.
 pub fn place(cmd: &mut Command, netns: Option<&NetNs>, cgroup: Option<&Cgroup>) -> io::Result<()> {
-    let ns_fd: Option<OwnedFd> = netns.map(|ns| ns.open().map(OwnedFd::from)).transpose()?;
+    place_at(cmd, netns.map(NetNs::path).as_deref(), cgroup.map(Cgroup::path))
+}
+
+/// [`place`] by paths: the namespace file (`/run/netns/<name>`) and the
+/// cgroup directory.
+pub fn place_at(cmd: &mut Command, netns: Option<&Path>, cgroup: Option<&Path>) -> io::Result<()> {
+    let ns_fd: Option<OwnedFd> = netns.map(|ns| File::open(ns).map(OwnedFd::from)).transpose()?;
     let procs: Option<CString> = cgroup
-        .map(|cg| CString::new(cg.path().join("cgroup.procs").as_os_str().as_bytes()))
+        .map(|cg| CString::new(cg.join("cgroup.procs").as_os_str().as_bytes()))
         .transpose()
         .map_err(io::Error::other)?;
     // SAFETY: the closure only makes async-signal-safe system calls (open,
@@ -92,6 +100,27 @@ impl ChildGuard {
 
     pub fn child_mut(&mut self) -> &mut Child {
         self.child.as_mut().expect("child present until drop")
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends `signal` to the process, by its PID.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+        // SAFETY: kill on the PID of a child this guard has not reaped yet.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// SIGKILL and wait for the process to be gone.

@@ -34,11 +34,38 @@ impl NetNs {
     /// Creates a namespace with a unique name starting with `prefix`, with
     /// its loopback up and nothing else (no routes).
     pub fn new(prefix: &str) -> io::Result<NetNs> {
-        let name = crate::unique_name(prefix);
+        NetNs::create(crate::unique_name(prefix))
+    }
+
+    /// A namespace with a fixed `name` (a tool's own, not a test's unique
+    /// one): a leftover of an interrupted run is deleted first.
+    pub fn named(name: &str) -> io::Result<NetNs> {
+        if PathBuf::from("/run/netns").join(name).exists() {
+            ip(&["netns", "del", name])?;
+        }
+        NetNs::create(name.to_owned())
+    }
+
+    fn create(name: String) -> io::Result<NetNs> {
         ip(&["netns", "add", &name])?;
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Joins this namespace to the caller's by a veth pair: `host_if` with
+    /// `host_cidr` outside, `inner_if` with `inner_cidr` inside, both up.
+    /// No route is added: only the link's subnet is reachable. The pair
+    /// goes with the namespace.
+    pub fn veth_to_host(&self, host_if: &str, host_cidr: &str, inner_if: &str, inner_cidr: &str) -> io::Result<()> {
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", inner_if, "netns", &self.name,
+        ])?;
+        ip(&["addr", "add", host_cidr, "dev", host_if])?;
+        ip(&["link", "set", host_if, "up"])?;
+        self.ip(&["addr", "add", inner_cidr, "dev", inner_if])?;
+        self.ip(&["link", "set", inner_if, "up"])?;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
