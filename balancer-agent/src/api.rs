@@ -108,6 +108,12 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     #[serde(flatten)]
     pub counters: ServiceCounters,
+    /// `PreferClose` when calls prefer close endpoints; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// `Local` when calls stay on the agent's node; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
 }
 
 impl Service {
@@ -142,6 +148,10 @@ impl Service {
             routes: svc.routes.iter().map(Route::from_model).collect(),
             endpoints,
             counters: live.map(|l| l.counters).unwrap_or_default(),
+            traffic_distribution: (svc.traffic_distribution != model::TrafficDistribution::Any)
+                .then(|| svc.traffic_distribution.as_str().to_owned()),
+            internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
+                .then(|| svc.internal_traffic_policy.as_str().to_owned()),
         }
     }
 }
@@ -249,6 +259,11 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub zone: Option<String>,
     pub node: Option<String>,
+    /// Its locality tier for this agent, when the service prefers close
+    /// endpoints or stays on the node: `node`, `zone`, `other`, or
+    /// `off-node` (takes no call: `internalTrafficPolicy: Local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
     #[serde(flatten)]
     pub stats: EndpointStats,
 }
@@ -264,6 +279,7 @@ impl Endpoint {
             labels: (*ep.labels).clone(),
             zone: ep.zone.as_deref().map(str::to_owned),
             node: ep.node.as_deref().map(str::to_owned),
+            locality: None,
             stats: live.map(|l| l.stats.clone()).unwrap_or_default(),
         }
     }

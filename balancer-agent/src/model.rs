@@ -34,6 +34,18 @@ pub struct Model {
     /// programs (static `enroll:`; in Kubernetes the enrolled pods' cgroups,
     /// each with its pod).
     pub enrolled: Vec<Enrolled>,
+    /// Where the agent itself runs: the node and zone that locality-aware
+    /// services prefer (see [`TrafficDistribution`]).
+    pub locality: Locality,
+}
+
+/// A node and its zone (the agent's; an endpoint's are on [`Endpoint`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Locality {
+    /// Static `zone:`; in Kubernetes the Node's `topology.kubernetes.io/zone`.
+    pub zone: Option<Arc<str>>,
+    /// Static `node:`; in Kubernetes the agent's node name.
+    pub node: Option<Arc<str>>,
 }
 
 /// An enrolled cgroup: it and every cgroup below it are redirected.
@@ -96,6 +108,53 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// Faults injected into a share of the calls (resilience testing).
     pub fault: Option<Fault>,
+    /// Whether calls prefer endpoints close to the agent.
+    pub traffic_distribution: TrafficDistribution,
+    /// Whether calls may leave the agent's node at all.
+    pub internal_traffic_policy: InternalTrafficPolicy,
+}
+
+/// Which endpoints a service's calls prefer (Kubernetes Service
+/// `spec.trafficDistribution`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficDistribution {
+    /// Every endpoint alike (the default).
+    #[default]
+    Any,
+    /// Endpoints on the agent's node first, then in its zone, then the
+    /// rest, each tier spilling over to the next as its endpoints become
+    /// unavailable (see [`crate::balance::locality`]).
+    PreferClose,
+}
+
+impl TrafficDistribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficDistribution::Any => "Any",
+            TrafficDistribution::PreferClose => "PreferClose",
+        }
+    }
+}
+
+/// Whether calls may go to endpoints on other nodes (Kubernetes Service
+/// `spec.internalTrafficPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InternalTrafficPolicy {
+    /// Any endpoint (the default).
+    #[default]
+    Cluster,
+    /// Only endpoints on the agent's node; with none, calls get
+    /// `UNAVAILABLE` (as kube-proxy drops them).
+    Local,
+}
+
+impl InternalTrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InternalTrafficPolicy::Cluster => "Cluster",
+            InternalTrafficPolicy::Local => "Local",
+        }
+    }
 }
 
 /// Faults injected into calls, as Istio's VirtualService `fault`: a delay
@@ -266,10 +325,12 @@ pub struct Endpoint {
     /// Shared: the endpoints of one Service have one label set.
     pub labels: Arc<Labels>,
     pub state: EndpointState,
-    /// Locality hints (EndpointSlice `zone` / `nodeName`), kept for display
-    /// and future locality-aware picking; shared strings.
+    /// Where it runs (EndpointSlice `zone` / `nodeName`); shared strings.
     pub zone: Option<Arc<str>>,
     pub node: Option<Arc<str>>,
+    /// The zones this endpoint should serve (EndpointSlice
+    /// `hints.forZones`); `None` without hints.
+    pub for_zones: Option<Arc<[Arc<str>]>>,
 }
 
 impl Endpoint {
@@ -280,6 +341,7 @@ impl Endpoint {
             state: EndpointState::Ready,
             zone: None,
             node: None,
+            for_zones: None,
         }
     }
 }
@@ -492,6 +554,15 @@ pub enum Change<'a> {
     },
 }
 
+impl<'a> Change<'a> {
+    /// The name of the service that changed.
+    pub fn name(&self) -> &'a str {
+        match self {
+            Change::Added(s) | Change::Removed(s) | Change::Changed { new: s, .. } => &s.name,
+        }
+    }
+}
+
 /// The services that differ between `old` and `new`, by name, skipping
 /// those whose `Arc` both share. Lists sorted by name ([`Model::sort`]) are
 /// walked side by side, without hashing; other lists are compared through a
@@ -626,6 +697,8 @@ mod tests {
             endpoints: vec![Endpoint::ready("127.0.0.1:1".parse().unwrap(), Labels::new())],
             routes: vec![],
             fault: None,
+            traffic_distribution: TrafficDistribution::Any,
+            internal_traffic_policy: InternalTrafficPolicy::Cluster,
         }
     }
 
@@ -645,6 +718,7 @@ mod tests {
         let m = Model {
             services: vec![Arc::new(svc("a", "10.0.0.1:80")), Arc::new(svc("b", "10.0.0.1:80"))],
             enrolled: vec![],
+            locality: Locality::default(),
         };
         assert!(matches!(m.validate(), Err(ModelError::DuplicateVip { .. })));
     }
@@ -663,6 +737,7 @@ mod tests {
         let m = Model {
             services: vec![Arc::new(s.clone())],
             enrolled: vec![],
+            locality: Locality::default(),
         };
         assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
 
@@ -674,6 +749,7 @@ mod tests {
         let m = Model {
             services: vec![Arc::new(s)],
             enrolled: vec![],
+            locality: Locality::default(),
         };
         assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
     }
@@ -715,6 +791,7 @@ mod tests {
             Model {
                 services: vec![Arc::new(s.clone())],
                 enrolled: vec![],
+                locality: Locality::default(),
             }
             .validate()
         };

@@ -127,6 +127,10 @@ fn service_show() {
     assert!(detail.contains("Policy:     round-robin"), "{detail}");
     assert!(detail.contains("version=v1:90 version=v2:10"), "{detail}");
     assert!(detail.contains("127.0.0.1:50052"), "{detail}");
+    assert!(
+        detail.contains("Locality:   PreferClose (endpoints: 1 zone, 1 other)"),
+        "{detail}"
+    );
     assert!(detail.contains(&format!("No endpoint: {NO_ENDPOINT}")), "{detail}");
     let one: api::Service = json(&fx, &["service", "show", "default/echo"]);
     assert_eq!(one, echo());
@@ -155,6 +159,9 @@ fn endpoint_show() {
     assert_eq!(col(&head, &rows[1], "IN-FLIGHT"), "3");
     assert_eq!(col(&head, &rows[1], "ERRORS"), "3 (14:2,reset:1)");
     assert_eq!(col(&head, &rows[1], "LABELS"), "version=v2");
+    // The service prefers close endpoints: each endpoint's tier.
+    assert_eq!(col(&head, &rows[0], "LOCALITY"), "zone");
+    assert_eq!(col(&head, &rows[1], "LOCALITY"), "other");
     let eps: Vec<api::Endpoint> = json(&fx, &["endpoint", "show", "greeter"]);
     assert_eq!(eps, greeter().endpoints);
 }

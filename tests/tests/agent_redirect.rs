@@ -37,7 +37,8 @@ const ADMIN: &str = "127.0.0.1:15000";
 
 /// The node side: three backends and the agent, in the node's namespace.
 struct Node {
-    _backends: Vec<ChildGuard>,
+    /// In the order of `BACKENDS`.
+    backends: Vec<ChildGuard>,
     agent: AgentProcess,
     config: PathBuf,
     dir: tempfile::TempDir,
@@ -72,12 +73,13 @@ fn node_cmd(topo: &Topology, argv: &[&str]) -> std::process::Output {
 }
 
 fn start_node(topo: &Topology, weights: Option<(u32, u32)>) -> Node {
-    start_node_with(topo, weights, None)
+    start_node_with(topo, &config(topo, weights), None)
 }
 
-/// The node, with the backends in `backend_cgroup` (pods of this node under
-/// the attach cgroup) or, by default, outside the attach cgroup.
-fn start_node_with(topo: &Topology, weights: Option<(u32, u32)>, backend_cgroup: Option<&Cgroup>) -> Node {
+/// The node on the static file `text`, with the backends in
+/// `backend_cgroup` (pods of this node under the attach cgroup) or, by
+/// default, outside the attach cgroup.
+fn start_node_with(topo: &Topology, text: &str, backend_cgroup: Option<&Cgroup>) -> Node {
     let mut backends = Vec::new();
     for (name, addr, _) in BACKENDS {
         let mut cmd = Command::new(built("greeter-server"));
@@ -87,7 +89,7 @@ fn start_node_with(topo: &Topology, weights: Option<(u32, u32)>, backend_cgroup:
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("balancer.yaml");
-    fs::write(&config_path, config(topo, weights)).expect("write config");
+    fs::write(&config_path, text).expect("write config");
     let mut cmd = agent::command(&built("balancer-agent"), Some(&config_path));
     cmd.env("RUST_LOG", "info").env("BALANCER_LOG_FORMAT", "text");
     // The agent runs in a cgroup of its own, as a service manager or a
@@ -104,7 +106,7 @@ fn start_node_with(topo: &Topology, weights: Option<(u32, u32)>, backend_cgroup:
         panic!("{e}");
     }
     Node {
-        _backends: backends,
+        backends,
         agent,
         config: config_path,
         dir,
@@ -234,7 +236,7 @@ fn connections_to_endpoints_on_this_node_take_the_fast_path_too() {
     };
     let topo = Topology::new(1).expect("topology");
     let backends = topo.root_cgroup.child("backends").expect("backends cgroup");
-    let node = start_node_with(&topo, None, Some(&backends));
+    let node = start_node_with(&topo, &config(&topo, None), Some(&backends));
 
     let v = client(&topo.pods[0], 300);
     assert_eq!(v["errors"], 0, "calls failed: {v}\nagent log:\n{}", node.log());
@@ -384,6 +386,79 @@ fn a_grpcio_client_in_the_pod_goes_through_the_redirect() {
             .unwrap_or(0)
     };
     assert!(redirected("connect6") >= 1, "connect6's own counter: {progs:?}");
+}
+
+/// The agent in zone a on node n1; greeter-a and greeter-b in zone a (on
+/// other nodes), greeter-c in zone b; `keys` are the service's extra keys,
+/// `nodes` the backends' nodes in `BACKENDS` order.
+fn locality_config(topo: &Topology, keys: &str, nodes: [&str; 3]) -> String {
+    let listen = SocketAddr::new(topo.node.ip.into(), 15001);
+    let mut s = format!(
+        "listen: {listen}\nadmin: {ADMIN}\nattach_cgroup: {}\nenroll:\n  - {}\nzone: a\nnode: n1\nservices:\n  - name: greeter\n    vip: {VIP}\n{keys}    endpoints:\n",
+        topo.root_cgroup.path().display(),
+        topo.pods[0].cgroup.path().display(),
+    );
+    for ((_, addr, _), (zone, node)) in BACKENDS.iter().zip([("a", nodes[0]), ("a", nodes[1]), ("b", nodes[2])]) {
+        s.push_str(&format!("      - {{ address: {addr}, zone: {zone}, node: {node} }}\n"));
+    }
+    s
+}
+
+/// Locality through the kernel redirect: a PreferClose service keeps the
+/// pod's calls in the agent's zone, spills them to the other zone with no
+/// failed call when the zone's endpoints die, and an
+/// `internal_traffic_policy: Local` service stays on the node or answers
+/// UNAVAILABLE saying why.
+#[test]
+fn calls_through_the_redirect_stay_close_and_spill_over_when_the_zone_dies() {
+    let Some(_serial) = serial_or_skip("calls_through_the_redirect_stay_close_and_spill_over_when_the_zone_dies")
+    else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let prefer = "    traffic_distribution: PreferClose\n";
+    let mut node = start_node_with(&topo, &locality_config(&topo, prefer, ["n2", "n3", "n4"]), None);
+    let pod = &topo.pods[0];
+
+    let v = client(pod, 300);
+    assert_eq!(v["errors"], 0, "calls failed: {v}\nagent log:\n{}", node.log());
+    assert_eq!(
+        per_backend(&v),
+        BTreeMap::from([("greeter-a".to_owned(), 150), ("greeter-b".to_owned(), 150)]),
+        "zone a only, round robin there: {v}"
+    );
+
+    // Zone a's backends die outright: new calls go to zone b, none fails
+    // (each is retried there until outlier detection ejects zone a).
+    node.backends[0].kill().expect("kill greeter-a");
+    node.backends[1].kill().expect("kill greeter-b");
+    let v = client(pod, 300);
+    assert_eq!(
+        v["errors"],
+        0,
+        "calls failed after zone a died: {v}\nagent log:\n{}",
+        node.log()
+    );
+    assert_eq!(per_backend(&v), BTreeMap::from([("greeter-c".to_owned(), 300)]), "{v}");
+
+    // internal_traffic_policy Local: greeter-c on the agent's node takes
+    // every call...
+    let local = "    internal_traffic_policy: Local\n";
+    fs::write(&node.config, locality_config(&topo, local, ["n2", "n3", "n1"])).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = client(pod, 100);
+    assert_eq!(per_backend(&v), BTreeMap::from([("greeter-c".to_owned(), 100)]), "{v}");
+    // ... and on another node it takes none: UNAVAILABLE, saying why.
+    fs::write(&node.config, locality_config(&topo, local, ["n2", "n3", "n4"])).expect("rewrite config");
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = client(pod, 10);
+    assert_eq!(v["errors"], 10, "{v}");
+    let first = v["first_error"].as_str().unwrap_or_default();
+    assert!(
+        first.starts_with("Unavailable")
+            && first.contains("internalTrafficPolicy Local and no endpoint on this node `n1`"),
+        "{v}"
+    );
 }
 
 /// Consistent hashing and injected faults on redirected connections: a

@@ -433,6 +433,83 @@ fn the_daemonset_agent_balances_routes_rolls_and_stops_without_a_failed_call() {
     drop(agent_b_cgroups);
 }
 
+/// Waits until `agent` shows the endpoints of `demo/greeter` with these
+/// locality tiers (`-` for none).
+fn wait_tiers(agent: &NodeAgent, want: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = agent.get("/api/v1/services/demo%2Fgreeter").expect("service");
+        let svc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let tiers: Vec<String> = svc["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["locality"].as_str().unwrap_or("-").to_owned())
+            .collect();
+        if tiers == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tiers {want:?} not applied: {tiers:?}\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Locality in Kubernetes mode through the kernel redirect: the Node's zone
+/// label, the Service's `trafficDistribution: PreferClose` and the
+/// EndpointSlice's zones keep the pod's calls in the agent's zone; when
+/// that zone's endpoint dies they go to the other zone, none failing;
+/// `internalTrafficPolicy: Local` keeps them on the agent's node.
+#[test]
+fn the_daemonset_agent_keeps_calls_in_its_zone_and_spills_over() {
+    let Some(_serial) = serial_or_skip("the_daemonset_agent_keeps_calls_in_its_zone_and_spills_over") else {
+        return;
+    };
+    let mut node = Node::new();
+    let zoned = |itp: &str, v2_node: &str| {
+        let mut svc = service("greeter", "10.96.0.10");
+        svc["spec"]["trafficDistribution"] = json!("PreferClose");
+        svc["spec"]["internalTrafficPolicy"] = json!(itp);
+        let mut sl = slice("greeter", &[V1, V2]);
+        sl["endpoints"][0]["zone"] = json!("zone-1");
+        sl["endpoints"][0]["nodeName"] = json!("node-b");
+        sl["endpoints"][1]["zone"] = json!("zone-2");
+        sl["endpoints"][1]["nodeName"] = json!(v2_node);
+        vec![svc, sl]
+    };
+    let mut objects = zoned("Cluster", "node-c");
+    objects.push(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-1"}}}));
+    node.api.apply_all(objects).expect("zones");
+    let agent_cgroups = node.kubepods.pod(Qos::Burstable, 100).expect("agent pod");
+    let mut a = node.start_agent("balancer-agent-a", &agent_cgroups);
+    node.wait_ready(&mut a);
+    wait_tiers(&a, &["zone", "other"]);
+
+    let v = node.greeter(&node.client, 0, 300);
+    assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
+    assert_eq!(
+        backends(&v),
+        BTreeMap::from([("greeter-v1".to_owned(), 300)]),
+        "zone-1 only: {v}"
+    );
+
+    // Zone 1's endpoint dies: the calls go to zone 2, none fails.
+    node._backends[0].kill().expect("kill greeter-v1");
+    let v = node.greeter(&node.client, 0, 300);
+    assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
+    assert_eq!(backends(&v), BTreeMap::from([("greeter-v2".to_owned(), 300)]), "{v}");
+
+    // internalTrafficPolicy Local, greeter-v2 on this node: the only one.
+    node.api.apply_all(zoned("Local", NODE)).expect("local");
+    wait_tiers(&a, &["off-node", "node"]);
+    let v = node.greeter(&node.client, 0, 100);
+    assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
+    assert_eq!(backends(&v), BTreeMap::from([("greeter-v2".to_owned(), 100)]), "{v}");
+}
+
 /// Waits until `agent` serves demo/greeter with a service field `key`
 /// equal to `want`.
 fn wait_service_field(agent: &NodeAgent, key: &str, want: &Value) {

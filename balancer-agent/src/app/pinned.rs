@@ -224,6 +224,8 @@ mod tests {
                 endpoints: vec![],
                 routes: vec![],
                 fault: None,
+                traffic_distribution: crate::model::TrafficDistribution::Any,
+                internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
             })],
             enrolled: vec![
                 Enrolled {
@@ -237,6 +239,7 @@ mod tests {
                 },
                 Enrolled::from(PathBuf::from("/cg/static")),
             ],
+            locality: crate::model::Locality::default(),
         };
         let (pods, vips) = targets(&model);
         assert_eq!(vips, HashSet::from(["10.96.0.10:8000".parse().unwrap()]));

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::Table,
+    balance::{locality, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -33,7 +33,14 @@ impl ServicesView for TableView {
         model
             .services
             .iter()
-            .map(|svc| api::Service::new(svc, live.get(svc.name.as_str()).copied()))
+            .map(|svc| {
+                let mut out = api::Service::new(svc, live.get(svc.name.as_str()).copied());
+                let classes = locality::classify(svc, &model.locality);
+                for (i, ep) in out.endpoints.iter_mut().enumerate() {
+                    ep.locality = classes.label(i).map(str::to_owned);
+                }
+                out
+            })
             .collect()
     }
 }

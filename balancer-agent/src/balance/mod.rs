@@ -14,6 +14,7 @@
 //! with decay, cost = latency × (in-flight + 1)).
 
 pub mod endpoint;
+pub mod locality;
 pub mod pick;
 pub mod rand;
 pub mod ring;
@@ -36,7 +37,7 @@ pub use endpoint::{CallGuard, EndpointRt, Outcome};
 pub use route::{CallHeaders, CallMeta};
 pub use stats::{EndpointSnapshot, EndpointStats, ServiceCounters, ServiceSnapshot, TableSnapshot};
 
-use crate::model::{self, Change, EndpointState, Model, Policy, Service};
+use crate::model::{self, Change, EndpointState, InternalTrafficPolicy, Locality, Model, Policy, Service};
 use pick::Tried;
 use route::{CompiledRoute, Subset};
 
@@ -79,10 +80,19 @@ pub struct ServiceState {
     pub endpoints: Vec<Arc<EndpointRt>>,
     all: Subset,
     routes: Vec<CompiledRoute>,
+    /// `internal_traffic_policy: Local` and no endpoint on this node: why
+    /// every call gets UNAVAILABLE.
+    no_local: Option<Arc<str>>,
 }
 
 impl ServiceState {
-    fn build(svc: &Service, old: Option<&ServiceState>, opts: &Arc<BalanceOptions>, epoch: Instant) -> Self {
+    fn build(
+        svc: &Service,
+        old: Option<&ServiceState>,
+        opts: &Arc<BalanceOptions>,
+        epoch: Instant,
+        here: &Locality,
+    ) -> Self {
         let kept: HashMap<SocketAddr, &Arc<EndpointRt>> = old
             .map(|o| o.endpoints.iter().map(|e| (e.address, e)).collect())
             .unwrap_or_default();
@@ -98,12 +108,22 @@ impl ServiceState {
                 rt
             })
             .collect();
+        let classes = locality::classify(svc, here);
         let mut routes: Vec<CompiledRoute> = svc
             .routes
             .iter()
-            .map(|r| CompiledRoute::compile(r, &svc.endpoints))
+            .map(|r| CompiledRoute::compile(r, &svc.endpoints, &classes))
             .collect();
-        let mut all = Subset::new((0..endpoints.len()).collect());
+        let mut all = locality::subset((0..endpoints.len()).collect(), &classes);
+        let no_local =
+            (svc.internal_traffic_policy == InternalTrafficPolicy::Local && all.members.is_empty()).then(|| {
+                let node = here.node.as_deref().unwrap_or("(unknown: set `node:`)");
+                format!(
+                    "service `{}` has internalTrafficPolicy Local and no endpoint on this node `{node}`",
+                    svc.name
+                )
+                .into()
+            });
         let hash_header = match svc.policy {
             Policy::RingHash => svc
                 .hash_header
@@ -112,7 +132,8 @@ impl ServiceState {
             _ => None,
         };
         if hash_header.is_some() {
-            // The rings are built here, once per change of the service.
+            // The rings are built here, once per change of the service: one
+            // per subset and, in a service split by locality, one per tier.
             let addresses: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.address).collect();
             all.build_ring(&addresses);
             for r in &mut routes {
@@ -129,7 +150,14 @@ impl ServiceState {
             all,
             endpoints,
             routes,
+            no_local,
         }
+    }
+
+    /// Why no call can be balanced, when it is the service's own setting
+    /// (`internal_traffic_policy: Local` with no endpoint on this node).
+    pub fn no_endpoint_reason(&self) -> Option<&str> {
+        self.no_local.as_deref()
     }
 
     /// The hash of the call's key for a ring-hash service: the first value
@@ -316,7 +344,21 @@ impl Table {
     /// copy of the service list).
     pub fn update_shared(&self, model: &Arc<Model>) {
         let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changes = model::diff(&built.services, &model.services);
+        let here = &model.locality;
+        let changes = if built.locality == *here {
+            model::diff(&built.services, &model.services)
+        } else {
+            // The agent's own locality changed: every service's tiers may.
+            let mut all = model::diff(&built.services, &model.services);
+            let changed: std::collections::HashSet<&str> = all.iter().map(Change::name).collect();
+            let old: HashMap<&str, &Arc<Service>> = built.services.iter().map(|s| (s.name.as_str(), s)).collect();
+            for svc in &model.services {
+                if let (false, Some(o)) = (changed.contains(svc.name.as_str()), old.get(svc.name.as_str())) {
+                    all.push(Change::Changed { old: o, new: svc });
+                }
+            }
+            all
+        };
         if !changes.is_empty() {
             let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for change in changes {
@@ -324,9 +366,9 @@ impl Table {
                     Change::Removed(svc) => index.remove(svc),
                     Change::Changed { old, new } => {
                         index.remove_vips(old);
-                        index.upsert(new, &self.opts, self.epoch);
+                        index.upsert(new, &self.opts, self.epoch, here);
                     }
-                    Change::Added(svc) => index.upsert(svc, &self.opts, self.epoch),
+                    Change::Added(svc) => index.upsert(svc, &self.opts, self.epoch, here),
                 }
             }
         }
@@ -386,7 +428,7 @@ impl Table {
 impl Index {
     /// Builds (or rebuilds, keeping its endpoints' runtime state) the slot
     /// of `svc` and points its VIPs at it.
-    fn upsert(&mut self, svc: &Service, opts: &Arc<BalanceOptions>, epoch: Instant) {
+    fn upsert(&mut self, svc: &Service, opts: &Arc<BalanceOptions>, epoch: Instant, here: &Locality) {
         let slot = match self.by_name.get(svc.name.as_str()) {
             Some(slot) => Arc::clone(slot),
             None => {
@@ -396,7 +438,7 @@ impl Index {
             }
         };
         let prev = slot.state();
-        let st = ServiceState::build(svc, prev.as_deref(), opts, epoch);
+        let st = ServiceState::build(svc, prev.as_deref(), opts, epoch, here);
         slot.set_state(Some(Arc::new(st)));
         for vip in &svc.vips {
             self.by_vip.insert(*vip, Arc::clone(&slot));

@@ -23,12 +23,28 @@ fn eligible(ep: &Arc<EndpointRt>, tried: Tried<'_>) -> bool {
     ep.is_available() && !tried.contains(&identity(ep))
 }
 
-/// Picks an available endpoint of `subset` that the call has not tried yet.
-/// `key` is the hash of the call's key for [`Policy::RingHash`]: the first
-/// endpoint from it on the subset's ring that is available and untried (an
-/// ejected, draining or tried one is walked past, so its keys spread over
-/// the next ones); without a key, ring-hash picks round-robin.
+/// Picks an available endpoint of `subset` that the call has not tried yet:
+/// in a locality tier first when the subset has tiers (see
+/// [`super::locality`]). `key` is the hash of the call's key for
+/// [`Policy::RingHash`]: the first endpoint from it on the ring (the
+/// subset's, or the tier's) that is available and untried (an ejected,
+/// draining or tried one is walked past, so its keys spread over the next
+/// ones); without a key, ring-hash picks round-robin.
 pub fn pick(
+    policy: Policy,
+    subset: &Subset,
+    endpoints: &[Arc<EndpointRt>],
+    tried: Tried<'_>,
+    key: Option<u64>,
+) -> Option<Arc<EndpointRt>> {
+    match &subset.tiers {
+        None => pick_flat(policy, subset, endpoints, tried, key),
+        Some(tiers) => super::locality::pick(policy, tiers, endpoints, tried, key),
+    }
+}
+
+/// Picks among every member of `subset`, whatever their tier.
+pub(super) fn pick_flat(
     policy: Policy,
     subset: &Subset,
     endpoints: &[Arc<EndpointRt>],

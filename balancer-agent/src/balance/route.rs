@@ -5,7 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::{HeaderMap, HeaderName};
 
-use super::{rand::rand_u64, ring::Ring};
+use super::{
+    locality::{self, Classes, Tiers},
+    rand::rand_u64,
+    ring::Ring,
+};
 use crate::model::{self, StringMatch};
 
 /// What a route looks at in a call.
@@ -106,12 +110,15 @@ impl CompiledMatch {
 }
 
 /// A subset of a service's endpoints (indices into its endpoint list) with
-/// its own round-robin cursor and, for a ring-hash service, its ring.
+/// its own round-robin cursor and, for a ring-hash service, its ring; split
+/// by locality tier when the service prefers close endpoints (see
+/// [`super::locality`]), each tier with its own cursor and ring.
 #[derive(Debug, Default)]
 pub struct Subset {
     pub(crate) members: Vec<usize>,
     pub(crate) cursor: AtomicUsize,
     pub(crate) ring: Option<Ring>,
+    pub(crate) tiers: Option<Box<Tiers>>,
 }
 
 impl Subset {
@@ -120,11 +127,13 @@ impl Subset {
             members,
             cursor: AtomicUsize::new(0),
             ring: None,
+            tiers: None,
         }
     }
 
-    /// Places the members on a ring; `addresses` are the service's
-    /// endpoints' addresses, by index.
+    /// Places the members on a ring, and each tier's members on the tier's
+    /// own ring; `addresses` are the service's endpoints' addresses, by
+    /// index.
     pub fn build_ring(&mut self, addresses: &[std::net::SocketAddr]) {
         let members: Vec<(usize, std::net::SocketAddr)> = self
             .members
@@ -132,6 +141,9 @@ impl Subset {
             .filter_map(|i| addresses.get(*i).map(|a| (*i, *a)))
             .collect();
         self.ring = Some(Ring::build(members.into_iter()));
+        if let Some(tiers) = &mut self.tiers {
+            tiers.build_rings(addresses);
+        }
     }
 }
 
@@ -234,8 +246,8 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     /// `endpoints` are the service's endpoints, in the order the indices of
-    /// subsets refer to.
-    pub fn compile(route: &model::Route, endpoints: &[model::Endpoint]) -> Self {
+    /// subsets refer to; `classes` their locality for this agent.
+    pub fn compile(route: &model::Route, endpoints: &[model::Endpoint], classes: &Classes) -> Self {
         let matches = route
             .matches
             .iter()
@@ -264,7 +276,7 @@ impl CompiledRoute {
                     .filter(|(_, ep)| b.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
                     .map(|(i, _)| i)
                     .collect();
-                (Subset::new(members), b.weight)
+                (locality::subset(members, classes), b.weight)
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();

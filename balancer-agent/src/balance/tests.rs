@@ -5,7 +5,10 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use http::HeaderMap;
 
 use super::*;
-use crate::model::{Backend, Endpoint, HeaderMatch, Labels, Route, RouteMatch, StringMatch};
+use crate::model::{
+    Backend, Endpoint, HeaderMatch, InternalTrafficPolicy, Labels, Locality, Route, RouteMatch, StringMatch,
+    TrafficDistribution,
+};
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -25,6 +28,8 @@ fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Serv
         endpoints,
         routes,
         fault: None,
+        traffic_distribution: TrafficDistribution::Any,
+        internal_traffic_policy: InternalTrafficPolicy::Cluster,
     }
 }
 
@@ -40,6 +45,7 @@ fn three(policy: Policy) -> Model {
             vec![],
         ))],
         enrolled: vec![],
+        locality: Locality::default(),
     }
 }
 
@@ -415,6 +421,212 @@ fn an_update_rebuilds_only_the_services_that_changed_and_moves_vips() {
     );
 }
 
+/// Five endpoints: 1–3 in zone a (on nodes n1, n2, n3), 4–5 in zone b;
+/// the agent in zone a on node `node`.
+fn zoned(td: TrafficDistribution, itp: InternalTrafficPolicy, node: &str) -> Model {
+    let ep = |port: u16, zone: &str, node: &str| Endpoint {
+        zone: Some(zone.into()),
+        node: Some(node.into()),
+        ..Endpoint::ready(addr(port), labels(if port % 2 == 1 { "v1" } else { "v2" }))
+    };
+    let mut svc = service(
+        Policy::RoundRobin,
+        vec![
+            ep(1, "a", "n1"),
+            ep(2, "a", "n2"),
+            ep(3, "a", "n3"),
+            ep(4, "b", "n4"),
+            ep(5, "b", "n5"),
+        ],
+        vec![],
+    );
+    svc.traffic_distribution = td;
+    svc.internal_traffic_policy = itp;
+    Model {
+        services: vec![Arc::new(svc)],
+        enrolled: vec![],
+        locality: Locality {
+            zone: Some("a".into()),
+            node: Some(node.into()),
+        },
+    }
+}
+
+fn fail_until_ejected(ep: &Arc<EndpointRt>) {
+    for _ in 0..5 {
+        ep.start_call().finish(Outcome::ConnectFailed);
+    }
+    assert!(ep.is_ejected());
+}
+
+#[test]
+fn without_prefer_close_zones_change_nothing() {
+    let t = Table::new(&zoned(TrafficDistribution::Any, InternalTrafficPolicy::Cluster, "n1"));
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 5000);
+    for port in 1..=5 {
+        assert_eq!(c[&port], 1000, "{c:?}");
+    }
+}
+
+#[test]
+fn prefer_close_keeps_calls_in_the_zone_spread_by_the_policy() {
+    // No endpoint on the agent's node: the zone's three share every call.
+    let t = Table::new(&zoned(
+        TrafficDistribution::PreferClose,
+        InternalTrafficPolicy::Cluster,
+        "n9",
+    ));
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 3000);
+    assert_eq!(
+        (c.get(&1), c.get(&2), c.get(&3)),
+        (Some(&1000), Some(&1000), Some(&1000)),
+        "{c:?}"
+    );
+    assert!(!c.contains_key(&4) && !c.contains_key(&5), "{c:?}");
+    for policy in [Policy::LeastRequest, Policy::PeakEwma] {
+        let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+        Arc::make_mut(&mut m.services[0]).policy = policy;
+        let c = count(&Table::new(&m), SAY_HELLO, &HeaderMap::new(), 3000);
+        assert_eq!(c.keys().filter(|p| **p > 3).count(), 0, "{policy}: {c:?}");
+        assert_eq!(c.values().sum::<usize>(), 3000);
+    }
+    // An endpoint on the agent's node comes first.
+    let t = Table::new(&zoned(
+        TrafficDistribution::PreferClose,
+        InternalTrafficPolicy::Cluster,
+        "n2",
+    ));
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 1000);
+    assert_eq!(c.get(&2), Some(&1000), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_zone_spills_over_in_proportion_and_a_dead_one_entirely() {
+    let t = Table::new(&zoned(
+        TrafficDistribution::PreferClose,
+        InternalTrafficPolicy::Cluster,
+        "n9",
+    ));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    // One of three ejected: 1.4 × 2/3 = 93.3% stays in the zone.
+    fail_until_ejected(&st.endpoints[0]);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
+    let remote = c.get(&4).copied().unwrap_or(0) + c.get(&5).copied().unwrap_or(0);
+    assert!((450..=900).contains(&remote), "6.7% expected remote: {c:?}");
+    // Two of three: 46.7% stays.
+    fail_until_ejected(&st.endpoints[1]);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 10_000);
+    let local = c.get(&3).copied().unwrap_or(0);
+    assert!((4370..=4970).contains(&local), "46.7% expected local: {c:?}");
+    // All three: everything goes to the other zone, no call is refused.
+    fail_until_ejected(&st.endpoints[2]);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 1000);
+    assert_eq!((c.get(&4), c.get(&5)), (Some(&500), Some(&500)), "{c:?}");
+    // Back after the ejection: the zone takes its calls again.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 999);
+    assert_eq!(c.keys().copied().max(), Some(3), "{c:?}");
+}
+
+#[test]
+fn a_call_that_tried_the_close_endpoints_goes_further() {
+    let t = Table::new(&zoned(
+        TrafficDistribution::PreferClose,
+        InternalTrafficPolicy::Cluster,
+        "n2",
+    ));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let h = HeaderMap::new();
+    let meta = CallMeta::from_path(SAY_HELLO, &h);
+    let first = st.pick(&meta, &[]).unwrap();
+    assert_eq!(first.address, addr(2));
+    let second = st.pick(&meta, &[pick::identity(&first)]).unwrap();
+    assert!([addr(1), addr(3)].contains(&second.address), "the zone next");
+    let tried = [pick::identity(&first), pick::identity(&second)];
+    let third = st.pick(&meta, &tried).unwrap();
+    assert!(
+        [addr(4), addr(5)].contains(&third.address),
+        "a retry goes to a tier it has not tried, before the rest of the zone"
+    );
+    let tried: Vec<usize> = [0, 1, 3].iter().map(|i| pick::identity(&st.endpoints[*i])).collect();
+    let fourth = st.pick(&meta, &tried).unwrap();
+    assert_eq!(fourth.address, addr(3), "then what is left, closest first");
+}
+
+#[test]
+fn routes_pick_by_weight_then_by_locality_inside_the_backend() {
+    // v1 = 1, 3 (zone a), 5 (zone b); v2 = 2 (zone a), 4 (zone b).
+    let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(50, 50)];
+    let c = count(&Table::new(&m), SAY_HELLO, &HeaderMap::new(), 1000);
+    assert_eq!(
+        (c.get(&1), c.get(&3), c.get(&2)),
+        (Some(&250), Some(&250), Some(&500)),
+        "{c:?}"
+    );
+    assert!(!c.contains_key(&4) && !c.contains_key(&5), "{c:?}");
+}
+
+#[test]
+fn zone_hints_decide_the_zone_tier_when_every_endpoint_has_them() {
+    let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    let svc = Arc::make_mut(&mut m.services[0]);
+    for (i, ep) in svc.endpoints.iter_mut().enumerate() {
+        // The slice controller gave zone a's calls to 4 (in zone b).
+        let zone = if i == 3 { "a" } else { "b" };
+        ep.for_zones = Some(Arc::from(vec![Arc::<str>::from(zone)]));
+    }
+    let c = count(&Table::new(&m), SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!(c.get(&4), Some(&100), "{c:?}");
+    // One endpoint without hints: zones decide.
+    Arc::make_mut(&mut m.services[0]).endpoints[0].for_zones = None;
+    let c = count(&Table::new(&m), SAY_HELLO, &HeaderMap::new(), 300);
+    assert_eq!(c.keys().copied().max(), Some(3), "{c:?}");
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_calls_on_the_node_or_fails_them() {
+    let t = Table::new(&zoned(TrafficDistribution::Any, InternalTrafficPolicy::Local, "n3"));
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!(c.get(&3), Some(&100), "{c:?}");
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert!(st.no_endpoint_reason().is_none());
+    // Tried already: nothing else is allowed.
+    let h = HeaderMap::new();
+    let meta = CallMeta::from_path(SAY_HELLO, &h);
+    assert!(st.pick(&meta, &[pick::identity(&st.endpoints[2])]).is_none());
+
+    let t = Table::new(&zoned(
+        TrafficDistribution::PreferClose,
+        InternalTrafficPolicy::Local,
+        "n9",
+    ));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert!(st.pick(&meta, &[]).is_none());
+    assert!(st.pick_connection(&[]).is_none());
+    assert_eq!(
+        st.no_endpoint_reason(),
+        Some("service `greeter` has internalTrafficPolicy Local and no endpoint on this node `n9`")
+    );
+}
+
+#[test]
+fn a_new_agent_locality_re_tiers_every_service_and_keeps_endpoint_state() {
+    let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n1");
+    let t = Table::new(&m);
+    let before = t.service("greeter").unwrap().state().unwrap();
+    before.endpoints[0].start_call().finish(Outcome::Status(0));
+    assert_eq!(count(&t, SAY_HELLO, &HeaderMap::new(), 10).get(&1), Some(&10));
+    m.locality.zone = Some("b".into());
+    m.locality.node = Some("n9".into());
+    t.update(&m);
+    let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);
+    assert_eq!((c.get(&4), c.get(&5)), (Some(&50), Some(&50)), "{c:?}");
+    let after = t.service("greeter").unwrap().state().unwrap();
+    assert!(Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]));
+    assert_eq!(after.endpoints[0].snapshot().stats.calls, 1);
+}
+
 fn user(id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("x-user-id", id.parse().unwrap());
@@ -532,4 +744,46 @@ fn ring_hash_within_a_route_subset() {
     assert!(o.iter().all(|p| *p == 1 || *p == 2), "only v1 endpoints: {o:?}");
     assert!(o.contains(&1) && o.contains(&2));
     assert_eq!(owners(&t, &us), o);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ring_hash_picks_on_the_ring_of_the_close_tier_and_spills_the_same_keys() {
+    let mut m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    let svc = Arc::make_mut(&mut m.services[0]);
+    svc.policy = Policy::RingHash;
+    svc.hash_header = Some("x-user-id".into());
+    let t = Table::new(&m);
+    let us = users(1000);
+    let first = owners(&t, &us);
+    assert_eq!(owners(&t, &us), first, "the same keys land on the same endpoints");
+    for port in 1..=3 {
+        let n = first.iter().filter(|p| **p == port).count();
+        assert!((150..=500).contains(&n), "endpoint {port} owns {n} of 1000 keys");
+    }
+    assert!(first.iter().all(|p| *p <= 3), "a healthy zone keeps every key");
+
+    // One of the zone's three ejected: 6.7% of the keys spill to zone b,
+    // the same keys on every call; the keys that stay in the zone and were
+    // not on the ejected endpoint do not move.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    fail_until_ejected(&st.endpoints[0]);
+    let degraded = owners(&t, &us);
+    assert_eq!(owners(&t, &us), degraded, "spill-over by key, not at random");
+    let remote = degraded.iter().filter(|p| **p > 3).count();
+    assert!((30..=110).contains(&remote), "6.7% of keys expected remote: {remote}");
+    assert!(!degraded.contains(&1));
+    for (b, a) in first.iter().zip(&degraded) {
+        if *b != 1 && *a <= 3 {
+            assert_eq!(a, b, "a key of a staying endpoint moved inside the zone");
+        }
+    }
+    // The whole zone ejected: zone b's ring takes every key, spread.
+    fail_until_ejected(&st.endpoints[1]);
+    fail_until_ejected(&st.endpoints[2]);
+    let away = owners(&t, &us);
+    assert!(away.iter().all(|p| *p >= 4), "{away:?}");
+    assert!(away.contains(&4) && away.contains(&5));
+    // Back after the ejection: every key returns to its endpoint.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(owners(&t, &us), first);
 }

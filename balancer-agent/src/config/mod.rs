@@ -7,14 +7,18 @@
 //! attach_cgroup: /sys/fs/cgroup/unified/balancer
 //! fast_path: true                 # sk_msg fast path (default true)
 //! enroll: [ /sys/fs/cgroup/unified/balancer/client ]
+//! zone: zone-a                    # the agent's zone and node, for locality
+//! node: node-1
 //! services:
 //!   - name: greeter
 //!     vip: 10.96.0.10:8000        # and/or `vips: [..]`
 //!     listen: 127.0.0.1:18000     # optional explicit listener
 //!     policy: round-robin         # round-robin | least-request | peak-ewma | ring-hash
 //!     # hash_header: x-user-id    # with ring-hash: the header that picks the endpoint
+//!     traffic_distribution: PreferClose  # optional: node, then zone, then the rest
+//!     internal_traffic_policy: Local     # optional: this node's endpoints only
 //!     endpoints:
-//!       - { address: 127.0.0.1:50051, labels: { version: v1 } }
+//!       - { address: 127.0.0.1:50051, labels: { version: v1 }, zone: zone-a, node: node-1 }
 //!       - { address: 127.0.0.1:50052, labels: { version: v2 }, state: draining }
 //!     routes:                     # first match wins; no route = all endpoints
 //!       - matches:

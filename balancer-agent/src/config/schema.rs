@@ -12,7 +12,8 @@ use serde::{
 
 use crate::model::{
     parse_abort_code, parse_duration, Backend, Endpoint, EndpointState, Fault, FaultAbort, FaultDelay, HeaderMatch,
-    Labels, Model, ModelError, Policy, Route, RouteMatch, Service, Share, StringMatch,
+    InternalTrafficPolicy, Labels, Locality, Model, ModelError, Policy, Route, RouteMatch, Service, Share, StringMatch,
+    TrafficDistribution,
 };
 
 use super::NodeConfig;
@@ -32,8 +33,45 @@ pub struct File {
     enroll: Vec<PathBuf>,
     #[serde(default = "yes")]
     fast_path: bool,
+    /// The agent's zone and node, for services that prefer close endpoints.
+    #[serde(default)]
+    zone: Option<NonEmpty>,
+    #[serde(default)]
+    node: Option<NonEmpty>,
     #[serde(default)]
     services: Vec<ServiceFile>,
+}
+
+/// A name that is not empty (an empty zone or node would match endpoints
+/// that have none).
+#[derive(Debug)]
+struct NonEmpty(String);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("must not be empty"));
+        }
+        Ok(NonEmpty(s))
+    }
+}
+
+/// `traffic_distribution:` — Kubernetes' spellings.
+#[derive(Debug, Default, Deserialize)]
+enum TrafficDistributionFile {
+    #[default]
+    Any,
+    PreferClose,
+    PreferSameZone,
+}
+
+/// `internal_traffic_policy:` — Kubernetes' spellings.
+#[derive(Debug, Default, Deserialize)]
+enum InternalTrafficPolicyFile {
+    #[default]
+    Cluster,
+    Local,
 }
 
 fn yes() -> bool {
@@ -60,6 +98,10 @@ struct ServiceFile {
     endpoints: Vec<EndpointFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    #[serde(default)]
+    traffic_distribution: TrafficDistributionFile,
+    #[serde(default)]
+    internal_traffic_policy: InternalTrafficPolicyFile,
     #[serde(default)]
     fault: Option<FaultFile>,
 }
@@ -320,6 +362,10 @@ impl File {
         let mut model = Model {
             services: services.into_iter().map(std::sync::Arc::new).collect(),
             enrolled: self.enroll.into_iter().map(crate::model::Enrolled::from).collect(),
+            locality: Locality {
+                zone: self.zone.map(|z| z.0.into()),
+                node: self.node.map(|n| n.0.into()),
+            },
         };
         model
             .validate()
@@ -356,6 +402,7 @@ impl ServiceFile {
                 },
                 zone: e.zone.map(Into::into),
                 node: e.node.map(Into::into),
+                for_zones: None,
             })
             .collect();
         let routes = self
@@ -397,6 +444,16 @@ impl ServiceFile {
             endpoints,
             routes,
             fault,
+            traffic_distribution: match self.traffic_distribution {
+                TrafficDistributionFile::Any => TrafficDistribution::Any,
+                TrafficDistributionFile::PreferClose | TrafficDistributionFile::PreferSameZone => {
+                    TrafficDistribution::PreferClose
+                }
+            },
+            internal_traffic_policy: match self.internal_traffic_policy {
+                InternalTrafficPolicyFile::Cluster => InternalTrafficPolicy::Cluster,
+                InternalTrafficPolicyFile::Local => InternalTrafficPolicy::Local,
+            },
         })
     }
 }

@@ -92,6 +92,8 @@ fn the_documented_example_parses_into_the_model() {
                 ],
             }],
             fault: None,
+            traffic_distribution: crate::model::TrafficDistribution::Any,
+            internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
         })]
     );
 }
@@ -193,7 +195,7 @@ fn unknown_keys_are_errors_naming_the_key() {
     assert_eq!(
         err("admin: 127.0.0.1:15000\nlisen: 127.0.0.1:15001\n"),
         "greeter.yaml: lisen: unknown field `lisen`, expected one of `listen`, `admin`, \
-         `attach_cgroup`, `enroll`, `fast_path`, `services` at line 2 column 1"
+         `attach_cgroup`, `enroll`, `fast_path`, `zone`, `node`, `services` at line 2 column 1"
     );
     let e = err(
         "services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, weight: 3 }\n",
@@ -462,6 +464,53 @@ async fn watch_fails_at_start_on_a_bad_file() {
     let e = watch(&path, Duration::from_millis(20)).unwrap_err().to_string();
     assert!(e.contains("services[0].polcy: unknown field `polcy`"), "{e}");
     assert!(e.ends_with("at line 4 column 5"), "{e}");
+}
+
+#[test]
+fn locality_keys_of_the_agent_and_of_services() {
+    let text = "\
+zone: zone-a
+node: node-1
+services:
+  - name: near
+    listen: 127.0.0.1:18000
+    traffic_distribution: PreferClose
+  - name: local
+    listen: 127.0.0.1:18001
+    internal_traffic_policy: Local
+  - name: plain
+    listen: 127.0.0.1:18002
+";
+    let loaded = parse(text, "l.yaml").unwrap();
+    let m = &loaded.model;
+    assert_eq!(m.locality.zone.as_deref(), Some("zone-a"));
+    assert_eq!(m.locality.node.as_deref(), Some("node-1"));
+    let by = |n: &str| m.service(n).unwrap();
+    use crate::model::{InternalTrafficPolicy as Itp, TrafficDistribution as Td};
+    assert_eq!(
+        (by("near").traffic_distribution, by("near").internal_traffic_policy),
+        (Td::PreferClose, Itp::Cluster)
+    );
+    assert_eq!(
+        (by("local").traffic_distribution, by("local").internal_traffic_policy),
+        (Td::Any, Itp::Local)
+    );
+    assert_eq!(
+        (by("plain").traffic_distribution, by("plain").internal_traffic_policy),
+        (Td::Any, Itp::Cluster)
+    );
+    // No zone or node given: none.
+    let loaded = parse("services: []\n", "l.yaml").unwrap();
+    assert_eq!(loaded.model.locality, crate::model::Locality::default());
+
+    let e = err("services:\n  - name: a\n    listen: 127.0.0.1:1\n    traffic_distribution: Closest\n");
+    assert!(
+        e.starts_with("greeter.yaml: services[0].traffic_distribution: unknown variant `Closest`, expected one of"),
+        "{e}"
+    );
+    assert!(e.ends_with("at line 4 column 27"), "{e}");
+    let e = err("zone: \"\"\nservices: []\n");
+    assert!(e.starts_with("greeter.yaml: zone: must not be empty"), "{e}");
 }
 
 #[test]

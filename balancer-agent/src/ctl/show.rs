@@ -177,6 +177,9 @@ pub(super) fn services(
                 svc.counters.faults_delayed, svc.counters.faults_aborted
             )?;
         }
+        if let Some(l) = locality_line(&svc) {
+            writeln!(out, "Locality:   {l}")?;
+        }
         writeln!(out, "Calls:      {}", svc.counters.calls)?;
         writeln!(out, "Errors:     {}", svc.errors())?;
         writeln!(out, "No endpoint: {}", svc.counters.no_endpoint)?;
@@ -246,12 +249,46 @@ pub(super) fn services(
     Ok(())
 }
 
+/// How a service's calls treat locality, e.g. `PreferClose: 1 node, 2
+/// zone, 3 other`; `None` when they do not.
+fn locality_line(svc: &api::Service) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(itp) = &svc.internal_traffic_policy {
+        parts.push(format!("internalTrafficPolicy {itp}"));
+    }
+    if let Some(td) = &svc.traffic_distribution {
+        parts.push(td.clone());
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut tiers: Vec<String> = Vec::new();
+    for tier in ["node", "zone", "other", "off-node"] {
+        let n = svc
+            .endpoints
+            .iter()
+            .filter(|e| e.locality.as_deref() == Some(tier))
+            .count();
+        if n > 0 {
+            tiers.push(format!("{n} {tier}"));
+        }
+    }
+    let mut line = parts.join(", ");
+    if !tiers.is_empty() {
+        line.push_str(&format!(" (endpoints: {})", tiers.join(", ")));
+    }
+    Some(line)
+}
+
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
+/// The endpoints; a LOCALITY column (tier for this agent) when the service
+/// prefers close endpoints or stays on the node.
 fn endpoint_table(eps: &[api::Endpoint]) -> Table {
-    let mut t = Table::new(&[
+    let tiered = eps.iter().any(|e| e.locality.is_some());
+    let mut head = vec![
         "ADDRESS",
         "STATE",
         "EJECTED",
@@ -261,7 +298,11 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
         "ERRORS",
         "CONNS",
         "LABELS",
-    ]);
+    ];
+    if tiered {
+        head.insert(2, "LOCALITY");
+    }
+    let mut t = Table::new(&head);
     for e in eps {
         let st = &e.stats;
         let errors: Vec<String> = st
@@ -270,7 +311,7 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
             .filter(|(k, _)| k.as_str() != "0")
             .map(|(k, v)| format!("{k}:{v}"))
             .collect();
-        t.row(vec![
+        let mut row = vec![
             e.address.to_string(),
             e.state.clone(),
             if st.ejected {
@@ -288,7 +329,11 @@ fn endpoint_table(eps: &[api::Endpoint]) -> Table {
             },
             st.upstream_connections.to_string(),
             crate::api::selector(&e.labels),
-        ]);
+        ];
+        if tiered {
+            row.insert(2, e.locality.clone().unwrap_or_else(|| "-".into()));
+        }
+        t.row(row);
     }
     t
 }

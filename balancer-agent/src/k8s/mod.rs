@@ -9,6 +9,11 @@
 //! - Policy: the Service annotation [`POLICY_ANNOTATION`] (with
 //!   [`HASH_HEADER_ANNOTATION`] for `ring-hash`); injected faults: the
 //!   `balancer.io/fault-*` annotations ([`annotations`]).
+//! - Locality: the agent's node (`NODE_NAME`) and its zone (the Node's
+//!   [`ZONE_LABEL`], watched); a Service's `spec.trafficDistribution`
+//!   (`PreferClose`) or [`TOPOLOGY_MODE_ANNOTATION`] and
+//!   `spec.internalTrafficPolicy`, endpoints' zones and zone hints (see
+//!   [`crate::balance::locality`]).
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
 //!   [`grpcroute`].
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
@@ -46,14 +51,14 @@ pub mod watch;
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use gateway_api::grpcroutes::GrpcRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     runtime::{
         events::Reporter,
         reflector::{ObjectRef, Store},
         watcher,
     },
-    Api,
+    Api, ResourceExt,
 };
 use tokio::{
     sync::{mpsc, watch as tokio_watch},
@@ -61,7 +66,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::model::Model;
+use crate::model::{Locality, Model};
 pub use enrollment::{CGROUP_NOT_FOUND_REASON, NOT_ENROLLED_REASON};
 pub use node_events::{FOREIGN_CONNECT_PROGRAM_REASON, NODE_UNSUPPORTED_REASON};
 pub use report::{Events, INVALID_ROUTE_REASON};
@@ -97,6 +102,13 @@ pub const FAULT_ABORT_ANNOTATION: &str = "balancer.io/fault-abort";
 pub const FAULT_ABORT_PERCENT_ANNOTATION: &str = "balancer.io/fault-abort-percent";
 /// The `grpc-message` of injected aborts (default `fault injected`).
 pub const FAULT_ABORT_MESSAGE_ANNOTATION: &str = "balancer.io/fault-abort-message";
+/// Service annotation of topology aware routing (`Auto`): prefer close
+/// endpoints, as `spec.trafficDistribution: PreferClose` does.
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+/// Its older name (Kubernetes 1.23–1.26; `auto`).
+pub const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+/// The Node label naming its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// How Kubernetes mode runs.
 #[derive(Debug, Clone)]
@@ -200,6 +212,24 @@ struct Stores {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     routes: Store<GrpcRoute>,
+    /// This node alone (for its zone).
+    nodes: Store<Node>,
+}
+
+impl Stores {
+    /// Where this agent runs: its node, and the zone its Node object names.
+    fn locality(&self, node_name: &str) -> Locality {
+        let zone = self.nodes.get(&ObjectRef::new(node_name)).and_then(|n| {
+            n.labels()
+                .get(ZONE_LABEL)
+                .filter(|z| !z.is_empty())
+                .map(|z| z.as_str().into())
+        });
+        Locality {
+            zone,
+            node: Some(node_name.into()),
+        }
+    }
 }
 
 impl Stores {
@@ -215,8 +245,8 @@ impl Stores {
                 None => translator.slice_deleted(key),
             },
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            // Enrollment is worked out again at every publish.
-            Kind::Pods | Kind::Namespaces => {}
+            // Enrollment and locality are worked out again at every publish.
+            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
         }
     }
 
@@ -226,7 +256,7 @@ impl Stores {
             Kind::Services => translator.services_replaced(self.services.state()),
             Kind::EndpointSlices => translator.slices_replaced(self.slices.state()),
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            Kind::Pods | Kind::Namespaces => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
         }
     }
 }
@@ -313,17 +343,20 @@ pub async fn run_until(
     let (routes, t5) = watch::spawn(
         Kind::GrpcRoutes,
         Api::all(client.clone()),
-        all,
+        all.clone(),
         strip::grpc_route,
-        sig_tx,
+        sig_tx.clone(),
     );
-    let _tasks = Tasks(vec![t1, t2, t3, t4, t5]);
+    let this_node = all.fields(&format!("metadata.name={}", opts.node_name));
+    let (nodes, t6) = watch::spawn(Kind::Nodes, Api::all(client.clone()), this_node, strip::node, sig_tx);
+    let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6]);
     let stores = Stores {
         services,
         slices,
         pods,
         namespaces,
         routes,
+        nodes,
     };
 
     let events = report::Events::new(client.clone(), opts.reporter());
@@ -368,6 +401,15 @@ pub async fn run_until(
                     }
                     watch::Signal::Failed { kind, failure, error } => {
                         match failure {
+                            watch::Failure::Forbidden { .. } | watch::Failure::NotServed if kind == Kind::Nodes => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(%error,
+                                        "cannot read this node's Node object (grant get/list/watch on nodes, \
+                                         deploy/rbac.yaml): its zone is unknown, so services that prefer \
+                                         close endpoints prefer this node's only");
+                                }
+                                synced.insert(kind);
+                            }
                             watch::Failure::Forbidden { verb } if !is_ready => {
                                 return Err(K8sError::Forbidden { verb, resource: kind.resource(), message: error });
                             }
@@ -429,6 +471,7 @@ pub async fn run_until(
             ..Translation::default()
         };
         t.model.services = translator.services();
+        t.model.locality = stores.locality(&opts.node_name);
         translate::enroll(
             &mut t,
             &pods,

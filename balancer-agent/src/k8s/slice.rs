@@ -4,8 +4,8 @@
 //! `EndpointSlice` spends about 340 bytes on each endpoint before any string
 //! (the `targetRef` alone is seven optional strings); [`Slice`] is
 //! deserialized from the same JSON but keeps an endpoint's first address,
-//! its conditions, node and zone — what [`super::translate`] reads — in
-//! about 60 bytes plus the strings. Unknown fields are skipped while
+//! its conditions, node, zone and zone hints — what [`super::translate`]
+//! reads — in about 70 bytes plus the strings. Unknown fields are skipped while
 //! parsing, never allocated.
 
 use std::borrow::Cow;
@@ -41,6 +41,33 @@ pub struct SliceEndpoint {
     pub node_name: Option<Box<str>>,
     #[serde(default)]
     pub zone: Option<Box<str>>,
+    /// `hints.forZones[].name`: the zones this endpoint should serve
+    /// (topology aware routing); `None` without hints.
+    #[serde(rename = "hints", default, deserialize_with = "zone_hints")]
+    pub for_zones: Option<Zones>,
+}
+
+/// Zone names.
+pub type Zones = Box<[Box<str>]>;
+
+/// `hints` as the API sends it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Hints {
+    #[serde(default)]
+    for_zones: Option<Vec<ForZone>>,
+}
+
+#[derive(Deserialize)]
+struct ForZone {
+    name: String,
+}
+
+fn zone_hints<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Zones>, D::Error> {
+    let hints: Option<Hints> = Option::deserialize(d)?;
+    Ok(hints
+        .and_then(|h| h.for_zones)
+        .map(|zones| zones.into_iter().map(|z| z.name.into_boxed_str()).collect()))
 }
 
 /// `conditions` of an endpoint; absent fields are the API's defaults (see
@@ -135,7 +162,10 @@ mod tests {
             (e.node_name.as_deref(), e.zone.as_deref()),
             (Some("node-a"), Some("zone-1"))
         );
+        let hint: Vec<&str> = e.for_zones.iter().flatten().map(|z| &**z).collect();
+        assert_eq!(hint, ["zone-1"]);
         assert_eq!(lean.endpoints[1].conditions, Conditions::default());
+        assert_eq!(lean.endpoints[1].for_zones, None);
         // An empty slice may come with `endpoints: null`.
         let empty: Slice = serde_json::from_value(json!({
             "metadata": { "name": "e" }, "addressType": "IPv4", "endpoints": null
@@ -143,7 +173,7 @@ mod tests {
         .unwrap();
         assert!(empty.endpoints.is_empty() && empty.ports.is_empty());
         assert!(
-            std::mem::size_of::<SliceEndpoint>() <= 64,
+            std::mem::size_of::<SliceEndpoint>() <= 72,
             "{}",
             std::mem::size_of::<SliceEndpoint>()
         );

@@ -2,15 +2,17 @@
 //!
 //! Every agent holds every Service and EndpointSlice of the cluster; most of
 //! an object's size is fields the agent never reads (managed fields, owner
-//! references, annotations of other tools, an endpoint's `targetRef`,
-//! hints and hostname). They are dropped as each object arrives, before it
+//! references, annotations of other tools, an endpoint's `targetRef` and
+//! hostname). They are dropped as each object arrives, before it
 //! enters a reflector store.
 
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::ObjectMeta;
 
-use super::{annotations, slice::Slice, translate::SERVICE_NAME_LABEL};
+use super::{
+    annotations, slice::Slice, translate::SERVICE_NAME_LABEL, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+};
 
 /// Drops what no reader of any kind uses.
 fn common(meta: &mut ObjectMeta) {
@@ -41,11 +43,24 @@ fn keep_only(map: &mut Option<std::collections::BTreeMap<String, String>>, keys:
     }
 }
 
-/// A Service: its name, ports, cluster IPs, type and the annotations the
-/// agent reads (policy, hash header, faults).
+/// The Service annotations the agent reads: its own (policy, hash header,
+/// faults) and those of topology aware routing.
+const SERVICE_ANNOTATIONS: [&str; annotations::ALL.len() + 2] = {
+    let mut keys = [TOPOLOGY_MODE_ANNOTATION; annotations::ALL.len() + 2];
+    let mut i = 0;
+    while i < annotations::ALL.len() {
+        keys[i] = annotations::ALL[i];
+        i += 1;
+    }
+    keys[i] = TOPOLOGY_HINTS_ANNOTATION;
+    keys
+};
+
+/// A Service: its name, ports, cluster IPs, type, traffic policies and
+/// the annotations the agent reads.
 pub fn service(svc: &mut Service) {
     held_by_the_thousand(&mut svc.metadata);
-    keep_only(&mut svc.metadata.annotations, &annotations::ALL);
+    keep_only(&mut svc.metadata.annotations, &SERVICE_ANNOTATIONS);
     svc.metadata.labels = None;
     svc.status = None;
     if let Some(spec) = &mut svc.spec {
@@ -75,6 +90,15 @@ pub fn namespace(ns: &mut Namespace) {
     common(&mut ns.metadata);
 }
 
+/// This node: only its name and zone label.
+pub fn node(node: &mut k8s_openapi::api::core::v1::Node) {
+    held_by_the_thousand(&mut node.metadata);
+    node.metadata.annotations = None;
+    keep_only(&mut node.metadata.labels, &[super::ZONE_LABEL]);
+    node.spec = None;
+    node.status = None;
+}
+
 /// A GRPCRoute: read whole (its status too; they are few), only the managed
 /// fields go.
 pub fn grpc_route(route: &mut GrpcRoute) {
@@ -100,14 +124,15 @@ mod tests {
                     "balancer.io/policy": "least-request",
                     "balancer.io/fault-abort": "UNAVAILABLE",
                     "balancer.io/fault-abort-percent": "5",
-                    "kubectl.kubernetes.io/last-applied-configuration": "{...}"
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                    "service.kubernetes.io/topology-mode": "Auto"
                 },
                 "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "X", "name": "x", "uid": "u" }]
             },
             "spec": {
                 "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "ClusterIP",
-                "selector": { "app": "greeter" },
+                "selector": { "app": "greeter" }, "internalTrafficPolicy": "Local",
                 "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }]
             },
             "status": { "loadBalancer": {} }
@@ -155,6 +180,18 @@ mod tests {
             "fault annotations kept"
         );
         assert_eq!(after.services[0].endpoints[0].zone.as_deref(), Some("zone-1"));
+        assert_eq!(
+            after.services[0].endpoints[0].for_zones.as_deref().map(<[_]>::len),
+            Some(1)
+        );
+        assert_eq!(
+            after.services[0].traffic_distribution,
+            crate::model::TrafficDistribution::PreferClose
+        );
+        assert_eq!(
+            after.services[0].internal_traffic_policy,
+            crate::model::InternalTrafficPolicy::Local
+        );
         let size = |v: serde_json::Value| v.to_string().len();
         let (svc, s2j) = (serde_json::to_value(&svc).unwrap(), serde_json::to_value(&s2).unwrap());
         assert!(size(s2j) < size(svc));

@@ -21,10 +21,12 @@ use super::{
     mesh::Mesh,
     slice::{Slice, SliceEndpoint},
     translator::{Interner, Translator},
-    INJECT_ANNOTATION, INJECT_LABEL, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL,
+    INJECT_ANNOTATION, INJECT_LABEL, RECONNECT_PINNED_ANNOTATION, RECONNECT_PINNED_LABEL, TOPOLOGY_HINTS_ANNOTATION,
+    TOPOLOGY_MODE_ANNOTATION,
 };
 use crate::model::{
-    self, Endpoint, EndpointState, Enrolled, Labels, Model, ModelError, PodRef, Route, RouteMatch, StringMatch,
+    self, Endpoint, EndpointState, Enrolled, InternalTrafficPolicy, Labels, Model, ModelError, PodRef, Route,
+    RouteMatch, StringMatch, TrafficDistribution,
 };
 
 /// The EndpointSlice label naming its Service.
@@ -214,6 +216,7 @@ fn add_endpoints<'s>(
                         state,
                         zone: ep.zone.as_deref().map(|z| interner.get(z)),
                         node: ep.node_name.as_deref().map(|n| interner.get(n)),
+                        for_zones: for_zones(ep, interner),
                     });
                 }
                 Entry::Occupied(mut o) => {
@@ -230,9 +233,45 @@ fn add_endpoints<'s>(
                     if e.node.is_none() {
                         e.node = ep.node_name.as_deref().map(|n| interner.get(n));
                     }
+                    if e.for_zones.is_none() {
+                        e.for_zones = for_zones(ep, interner);
+                    }
                 }
             }
         }
+    }
+}
+
+/// The zones an endpoint's hints say it serves, interned.
+fn for_zones(ep: &SliceEndpoint, interner: &mut Interner) -> Option<Arc<[Arc<str>]>> {
+    ep.for_zones
+        .as_deref()
+        .map(|zones| zones.iter().map(|z| interner.get(z)).collect())
+}
+
+/// A Service's preference for close endpoints: `spec.trafficDistribution`
+/// `PreferClose` (or its newer names `PreferSameZone`, `PreferSameNode`),
+/// or topology aware routing (`service.kubernetes.io/topology-mode: Auto`,
+/// formerly `service.kubernetes.io/topology-aware-hints: auto`).
+pub fn traffic_distribution(svc: &Service) -> TrafficDistribution {
+    let spec = svc.spec.as_ref();
+    let field = spec.and_then(|s| s.traffic_distribution.as_deref());
+    let annotations = svc.annotations();
+    let auto = [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION]
+        .iter()
+        .any(|a| annotations.get(*a).is_some_and(|v| v.eq_ignore_ascii_case("auto")));
+    match field {
+        Some("PreferClose" | "PreferSameZone" | "PreferSameNode") => TrafficDistribution::PreferClose,
+        _ if auto => TrafficDistribution::PreferClose,
+        _ => TrafficDistribution::Any,
+    }
+}
+
+/// `spec.internalTrafficPolicy`: `Local` keeps calls on the node.
+pub fn internal_traffic_policy(svc: &Service) -> InternalTrafficPolicy {
+    match svc.spec.as_ref().and_then(|s| s.internal_traffic_policy.as_deref()) {
+        Some("Local") => InternalTrafficPolicy::Local,
+        _ => InternalTrafficPolicy::Cluster,
     }
 }
 
@@ -365,6 +404,8 @@ pub(super) fn service<'s>(
             endpoints: endpoints.into_values().collect(),
             routes: by_precedence(routes),
             fault: settings.fault.clone(),
+            traffic_distribution: traffic_distribution(svc),
+            internal_traffic_policy: internal_traffic_policy(svc),
         });
     }
     out

@@ -330,7 +330,7 @@ impl Translator {
             } else {
                 Model {
                     services: vec![Arc::clone(&service)],
-                    enrolled: Vec::new(),
+                    ..Model::default()
                 }
                 .validate()
             };

@@ -26,15 +26,18 @@ pub enum Kind {
     Pods,
     Namespaces,
     GrpcRoutes,
+    /// The agent's own Node (its zone).
+    Nodes,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
         Kind::Namespaces,
         Kind::GrpcRoutes,
+        Kind::Nodes,
     ];
 
     /// The resource as RBAC rules name it (`resource.group`).
@@ -45,6 +48,7 @@ impl Kind {
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
+            Kind::Nodes => "nodes",
         }
     }
 }

@@ -69,6 +69,7 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/api/v1/services" => "services",
         "/api/v1/pods" => "pods",
         "/api/v1/namespaces" => "namespaces",
+        "/api/v1/nodes" => "nodes",
         "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
         _ => return None,
@@ -80,6 +81,7 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "Service" => "services",
         "Pod" => "pods",
         "Namespace" => "namespaces",
+        "Node" => "nodes",
         "EndpointSlice" => "endpointslices",
         "GRPCRoute" => "grpcroutes",
         "Lease" => "leases",
@@ -121,9 +123,15 @@ fn query(req: &Request<kube::client::Body>) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn on_node(resource: &str, node: Option<&str>, obj: &Value) -> bool {
-    match node {
-        Some(n) if resource == "pods" => obj["spec"]["nodeName"].as_str() == Some(n),
+/// Whether `obj` passes the field selector `selector` (`spec.nodeName=N`
+/// for pods, `metadata.name=N` for any resource).
+fn on_node(resource: &str, selector: Option<&str>, obj: &Value) -> bool {
+    let Some((field, value)) = selector.and_then(|s| s.split_once('=')) else {
+        return true;
+    };
+    match field {
+        "spec.nodeName" if resource == "pods" => obj["spec"]["nodeName"].as_str() == Some(value),
+        "metadata.name" => obj["metadata"]["name"].as_str() == Some(value),
         _ => true,
     }
 }
@@ -224,10 +232,7 @@ impl FakeApi {
                 status(404, "NotFound", "the server could not find the requested resource"),
             );
         }
-        let node = q
-            .get("fieldSelector")
-            .and_then(|f| f.strip_prefix("spec.nodeName="))
-            .map(str::to_owned);
+        let node = q.get("fieldSelector").cloned();
         if verb == "list" {
             let items: Vec<Value> = st
                 .objects

@@ -41,6 +41,7 @@ pub fn greeter() -> api::Service {
         labels: [("version".to_owned(), version.to_owned())].into_iter().collect(),
         zone: None,
         node: None,
+        locality: None,
         stats: api::EndpointStats {
             ewma_ms: Some(1.25),
             calls: statuses.values().sum(),
@@ -49,7 +50,10 @@ pub fn greeter() -> api::Service {
             ..api::EndpointStats::default()
         },
     };
+    let mut a = ep("127.0.0.1:50051", "v1", statuses_a);
+    (a.zone, a.locality) = (Some("zone-1".into()), Some("zone".into()));
     let mut b = ep("127.0.0.1:50052", "v2", statuses_b);
+    (b.zone, b.locality) = (Some("zone-2".into()), Some("other".into()));
     b.stats.ejected = true;
     b.stats.ejections = 1;
     b.stats.ejections_total = 4;
@@ -76,7 +80,7 @@ pub fn greeter() -> api::Service {
                 },
             ],
         }],
-        endpoints: vec![ep("127.0.0.1:50051", "v1", statuses_a), b],
+        endpoints: vec![a, b],
         counters: api::ServiceCounters {
             calls: RECEIVED,
             no_endpoint: NO_ENDPOINT,
@@ -84,6 +88,8 @@ pub fn greeter() -> api::Service {
             l4_connections: 2,
             ..Default::default()
         },
+        traffic_distribution: Some("PreferClose".into()),
+        internal_traffic_policy: None,
     }
 }
 
@@ -101,6 +107,8 @@ pub fn echo() -> api::Service {
             faults_aborted: FAULTS_ABORTED,
             ..Default::default()
         },
+        traffic_distribution: None,
+        internal_traffic_policy: None,
     }
 }
 

@@ -292,8 +292,10 @@ pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
             endpoints: endpoints.iter().map(|(a, v)| Endpoint::ready(*a, version(v))).collect(),
             routes: vec![],
             fault: None,
+            traffic_distribution: Default::default(),
+            internal_traffic_policy: Default::default(),
         })],
-        enrolled: vec![],
+        ..Model::default()
     }
 }
 

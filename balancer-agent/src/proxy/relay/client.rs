@@ -723,9 +723,14 @@ impl ClientState {
     fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
         let Some(call) = self.calls.get(&stream) else { return };
         self.slot.count_no_endpoint();
-        let msg = match &call.last_error {
-            Some(e) => format!("no endpoint of service `{}` could take the call: {e}", self.slot.name()),
-            None => format!("no healthy endpoint for service `{}`", self.slot.name()),
+        let reason = self
+            .slot
+            .state()
+            .and_then(|s| s.no_endpoint_reason().map(str::to_owned));
+        let msg = match (&call.last_error, reason) {
+            (_, Some(reason)) => reason,
+            (Some(e), None) => format!("no endpoint of service `{}` could take the call: {e}", self.slot.name()),
+            (None, None) => format!("no healthy endpoint for service `{}`", self.slot.name()),
         };
         self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
     }

@@ -1,0 +1,259 @@
+//! Locality in Kubernetes mode against a faked API server: the agent's zone
+//! from its Node's `topology.kubernetes.io/zone` label (followed when it
+//! changes), a Service's `trafficDistribution`, topology-mode annotation and
+//! `internalTrafficPolicy`, EndpointSlice zones and hints — and what the
+//! balance table makes of them.
+
+mod k8s_fake;
+
+use std::{sync::Arc, time::Duration};
+
+use balancer_agent::{
+    balance::{CallMeta, Table},
+    k8s::{self, K8sError, K8sOptions},
+    model::{InternalTrafficPolicy, Model, TrafficDistribution},
+};
+use k8s_fake::FakeApi;
+use serde_json::{json, Value};
+use tokio::{sync::watch, task::JoinHandle, time::timeout};
+
+const NODE: &str = "node-a";
+
+fn node(zone: Option<&str>) -> Value {
+    let labels = match zone {
+        Some(z) => json!({ "kubernetes.io/hostname": NODE, "topology.kubernetes.io/zone": z }),
+        None => json!({ "kubernetes.io/hostname": NODE }),
+    };
+    json!({ "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": NODE, "labels": labels },
+            "spec": { "podCIDR": "10.1.0.0/24" } })
+}
+
+fn other_node() -> Value {
+    json!({ "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "node-z", "labels": { "topology.kubernetes.io/zone": "zone-9" } } })
+}
+
+fn service(name: &str, ip: &str, spec: Value, annotations: Value) -> Value {
+    let mut s = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "demo", "annotations": annotations },
+        "spec": { "clusterIP": ip, "clusterIPs": [ip],
+                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }] }
+    });
+    if let (Some(out), Some(extra)) = (s["spec"].as_object_mut(), spec.as_object()) {
+        out.extend(extra.clone());
+    }
+    s
+}
+
+/// `eps`: (ip, node, zone, hinted zones).
+fn slice(svc: &str, eps: &[(&str, &str, &str, Option<&[&str]>)]) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(ip, node, zone, hints)| {
+            let mut e = json!({ "addresses": [ip], "conditions": { "ready": true },
+                                "nodeName": node, "zone": zone });
+            if let Some(h) = hints {
+                let zones: Vec<Value> = h.iter().map(|z| json!({ "name": z })).collect();
+                e["hints"] = json!({ "forZones": zones });
+            }
+            e
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{svc}-abcde"), "namespace": "demo",
+                      "labels": { "kubernetes.io/service-name": svc } },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
+    })
+}
+
+/// Three endpoints: on this node (zone-1), another node of zone-1, zone-2.
+const EPS: [(&str, &str, &str, Option<&[&str]>); 3] = [
+    ("10.1.0.1", NODE, "zone-1", None),
+    ("10.1.0.2", "node-b", "zone-1", None),
+    ("10.1.0.3", "node-c", "zone-2", None),
+];
+
+fn seed(fake: &FakeApi) {
+    fake.apply(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } }));
+    fake.apply(node(Some("zone-1")));
+    fake.apply(other_node());
+    fake.apply(service(
+        "near",
+        "10.96.0.10",
+        json!({ "trafficDistribution": "PreferClose" }),
+        json!({}),
+    ));
+    fake.apply(slice("near", &EPS));
+    fake.apply(service("plain", "10.96.0.11", json!({}), json!({})));
+    fake.apply(slice("plain", &EPS));
+    fake.apply(service(
+        "local",
+        "10.96.0.12",
+        json!({ "internalTrafficPolicy": "Local" }),
+        json!({}),
+    ));
+    fake.apply(slice("local", &EPS));
+    fake.apply(service(
+        "auto",
+        "10.96.0.13",
+        json!({}),
+        json!({ "service.kubernetes.io/topology-mode": "Auto" }),
+    ));
+    // The slice controller's hints send zone-1's calls to 10.1.0.3 only.
+    fake.apply(slice(
+        "auto",
+        &[
+            ("10.1.0.2", "node-b", "zone-1", Some(&["zone-2"])),
+            ("10.1.0.3", "node-c", "zone-2", Some(&["zone-1"])),
+        ],
+    ));
+}
+
+struct Agent {
+    models: watch::Receiver<Arc<Model>>,
+    status: watch::Receiver<k8s::Status>,
+    task: JoinHandle<Result<(), K8sError>>,
+    _cgroups: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(fake: &FakeApi) -> Agent {
+        let cgroups = tempfile::tempdir().expect("tempdir");
+        let opts = K8sOptions::new(NODE, cgroups.path());
+        let (tx, models) = watch::channel(Arc::new(Model::default()));
+        let (status_tx, status) = watch::channel(k8s::Status::default());
+        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, status_tx));
+        Agent {
+            models,
+            status,
+            task,
+            _cgroups: cgroups,
+        }
+    }
+
+    async fn until_ready(&mut self) -> Arc<Model> {
+        timeout(Duration::from_secs(10), self.status.wait_for(|s| s.synced))
+            .await
+            .expect("ready within 10 s")
+            .expect("run() is alive");
+        Arc::clone(&self.models.borrow())
+    }
+
+    async fn until(&mut self, what: &str, pred: impl Fn(&Model) -> bool) -> Arc<Model> {
+        let found = timeout(Duration::from_secs(5), self.models.wait_for(|m| pred(m)))
+            .await
+            .map(|r| r.map(|m| Arc::clone(&m)));
+        match found {
+            Ok(Ok(m)) => m,
+            _ => panic!("no model where {what} within 5 s; last: {:#?}", self.models.borrow()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Which endpoints (last octet) 300 calls of `svc` go to, through a balance
+/// table built from `m`.
+fn picks(m: &Model, svc: &str) -> Vec<(u8, usize)> {
+    let table = Table::new(m);
+    let state = table.service(svc).and_then(|s| s.state()).expect("service");
+    let headers = http::HeaderMap::new();
+    let meta = CallMeta::from_path("/helloworld.Greeter/SayHello", &headers);
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        if let Some(ep) = state.pick(&meta, &[]) {
+            let std::net::IpAddr::V4(ip) = ep.address.ip() else {
+                continue;
+            };
+            *counts.entry(ip.octets()[3]).or_insert(0) += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+#[tokio::test]
+async fn the_nodes_zone_and_the_services_policies_shape_where_calls_go() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    let mut agent = Agent::start(&fake);
+    let m = agent.until_ready().await;
+    assert_eq!(m.locality.node.as_deref(), Some(NODE));
+    assert_eq!(m.locality.zone.as_deref(), Some("zone-1"));
+    let svc = |n: &str| m.service(&format!("demo/{n}")).expect("service").clone();
+    assert_eq!(svc("near").traffic_distribution, TrafficDistribution::PreferClose);
+    assert_eq!(svc("auto").traffic_distribution, TrafficDistribution::PreferClose);
+    assert_eq!(svc("plain").traffic_distribution, TrafficDistribution::Any);
+    assert_eq!(svc("local").internal_traffic_policy, InternalTrafficPolicy::Local);
+    assert_eq!(svc("near").endpoints[0].zone.as_deref(), Some("zone-1"));
+    // Only this one Node is watched.
+    let reqs = fake.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /api/v1/nodes?") && r.contains("metadata.name%3Dnode-a")),
+        "{reqs:#?}"
+    );
+
+    // PreferClose: the endpoint on this node takes every call.
+    assert_eq!(picks(&m, "demo/near"), [(1, 300)]);
+    // No preference: all three alike.
+    assert_eq!(picks(&m, "demo/plain"), [(1, 100), (2, 100), (3, 100)]);
+    // Local: this node's endpoint only.
+    assert_eq!(picks(&m, "demo/local"), [(1, 300)]);
+    // Hints: zone-1's calls go where the hints say.
+    assert_eq!(picks(&m, "demo/auto"), [(3, 300)]);
+
+    // The endpoint on this node goes: PreferClose keeps to the zone, Local
+    // has nothing left.
+    let rest = [EPS[1], EPS[2]];
+    fake.apply(slice("near", &rest));
+    fake.apply(slice("local", &rest));
+    let m = agent
+        .until("this node's endpoints are gone", |m| {
+            m.service("demo/local").is_some_and(|s| s.endpoints.len() == 2)
+                && m.service("demo/near").is_some_and(|s| s.endpoints.len() == 2)
+        })
+        .await;
+    assert_eq!(picks(&m, "demo/near"), [(2, 300)]);
+    assert_eq!(picks(&m, "demo/local"), []);
+    let table = Table::new(&m);
+    let state = table.service("demo/local").and_then(|s| s.state()).expect("local");
+    assert_eq!(
+        state.no_endpoint_reason(),
+        Some("service `demo/local` has internalTrafficPolicy Local and no endpoint on this node `node-a`")
+    );
+
+    // The Node moves to zone-2 (a relabel): the zone tier follows.
+    fake.apply(node(Some("zone-2")));
+    let m = agent
+        .until("the zone is zone-2", |m| m.locality.zone.as_deref() == Some("zone-2"))
+        .await;
+    assert_eq!(picks(&m, "demo/near"), [(3, 300)]);
+    // Without the label, no zone: nothing is close, all alike.
+    fake.apply(node(None));
+    let m = agent.until("no zone", |m| m.locality.zone.is_none()).await;
+    assert_eq!(picks(&m, "demo/near"), [(2, 150), (3, 150)]);
+}
+
+#[tokio::test]
+async fn without_permission_to_read_nodes_the_agent_still_balances() {
+    let fake = FakeApi::default();
+    seed(&fake);
+    fake.forbid("nodes");
+    let mut agent = Agent::start(&fake);
+    let m = agent.until_ready().await;
+    assert_eq!(m.locality.node.as_deref(), Some(NODE));
+    assert_eq!(m.locality.zone, None);
+    assert_eq!(m.services.len(), 4);
+    // This node is still known: its endpoint comes first.
+    assert_eq!(picks(&m, "demo/near"), [(1, 300)]);
+    assert!(!agent.task.is_finished());
+}
