@@ -45,8 +45,9 @@ async fn spread(ch: &tonic::transport::Channel, calls: u64, concurrency: usize) 
 
 /// The endpoints' locality tiers as `balancerctl service show` gets them.
 fn tiers(agent: &Agent) -> Vec<(String, String)> {
-    let (status, body) = agent.admin_get("/api/v1/services/greeter").expect("admin answers");
-    assert!(status.contains("200"), "{status}: {body}");
+    let r = balancer_testing::http::get(agent.admin, "/api/v1/services/greeter").expect("admin answers");
+    let body = r.body;
+    assert_eq!(r.status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["endpoints"]
         .as_array()
