@@ -6,16 +6,14 @@
 
 mod k8s_fake;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use balancer_agent::{
     balance::{CallMeta, Table},
-    k8s::{self, K8sError, K8sOptions},
     model::{InternalTrafficPolicy, Model, TrafficDistribution},
 };
-use k8s_fake::FakeApi;
+use k8s_fake::{run::K8sRun, FakeApi};
 use serde_json::{json, Value};
-use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 const NODE: &str = "node-a";
 
@@ -114,52 +112,16 @@ fn seed(fake: &FakeApi) {
     ));
 }
 
-struct Agent {
-    models: watch::Receiver<Arc<Model>>,
-    status: watch::Receiver<k8s::Status>,
-    task: JoinHandle<Result<(), K8sError>>,
-    _cgroups: tempfile::TempDir,
-}
+/// The agent's Kubernetes mode on this test's node.
+struct Agent;
 
 impl Agent {
-    fn start(fake: &FakeApi) -> Agent {
-        let cgroups = tempfile::tempdir().expect("tempdir");
-        let opts = K8sOptions::new(NODE, cgroups.path());
-        let (tx, models) = watch::channel(Arc::new(Model::default()));
-        let (status_tx, status) = watch::channel(k8s::Status::default());
-        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, status_tx));
-        Agent {
-            models,
-            status,
-            task,
-            _cgroups: cgroups,
-        }
-    }
-
-    async fn until_ready(&mut self) -> Arc<Model> {
-        timeout(Duration::from_secs(10), self.status.wait_for(|s| s.synced))
-            .await
-            .expect("ready within 10 s")
-            .expect("run() is alive");
-        Arc::clone(&self.models.borrow())
-    }
-
-    async fn until(&mut self, what: &str, pred: impl Fn(&Model) -> bool) -> Arc<Model> {
-        let found = timeout(Duration::from_secs(5), self.models.wait_for(|m| pred(m)))
-            .await
-            .map(|r| r.map(|m| Arc::clone(&m)));
-        match found {
-            Ok(Ok(m)) => m,
-            _ => panic!("no model where {what} within 5 s; last: {:#?}", self.models.borrow()),
-        }
+    fn start(fake: &FakeApi) -> K8sRun {
+        K8sRun::start(fake, NODE, |_| {}, |_| {})
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+const SHORT: Duration = Duration::from_secs(5);
 
 /// Which endpoints (last octet) 300 calls of `svc` go to, through a balance
 /// table built from `m`.
@@ -217,7 +179,7 @@ async fn the_nodes_zone_and_the_services_policies_shape_where_calls_go() {
     fake.apply(slice("near", &rest));
     fake.apply(slice("local", &rest));
     let m = agent
-        .until("this node's endpoints are gone", |m| {
+        .until("this node's endpoints are gone", SHORT, |m| {
             m.service("demo/local").is_some_and(|s| s.endpoints.len() == 2)
                 && m.service("demo/near").is_some_and(|s| s.endpoints.len() == 2)
         })
@@ -234,12 +196,14 @@ async fn the_nodes_zone_and_the_services_policies_shape_where_calls_go() {
     // The Node moves to zone-2 (a relabel): the zone tier follows.
     fake.apply(node(Some("zone-2")));
     let m = agent
-        .until("the zone is zone-2", |m| m.locality.zone.as_deref() == Some("zone-2"))
+        .until("the zone is zone-2", SHORT, |m| {
+            m.locality.zone.as_deref() == Some("zone-2")
+        })
         .await;
     assert_eq!(picks(&m, "demo/near"), [(3, 300)]);
     // Without the label, no zone: nothing is close, all alike.
     fake.apply(node(None));
-    let m = agent.until("no zone", |m| m.locality.zone.is_none()).await;
+    let m = agent.until("no zone", SHORT, |m| m.locality.zone.is_none()).await;
     assert_eq!(picks(&m, "demo/near"), [(2, 150), (3, 150)]);
 }
 

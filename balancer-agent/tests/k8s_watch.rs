@@ -15,9 +15,9 @@ use balancer_agent::{
     k8s::{self, K8sError, K8sOptions},
     model::{EndpointState, Model},
 };
-use k8s_fake::FakeApi;
+use k8s_fake::{run::K8sRun, FakeApi};
 use serde_json::{json, Value};
-use tokio::{sync::watch, task::JoinHandle, time::timeout};
+use tokio::time::timeout;
 
 const NODE: &str = "node-a";
 const POD_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000a";
@@ -96,62 +96,22 @@ fn seed(fake: &FakeApi) {
     fake.apply(pod("elsewhere", "6f1d2c3b-0000-4000-8000-00000000000b", "node-b", true));
 }
 
-struct Agent {
-    models: watch::Receiver<Arc<Model>>,
-    status: watch::Receiver<k8s::Status>,
-    task: JoinHandle<Result<(), K8sError>>,
-    cgroups: tempfile::TempDir,
-}
+/// The agent's Kubernetes mode on this test's node.
+struct Agent;
 
 impl Agent {
-    fn start(fake: &FakeApi) -> Agent {
+    fn start(fake: &FakeApi) -> K8sRun {
         Agent::start_with(fake, true, |_| {})
     }
 
     /// `with_cgroup`: whether the client pod's cgroup exists from the start.
-    fn start_with(fake: &FakeApi, with_cgroup: bool, tune: impl FnOnce(&mut K8sOptions)) -> Agent {
-        let cgroups = tempfile::tempdir().expect("tempdir");
-        if with_cgroup {
-            std::fs::create_dir_all(pod_cgroup(cgroups.path(), POD_UID)).expect("mkdir");
-        }
-        let mut opts = K8sOptions::new(NODE, cgroups.path());
-        tune(&mut opts);
-        let (tx, models) = watch::channel(Arc::new(Model::default()));
-        let (status_tx, status) = watch::channel(k8s::Status::default());
-        let task = tokio::spawn(k8s::run(fake.client(), opts, tx, status_tx));
-        Agent {
-            models,
-            status,
-            task,
-            cgroups,
-        }
-    }
-
-    async fn until_ready(&mut self) {
-        timeout(Duration::from_secs(10), self.status.wait_for(|s| s.synced))
-            .await
-            .expect("ready within 10 s")
-            .expect("run() is alive");
-    }
-
-    /// Waits (bounded) for a published model that satisfies `pred`.
-    async fn until(&mut self, what: &str, wait: Duration, pred: impl Fn(&Model) -> bool) -> Arc<Model> {
-        let found = timeout(wait, self.models.wait_for(|m| pred(m)))
-            .await
-            .map(|r| r.map(|m| Arc::clone(&m)));
-        match found {
-            Ok(Ok(m)) => m,
-            _ => panic!(
-                "no model where {what} within {wait:?}; last: {:#?}",
-                self.models.borrow()
-            ),
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.task.abort();
+    fn start_with(fake: &FakeApi, with_cgroup: bool, tune: impl FnOnce(&mut K8sOptions)) -> K8sRun {
+        let prepare = |root: &Path| {
+            if with_cgroup {
+                std::fs::create_dir_all(pod_cgroup(root, POD_UID)).expect("mkdir");
+            }
+        };
+        K8sRun::start(fake, NODE, prepare, tune)
     }
 }
 

@@ -7,6 +7,8 @@
 //! recorded under the name of the client that made it.
 #![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
+pub mod run;
+
 use std::{
     collections::{BTreeMap, HashSet},
     io,
