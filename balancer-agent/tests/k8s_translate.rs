@@ -314,11 +314,13 @@ fn grpcroute_splits_over_version_services() {
         vec![
             Backend {
                 labels: label("greeter-v1"),
-                weight: 90
+                weight: 90,
+                filters: Default::default(),
             },
             Backend {
                 labels: label("greeter-v2"),
-                weight: 10
+                weight: 10,
+                filters: Default::default(),
             },
         ]
     );

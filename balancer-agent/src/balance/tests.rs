@@ -61,12 +61,15 @@ fn split(v1: u32, v2: u32) -> Route {
             Backend {
                 labels: labels("v1"),
                 weight: v1,
+                filters: Default::default(),
             },
             Backend {
                 labels: labels("v2"),
                 weight: v2,
+                filters: Default::default(),
             },
         ],
+        filters: Default::default(),
     }
 }
 
@@ -150,6 +153,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
         vec![Backend {
             labels: labels(v),
             weight: 1,
+            filters: Default::default(),
         }]
     };
     Arc::make_mut(&mut m.services[0]).routes = vec![
@@ -164,6 +168,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 }],
             }],
             backends: to("v2"),
+            filters: Default::default(),
         },
         Route {
             name: Some("say-regex".into()),
@@ -173,6 +178,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 headers: vec![],
             }],
             backends: to("v1"),
+            filters: Default::default(),
         },
     ];
     let t = Table::new(&m);

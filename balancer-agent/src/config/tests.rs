@@ -83,13 +83,16 @@ fn the_documented_example_parses_into_the_model() {
                 backends: vec![
                     Backend {
                         labels: labels(&[("version", "v1")]),
-                        weight: 90
+                        weight: 90,
+                        filters: Default::default(),
                     },
                     Backend {
                         labels: labels(&[("version", "v2")]),
-                        weight: 10
+                        weight: 10,
+                        filters: Default::default(),
                     },
                 ],
+                filters: Default::default(),
             }],
             fault: None,
             traffic_distribution: crate::model::TrafficDistribution::Any,

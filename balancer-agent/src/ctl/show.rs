@@ -203,6 +203,23 @@ pub(super) fn services(
                 ]);
             }
             write!(out, "{}", t.render())?;
+            let filtered: Vec<&api::Route> = svc.routes.iter().filter(|r| !r.filters.is_empty()).collect();
+            if !filtered.is_empty() {
+                writeln!(out, "Filters:")?;
+                for r in filtered {
+                    writeln!(out, "  {}:", opt(r.name.as_ref()))?;
+                    for f in &r.filters {
+                        writeln!(out, "    {f}")?;
+                    }
+                }
+            }
+        }
+        if svc.counters.mirrored + svc.counters.mirrors_dropped > 0 {
+            writeln!(
+                out,
+                "Mirrored:   {} (dropped {})",
+                svc.counters.mirrored, svc.counters.mirrors_dropped
+            )?;
         }
         writeln!(out, "Endpoints:")?;
         write!(out, "{}", indent(&endpoint_table(&svc.endpoints).render()))?;

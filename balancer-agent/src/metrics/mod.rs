@@ -336,6 +336,27 @@ impl Collector for Scrape {
             )?;
         }
         {
+            let mirrors: Vec<(Labels<'_>, u64)> = self
+                .services
+                .iter()
+                .filter(|s| {
+                    s.routes.iter().any(|r| !r.filters.is_empty())
+                        || s.counters.mirrored + s.counters.mirrors_dropped > 0
+                })
+                .flat_map(|s| {
+                    [("sent", s.counters.mirrored), ("dropped", s.counters.mirrors_dropped)]
+                        .into_iter()
+                        .map(|(result, n)| (vec![("service", s.name.as_str()), ("result", result)], n))
+                })
+                .collect();
+            counter(
+                e,
+                "balancer_mirrored_calls",
+                "Copies of calls for a GRPCRoute RequestMirror: sent, or dropped (no mirror endpoint or connection ready at once, too many in flight, or a request beyond the copy's bound).",
+                &mirrors,
+            )?;
+        }
+        {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",
                 "Call duration at the agent, from the request's headers to the end of the response.",
