@@ -15,12 +15,16 @@ use serde::Deserialize;
 use super::schema::{invalid, Invalid};
 use crate::model::{Filters, HeaderModifier, HeaderValue, Mirror, ModelError, Share};
 
+/// One filter: exactly one of its keys.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub(super) enum FilterFile {
-    RequestHeaderModifier(ModifierFile),
-    ResponseHeaderModifier(ModifierFile),
-    RequestMirror(MirrorFile),
+#[serde(deny_unknown_fields)]
+pub(super) struct FilterFile {
+    #[serde(default)]
+    request_header_modifier: Option<ModifierFile>,
+    #[serde(default)]
+    response_header_modifier: Option<ModifierFile>,
+    #[serde(default)]
+    request_mirror: Option<MirrorFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +52,12 @@ pub(super) struct MirrorFile {
     service: String,
     #[serde(default = "hundred")]
     percent: f64,
+}
+
+enum One {
+    Request(ModifierFile),
+    Response(ModifierFile),
+    Mirror(MirrorFile),
 }
 
 /// Mirrors a route may have.
@@ -95,22 +105,45 @@ pub(super) fn into_filters(
     let mut f = Filters::default();
     for (i, item) in list.into_iter().enumerate() {
         let at = format!("{at}[{i}]");
-        match item {
-            FilterFile::RequestHeaderModifier(m) => {
+        let one = match item {
+            FilterFile {
+                request_header_modifier: Some(m),
+                response_header_modifier: None,
+                request_mirror: None,
+            } => One::Request(m),
+            FilterFile {
+                request_header_modifier: None,
+                response_header_modifier: Some(m),
+                request_mirror: None,
+            } => One::Response(m),
+            FilterFile {
+                request_header_modifier: None,
+                response_header_modifier: None,
+                request_mirror: Some(m),
+            } => One::Mirror(m),
+            _ => {
+                return Err(invalid(
+                    at,
+                    "a filter is exactly one of `request_header_modifier`, `response_header_modifier`, `request_mirror`",
+                ))
+            }
+        };
+        match one {
+            One::Request(m) => {
                 let at = format!("{at}.request_header_modifier");
                 if f.request.is_some() {
                     return Err(invalid(at, "given twice: put every change in one modifier"));
                 }
                 f.request = Some(m.into_modifier(&at)?);
             }
-            FilterFile::ResponseHeaderModifier(m) => {
+            One::Response(m) => {
                 let at = format!("{at}.response_header_modifier");
                 if f.response.is_some() {
                     return Err(invalid(at, "given twice: put every change in one modifier"));
                 }
                 f.response = Some(m.into_modifier(&at)?);
             }
-            FilterFile::RequestMirror(m) => {
+            One::Mirror(m) => {
                 let at = format!("{at}.request_mirror");
                 if !mirrors {
                     return Err(invalid(
