@@ -1055,12 +1055,23 @@ fn grpcroute_header_modifiers_and_mirrors_reach_the_model() {
     assert_eq!((req.set[0].name.as_str(), req.set[0].value.as_str()), ("x-tenant", "a"));
     assert_eq!(req.add[0].name, "x-add");
     assert_eq!(req.remove, ["x-debug"]);
-    assert_eq!(f.response.as_ref().expect("response modifier").add[0].name, "x-served-by");
-    let mirrors: Vec<(&str, f64)> = f.mirrors.iter().map(|m| (m.service.as_str(), m.share.percent())).collect();
+    assert_eq!(
+        f.response.as_ref().expect("response modifier").add[0].name,
+        "x-served-by"
+    );
+    let mirrors: Vec<(&str, f64)> = f
+        .mirrors
+        .iter()
+        .map(|m| (m.service.as_str(), m.share.percent()))
+        .collect();
     // Each mirror names the model service its Service port became.
     assert_eq!(mirrors, [("demo/shadow", 25.0), ("demo/greeter-v2", 12.5)]);
     assert!(t.model.service("demo/shadow").is_some());
-    let b = svc.routes[0].backends[0].filters.request.as_ref().expect("backend modifier");
+    let b = svc.routes[0].backends[0]
+        .filters
+        .request
+        .as_ref()
+        .expect("backend modifier");
     assert_eq!(b.set[0].name, "x-version");
     // A mirror Service's endpoints are not added to the parent.
     assert!(svc.endpoints.iter().all(|e| !member_services(e).contains("shadow")));
@@ -1068,9 +1079,7 @@ fn grpcroute_header_modifiers_and_mirrors_reach_the_model() {
 
 #[test]
 fn grpcroute_filters_that_cannot_apply_are_reported() {
-    let header = |kind: &str, field: &str, name: &str| {
-        json!([{ "type": kind, field: { "set": [{ "name": name, "value": "x" }] } }])
-    };
+    let header = |kind: &str, field: &str, name: &str| json!([{ "type": kind, field: { "set": [{ "name": name, "value": "x" }] } }]);
     for (filters, backend, want) in [
         (
             header("RequestHeaderModifier", "requestHeaderModifier", ":path"),
@@ -1128,9 +1137,6 @@ fn grpcroute_filters_that_cannot_apply_are_reported() {
     let t = run(&snap);
     assert_eq!(t.invalid_routes.len(), 1);
     let e = t.invalid_routes[0].error.as_ref();
-    assert!(
-        matches!(e, RouteError::MirrorNotBalanced { port: 80, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, RouteError::MirrorNotBalanced { port: 80, .. }), "{e}");
     assert_eq!(e.condition().1, "UnsupportedValue");
 }

@@ -248,6 +248,7 @@ pub struct ServiceSlot {
     faults_aborted: AtomicU64,
     mirrored: AtomicU64,
     mirrors_dropped: AtomicU64,
+    mirrors_failed: AtomicU64,
 }
 
 impl ServiceSlot {
@@ -264,6 +265,7 @@ impl ServiceSlot {
             faults_aborted: AtomicU64::new(0),
             mirrored: AtomicU64::new(0),
             mirrors_dropped: AtomicU64::new(0),
+            mirrors_failed: AtomicU64::new(0),
         }
     }
 
@@ -315,6 +317,7 @@ impl ServiceSlot {
             faults_aborted: self.faults_aborted.load(Relaxed),
             mirrored: self.mirrored.load(Relaxed),
             mirrors_dropped: self.mirrors_dropped.load(Relaxed),
+            mirrors_failed: self.mirrors_failed.load(Relaxed),
         }
     }
 
@@ -336,6 +339,12 @@ impl ServiceSlot {
     /// or connection ready for it, or the request outgrew the copy's bound.
     pub fn count_mirror_dropped(&self) {
         self.mirrors_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// A copy sent whole that the mirror never answered (unreachable,
+    /// refused, reset, or cancelled after its time).
+    pub fn count_mirror_failed(&self) {
+        self.mirrors_failed.fetch_add(1, Relaxed);
     }
 
     /// A call aborted by fault injection.

@@ -44,6 +44,10 @@ pub struct ServiceCounters {
     /// copy's bound.
     #[serde(default)]
     pub mirrors_dropped: u64,
+    /// Copies sent (counted in `mirrored`) that the mirror never answered:
+    /// unreachable, refused, reset or cancelled after their time.
+    #[serde(default)]
+    pub mirrors_failed: u64,
 }
 
 /// One endpoint's load, health and call statistics.

@@ -121,12 +121,10 @@ pub(super) fn into_filters(
                 response_header_modifier: None,
                 request_mirror: Some(m),
             } => One::Mirror(m),
-            _ => {
-                return Err(invalid(
-                    at,
-                    "a filter is exactly one of `request_header_modifier`, `response_header_modifier`, `request_mirror`",
-                ))
-            }
+            _ => return Err(invalid(
+                at,
+                "a filter is exactly one of `request_header_modifier`, `response_header_modifier`, `request_mirror`",
+            )),
         };
         match one {
             One::Request(m) => {

@@ -214,11 +214,12 @@ pub(super) fn services(
                 }
             }
         }
-        if svc.counters.mirrored + svc.counters.mirrors_dropped > 0 {
+        let c = &svc.counters;
+        if c.mirrored + c.mirrors_dropped > 0 {
             writeln!(
                 out,
-                "Mirrored:   {} (dropped {})",
-                svc.counters.mirrored, svc.counters.mirrors_dropped
+                "Mirrored:   {} sent ({} unanswered), {} dropped",
+                c.mirrored, c.mirrors_failed, c.mirrors_dropped
             )?;
         }
         writeln!(out, "Endpoints:")?;

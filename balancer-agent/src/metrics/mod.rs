@@ -341,18 +341,22 @@ impl Collector for Scrape {
                 .iter()
                 .filter(|s| {
                     s.routes.iter().any(|r| !r.filters.is_empty())
-                        || s.counters.mirrored + s.counters.mirrors_dropped > 0
+                        || s.counters.mirrored + s.counters.mirrors_dropped + s.counters.mirrors_failed > 0
                 })
                 .flat_map(|s| {
-                    [("sent", s.counters.mirrored), ("dropped", s.counters.mirrors_dropped)]
-                        .into_iter()
-                        .map(|(result, n)| (vec![("service", s.name.as_str()), ("result", result)], n))
+                    [
+                        ("sent", s.counters.mirrored),
+                        ("dropped", s.counters.mirrors_dropped),
+                        ("failed", s.counters.mirrors_failed),
+                    ]
+                    .into_iter()
+                    .map(|(result, n)| (vec![("service", s.name.as_str()), ("result", result)], n))
                 })
                 .collect();
             counter(
                 e,
                 "balancer_mirrored_calls",
-                "Copies of calls for a GRPCRoute RequestMirror: sent, or dropped (no mirror endpoint or connection ready at once, too many in flight, or a request beyond the copy's bound).",
+                "Copies of calls for a GRPCRoute RequestMirror: sent (the whole request handed to a mirror connection), dropped (no mirror endpoint or connection ready at once, too many in flight, or a request beyond the copy's bound), failed (sent, then never answered: unreachable, refused, reset or timed out).",
                 &mirrors,
             )?;
         }

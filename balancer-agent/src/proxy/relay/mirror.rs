@@ -5,8 +5,9 @@
 //! request (a longer request cuts it off), at most [`MAX_COPIES`] are in
 //! flight per client connection, each for at most [`COPY_TIMEOUT`], and its
 //! response is credited back as it arrives and dropped. What becomes of a
-//! copy is counted on the mirroring service: sent (its request went out
-//! whole) or dropped.
+//! copy is counted on the mirroring service: sent (its whole request handed
+//! to a mirror connection) or dropped; a sent copy that the mirror never
+//! answers (unreachable, refused, reset, timed out) is counted failed too.
 //!
 //! A copy travels on the client connection's mailbox like an attempt of
 //! the call, under an attempt number with [`MIRROR`] set, so that no
@@ -197,7 +198,7 @@ impl Mirrors {
             };
             if copy.sent + data.len() > env.ctx.opts.replay_buffer {
                 *open &= !(1 << tag);
-                self.cancel(env, k, true);
+                self.cancel(env, k);
                 continue;
             }
             copy.sent += data.len();
@@ -233,18 +234,22 @@ impl Mirrors {
     /// cancelled.
     pub fn call_ended(&mut self, env: &Env<'_>, stream: u32, open: Copies) {
         for tag in bits(open) {
-            self.cancel(env, (stream, MIRROR | tag), true);
+            self.cancel(env, (stream, MIRROR | tag));
         }
     }
 
-    fn cancel(&mut self, env: &Env<'_>, k: (u32, u32), dropped: bool) {
+    /// Ends a copy before its answer: dropped if its request was not all
+    /// sent, failed if it was.
+    fn cancel(&mut self, env: &Env<'_>, k: (u32, u32)) {
         let Some(copy) = self.copies.remove(&k) else { return };
         let _ = copy.up.mailbox.push(ToUp::Reset {
             key: env.key(k.0, k.1 & !MIRROR),
             reason: Reason::CANCEL,
         });
         copy.guard.finish(Outcome::Abandoned);
-        if dropped && !copy.req_end {
+        if copy.req_end {
+            env.slot.count_mirror_failed();
+        } else {
             env.slot.count_mirror_dropped();
         }
     }
@@ -276,8 +281,11 @@ impl Mirrors {
             Upstream::GaveBack(_) => Outcome::Refused,
         };
         if let Some(copy) = self.copies.remove(&k) {
-            if !copy.req_end {
-                env.slot.count_mirror_dropped();
+            let answered = matches!(outcome, Outcome::Status(_));
+            match (copy.req_end, answered) {
+                (false, _) => env.slot.count_mirror_dropped(),
+                (true, false) => env.slot.count_mirror_failed(),
+                (true, true) => {}
             }
             copy.guard.finish(outcome);
         }
@@ -295,7 +303,7 @@ impl Mirrors {
             }
             self.timers.pop();
             if self.copies.get(&(stream, attempt)).is_some_and(|c| c.until == at) {
-                self.cancel(env, (stream, attempt), true);
+                self.cancel(env, (stream, attempt));
             }
         }
     }
@@ -304,7 +312,7 @@ impl Mirrors {
     pub fn abort_all(&mut self, env: &Env<'_>) {
         let keys: Vec<(u32, u32)> = self.copies.keys().copied().collect();
         for k in keys {
-            self.cancel(env, k, true);
+            self.cancel(env, k);
         }
         self.timers.clear();
     }
