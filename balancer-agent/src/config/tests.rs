@@ -688,3 +688,18 @@ fn filter_mistakes_name_the_key() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```yaml\nlisten:")
+        .expect("the static-mode example in the README")
+        + "```yaml\n".len();
+    let text = &readme[start..start + readme[start..].find("```").expect("its end")];
+    let l = parse(text, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    let greeter = l.model.service("greeter").unwrap();
+    let canary = &greeter.routes[0];
+    assert_eq!(canary.filters.mirrors[0].service, "greeter-shadow");
+    assert!(canary.backends[0].filters.request.is_some());
+}
