@@ -14,8 +14,11 @@ use crate::model::{self, HeaderModifier, Share};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeaderEdit {
     pub clear: Vec<Box<[u8]>>,
-    pub append: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub append: Vec<Field>,
 }
+
+/// A header field an edit appends: name, value.
+pub type Field = (Box<[u8]>, Box<[u8]>);
 
 impl HeaderEdit {
     /// The edit of `mods` applied in order (each one remove, set, add);
