@@ -61,17 +61,19 @@ const HEADER_ROUTES: &str = r#"      - name: tenants
             filters: [ { request_header_modifier: { set: [ { name: x-version, value: two } ] } } ]
 "#;
 
+/// Backends `a` and `b` and the mirror `shadow`.
+fn servers() -> (TestServer, TestServer, TestServer) {
+    let s = |name| TestServer::spawn(name).unwrap();
+    (s("a"), s("b"), s("shadow"))
+}
+
 fn get<'a>(m: &'a BTreeMap<String, String>, k: &str) -> Option<&'a str> {
     m.get(k).map(String::as_str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_modifiers_of_a_route_and_its_backends_reach_the_backend_and_the_client() {
-    let (a, b, shadow) = (
-        TestServer::spawn("a").unwrap(),
-        TestServer::spawn("b").unwrap(),
-        TestServer::spawn("shadow").unwrap(),
-    );
+    let (a, b, shadow) = servers();
     let (admin, listen) = (free_port(), free_port());
     let cfg = config(admin, listen, a.addr(), b.addr(), HEADER_ROUTES, shadow.addr());
     let agent = Agent::start(admin, listen, &cfg);
@@ -155,11 +157,7 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_gets_a_copy_of_all_none_or_a_share_of_the_calls() {
-    let (a, b, shadow) = (
-        TestServer::spawn("a").unwrap(),
-        TestServer::spawn("b").unwrap(),
-        TestServer::spawn("shadow").unwrap(),
-    );
+    let (a, b, shadow) = servers();
     let (admin, listen) = (free_port(), free_port());
     let cfg = |p: &str| config(admin, listen, a.addr(), b.addr(), &mirror_routes(p), shadow.addr());
     let agent = Agent::start(admin, listen, &cfg("100"));

@@ -138,25 +138,18 @@ pub fn describe(route: &model::Route) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HeaderValue;
-
-    fn hv(name: &str, value: &str) -> HeaderValue {
-        HeaderValue {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
+    use crate::model::HeaderValue as H;
 
     #[test]
     fn modifiers_fold_into_one_edit_in_order() {
         let route = HeaderModifier {
-            set: vec![hv("x-a", "route")],
-            add: vec![hv("x-b", "1")],
+            set: vec![H::new("x-a", "route")],
+            add: vec![H::new("x-b", "1")],
             remove: vec!["x-gone".into()],
         };
         let backend = HeaderModifier {
-            set: vec![hv("x-b", "backend")],
-            add: vec![hv("x-a", "more")],
+            set: vec![H::new("x-b", "backend")],
+            add: vec![H::new("x-a", "more")],
             remove: vec![],
         };
         let e = HeaderEdit::of([&route, &backend]).unwrap_or_default();

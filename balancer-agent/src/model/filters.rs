@@ -51,6 +51,15 @@ pub struct HeaderValue {
     pub value: String,
 }
 
+impl HeaderValue {
+    pub fn new(name: &str, value: &str) -> Self {
+        HeaderValue {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+}
+
 /// A copy of `share` of the route's calls sent to the model service
 /// `service`; its answer is discarded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,14 +143,7 @@ fn check_value(name: &str, value: &str) -> Result<(), FilterError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn hv(name: &str, value: &str) -> HeaderValue {
-        HeaderValue {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
+    use super::{HeaderValue as H, *};
 
     #[test]
     fn reserved_and_malformed_headers_are_refused() {
@@ -162,7 +164,7 @@ mod tests {
         }
         assert_eq!(check_name("x-tenant"), Ok(()));
         let m = |v: &str| HeaderModifier {
-            set: vec![hv("x-a", v)],
+            set: vec![H::new("x-a", v)],
             ..HeaderModifier::default()
         };
         assert_eq!(m("ok value").validate(), Ok(()));
@@ -173,7 +175,7 @@ mod tests {
             );
         }
         let bin = HeaderModifier {
-            add: vec![hv("x-key-bin", "not base64!")],
+            add: vec![H::new("x-key-bin", "not base64!")],
             ..HeaderModifier::default()
         };
         assert!(matches!(bin.validate(), Err(FilterError::BadValue { .. })));
