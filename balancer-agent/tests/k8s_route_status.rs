@@ -88,6 +88,26 @@ fn a_good_route_is_accepted_with_its_refs_resolved() {
 }
 
 #[test]
+fn a_route_with_header_modifiers_and_a_mirror_is_accepted() {
+    let (acc, refs, msg) = conditions(json!({ "parentRefs": [parent("greeter")], "rules": [{
+        "filters": [
+            { "type": "RequestHeaderModifier",
+              "requestHeaderModifier": { "set": [{ "name": "x-tenant", "value": "acme" }] } },
+            { "type": "ResponseHeaderModifier",
+              "responseHeaderModifier": { "remove": ["x-debug"] } },
+            { "type": "RequestMirror",
+              "requestMirror": { "backendRef": { "name": "greeter-v2", "port": 8000 }, "percent": 10 } }
+        ],
+        "backendRefs": [{ "name": "greeter-v1", "port": 8000, "filters": [
+            { "type": "RequestHeaderModifier",
+              "requestHeaderModifier": { "add": [{ "name": "x-version", "value": "v1" }] } }
+        ] }]
+    }] }));
+    assert_eq!(acc, (true, "Accepted"), "{msg}");
+    assert_eq!(refs, (true, "ResolvedRefs"), "{msg}");
+}
+
+#[test]
 fn refused_routes_say_why_with_gateway_api_reasons() {
     let spec = |rules: Value| json!({ "parentRefs": [parent("greeter")], "rules": rules });
 
