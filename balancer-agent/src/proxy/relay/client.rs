@@ -584,11 +584,12 @@ impl ClientState {
             return;
         };
         // Filters: the common call has none and pays one branch for them.
-        let mut edited = None;
-        if let Some(f) = routed.filters {
-            edited = f.request.as_ref().map(|e| call.head.edited(e));
-            call.response_edit = f.response.clone();
-        }
+        // Each attempt takes its backend's (a retry may land on another).
+        let (edited, response_edit) = match routed.filters {
+            Some(f) => (f.request.as_ref().map(|e| call.head.edited(e)), f.response.clone()),
+            None => (None, None),
+        };
+        call.response_edit = response_edit;
         let plan = match routed.mirrors {
             Some(m) if call.attempt == 0 => mirror::plan(m, &call.head),
             _ => None,
