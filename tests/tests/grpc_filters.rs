@@ -16,7 +16,7 @@ use std::{
 
 use greeter::{
     client::{self, Echoed},
-    pb::helloworld::HelloRequest,
+    pb::{echo::EchoRequest, helloworld::HelloRequest},
     server::TestServer,
 };
 use grpc_support::{free_port, Agent};
@@ -172,6 +172,22 @@ async fn a_mirror_gets_a_copy_of_all_none_or_a_share_of_the_calls() {
     assert_eq!(mirrored(&agent, "dropped"), 0);
     assert_eq!(mirrored(&agent, "failed"), 0);
     assert_eq!(b.calls(), 0);
+
+    // A request beyond the copy's bound (the 64 KiB replay buffer): the
+    // real call goes through whole, its copy is cut off and dropped.
+    let payload: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: payload.clone(),
+        message: "big".into(),
+        reply_size: 0,
+    });
+    req.set_timeout(CALL_TIMEOUT);
+    let reply = client::echo(ch.clone()).unary(req).await.unwrap().into_inner();
+    assert_eq!(reply.payload, payload);
+    until("the cut copy is counted", || mirrored(&agent, "dropped") == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(shadow.calls(), 200, "the mirror got a request cut short");
+    assert_eq!(mirrored(&agent, "sent"), 200);
 
     // None.
     agent.rewrite(&cfg("0"));
