@@ -558,6 +558,18 @@ fn node_metric(topo: &Topology, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// `series` once it reaches `want`, or its value after 5 s.
+fn await_metric(topo: &Topology, series: &str, want: f64) -> Option<f64> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = node_metric(topo, series);
+        if v == Some(want) || Instant::now() >= end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Header modifiers and a mirror on redirected connections: the backend
 /// sees the request changed, the client the response; every call is
 /// copied to the shadow service and none of the copies' answers reach the
@@ -580,18 +592,15 @@ fn filters_and_mirrors_through_the_redirect() {
         "the shadow answered a call: {counts:?}"
     );
     let sent = "balancer_mirrored_calls_total{service=\"greeter\",result=\"sent\"} ";
-    let end = Instant::now() + Duration::from_secs(5);
-    while node_metric(&topo, sent) != Some(60.0) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(node_metric(&topo, sent), Some(60.0), "agent log:\n{}", node.log());
+    assert_eq!(
+        await_metric(&topo, sent, 60.0),
+        Some(60.0),
+        "agent log:\n{}",
+        node.log()
+    );
     // The shadow's endpoint answered every copy.
     let shadow_ok = "balancer_requests_total{service=\"shadow\",endpoint=\"127.0.0.1:50063\",grpc_status=\"0\"} ";
-    let end = Instant::now() + Duration::from_secs(5);
-    while node_metric(&topo, shadow_ok) != Some(60.0) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(node_metric(&topo, shadow_ok), Some(60.0));
+    assert_eq!(await_metric(&topo, shadow_ok, 60.0), Some(60.0));
 
     let mut cmd = Command::new(built("greeter-client"));
     cmd.args([

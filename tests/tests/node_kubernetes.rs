@@ -575,10 +575,21 @@ fn service_annotations_choose_ring_hash_and_inject_faults() {
     drop(cgroups);
 }
 
-/// The agent's `/metrics` value of `series` (name and labels, as printed).
-fn agent_metric(agent: &NodeAgent, series: &str) -> Option<f64> {
-    let (_, body) = agent.get("/metrics").ok()?;
-    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+/// The agent's `/metrics` value of `series` (name and labels, as
+/// printed) once it reaches `want`, or its value after 5 s.
+fn agent_metric(agent: &NodeAgent, series: &str, want: f64) -> Option<f64> {
+    let read = || {
+        let (_, body) = agent.get("/metrics").ok()?;
+        body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    let start = Instant::now();
+    loop {
+        let v = read();
+        if v == Some(want) || start.elapsed() >= Duration::from_secs(5) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -631,20 +642,12 @@ fn the_daemonset_agent_applies_grpcroute_header_modifiers_and_mirrors() {
     assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
     assert_eq!(backends(&v).keys().collect::<Vec<_>>(), ["greeter-v1"], "{v}");
     let sent = "balancer_mirrored_calls_total{service=\"demo/greeter\",result=\"sent\"} ";
-    let start = Instant::now();
-    while agent_metric(&a, sent) != Some(40.0) && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(agent_metric(&a, sent), Some(40.0), "{}", a.log());
+    assert_eq!(agent_metric(&a, sent, 40.0), Some(40.0), "{}", a.log());
     let answered = format!(
         "balancer_requests_total{{service=\"demo/greeter-v2\",endpoint=\"{V2}:{BACKEND_PORT}\",grpc_status=\"0\"}} "
     );
-    let start = Instant::now();
-    while agent_metric(&a, &answered) != Some(40.0) && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(
-        agent_metric(&a, &answered),
+        agent_metric(&a, &answered, 40.0),
         Some(40.0),
         "the mirror answered every copy"
     );
