@@ -50,8 +50,25 @@ struct HeaderValueFile {
 pub(super) struct MirrorFile {
     /// Another service of the file.
     service: String,
-    #[serde(default = "hundred")]
-    percent: f64,
+    /// The share of the calls copied (default 100), or `fraction`.
+    #[serde(default)]
+    percent: Option<f64>,
+    #[serde(default)]
+    fraction: Option<FractionFile>,
+}
+
+/// Gateway API's `fraction`: `numerator` of every `denominator` (default
+/// 100) calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FractionFile {
+    numerator: u32,
+    #[serde(default = "hundred_u32")]
+    denominator: u32,
+}
+
+fn hundred_u32() -> u32 {
+    100
 }
 
 enum One {
@@ -62,10 +79,6 @@ enum One {
 
 /// Mirrors a route may have.
 const MAX_MIRRORS: usize = 8;
-
-fn hundred() -> f64 {
-    100.0
-}
 
 impl ModifierFile {
     fn into_modifier(self, at: &str) -> Result<HeaderModifier, Invalid> {
@@ -155,10 +168,26 @@ pub(super) fn into_filters(
                         format!("no service named `{}` in this file", m.service),
                     ));
                 }
-                let share = Share::from_percent(m.percent).ok_or_else(|| {
+                let percent = match (m.percent, m.fraction) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(at, "give either `percent` or `fraction`, not both"));
+                    }
+                    (Some(p), None) => p,
+                    (None, Some(f)) if f.denominator > 0 && f.numerator <= f.denominator => {
+                        100.0 * f64::from(f.numerator) / f64::from(f.denominator)
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            format!("{at}.fraction"),
+                            "needs 0 ≤ numerator ≤ denominator and a denominator above 0",
+                        ));
+                    }
+                    (None, None) => 100.0,
+                };
+                let share = Share::from_percent(percent).ok_or_else(|| {
                     invalid(
                         format!("{at}.percent"),
-                        ModelError::BadPercent(m.percent.to_string()).to_string(),
+                        ModelError::BadPercent(percent.to_string()).to_string(),
                     )
                 })?;
                 if f.mirrors.len() == MAX_MIRRORS {

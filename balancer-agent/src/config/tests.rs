@@ -624,10 +624,18 @@ fn filters_of_routes_and_backends_from_the_file() {
     assert_eq!((m.service.as_str(), m.share.percent()), ("shadow", 12.5));
     let b = route.backends[0].filters.request.as_ref().unwrap();
     assert_eq!(b.set[0].name, "x-backend");
-    // Without `percent`, every call is mirrored.
+    // Without `percent`, every call is mirrored; `fraction` as in the
+    // Gateway API.
     let l = parse(&filtered("[ { request_mirror: { service: shadow } } ]", "[]"), "f").unwrap();
     let m = &l.model.service("a").unwrap().routes[0].filters.mirrors[0];
     assert_eq!(m.share.percent(), 100.0);
+    let text = filtered(
+        "[ { request_mirror: { service: shadow, fraction: { numerator: 1, denominator: 8 } } } ]",
+        "[]",
+    );
+    let l = parse(&text, "f").unwrap();
+    let m = &l.model.service("a").unwrap().routes[0].filters.mirrors[0];
+    assert_eq!(m.share.percent(), 12.5);
 }
 
 #[test]
@@ -672,6 +680,14 @@ fn filter_mistakes_name_the_key() {
         (
             filtered("[ { request_mirror: { service: shadow, percent: 120 } } ]", "[]"),
             "request_mirror.percent: invalid percentage `120`",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow, fraction: { numerator: 3, denominator: 2 } } } ]", "[]"),
+            "request_mirror.fraction: needs 0 ≤ numerator ≤ denominator",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow, percent: 5, fraction: { numerator: 1 } } } ]", "[]"),
+            "request_mirror: give either `percent` or `fraction`, not both",
         ),
         (
             filtered("[]", "[ { request_mirror: { service: shadow } } ]"),
