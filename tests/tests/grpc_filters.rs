@@ -21,7 +21,9 @@ use greeter::{
 };
 use grpc_support::{free_port, Agent};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than a mirror's copies may stay open (10 s), so that a stalled
+/// mirror's copies end by the agent's timer, not by their deadline.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn md(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -285,4 +287,24 @@ async fn a_stopped_or_stalled_mirror_neither_fails_nor_slows_the_real_calls() {
     assert_eq!(sent + dropped, 400, "sent {sent} dropped {dropped}");
     assert!(dropped > 0, "400 copies held by a stalled mirror, none dropped");
     assert_eq!(a.calls() + b.calls(), 800);
+
+    // The client leaves: the copies it sent whole stay with the mirror
+    // until their time is up (10 s), then count as failed.
+    drop(ch);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        stalled.in_flight() > 0,
+        "the copies were cancelled with the client's connection"
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while stalled.in_flight() > 0 {
+        assert!(Instant::now() < end, "copies still open after their time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = mirrored(&agent, "failed");
+    assert_eq!(
+        failed,
+        mirrored(&agent, "sent"),
+        "every copy sent but unanswered failed"
+    );
 }

@@ -942,16 +942,27 @@ impl ClientState {
             });
             self.done(stream, call, Outcome::Reset);
         }
-        self.mirrors.abort_all(&mirror_env!(self));
     }
 }
 
 impl Drop for ClientState {
     /// However the connection ends (even dropped at a forced shutdown), its
-    /// calls are cancelled upstream and accounted for.
+    /// calls are cancelled upstream and accounted for. Copies sent whole to
+    /// a mirror finish on their own (see [`mirror::linger`]).
     fn drop(&mut self) {
-        self.me.close();
         self.abort_all();
+        let copies = std::mem::take(&mut self.mirrors);
+        let lingering = !copies.is_empty()
+            && mirror::linger(
+                copies,
+                Arc::clone(&self.ctx),
+                self.id,
+                Arc::clone(&self.me),
+                Arc::clone(&self.slot),
+            );
+        if !lingering {
+            self.me.close();
+        }
     }
 }
 

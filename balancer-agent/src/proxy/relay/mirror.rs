@@ -308,14 +308,57 @@ impl Mirrors {
         }
     }
 
-    /// The client connection is over: every copy is cancelled.
-    pub fn abort_all(&mut self, env: &Env<'_>) {
-        let keys: Vec<(u32, u32)> = self.copies.keys().copied().collect();
-        for k in keys {
-            self.cancel(env, k);
-        }
-        self.timers.clear();
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
     }
+}
+
+/// The client connection is over while copies it sent whole still wait for
+/// their answers (those still sending their request were cancelled with
+/// their call): a task of their own takes over the connection's mailbox,
+/// reads and drops their answers until the last one ends or times out,
+/// then closes the mailbox. Returns whether it started (no runtime: no).
+pub(crate) fn linger(
+    mut copies: Mirrors,
+    ctx: Arc<Ctx>,
+    conn: u64,
+    me: Arc<Mailbox<ToClient>>,
+    slot: Arc<ServiceSlot>,
+) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    rt.spawn(async move {
+        let mut msgs = Vec::new();
+        while !copies.is_empty() {
+            let next = copies.next_timer().unwrap_or_else(|| Instant::now() + COPY_TIMEOUT);
+            let env = Env {
+                ctx: &ctx,
+                conn,
+                me: &me,
+                slot: &slot,
+            };
+            let take = std::future::poll_fn(|cx| {
+                if me.take(cx, &mut msgs) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            });
+            tokio::select! {
+                () = take => {
+                    for msg in msgs.drain(..) {
+                        if msg.attempt & MIRROR != 0 {
+                            copies.on_msg(&env, msg);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(next) => copies.on_timer(&env, Instant::now()),
+            }
+        }
+        me.close();
+    });
+    true
 }
 
 fn bits(mask: Copies) -> impl Iterator<Item = u32> {
