@@ -166,6 +166,40 @@ pub struct Fault {
     pub abort: Option<FaultAbort>,
 }
 
+impl fmt::Display for Fault {
+    /// E.g. `delay 2s to 10% of calls, abort UNAVAILABLE ("down") to 5% of calls`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(d) = &self.delay {
+            write!(f, "delay {:?} to {}% of calls", d.duration, d.share.percent())?;
+            sep = ", ";
+        }
+        if let Some(a) = &self.abort {
+            let name = GRPC_CODES.get(usize::from(a.code)).copied().unwrap_or("?");
+            write!(
+                f,
+                "{sep}abort {name} ({:?}) to {}% of calls",
+                a.message,
+                a.share.percent()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A label selector in display form, e.g. `version=v1` (`*` for every
+/// endpoint).
+pub fn selector(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "*".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Delays `share` of the calls by `duration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FaultDelay {

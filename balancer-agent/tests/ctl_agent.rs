@@ -278,3 +278,107 @@ fn the_agent_refuses_a_non_loopback_admin_address() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("refusing to bind non-loopback address 0.0.0.0:0"), "{err}");
 }
+
+/// `calls` calls with `headers` over one connection to `listen`.
+fn calls_with(listen: SocketAddr, calls: u64, headers: &[(String, String)]) -> greeter::client::Spread {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            greeter::client::say_hello_spread_with(channel, calls, 1, Duration::from_secs(10), headers),
+        )
+        .await
+        .expect("calls finished within 60 s")
+    })
+}
+
+#[test]
+fn service_explain_tells_which_route_and_endpoint_take_a_call() {
+    let servers: Vec<TestServer> = (1..=3)
+        .map(|i| TestServer::spawn(&format!("greeter-{i}")).unwrap())
+        .collect();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "admin: {admin}\nservices:\n  - name: greeter\n    listen: {listen}\n    policy: ring-hash\n    hash_header: x-user-id\n    endpoints:\n"
+    );
+    for (i, s) in servers.iter().enumerate() {
+        let version = if i == 2 { "v2" } else { "v1" };
+        config.push_str(&format!(
+            "      - {{ address: {}, labels: {{ version: {version} }} }}\n",
+            s.addr()
+        ));
+    }
+    config.push_str(
+        "    routes:\n      - name: canary\n        matches: [ { headers: [ { name: x-canary, value: \"1\" } ] } ]\n        backends: [ { labels: { version: v2 }, weight: 100 } ]\n",
+    );
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+
+    // Each user's calls land where `explain` said its key lands.
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let e: api::Explanation = ctl_json(
+            admin,
+            &[
+                "service",
+                "explain",
+                "greeter",
+                "helloworld.Greeter/SayHello",
+                "-H",
+                &format!("x-user-id={user}"),
+            ],
+        );
+        assert!(e.route.is_none(), "{e:?}");
+        assert_eq!(e.hash_key.as_deref(), Some(user));
+        let predicted = e.backends[0].hashed_to.expect("a hash key lands on an endpoint");
+        let before: Vec<u64> = servers.iter().map(TestServer::calls).collect();
+        let spread = calls_with(listen, 5, &[("x-user-id".to_owned(), user.to_owned())]);
+        assert_eq!(spread.ok, 5, "{}", spread.table());
+        let served: Vec<SocketAddr> = servers
+            .iter()
+            .zip(&before)
+            .filter(|(s, b)| s.calls() > **b)
+            .map(|(s, _)| s.addr())
+            .collect();
+        assert_eq!(served, [predicted], "{user}'s calls");
+    }
+
+    // A call with the canary header takes the route, to v2 only.
+    let out = ctl(
+        admin,
+        &[
+            "service",
+            "explain",
+            "greeter",
+            "/helloworld.Greeter/SayHello",
+            "-H",
+            "x-canary=1",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Route:      canary (route 1 of 1)"), "{text}");
+    assert!(
+        text.contains("version=v2") && text.contains(&servers[2].addr().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains(&servers[0].addr().to_string()), "{text}");
+    assert!(text.contains("no x-user-id header"), "{text}");
+
+    // Unknown service, malformed header: one-line errors.
+    let out = ctl(admin, &["service", "explain", "nope", "a.B/C"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service named `nope`"));
+    let out = ctl(admin, &["service", "explain", "greeter", "a.B/C", "-H", "bad header=1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a valid header"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

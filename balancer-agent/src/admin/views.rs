@@ -12,6 +12,13 @@ use crate::model::Model;
 /// The balanced services with their statistics (the balance table).
 pub trait ServicesView: Send + Sync + 'static {
     fn services(&self) -> Vec<api::Service>;
+
+    /// What the agent would do with a call to `service`'s `path` (e.g.
+    /// `/helloworld.Greeter/SayHello`) with these request headers; `None`
+    /// when there is no such service (or the view cannot tell).
+    fn explain(&self, _service: &str, _path: &str, _headers: &http::HeaderMap) -> Option<api::Explanation> {
+        None
+    }
 }
 
 impl<F> ServicesView for F

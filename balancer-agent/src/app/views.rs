@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::{locality, Table},
+    balance::{locality, CallMeta, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -42,6 +42,13 @@ impl ServicesView for TableView {
                 out
             })
             .collect()
+    }
+
+    fn explain(&self, service: &str, path: &str, headers: &http::HeaderMap) -> Option<api::Explanation> {
+        let model = self.models.borrow().clone();
+        let svc = model.services.iter().find(|s| s.name == service)?;
+        let state = self.table.service(service)?.state()?;
+        Some(state.explain(svc, &CallMeta::from_path(path, headers)))
     }
 }
 

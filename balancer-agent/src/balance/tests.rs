@@ -787,3 +787,112 @@ async fn ring_hash_picks_on_the_ring_of_the_close_tier_and_spills_the_same_keys(
     tokio::time::advance(Duration::from_secs(11)).await;
     assert_eq!(owners(&t, &us), first);
 }
+
+fn explain(t: &Table, m: &Model, path: &str, headers: &HeaderMap) -> explain::Explanation {
+    let st = t.service("greeter").unwrap().state().unwrap();
+    st.explain(&m.services[0], &CallMeta::from_path(path, headers))
+}
+
+#[test]
+fn explain_names_the_route_its_backends_shares_and_endpoints_without_moving_the_schedule() {
+    let mut m = three(Policy::RoundRobin);
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(90, 10)];
+    let t = Table::new(&m);
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    let route = e.route.as_ref().unwrap();
+    assert_eq!(
+        (route.index, route.name.as_deref(), route.routes),
+        (0, Some("split"), 1)
+    );
+    let backends: Vec<(&str, u32, f64)> = e
+        .backends
+        .iter()
+        .map(|b| (b.selector.as_str(), b.weight, b.share))
+        .collect();
+    assert_eq!(backends, [("version=v1", 90, 0.9), ("version=v2", 10, 0.1)]);
+    let ports = |b: &explain::BackendPath| -> Vec<u16> {
+        b.tiers
+            .iter()
+            .flat_map(|t| t.endpoints.iter().map(|e| e.address.port()))
+            .collect()
+    };
+    assert_eq!(ports(&e.backends[0]), [1, 2]);
+    assert_eq!(ports(&e.backends[1]), [3]);
+    // Another method matches no route: every endpoint, one backend.
+    let e = explain(&t, &m, "/other.Service/Call", &HeaderMap::new());
+    assert!(e.route.is_none());
+    assert_eq!(ports(&e.backends[0]), [1, 2, 3]);
+    // Asking between calls leaves the exact 90:10 schedule as it was.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let none = HeaderMap::new();
+    let meta = CallMeta::from_path(SAY_HELLO, &none);
+    let mut v2 = 0;
+    for _ in 0..1000 {
+        explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+        v2 += usize::from(st.pick(&meta, &[]).unwrap().address.port() == 3);
+    }
+    assert_eq!(v2, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn explain_shows_tier_shares_and_endpoint_states_as_they_are_now() {
+    let m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    let t = Table::new(&m);
+    let tiers = |e: &explain::Explanation| -> Vec<(Option<String>, f64, Vec<String>)> {
+        e.backends[0]
+            .tiers
+            .iter()
+            .map(|t| {
+                let states = t.endpoints.iter().map(|e| e.state.clone()).collect();
+                (t.tier.clone(), (t.share * 1000.0).round() / 1000.0, states)
+            })
+            .collect()
+    };
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    let available = || "available".to_owned();
+    assert_eq!(
+        tiers(&e),
+        [
+            (Some("zone".into()), 1.0, vec![available(), available(), available()]),
+            (Some("other".into()), 0.0, vec![available(), available()]),
+        ]
+    );
+    // One of the zone's three ejected: 93.3% stays, as the picks do.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    fail_until_ejected(&st.endpoints[0]);
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    assert_eq!(
+        tiers(&e),
+        [
+            (
+                Some("zone".into()),
+                0.933,
+                vec!["ejected".into(), available(), available()]
+            ),
+            (Some("other".into()), 0.067, vec![available(), available()]),
+        ]
+    );
+}
+
+#[test]
+fn explain_finds_the_endpoint_a_hash_key_lands_on() {
+    let mut m = three(Policy::RingHash);
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(90, 10)];
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    for user in 0..50 {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", format!("user-{user}").parse().unwrap());
+        let e = explain(&t, &m, SAY_HELLO, &h);
+        assert_eq!(e.hash_key.as_deref(), Some(format!("user-{user}").as_str()));
+        let picked = st.pick(&CallMeta::from_path(SAY_HELLO, &h), &[]).unwrap().address;
+        let predicted: Vec<SocketAddr> = e.backends.iter().filter_map(|b| b.hashed_to).collect();
+        assert_eq!(predicted.len(), 2, "one endpoint per backend");
+        assert!(
+            predicted.contains(&picked),
+            "user-{user}: picked {picked}, explained {predicted:?}"
+        );
+    }
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    assert!(e.hash_key.is_none() && e.backends.iter().all(|b| b.hashed_to.is_none()));
+}
