@@ -49,6 +49,16 @@ fn start_agent(dir: &Path, config: &str, extra: &[&str], rust_log: &str, log: Lo
 /// `calls` calls over one HTTP/2 connection to `listen`, `concurrency` at a
 /// time, bounded in time.
 fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize) -> greeter::client::Spread {
+    calls_with(listen, calls, concurrency, &[])
+}
+
+/// The same, each call with `headers`.
+fn calls_with(
+    listen: SocketAddr,
+    calls: u64,
+    concurrency: usize,
+    headers: &[(String, String)],
+) -> greeter::client::Spread {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +67,7 @@ fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize)
         let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, calls, concurrency, Duration::from_secs(10)),
+            greeter::client::say_hello_spread_with(channel, calls, concurrency, Duration::from_secs(10), headers),
         )
         .await
         .expect("calls finished within 60 s")
@@ -279,23 +289,6 @@ fn the_agent_refuses_a_non_loopback_admin_address() {
     assert!(err.contains("refusing to bind non-loopback address 0.0.0.0:0"), "{err}");
 }
 
-/// `calls` calls with `headers` over one connection to `listen`.
-fn calls_with(listen: SocketAddr, calls: u64, headers: &[(String, String)]) -> greeter::client::Spread {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            greeter::client::say_hello_spread_with(channel, calls, 1, Duration::from_secs(10), headers),
-        )
-        .await
-        .expect("calls finished within 60 s")
-    })
-}
-
 #[test]
 fn service_explain_tells_which_route_and_endpoint_take_a_call() {
     let servers: Vec<TestServer> = (1..=3)
@@ -337,7 +330,7 @@ fn service_explain_tells_which_route_and_endpoint_take_a_call() {
         assert_eq!(e.hash_key.as_deref(), Some(user));
         let predicted = e.backends[0].hashed_to.expect("a hash key lands on an endpoint");
         let before: Vec<u64> = servers.iter().map(TestServer::calls).collect();
-        let spread = calls_with(listen, 5, &[("x-user-id".to_owned(), user.to_owned())]);
+        let spread = calls_with(listen, 5, 1, &[("x-user-id".to_owned(), user.to_owned())]);
         assert_eq!(spread.ok, 5, "{}", spread.table());
         let served: Vec<SocketAddr> = servers
             .iter()
