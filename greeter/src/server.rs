@@ -348,6 +348,11 @@ impl TestServer {
         self.stats.in_flight()
     }
 
+    /// Its counters, readable after the server is moved away (stopped).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Graceful stop: GOAWAY, open calls finish.
     pub fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
