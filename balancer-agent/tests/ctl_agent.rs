@@ -9,6 +9,7 @@ mod support_ctl;
 use std::{net::SocketAddr, path::Path, process::Output, time::Duration};
 
 use balancer_agent::admin::api;
+use balancer_testing::metrics::sum as metric_sum;
 use balancer_testing::{
     agent::{self, AgentProcess, Log},
     port::free_port,
@@ -72,21 +73,6 @@ fn calls_with(
         .await
         .expect("calls finished within 60 s")
     })
-}
-
-fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{metric} is not a number"),
-        })
-        .sum()
 }
 
 #[test]

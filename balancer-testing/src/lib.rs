@@ -12,8 +12,9 @@
 //! * [`process`]: a command placed in a cgroup and a network namespace, and
 //!   a guard that kills and reaps it.
 //! * [`k8s`]: Kubernetes objects (JSON) for the fake API servers.
+//! * [`metrics`]: sample values read from the agent's `/metrics`.
 //!
-//! The standard library, libc and serde_json only: the agent's own tests,
+//! The standard library, libc, serde_json and prometheus-parse only: the agent's own tests,
 //! the end-to-end tests crate and xtask all build it, and it does not
 //! depend on the agent.
 
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod http;
 pub mod k8s;
+pub mod metrics;
 pub mod netns;
 pub mod port;
 pub mod process;

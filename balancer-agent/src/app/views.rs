@@ -101,23 +101,7 @@ mod tests {
     use super::*;
     use crate::{balance::Outcome, metrics};
 
-    /// The value of the one sample of `metric` with these labels.
-    fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-        let found: Vec<f64> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{metric} is not a number"),
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{metric}{labels:?} in:\n{text}");
-        found[0]
-    }
+    use balancer_testing::metrics::one as sample;
 
     /// Calls counted by the balancer's atomics show up with the same values
     /// in the JSON API and in `/metrics`, those the agent answered
