@@ -218,6 +218,7 @@ impl AdminState {
             enrolled_pods: self.pods.pods().len() as u64,
             health: self.health.conditions(),
             pinned: status.pinned,
+            traces: self.metrics.traces.snapshot(),
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct Options {
     /// Kubernetes mode: the sweeps for enrolled pods' connections that
     /// bypass the agent.
     pub pinned: pinned::PinnedOptions,
+    /// Traces from the flags (`--otlp-endpoint`), over the static file's
+    /// `tracing:`.
+    pub tracing: Option<crate::traces::TracingConfig>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -159,7 +162,7 @@ async fn start_source(
                 while rx.changed().await.is_ok() {
                     let loaded = rx.borrow_and_update().clone();
                     if loaded.node != first_node {
-                        warn!("listen, admin, attach_cgroup and fast_path changes apply at the next start");
+                        warn!("listen, admin, attach_cgroup, fast_path and tracing changes apply at the next start");
                     }
                     info!(generation = loaded.generation, "configuration reloaded");
                     tx.send_replace(Arc::new(loaded.model.clone()));
@@ -222,6 +225,7 @@ async fn start_source(
                     admin: admin::DEFAULT_ADDR.parse().context("default admin address")?,
                     attach_cgroup: None,
                     fast_path: true,
+                    tracing: None,
                 },
                 models,
                 source: admin::views::kubernetes_source(status),
@@ -327,7 +331,18 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
     let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
-    let observers = Observers::default();
+    let mut observers = Observers::default();
+    if let Some(config) = opts.tracing.clone().or_else(|| node.tracing.clone()) {
+        info!(
+            endpoint = %config.endpoint,
+            sampling = config.sampling.as_ratio(),
+            service_name = %config.service_name,
+            "tracing: a span per call, exported over OTLP/HTTP"
+        );
+        let (tracer, exporter) = crate::traces::Tracer::new(config, Arc::clone(&observers.metrics.traces));
+        observers.tracer = Some(tracer);
+        tokio::spawn(exporter);
+    }
     let mut proxy_opts = ProxyOptions::default();
     if let Some(side) = &kernel_side {
         // Upstream connections to endpoints on this node take the fast path
