@@ -259,6 +259,69 @@ async fn a_collector_that_is_down_costs_calls_nothing_and_its_spans_are_counted_
     assert_eq!(s.ok, 10, "{s:?}");
 }
 
+/// A collector that takes connections and never answers: the exporter
+/// waits on it (5 s a batch), its queue fills, and later spans are dropped
+/// at once — every call still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_fills_the_queue_and_calls_go_on() {
+    let server = TestServer::spawn("a").unwrap();
+    // Connections complete in the backlog; nothing reads them.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", stalled.local_addr().unwrap());
+    let agent = start(std::slice::from_ref(&server), Some((&url, "")));
+    let ch = client::connect(&agent.target()).await.unwrap();
+
+    // More calls than the queue (2048) and one batch (512) hold.
+    const N: u64 = 3_000;
+    let s = client::say_hello_spread(ch.clone(), N, 16, CALL_TIMEOUT).await;
+    assert_eq!((s.ok, s.errors), (N, 0), "{s:?}");
+    // Each span is exported (none), dropped, queued (at most 2048) or in
+    // the batch being sent (at most 512). On a quick machine the queue
+    // filled (queue_full); on a slow one batches timed out (export_failed).
+    let dropped = |reason: &str| {
+        metric(
+            &agent,
+            &format!("balancer_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap()
+    };
+    let (full, failed) = (dropped("queue_full"), dropped("export_failed"));
+    assert!(
+        full + failed >= (N - 2048 - 512) as f64,
+        "{full} spans dropped at a full queue, {failed} in failed batches"
+    );
+    assert_eq!(metric(&agent, "balancer_trace_spans_exported_total"), Some(0.0));
+    drop(stalled);
+}
+
+/// The flags (the DaemonSet's `BALANCER_OTLP_ENDPOINT` and companions in
+/// Kubernetes mode) turn tracing on, over the static file's `tracing:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flags_turn_tracing_on_over_the_files_settings() {
+    let server = TestServer::spawn("a").unwrap();
+    let collector = Collector::start().unwrap();
+    let (admin, listen) = (free_port(), free_port());
+    let base = config(admin, "greeter", listen, &[ep(server.addr(), "v1")], &[]);
+    // The file names a collector that is down; the flags win.
+    let text = traced(base, &format!("http://{}", free_port()), "");
+    let url = collector.url();
+    let args = [
+        "--otlp-endpoint",
+        &url,
+        "--trace-service-name",
+        "from-flags",
+        "--trace-sampling",
+        "1",
+    ];
+    let agent = Agent::start_with(admin, listen, &text, &args);
+    let ch = client::connect(&agent.target()).await.unwrap();
+    let s = client::say_hello_spread(ch.clone(), 5, 1, CALL_TIMEOUT).await;
+    assert_eq!(s.ok, 5, "{s:?}");
+    let spans = collector.wait_for(5, SPANS_TIMEOUT);
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(spans.iter().all(|r| r.service_name == "from-flags"));
+}
+
 #[test]
 fn bad_tracing_settings_are_one_line_errors_naming_the_key() {
     let cases = [

@@ -197,7 +197,15 @@ fn tracing_flags(args: &Args) -> Result<Option<balancer_agent::traces::TracingCo
     };
     balancer_agent::traces::TracingConfig::new(endpoint, args.trace_sampling, args.trace_service_name.as_deref())
         .map(Some)
-        .map_err(|e| format!("--otlp-endpoint: {e}"))
+        .map_err(|e| {
+            use balancer_agent::traces::TracingError as E;
+            let flag = match e {
+                E::BadEndpoint(_) | E::NotHttp(_) => "--otlp-endpoint",
+                E::BadSampling(_) => "--trace-sampling",
+                E::EmptyServiceName => "--trace-service-name",
+            };
+            format!("{flag}: {e}")
+        })
 }
 
 #[derive(Subcommand, Debug)]
