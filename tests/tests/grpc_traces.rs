@@ -294,6 +294,22 @@ async fn a_collector_that_never_answers_fills_the_queue_and_calls_go_on() {
     drop(stalled);
 }
 
+/// Spans of the calls made just before a stop are sent before the agent
+/// exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_calls_spans_are_sent_when_the_agent_stops() {
+    let server = TestServer::spawn("a").unwrap();
+    let collector = Collector::start().unwrap();
+    let mut agent = start(std::slice::from_ref(&server), Some((&collector.url(), "")));
+    let ch = client::connect(&agent.target()).await.unwrap();
+    let s = client::say_hello_spread(ch.clone(), 7, 1, CALL_TIMEOUT).await;
+    assert_eq!(s.ok, 7, "{s:?}");
+    agent.process.sigterm().unwrap();
+    let status = agent.process.wait_exit(Duration::from_secs(15)).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", agent.log());
+    assert_eq!(collector.spans().len(), 7, "spans lost at the stop");
+}
+
 /// The flags (the DaemonSet's `BALANCER_OTLP_ENDPOINT` and companions in
 /// Kubernetes mode) turn tracing on, over the static file's `tracing:`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

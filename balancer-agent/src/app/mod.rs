@@ -46,6 +46,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
 /// close their fast-path sockets (bytes queued to a pod would be lost if
 /// the agent's maps went away first).
 const FAST_PATH_LINGER: Duration = Duration::from_secs(2);
+/// How long a stopping agent waits for the last spans to be exported.
+const TRACES_FLUSH: Duration = Duration::from_secs(3);
 /// How often the attach cgroup is checked for foreign connect programs.
 const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -332,6 +334,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
     let mut observers = Observers::default();
+    let mut exporter = None;
     if let Some(config) = opts.tracing.clone().or_else(|| node.tracing.clone()) {
         info!(
             endpoint = %config.endpoint,
@@ -339,9 +342,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             service_name = %config.service_name,
             "tracing: a span per call, exported over OTLP/HTTP"
         );
-        let (tracer, exporter) = crate::traces::Tracer::new(config, Arc::clone(&observers.metrics.traces));
+        let (tracer, export) = crate::traces::Tracer::new(config, Arc::clone(&observers.metrics.traces));
         observers.tracer = Some(tracer);
-        tokio::spawn(exporter);
+        exporter = Some(tokio::spawn(export));
     }
     let mut proxy_opts = ProxyOptions::default();
     if let Some(side) = &kernel_side {
@@ -480,6 +483,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // Kubernetes side stops, releasing it, bounded inside).
     stopping.send_replace(true);
     stop(kernel.as_ref(), &proxy, &health, opts.drain).await;
+    // The drained calls' spans go out (bounded: a collector that is down
+    // does not hold the stop).
+    if let (Some(tracer), Some(task)) = (&observers.tracer, exporter) {
+        tracer.close();
+        let _ = tokio::time::timeout(TRACES_FLUSH, task).await;
+    }
     if let Some(task) = k8s_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }

@@ -10,6 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -20,7 +21,11 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans},
 };
 use prost::Message;
-use tokio::{net::TcpStream, sync::mpsc, time::Instant};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, Notify},
+    time::Instant,
+};
 use tracing::{debug, warn};
 
 use super::{FinishedSpan, TraceCounters, TracingConfig};
@@ -144,15 +149,32 @@ impl Collector {
     }
 }
 
-/// Runs until every sender of `rx` is gone.
-pub async fn run(config: TracingConfig, mut rx: mpsc::Receiver<FinishedSpan>, counters: Arc<TraceCounters>) {
+/// Runs until every sender of `rx` is gone, or until `closing` (then
+/// what is queued is sent first).
+pub async fn run(
+    config: TracingConfig,
+    mut rx: mpsc::Receiver<FinishedSpan>,
+    counters: Arc<TraceCounters>,
+    closing: Arc<Notify>,
+) {
     debug!(endpoint = %config.endpoint, "exporting spans");
-    let mut collector = Collector { config, conn: None };
+    let mut exporter = Exporter {
+        collector: Collector { config, conn: None },
+        counters,
+        warned: None,
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut warned: Option<Instant> = None;
     loop {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+                return;
+            },
+            () = closing.notified() => {
+                while rx.recv_many(&mut batch, MAX_BATCH).now_or_never().unwrap_or(0) > 0 {
+                    exporter.send(&mut batch).await;
+                }
+                return;
+            }
         }
         let until = Instant::now() + BATCH_DELAY;
         while batch.len() < MAX_BATCH {
@@ -162,17 +184,31 @@ pub async fn run(config: TracingConfig, mut rx: mpsc::Receiver<FinishedSpan>, co
                 Ok(_) => {}
             }
         }
+        exporter.send(&mut batch).await;
+    }
+}
+
+/// The collector and the counts of what became of the spans.
+struct Exporter {
+    collector: Collector,
+    counters: Arc<TraceCounters>,
+    warned: Option<Instant>,
+}
+
+impl Exporter {
+    /// Sends `batch` (emptied) and counts its spans exported or dropped.
+    async fn send(&mut self, batch: &mut Vec<FinishedSpan>) {
         let n = batch.len() as u64;
-        match collector.export(&batch).await {
+        match self.collector.export(batch).await {
             Ok(()) => {
-                counters.exported.fetch_add(n, Relaxed);
+                self.counters.exported.fetch_add(n, Relaxed);
             }
             Err(e) => {
-                counters.dropped_export_failed.fetch_add(n, Relaxed);
-                if warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
-                    warned = Some(Instant::now());
+                self.counters.dropped_export_failed.fetch_add(n, Relaxed);
+                if self.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(Instant::now());
                     warn!(
-                        endpoint = %collector.config.endpoint,
+                        endpoint = %self.collector.config.endpoint,
                         spans = n,
                         error = %crate::error::Chain(&e),
                         "spans not exported (dropped)"

@@ -27,7 +27,7 @@ use std::{
     },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 pub use context::{SpanId, TraceId, TraceParent};
 pub use span::{CallSpan, FinishedSpan};
@@ -171,6 +171,8 @@ pub struct Tracer {
     sampling: Sampling,
     queue: mpsc::Sender<FinishedSpan>,
     counters: Arc<TraceCounters>,
+    /// Tells the exporter to send what is queued and stop.
+    closing: Arc<Notify>,
 }
 
 impl fmt::Debug for Tracer {
@@ -180,19 +182,27 @@ impl fmt::Debug for Tracer {
 }
 
 impl Tracer {
-    /// The tracer and its exporter (a future to spawn: it runs until every
-    /// clone of the tracer is gone).
+    /// The tracer and its exporter (a future to spawn: it runs until
+    /// [`Tracer::close`], or until every clone of the tracer is gone).
     pub fn new(
         config: TracingConfig,
         counters: Arc<TraceCounters>,
     ) -> (Arc<Tracer>, impl std::future::Future<Output = ()> + Send + 'static) {
         let (queue, rx) = mpsc::channel(export::QUEUE);
+        let closing = Arc::new(Notify::new());
         let tracer = Arc::new(Tracer {
             sampling: config.sampling,
             queue,
             counters: Arc::clone(&counters),
+            closing: Arc::clone(&closing),
         });
-        (tracer, export::run(config, rx, counters))
+        (tracer, export::run(config, rx, counters, closing))
+    }
+
+    /// At shutdown, once the calls are over: the exporter sends what is
+    /// queued and ends.
+    pub fn close(&self) {
+        self.closing.notify_one();
     }
 
     /// A call's span, child of `incoming` (the client's valid
