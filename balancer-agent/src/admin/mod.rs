@@ -219,6 +219,7 @@ impl AdminState {
             enrolled_pods: self.pods.pods().len() as u64,
             health: self.health.conditions(),
             pinned: status.pinned,
+            traces: self.metrics.traces.snapshot(),
         }
     }
 }
