@@ -84,6 +84,10 @@ pub struct SourceStatus {
     /// was not found in time (each has a `CgroupNotFound` Event).
     #[serde(default)]
     pub pods_cgroup_missing: Option<u64>,
+    /// Kubernetes mode: routing objects (GRPCRoutes, VirtualServices,
+    /// DestinationRules) not applied as written, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<String>,
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and

@@ -481,6 +481,12 @@ pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) 
             "No cgroup:  {n} opted-in pods not enrolled (their Events: CgroupNotFound)"
         )?;
     }
+    if !s.source.reports.is_empty() {
+        writeln!(out, "Not applied as written:")?;
+        for r in &s.source.reports {
+            writeln!(out, "  {r}")?;
+        }
+    }
     if let Some(p) = &s.pinned {
         writeln!(
             out,

@@ -227,6 +227,7 @@ pub fn start(kernel: bool) -> Fixture {
         reloads_failed: 1,
         last_error: Some("balancer.yaml: services[0].vip: invalid socket address".into()),
         pods_cgroup_missing: None,
+        reports: Vec::new(),
     });
     if kernel {
         state.kernel = Some(Arc::new(FakeKernel));
