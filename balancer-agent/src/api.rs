@@ -118,6 +118,10 @@ pub struct Service {
     /// `Local` when calls stay on the agent's node; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
+    /// The service's own outlier detection, e.g. `after 3 consecutive
+    /// failures, for 30s (growing)`; absent: the agent's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<String>,
 }
 
 impl Service {
@@ -156,6 +160,10 @@ impl Service {
                 .then(|| svc.traffic_distribution.as_str().to_owned()),
             internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
                 .then(|| svc.internal_traffic_policy.as_str().to_owned()),
+            ejection: svc.ejection.map(|e| match e.consecutive_failures {
+                0 => "off".to_owned(),
+                n => format!("after {n} consecutive failures, for {:?} (growing)", e.base),
+            }),
         }
     }
 }

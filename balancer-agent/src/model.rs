@@ -112,6 +112,21 @@ pub struct Service {
     pub traffic_distribution: TrafficDistribution,
     /// Whether calls may leave the agent's node at all.
     pub internal_traffic_policy: InternalTrafficPolicy,
+    /// Passive outlier detection of the endpoints; `None`: the agent's
+    /// defaults.
+    pub ejection: Option<Ejection>,
+}
+
+/// When a service's endpoints are ejected (in Kubernetes: a
+/// DestinationRule's `outlierDetection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Ejection {
+    /// Consecutive failures (connect failures, `UNAVAILABLE`) that eject an
+    /// endpoint; 0: never.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long, the n-th n times as long
+    /// (capped at the agent's maximum).
+    pub base: std::time::Duration,
 }
 
 /// Which endpoints a service's calls prefer (Kubernetes Service
@@ -699,6 +714,7 @@ mod tests {
             fault: None,
             traffic_distribution: TrafficDistribution::Any,
             internal_traffic_policy: InternalTrafficPolicy::Cluster,
+            ejection: None,
         }
     }
 

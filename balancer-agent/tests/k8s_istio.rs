@@ -20,7 +20,7 @@ use std::{
 use balancer_agent::{
     admin::{self, AdminOptions, AdminServer, AdminState},
     k8s::istio::{NOT_APPLIED_REASON, PARTLY_APPLIED_REASON},
-    model::Model,
+    model::{Ejection, Model},
 };
 use greeter::server::TestServer;
 use k8s_fake::{run::K8sRun, FakeApi};
@@ -59,7 +59,9 @@ fn destination_rule() -> Value {
     json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": { "namespace": "demo", "name": "greeter", "uid": "dr-1" },
             "spec": { "host": "greeter.demo.svc.cluster.local",
-                      "trafficPolicy": { "loadBalancer": { "simple": "LEAST_REQUEST" } },
+                      "trafficPolicy": { "loadBalancer": { "simple": "LEAST_REQUEST" },
+                                         "outlierDetection": { "consecutiveGatewayErrors": 2,
+                                                               "baseEjectionTime": "45s" } },
                       "subsets": [{ "name": "v1", "labels": { "version": "v1" } },
                                   { "name": "v2", "labels": { "version": "v2" } }] } })
 }
@@ -191,6 +193,14 @@ async fn a_canary_virtual_service_shifts_calls_90_10_then_0_100_by_subset_weight
         greeter.policy.as_str(),
         "least-request",
         "the DestinationRule's LEAST_REQUEST"
+    );
+    assert_eq!(
+        greeter.ejection,
+        Some(Ejection {
+            consecutive_failures: 2,
+            base: Duration::from_secs(45)
+        }),
+        "the DestinationRule's outlierDetection"
     );
     // The smooth weighted schedule gives the exact shares.
     assert_eq!(c.calls(200).await, counts(180, 20));

@@ -105,6 +105,10 @@ impl ServiceState {
                     .map(|rt| Arc::clone(rt))
                     .unwrap_or_else(|| Arc::new(EndpointRt::new(e.address, Arc::clone(opts), epoch)));
                 rt.set_draining(e.state == EndpointState::Draining);
+                match svc.ejection {
+                    Some(e) => rt.set_ejection(e.consecutive_failures, e.base),
+                    None => rt.set_ejection(opts.consecutive_failures, opts.base_ejection),
+                }
                 rt
             })
             .collect();

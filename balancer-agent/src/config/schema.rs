@@ -454,6 +454,7 @@ impl ServiceFile {
                 InternalTrafficPolicyFile::Cluster => InternalTrafficPolicy::Cluster,
                 InternalTrafficPolicyFile::Local => InternalTrafficPolicy::Local,
             },
+            ejection: None,
         })
     }
 }

@@ -94,6 +94,7 @@ fn the_documented_example_parses_into_the_model() {
             fault: None,
             traffic_distribution: crate::model::TrafficDistribution::Any,
             internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
+            ejection: None,
         })]
     );
 }

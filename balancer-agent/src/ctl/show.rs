@@ -180,6 +180,9 @@ pub(super) fn services(
         if let Some(l) = locality_line(&svc) {
             writeln!(out, "Locality:   {l}")?;
         }
+        if let Some(e) = &svc.ejection {
+            writeln!(out, "Ejection:   {e}")?;
+        }
         writeln!(out, "Calls:      {}", svc.counters.calls)?;
         writeln!(out, "Errors:     {}", svc.errors())?;
         writeln!(out, "No endpoint: {}", svc.counters.no_endpoint)?;

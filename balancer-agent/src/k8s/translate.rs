@@ -448,6 +448,7 @@ pub(super) fn service<'s, 'p>(
             fault: settings.fault.clone(),
             traffic_distribution: traffic_distribution(svc),
             internal_traffic_policy: internal_traffic_policy(svc),
+            ejection: istio.and_then(|i| i.ejection),
         });
     }
     out

@@ -90,6 +90,7 @@ pub fn greeter() -> api::Service {
         },
         traffic_distribution: Some("PreferClose".into()),
         internal_traffic_policy: None,
+        ejection: None,
     }
 }
 
@@ -109,6 +110,7 @@ pub fn echo() -> api::Service {
         },
         traffic_distribution: None,
         internal_traffic_policy: None,
+        ejection: None,
     }
 }
 

@@ -294,6 +294,7 @@ pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
             fault: None,
             traffic_distribution: Default::default(),
             internal_traffic_policy: Default::default(),
+            ejection: None,
         })],
         ..Model::default()
     }

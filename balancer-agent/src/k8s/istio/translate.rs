@@ -19,6 +19,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Service;
@@ -36,7 +37,7 @@ use crate::{
         translator::Key,
         POLICY_ANNOTATION,
     },
-    model::{Backend, Endpoint, HeaderMatch, Labels, Policy, Route, RouteMatch, StringMatch},
+    model::{Backend, Ejection, Endpoint, HeaderMatch, Labels, Policy, Route, RouteMatch, StringMatch},
 };
 
 /// Endpoint label key marking the endpoints of a DestinationRule subset:
@@ -89,7 +90,13 @@ pub struct Applied {
     /// The DestinationRule's load-balancing policy, unless the Service's
     /// `balancer.io/policy` annotation chose one.
     pub policy: Option<(Policy, Option<String>)>,
+    /// The DestinationRule's `outlierDetection`.
+    pub ejection: Option<Ejection>,
 }
+
+/// Istio's defaults when `outlierDetection` leaves them out.
+const ISTIO_CONSECUTIVE_5XX: u32 = 5;
+const ISTIO_BASE_EJECTION: Duration = Duration::from_secs(30);
 
 /// What balancer made of one VirtualService or DestinationRule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +181,7 @@ struct Rule {
     name: String,
     subsets: BTreeMap<String, Labels>,
     policy: Option<(Policy, Option<String>)>,
+    ejection: Option<Ejection>,
 }
 
 /// Translates every VirtualService and DestinationRule. `lookup(namespace,
@@ -246,9 +254,12 @@ pub fn translate<'a>(
     }
     out.reports.extend(dr_reports);
 
-    // Each DestinationRule's policy, whether a VirtualService or a GRPCRoute
-    // routes its Service or nothing does.
+    // Each DestinationRule's policy and ejection, whether a VirtualService
+    // or a GRPCRoute routes its Service or nothing does.
     for (key, rule) in rules {
+        if let Some(e) = rule.ejection {
+            Arc::make_mut(out.services.entry(key.clone()).or_default()).ejection = Some(e);
+        }
         let Some(policy) = rule.policy else { continue };
         let annotated = lookup(&key.0, &key.1).is_some_and(|s| s.annotations().contains_key(POLICY_ANNOTATION));
         if annotated {
@@ -295,18 +306,15 @@ fn destination_rule<'a>(
         notes.push("exportTo (every agent applies the rule)".to_owned());
     }
     let mut policy = None;
+    let mut ejection = None;
     if let Some(tp) = &spec.traffic_policy {
         unsupported("trafficPolicy.", &tp.other, notes);
         if let Some(lb) = &tp.load_balancer {
             unsupported("trafficPolicy.loadBalancer.", &lb.other, notes);
             policy = load_balancer(lb, notes);
         }
-        if tp.outlier_detection.is_some() {
-            notes.push(
-                "trafficPolicy.outlierDetection (the agent ejects an endpoint after 5 consecutive failures \
-                 for 10 s, growing; not configurable per Service)"
-                    .to_owned(),
-            );
+        if let Some(od) = &tp.outlier_detection {
+            ejection = Some(outlier_detection(od, notes));
         }
     }
     let mut subsets = BTreeMap::new();
@@ -328,8 +336,48 @@ fn destination_rule<'a>(
             name: dr.name_any(),
             subsets,
             policy,
+            ejection,
         },
     ))
+}
+
+/// `outlierDetection` as the agent's ejection. The agent counts as a
+/// failure what Envoy counts as a gateway error on a gRPC call: a failed
+/// connect and `UNAVAILABLE` (503). `consecutiveGatewayErrors` maps
+/// exactly; `consecutive5xxErrors` (default 5) counts those failures only;
+/// the lower non-zero threshold wins, 0 for both turns ejection off.
+/// `baseEjectionTime` (default 30s) is the first ejection's length, the
+/// n-th lasting n times as long, as in Envoy (capped at 300 s). The agent
+/// ejects at the failure itself, so `interval` has no equivalent.
+fn outlier_detection(od: &spec::OutlierDetection, notes: &mut Vec<String>) -> Ejection {
+    unsupported("trafficPolicy.outlierDetection.", &od.other, notes);
+    let five_xx = od.consecutive_5xx_errors.unwrap_or(ISTIO_CONSECUTIVE_5XX);
+    let gateway = od.consecutive_gateway_errors.unwrap_or(0);
+    let consecutive_failures = [five_xx, gateway].into_iter().filter(|n| *n > 0).min().unwrap_or(0);
+    if od.consecutive_5xx_errors.is_some_and(|n| n > 0) && consecutive_failures == five_xx {
+        notes.push(format!(
+            "trafficPolicy.outlierDetection.consecutive5xxErrors counts only connect failures and UNAVAILABLE \
+             (as consecutiveGatewayErrors {five_xx})"
+        ));
+    }
+    let base = match od.base_ejection_time.as_deref() {
+        None => ISTIO_BASE_EJECTION,
+        Some(t) => spec::duration(t).unwrap_or_else(|| {
+            notes.push(format!(
+                "trafficPolicy.outlierDetection.baseEjectionTime `{t}` (not a duration; 30s used)"
+            ));
+            ISTIO_BASE_EJECTION
+        }),
+    };
+    if let Some(p) = od.max_ejection_percent.filter(|p| *p < 100) {
+        notes.push(format!(
+            "trafficPolicy.outlierDetection.maxEjectionPercent {p} (the agent may eject every endpoint)"
+        ));
+    }
+    Ejection {
+        consecutive_failures,
+        base,
+    }
 }
 
 /// `simple`: ROUND_ROBIN → round-robin; LEAST_REQUEST (and the older
@@ -950,6 +998,51 @@ mod tests {
         assert_eq!(
             lines(&t),
             ["VirtualService demo/old: not applied: a GRPCRoute routes `demo/greeter` and wins over a VirtualService"]
+        );
+    }
+
+    #[test]
+    fn outlier_detection_maps_onto_the_services_ejection() {
+        let ejection = |od: Value| {
+            let t = run(
+                &[],
+                &[dr(
+                    "greeter",
+                    json!({ "host": "greeter", "trafficPolicy": { "outlierDetection": od } }),
+                )],
+                &[],
+            );
+            (t.services.get(&key("greeter")).and_then(|a| a.ejection), lines(&t))
+        };
+        let e = |n: u32, secs: u64| {
+            Some(Ejection {
+                consecutive_failures: n,
+                base: Duration::from_secs(secs),
+            })
+        };
+        assert_eq!(
+            ejection(json!({ "consecutiveGatewayErrors": 3, "baseEjectionTime": "1m", "interval": "10s" })),
+            (e(3, 60), vec![]),
+            "gateway errors map exactly; Istio's default 5 for 5xx is the higher"
+        );
+        assert_eq!(ejection(json!({})), (e(5, 30), vec![]), "Istio's defaults");
+        assert_eq!(
+            ejection(json!({ "consecutive5xxErrors": 0, "consecutiveGatewayErrors": 0 })).0,
+            e(0, 30),
+            "off"
+        );
+        let (got, notes) = ejection(json!({ "consecutive5xxErrors": 2, "maxEjectionPercent": 50,
+                                            "baseEjectionTime": "soon", "minHealthPercent": 50 }));
+        assert_eq!(got, e(2, 30));
+        assert_eq!(
+            notes,
+            [
+                "DestinationRule demo/greeter: applied without: trafficPolicy.outlierDetection.minHealthPercent (not \
+              supported); trafficPolicy.outlierDetection.consecutive5xxErrors counts only connect failures and \
+              UNAVAILABLE (as consecutiveGatewayErrors 2); trafficPolicy.outlierDetection.baseEjectionTime `soon` \
+              (not a duration; 30s used); trafficPolicy.outlierDetection.maxEjectionPercent 50 (the agent may eject \
+              every endpoint)"
+            ]
         );
     }
 
