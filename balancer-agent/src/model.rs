@@ -381,6 +381,10 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     /// Weighted subsets of the service's endpoints.
     pub backends: Vec<Backend>,
+    /// The longest a call of this route may take (in Kubernetes: a
+    /// VirtualService route's `timeout`); a call's own shorter
+    /// `grpc-timeout` still applies.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Every present field must match (GRPCRoute `GRPCRouteMatch`).
@@ -749,6 +753,7 @@ mod tests {
                 labels: Labels::new(),
                 weight: 0,
             }],
+            timeout: None,
         });
         let m = Model {
             services: vec![Arc::new(s.clone())],

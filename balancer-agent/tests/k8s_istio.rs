@@ -22,7 +22,7 @@ use balancer_agent::{
     k8s::istio::{NOT_APPLIED_REASON, PARTLY_APPLIED_REASON},
     model::{Ejection, Model},
 };
-use greeter::server::TestServer;
+use greeter::{pb::echo::SleepRequest, server::TestServer};
 use k8s_fake::{run::K8sRun, FakeApi};
 use serde_json::{json, Value};
 use support_proxy::{fast_opts, redirected_proxy, FakeRedirects, TestProxy};
@@ -66,8 +66,9 @@ fn destination_rule() -> Value {
                                   { "name": "v2", "labels": { "version": "v2" } }] } })
 }
 
-/// The canary VirtualService: `helloworld.Greeter` split v1:v2 by weight
-/// (with `extra` fields in that route), everything else to v1.
+/// The canary VirtualService: `Echo/Sleep` to v1 with a 300 ms timeout,
+/// `helloworld.Greeter` split v1:v2 by weight (with `extra` fields in that
+/// route), everything else to v1.
 fn virtual_service(v1: u32, v2: u32, extra: Value) -> Value {
     let mut route = json!({
         "name": "canary",
@@ -81,7 +82,11 @@ fn virtual_service(v1: u32, v2: u32, extra: Value) -> Value {
     json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": { "namespace": "demo", "name": "greeter", "uid": "vs-1" },
             "spec": { "hosts": ["greeter"],
-                      "http": [route, { "route": [{ "destination": { "host": "greeter", "subset": "v1" } }] }] } })
+                      "http": [
+                          { "match": [{ "uri": { "exact": "/balancer.test.Echo/Sleep" } }], "timeout": "300ms",
+                            "route": [{ "destination": { "host": "greeter", "subset": "v1" } }] },
+                          route,
+                          { "route": [{ "destination": { "host": "greeter", "subset": "v1" } }] }] } })
 }
 
 /// Two greeter backends behind `demo/greeter` (and each behind its own
@@ -186,7 +191,9 @@ fn events_on(fake: &FakeApi, kind: &str, name: &str) -> Vec<Value> {
 async fn a_canary_virtual_service_shifts_calls_90_10_then_0_100_by_subset_weights() {
     let mut c = Cluster::start(vec![destination_rule(), virtual_service(90, 10, json!({}))], |_| {}).await;
     let svc = c
-        .until("the 90:10 canary applies", |s| weights(s) == [vec![90, 10], vec![100]])
+        .until("the 90:10 canary applies", |s| {
+            weights(s) == [vec![100], vec![90, 10], vec![100]]
+        })
         .await;
     let greeter = svc.service("demo/greeter").expect("greeter");
     assert_eq!(
@@ -205,9 +212,27 @@ async fn a_canary_virtual_service_shifts_calls_90_10_then_0_100_by_subset_weight
     // The smooth weighted schedule gives the exact shares.
     assert_eq!(c.calls(200).await, counts(180, 20));
 
+    // The Sleep route's timeout ends a call that set no deadline.
+    let channel = greeter::client::connect(&c.proxy.addr.to_string())
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let slept = greeter::client::echo(channel)
+        .sleep(SleepRequest { millis: 3000 })
+        .await
+        .expect_err("the route's timeout ends it");
+    assert_eq!(format!("{:?}", slept.code()), "DeadlineExceeded", "{slept:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+
     c.fake.apply(virtual_service(0, 100, json!({})));
-    c.until("the 0:100 shift applies", |s| weights(s) == [vec![0, 100], vec![100]])
-        .await;
+    c.until("the 0:100 shift applies", |s| {
+        weights(s) == [vec![100], vec![0, 100], vec![100]]
+    })
+    .await;
     assert_eq!(c.calls(100).await, counts(0, 100));
 
     // A pod relabelled out of the subset takes no more of its calls: with
@@ -238,8 +263,7 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     let extra = json!({
         "fault": { "abort": { "httpStatus": 503, "percentage": { "value": 5 } } },
         "mirror": { "host": "greeter-shadow" },
-        "timeout": "2s",
-        "retries": { "attempts": 3, "retryOn": "connect-failure,unavailable" }
+                "retries": { "attempts": 3, "retryOn": "connect-failure,unavailable" }
     });
     let malformed = json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
         "metadata": { "namespace": "demo", "name": "broken", "uid": "vs-2" },
@@ -251,8 +275,10 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     )
     .await;
     // The routes apply without what cannot be honoured.
-    c.until("the route applies", |s| weights(s) == [vec![50, 50], vec![100]])
-        .await;
+    c.until("the route applies", |s| {
+        weights(s) == [vec![100], vec![50, 50], vec![100]]
+    })
+    .await;
     assert_eq!(c.calls(100).await, counts(50, 50), "no injected abort");
 
     let (admin, _served) = admin_server(&c.run).await;
@@ -260,9 +286,8 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
         .await
         .expect("balancerctl");
     let expected = [
-        "  VirtualService demo/greeter: applied without: http[0].fault (not supported); http[0].mirror (not \
-         supported); http[0].timeout `2s` (not enforced: the agent applies each call's own grpc-timeout); \
-         http[0].retries.retryOn `unavailable` (the agent retries only calls no endpoint handled: \
+        "  VirtualService demo/greeter: applied without: http[1].fault (not supported); http[1].mirror (not \
+         supported); http[1].retries.retryOn `unavailable` (the agent retries only calls no endpoint handled: \
          connect-failure, refused-stream)",
         "  VirtualService demo/broken: not applied: spec.http[0].route[0].weight: invalid type: string \"ten\", \
          expected i32",
@@ -284,7 +309,7 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     assert!(
         e["note"]
             .as_str()
-            .is_some_and(|n| n.contains("http[0].fault (not supported)")),
+            .is_some_and(|n| n.contains("http[1].fault (not supported)")),
         "{e}"
     );
     let on_broken = events_on(&c.fake, "VirtualService", "broken");
@@ -348,7 +373,7 @@ async fn a_grpcroute_wins_over_a_virtual_service_which_applies_once_the_route_is
 
     c.fake.delete(grpc_route());
     c.until("the VirtualService's route applies", |s| {
-        weights(s) == [vec![0, 100], vec![100]]
+        weights(s) == [vec![100], vec![0, 100], vec![100]]
     })
     .await;
     assert_eq!(

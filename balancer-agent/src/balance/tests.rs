@@ -68,6 +68,7 @@ fn split(v1: u32, v2: u32) -> Route {
                 weight: v2,
             },
         ],
+        timeout: None,
     }
 }
 
@@ -165,6 +166,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 }],
             }],
             backends: to("v2"),
+            timeout: None,
         },
         Route {
             name: Some("say-regex".into()),
@@ -174,6 +176,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 headers: vec![],
             }],
             backends: to("v1"),
+            timeout: None,
         },
     ];
     let t = Table::new(&m);

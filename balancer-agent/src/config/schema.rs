@@ -487,6 +487,7 @@ impl RouteFile {
                     weight: b.weight,
                 })
                 .collect(),
+            timeout: None,
         })
     }
 }

@@ -331,6 +331,7 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
                 name: r.name.clone(),
                 matches: vec![m.clone()],
                 backends: r.backends.clone(),
+                timeout: r.timeout,
             });
         }
     }

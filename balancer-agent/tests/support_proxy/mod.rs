@@ -322,6 +322,7 @@ pub fn split_route(v1: u32, v2: u32) -> Route {
                 weight: v2,
             },
         ],
+        timeout: None,
     }
 }
 

@@ -489,11 +489,19 @@ fn http_route<'a>(
         }
         notes.push(format!("{at}.{field} (not supported)"));
     }
-    if let Some(t) = &r.timeout {
-        notes.push(format!(
-            "{at}.timeout `{t}` (not enforced: the agent applies each call's own grpc-timeout)"
-        ));
-    }
+    // `0s` turns the timeout off, as in Istio.
+    let timeout = match r.timeout.as_deref() {
+        None => None,
+        Some(t) => match spec::duration(t) {
+            Some(d) => Some(d).filter(|d| !d.is_zero()),
+            None => {
+                return Err(IstioError::Invalid {
+                    path: format!("{at}.timeout"),
+                    problem: format!("`{t}` is not a duration"),
+                })
+            }
+        },
+    };
     if let Some(retries) = &r.retries {
         retry_notes(&at, retries, notes);
     }
@@ -537,6 +545,7 @@ fn http_route<'a>(
         name: Some(format!("{namespace}/{}", r.name.clone().unwrap_or_else(|| at.clone()))),
         matches,
         backends,
+        timeout,
     })
 }
 
@@ -931,6 +940,11 @@ mod tests {
                  `mesh`: it routes gateways, not Services' clients",
             ),
             (
+                json!({ "hosts": ["greeter"], "http": [{ "timeout": "soon",
+                        "route": [{ "destination": { "host": "greeter" } }] }] }),
+                "VirtualService demo/greeter: not applied: http[0].timeout: `soon` is not a duration",
+            ),
+            (
                 json!({ "hosts": "greeter" }),
                 "VirtualService demo/greeter: not applied: spec.hosts: invalid type: string \"greeter\", expected a \
                  sequence",
@@ -955,7 +969,11 @@ mod tests {
                 "route": [{ "destination": { "host": "greeter" }, "headers": {} }] }] }),
         );
         let t = run(&[v], &[], &[]);
-        assert!(t.services[&key("greeter")].routes.len() == 1);
+        assert_eq!(t.services[&key("greeter")].routes.len(), 1);
+        assert_eq!(
+            t.services[&key("greeter")].routes[0].timeout,
+            Some(Duration::from_secs(1))
+        );
         let r = &t.reports[0];
         assert!(r.refused.is_none());
         assert_eq!(
@@ -966,7 +984,6 @@ mod tests {
                 "http[0].corsPolicy (not supported)",
                 "http[0].fault (not supported)",
                 "http[0].headers (not supported)",
-                "http[0].timeout `1s` (not enforced: the agent applies each call's own grpc-timeout)",
                 "http[0].retries.attempts 0 (the agent still retries calls no endpoint handled)",
                 "http[0].retries.retryOn `5xx` (the agent retries only calls no endpoint handled: connect-failure, \
                  refused-stream)",
