@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Drops what no reader of any kind uses.
-fn common(meta: &mut ObjectMeta) {
+pub(super) fn common(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.owner_references = None;
     meta.finalizers = None;

@@ -397,17 +397,25 @@ pub(super) fn service<'s, 'p>(
 
         let mut endpoints = BTreeMap::new();
         add_endpoints(&mut endpoints, slices(&name), &name, port_name, interner);
-        let mut routes = Vec::new();
-        if let Some(i) = istio.filter(|i| !i.routes.is_empty()) {
-            for b in &i.backends {
-                add_endpoints(
-                    &mut endpoints,
-                    slices(&b.service),
-                    &b.service,
-                    b.port_name.as_deref(),
-                    interner,
-                );
-            }
+        let istio_routes = istio.filter(|i| !i.routes.is_empty());
+        let attached: Vec<&AttachedRoute> = attached
+            .iter()
+            .filter(|a| a.port.is_none_or(|p| p == sp.port))
+            .collect();
+        let backends = istio_routes
+            .into_iter()
+            .flat_map(|i| &i.backends)
+            .chain(attached.iter().flat_map(|a| &a.backends));
+        for b in backends {
+            add_endpoints(
+                &mut endpoints,
+                slices(&b.service),
+                &b.service,
+                b.port_name.as_deref(),
+                interner,
+            );
+        }
+        if let Some(i) = istio_routes {
             for subset in &i.subsets {
                 let port_name = match i.backends.iter().find(|b| b.service == subset.service) {
                     Some(b) => b.port_name.as_deref(),
@@ -416,21 +424,11 @@ pub(super) fn service<'s, 'p>(
                 istio::label_subset(&mut endpoints, slices(&subset.service), port_name, subset, pod_labels);
             }
         }
-        for a in attached {
-            if a.port.is_some_and(|p| p != sp.port) {
-                continue;
-            }
-            for b in &a.backends {
-                add_endpoints(
-                    &mut endpoints,
-                    slices(&b.service),
-                    &b.service,
-                    b.port_name.as_deref(),
-                    interner,
-                );
-            }
-            routes.extend(a.routes.iter().cloned());
-        }
+        let routes = match istio_routes {
+            // A VirtualService's routes keep their order: first match wins.
+            Some(i) => i.routes.clone(),
+            None => by_precedence(attached.iter().flat_map(|a| a.routes.iter().cloned()).collect()),
+        };
         out.services.push(model::Service {
             name: model_name,
             vips: ips
@@ -441,11 +439,7 @@ pub(super) fn service<'s, 'p>(
             policy,
             hash_header: hash_header.clone(),
             endpoints: endpoints.into_values().collect(),
-            routes: match istio.filter(|i| !i.routes.is_empty()) {
-                // A VirtualService's routes keep their order: first match wins.
-                Some(i) => i.routes.clone(),
-                None => by_precedence(routes),
-            },
+            routes,
             fault: settings.fault.clone(),
             traffic_distribution: traffic_distribution(svc),
             internal_traffic_policy: internal_traffic_policy(svc),

@@ -105,9 +105,7 @@ impl Resource for PodLabels {
 /// Keeps of an Istio object what the translation and its Events read:
 /// name, namespace, uid, generation, creation time and the spec.
 pub fn strip_istio(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
+    crate::k8s::strip::common(meta);
     meta.annotations = None;
     meta.labels = None;
 }

@@ -179,6 +179,7 @@ fn report_of<K: ResourceExt>(kind: &'static str, o: &K) -> Report {
 /// A DestinationRule as applied to its Service.
 struct Rule {
     name: String,
+    uid: Option<String>,
     subsets: BTreeMap<String, Labels>,
     policy: Option<(Policy, Option<String>)>,
     ejection: Option<Ejection>,
@@ -221,10 +222,10 @@ pub fn translate<'a>(
     for vs in oldest_first(virtual_services) {
         let mut report = report_of(VirtualService::KIND, vs.as_ref());
         match virtual_service(vs, &lookup, &rules, &mut report.notes) {
-            Ok((hosts, applied)) => {
+            Ok(per_host) => {
                 let mut applies = false;
                 let mut lost = Vec::new();
-                for key in hosts {
+                for (key, applied) in per_host {
                     let service = format!("{}/{}", key.0, key.1);
                     if routed.contains(&key) {
                         lost.push(IstioError::LostToGrpcRoute(service));
@@ -236,7 +237,7 @@ pub fn translate<'a>(
                         });
                     } else {
                         taken.insert(key.clone(), format!("{}/{}", report.namespace, report.name));
-                        out.services.insert(key, Arc::new(applied.clone()));
+                        out.services.insert(key, Arc::new(applied));
                         applies = true;
                     }
                 }
@@ -263,25 +264,21 @@ pub fn translate<'a>(
         let Some(policy) = rule.policy else { continue };
         let annotated = lookup(&key.0, &key.1).is_some_and(|s| s.annotations().contains_key(POLICY_ANNOTATION));
         if annotated {
-            if let Some(r) = out
+            let note = format!("trafficPolicy.loadBalancer (the Service's {POLICY_ANNOTATION} annotation wins)");
+            match out
                 .reports
                 .iter_mut()
                 .find(|r| r.kind == DestinationRule::KIND && r.namespace == key.0 && r.name == rule.name)
             {
-                r.notes.push(format!(
-                    "trafficPolicy.loadBalancer (the Service's {POLICY_ANNOTATION} annotation wins)"
-                ));
-            } else {
-                out.reports.push(Report {
+                Some(r) => r.notes.push(note),
+                None => out.reports.push(Report {
                     kind: DestinationRule::KIND,
                     namespace: key.0.clone(),
                     name: rule.name.clone(),
-                    uid: None,
+                    uid: rule.uid.clone(),
                     refused: None,
-                    notes: vec![format!(
-                        "trafficPolicy.loadBalancer (the Service's {POLICY_ANNOTATION} annotation wins)"
-                    )],
-                });
+                    notes: vec![note],
+                }),
             }
             continue;
         }
@@ -334,6 +331,7 @@ fn destination_rule<'a>(
         key,
         Rule {
             name: dr.name_any(),
+            uid: dr.uid(),
             subsets,
             policy,
             ejection,
@@ -421,7 +419,7 @@ fn virtual_service<'a>(
     lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
     rules: &HashMap<Key, Rule>,
     notes: &mut Vec<String>,
-) -> Result<(Vec<Key>, Applied), IstioError> {
+) -> Result<Vec<(Key, Applied)>, IstioError> {
     let spec: VirtualServiceSpec = spec::parse(&vs.spec).map_err(IstioError::Malformed)?;
     let namespace = vs.namespace().unwrap_or_default();
     if !spec.gateways.is_empty() {
@@ -450,19 +448,28 @@ fn virtual_service<'a>(
         notes.push("exportTo (every agent applies the routes)".to_owned());
     }
 
-    let mut applied = Applied::default();
-    for (i, r) in spec.http.iter().enumerate() {
-        let route = http_route(i, r, &namespace, &hosts, lookup, rules, &mut applied, notes)?;
-        applied.routes.push(route);
+    // Each host's own translation: a destination is the host itself, or
+    // another Service of the host's namespace whose endpoints join it.
+    // The notes are the same for every host: told once.
+    let mut per_host = Vec::with_capacity(hosts.len());
+    for (n, this) in hosts.into_iter().enumerate() {
+        let mut scratch = Vec::new();
+        let notes = if n == 0 { &mut *notes } else { &mut scratch };
+        let mut applied = Applied::default();
+        for (i, r) in spec.http.iter().enumerate() {
+            let route = http_route(i, r, &namespace, &this, lookup, rules, &mut applied, notes)?;
+            applied.routes.push(route);
+        }
+        if applied.routes.last().is_some_and(|r| !r.matches.is_empty()) {
+            notes.push(
+                "no catch-all last route: calls that match no route go to every endpoint of the Service \
+                 (Istio refuses them)"
+                    .to_owned(),
+            );
+        }
+        per_host.push((this, applied));
     }
-    if applied.routes.last().is_some_and(|r| !r.matches.is_empty()) {
-        notes.push(
-            "no catch-all last route: calls that match no route go to every endpoint of the Service \
-             (Istio refuses them)"
-                .to_owned(),
-        );
-    }
-    Ok((hosts, applied))
+    Ok(per_host)
 }
 
 #[expect(
@@ -473,7 +480,7 @@ fn http_route<'a>(
     i: usize,
     r: &HttpRoute,
     namespace: &str,
-    hosts: &[Key],
+    this: &Key,
     lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
     rules: &HashMap<Key, Rule>,
     applied: &mut Applied,
@@ -532,7 +539,7 @@ fn http_route<'a>(
                 problem: format!("negative weight {w}"),
             })?,
         };
-        let labels = destination(&at, &d.destination, namespace, hosts, lookup, rules, applied)?;
+        let labels = destination(&at, &d.destination, namespace, this, lookup, rules, applied)?;
         backends.push(Backend { labels, weight });
     }
     if backends.iter().all(|b| b.weight == 0) {
@@ -550,12 +557,13 @@ fn http_route<'a>(
 }
 
 /// The labels of the endpoints a destination names: a subset of its
-/// Service, or all of it.
+/// Service, or all of it. `this` is the Service the routes are for; another
+/// Service must be in its namespace.
 fn destination<'a>(
     at: &str,
     d: &spec::Destination,
     namespace: &str,
-    hosts: &[Key],
+    this: &Key,
     lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
     rules: &HashMap<Key, Rule>,
     applied: &mut Applied,
@@ -566,7 +574,7 @@ fn destination<'a>(
     };
     let key = resolve_host(&d.host, namespace)
         .ok_or_else(|| invalid(format!("destination host `{}` is not a Service", d.host)))?;
-    if key.0 != namespace && !hosts.contains(&key) {
+    if key.0 != this.0 {
         return Err(invalid(format!(
             "destination `{}/{}` is in another namespace (not supported)",
             key.0, key.1
@@ -584,7 +592,7 @@ fn destination<'a>(
         ),
         None => None,
     };
-    if !hosts.contains(&key) {
+    if key != *this {
         let port = match (port, ports) {
             (Some(p), _) | (None, [p]) => p,
             _ => {
@@ -993,6 +1001,31 @@ mod tests {
                  refuses them)",
             ]
         );
+    }
+
+    #[test]
+    fn each_host_gets_its_own_routes_and_other_services_join_as_backends() {
+        let v = vs(
+            "both",
+            "2026-01-01T00:00:00Z",
+            json!({ "hosts": ["greeter", "other"], "http": [
+                { "route": [{ "destination": { "host": "greeter", "port": { "number": 8000 } } }] } ] }),
+        );
+        let t = run(&[v], &[], &[]);
+        assert!(t.reports.is_empty(), "{:?}", lines(&t));
+        let greeter = &t.services[&key("greeter")];
+        assert!(greeter.backends.is_empty(), "its own endpoints");
+        let other = &t.services[&key("other")];
+        assert_eq!(
+            other.backends,
+            [BackendPort {
+                service: "greeter".into(),
+                port_name: Some("grpc".into()),
+                port: 8000
+            }]
+        );
+        let (k, v) = service_label("greeter");
+        assert_eq!(other.routes[0].backends[0].labels, Labels::from([(k, v)]));
     }
 
     #[test]
