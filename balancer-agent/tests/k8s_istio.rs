@@ -19,6 +19,7 @@ use std::{
 
 use balancer_agent::{
     admin::{self, AdminOptions, AdminServer, AdminState},
+    api,
     k8s::istio::{NOT_APPLIED_REASON, PARTLY_APPLIED_REASON},
     model::{Ejection, Model},
 };
@@ -275,16 +276,29 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     )
     .await;
     // The routes apply without what cannot be honoured.
-    c.until("the route applies", |s| {
-        weights(s) == [vec![100], vec![50, 50], vec![100]]
-    })
-    .await;
+    let model = c
+        .until("the route applies", |s| {
+            weights(s) == [vec![100], vec![50, 50], vec![100]]
+        })
+        .await;
     assert_eq!(c.calls(100).await, counts(50, 50), "no injected abort");
 
-    let (admin, _served) = admin_server(&c.run).await;
-    let status = tokio::task::spawn_blocking(move || support_ctl::ctl(admin, &["status"]))
-        .await
-        .expect("balancerctl");
+    let (admin, _served) = admin_server(&c.run, &model).await;
+    let (status, service) = tokio::task::spawn_blocking(move || {
+        (
+            support_ctl::ctl(admin, &["status"]),
+            support_ctl::ctl(admin, &["service", "show", "demo/greeter"]),
+        )
+    })
+    .await
+    .expect("balancerctl");
+    // What maps is shown with the service.
+    for line in [
+        "Policy:     least-request",
+        "Ejection:   after 2 consecutive failures, for 45s (growing)",
+    ] {
+        assert!(service.lines().any(|l| l == line), "missing {line:?} in:\n{service}");
+    }
     let expected = [
         "  VirtualService demo/greeter: applied without: http[1].fault (not supported); http[1].mirror (not \
          supported); http[1].retries.retryOn `unavailable` (the agent retries only calls no endpoint handled: \
@@ -317,8 +331,10 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     assert_eq!(on_broken[0]["reason"], NOT_APPLIED_REASON);
 }
 
-async fn admin_server(run: &K8sRun) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let mut state = AdminState::new(admin::views::fixed_services(Vec::new()));
+/// An admin server showing the run's status and the services of `model`.
+async fn admin_server(run: &K8sRun, model: &Model) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let services = model.services.iter().map(|s| api::Service::new(s, None)).collect();
+    let mut state = AdminState::new(admin::views::fixed_services(services));
     state.source = admin::views::kubernetes_source(run.status.clone());
     let server = AdminServer::bind("127.0.0.1:0".parse().expect("addr"), &AdminOptions::default())
         .await
