@@ -1,6 +1,7 @@
 //! VirtualServices and DestinationRules onto the model: for each Service
 //! they name, its routes (in the VirtualService's order: first match wins),
-//! the subsets those routes send calls to, and the Service's policy.
+//! the subsets those routes send calls to, and the Service's policy and
+//! ejection.
 //!
 //! Which object applies: for a Service, the oldest VirtualService naming it
 //! in `hosts` and the oldest DestinationRule naming it in `host` (then by
@@ -12,8 +13,9 @@
 //! What changes where calls go and cannot be honoured exactly (a rewrite, a
 //! redirect, an unknown subset, a match on something other than the path and
 //! headers) refuses the whole VirtualService, never half of it. What only
-//! adds to a call (fault, mirror, header changes, CORS, timeouts the agent
-//! does not enforce) is left out and named in the object's report.
+//! adds to a call (fault, mirror, header changes, CORS, retry conditions
+//! the agent does not retry on) is left out and named in the object's
+//! report.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
