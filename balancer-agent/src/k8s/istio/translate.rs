@@ -21,16 +21,17 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
-    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
 use super::{
+    error::IstioError,
     object::{DestinationRule, VirtualService},
     path,
-    spec::{self, DestinationRuleSpec, HttpMatch, HttpRoute, Other, VirtualServiceSpec},
+    rule::{destination_rule, resolve_host, unsupported, Rule},
+    spec::{self, HttpMatch, HttpRoute, VirtualServiceSpec},
 };
 use crate::{
     k8s::{
@@ -45,30 +46,6 @@ use crate::{
 /// Endpoint label key marking the endpoints of a DestinationRule subset:
 /// `subset.balancer.io/<service>.<subset>: "true"`.
 pub const SUBSET_LABEL_PREFIX: &str = "subset.balancer.io/";
-
-/// Why a VirtualService or DestinationRule is not applied. Paths count from
-/// 0, as in the spec.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum IstioError {
-    #[error("{0}")]
-    Malformed(String),
-    #[error("no host names a Service in the cluster ({0})")]
-    NoService(String),
-    #[error("gateways {0:?} do not include `mesh`: it routes gateways, not Services' clients")]
-    GatewaysOnly(Vec<String>),
-    #[error("{path}: `{field}` is not supported")]
-    Unsupported { path: String, field: String },
-    #[error("{path}: {problem}")]
-    Invalid { path: String, problem: String },
-    #[error("shadowed by the older {kind} `{by}`, which applies to `{service}`")]
-    Shadowed {
-        kind: &'static str,
-        by: String,
-        service: String,
-    },
-    #[error("a GRPCRoute routes `{0}` and wins over a VirtualService")]
-    LostToGrpcRoute(String),
-}
 
 /// The endpoints of a DestinationRule subset: those of `service`'s pods
 /// whose labels include `labels`, marked with `key`.
@@ -95,10 +72,6 @@ pub struct Applied {
     /// The DestinationRule's `outlierDetection`.
     pub ejection: Option<Ejection>,
 }
-
-/// Istio's defaults when `outlierDetection` leaves them out.
-const ISTIO_CONSECUTIVE_5XX: u32 = 5;
-const ISTIO_BASE_EJECTION: Duration = Duration::from_secs(30);
 
 /// What balancer made of one VirtualService or DestinationRule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,31 +113,10 @@ pub struct Translated {
     pub reports: Vec<Report>,
 }
 
-/// The Service a host names, relative to `namespace`: `name`, `name.ns`,
-/// `name.ns.svc` and `name.ns.svc.<cluster domain>`.
-pub fn resolve_host(host: &str, namespace: &str) -> Option<Key> {
-    if host.contains('*') || host.is_empty() {
-        return None;
-    }
-    let parts: Vec<&str> = host.split('.').collect();
-    match parts[..] {
-        [name] => Some((namespace.to_owned(), name.to_owned())),
-        [name, ns] => Some((ns.to_owned(), name.to_owned())),
-        [name, ns, "svc", ..] => Some((ns.to_owned(), name.to_owned())),
-        _ => None,
-    }
-}
-
 fn oldest_first<K: ResourceExt>(objs: &[Arc<K>]) -> Vec<&Arc<K>> {
     let mut v: Vec<_> = objs.iter().collect();
     v.sort_by_key(|o| (o.creation_timestamp().map(|t| t.0), o.namespace(), o.name_any()));
     v
-}
-
-fn unsupported(path: &str, other: &Other, notes: &mut Vec<String>) {
-    for field in other.keys() {
-        notes.push(format!("{path}{field} (not supported)"));
-    }
 }
 
 fn report_of<K: ResourceExt>(kind: &'static str, o: &K) -> Report {
@@ -176,15 +128,6 @@ fn report_of<K: ResourceExt>(kind: &'static str, o: &K) -> Report {
         refused: None,
         notes: Vec::new(),
     }
-}
-
-/// A DestinationRule as applied to its Service.
-struct Rule {
-    name: String,
-    uid: Option<String>,
-    subsets: BTreeMap<String, Labels>,
-    policy: Option<(Policy, Option<String>)>,
-    ejection: Option<Ejection>,
 }
 
 /// Translates every VirtualService and DestinationRule. `lookup(namespace,
@@ -288,124 +231,6 @@ pub fn translate<'a>(
         Arc::make_mut(entry).policy = Some(policy);
     }
     out
-}
-
-fn destination_rule<'a>(
-    dr: &DestinationRule,
-    lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
-    notes: &mut Vec<String>,
-) -> Result<(Key, Rule), IstioError> {
-    let spec: DestinationRuleSpec = spec::parse(&dr.spec).map_err(IstioError::Malformed)?;
-    let namespace = dr.namespace().unwrap_or_default();
-    let key = resolve_host(&spec.host, &namespace)
-        .filter(|k| lookup(&k.0, &k.1).is_some())
-        .ok_or_else(|| IstioError::NoService(format!("host `{}`", spec.host)))?;
-    unsupported("", &spec.other, notes);
-    if !spec.export_to.is_empty() && !spec.export_to.iter().any(|e| e == "*") {
-        notes.push("exportTo (every agent applies the rule)".to_owned());
-    }
-    let mut policy = None;
-    let mut ejection = None;
-    if let Some(tp) = &spec.traffic_policy {
-        unsupported("trafficPolicy.", &tp.other, notes);
-        if let Some(lb) = &tp.load_balancer {
-            unsupported("trafficPolicy.loadBalancer.", &lb.other, notes);
-            policy = load_balancer(lb, notes);
-        }
-        if let Some(od) = &tp.outlier_detection {
-            ejection = Some(outlier_detection(od, notes));
-        }
-    }
-    let mut subsets = BTreeMap::new();
-    for (i, s) in spec.subsets.iter().enumerate() {
-        if s.traffic_policy.is_some() {
-            notes.push(format!("subsets[{i}].trafficPolicy (not supported)"));
-        }
-        unsupported(&format!("subsets[{i}]."), &s.other, notes);
-        if subsets.insert(s.name.clone(), s.labels.clone()).is_some() {
-            return Err(IstioError::Invalid {
-                path: format!("subsets[{i}]"),
-                problem: format!("subset `{}` is defined twice", s.name),
-            });
-        }
-    }
-    Ok((
-        key,
-        Rule {
-            name: dr.name_any(),
-            uid: dr.uid(),
-            subsets,
-            policy,
-            ejection,
-        },
-    ))
-}
-
-/// `outlierDetection` as the agent's ejection. The agent counts as a
-/// failure what Envoy counts as a gateway error on a gRPC call: a failed
-/// connect and `UNAVAILABLE` (503). `consecutiveGatewayErrors` maps
-/// exactly; `consecutive5xxErrors` (default 5) counts those failures only;
-/// the lower non-zero threshold wins, 0 for both turns ejection off.
-/// `baseEjectionTime` (default 30s) is the first ejection's length, the
-/// n-th lasting n times as long, as in Envoy (capped at 300 s). The agent
-/// ejects at the failure itself, so `interval` has no equivalent.
-fn outlier_detection(od: &spec::OutlierDetection, notes: &mut Vec<String>) -> Ejection {
-    unsupported("trafficPolicy.outlierDetection.", &od.other, notes);
-    let five_xx = od.consecutive_5xx_errors.unwrap_or(ISTIO_CONSECUTIVE_5XX);
-    let gateway = od.consecutive_gateway_errors.unwrap_or(0);
-    let consecutive_failures = [five_xx, gateway].into_iter().filter(|n| *n > 0).min().unwrap_or(0);
-    if od.consecutive_5xx_errors.is_some_and(|n| n > 0) && consecutive_failures == five_xx {
-        notes.push(format!(
-            "trafficPolicy.outlierDetection.consecutive5xxErrors counts only connect failures and UNAVAILABLE \
-             (as consecutiveGatewayErrors {five_xx})"
-        ));
-    }
-    let base = match od.base_ejection_time.as_deref() {
-        None => ISTIO_BASE_EJECTION,
-        Some(t) => spec::duration(t).unwrap_or_else(|| {
-            notes.push(format!(
-                "trafficPolicy.outlierDetection.baseEjectionTime `{t}` (not a duration; 30s used)"
-            ));
-            ISTIO_BASE_EJECTION
-        }),
-    };
-    if let Some(p) = od.max_ejection_percent.filter(|p| *p < 100) {
-        notes.push(format!(
-            "trafficPolicy.outlierDetection.maxEjectionPercent {p} (the agent may eject every endpoint)"
-        ));
-    }
-    Ejection {
-        consecutive_failures,
-        base,
-    }
-}
-
-/// `simple`: ROUND_ROBIN → round-robin; LEAST_REQUEST (and the older
-/// LEAST_CONN) → least-request (both are the power of two choices);
-/// RANDOM → round-robin (the same even share without the randomness).
-/// `consistentHash.httpHeaderName` → ring-hash on that header.
-fn load_balancer(lb: &spec::LoadBalancer, notes: &mut Vec<String>) -> Option<(Policy, Option<String>)> {
-    if let Some(ch) = &lb.consistent_hash {
-        unsupported("trafficPolicy.loadBalancer.consistentHash.", &ch.other, notes);
-        match ch.http_header_name.as_deref().map(str::to_ascii_lowercase) {
-            Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() && !h.starts_with(':') => {
-                return Some((Policy::RingHash, Some(h)))
-            }
-            Some(h) => notes.push(format!(
-                "trafficPolicy.loadBalancer.consistentHash.httpHeaderName `{h}` (not a header name)"
-            )),
-            None => {}
-        }
-    }
-    match lb.simple.as_deref() {
-        None | Some("UNSPECIFIED") => None,
-        Some("ROUND_ROBIN" | "RANDOM") => Some((Policy::RoundRobin, None)),
-        Some("LEAST_REQUEST" | "LEAST_CONN") => Some((Policy::LeastRequest, None)),
-        Some(other) => {
-            notes.push(format!("trafficPolicy.loadBalancer.simple `{other}` (not supported)"));
-            None
-        }
-    }
 }
 
 /// Fields of an `http` route that decide where a call goes or what it
@@ -785,6 +610,8 @@ pub fn label_subset<'s, 'p>(
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::{json, Value};
 
     use super::*;
