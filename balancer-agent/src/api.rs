@@ -87,6 +87,10 @@ pub struct SourceStatus {
     /// was not found in time (each has a `CgroupNotFound` Event).
     #[serde(default)]
     pub pods_cgroup_missing: Option<u64>,
+    /// Kubernetes mode: routing objects (GRPCRoutes, VirtualServices,
+    /// DestinationRules) not applied as written, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<String>,
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and
@@ -117,6 +121,10 @@ pub struct Service {
     /// `Local` when calls stay on the agent's node; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
+    /// The service's own outlier detection, e.g. `after 3 consecutive
+    /// failures, for 30s (growing)`; absent: the agent's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<String>,
 }
 
 impl Service {
@@ -155,6 +163,10 @@ impl Service {
                 .then(|| svc.traffic_distribution.as_str().to_owned()),
             internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
                 .then(|| svc.internal_traffic_policy.as_str().to_owned()),
+            ejection: svc.ejection.map(|e| match e.consecutive_failures {
+                0 => "off".to_owned(),
+                n => format!("after {n} consecutive failures, for {:?} (growing)", e.base),
+            }),
         }
     }
 }

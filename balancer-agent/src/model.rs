@@ -112,6 +112,21 @@ pub struct Service {
     pub traffic_distribution: TrafficDistribution,
     /// Whether calls may leave the agent's node at all.
     pub internal_traffic_policy: InternalTrafficPolicy,
+    /// Passive outlier detection of the endpoints; `None`: the agent's
+    /// defaults.
+    pub ejection: Option<Ejection>,
+}
+
+/// When a service's endpoints are ejected (in Kubernetes: a
+/// DestinationRule's `outlierDetection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Ejection {
+    /// Consecutive failures (connect failures, `UNAVAILABLE`) that eject an
+    /// endpoint; 0: never.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long, the n-th n times as long
+    /// (capped at the agent's maximum).
+    pub base: std::time::Duration,
 }
 
 /// Which endpoints a service's calls prefer (Kubernetes Service
@@ -400,6 +415,10 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     /// Weighted subsets of the service's endpoints.
     pub backends: Vec<Backend>,
+    /// The longest a call of this route may take (in Kubernetes: a
+    /// VirtualService route's `timeout`); a call's own shorter
+    /// `grpc-timeout` still applies.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Every present field must match (GRPCRoute `GRPCRouteMatch`).
@@ -733,6 +752,7 @@ mod tests {
             fault: None,
             traffic_distribution: TrafficDistribution::Any,
             internal_traffic_policy: InternalTrafficPolicy::Cluster,
+            ejection: None,
         }
     }
 
@@ -767,6 +787,7 @@ mod tests {
                 labels: Labels::new(),
                 weight: 0,
             }],
+            timeout: None,
         });
         let m = Model {
             services: vec![Arc::new(s.clone())],

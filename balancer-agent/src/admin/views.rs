@@ -93,12 +93,13 @@ pub fn model_pods(models: watch::Receiver<Arc<Model>>) -> Arc<dyn PodsView> {
 /// many opted-in pods have no cgroup.
 pub fn kubernetes_source(status: watch::Receiver<crate::k8s::Status>) -> Arc<dyn SourceView> {
     Arc::new(move || {
-        let s = *status.borrow();
+        let s = status.borrow().clone();
         api::SourceStatus {
             kind: "kubernetes".to_owned(),
             location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
             synced: s.synced,
             pods_cgroup_missing: Some(s.pods_cgroup_missing),
+            reports: s.reports,
             ..api::SourceStatus::default()
         }
     })

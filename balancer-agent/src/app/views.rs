@@ -63,6 +63,7 @@ pub fn static_source(path: &Path, stats: Arc<ReloadStats>) -> Arc<dyn SourceView
         reloads_failed: stats.failed(),
         last_error: stats.last_error(),
         pods_cgroup_missing: None,
+        reports: Vec::new(),
     })
 }
 

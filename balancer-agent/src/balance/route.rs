@@ -242,6 +242,8 @@ pub struct CompiledRoute {
     matches: Vec<CompiledMatch>,
     pub(crate) backends: Vec<(Subset, u32)>,
     split: Split,
+    /// The route's own limit on a call's duration.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl CompiledRoute {
@@ -285,6 +287,7 @@ impl CompiledRoute {
             matches,
             backends,
             split: Split::new(&weights),
+            timeout: route.timeout,
         }
     }
 

@@ -30,6 +30,7 @@ fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Serv
         fault: None,
         traffic_distribution: TrafficDistribution::Any,
         internal_traffic_policy: InternalTrafficPolicy::Cluster,
+        ejection: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn split(v1: u32, v2: u32) -> Route {
                 weight: v2,
             },
         ],
+        timeout: None,
     }
 }
 
@@ -164,6 +166,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 }],
             }],
             backends: to("v2"),
+            timeout: None,
         },
         Route {
             name: Some("say-regex".into()),
@@ -173,6 +176,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 headers: vec![],
             }],
             backends: to("v1"),
+            timeout: None,
         },
     ];
     let t = Table::new(&m);
@@ -309,6 +313,59 @@ async fn outlier_ejection_and_backoff() {
     }
     bad.start_call().finish(Outcome::Status(0));
     bad.start_call().finish(Outcome::ConnectFailed);
+    assert!(bad.is_available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_services_own_ejection_settings_apply_and_follow_reloads() {
+    let mut m = three(Policy::RoundRobin);
+    let with = |m: &Model, e: Option<crate::model::Ejection>| {
+        let mut svc = (*m.services[0]).clone();
+        svc.ejection = e;
+        Model {
+            services: vec![Arc::new(svc)],
+            ..m.clone()
+        }
+    };
+    m = with(
+        &m,
+        Some(crate::model::Ejection {
+            consecutive_failures: 2,
+            base: Duration::from_secs(30),
+        }),
+    );
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let bad = Arc::clone(&st.endpoints[0]);
+    bad.start_call().finish(Outcome::ConnectFailed);
+    assert!(bad.is_available());
+    bad.start_call().finish(Outcome::Status(14));
+    assert!(bad.is_ejected(), "two failures eject");
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(bad.is_ejected(), "for 30 s");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(bad.is_available());
+    bad.start_call().finish(Outcome::Status(0));
+
+    // Back to the agent's defaults: the kept endpoint needs five again.
+    t.update(&with(&m, None));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert!(Arc::ptr_eq(&st.endpoints[0], &bad), "the endpoint's state is kept");
+    for _ in 0..4 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
+    assert!(bad.is_available(), "four failures do not eject");
+    // And 0 turns ejection off.
+    t.update(&with(
+        &m,
+        Some(crate::model::Ejection {
+            consecutive_failures: 0,
+            base: Duration::from_secs(30),
+        }),
+    ));
+    for _ in 0..20 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
     assert!(bad.is_available());
 }
 

@@ -482,6 +482,7 @@ impl ServiceFile {
                 InternalTrafficPolicyFile::Cluster => InternalTrafficPolicy::Cluster,
                 InternalTrafficPolicyFile::Local => InternalTrafficPolicy::Local,
             },
+            ejection: None,
         })
     }
 }
@@ -514,6 +515,7 @@ impl RouteFile {
                     weight: b.weight,
                 })
                 .collect(),
+            timeout: None,
         })
     }
 }

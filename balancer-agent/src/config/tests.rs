@@ -91,10 +91,12 @@ fn the_documented_example_parses_into_the_model() {
                         weight: 10
                     },
                 ],
+                timeout: None,
             }],
             fault: None,
             traffic_distribution: crate::model::TrafficDistribution::Any,
             internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
+            ejection: None,
         })]
     );
 }

@@ -392,9 +392,17 @@ impl ClientState {
                 (head, Some(span))
             }
         };
+        // The call's own grpc-timeout, or its route's timeout if shorter.
+        let route_timeout = self.slot.state().and_then(|s| {
+            let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
+            s.route_timeout(&CallMeta::from_path(path, &head))
+        });
         let deadline = head
             .get(b"grpc-timeout")
             .and_then(grpc::parse_timeout)
+            .into_iter()
+            .chain(route_timeout)
+            .min()
             .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
         self.slot.count_call();
         let call = Call {
