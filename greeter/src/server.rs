@@ -135,14 +135,16 @@ impl Backend {
     }
 }
 
-/// The request's `x-*` ASCII metadata; a name given several times has its
-/// values joined with `,`, in order.
+/// The request's `x-*` ASCII metadata, and its W3C trace context
+/// (`traceparent`, `tracestate`); a name given several times has its values
+/// joined with `,`, in order.
 fn x_metadata(md: &MetadataMap) -> HashMap<String, String> {
+    let echoed = |k: &str| k.starts_with("x-") || k == "traceparent" || k == "tracestate";
     let mut out: HashMap<String, String> = HashMap::new();
     for kv in md.iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
             let Ok(v) = v.to_str() else { continue };
-            if k.as_str().starts_with("x-") {
+            if echoed(k.as_str()) {
                 out.entry(k.as_str().to_owned())
                     .and_modify(|all| {
                         all.push(',');
@@ -385,6 +387,11 @@ impl TestServer {
     /// Calls in progress on this backend.
     pub fn in_flight(&self) -> u64 {
         self.stats.in_flight()
+    }
+
+    /// Its counters, readable after the server is moved away (stopped).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Graceful stop: GOAWAY, open calls finish.

@@ -249,6 +249,8 @@ pub struct CompiledRoute {
     pub(crate) mirrors: Option<Box<RouteMirrors>>,
     /// The filters, one line each, for display.
     pub(crate) described: Vec<String>,
+    /// The route's own limit on a call's duration.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl CompiledRoute {
@@ -303,6 +305,7 @@ impl CompiledRoute {
             filters,
             mirrors: RouteMirrors::compile(&route.filters),
             described: super::filters::describe(route),
+            timeout: route.timeout,
         }
     }
 

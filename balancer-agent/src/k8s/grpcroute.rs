@@ -281,6 +281,7 @@ fn rule_to_route<'a>(
             matches,
             backends,
             filters,
+            timeout: None,
         },
         ports,
     ))

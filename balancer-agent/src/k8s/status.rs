@@ -63,6 +63,7 @@ type Key = (String, String);
 pub struct Election {
     input: watch::Sender<Option<Arc<StatusInput>>>,
     stop: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
     elector: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -82,6 +83,7 @@ impl Election {
                 .instrument(tracing::info_span!("election")),
         );
         let writer = StatusWriter::new(client.clone(), RouteEvents::new(client, reporter));
+        let is_leading = leading.clone();
         let writer = tokio::spawn(
             writer
                 .run(leading, inputs)
@@ -90,9 +92,15 @@ impl Election {
         Election {
             input,
             stop,
+            leading: is_leading,
             elector,
             writer,
         }
+    }
+
+    /// Whether this agent holds the Lease now.
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
     }
 
     /// The latest translation; the writer works from the newest it has.

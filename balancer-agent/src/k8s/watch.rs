@@ -28,16 +28,24 @@ pub enum Kind {
     GrpcRoutes,
     /// The agent's own Node (its zone).
     Nodes,
+    VirtualServices,
+    DestinationRules,
+    /// Every pod's labels, for DestinationRule subsets: watched only once a
+    /// DestinationRule has subsets.
+    PodLabels,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    /// The resources listed before the first model is published.
+    pub const ALL: [Kind; 8] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
         Kind::Namespaces,
         Kind::GrpcRoutes,
         Kind::Nodes,
+        Kind::VirtualServices,
+        Kind::DestinationRules,
     ];
 
     /// The resource as RBAC rules name it (`resource.group`).
@@ -49,6 +57,9 @@ impl Kind {
             Kind::Namespaces => "namespaces",
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
             Kind::Nodes => "nodes",
+            Kind::VirtualServices => "virtualservices.networking.istio.io",
+            Kind::DestinationRules => "destinationrules.networking.istio.io",
+            Kind::PodLabels => "pods",
         }
     }
 }

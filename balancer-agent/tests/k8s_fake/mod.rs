@@ -74,6 +74,8 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/api/v1/nodes" => "nodes",
         "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
+        "/apis/networking.istio.io/v1/virtualservices" => "virtualservices",
+        "/apis/networking.istio.io/v1/destinationrules" => "destinationrules",
         _ => return None,
     })
 }
@@ -86,6 +88,8 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "Node" => "nodes",
         "EndpointSlice" => "endpointslices",
         "GRPCRoute" => "grpcroutes",
+        "VirtualService" => "virtualservices",
+        "DestinationRule" => "destinationrules",
         "Lease" => "leases",
         other => panic!("the fake API server does not serve {other}"),
     }
