@@ -546,8 +546,8 @@ fn filters_config(topo: &Topology) -> String {
     )
 }
 
-/// A counter of `/metrics`, asked from inside the node's namespace.
-fn node_metric(topo: &Topology, series: &str) -> Option<f64> {
+/// A sample of `/metrics`, asked from inside the node's namespace.
+fn node_metric(topo: &Topology, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let admin: SocketAddr = ADMIN.parse().expect("admin address");
     let body = topo
         .node
@@ -556,14 +556,14 @@ fn node_metric(topo: &Topology, series: &str) -> Option<f64> {
         .ok()?
         .ok()?
         .body;
-    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    balancer_testing::metrics::first(&body, metric, labels)
 }
 
-/// `series` once it reaches `want`, or its value after 5 s.
-fn await_metric(topo: &Topology, series: &str, want: f64) -> Option<f64> {
+/// That sample once it reaches `want`, or its value after 5 s.
+fn await_metric(topo: &Topology, metric: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        let v = node_metric(topo, series);
+        let v = node_metric(topo, metric, labels);
         if v == Some(want) || Instant::now() >= end {
             return v;
         }
@@ -592,16 +592,23 @@ fn filters_and_mirrors_through_the_redirect() {
         !counts.contains_key("greeter-c"),
         "the shadow answered a call: {counts:?}"
     );
-    let sent = "balancer_mirrored_calls_total{service=\"greeter\",result=\"sent\"} ";
+    let sent = [("service", "greeter"), ("result", "sent")];
     assert_eq!(
-        await_metric(&topo, sent, 60.0),
+        await_metric(&topo, "balancer_mirrored_calls_total", &sent, 60.0),
         Some(60.0),
         "agent log:\n{}",
         node.log()
     );
     // The shadow's endpoint answered every copy.
-    let shadow_ok = "balancer_requests_total{service=\"shadow\",endpoint=\"127.0.0.1:50063\",grpc_status=\"0\"} ";
-    assert_eq!(await_metric(&topo, shadow_ok, 60.0), Some(60.0));
+    let shadow_ok = [
+        ("service", "shadow"),
+        ("endpoint", "127.0.0.1:50063"),
+        ("grpc_status", "0"),
+    ];
+    assert_eq!(
+        await_metric(&topo, "balancer_requests_total", &shadow_ok, 60.0),
+        Some(60.0)
+    );
 
     let mut cmd = Command::new(built("greeter-client"));
     cmd.args([

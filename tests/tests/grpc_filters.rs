@@ -142,10 +142,8 @@ fn mirror_routes(percent: &str) -> String {
 /// `balancer_mirrored_calls_total{service="greeter",result}`.
 fn mirrored(agent: &Agent, result: &str) -> u64 {
     let body = balancer_testing::http::get(agent.admin, "/metrics").unwrap().body;
-    let want = format!("balancer_mirrored_calls_total{{service=\"greeter\",result=\"{result}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {want}in\n{body}"))
+    let labels = [("service", "greeter"), ("result", result)];
+    balancer_testing::metrics::one(&body, "balancer_mirrored_calls_total", &labels) as u64
 }
 
 /// Waits (bounded) until `f` holds.

@@ -568,12 +568,12 @@ fn service_annotations_choose_ring_hash_and_inject_faults() {
     drop(cgroups);
 }
 
-/// The agent's `/metrics` value of `series` (name and labels, as
-/// printed) once it reaches `want`, or its value after 5 s.
-fn agent_metric(agent: &NodeAgent, series: &str, want: f64) -> Option<f64> {
+/// A sample of the agent's `/metrics` once it reaches `want`, or its
+/// value after 5 s.
+fn agent_metric(agent: &NodeAgent, metric: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
     let read = || {
         let (_, body) = agent.get("/metrics").ok()?;
-        body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        balancer_testing::metrics::first(&body, metric, labels)
     };
     let start = Instant::now();
     loop {
@@ -634,13 +634,21 @@ fn the_daemonset_agent_applies_grpcroute_header_modifiers_and_mirrors() {
     let v = node.greeter(&node.client, 0, 40);
     assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
     assert_eq!(backends(&v).keys().collect::<Vec<_>>(), ["greeter-v1"], "{v}");
-    let sent = "balancer_mirrored_calls_total{service=\"demo/greeter\",result=\"sent\"} ";
-    assert_eq!(agent_metric(&a, sent, 40.0), Some(40.0), "{}", a.log());
-    let answered = format!(
-        "balancer_requests_total{{service=\"demo/greeter-v2\",endpoint=\"{V2}:{BACKEND_PORT}\",grpc_status=\"0\"}} "
-    );
+    let sent = [("service", "demo/greeter"), ("result", "sent")];
     assert_eq!(
-        agent_metric(&a, &answered, 40.0),
+        agent_metric(&a, "balancer_mirrored_calls_total", &sent, 40.0),
+        Some(40.0),
+        "{}",
+        a.log()
+    );
+    let endpoint = format!("{V2}:{BACKEND_PORT}");
+    let answered = [
+        ("service", "demo/greeter-v2"),
+        ("endpoint", endpoint.as_str()),
+        ("grpc_status", "0"),
+    ];
+    assert_eq!(
+        agent_metric(&a, "balancer_requests_total", &answered, 40.0),
         Some(40.0),
         "the mirror answered every copy"
     );
