@@ -180,6 +180,11 @@ pub struct Route {
     /// `*` matches every call.
     pub matches: Vec<String>,
     pub backends: Vec<Backend>,
+    /// Header modifiers and mirrors, one line each, e.g. `request: set
+    /// x-tenant=a, remove x-debug`, `backend 1 response: add x-v=2`,
+    /// `mirror: shadow 10%`.
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +237,7 @@ impl Route {
                     weight: b.weight,
                 })
                 .collect(),
+            filters: crate::balance::filters::describe(r),
         }
     }
 }

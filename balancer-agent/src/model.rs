@@ -18,6 +18,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+mod filters;
+
+pub use filters::{check_name as check_filter_header, FilterError, Filters, HeaderModifier, HeaderValue, Mirror};
+
 /// Labels of an endpoint; route backends select endpoints by them.
 pub type Labels = BTreeMap<String, String>;
 
@@ -415,6 +419,8 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     /// Weighted subsets of the service's endpoints.
     pub backends: Vec<Backend>,
+    /// Header modifiers and mirrors for the route's calls.
+    pub filters: Filters,
     /// The longest a call of this route may take (in Kubernetes: a
     /// VirtualService route's `timeout`); a call's own shorter
     /// `grpc-timeout` still applies.
@@ -461,6 +467,9 @@ impl StringMatch {
 pub struct Backend {
     pub labels: Labels,
     pub weight: u32,
+    /// Header modifiers for the calls sent to this backend, after the
+    /// route's (no mirrors).
+    pub filters: Filters,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -501,6 +510,14 @@ pub enum ModelError {
     NoBackends { service: String, route: usize },
     #[error("service `{service}`, route {route}: every backend has weight 0")]
     AllWeightsZero { service: String, route: usize },
+    #[error("service `{service}`, route {route}: filters: {error}")]
+    BadFilter {
+        service: String,
+        route: usize,
+        error: FilterError,
+    },
+    #[error("service `{service}`, route {route}: a backend cannot mirror calls (put `request_mirror` on the route)")]
+    BackendMirror { service: String, route: usize },
     #[error("service `{service}`, route {route}: bad regular expression `{pattern}`: {reason}")]
     BadRegex {
         service: String,
@@ -712,6 +729,21 @@ impl Route {
                 route,
             });
         }
+        let bad_filter = |error| ModelError::BadFilter {
+            service: service.to_owned(),
+            route,
+            error,
+        };
+        self.filters.validate().map_err(bad_filter)?;
+        for b in &self.backends {
+            b.filters.validate().map_err(bad_filter)?;
+            if !b.filters.mirrors.is_empty() {
+                return Err(ModelError::BackendMirror {
+                    service: service.to_owned(),
+                    route,
+                });
+            }
+        }
         let patterns = self.matches.iter().flat_map(|m| {
             m.service
                 .iter()
@@ -786,7 +818,9 @@ mod tests {
             backends: vec![Backend {
                 labels: Labels::new(),
                 weight: 0,
+                filters: Filters::default(),
             }],
+            filters: Filters::default(),
             timeout: None,
         });
         let m = Model {

@@ -82,6 +82,10 @@ fn call_counters_match_the_known_calls() {
         get(&s, "balancer_faults_injected_total", &echo_abort),
         FAULTS_ABORTED as f64
     );
+    for (result, n) in [("sent", 7.0), ("dropped", 2.0), ("failed", 1.0)] {
+        let l = [("service", "greeter"), ("result", result)];
+        assert_eq!(get(&s, "balancer_mirrored_calls_total", &l), n, "{result}");
+    }
     let echo_delay = [("service", "default/echo"), ("fault", "delay")];
     assert_eq!(get(&s, "balancer_faults_injected_total", &echo_delay), 0.0);
     assert_eq!(

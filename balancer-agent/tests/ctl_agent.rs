@@ -294,7 +294,7 @@ fn service_explain_tells_which_route_and_endpoint_take_a_call() {
         ));
     }
     config.push_str(
-        "    routes:\n      - name: canary\n        matches: [ { headers: [ { name: x-canary, value: \"1\" } ] } ]\n        backends: [ { labels: { version: v2 }, weight: 100 } ]\n",
+        "    routes:\n      - name: canary\n        matches: [ { headers: [ { name: x-canary, value: \"1\" } ] } ]\n        backends: [ { labels: { version: v2 }, weight: 100 } ]\n        filters: [ { request_header_modifier: { set: [ { name: x-tenant, value: acme } ] } } ]\n",
     );
     let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
     agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
@@ -342,6 +342,7 @@ fn service_explain_tells_which_route_and_endpoint_take_a_call() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Route:      canary (route 1 of 1)"), "{text}");
+    assert!(text.contains("Filter:     request: set x-tenant=acme\n"), "{text}");
     assert!(
         text.contains("version=v2") && text.contains(&servers[2].addr().to_string()),
         "{text}"

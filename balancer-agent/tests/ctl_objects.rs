@@ -132,6 +132,16 @@ fn service_show() {
         "{detail}"
     );
     assert!(detail.contains(&format!("No endpoint: {NO_ENDPOINT}")), "{detail}");
+    assert!(
+        detail.contains(
+            "Filters:\n  canary:\n    request: set x-tenant=acme, remove x-debug\n    mirror: greeter-shadow 10%\n"
+        ),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("Mirrored:   7 sent (1 unanswered), 2 dropped"),
+        "{detail}"
+    );
     let one: api::Service = json(&fx, &["service", "show", "default/echo"]);
     assert_eq!(one, echo());
     let detail = ok(&fx, &["service", "show", "default/echo"]);

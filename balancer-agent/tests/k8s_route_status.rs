@@ -88,17 +88,46 @@ fn a_good_route_is_accepted_with_its_refs_resolved() {
 }
 
 #[test]
+fn a_route_with_header_modifiers_and_a_mirror_is_accepted() {
+    let (acc, refs, msg) = conditions(json!({ "parentRefs": [parent("greeter")], "rules": [{
+        "filters": [
+            { "type": "RequestHeaderModifier",
+              "requestHeaderModifier": { "set": [{ "name": "x-tenant", "value": "acme" }] } },
+            { "type": "ResponseHeaderModifier",
+              "responseHeaderModifier": { "remove": ["x-debug"] } },
+            { "type": "RequestMirror",
+              "requestMirror": { "backendRef": { "name": "greeter-v2", "port": 8000 }, "percent": 10 } }
+        ],
+        "backendRefs": [{ "name": "greeter-v1", "port": 8000, "filters": [
+            { "type": "RequestHeaderModifier",
+              "requestHeaderModifier": { "add": [{ "name": "x-version", "value": "v1" }] } }
+        ] }]
+    }] }));
+    assert_eq!(acc, (true, "Accepted"), "{msg}");
+    assert_eq!(refs, (true, "ResolvedRefs"), "{msg}");
+}
+
+#[test]
 fn refused_routes_say_why_with_gateway_api_reasons() {
     let spec = |rules: Value| json!({ "parentRefs": [parent("greeter")], "rules": rules });
 
-    // Filters: not implemented; the backends resolve.
+    // An ExtensionRef filter: not implemented; the backends resolve.
     let (acc, refs, msg) = conditions(spec(json!([{
-        "filters": [{ "type": "RequestHeaderModifier",
-                      "requestHeaderModifier": { "set": [{ "name": "a", "value": "b" }] } }],
+        "filters": [{ "type": "ExtensionRef",
+                      "extensionRef": { "group": "example.io", "kind": "Thing", "name": "x" } }],
         "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
     }])));
     assert_eq!((acc, refs), ((false, "IncompatibleFilters"), (true, "ResolvedRefs")));
-    assert!(msg.contains("filters are not supported"), "{msg}");
+    assert!(msg.contains("filter ExtensionRef is not supported"), "{msg}");
+
+    // A header the filters may not touch.
+    let (acc, refs, msg) = conditions(spec(json!([{
+        "filters": [{ "type": "RequestHeaderModifier",
+                      "requestHeaderModifier": { "remove": ["grpc-timeout"] } }],
+        "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
+    }])));
+    assert_eq!((acc, refs), ((false, "UnsupportedValue"), (true, "ResolvedRefs")));
+    assert!(msg.contains("header `grpc-timeout` may not be modified"), "{msg}");
 
     // A bad regular expression.
     let (acc, refs, msg) = conditions(spec(json!([{
@@ -153,8 +182,8 @@ fn resolved_refs_looks_past_the_first_problem() {
     let (acc, refs, msg) = conditions(json!({
         "parentRefs": [parent("greeter")],
         "rules": [
-            { "filters": [{ "type": "RequestMirror",
-                            "requestMirror": { "backendRef": { "name": "greeter-v2", "port": 8000 } } }],
+            { "filters": [{ "type": "ExtensionRef",
+                            "extensionRef": { "group": "example.io", "kind": "Thing", "name": "x" } }],
               "backendRefs": [{ "name": "greeter-v1", "port": 8000 }] },
             { "backendRefs": [{ "name": "greeter-v3", "port": 8000 }] }
         ]

@@ -264,8 +264,8 @@ async fn refused_routes_get_false_conditions_and_one_event_from_the_leader() {
     fake.apply(route(
         "filtered",
         json!([{
-            "filters": [{ "type": "RequestHeaderModifier",
-                          "requestHeaderModifier": { "set": [{ "name": "a", "value": "b" }] } }],
+            "filters": [{ "type": "ExtensionRef",
+                          "extensionRef": { "group": "example.io", "kind": "Thing", "name": "x" } }],
             "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
         }]),
         Value::Null,

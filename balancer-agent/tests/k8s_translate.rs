@@ -314,11 +314,13 @@ fn grpcroute_splits_over_version_services() {
         vec![
             Backend {
                 labels: label("greeter-v1"),
-                weight: 90
+                weight: 90,
+                filters: Default::default(),
             },
             Backend {
                 labels: label("greeter-v2"),
-                weight: 10
+                weight: 10,
+                filters: Default::default(),
             },
         ]
     );
@@ -593,12 +595,18 @@ fn grpcroute_other_invalid_shapes_are_ignored() {
     let e = invalid(json!({
         "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter" }],
         "rules": [{
-            "filters": [{ "type": "RequestHeaderModifier",
-                          "requestHeaderModifier": { "set": [{ "name": "a", "value": "b" }] } }],
+            "filters": [{ "type": "ExtensionRef",
+                          "extensionRef": { "group": "example.io", "kind": "Thing", "name": "x" } }],
             "backendRefs": [{ "name": "greeter-v1", "port": 8000 }]
         }]
     }));
-    assert_eq!(e, RouteError::UnsupportedFilter { rule: 0 });
+    assert_eq!(
+        e,
+        RouteError::UnsupportedFilter {
+            rule: 0,
+            filter: "ExtensionRef".into()
+        }
+    );
     let e = invalid(split("nowhere", json!([{ "name": "greeter-v1", "port": 8000 }])));
     assert_eq!(
         e,
@@ -997,4 +1005,138 @@ fn incremental_translation_matches_a_fresh_one_after_every_change() {
         }
         previous = now;
     }
+}
+
+/// A route on `greeter` to greeter-v1 with rule `filters` and backendRef
+/// `backend_filters`.
+fn filtered(filters: Value, backend_filters: Value) -> Value {
+    json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "greeter", "port": 8000 }],
+        "rules": [{
+            "filters": filters,
+            "backendRefs": [{ "name": "greeter-v1", "port": 8000, "filters": backend_filters }]
+        }]
+    })
+}
+
+#[test]
+fn grpcroute_header_modifiers_and_mirrors_reach_the_model() {
+    let mut snap = greeter();
+    snap.services.push(service(
+        "shadow",
+        "10.96.0.13",
+        json!([{ "name": "grpc", "port": 8000 }, { "name": "metrics", "port": 9090 }]),
+    ));
+    snap.routes.push(grpcroute(
+        "filtered",
+        filtered(
+            json!([
+                { "type": "RequestHeaderModifier",
+                  "requestHeaderModifier": { "set": [{ "name": "X-Tenant", "value": "a" }],
+                                             "add": [{ "name": "x-add", "value": "1" }],
+                                             "remove": ["x-debug"] } },
+                { "type": "ResponseHeaderModifier",
+                  "responseHeaderModifier": { "add": [{ "name": "x-served-by", "value": "balancer" }] } },
+                { "type": "RequestMirror",
+                  "requestMirror": { "backendRef": { "name": "shadow", "port": 8000 }, "percent": 25 } },
+                { "type": "RequestMirror",
+                  "requestMirror": { "backendRef": { "name": "greeter-v2", "port": 8000 },
+                                     "fraction": { "numerator": 1, "denominator": 8 } } }
+            ]),
+            json!([{ "type": "RequestHeaderModifier",
+                     "requestHeaderModifier": { "set": [{ "name": "x-version", "value": "v1" }] } }]),
+        ),
+    ));
+    let t = run(&snap);
+    assert!(t.invalid_routes.is_empty(), "{:?}", t.invalid_routes);
+    let svc = t.model.service("demo/greeter").expect("greeter");
+    let f = &svc.routes[0].filters;
+    let req = f.request.as_ref().expect("request modifier");
+    assert_eq!((req.set[0].name.as_str(), req.set[0].value.as_str()), ("x-tenant", "a"));
+    assert_eq!(req.add[0].name, "x-add");
+    assert_eq!(req.remove, ["x-debug"]);
+    assert_eq!(
+        f.response.as_ref().expect("response modifier").add[0].name,
+        "x-served-by"
+    );
+    let mirrors: Vec<(&str, f64)> = f
+        .mirrors
+        .iter()
+        .map(|m| (m.service.as_str(), m.share.percent()))
+        .collect();
+    // Each mirror names the model service its Service port became.
+    assert_eq!(mirrors, [("demo/shadow", 25.0), ("demo/greeter-v2", 12.5)]);
+    assert!(t.model.service("demo/shadow").is_some());
+    let b = svc.routes[0].backends[0]
+        .filters
+        .request
+        .as_ref()
+        .expect("backend modifier");
+    assert_eq!(b.set[0].name, "x-version");
+    // A mirror Service's endpoints are not added to the parent.
+    assert!(svc.endpoints.iter().all(|e| !member_services(e).contains("shadow")));
+}
+
+#[test]
+fn grpcroute_filters_that_cannot_apply_are_reported() {
+    let header = |kind: &str, field: &str, name: &str| json!([{ "type": kind, field: { "set": [{ "name": name, "value": "x" }] } }]);
+    for (filters, backend, want) in [
+        (
+            header("RequestHeaderModifier", "requestHeaderModifier", ":path"),
+            json!([]),
+            "rules[0]: RequestHeaderModifier: header `:path` may not be modified",
+        ),
+        (
+            header("RequestHeaderModifier", "requestHeaderModifier", "te"),
+            json!([]),
+            "header `te` may not be modified",
+        ),
+        (
+            json!([]),
+            header("ResponseHeaderModifier", "responseHeaderModifier", "grpc-status"),
+            "rules[0]: ResponseHeaderModifier: header `grpc-status` may not be modified",
+        ),
+        (
+            header("RequestHeaderModifier", "requestHeaderModifier", "content-type"),
+            json!([]),
+            "header `content-type` may not be modified",
+        ),
+        (
+            header("RequestHeaderModifier", "requestHeaderModifier", "transfer-encoding"),
+            json!([]),
+            "header `transfer-encoding` may not be modified",
+        ),
+        (
+            json!([{ "type": "RequestMirror",
+                     "requestMirror": { "backendRef": { "name": "greeter-v9", "port": 8000 } } }]),
+            json!([]),
+            "rules[0]: backend Service `demo/greeter-v9` not found",
+        ),
+        (
+            json!([]),
+            json!([{ "type": "RequestMirror",
+                     "requestMirror": { "backendRef": { "name": "greeter-v2", "port": 8000 } } }]),
+            "filter RequestMirror on a backendRef is not supported",
+        ),
+    ] {
+        let e = invalid(filtered(filters, backend));
+        assert!(e.to_string().contains(want), "{want:?} not in {e}");
+    }
+    // A mirror to a port the agent does not balance.
+    let mut snap = greeter();
+    snap.services
+        .push(service("web", "10.96.0.14", json!([{ "name": "http", "port": 80 }])));
+    snap.routes.push(grpcroute(
+        "to-web",
+        filtered(
+            json!([{ "type": "RequestMirror",
+                     "requestMirror": { "backendRef": { "name": "web", "port": 80 } } }]),
+            json!([]),
+        ),
+    ));
+    let t = run(&snap);
+    assert_eq!(t.invalid_routes.len(), 1);
+    let e = t.invalid_routes[0].error.as_ref();
+    assert!(matches!(e, RouteError::MirrorNotBalanced { port: 80, .. }), "{e}");
+    assert_eq!(e.condition().1, "UnsupportedValue");
 }

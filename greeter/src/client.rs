@@ -58,6 +58,60 @@ pub async fn server_stream_all(
     Ok(replies)
 }
 
+/// What one Echo call showed of its metadata on both sides.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Echoed {
+    pub backend: String,
+    /// The `x-*` metadata the backend received (repeated names joined
+    /// with `,`).
+    pub request: BTreeMap<String, String>,
+    /// The `x-*` response headers the client received (the same joining).
+    pub response: BTreeMap<String, String>,
+}
+
+/// One `Echo.Unary` call with `metadata`: what the backend saw and what
+/// came back in the response headers.
+pub async fn echo_metadata(
+    channel: Channel,
+    metadata: &[(String, String)],
+    timeout: Duration,
+) -> Result<Echoed, tonic::Status> {
+    let mut req = tonic::Request::new(crate::pb::echo::EchoRequest {
+        message: "echo".into(),
+        ..Default::default()
+    });
+    req.set_timeout(timeout);
+    for (k, v) in metadata {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse(),
+        ) {
+            req.metadata_mut().append(k, v);
+        }
+    }
+    let resp = echo(channel).unary(req).await?;
+    let mut response: BTreeMap<String, String> = BTreeMap::new();
+    for kv in resp.metadata().iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+            if let (true, Ok(v)) = (k.as_str().starts_with("x-"), v.to_str()) {
+                response
+                    .entry(k.as_str().to_owned())
+                    .and_modify(|all| {
+                        all.push(',');
+                        all.push_str(v);
+                    })
+                    .or_insert_with(|| v.to_owned());
+            }
+        }
+    }
+    let reply = resp.into_inner();
+    Ok(Echoed {
+        backend: reply.backend,
+        request: reply.metadata.into_iter().collect(),
+        response,
+    })
+}
+
 /// What `calls` SayHello calls over one channel did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Spread {

@@ -74,6 +74,9 @@ impl Drop for InFlight {
 pub struct Backend {
     name: Arc<str>,
     stats: Arc<Stats>,
+    /// Counts its Greeter and unary Echo calls, then never answers them
+    /// (a stalled endpoint; the caller's deadline or cancel ends them).
+    stall: bool,
 }
 
 impl Backend {
@@ -81,6 +84,21 @@ impl Backend {
         Backend {
             name: name.into(),
             stats: Arc::default(),
+            stall: false,
+        }
+    }
+
+    /// A backend that takes calls and never answers them.
+    pub fn stalling(name: &str) -> Self {
+        Backend {
+            stall: true,
+            ..Backend::new(name)
+        }
+    }
+
+    async fn maybe_stall(&self) {
+        if self.stall {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -118,17 +136,25 @@ impl Backend {
 }
 
 /// The request's `x-*` ASCII metadata, and its W3C trace context
-/// (`traceparent`, `tracestate`).
+/// (`traceparent`, `tracestate`); a name given several times has its values
+/// joined with `,`, in order.
 fn x_metadata(md: &MetadataMap) -> HashMap<String, String> {
     let echoed = |k: &str| k.starts_with("x-") || k == "traceparent" || k == "tracestate";
-    md.iter()
-        .filter_map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) if echoed(k.as_str()) => {
-                Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
+    let mut out: HashMap<String, String> = HashMap::new();
+    for kv in md.iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+            let Ok(v) = v.to_str() else { continue };
+            if echoed(k.as_str()) {
+                out.entry(k.as_str().to_owned())
+                    .and_modify(|all| {
+                        all.push(',');
+                        all.push_str(v);
+                    })
+                    .or_insert_with(|| v.to_owned());
             }
-            _ => None,
-        })
-        .collect()
+        }
+    }
+    out
 }
 
 /// Puts `pairs` into `md`, skipping what is not valid metadata.
@@ -153,6 +179,7 @@ fn with_echoed_headers<T>(reply: T, md: &HashMap<String, String>) -> Response<T>
 impl Greeter for Backend {
     async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let _call = self.stats.start();
+        self.maybe_stall().await;
         let name = req.into_inner().name;
         Ok(Response::new(HelloReply {
             message: format!("Hello {name}!"),
@@ -167,6 +194,7 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>
 impl Echo for Backend {
     async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let _call = self.stats.start();
+        self.maybe_stall().await;
         let md = x_metadata(req.metadata());
         let r = req.into_inner();
         let payload = if r.reply_size > 0 {
@@ -297,10 +325,21 @@ impl TestServer {
 
     /// Starts a backend named `name` on `addr` (port 0: a free port).
     pub fn spawn_on(addr: SocketAddr, name: &str) -> io::Result<TestServer> {
+        TestServer::spawn_backend(addr, Backend::new(name))
+    }
+
+    /// A backend that takes every Greeter and unary Echo call and never
+    /// answers (see [`Backend::stalling`]).
+    pub fn spawn_stalling(name: &str) -> io::Result<TestServer> {
+        TestServer::spawn_backend("127.0.0.1:0".parse().expect("a valid address"), Backend::stalling(name))
+    }
+
+    fn spawn_backend(addr: SocketAddr, backend: Backend) -> io::Result<TestServer> {
+        let name = backend.name.to_string();
+        let name = name.as_str();
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let backend = Backend::new(name);
         let stats = backend.stats();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (kill_tx, kill_rx) = oneshot::channel::<()>();

@@ -527,6 +527,115 @@ fn ring_hash_and_injected_faults_through_the_redirect() {
     assert!(took >= Duration::from_millis(2400), "8 delayed calls took {took:?}");
 }
 
+/// `config` with a route over the v1 endpoints that modifies headers both
+/// ways and mirrors every call to a service `shadow` (greeter-c).
+fn filters_config(topo: &Topology) -> String {
+    let (_, shadow, _) = BACKENDS[2];
+    format!(
+        "{}    routes:
+      - filters:
+          - request_header_modifier: {{ set: [ {{ name: x-tenant, value: acme }} ], remove: [ x-secret ] }}
+          - response_header_modifier: {{ add: [ {{ name: x-served-by, value: balancer }} ] }}
+          - request_mirror: {{ service: shadow, percent: 100 }}
+        backends: [ {{ labels: {{ version: v1 }} }} ]
+  - name: shadow
+    vip: 10.96.0.11:8000
+    endpoints: [ {{ address: {shadow} }} ]
+",
+        config(topo, None)
+    )
+}
+
+/// A sample of `/metrics`, asked from inside the node's namespace.
+fn node_metric(topo: &Topology, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let admin: SocketAddr = ADMIN.parse().expect("admin address");
+    let body = topo
+        .node
+        .netns
+        .run(move || http::get(admin, "/metrics"))
+        .ok()?
+        .ok()?
+        .body;
+    balancer_testing::metrics::first(&body, metric, labels)
+}
+
+/// That sample once it reaches `want`, or its value after 5 s.
+fn await_metric(topo: &Topology, metric: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = node_metric(topo, metric, labels);
+        if v == Some(want) || Instant::now() >= end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Header modifiers and a mirror on redirected connections: the backend
+/// sees the request changed, the client the response; every call is
+/// copied to the shadow service and none of the copies' answers reach the
+/// client.
+#[test]
+fn filters_and_mirrors_through_the_redirect() {
+    let Some(_serial) = serial_or_skip("filters_and_mirrors_through_the_redirect") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let node = start_node_with(&topo, &filters_config(&topo), None);
+    let pod = &topo.pods[0];
+
+    let v = client(pod, 60);
+    assert_eq!(v["errors"], 0, "{v}\nagent log:\n{}", node.log());
+    let counts = per_backend(&v);
+    assert_eq!(counts.values().sum::<u64>(), 60, "{counts:?}");
+    assert!(
+        !counts.contains_key("greeter-c"),
+        "the shadow answered a call: {counts:?}"
+    );
+    let sent = [("service", "greeter"), ("result", "sent")];
+    assert_eq!(
+        await_metric(&topo, "balancer_mirrored_calls_total", &sent, 60.0),
+        Some(60.0),
+        "agent log:\n{}",
+        node.log()
+    );
+    // The shadow's endpoint answered every copy.
+    let shadow_ok = [
+        ("service", "shadow"),
+        ("endpoint", "127.0.0.1:50063"),
+        ("grpc_status", "0"),
+    ];
+    assert_eq!(
+        await_metric(&topo, "balancer_requests_total", &shadow_ok, 60.0),
+        Some(60.0)
+    );
+
+    let mut cmd = Command::new(built("greeter-client"));
+    cmd.args([
+        "--target",
+        VIP,
+        "--echo",
+        "--header",
+        "x-tenant=client",
+        "--header",
+        "x-secret=s",
+        "--header",
+        "x-keep=k",
+    ]);
+    place(&mut cmd, Some(&pod.netns), Some(&pod.cgroup)).expect("place client");
+    let out = cmd.stderr(Stdio::piped()).output().expect("run greeter-client");
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "greeter-client --echo printed no JSON ({err}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(e["request"]["x-tenant"], "acme", "{e}");
+    assert_eq!(e["request"]["x-keep"], "k", "{e}");
+    assert!(e["request"].get("x-secret").is_none(), "{e}");
+    assert_eq!(e["response"]["x-served-by"], "balancer", "{e}");
+}
+
 /// Traces on redirected connections: each call's span reaches a collector
 /// (a fake one in the node's namespace); calls that carry the pod's
 /// `traceparent` keep its trace with the pod's span as their parent, the

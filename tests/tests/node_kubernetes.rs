@@ -8,7 +8,8 @@
 //! connection split 50:50, then 90:10 and 0:100 by a GRPCRoute change; a pod
 //! without the annotation not redirected; a second agent overlapping the
 //! first under load with no failed call; SIGTERM under load with no failed
-//! call. Needs root.
+//! call; a GRPCRoute's header modifiers and request mirror applied to the
+//! calls. Needs root.
 
 use std::{
     collections::BTreeMap,
@@ -564,5 +565,99 @@ fn service_annotations_choose_ring_hash_and_inject_faults() {
     assert_eq!(v["errors"], 30, "{v}");
     assert_eq!(v["error_codes"]["PermissionDenied"], 30, "{v}");
     assert_eq!(v["first_error"], "PermissionDenied: chaos", "{v}");
+    drop(cgroups);
+}
+
+/// A sample of the agent's `/metrics` once it reaches `want`, or its
+/// value after 5 s.
+fn agent_metric(agent: &NodeAgent, metric: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+    let read = || {
+        let (_, body) = agent.get("/metrics").ok()?;
+        balancer_testing::metrics::first(&body, metric, labels)
+    };
+    let start = Instant::now();
+    loop {
+        let v = read();
+        if v == Some(want) || start.elapsed() >= Duration::from_secs(5) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemonset_agent_applies_grpcroute_header_modifiers_and_mirrors() {
+    let Some(_serial) = serial_or_skip("the_daemonset_agent_applies_grpcroute_header_modifiers_and_mirrors") else {
+        return;
+    };
+    let node = Node::new();
+    let cgroups = node.kubepods.pod(Qos::Burstable, 100).expect("agent pod");
+    let mut a = node.start_agent("balancer-agent-a", &cgroups);
+    node.wait_ready(&mut a);
+
+    // Every call to v1, with its headers changed both ways, and a copy of
+    // each to greeter-v2.
+    let port = VIP.port();
+    node.api
+        .apply(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"namespace": "demo", "name": "greeter-filters"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": port}],
+                     "rules": [{
+                        "filters": [
+                            {"type": "RequestHeaderModifier",
+                             "requestHeaderModifier": {"set": [{"name": "x-tenant", "value": "acme"}],
+                                                       "remove": ["x-secret"]}},
+                            {"type": "ResponseHeaderModifier",
+                             "responseHeaderModifier": {"add": [{"name": "x-served-by", "value": "balancer"}]}},
+                            {"type": "RequestMirror",
+                             "requestMirror": {"backendRef": {"name": "greeter-v2", "port": port}, "percent": 100}}],
+                        "backendRefs": [{"name": "greeter-v1", "port": port, "filters": [
+                            {"type": "RequestHeaderModifier",
+                             "requestHeaderModifier": {"add": [{"name": "x-version", "value": "v1"}]}}]}]}]}}),
+        )
+        .expect("route");
+    let start = Instant::now();
+    loop {
+        let (_, body) = a.get("/api/v1/services/demo/greeter").expect("service");
+        if body.contains("mirror: demo/greeter-v2 100%") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "route not applied: {body}\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let v = node.greeter(&node.client, 0, 40);
+    assert_eq!(v["errors"], 0, "{v}\n{}", a.log());
+    assert_eq!(backends(&v).keys().collect::<Vec<_>>(), ["greeter-v1"], "{v}");
+    let sent = [("service", "demo/greeter"), ("result", "sent")];
+    assert_eq!(
+        agent_metric(&a, "balancer_mirrored_calls_total", &sent, 40.0),
+        Some(40.0),
+        "{}",
+        a.log()
+    );
+    let endpoint = format!("{V2}:{BACKEND_PORT}");
+    let answered = [
+        ("service", "demo/greeter-v2"),
+        ("endpoint", endpoint.as_str()),
+        ("grpc_status", "0"),
+    ];
+    assert_eq!(
+        agent_metric(&a, "balancer_requests_total", &answered, 40.0),
+        Some(40.0),
+        "the mirror answered every copy"
+    );
+
+    let e = node.greeter_with(1, &["--echo", "--header", "x-tenant=client", "--header", "x-secret=s"]);
+    assert_eq!(e["backend"], "greeter-v1", "{e}");
+    assert_eq!(e["request"]["x-tenant"], "acme", "{e}");
+    assert_eq!(e["request"]["x-version"], "v1", "{e}");
+    assert!(e["request"].get("x-secret").is_none(), "{e}");
+    assert_eq!(e["response"]["x-served-by"], "balancer", "{e}");
     drop(cgroups);
 }

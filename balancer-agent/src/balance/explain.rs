@@ -44,6 +44,10 @@ pub struct RouteChoice {
     pub index: usize,
     pub name: Option<String>,
     pub routes: usize,
+    /// Its header modifiers and mirrors, one line each (see
+    /// [`super::filters::describe`]).
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 /// One backend of the route: its label selector, weight, and where its
@@ -115,6 +119,7 @@ impl ServiceState {
                     index,
                     name: route.name.clone(),
                     routes: self.routes.len(),
+                    filters: route.described.clone(),
                 });
                 let total: u64 = route.backends.iter().map(|(_, w)| u64::from(*w)).sum();
                 let configured = svc.routes.get(index).map(|r| r.backends.as_slice()).unwrap_or(&[]);

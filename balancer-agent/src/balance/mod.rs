@@ -15,6 +15,7 @@
 
 pub mod endpoint;
 pub mod explain;
+pub mod filters;
 pub mod locality;
 pub mod pick;
 pub mod rand;
@@ -194,18 +195,41 @@ impl ServiceState {
     }
 
     pub fn pick(&self, call: &CallMeta<'_>, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
+        self.route(call, tried).map(|r| r.endpoint)
+    }
+
+    /// [`Self::pick`], with the filters of the route and backend that took
+    /// the call.
+    pub fn route(&self, call: &CallMeta<'_>, tried: Tried<'_>) -> Option<Routed<'_>> {
         let key = self.call_key(call);
         let pick = |subset: &Subset| pick::pick(self.policy, subset, &self.endpoints, tried, key);
+        let plain = |endpoint| Routed {
+            endpoint,
+            filters: None,
+            mirrors: None,
+        };
         match self.routes.iter().find(|r| r.is_match(call)) {
-            None => pick(&self.all),
+            None => pick(&self.all).map(plain),
             Some(route) => {
                 let b = route.next_backend();
-                if let Some((subset, _)) = route.backends.get(b) {
-                    if let Some(ep) = pick(subset) {
-                        return Some(ep);
-                    }
-                }
-                route.backends.iter().filter(|(_, w)| *w > 0).find_map(|(s, _)| pick(s))
+                let found = route
+                    .backends
+                    .get(b)
+                    .and_then(|(subset, _)| pick(subset))
+                    .map(|ep| (b, ep))
+                    .or_else(|| {
+                        route
+                            .backends
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (_, w))| *w > 0)
+                            .find_map(|(i, (s, _))| pick(s).map(|ep| (i, ep)))
+                    });
+                found.map(|(b, endpoint)| Routed {
+                    endpoint,
+                    filters: route.filters(b),
+                    mirrors: route.mirrors.as_deref(),
+                })
             }
         }
     }
@@ -215,6 +239,16 @@ impl ServiceState {
     pub fn pick_connection(&self, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
         pick::pick(self.policy, &self.all, &self.endpoints, tried, None)
     }
+}
+
+/// Where a call goes: its endpoint, and what the route and backend that
+/// chose it apply to it.
+#[derive(Debug)]
+pub struct Routed<'a> {
+    pub endpoint: Arc<EndpointRt>,
+    /// Header edits of the route and backend; `None` for most calls.
+    pub filters: Option<&'a filters::CallFilters>,
+    pub mirrors: Option<&'a filters::RouteMirrors>,
 }
 
 /// One service by name, for as long as the model has it.
@@ -229,6 +263,9 @@ pub struct ServiceSlot {
     tcp_connections: AtomicU64,
     faults_delayed: AtomicU64,
     faults_aborted: AtomicU64,
+    mirrored: AtomicU64,
+    mirrors_dropped: AtomicU64,
+    mirrors_failed: AtomicU64,
 }
 
 impl ServiceSlot {
@@ -243,6 +280,9 @@ impl ServiceSlot {
             tcp_connections: AtomicU64::new(0),
             faults_delayed: AtomicU64::new(0),
             faults_aborted: AtomicU64::new(0),
+            mirrored: AtomicU64::new(0),
+            mirrors_dropped: AtomicU64::new(0),
+            mirrors_failed: AtomicU64::new(0),
         }
     }
 
@@ -292,6 +332,9 @@ impl ServiceSlot {
             l4_connections: self.tcp_connections.load(Relaxed),
             faults_delayed: self.faults_delayed.load(Relaxed),
             faults_aborted: self.faults_aborted.load(Relaxed),
+            mirrored: self.mirrored.load(Relaxed),
+            mirrors_dropped: self.mirrors_dropped.load(Relaxed),
+            mirrors_failed: self.mirrors_failed.load(Relaxed),
         }
     }
 
@@ -302,6 +345,23 @@ impl ServiceSlot {
     /// A call delayed by fault injection.
     pub fn count_fault_delay(&self) {
         self.faults_delayed.fetch_add(1, Relaxed);
+    }
+
+    /// A copy of a call sent to a mirror.
+    pub fn count_mirrored(&self) {
+        self.mirrored.fetch_add(1, Relaxed);
+    }
+
+    /// A copy of a call not sent, or cut short: the mirror had no endpoint
+    /// or connection ready for it, or the request outgrew the copy's bound.
+    pub fn count_mirror_dropped(&self) {
+        self.mirrors_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// A copy sent whole that the mirror never answered (unreachable,
+    /// refused, reset, or cancelled after its time).
+    pub fn count_mirror_failed(&self) {
+        self.mirrors_failed.fetch_add(1, Relaxed);
     }
 
     /// A call aborted by fault injection.
@@ -419,6 +479,7 @@ impl Table {
                         .iter()
                         .map(|r| stats::RouteSnapshot {
                             name: r.name.clone(),
+                            filters: r.described.clone(),
                             backends: r
                                 .backends
                                 .iter()

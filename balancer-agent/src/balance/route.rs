@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use http::{HeaderMap, HeaderName};
 
 use super::{
+    filters::{CallFilters, RouteMirrors},
     locality::{self, Classes, Tiers},
     rand::rand_u64,
     ring::Ring,
@@ -242,6 +243,12 @@ pub struct CompiledRoute {
     matches: Vec<CompiledMatch>,
     pub(crate) backends: Vec<(Subset, u32)>,
     split: Split,
+    /// Header edits for the calls sent to each backend (by index; empty
+    /// when no backend has any).
+    pub(crate) filters: Vec<Option<Box<CallFilters>>>,
+    pub(crate) mirrors: Option<Box<RouteMirrors>>,
+    /// The filters, one line each, for display.
+    pub(crate) described: Vec<String>,
     /// The route's own limit on a call's duration.
     pub timeout: Option<std::time::Duration>,
 }
@@ -282,13 +289,29 @@ impl CompiledRoute {
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();
+        let mut filters: Vec<Option<Box<CallFilters>>> = route
+            .backends
+            .iter()
+            .map(|b| CallFilters::compile(&route.filters, &b.filters))
+            .collect();
+        if filters.iter().all(Option::is_none) {
+            filters = Vec::new();
+        }
         CompiledRoute {
             name: route.name.clone(),
             matches,
             backends,
             split: Split::new(&weights),
+            filters,
+            mirrors: RouteMirrors::compile(&route.filters),
+            described: super::filters::describe(route),
             timeout: route.timeout,
         }
+    }
+
+    /// The header edits for calls sent to backend `b`.
+    pub fn filters(&self, b: usize) -> Option<&CallFilters> {
+        self.filters.get(b).and_then(|f| f.as_deref())
     }
 
     /// An empty match list matches every call; otherwise any one match.

@@ -36,6 +36,18 @@ pub struct ServiceCounters {
     /// Calls aborted by fault injection.
     #[serde(default)]
     pub faults_aborted: u64,
+    /// Copies of calls sent to a mirror (GRPCRoute `RequestMirror`).
+    #[serde(default)]
+    pub mirrored: u64,
+    /// Copies not sent or cut short: no mirror endpoint or connection ready
+    /// at once, too many copies in flight, or a request larger than the
+    /// copy's bound.
+    #[serde(default)]
+    pub mirrors_dropped: u64,
+    /// Copies sent (counted in `mirrored`) that the mirror never answered:
+    /// unreachable, refused, reset or cancelled after their time.
+    #[serde(default)]
+    pub mirrors_failed: u64,
 }
 
 /// One endpoint's load, health and call statistics.
@@ -121,6 +133,8 @@ pub struct EndpointSnapshot {
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteSnapshot {
     pub name: Option<String>,
+    /// Its filters, one line each (see [`super::filters::describe`]).
+    pub filters: Vec<String>,
     pub backends: Vec<BackendSnapshot>,
 }
 

@@ -62,12 +62,15 @@ fn split(v1: u32, v2: u32) -> Route {
             Backend {
                 labels: labels("v1"),
                 weight: v1,
+                filters: Default::default(),
             },
             Backend {
                 labels: labels("v2"),
                 weight: v2,
+                filters: Default::default(),
             },
         ],
+        filters: Default::default(),
         timeout: None,
     }
 }
@@ -152,6 +155,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
         vec![Backend {
             labels: labels(v),
             weight: 1,
+            filters: Default::default(),
         }]
     };
     Arc::make_mut(&mut m.services[0]).routes = vec![
@@ -166,6 +170,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 }],
             }],
             backends: to("v2"),
+            filters: Default::default(),
             timeout: None,
         },
         Route {
@@ -176,6 +181,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 headers: vec![],
             }],
             backends: to("v1"),
+            filters: Default::default(),
             timeout: None,
         },
     ];

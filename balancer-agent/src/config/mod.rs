@@ -40,6 +40,7 @@
 //! Every error is one line naming the file, the key and the line:
 //! `greeter.yaml: services[0].endpoints[1].address: invalid socket address "x" ... at line 12 column 20`.
 
+mod filters;
 mod position;
 mod schema;
 mod watch;

@@ -3,7 +3,7 @@
 //! Every struct denies unknown keys, so a typo is an error naming the key
 //! rather than a silently ignored setting.
 
-use std::{fmt, net::SocketAddr, path::PathBuf};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::PathBuf};
 
 use serde::{
     de::{self, MapAccess, Visitor},
@@ -16,7 +16,10 @@ use crate::model::{
     TrafficDistribution,
 };
 
-use super::NodeConfig;
+use super::{
+    filters::{into_filters, FilterFile},
+    NodeConfig,
+};
 use crate::traces::{TracingConfig, TracingError};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
@@ -259,6 +262,9 @@ struct RouteFile {
     matches: Vec<MatchFile>,
     #[serde(default)]
     backends: Vec<BackendFile>,
+    /// Header modifiers and mirrors (see [`super::filters`]).
+    #[serde(default)]
+    filters: Vec<FilterFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +297,9 @@ struct BackendFile {
     /// Gateway API's default weight.
     #[serde(default = "one")]
     weight: u32,
+    /// Header modifiers for the calls sent to this backend.
+    #[serde(default)]
+    filters: Vec<FilterFile>,
 }
 
 fn one() -> u32 {
@@ -356,12 +365,12 @@ impl<'de> Deserialize<'de> for StringMatchFile {
 
 /// A check failed after deserializing: the key path and what is wrong.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Invalid {
+pub(super) struct Invalid {
     pub path: String,
     pub message: String,
 }
 
-fn invalid(path: String, message: impl Into<String>) -> Invalid {
+pub(super) fn invalid(path: String, message: impl Into<String>) -> Invalid {
     Invalid {
         path,
         message: message.into(),
@@ -381,11 +390,12 @@ impl File {
             tracing: self.tracing.map(TracingFile::into_config).transpose()?,
         };
         let vip_given: Vec<bool> = self.services.iter().map(|s| s.vip.is_some()).collect();
+        let names: HashSet<String> = self.services.iter().map(|s| s.name.clone()).collect();
         let services = self
             .services
             .into_iter()
             .enumerate()
-            .map(|(i, s)| s.into_service(&format!("services[{i}]")))
+            .map(|(i, s)| s.into_service(&format!("services[{i}]"), &names))
             .collect::<Result<Vec<_>, _>>()?;
         let mut model = Model {
             services: services.into_iter().map(std::sync::Arc::new).collect(),
@@ -406,7 +416,7 @@ impl File {
 }
 
 impl ServiceFile {
-    fn into_service(self, at: &str) -> Result<Service, Invalid> {
+    fn into_service(self, at: &str, names: &HashSet<String>) -> Result<Service, Invalid> {
         let mut vips: Vec<SocketAddr> = self.vip.iter().map(|a| a.0).collect();
         vips.extend(self.vips.iter().map(|a| a.0));
         if vips.is_empty() && self.listen.is_none() {
@@ -437,7 +447,7 @@ impl ServiceFile {
             .routes
             .into_iter()
             .enumerate()
-            .map(|(r, route)| route.into_route(&format!("{at}.routes[{r}]")))
+            .map(|(r, route)| route.into_route(&format!("{at}.routes[{r}]"), names))
             .collect::<Result<Vec<_>, _>>()?;
         let hash_header = self.hash_header.map(|h| h.to_ascii_lowercase());
         match (self.policy, &hash_header) {
@@ -488,7 +498,7 @@ impl ServiceFile {
 }
 
 impl RouteFile {
-    fn into_route(self, at: &str) -> Result<Route, Invalid> {
+    fn into_route(self, at: &str, names: &HashSet<String>) -> Result<Route, Invalid> {
         if self.backends.is_empty() {
             return Err(invalid(
                 format!("{at}.backends"),
@@ -504,17 +514,24 @@ impl RouteFile {
             .enumerate()
             .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let filters = into_filters(self.filters, &format!("{at}.filters"), names, true)?;
+        let backends = self
+            .backends
+            .into_iter()
+            .enumerate()
+            .map(|(b, file)| {
+                Ok(Backend {
+                    filters: into_filters(file.filters, &format!("{at}.backends[{b}].filters"), names, false)?,
+                    labels: file.labels,
+                    weight: file.weight,
+                })
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
         Ok(Route {
             name: self.name,
             matches,
-            backends: self
-                .backends
-                .into_iter()
-                .map(|b| Backend {
-                    labels: b.labels,
-                    weight: b.weight,
-                })
-                .collect(),
+            backends,
+            filters,
             timeout: None,
         })
     }
@@ -629,7 +646,9 @@ fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelE
         }
         E::NoBackends { service, route }
         | E::AllWeightsZero { service, route }
-        | E::BadRegex { service, route, .. } => {
+        | E::BadRegex { service, route, .. }
+        | E::BadFilter { service, route, .. }
+        | E::BackendMirror { service, route } => {
             format!("services[{}].routes[{route}]", index_of(service))
         }
     };

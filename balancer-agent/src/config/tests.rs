@@ -84,13 +84,16 @@ fn the_documented_example_parses_into_the_model() {
                 backends: vec![
                     Backend {
                         labels: labels(&[("version", "v1")]),
-                        weight: 90
+                        weight: 90,
+                        filters: Default::default(),
                     },
                     Backend {
                         labels: labels(&[("version", "v2")]),
-                        weight: 10
+                        weight: 10,
+                        filters: Default::default(),
                     },
                 ],
+                filters: Default::default(),
                 timeout: None,
             }],
             fault: None,
@@ -597,4 +600,125 @@ fn ring_hash_and_fault_mistakes_name_the_key() {
         e.starts_with("greeter.yaml: services[0].fault: a fault needs `delay` and/or `abort`"),
         "{e}"
     );
+}
+
+/// A service `a` with one route whose filters are `route` and whose
+/// backend's are `backend`, and a service `shadow` to mirror to.
+fn filtered(route: &str, backend: &str) -> String {
+    format!(
+        "services:\n  - name: a\n    listen: 127.0.0.1:1\n    routes:\n      - filters: {route}\n        backends:\n          - {{ weight: 1, filters: {backend} }}\n  - name: shadow\n    listen: 127.0.0.1:2\n"
+    )
+}
+
+#[test]
+fn filters_of_routes_and_backends_from_the_file() {
+    let text = filtered(
+        "[ { request_header_modifier: { set: [ { name: X-Tenant, value: a } ], add: [ { name: x-add, value: \"1\" } ], remove: [ X-Debug ] } },\n                   { response_header_modifier: { add: [ { name: x-served-by, value: balancer } ] } },\n                   { request_mirror: { service: shadow, percent: 12.5 } } ]",
+        "[ { request_header_modifier: { set: [ { name: x-backend, value: v1 } ] } } ]",
+    );
+    let l = parse(&text, "greeter.yaml").unwrap();
+    let route = &l.model.service("a").unwrap().routes[0];
+    let req = route.filters.request.as_ref().unwrap();
+    assert_eq!((req.set[0].name.as_str(), req.set[0].value.as_str()), ("x-tenant", "a"));
+    assert_eq!(req.add[0].name, "x-add");
+    assert_eq!(req.remove, ["x-debug"], "names are lowercased");
+    assert_eq!(route.filters.response.as_ref().unwrap().add[0].name, "x-served-by");
+    let m = &route.filters.mirrors[0];
+    assert_eq!((m.service.as_str(), m.share.percent()), ("shadow", 12.5));
+    let b = route.backends[0].filters.request.as_ref().unwrap();
+    assert_eq!(b.set[0].name, "x-backend");
+    // Without `percent`, every call is mirrored; `fraction` as in the
+    // Gateway API.
+    let l = parse(&filtered("[ { request_mirror: { service: shadow } } ]", "[]"), "f").unwrap();
+    let m = &l.model.service("a").unwrap().routes[0].filters.mirrors[0];
+    assert_eq!(m.share.percent(), 100.0);
+    let text = filtered(
+        "[ { request_mirror: { service: shadow, fraction: { numerator: 1, denominator: 8 } } } ]",
+        "[]",
+    );
+    let l = parse(&text, "f").unwrap();
+    let m = &l.model.service("a").unwrap().routes[0].filters.mirrors[0];
+    assert_eq!(m.share.percent(), 12.5);
+}
+
+#[test]
+fn filter_mistakes_name_the_key() {
+    let cases = [
+        (
+            filtered("[ { request_header_modifier: { set: [ { name: \":path\", value: /x } ] } } ]", "[]"),
+            "services[0].routes[0].filters[0].request_header_modifier: header `:path` may not be modified",
+        ),
+        (
+            filtered("[ { request_header_modifier: { remove: [ te ] } } ]", "[]"),
+            "services[0].routes[0].filters[0].request_header_modifier: header `te` may not be modified",
+        ),
+        (
+            filtered("[]", "[ { response_header_modifier: { set: [ { name: grpc-status, value: \"0\" } ] } } ]"),
+            "services[0].routes[0].backends[0].filters[0].response_header_modifier: header `grpc-status` may not be modified",
+        ),
+        (
+            filtered("[ { request_header_modifier: { add: [ { name: content-type, value: x } ] } } ]", "[]"),
+            "header `content-type` may not be modified",
+        ),
+        (
+            filtered("[ { request_header_modifier: { add: [ { name: connection, value: close } ] } } ]", "[]"),
+            "header `connection` may not be modified",
+        ),
+        (
+            filtered("[ { request_header_modifier: { add: [ { name: x-a, value: \" lead\" } ] } } ]", "[]"),
+            "header `x-a`: invalid value \" lead\"",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow }, request_header_modifier: { remove: [x-a] } } ]", "[]"),
+            "services[0].routes[0].filters[0]: a filter is exactly one of",
+        ),
+        (
+            filtered("[ { request_header_modifier: {} } ]", "[]"),
+            "a header modifier needs `set`, `add` or `remove`",
+        ),
+        (
+            filtered("[ { request_mirror: { service: nowhere } } ]", "[]"),
+            "services[0].routes[0].filters[0].request_mirror.service: no service named `nowhere` in this file",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow, percent: 120 } } ]", "[]"),
+            "request_mirror.percent: invalid percentage `120`",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow, fraction: { numerator: 3, denominator: 2 } } } ]", "[]"),
+            "request_mirror.fraction: needs 0 ≤ numerator ≤ denominator",
+        ),
+        (
+            filtered("[ { request_mirror: { service: shadow, percent: 5, fraction: { numerator: 1 } } } ]", "[]"),
+            "request_mirror: give either `percent` or `fraction`, not both",
+        ),
+        (
+            filtered("[]", "[ { request_mirror: { service: shadow } } ]"),
+            "services[0].routes[0].backends[0].filters[0].request_mirror: a backend cannot mirror calls",
+        ),
+        (
+            filtered("[ { rewrite: {} } ]", "[]"),
+            "unknown field `rewrite`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```yaml\nlisten:")
+        .expect("the static-mode example in the README")
+        + "```yaml\n".len();
+    let text = &readme[start..start + readme[start..].find("```").expect("its end")];
+    let l = parse(text, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    let greeter = l.model.service("greeter").unwrap();
+    let canary = &greeter.routes[0];
+    assert_eq!(canary.filters.mirrors[0].service, "greeter-shadow");
+    assert!(canary.backends[0].filters.request.is_some());
 }

@@ -58,6 +58,9 @@ fn render(e: &api::Explanation) -> String {
         )),
         None => s.push_str("Route:      none matches: every ready endpoint may take the call\n"),
     }
+    for f in e.route.iter().flat_map(|r| &r.filters) {
+        s.push_str(&format!("Filter:     {f}\n"));
+    }
     if let Some(f) = &e.fault {
         s.push_str(&format!("Faults:     {f}\n"));
     }

@@ -206,6 +206,24 @@ pub(super) fn services(
                 ]);
             }
             write!(out, "{}", t.render())?;
+            let filtered: Vec<&api::Route> = svc.routes.iter().filter(|r| !r.filters.is_empty()).collect();
+            if !filtered.is_empty() {
+                writeln!(out, "Filters:")?;
+                for r in filtered {
+                    writeln!(out, "  {}:", opt(r.name.as_ref()))?;
+                    for f in &r.filters {
+                        writeln!(out, "    {f}")?;
+                    }
+                }
+            }
+        }
+        let c = &svc.counters;
+        if c.mirrored + c.mirrors_dropped > 0 {
+            writeln!(
+                out,
+                "Mirrored:   {} sent ({} unanswered), {} dropped",
+                c.mirrored, c.mirrors_failed, c.mirrors_dropped
+            )?;
         }
         writeln!(out, "Endpoints:")?;
         write!(out, "{}", indent(&endpoint_table(&svc.endpoints).render()))?;

@@ -13,7 +13,8 @@
 //! weighted `backendRefs`. Precedence is the Gateway API's: the most
 //! specific match first (characters of an exact service, then of an exact
 //! method, then the number of header matches), ties to the oldest route, then
-//! `namespace/name`, then rule order. A route this agent cannot honour exactly (filters,
+//! `namespace/name`, then rule order. Filters: see [`super::route_filters`].
+//! A route this agent cannot honour exactly (an unsupported filter,
 //! a missing backend, all weights 0, a bad regular expression) is refused as a
 //! whole — never half-applied — and reported: each [`RouteError`] names the
 //! route condition it turns False ([`RouteError::condition`]), which the
@@ -70,8 +71,12 @@ pub enum RouteError {
         pattern: String,
         reason: String,
     },
-    #[error("rules[{rule}]: filters are not supported")]
-    UnsupportedFilter { rule: usize },
+    #[error("rules[{rule}]: filter {filter} is not supported (RequestHeaderModifier, ResponseHeaderModifier and RequestMirror are)")]
+    UnsupportedFilter { rule: usize, filter: String },
+    #[error("rules[{rule}]: {reason}")]
+    BadFilter { rule: usize, reason: String },
+    #[error("rules[{rule}]: RequestMirror to Service `{service}` port {port}: not a gRPC port the agent balances (name it grpc or grpc-*, or set appProtocol grpc, and give the Service a cluster IP)")]
+    MirrorNotBalanced { rule: usize, service: String, port: i32 },
 }
 
 impl RouteError {
@@ -91,6 +96,8 @@ impl RouteError {
             | BackendPortRequired { .. }
             | NegativeWeight { .. }
             | AllWeightsZero { .. }
+            | BadFilter { .. }
+            | MirrorNotBalanced { .. }
             | BadRegex { .. } => (RouteCondition::Accepted, reason::UNSUPPORTED_VALUE),
         }
     }
@@ -235,9 +242,8 @@ fn rule_to_route<'a>(
     namespace: &str,
     lookup: &impl Fn(&str, &str) -> Option<&'a Service>,
 ) -> Result<(Route, Vec<BackendPort>), RouteError> {
-    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(RouteError::UnsupportedFilter { rule: i });
-    }
+    let filters =
+        super::route_filters::rule_filters(i, rule.filters.as_deref().unwrap_or_default(), namespace, lookup)?;
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     if refs.is_empty() {
         return Err(RouteError::NoBackends { rule: i });
@@ -256,6 +262,7 @@ fn rule_to_route<'a>(
         backends.push(Backend {
             labels: Labels::from([(key, value)]),
             weight,
+            filters: super::route_filters::backend_filters(i, r.filters.as_deref().unwrap_or_default())?,
         });
         ports.push(port);
     }
@@ -273,13 +280,14 @@ fn rule_to_route<'a>(
             name: Some(name),
             matches,
             backends,
+            filters,
             timeout: None,
         },
         ports,
     ))
 }
 
-fn backend_port<'a>(
+pub(super) fn backend_port<'a>(
     i: usize,
     r: &GrpcRouteRulesBackendRefs,
     namespace: &str,

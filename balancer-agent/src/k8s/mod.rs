@@ -43,6 +43,7 @@ pub mod lease;
 pub mod mesh;
 pub mod node_events;
 mod report;
+mod route_filters;
 pub mod route_status;
 pub mod slice;
 mod status;

@@ -147,6 +147,37 @@ fn running(pod: &Pod) -> bool {
     !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
+/// The model service a Service port becomes (`namespace/name`, or
+/// `namespace/name:port-name` when the Service has several gRPC ports);
+/// `None` when the agent does not balance that port.
+pub fn model_name(svc: &Service, port: i32) -> Option<String> {
+    if cluster_ipv4s(svc).is_empty() {
+        return None;
+    }
+    let grpc: Vec<&ServicePort> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|p| is_grpc_port(p))
+        .collect();
+    let sp = grpc.iter().find(|p| p.port == port)?;
+    u16::try_from(sp.port).ok()?;
+    Some(port_model_name(
+        &svc.namespace().unwrap_or_default(),
+        &svc.name_any(),
+        grpc.len(),
+        sp,
+    ))
+}
+
+fn port_model_name(ns: &str, name: &str, grpc_ports: usize, sp: &ServicePort) -> String {
+    if grpc_ports == 1 {
+        format!("{ns}/{name}")
+    } else {
+        format!("{ns}/{name}:{}", sp.name.as_deref().unwrap_or("grpc"))
+    }
+}
+
 /// The IPv4 cluster IPs of a Service: none for headless and ExternalName.
 fn cluster_ipv4s(svc: &Service) -> Vec<Ipv4Addr> {
     let Some(spec) = &svc.spec else { return Vec::new() };
@@ -331,6 +362,7 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
                 name: r.name.clone(),
                 matches: vec![m.clone()],
                 backends: r.backends.clone(),
+                filters: r.filters.clone(),
                 timeout: r.timeout,
             });
         }
@@ -388,11 +420,7 @@ pub(super) fn service<'s, 'p>(
     let slices = |service: &str| slices_of(&ns, service).into_iter().flat_map(BTreeMap::values);
     for sp in &grpc_ports {
         let Ok(port) = u16::try_from(sp.port) else { continue };
-        let model_name = if grpc_ports.len() == 1 {
-            format!("{ns}/{name}")
-        } else {
-            format!("{ns}/{name}:{}", sp.name.as_deref().unwrap_or("grpc"))
-        };
+        let model_name = port_model_name(&ns, &name, grpc_ports.len(), sp);
         let port_name = sp.name.as_deref().filter(|n| !n.is_empty());
 
         let mut endpoints = BTreeMap::new();

@@ -340,6 +340,31 @@ impl Collector for Scrape {
             )?;
         }
         {
+            let mirrors: Vec<(Labels<'_>, u64)> = self
+                .services
+                .iter()
+                .filter(|s| {
+                    s.routes.iter().any(|r| !r.filters.is_empty())
+                        || s.counters.mirrored + s.counters.mirrors_dropped + s.counters.mirrors_failed > 0
+                })
+                .flat_map(|s| {
+                    [
+                        ("sent", s.counters.mirrored),
+                        ("dropped", s.counters.mirrors_dropped),
+                        ("failed", s.counters.mirrors_failed),
+                    ]
+                    .into_iter()
+                    .map(|(result, n)| (vec![("service", s.name.as_str()), ("result", result)], n))
+                })
+                .collect();
+            counter(
+                e,
+                "balancer_mirrored_calls",
+                "Copies of calls for a GRPCRoute RequestMirror: sent (the whole request handed to a mirror connection), dropped (no mirror endpoint or connection ready at once, too many in flight, or a request beyond the copy's bound), failed (sent, then never answered: unreachable, refused, reset or timed out).",
+                &mirrors,
+            )?;
+        }
+        {
             let mut m = e.encode_descriptor(
                 "balancer_request_duration_seconds",
                 "Call duration at the agent, from the request's headers to the end of the response.",

@@ -31,7 +31,8 @@ impl Injection {
     }
 }
 
-fn drawn(share: Share) -> bool {
+/// Whether a call falls into `share` (one uniform draw).
+pub(crate) fn drawn(share: Share) -> bool {
     share == Share::ALL || share.contains((rand_u64() % u64::from(Share::MILLION)) as u32)
 }
 

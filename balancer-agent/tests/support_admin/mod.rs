@@ -79,6 +79,10 @@ pub fn greeter() -> api::Service {
                     weight: 10,
                 },
             ],
+            filters: vec![
+                "request: set x-tenant=acme, remove x-debug".into(),
+                "mirror: greeter-shadow 10%".into(),
+            ],
         }],
         endpoints: vec![a, b],
         counters: api::ServiceCounters {
@@ -86,6 +90,9 @@ pub fn greeter() -> api::Service {
             no_endpoint: NO_ENDPOINT,
             retries: 5,
             l4_connections: 2,
+            mirrored: 7,
+            mirrors_dropped: 2,
+            mirrors_failed: 1,
             ..Default::default()
         },
         traffic_distribution: Some("PreferClose".into()),

@@ -316,12 +316,15 @@ pub fn split_route(v1: u32, v2: u32) -> Route {
             Backend {
                 labels: version("v1"),
                 weight: v1,
+                filters: Default::default(),
             },
             Backend {
                 labels: version("v2"),
                 weight: v2,
+                filters: Default::default(),
             },
         ],
+        filters: Default::default(),
         timeout: None,
     }
 }

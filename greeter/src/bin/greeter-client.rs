@@ -1,7 +1,9 @@
 //! `greeter-client --target ADDR --calls N [--concurrency C |
 //! --interval-ms MS] [--header NAME=VALUE]... [--json]`: N `SayHello` calls
 //! over ONE channel (one HTTP/2 connection), counted per serving backend;
-//! with `--interval-ms` one at a time, that far apart.
+//! with `--interval-ms` one at a time, that far apart. With `--echo`, one
+//! `Echo.Unary` call instead, printing the `x-*` metadata the backend
+//! received and the `x-*` response headers that came back.
 
 use std::time::Duration;
 
@@ -36,6 +38,10 @@ struct Args {
     /// --interval-ms).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// One Echo call: print what the backend saw of the metadata and the
+    /// response headers (JSON).
+    #[arg(long)]
+    echo: bool,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -51,6 +57,18 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    if args.echo {
+        let echoed = rt.block_on(async {
+            let channel = greeter::client::connect(&args.target)
+                .await
+                .with_context(|| format!("cannot connect to {}", args.target))?;
+            greeter::client::echo_metadata(channel, &args.headers, Duration::from_millis(args.timeout_ms))
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+        })?;
+        println!("{}", serde_json::to_string(&echoed)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let spread = rt.block_on(async {
         let channel = greeter::client::connect(&args.target)
             .await

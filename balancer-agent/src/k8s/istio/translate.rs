@@ -367,7 +367,11 @@ fn http_route<'a>(
             })?,
         };
         let labels = destination(&at, &d.destination, namespace, this, lookup, rules, applied)?;
-        backends.push(Backend { labels, weight });
+        backends.push(Backend {
+            labels,
+            weight,
+            filters: Default::default(),
+        });
     }
     if backends.iter().all(|b| b.weight == 0) {
         return Err(IstioError::Invalid {
@@ -380,6 +384,7 @@ fn http_route<'a>(
         matches,
         backends,
         timeout,
+        filters: Default::default(),
     })
 }
 

@@ -25,6 +25,7 @@ use super::{
     head::{check_request, Builder, Head, RequestCheck},
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
+    mirror::{self, Copies, Mirrors},
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     pool,
     retry::{self, Next, Standing},
@@ -32,7 +33,7 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
+    balance::{endpoint::CallGuard, filters::HeaderEdit, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
     conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
@@ -134,6 +135,7 @@ fn start(
             empty_data: Budget::new(EMPTY_DATA_BUDGET, EMPTY_DATA_REFILL, now),
             deadlines: BinaryHeap::new(),
             held: BinaryHeap::new(),
+            mirrors: Mirrors::default(),
             keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, now),
         },
     };
@@ -171,6 +173,8 @@ struct ClientState {
     /// Calls held by an injected delay, by when they go on, soonest first
     /// (entries of calls that ended meanwhile are skipped).
     held: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Copies of calls sent to mirrors (GRPCRoute `RequestMirror`).
+    mirrors: Mirrors,
     keepalive: PingTimer,
 }
 
@@ -224,6 +228,10 @@ struct Call {
     abort: Option<(u16, Box<str>)>,
     /// What was injected, for the access log.
     injected: Option<&'static str>,
+    /// The route's edit of the response head, if any.
+    response_edit: Option<Arc<HeaderEdit>>,
+    /// Copies of this call that still take its request bytes.
+    copies: Copies,
     started: StdInstant,
     last_error: Option<Box<str>>,
     /// The agent's span of the call (tracing on).
@@ -245,6 +253,19 @@ impl Call {
             let _ = up.mailbox.push(msg);
         }
     }
+}
+
+/// The mirrors' view of a client connection (its fields, borrowed apart
+/// from `mirrors`).
+macro_rules! mirror_env {
+    ($st:expr) => {
+        mirror::Env {
+            ctx: &$st.ctx,
+            conn: $st.id,
+            me: &$st.me,
+            slot: &$st.slot,
+        }
+    };
 }
 
 impl ClientState {
@@ -346,9 +367,14 @@ impl ClientState {
             }
             call.req_end = true;
             call.replay = None;
+            let head = b.finish();
+            if call.copies != 0 {
+                self.mirrors
+                    .trailers(&mirror_env!(self), stream, &mut call.copies, &head);
+            }
             call.tell_up(ToUp::Trailers {
                 key: call.key(self.id, stream),
-                head: b.finish(),
+                head,
             });
             return;
         }
@@ -425,6 +451,8 @@ impl ClientState {
             held_until: None,
             abort: None,
             injected: None,
+            response_edit: None,
+            copies: 0,
             started: StdInstant::now(),
             last_error: None,
             span,
@@ -533,9 +561,14 @@ impl ClientState {
                 call.replay = None;
             }
         }
+        let data = Bytes::copy_from_slice(data);
+        if call.copies != 0 {
+            self.mirrors
+                .data(&mirror_env!(self), stream, &mut call.copies, &data, end);
+        }
         call.tell_up(ToUp::Data {
             key: call.key(self.id, stream),
-            data: Bytes::copy_from_slice(data),
+            data,
             end,
         });
     }
@@ -559,18 +592,31 @@ impl ClientState {
         };
         let path = std::str::from_utf8(call.head.get(b":path").unwrap_or_default()).unwrap_or_default();
         let meta = CallMeta::from_path(path, &call.head);
-        let picked = state.pick(&meta, call.tried.as_slice()).or_else(|| {
+        let routed = state.route(&meta, call.tried.as_slice()).or_else(|| {
             if call.allow_same {
-                state.pick(&meta, &[])
+                state.route(&meta, &[])
             } else {
                 None
             }
         });
-        drop(state);
-        let Some(ep) = picked else {
+        let Some(routed) = routed else {
+            drop(state);
             self.no_endpoint(c, stream, out);
             return;
         };
+        // Filters: the common call has none and pays one branch for them.
+        // Each attempt takes its backend's (a retry may land on another).
+        let (edited, response_edit) = match routed.filters {
+            Some(f) => (f.request.as_ref().map(|e| call.head.edited(e)), f.response.clone()),
+            None => (None, None),
+        };
+        call.response_edit = response_edit;
+        let plan = match routed.mirrors {
+            Some(m) if call.attempt == 0 => mirror::plan(m, &call.head),
+            _ => None,
+        };
+        let ep = routed.endpoint;
+        drop(state);
         if call.tried.len > 0 {
             self.slot.count_retry();
         }
@@ -582,9 +628,12 @@ impl ClientState {
                     .saturating_duration_since(Instant::now())
                     .as_millis()
                     .clamp(1, 99_999_999);
-                call.head.with(b"grpc-timeout", format!("{left}m").as_bytes())
+                edited
+                    .as_ref()
+                    .unwrap_or(&call.head)
+                    .with(b"grpc-timeout", format!("{left}m").as_bytes())
             }
-            None => call.head.clone(),
+            None => edited.unwrap_or_else(|| call.head.clone()),
         };
         let guard = ep.start_call();
         let Some(pool) = pool::of(&ep) else {
@@ -620,9 +669,17 @@ impl ClientState {
         }
         call.up = Some(up);
         call.guard = Some(guard);
+        if let Some(plan) = plan {
+            let (sent, end) = (call.replay.as_deref(), call.req_end);
+            call.copies = self.mirrors.start(&mirror_env!(self), stream, plan, sent, end);
+        }
     }
 
     fn on_msg(&mut self, c: &mut Conn, msg: ToClient, out: &mut BytesMut) {
+        if msg.attempt & mirror::MIRROR != 0 {
+            self.mirrors.on_msg(&mirror_env!(self), msg);
+            return;
+        }
         let stream = msg.stream;
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
@@ -642,6 +699,10 @@ impl ClientState {
                 if end {
                     call.status = Some(head.get(b"grpc-status").map_or(grpc::UNKNOWN, grpc::parse_status));
                 }
+                let head = match &call.response_edit {
+                    Some(e) => head.edited(e),
+                    None => head,
+                };
                 c.put_head(out, stream, &head, end);
                 if end {
                     call.out.ended = true;
@@ -803,6 +864,9 @@ impl ClientState {
     /// Accounts for a call that is over.
     fn done(&mut self, stream: u32, mut call: Call, outcome: Outcome) {
         self.recently_closed.remember(stream, call.req_end);
+        if call.copies != 0 {
+            self.mirrors.call_ended(&mirror_env!(self), stream, call.copies);
+        }
         let endpoint = call.guard.as_ref().map(|g| g.endpoint().address);
         if let Some(g) = call.guard.take() {
             g.finish(outcome);
@@ -859,6 +923,9 @@ impl ClientState {
         if let Some(d) = self.drain_by {
             at = at.min(d);
         }
+        if let Some(m) = self.mirrors.next_timer() {
+            at = at.min(m);
+        }
         at
     }
 
@@ -892,6 +959,7 @@ impl ClientState {
                 self.release(c, stream, out);
             }
         }
+        self.mirrors.on_timer(&mirror_env!(self), now);
         match self.keepalive.fire(now) {
             Due::Ping => frame::put_ping(out, false, *b"balancer"),
             Due::Dead => {
@@ -916,10 +984,22 @@ impl ClientState {
 
 impl Drop for ClientState {
     /// However the connection ends (even dropped at a forced shutdown), its
-    /// calls are cancelled upstream and accounted for.
+    /// calls are cancelled upstream and accounted for. Copies sent whole to
+    /// a mirror finish on their own (see [`mirror::linger`]).
     fn drop(&mut self) {
-        self.me.close();
         self.abort_all();
+        let copies = std::mem::take(&mut self.mirrors);
+        let lingering = !copies.is_empty()
+            && mirror::linger(
+                copies,
+                Arc::clone(&self.ctx),
+                self.id,
+                Arc::clone(&self.me),
+                Arc::clone(&self.slot),
+            );
+        if !lingering {
+            self.me.close();
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::balance::CallHeaders;
+use crate::balance::{filters::HeaderEdit, CallHeaders};
 
 const NEVER_INDEX: u8 = 1;
 /// flags (1) + name length (2) + value length (4).
@@ -61,6 +61,47 @@ impl Head {
     pub fn len_bytes(&self) -> usize {
         self.buf.len()
     }
+
+    /// The same head through a route's header edit, in one pass: fields
+    /// whose name the edit clears are dropped, the edit's fields appended
+    /// (after every pseudo-header, which an edit never names).
+    pub fn edited(&self, e: &HeaderEdit) -> Head {
+        let extra: usize = e.append.iter().map(|(n, v)| ENTRY + n.len() + v.len()).sum();
+        let mut b = Builder::with_capacity(self.buf.len() + extra);
+        for f in self.iter().filter(|f| !e.clears(f.name)) {
+            b.push(f.name, f.value, f.never_index);
+        }
+        for (n, v) in &e.append {
+            b.push(n, v, false);
+        }
+        b.finish()
+    }
+
+    /// A mirrored copy's head: `:authority` (and `host`, if any) with the
+    /// `-shadow` suffix on the host part, as Envoy and Istio send copies.
+    pub fn shadowed(&self) -> Head {
+        let mut h = self.clone();
+        for name in [&b":authority"[..], b"host"] {
+            if let Some(v) = h.get(name) {
+                let v = shadow_authority(v);
+                h = h.with(name, &v);
+            }
+        }
+        h
+    }
+}
+
+/// `host:port` → `host-shadow:port` (`[v6]:port` and a bare host alike).
+fn shadow_authority(v: &[u8]) -> Vec<u8> {
+    let split = match v.iter().rposition(|&b| b == b':') {
+        Some(i) if !v[i..].contains(&b']') => i,
+        _ => v.len(),
+    };
+    let mut out = Vec::with_capacity(v.len() + 7);
+    out.extend_from_slice(&v[..split]);
+    out.extend_from_slice(b"-shadow");
+    out.extend_from_slice(&v[split..]);
+    out
 }
 
 pub(crate) struct Fields<'a> {
@@ -323,6 +364,56 @@ mod tests {
         assert_eq!(h2.iter().filter(|f| f.name == b"grpc-timeout").count(), 1);
         assert_eq!(h2.get(b"grpc-timeout"), Some(&b"5m"[..]));
         assert_eq!(h2.iter().count(), GOOD.len() + 1);
+    }
+
+    #[test]
+    fn an_edit_removes_sets_and_adds_in_one_pass_and_keeps_the_rest() {
+        use crate::model::{HeaderModifier, HeaderValue};
+        let hv = HeaderValue::new;
+        let m = HeaderModifier {
+            set: vec![hv("x-set", "new")],
+            add: vec![hv("x-add", "2")],
+            remove: vec!["authorization".into(), "x-absent".into()],
+        };
+        let e = HeaderEdit::of([&m]).unwrap();
+        let mut fields = GOOD.to_vec();
+        fields.extend_from_slice(&[("x-set", "old"), ("x-add", "1"), ("x-set", "older")]);
+        let h = head(&fields).edited(&e);
+        let got: Vec<(String, String)> = h
+            .iter()
+            .map(|f| {
+                (
+                    String::from_utf8_lossy(f.name).into_owned(),
+                    String::from_utf8_lossy(f.value).into_owned(),
+                )
+            })
+            .collect();
+        // `authorization` and both `x-set` gone, the rest in order, then
+        // what the edit appends.
+        let want: Vec<(String, String)> = GOOD[..6]
+            .iter()
+            .chain(&[("x-add", "1"), ("x-set", "new"), ("x-add", "2")])
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(got, want);
+        // The edited head is still a well-formed request.
+        let mut c = RequestCheck::default();
+        for f in h.iter() {
+            c.field(f.name, f.value);
+        }
+        assert_eq!(c.finish(), Ok(()));
+    }
+
+    #[test]
+    fn a_shadow_copy_names_its_authority_with_the_suffix() {
+        let h = head(GOOD).shadowed();
+        assert_eq!(h.get(b":authority"), Some(&b"svc-shadow:50051"[..]));
+        assert_eq!(h.get(b":path"), Some(&b"/pkg.Svc/Do"[..]));
+        assert_eq!(shadow_authority(b"greeter"), b"greeter-shadow");
+        assert_eq!(shadow_authority(b"[::1]:8000"), b"[::1]-shadow:8000");
+        assert_eq!(shadow_authority(b"[::1]"), b"[::1]-shadow");
+        let with_host = head(&[(":authority", "a:1"), ("host", "a:1")]).shadowed();
+        assert_eq!(check_request(&with_host, false), Ok(None), "host still agrees");
     }
 
     #[test]

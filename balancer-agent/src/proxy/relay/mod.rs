@@ -25,6 +25,7 @@ mod flow;
 mod head;
 mod keepalive;
 mod mailbox;
+mod mirror;
 mod msg;
 mod pool;
 mod retry;

@@ -54,16 +54,32 @@ impl RelayPool {
             Some(c) => Arc::clone(c),
             None => match conns.iter().min_by_key(|c| c.active.load(Relaxed)) {
                 Some(c) if full => Arc::clone(c),
-                _ => {
-                    let c = Arc::new(UpHandle::new(NEXT_ID.fetch_add(1, Relaxed)));
-                    conns.push(Arc::clone(&c));
-                    upstream::spawn(Arc::clone(&c), self.addr, opts.clone(), Arc::downgrade(self));
-                    c
-                }
+                _ => self.open(&mut conns, opts),
             },
         };
         chosen.active.fetch_add(1, Relaxed);
         chosen
+    }
+
+    /// A connection that takes one more call at once (one with room, or a
+    /// new one under `max_connections`); `None` rather than a wait.
+    pub fn try_lease(self: &Arc<Self>, opts: &PoolOptions) -> Option<Arc<UpHandle>> {
+        let mut conns = self.lock();
+        conns.retain(|c| !c.closed.load(Relaxed));
+        let chosen = match conns.iter().find(|c| c.has_room()) {
+            Some(c) => Arc::clone(c),
+            None if conns.len() < opts.max_connections.max(1) => self.open(&mut conns, opts),
+            None => return None,
+        };
+        chosen.active.fetch_add(1, Relaxed);
+        Some(chosen)
+    }
+
+    fn open(self: &Arc<Self>, conns: &mut Vec<Arc<UpHandle>>, opts: &PoolOptions) -> Arc<UpHandle> {
+        let c = Arc::new(UpHandle::new(NEXT_ID.fetch_add(1, Relaxed)));
+        conns.push(Arc::clone(&c));
+        upstream::spawn(Arc::clone(&c), self.addr, opts.clone(), Arc::downgrade(self));
+        c
     }
 
     pub fn remove(&self, handle: &Arc<UpHandle>) {
