@@ -148,8 +148,10 @@ async fn an_endpoint_killed_under_load_fails_only_its_calls_in_flight() {
     }
     assert!(b.calls() >= 300, "the load never reached b");
     let in_flight_on_b = b.in_flight();
-    let b_calls = b.calls();
+    // Calls b started, read once it is dead: none can start after.
+    let b_stats = b.stats();
     b.kill();
+    let b_calls = b_stats.calls();
     let s = tokio::time::timeout(Duration::from_secs(60), load)
         .await
         .expect("the load ends")
@@ -163,7 +165,7 @@ async fn an_endpoint_killed_under_load_fails_only_its_calls_in_flight() {
         s.errors,
         s.table()
     );
-    assert_eq!(count(&s, "b"), b_calls.min(count(&s, "b")));
+    assert!(count(&s, "b") <= b_calls, "b answered calls it never started");
     assert!(count(&s, "a") + count(&s, "c") + count(&s, "b") + s.errors == 3000);
     // The survivors took the rest, both of them.
     assert!(count(&s, "a") > 500 && count(&s, "c") > 500, "{}", s.table());
