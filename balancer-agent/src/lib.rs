@@ -24,3 +24,4 @@ pub mod node;
 pub mod pinned;
 pub mod proxy;
 pub mod redirect;
+pub mod tls;

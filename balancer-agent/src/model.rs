@@ -18,6 +18,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+mod gateway;
+pub use gateway::{
+    host_matches, valid_hostname, CertificateSource, Gateway, GatewayError, GatewayListener, GatewayRoute,
+    ServiceBackend,
+};
+
 /// Labels of an endpoint; route backends select endpoints by them.
 pub type Labels = BTreeMap<String, String>;
 
@@ -37,6 +43,9 @@ pub struct Model {
     /// Where the agent itself runs: the node and zone that locality-aware
     /// services prefer (see [`TrafficDistribution`]).
     pub locality: Locality,
+    /// Listeners for clients outside the cluster, routing calls to the
+    /// services above; sorted by name.
+    pub gateways: Vec<Arc<Gateway>>,
 }
 
 /// A node and its zone (the agent's; an endpoint's are on [`Endpoint`]).
@@ -455,6 +464,8 @@ pub enum ModelError {
         pattern: String,
         reason: String,
     },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
 impl Model {
@@ -519,6 +530,7 @@ impl Model {
                 (_, None) => {}
             }
         }
+        gateway::validate_all(&self.gateways, &|name| names.contains(name), &listeners)?;
         Ok(())
     }
 
@@ -534,6 +546,7 @@ impl Model {
     /// Sorts the services by name, the order [`diff`] walks them in.
     pub fn sort(&mut self) {
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        self.gateways.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The enrolled cgroup directories (what the kernel map holds).
@@ -719,6 +732,7 @@ mod tests {
             services: vec![Arc::new(svc("a", "10.0.0.1:80")), Arc::new(svc("b", "10.0.0.1:80"))],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::DuplicateVip { .. })));
     }
@@ -738,6 +752,7 @@ mod tests {
             services: vec![Arc::new(s.clone())],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
 
@@ -750,6 +765,7 @@ mod tests {
             services: vec![Arc::new(s)],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
     }
@@ -792,6 +808,7 @@ mod tests {
                 services: vec![Arc::new(s.clone())],
                 enrolled: vec![],
                 locality: Locality::default(),
+                gateways: vec![],
             }
             .validate()
         };

@@ -3,6 +3,7 @@
 //! admin server, and the loop that applies every new model to all of them.
 
 pub mod bind;
+mod gateways;
 mod listeners;
 pub mod pinned;
 mod views;
@@ -33,6 +34,7 @@ use crate::{
     model::{Change, Model},
     proxy::{FastPath, Observers, Proxy, ProxyOptions},
 };
+use gateways::Gateways;
 use listeners::Listeners;
 
 /// Where the kernel-redirected connections arrive in Kubernetes mode, on
@@ -344,6 +346,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut listeners = Listeners::new(proxy.clone());
     listeners.sync(&model, true).await?;
+    let mut gateways = Gateways::new(proxy.clone(), RELOAD_INTERVAL);
+    gateways.sync(&model, &table, true).await?;
 
     // A second agent on the node (a rolling update) moves to the next admin
     // port unless one was given on the command line; the run directory
@@ -436,6 +440,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
                     warn!(error = %Chain(e.as_ref()), "listeners not updated");
+                }
+                if let Err(e) = gateways.sync(&model, &table, false).await {
+                    warn!(error = %Chain(e.as_ref()), "gateway listeners not updated");
                 }
             }
             _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {

@@ -14,6 +14,7 @@
 //! with decay, cost = latency × (in-flight + 1)).
 
 pub mod endpoint;
+pub mod gateway;
 pub mod locality;
 pub mod pick;
 pub mod rand;

@@ -46,6 +46,7 @@ fn three(policy: Policy) -> Model {
         ))],
         enrolled: vec![],
         locality: Locality::default(),
+        gateways: vec![],
     }
 }
 
@@ -449,6 +450,7 @@ fn zoned(td: TrafficDistribution, itp: InternalTrafficPolicy, node: &str) -> Mod
             zone: Some("a".into()),
             node: Some(node.into()),
         },
+        gateways: vec![],
     }
 }
 

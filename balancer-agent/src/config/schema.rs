@@ -40,6 +40,9 @@ pub struct File {
     node: Option<NonEmpty>,
     #[serde(default)]
     services: Vec<ServiceFile>,
+    /// Listeners for clients outside the cluster (`config/gateway.rs`).
+    #[serde(default)]
+    gateways: Vec<super::gateway::GatewayFile>,
 }
 
 /// A name that is not empty (an empty zone or node would match endpoints
@@ -236,7 +239,7 @@ struct RouteFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MatchFile {
+pub(super) struct MatchFile {
     #[serde(default)]
     service: Option<StringMatchFile>,
     #[serde(default)]
@@ -272,7 +275,7 @@ fn one() -> u32 {
 
 /// A socket address whose parse error shows the offending text.
 #[derive(Debug, Clone, Copy)]
-struct Addr(SocketAddr);
+pub(super) struct Addr(pub(super) SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -334,7 +337,7 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(path: String, message: impl Into<String>) -> Invalid {
+pub(super) fn invalid(path: String, message: impl Into<String>) -> Invalid {
     Invalid {
         path,
         message: message.into(),
@@ -344,7 +347,7 @@ fn invalid(path: String, message: impl Into<String>) -> Invalid {
 impl File {
     /// Translates the file into the node settings and a model; checks what
     /// Model::validate does not (and names the key of what it does).
-    pub fn into_config(self) -> Result<(NodeConfig, Model), Invalid> {
+    pub fn into_config(self, base: &std::path::Path) -> Result<(NodeConfig, Model), Invalid> {
         let default_admin: SocketAddr = DEFAULT_ADMIN.parse().expect("the default admin address parses");
         let node = NodeConfig {
             listen: self.listen.map(|a| a.0),
@@ -359,7 +362,14 @@ impl File {
             .enumerate()
             .map(|(i, s)| s.into_service(&format!("services[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let gateways = self
+            .gateways
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| g.into_gateway(&format!("gateways[{i}]"), base).map(std::sync::Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut model = Model {
+            gateways,
             services: services.into_iter().map(std::sync::Arc::new).collect(),
             enrolled: self.enroll.into_iter().map(crate::model::Enrolled::from).collect(),
             locality: Locality {
@@ -491,7 +501,7 @@ impl RouteFile {
 }
 
 impl MatchFile {
-    fn into_match(self, at: &str) -> Result<RouteMatch, Invalid> {
+    pub(super) fn into_match(self, at: &str) -> Result<RouteMatch, Invalid> {
         let service = self.service.map(|s| s.0);
         let method = self.method.map(|s| s.0);
         if let Some(m) = &service {
@@ -597,6 +607,7 @@ fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelE
                 .unwrap_or_default();
             format!("services[{i}].endpoints[{j}].address")
         }
+        E::Gateway(g) => super::gateway::locate(model, g),
         E::NoBackends { service, route }
         | E::AllWeightsZero { service, route }
         | E::BadRegex { service, route, .. } => {

@@ -13,14 +13,14 @@ use std::{
 
 use balancer_relay::frame::{self, Reason};
 use bytes::{Bytes, BytesMut};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
     budget::Budget,
     closed::RecentlyClosed,
     conn::{Conn, Event, MAX_HEADER_LIST},
-    driver::{Driver, Machine},
+    driver::{Driver, Io, Machine},
     flow::{Outflow, Owed},
     head::{check_request, Builder, Head, RequestCheck},
     keepalive::{Due, PingTimer},
@@ -31,7 +31,12 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    balance::{endpoint::CallGuard, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
+    balance::{
+        endpoint::CallGuard,
+        gateway::{GatewaySlot, Miss},
+        pick::identity,
+        CallMeta, Outcome, ServiceSlot, ServiceState,
+    },
     conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
@@ -66,18 +71,36 @@ const RESET_REFILL: u16 = 100;
 const EMPTY_DATA_BUDGET: u16 = 1_000;
 const EMPTY_DATA_REFILL: u16 = 100;
 
+/// Where a client connection's calls go.
+pub(crate) enum Target {
+    /// Every call to one service (kernel-redirected and explicit listeners).
+    Service(Arc<ServiceSlot>),
+    /// Each call to the service its host and match route it to (gateway
+    /// listeners).
+    Gateway(Arc<GatewaySlot>),
+}
+
+/// [`Target`] with the service's latency histogram at hand.
+enum Targets {
+    Service {
+        slot: Arc<ServiceSlot>,
+        latency: Arc<LatencyHistogram>,
+    },
+    Gateway(Arc<GatewaySlot>),
+}
+
 /// Serves one client connection whose first bytes (`prefix`, the preface)
 /// were already read.
-pub(crate) async fn serve(
+pub(crate) async fn serve<I: Io>(
     ctx: &Arc<Ctx>,
-    io: TcpStream,
+    io: I,
     prefix: &[u8],
-    slot: Arc<ServiceSlot>,
+    target: Target,
     handle: &ConnHandle,
 ) -> io::Result<()> {
     // Built outside this async fn: only the driver lives across its awaits,
     // which keeps every connection's task small.
-    let mut driver = start(ctx, io, prefix, slot, handle);
+    let mut driver = start(ctx, io, prefix, target, handle);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -92,13 +115,7 @@ pub(crate) async fn serve(
 }
 
 /// The connection's driver, with our SETTINGS queued and `prefix` read.
-fn start(
-    ctx: &Arc<Ctx>,
-    io: TcpStream,
-    prefix: &[u8],
-    slot: Arc<ServiceSlot>,
-    handle: &ConnHandle,
-) -> Driver<ClientConn> {
+fn start<I: Io>(ctx: &Arc<Ctx>, io: I, prefix: &[u8], target: Target, handle: &ConnHandle) -> Driver<ClientConn, I> {
     let o = &ctx.opts;
     let conn = Conn::new(o.connection_window);
     let mut out = BytesMut::with_capacity(64);
@@ -116,8 +133,13 @@ fn start(
         conn,
         st: ClientState {
             ctx: Arc::clone(ctx),
-            latency: ctx.observers.metrics.latency.service(slot.name()),
-            slot,
+            target: match target {
+                Target::Service(slot) => Targets::Service {
+                    latency: ctx.observers.metrics.latency.service(slot.name()),
+                    slot,
+                },
+                Target::Gateway(gw) => Targets::Gateway(gw),
+            },
             id: handle.id(),
             handle: handle.stream_source(),
             me: Arc::clone(&mailbox),
@@ -147,8 +169,7 @@ struct ClientConn {
 
 struct ClientState {
     ctx: Arc<Ctx>,
-    slot: Arc<ServiceSlot>,
-    latency: Arc<LatencyHistogram>,
+    target: Targets,
     id: u64,
     handle: crate::conns::StreamSource,
     me: Arc<Mailbox<ToClient>>,
@@ -224,6 +245,9 @@ struct Call {
     injected: Option<&'static str>,
     started: StdInstant,
     last_error: Option<Box<str>>,
+    /// The service the call went to, and its latency histogram.
+    slot: Arc<ServiceSlot>,
+    latency: Arc<LatencyHistogram>,
     _stream: StreamGuard,
 }
 
@@ -384,7 +408,39 @@ impl ClientState {
             .get(b"grpc-timeout")
             .and_then(grpc::parse_timeout)
             .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
-        self.slot.count_call();
+        let (slot, latency) = match &self.target {
+            Targets::Service { slot, latency } => (Arc::clone(slot), Arc::clone(latency)),
+            Targets::Gateway(gw) => {
+                let routes = gw.current();
+                let authority = head
+                    .get(b":authority")
+                    .or_else(|| head.get(b"host"))
+                    .unwrap_or_default();
+                let authority = std::str::from_utf8(authority).unwrap_or_default();
+                let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
+                match routes.route(authority, &CallMeta::from_path(path, &head)) {
+                    Ok(slot) => {
+                        let latency = self.ctx.observers.metrics.latency.service(slot.name());
+                        (slot, latency)
+                    }
+                    Err(miss) => {
+                        let code = match miss {
+                            Miss::Host(_) | Miss::Route(_) => grpc::UNIMPLEMENTED,
+                            Miss::Service(_) => grpc::UNAVAILABLE,
+                        };
+                        let msg = miss.message(&routes.name);
+                        debug!(stream, code, msg, "gateway call not routed");
+                        put_status(c, out, stream, false, code, &msg);
+                        if !end {
+                            frame::put_rst_stream(out, stream, Reason::NO_ERROR);
+                        }
+                        self.recently_closed.remember(stream, end);
+                        return;
+                    }
+                }
+            }
+        };
+        slot.count_call();
         let call = Call {
             attempt: 0,
             tried: Tried::default(),
@@ -407,6 +463,8 @@ impl ClientState {
             injected: None,
             started: StdInstant::now(),
             last_error: None,
+            slot,
+            latency,
             _stream: self.handle.stream(),
         };
         self.calls.insert(stream, call);
@@ -420,7 +478,7 @@ impl ClientState {
     /// delay (other calls of the connection go on meanwhile), answers an
     /// injected abort itself, or sends it on.
     fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let state = self.slot.state();
+        let state = self.calls.get(&stream).and_then(|call| call.slot.state());
         let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
             // The common case: no fault configured, straight on.
             self.attempt_with(c, stream, state, out);
@@ -434,7 +492,7 @@ impl ClientState {
         call.injected = injection.label();
         call.abort = injection.abort;
         if let Some(delay) = injection.delay {
-            self.slot.count_fault_delay();
+            call.slot.count_fault_delay();
             let at = Instant::now() + delay;
             call.held_until = Some(at);
             self.held.push(Reverse((at, stream)));
@@ -451,7 +509,7 @@ impl ClientState {
         };
         call.held_until = None;
         if let Some((code, msg)) = call.abort.take() {
-            self.slot.count_fault_abort();
+            call.slot.count_fault_abort();
             self.answer(c, stream, code, &msg, out);
             return;
         }
@@ -521,7 +579,7 @@ impl ClientState {
 
     /// Sends the call to an endpoint: its first attempt, or a retry.
     fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let state = self.slot.state();
+        let state = self.calls.get(&stream).and_then(|call| call.slot.state());
         self.attempt_with(c, stream, state, out);
     }
 
@@ -532,7 +590,7 @@ impl ClientState {
             return;
         };
         let Some(state) = state else {
-            let msg = format!("service `{}` was removed", self.slot.name());
+            let msg = format!("service `{}` was removed", call.slot.name());
             self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
             return;
         };
@@ -551,7 +609,7 @@ impl ClientState {
             return;
         };
         if call.tried.len > 0 {
-            self.slot.count_retry();
+            call.slot.count_retry();
         }
         call.tried.push(identity(&ep));
         call.attempt += 1;
@@ -673,7 +731,7 @@ impl ClientState {
                     }
                     // The answer accounts for the endpoint (UNAVAILABLE).
                     Next::Failed => {
-                        let msg = format!("service `{}`: {why}", self.slot.name());
+                        let msg = format!("service `{}`: {why}", call.slot.name());
                         self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
                     }
                 }
@@ -722,15 +780,15 @@ impl ClientState {
     /// No endpoint could take the call: UNAVAILABLE, naming the last error.
     fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
         let Some(call) = self.calls.get(&stream) else { return };
-        self.slot.count_no_endpoint();
-        let reason = self
+        call.slot.count_no_endpoint();
+        let reason = call
             .slot
             .state()
             .and_then(|s| s.no_endpoint_reason().map(str::to_owned));
         let msg = match (&call.last_error, reason) {
             (_, Some(reason)) => reason,
-            (Some(e), None) => format!("no endpoint of service `{}` could take the call: {e}", self.slot.name()),
-            (None, None) => format!("no healthy endpoint for service `{}`", self.slot.name()),
+            (Some(e), None) => format!("no endpoint of service `{}` could take the call: {e}", call.slot.name()),
+            (None, None) => format!("no healthy endpoint for service `{}`", call.slot.name()),
         };
         self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
     }
@@ -746,16 +804,7 @@ impl ClientState {
             key: call.key(self.id, stream),
             reason: Reason::CANCEL,
         });
-        let code_text = code.to_string();
-        let text = grpc::message_text(msg);
-        let mut b = Builder::with_capacity(96 + text.len());
-        if !call.responded {
-            b.push(b":status", b"200", false);
-            b.push(b"content-type", b"application/grpc", false);
-        }
-        b.push(b"grpc-status", code_text.as_bytes(), false);
-        b.push(b"grpc-message", text.as_bytes(), false);
-        c.put_head(out, stream, &b.finish(), true);
+        put_status(c, out, stream, call.responded, code, msg);
         if !call.req_end {
             frame::put_rst_stream(out, stream, Reason::NO_ERROR);
         }
@@ -787,11 +836,11 @@ impl ClientState {
             g.finish(outcome);
         }
         let duration = call.started.elapsed();
-        self.latency.observe(duration);
+        call.latency.observe(duration);
         if logging::access_enabled() {
             let path = String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
             logging::access(&AccessEntry {
-                service: self.slot.name(),
+                service: call.slot.name(),
                 method: &path,
                 endpoint,
                 grpc_status: call.status,
@@ -877,6 +926,21 @@ impl ClientState {
     }
 }
 
+/// Ends a stream with a gRPC status: trailers-only, or trailers after a
+/// response that already started.
+fn put_status(c: &mut Conn, out: &mut BytesMut, stream: u32, responded: bool, code: u16, msg: &str) {
+    let code_text = code.to_string();
+    let text = grpc::message_text(msg);
+    let mut b = Builder::with_capacity(96 + text.len());
+    if !responded {
+        b.push(b":status", b"200", false);
+        b.push(b"content-type", b"application/grpc", false);
+    }
+    b.push(b"grpc-status", code_text.as_bytes(), false);
+    b.push(b"grpc-message", text.as_bytes(), false);
+    c.put_head(out, stream, &b.finish(), true);
+}
+
 impl Drop for ClientState {
     /// However the connection ends (even dropped at a forced shutdown), its
     /// calls are cancelled upstream and accounted for.
@@ -944,7 +1008,7 @@ impl Machine for ClientConn {
     }
 }
 
-impl Driver<ClientConn> {
+impl<I: Io> Driver<ClientConn, I> {
     /// Shutting down: GOAWAY, and the connection ends when its calls have.
     fn drain(&mut self) {
         if self.m.st.drain == Drain::No {

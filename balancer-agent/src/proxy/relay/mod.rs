@@ -29,4 +29,4 @@ mod pool;
 mod retry;
 mod upstream;
 
-pub(crate) use client::serve;
+pub(crate) use client::{serve, Target};
