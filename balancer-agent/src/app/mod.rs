@@ -3,7 +3,7 @@
 //! admin server, and the loop that applies every new model to all of them.
 
 pub mod bind;
-mod gateways;
+pub mod gateways;
 mod listeners;
 pub mod pinned;
 mod views;
@@ -195,6 +195,11 @@ async fn start_source(
             let (status_tx, status) = watch::channel(crate::k8s::Status::default());
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
+            // Gateway listeners go on the node's address, as the redirect
+            // listener does.
+            if let Some(ip) = listen.map(|l| l.ip()).or(node_address(host_ips)) {
+                k8s_opts.gateway_ip = ip;
+            }
             match (&opts.pod_namespace, &opts.pod_name) {
                 (Some(ns), Some(pod)) => k8s_opts.lease = Some(crate::k8s::lease::LeaseOptions::new(ns, pod)),
                 _ => warn!("POD_NAMESPACE or POD_NAME unset: this agent never writes GRPCRoute status"),

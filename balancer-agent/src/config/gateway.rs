@@ -299,3 +299,107 @@ pub(super) fn locate(model: &Model, e: &GatewayError) -> String {
         }
     }
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+mod tests {
+    use super::super::parse;
+
+    const SERVICES: &str = "\
+services:
+  - name: greeter
+    listen: 127.0.0.1:18000
+    endpoints: [ { address: 127.0.0.1:50051 } ]
+";
+
+    fn err(gateways: &str) -> String {
+        let text = format!("{SERVICES}gateways:\n{gateways}");
+        match parse(&text, "gw.yaml") {
+            Ok(l) => panic!("expected an error, parsed {l:?}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.contains('\n'), "one line: {e}");
+                e
+            }
+        }
+    }
+
+    #[test]
+    fn a_cleartext_gateway_parses() {
+        let text = format!(
+            "{SERVICES}gateways:
+  - name: public
+    listeners: [ {{ address: 127.0.0.1:8080, hostnames: [API.example.com] }} ]
+    routes:
+      - hostnames: [\"*.example.com\"]
+        matches: [ {{ service: helloworld.Greeter }} ]
+        backends: [ {{ service: greeter, weight: 3 }} ]
+"
+        );
+        let loaded = parse(&text, "gw.yaml").unwrap();
+        let gw = &loaded.model.gateways[0];
+        assert_eq!(gw.listeners[0].name, "listener-0");
+        assert_eq!(gw.listeners[0].hostnames, vec!["api.example.com"]);
+        assert!(!gw.listeners[0].is_tls());
+        assert_eq!(gw.routes[0].backends[0].weight, 3);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080 } ]\n    routes: [ { backends: [ { service: nope } ] } ]\n");
+        assert!(
+            e.contains("gateways[0].routes[0].backends[0].service") && e.contains("`nope` is not configured"),
+            "{e}"
+        );
+        let e = err("  - name: g\n    listeners: []\n");
+        assert!(
+            e.contains("gateways[0].listeners: a gateway needs at least one listener"),
+            "{e}"
+        );
+        let e =
+            err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080, hostnames: [\"a.example.com:443\"] } ]\n");
+        assert!(
+            e.contains("gateways[0].listeners[0].hostnames[0]: invalid hostname"),
+            "{e}"
+        );
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:18000 } ]\n");
+        assert!(
+            e.contains("gateways[0].listeners[0].address") && e.contains("also used by service `greeter`"),
+            "{e}"
+        );
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080, tls: { cert: a.crt } } ]\n");
+        assert!(
+            e.contains("gateways[0].listeners[0].tls.cert: `cert` without `key`"),
+            "{e}"
+        );
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080, tlss: {} } ]\n");
+        assert!(e.contains("unknown field `tlss`"), "{e}");
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080 } ]\n    routes: [ { listeners: [x], backends: [ { service: greeter } ] } ]\n");
+        assert!(
+            e.contains("gateways[0].routes[0].listeners[0]") && e.contains("no listener named `x`"),
+            "{e}"
+        );
+        let e = err("  - name: g\n    listeners: [ { address: 127.0.0.1:8080 } ]\n    routes: [ { backends: [ { service: greeter, weight: 0 } ] } ]\n");
+        assert!(
+            e.contains("gateways[0].routes[0].backends: every backend has weight 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn certificate_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.yaml");
+        let gateway = "gateways:\n  - name: g\n    listeners: [ { address: 127.0.0.1:8443, tls: { cert: tls.crt, key: tls.key } } ]\n";
+        std::fs::write(&file, format!("{SERVICES}{gateway}")).unwrap();
+        let e = super::super::load(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("gateways[0].listeners[0].tls.cert") && e.contains("cannot read") && e.contains("tls.crt"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        let e = super::super::load(&file).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
+}

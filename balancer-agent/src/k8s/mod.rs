@@ -16,6 +16,10 @@
 //!   [`crate::balance::locality`]).
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
 //!   [`grpcroute`].
+//! - Gateways of balancer's class: every agent serves their listeners on
+//!   its node's address, routed by the GRPCRoutes that name them, with the
+//!   TLS Secrets they reference ([`gateway`], [`secrets`]); the elected
+//!   agent writes their status ([`gateway_status`]).
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
@@ -35,12 +39,15 @@ mod annotations;
 pub mod cgroup;
 pub mod enrollment;
 mod event_note;
+pub mod gateway;
+pub mod gateway_status;
 pub mod grpcroute;
 pub mod lease;
 pub mod mesh;
 pub mod node_events;
 mod report;
 pub mod route_status;
+mod secrets;
 pub mod slice;
 mod status;
 pub mod strip;
@@ -48,9 +55,16 @@ pub mod translate;
 pub mod translator;
 pub mod watch;
 
-use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
-use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     runtime::{
@@ -145,6 +159,9 @@ pub struct K8sOptions {
     /// The Lease that elects the one agent writing GRPCRoute status; `None`:
     /// this agent never writes status.
     pub lease: Option<lease::LeaseOptions>,
+    /// Where this agent serves the listeners of balancer's Gateways (the
+    /// node's address).
+    pub gateway_ip: IpAddr,
 }
 
 impl K8sOptions {
@@ -168,6 +185,7 @@ impl K8sOptions {
             controller: route_status::CONTROLLER_NAME.to_owned(),
             instance: None,
             lease: None,
+            gateway_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 }
@@ -214,6 +232,7 @@ struct Stores {
     routes: Store<GrpcRoute>,
     /// This node alone (for its zone).
     nodes: Store<Node>,
+    gateways: Store<Gateway>,
 }
 
 impl Stores {
@@ -245,8 +264,9 @@ impl Stores {
                 None => translator.slice_deleted(key),
             },
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            // Enrollment and locality are worked out again at every publish.
-            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
+            // Enrollment, locality and gateways are worked out again at
+            // every publish.
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
     }
 
@@ -256,7 +276,7 @@ impl Stores {
             Kind::Services => translator.services_replaced(self.services.state()),
             Kind::EndpointSlices => translator.slices_replaced(self.slices.state()),
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
-            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
     }
 }
@@ -347,9 +367,18 @@ pub async fn run_until(
         strip::grpc_route,
         sig_tx.clone(),
     );
+    let (gateways, t7) = watch::spawn(
+        Kind::Gateways,
+        Api::all(client.clone()),
+        all.clone(),
+        strip::gateway,
+        sig_tx.clone(),
+    );
     let this_node = all.fields(&format!("metadata.name={}", opts.node_name));
     let (nodes, t6) = watch::spawn(Kind::Nodes, Api::all(client.clone()), this_node, strip::node, sig_tx);
-    let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6]);
+    let (wanted_secrets, wanted) = tokio_watch::channel(BTreeSet::new());
+    let (mut secrets, t8) = secrets::spawn(client.clone(), wanted, opts.resync);
+    let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8]);
     let stores = Stores {
         services,
         slices,
@@ -357,6 +386,7 @@ pub async fn run_until(
         namespaces,
         routes,
         nodes,
+        gateways,
     };
 
     let events = report::Events::new(client.clone(), opts.reporter());
@@ -410,6 +440,16 @@ pub async fn run_until(
                                 }
                                 synced.insert(kind);
                             }
+                            watch::Failure::NotServed | watch::Failure::Forbidden { .. } if kind == Kind::Gateways => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(%error,
+                                        "Gateways (gateway.networking.k8s.io/v1) cannot be watched: \
+                                         no gateway listeners until the CRD is installed and readable"
+                                    );
+                                }
+                                // No CRD (or no permission): no Gateways, a complete state.
+                                synced.insert(kind);
+                            }
                             watch::Failure::Forbidden { verb } if !is_ready => {
                                 return Err(K8sError::Forbidden { verb, resource: kind.resource(), message: error });
                             }
@@ -445,6 +485,16 @@ pub async fn run_until(
                     false
                 }
             }
+            r = secrets.changed() => {
+                if r.is_err() {
+                    return Err(K8sError::WatchersStopped);
+                }
+                if is_ready {
+                    let due = Instant::now() + opts.debounce;
+                    deadline = Some(deadline.map_or(due, |d| d.min(due)));
+                }
+                false
+            }
             () = sleep_until(deadline) => {
                 deadline = None;
                 true
@@ -472,6 +522,27 @@ pub async fn run_until(
         };
         t.model.services = translator.services();
         t.model.locality = stores.locality(&opts.node_name);
+        let gateways = stores.gateways.state();
+        wanted_secrets.send_if_modified(|w| {
+            let refs = gateway::secret_refs(&gateways);
+            let changed = *w != refs;
+            *w = refs;
+            changed
+        });
+        let gw = {
+            let balanced: HashSet<&str> = t.model.services.iter().map(|s| s.name.as_str()).collect();
+            let lookup = |ns: &str, name: &str| stores.services.get(&ObjectRef::new(name).within(ns));
+            gateway::translate(
+                &gateways,
+                &stores.routes.state(),
+                &lookup,
+                &balanced,
+                &secrets.borrow_and_update(),
+                opts.gateway_ip,
+            )
+        };
+        t.model.gateways = gw.gateways;
+        warned.log_gateways(&gw.skipped_rules, &gw.verdicts);
         translate::enroll(
             &mut t,
             &pods,
@@ -505,6 +576,11 @@ pub async fn run_until(
                 routes: stores.routes.state(),
                 services: translator.route_services(),
                 invalid: t.invalid_routes.clone(),
+            });
+            election.offer_gateways(gateway_status::Input {
+                gateways: gateways.into_iter().filter(|g| gateway::is_ours(g)).collect(),
+                verdicts: gw.verdicts,
+                node_ip: opts.gateway_ip,
             });
         }
         // The translator checked every service and kept VIPs unique.
@@ -555,9 +631,31 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct Warned {
     policies: HashSet<(String, String)>,
     dropped: HashSet<String>,
+    gateways: HashSet<String>,
 }
 
 impl Warned {
+    /// Gateway rules left out and listeners not served, once each.
+    fn log_gateways(&mut self, skipped: &[(String, String)], verdicts: &[gateway::GatewayVerdict]) {
+        let mut now: HashSet<String> = skipped
+            .iter()
+            .map(|(r, why)| format!("GRPCRoute rule {r}: {why}"))
+            .collect();
+        for v in verdicts {
+            for l in v.listeners.iter().filter(|l| !l.programmed()) {
+                let why = if l.accepted.ok { &l.resolved_refs } else { &l.accepted };
+                now.insert(format!(
+                    "Gateway {}/{} listener {}: {} ({})",
+                    v.key.0, v.key.1, l.name, why.message, why.reason
+                ));
+            }
+        }
+        for problem in now.difference(&self.gateways) {
+            tracing::warn!(%problem, "gateway configuration not served");
+        }
+        self.gateways = now;
+    }
+
     fn log(&mut self, t: &Translation) {
         let policies: HashSet<_> = t.bad_annotations.iter().cloned().collect();
         for (service, problem) in policies.difference(&self.policies) {

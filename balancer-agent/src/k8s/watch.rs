@@ -28,16 +28,19 @@ pub enum Kind {
     GrpcRoutes,
     /// The agent's own Node (its zone).
     Nodes,
+    /// Gateway API Gateways (balancer's class is served).
+    Gateways,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
         Kind::Namespaces,
         Kind::GrpcRoutes,
         Kind::Nodes,
+        Kind::Gateways,
     ];
 
     /// The resource as RBAC rules name it (`resource.group`).
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Namespaces => "namespaces",
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
             Kind::Nodes => "nodes",
+            Kind::Gateways => "gateways.gateway.networking.k8s.io",
         }
     }
 }

@@ -108,7 +108,7 @@ pub enum GatewayError {
     Duplicate(String),
     #[error("gateway `{0}` has no listeners")]
     NoListeners(String),
-    #[error("gateway `{gateway}`: listener {address} is also used by `{other}`")]
+    #[error("gateway `{gateway}`: listener {address} is also used by {other}")]
     DuplicateAddress {
         gateway: String,
         address: SocketAddr,

@@ -1,0 +1,265 @@
+//! Kubernetes mode: a Gateway of balancer's class, a GRPCRoute naming it
+//! and the TLS Secret it references, read from the fake API server, serve
+//! gRPC calls from outside the cluster over TLS (the certificate from the
+//! Secret) and cleartext HTTP/2, every call balanced over the Service's
+//! endpoints; the elected agent writes the Gateway's status.
+
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
+
+mod k8s_fake;
+mod support_tls;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use balancer_agent::{
+    app::gateways::Gateways,
+    balance::Table,
+    k8s::lease::LeaseOptions,
+    model::Model,
+    proxy::{Proxy, ProxyOptions},
+};
+use greeter::server::TestServer;
+use k8s_fake::{run::K8sRun, FakeApi};
+use k8s_openapi::{api::core::v1::Secret, ByteString};
+use serde_json::{json, Value};
+use support_tls::{h2c_channel, tls_channel, Ca};
+
+const NODE: &str = "node-1";
+
+fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<&support_tls::Leaf>) {
+    fake.apply(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } }));
+    fake.apply(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": { "name": NODE },
+        "status": { "addresses": [ { "type": "InternalIP", "address": "192.0.2.10" } ] }
+    }));
+    fake.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "greeter", "namespace": "demo" },
+        "spec": { "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": backend_port }] }
+    }));
+    fake.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "greeter-abcde", "namespace": "demo",
+                      "labels": { "kubernetes.io/service-name": "greeter" } },
+        "addressType": "IPv4",
+        "endpoints": [
+            { "addresses": ["127.0.0.2"], "conditions": { "ready": true } },
+            { "addresses": ["127.0.0.3"], "conditions": { "ready": true } }
+        ],
+        "ports": [{ "name": "grpc", "port": backend_port, "protocol": "TCP" }]
+    }));
+    if let Some(leaf) = secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some("greeter-tls".into());
+        s.metadata.namespace = Some("demo".into());
+        s.type_ = Some("kubernetes.io/tls".into());
+        s.data = Some(
+            [
+                ("tls.crt".to_owned(), ByteString(leaf.cert.clone().into_bytes())),
+                ("tls.key".to_owned(), ByteString(leaf.key.clone().into_bytes())),
+            ]
+            .into(),
+        );
+        let mut v = serde_json::to_value(&s).unwrap();
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!("Secret");
+        fake.apply(v);
+    }
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": { "name": "public", "namespace": "demo", "generation": 1 },
+        "spec": {
+            "gatewayClassName": "balancer",
+            "listeners": [
+                { "name": "https", "port": https, "protocol": "HTTPS", "hostname": "*.example.com",
+                  "tls": { "mode": "Terminate", "certificateRefs": [ { "name": "greeter-tls" } ] } },
+                { "name": "h2c", "port": h2c, "protocol": "HTTP" }
+            ]
+        }
+    }));
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": { "name": "greeter", "namespace": "demo" },
+        "spec": {
+            "parentRefs": [ { "name": "public" } ],
+            "hostnames": [ "greeter.example.com" ],
+            "rules": [ { "matches": [ { "method": { "service": "helloworld.Greeter" } } ],
+                         "backendRefs": [ { "name": "greeter", "port": 8000 } ] } ]
+        }
+    }));
+}
+
+fn start(fake: &FakeApi) -> K8sRun {
+    K8sRun::start(
+        fake,
+        NODE,
+        |_| {},
+        |o| {
+            o.gateway_ip = "127.0.0.1".parse().unwrap();
+            o.lease = Some(LeaseOptions::new("balancer-system", "agent-1"));
+            o.instance = Some("agent-1".into());
+        },
+    )
+}
+
+/// The proxy with the model's gateway listeners bound.
+async fn serve(model: &Model) -> (Proxy, Gateways) {
+    let table = Table::new(model);
+    let proxy = Proxy::new(Arc::clone(&table), ProxyOptions::default());
+    let mut gateways = Gateways::new(proxy.clone(), Duration::from_millis(250));
+    gateways.sync(model, &table, true).await.unwrap();
+    (proxy, gateways)
+}
+
+async fn gateway_status(fake: &FakeApi, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = fake
+            .object("gateways", "demo/public")
+            .map(|g| g["status"].clone())
+            .unwrap_or_default();
+        if pred(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Gateway status where {what} within 20 s; last: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn condition<'a>(conditions: &'a Value, kind: &str) -> &'a Value {
+    conditions
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+fn listener<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["listeners"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn free_port() -> u16 {
+    balancer_testing::port::free_port().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
+    let port = free_port();
+    let b1 = TestServer::spawn_on(SocketAddr::from(([127, 0, 0, 2], port)), "greeter-a").unwrap();
+    let b2 = TestServer::spawn_on(SocketAddr::from(([127, 0, 0, 3], port)), "greeter-b").unwrap();
+    let (https, h2c) = (free_port(), free_port());
+    let ca = Ca::new("cluster CA");
+    let leaf = ca.leaf(&["*.example.com"]);
+    let fake = FakeApi::default();
+    seed(&fake, port, https, h2c, Some(&leaf));
+    let mut run = start(&fake);
+    run.until_ready().await;
+    let model = run
+        .until("the gateway has both listeners", Duration::from_secs(10), |m| {
+            m.gateways.first().is_some_and(|g| g.listeners.len() == 2)
+        })
+        .await;
+    let gw = &model.gateways[0];
+    assert_eq!(gw.name, "demo/public");
+    assert_eq!(gw.routes.len(), 1);
+    assert_eq!(gw.routes[0].backends[0].service, "demo/greeter");
+    let (_proxy, _gateways) = serve(&model).await;
+
+    // An external client over TLS: the Secret's certificate, verified for
+    // the name asked; calls spread over both endpoints.
+    let https_addr = SocketAddr::from(([127, 0, 0, 1], https));
+    let channel = tls_channel(https_addr, "greeter.example.com", &ca.pem()).await.unwrap();
+    let s = greeter::client::say_hello_spread(channel, 30, 4, Duration::from_secs(10)).await;
+    assert_eq!(s.ok, 30, "{}", s.table());
+    assert!(b1.calls() > 0 && b2.calls() > 0, "spread over both: {}", s.table());
+
+    // Cleartext HTTP/2 on the other listener; a host no route names gets
+    // UNIMPLEMENTED.
+    let h2c_addr = SocketAddr::from(([127, 0, 0, 1], h2c));
+    let s = greeter::client::say_hello_spread(
+        h2c_channel(h2c_addr, "greeter.example.com").await,
+        10,
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(s.ok, 10, "{}", s.table());
+    let s = greeter::client::say_hello_spread(h2c_channel(h2c_addr, "other.org").await, 2, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(s.error_codes.get("Unimplemented"), Some(&2), "{}", s.table());
+    assert_eq!(b1.calls() + b2.calls(), 40);
+
+    // The elected agent's status: the nodes' addresses, Accepted and
+    // Programmed, each listener with its route attached.
+    let status = gateway_status(&fake, "Programmed is True", |s| {
+        condition(&s["conditions"], "Programmed")["status"] == "True"
+    })
+    .await;
+    assert_eq!(
+        status["addresses"],
+        json!([{ "type": "IPAddress", "value": "192.0.2.10" }])
+    );
+    assert_eq!(condition(&status["conditions"], "Accepted")["status"], "True");
+    for name in ["https", "h2c"] {
+        let l = listener(&status, name);
+        assert_eq!(l["attachedRoutes"], 1, "{name}: {l:#}");
+        for kind in ["Accepted", "ResolvedRefs", "Programmed"] {
+            assert_eq!(
+                condition(&l["conditions"], kind)["status"],
+                "True",
+                "{name} {kind}: {l:#}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_leaves_the_listener_unserved_and_says_why() {
+    let port = free_port();
+    let (https, h2c) = (free_port(), free_port());
+    let fake = FakeApi::default();
+    seed(&fake, port, https, h2c, None);
+    let mut run = start(&fake);
+    run.until_ready().await;
+    let model = run
+        .until("the gateway is published", Duration::from_secs(10), |m| {
+            !m.gateways.is_empty()
+        })
+        .await;
+    let names: Vec<&str> = model.gateways[0].listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["h2c"], "only the cleartext listener is served");
+    let status = gateway_status(&fake, "the https listener says why", |s| {
+        condition(&listener(s, "https")["conditions"], "ResolvedRefs")["status"] == "False"
+    })
+    .await;
+    let refs = condition(&listener(&status, "https")["conditions"], "ResolvedRefs");
+    assert_eq!(refs["reason"], "InvalidCertificateRef");
+    assert!(
+        refs["message"].as_str().unwrap().contains("demo/greeter-tls not found"),
+        "{refs:#}"
+    );
+    assert_eq!(
+        condition(&listener(&status, "https")["conditions"], "Programmed")["status"],
+        "False"
+    );
+    assert_eq!(
+        condition(&listener(&status, "h2c")["conditions"], "Programmed")["status"],
+        "True"
+    );
+
+    // The Secret appears: the listener is served at the next read.
+    let ca = Ca::new("cluster CA");
+    let leaf = ca.leaf(&["*.example.com"]);
+    seed(&fake, port, https, h2c, Some(&leaf));
+    run.until("the https listener is served", Duration::from_secs(20), |m| {
+        m.gateways.first().is_some_and(|g| g.listeners.len() == 2)
+    })
+    .await;
+}
