@@ -31,6 +31,7 @@
 //!     fault:                      # optional: injected faults
 //!       delay: { duration: 500ms, percent: 10 }
 //!       abort: { status: UNAVAILABLE, percent: 5, message: "injected" }
+//! gateways: []                    # listeners for clients outside (see [`gateway`])
 //! ```
 //!
 //! Every error is one line naming the file, the key and the line:
