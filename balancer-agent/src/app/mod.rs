@@ -352,7 +352,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut listeners = Listeners::new(proxy.clone());
     listeners.sync(&model, true).await?;
     let mut gateways = Gateways::new(proxy.clone(), RELOAD_INTERVAL);
-    gateways.sync(&model, &table, true).await?;
+    // A static file's listener that cannot be served stops the start; a
+    // Gateway object's (a port taken on this node) is logged, and tried
+    // again at the next change.
+    gateways
+        .sync(&model, &table, matches!(opts.source, Source::Static(_)))
+        .await?;
 
     // A second agent on the node (a rolling update) moves to the next admin
     // port unless one was given on the command line; the run directory

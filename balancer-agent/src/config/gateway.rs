@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::schema::{invalid, Addr, Invalid, MatchFile};
+use super::schema::{invalid, route_matches, Addr, Invalid, MatchFile};
 use crate::model::{
     valid_hostname, CertificateSource, Gateway, GatewayError, GatewayListener, GatewayRoute, Model, ServiceBackend,
 };
@@ -204,21 +204,8 @@ impl TlsFile {
 
 impl GatewayRouteFile {
     fn into_route(self, at: &str) -> Result<GatewayRoute, Invalid> {
-        if self.backends.is_empty() {
-            return Err(invalid(
-                format!("{at}.backends"),
-                "a route needs at least one backend ({ service: NAME, weight: N })",
-            ));
-        }
-        if self.backends.iter().all(|b| b.weight == 0) {
-            return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
-        }
-        let matches = self
-            .matches
-            .into_iter()
-            .enumerate()
-            .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        let matches = route_matches(at, self.matches, &weights, "{ service: NAME, weight: N }")?;
         Ok(GatewayRoute {
             name: self.name,
             listeners: self.listeners,

@@ -468,23 +468,34 @@ impl ServiceFile {
     }
 }
 
+/// What every route checks alike (services' and gateways'): some
+/// backend with weight, and its matches. `shape` shows a backend.
+pub(super) fn route_matches(
+    at: &str,
+    matches: Vec<MatchFile>,
+    weights: &[u32],
+    shape: &str,
+) -> Result<Vec<RouteMatch>, Invalid> {
+    if weights.is_empty() {
+        return Err(invalid(
+            format!("{at}.backends"),
+            format!("a route needs at least one backend ({shape})"),
+        ));
+    }
+    if weights.iter().all(|w| *w == 0) {
+        return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
+    }
+    matches
+        .into_iter()
+        .enumerate()
+        .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
+        .collect()
+}
+
 impl RouteFile {
     fn into_route(self, at: &str) -> Result<Route, Invalid> {
-        if self.backends.is_empty() {
-            return Err(invalid(
-                format!("{at}.backends"),
-                "a route needs at least one backend ({ labels: {...}, weight: N })",
-            ));
-        }
-        if self.backends.iter().all(|b| b.weight == 0) {
-            return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
-        }
-        let matches = self
-            .matches
-            .into_iter()
-            .enumerate()
-            .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        let matches = route_matches(at, self.matches, &weights, "{ labels: {...}, weight: N }")?;
         Ok(Route {
             name: self.name,
             matches,
@@ -501,7 +512,7 @@ impl RouteFile {
 }
 
 impl MatchFile {
-    pub(super) fn into_match(self, at: &str) -> Result<RouteMatch, Invalid> {
+    fn into_match(self, at: &str) -> Result<RouteMatch, Invalid> {
         let service = self.service.map(|s| s.0);
         let method = self.method.map(|s| s.0);
         if let Some(m) = &service {

@@ -147,6 +147,15 @@ fn list(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
+/// `Programmed`: True, or False (`Invalid`) saying `why_not`.
+fn programmed_cond(ok: bool, why_not: &str) -> Cond {
+    Cond {
+        ok,
+        reason: if ok { "Programmed" } else { "Invalid" },
+        message: if ok { String::new() } else { why_not.to_owned() },
+    }
+}
+
 /// The status balancer gives a Gateway; `current` is its status now.
 pub fn desired_status(v: &GatewayVerdict, addresses: &[String], current: &Value, now: Timestamp) -> Value {
     let g = v.generation;
@@ -161,19 +170,7 @@ pub fn desired_status(v: &GatewayVerdict, addresses: &[String], current: &Value,
                 .find(|x| x["name"] == l.name.as_str())
                 .map(|x| list(&x["conditions"]))
                 .unwrap_or_default();
-            let prog = if l.programmed() {
-                Cond {
-                    ok: true,
-                    reason: "Programmed",
-                    message: String::new(),
-                }
-            } else {
-                Cond {
-                    ok: false,
-                    reason: "Invalid",
-                    message: "not served".to_owned(),
-                }
-            };
+            let prog = programmed_cond(l.programmed(), "not served");
             json!({
                 "name": l.name,
                 "attachedRoutes": l.attached_routes,
@@ -191,19 +188,7 @@ pub fn desired_status(v: &GatewayVerdict, addresses: &[String], current: &Value,
         reason: "Accepted",
         message: String::new(),
     };
-    let prog = if programmed {
-        Cond {
-            ok: true,
-            reason: "Programmed",
-            message: String::new(),
-        }
-    } else {
-        Cond {
-            ok: false,
-            reason: "Invalid",
-            message: "no listener is served".to_owned(),
-        }
-    };
+    let prog = programmed_cond(programmed, "no listener is served");
     json!({
         "addresses": addresses.iter().map(|a| json!({ "type": "IPAddress", "value": a })).collect::<Vec<_>>(),
         "conditions": [
