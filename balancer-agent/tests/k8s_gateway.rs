@@ -51,21 +51,7 @@ fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<
         "ports": [{ "name": "grpc", "port": backend_port, "protocol": "TCP" }]
     }));
     if let Some(leaf) = secret {
-        let mut s = Secret::default();
-        s.metadata.name = Some("greeter-tls".into());
-        s.metadata.namespace = Some("demo".into());
-        s.type_ = Some("kubernetes.io/tls".into());
-        s.data = Some(
-            [
-                ("tls.crt".to_owned(), ByteString(leaf.cert.clone().into_bytes())),
-                ("tls.key".to_owned(), ByteString(leaf.key.clone().into_bytes())),
-            ]
-            .into(),
-        );
-        let mut v = serde_json::to_value(&s).unwrap();
-        v["apiVersion"] = json!("v1");
-        v["kind"] = json!("Secret");
-        fake.apply(v);
+        apply_secret(fake, leaf);
     }
     fake.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -91,6 +77,25 @@ fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<
     }));
 }
 
+/// The TLS Secret `demo/greeter-tls` holding `leaf`.
+fn apply_secret(fake: &FakeApi, leaf: &support_tls::Leaf) {
+    let mut s = Secret::default();
+    s.metadata.name = Some("greeter-tls".into());
+    s.metadata.namespace = Some("demo".into());
+    s.type_ = Some("kubernetes.io/tls".into());
+    s.data = Some(
+        [
+            ("tls.crt".to_owned(), ByteString(leaf.cert.clone().into_bytes())),
+            ("tls.key".to_owned(), ByteString(leaf.key.clone().into_bytes())),
+        ]
+        .into(),
+    );
+    let mut v = serde_json::to_value(&s).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    fake.apply(v);
+}
+
 fn start(fake: &FakeApi) -> K8sRun {
     K8sRun::start(
         fake,
@@ -100,17 +105,18 @@ fn start(fake: &FakeApi) -> K8sRun {
             o.gateway_ip = "127.0.0.1".parse().unwrap();
             o.lease = Some(LeaseOptions::new("balancer-system", "agent-1"));
             o.instance = Some("agent-1".into());
+            o.secret_refresh = Duration::from_millis(300);
         },
     )
 }
 
 /// The proxy with the model's gateway listeners bound.
-async fn serve(model: &Model) -> (Proxy, Gateways) {
+async fn serve(model: &Model) -> (Arc<Table>, Gateways) {
     let table = Table::new(model);
     let proxy = Proxy::new(Arc::clone(&table), ProxyOptions::default());
-    let mut gateways = Gateways::new(proxy.clone(), Duration::from_millis(250));
+    let mut gateways = Gateways::new(proxy, Duration::from_millis(250));
     gateways.sync(model, &table, true).await.unwrap();
-    (proxy, gateways)
+    (table, gateways)
 }
 
 async fn gateway_status(fake: &FakeApi, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -170,7 +176,7 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
     assert_eq!(gw.name, "demo/public");
     assert_eq!(gw.routes.len(), 1);
     assert_eq!(gw.routes[0].backends[0].service, "demo/greeter");
-    let (_proxy, _gateways) = serve(&model).await;
+    let (table, mut gateways) = serve(&model).await;
 
     // An external client over TLS: the Secret's certificate, verified for
     // the name asked; calls spread over both endpoints.
@@ -218,6 +224,24 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
             );
         }
     }
+
+    // The Secret renewed (another CA): new connections get the new
+    // certificate once the agent has read it.
+    let renewed_ca = Ca::new("renewed CA");
+    apply_secret(&fake, &renewed_ca.leaf(&["*.example.com"]));
+    let renewed = run
+        .until("the renewed certificate", Duration::from_secs(10), |m| {
+            m.gateways.first().map(|g| &g.listeners) != model.gateways.first().map(|g| &g.listeners)
+        })
+        .await;
+    table.update(&renewed);
+    gateways.sync(&renewed, &table, false).await.unwrap();
+    let channel = tls_channel(https_addr, "greeter.example.com", &renewed_ca.pem())
+        .await
+        .unwrap();
+    let s = greeter::client::say_hello_spread(channel, 4, 2, Duration::from_secs(10)).await;
+    assert_eq!(s.ok, 4, "{}", s.table());
+    assert!(tls_channel(https_addr, "greeter.example.com", &ca.pem()).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

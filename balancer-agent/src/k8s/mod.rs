@@ -162,6 +162,9 @@ pub struct K8sOptions {
     /// Where this agent serves the listeners of balancer's Gateways (the
     /// node's address).
     pub gateway_ip: IpAddr,
+    /// How often the Secrets Gateways reference are read again (a renewed
+    /// certificate is served within this time).
+    pub secret_refresh: Duration,
 }
 
 impl K8sOptions {
@@ -186,6 +189,7 @@ impl K8sOptions {
             instance: None,
             lease: None,
             gateway_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            secret_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -377,7 +381,7 @@ pub async fn run_until(
     let this_node = all.fields(&format!("metadata.name={}", opts.node_name));
     let (nodes, t6) = watch::spawn(Kind::Nodes, Api::all(client.clone()), this_node, strip::node, sig_tx);
     let (wanted_secrets, wanted) = tokio_watch::channel(BTreeSet::new());
-    let (mut secrets, t8) = secrets::spawn(client.clone(), wanted, opts.resync);
+    let (mut secrets, t8) = secrets::spawn(client.clone(), wanted, opts.secret_refresh);
     let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8]);
     let stores = Stores {
         services,

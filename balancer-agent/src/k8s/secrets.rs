@@ -1,7 +1,9 @@
 //! The TLS Secrets balancer's Gateways reference, read one by one with
 //! `get` (the agent never lists Secrets): again whenever the set of
 //! references changes and every `every`, so a renewed certificate is
-//! served within that time.
+//! served within that time. Reads are served from the API server's watch
+//! cache (`resourceVersion=0`), not quorum reads: every node's agent reads
+//! them.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -10,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{api::GetParams, Api};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::Instrument;
 
@@ -32,9 +34,10 @@ pub fn spawn(
                 let want = wanted.borrow_and_update().clone();
                 let mut got = HashMap::with_capacity(want.len());
                 for (ns, name) in want {
-                    let read = match Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&name).await {
-                        Ok(Some(secret)) => secret_pem(&secret),
-                        Ok(None) => continue,
+                    let api = Api::<Secret>::namespaced(client.clone(), &ns);
+                    let read = match api.get_with(&name, &GetParams::any()).await {
+                        Ok(secret) => secret_pem(&secret),
+                        Err(kube::Error::Api(e)) if e.code == 404 => continue,
                         Err(e) => Err(format!("cannot be read: {e}")),
                     };
                     got.insert((ns, name), read);
