@@ -287,3 +287,159 @@ async fn a_missing_secret_leaves_the_listener_unserved_and_says_why() {
     })
     .await;
 }
+
+/// The translation alone, for what listeners and routes get.
+mod translation {
+    use std::{
+        collections::{HashMap, HashSet},
+        sync::Arc,
+    };
+
+    use balancer_agent::k8s::gateway::{secret_refs, translate, SecretPem, Translated};
+    use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::{json, Value};
+
+    fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn gateway(name: &str, created: &str, listeners: Value) -> Arc<Gateway> {
+        from(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": { "name": name, "namespace": "demo", "creationTimestamp": created },
+            "spec": { "gatewayClassName": "balancer", "listeners": listeners }
+        }))
+    }
+
+    fn route(name: &str, created: &str, spec: Value) -> Arc<GrpcRoute> {
+        from(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": { "name": name, "namespace": "demo", "creationTimestamp": created },
+            "spec": spec
+        }))
+    }
+
+    fn run(gateways: &[Arc<Gateway>], routes: &[Arc<GrpcRoute>]) -> Translated {
+        let leaf = super::support_tls::Ca::new("ca").leaf(&["a.example.com"]);
+        let secrets: HashMap<(String, String), SecretPem> = [(
+            ("demo".to_owned(), "s".to_owned()),
+            Ok((leaf.cert.into_bytes().into(), leaf.key.into_bytes().into())),
+        )]
+        .into();
+        let svc: Arc<Service> = from(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "greeter", "namespace": "demo" },
+            "spec": { "ports": [ { "name": "grpc", "port": 8000 }, { "name": "admin", "port": 9000 } ] }
+        }));
+        let lookup = move |ns: &str, name: &str| (ns == "demo" && name == "greeter").then(|| Arc::clone(&svc));
+        let balanced: HashSet<&str> = ["demo/greeter:grpc"].into();
+        translate(
+            gateways,
+            routes,
+            &lookup,
+            &balanced,
+            &secrets,
+            "127.0.0.1".parse().unwrap(),
+        )
+    }
+
+    fn cond(t: &Translated, gw: usize, listener: &str) -> (bool, &'static str, bool, &'static str) {
+        let l = t.verdicts[gw].listeners.iter().find(|l| l.name == listener).unwrap();
+        (
+            l.accepted.ok,
+            l.accepted.reason,
+            l.resolved_refs.ok,
+            l.resolved_refs.reason,
+        )
+    }
+
+    #[test]
+    fn listeners_it_cannot_serve_say_why() {
+        let a = gateway(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!([
+                { "name": "tcp", "port": 7000, "protocol": "TCP" },
+                { "name": "h2c", "port": 8080, "protocol": "HTTP" },
+                { "name": "clash", "port": 8080, "protocol": "HTTPS",
+                  "tls": { "certificateRefs": [ { "name": "s" } ] } },
+                { "name": "other-ns", "port": 8443, "protocol": "HTTPS",
+                  "tls": { "certificateRefs": [ { "name": "s", "namespace": "prod" } ] } },
+                { "name": "missing", "port": 9443, "protocol": "HTTPS",
+                  "tls": { "certificateRefs": [ { "name": "nope" } ] } }
+            ]),
+        );
+        let b = gateway(
+            "b",
+            "2026-02-01T00:00:00Z",
+            json!([ { "name": "h2c", "port": 8080, "protocol": "HTTP" } ]),
+        );
+        let t = run(&[Arc::clone(&b), Arc::clone(&a)], &[]);
+        assert_eq!(cond(&t, 0, "tcp"), (false, "UnsupportedProtocol", true, "ResolvedRefs"));
+        assert_eq!(cond(&t, 0, "h2c"), (true, "Accepted", true, "ResolvedRefs"));
+        assert_eq!(cond(&t, 0, "clash"), (false, "ProtocolConflict", true, "ResolvedRefs"));
+        assert_eq!(cond(&t, 0, "other-ns"), (true, "Accepted", false, "RefNotPermitted"));
+        assert_eq!(
+            cond(&t, 0, "missing"),
+            (true, "Accepted", false, "InvalidCertificateRef")
+        );
+        // The older Gateway has the port.
+        assert_eq!(cond(&t, 1, "h2c"), (false, "PortUnavailable", true, "ResolvedRefs"));
+        assert_eq!(t.gateways.len(), 1);
+        assert_eq!(t.gateways[0].name, "demo/a");
+        // Only Secrets of the Gateway's own namespace are ever read.
+        let refs: Vec<(String, String)> = secret_refs(&[a]).into_iter().collect();
+        assert_eq!(
+            refs,
+            [
+                ("demo".to_owned(), "nope".to_owned()),
+                ("demo".to_owned(), "s".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_attach_by_section_and_sort_exact_hosts_first() {
+        let gw = gateway(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!([
+                { "name": "one", "port": 8080, "protocol": "HTTP" },
+                { "name": "two", "port": 8081, "protocol": "HTTP" }
+            ]),
+        );
+        let backend = json!([ { "backendRefs": [ { "name": "greeter", "port": 8000 } ] } ]);
+        let wildcard = route(
+            "old-wildcard",
+            "2026-01-01T00:00:00Z",
+            json!({ "parentRefs": [ { "name": "a", "sectionName": "two" } ],
+                    "hostnames": ["*.example.com"], "rules": backend }),
+        );
+        let exact = route(
+            "new-exact",
+            "2026-03-01T00:00:00Z",
+            json!({ "parentRefs": [ { "name": "a" } ], "hostnames": ["api.example.com"], "rules": backend }),
+        );
+        let unbalanced = route(
+            "admin",
+            "2026-03-02T00:00:00Z",
+            json!({ "parentRefs": [ { "name": "a" } ],
+                    "rules": [ { "backendRefs": [ { "name": "greeter", "port": 9000 } ] } ] }),
+        );
+        let t = run(&[gw], &[wildcard, exact, unbalanced]);
+        let g = &t.gateways[0];
+        let names: Vec<&str> = g.routes.iter().filter_map(|r| r.name.as_deref()).collect();
+        assert_eq!(names, ["demo/new-exact#0", "demo/old-wildcard#0"]);
+        assert_eq!(g.routes[1].listeners, ["two"]);
+        assert_eq!(g.routes[0].backends[0].service, "demo/greeter:grpc");
+        let attached: Vec<i32> = t.verdicts[0].listeners.iter().map(|l| l.attached_routes).collect();
+        assert_eq!(attached, [1, 2]);
+        assert_eq!(t.skipped_rules.len(), 1);
+        assert!(
+            t.skipped_rules[0].1.contains("port 9000 is not balanced"),
+            "{:?}",
+            t.skipped_rules
+        );
+    }
+}
