@@ -15,6 +15,7 @@ use balancer_testing::{
 };
 use greeter::{client::Spread, server::TestServer};
 use support_tls::{h2c_channel, tls_channel, Ca};
+use tonic::transport::Endpoint;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -190,5 +191,69 @@ gateways:
         // before the change carries on.
         assert!(tls_channel(https, "api.example.com", &old_ca.pem()).await.is_err());
         assert_eq!(spread(before, 2).await.ok, 2);
+    });
+}
+
+#[test]
+fn a_reloaded_file_moves_routes_and_listeners_without_a_restart() {
+    let (g1, other) = (
+        TestServer::spawn("greeter-1").unwrap(),
+        TestServer::spawn("other-1").unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, first, second) = (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let config = |listen: SocketAddr, backend: &str| {
+        format!(
+            r#"admin: {admin}
+services:
+  - name: greeter
+    vip: 10.96.0.10:8000
+    endpoints: [ {{ address: "{g1}" }} ]
+  - name: other
+    vip: 10.96.0.11:8000
+    endpoints: [ {{ address: "{o}" }} ]
+gateways:
+  - name: public
+    listeners: [ {{ address: "{listen}" }} ]
+    routes: [ {{ backends: [ {{ service: {backend} }} ] }} ]
+"#,
+            g1 = g1.addr(),
+            o = other.addr(),
+        )
+    };
+    let _agent = start_agent(dir.path(), &config(first, "greeter"), admin);
+    let rt = rt();
+    rt.block_on(async {
+        let before = h2c_channel(first, "api.example.com").await;
+        assert_eq!(spread(before.clone(), 3).await.ok, 3);
+        assert_eq!(g1.calls(), 3);
+
+        // The route now sends calls to `other`, and the listener moves.
+        write(dir.path(), "balancer.yaml", &config(second, "other"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let moved = loop {
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Endpoint::from_shared(format!("http://{second}")).unwrap().connect(),
+            )
+            .await
+            {
+                break c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the moved listener never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let s = spread(moved, 3).await;
+        assert_eq!((s.ok, other.calls()), (3, 3), "{}", s.table());
+        // The connection opened before carries on, with the new route.
+        let s = spread(before, 2).await;
+        assert_eq!((s.ok, other.calls(), g1.calls()), (2, 5, 3), "{}", s.table());
+        assert!(
+            std::net::TcpStream::connect(first).is_err(),
+            "the old listener stopped accepting"
+        );
     });
 }

@@ -83,9 +83,13 @@ impl Gateways {
             })
             .map(|(key, _)| key.clone())
             .collect();
+        // A listener that moves keeps its routes' slot: the connections it
+        // accepted before route their next calls with the new routes too.
+        let mut moved: HashMap<(String, String), Arc<GatewaySlot>> = HashMap::new();
         for key in stale {
             if let Some(open) = self.open.remove(&key) {
                 info!(gateway = %key.0, listener = %key.1, addr = %open.address, "gateway listener stopping");
+                moved.insert(key, Arc::clone(&open.routes));
             }
         }
         for (key, (gw, l)) in wanted {
@@ -113,7 +117,7 @@ impl Gateways {
                 }
                 continue;
             }
-            match self.start(&key, l, routes) {
+            match self.start(&key, l, routes, moved.remove(&key)) {
                 Ok(open) => {
                     self.open.insert(key, open);
                 }
@@ -131,6 +135,7 @@ impl Gateways {
         key: &(String, String),
         l: &crate::model::GatewayListener,
         routes: ListenerRoutes,
+        slot: Option<Arc<GatewaySlot>>,
     ) -> anyhow::Result<Open> {
         let (gw, name) = key;
         let certs = if l.is_tls() {
@@ -143,7 +148,13 @@ impl Gateways {
         // new agent both serve the node's gateway ports.
         let listener = super::bind::bind_shared(l.address)
             .with_context(|| format!("gateway `{gw}` listener `{name}`: cannot listen on {}", l.address))?;
-        let slot = GatewaySlot::new(routes);
+        let slot = match slot {
+            Some(slot) => {
+                slot.set(routes);
+                slot
+            }
+            None => GatewaySlot::new(routes),
+        };
         let (stop, stopped) = oneshot::channel();
         let proxy = self.proxy.clone();
         let tls = certs.as_ref().map(|c| c.server_config());
