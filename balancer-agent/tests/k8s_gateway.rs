@@ -225,6 +225,40 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
         }
     }
 
+    // The route's status names the Gateway as a parent that accepted it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let route = fake.object("grpcroutes", "demo/greeter").unwrap_or_default();
+        let entry = route["status"]["parents"].as_array().and_then(|p| {
+            p.iter()
+                .find(|e| e["controllerName"] == "balancer.io/gateway-controller")
+                .cloned()
+        });
+        if let Some(entry) = entry {
+            assert_eq!(entry["parentRef"]["name"], "public", "{entry:#}");
+            assert_eq!(
+                condition(&entry["conditions"], "Accepted")["status"],
+                "True",
+                "{entry:#}"
+            );
+            assert_eq!(
+                condition(&entry["conditions"], "ResolvedRefs")["status"],
+                "True",
+                "{entry:#}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no GRPCRoute status: {route:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // No write loop: what the API server stores compares equal to what
+    // was written, so the watch bringing it back writes nothing.
+    let writes = || fake.status_writes().len();
+    let settled = writes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writes(), settled, "status writes go on: {:#?}", fake.status_writes());
+
     // The Secret renewed (another CA): new connections get the new
     // certificate once the agent has read it.
     let renewed_ca = Ca::new("renewed CA");

@@ -144,6 +144,23 @@ fn is_secret(group: Option<&str>, kind: Option<&str>) -> bool {
     matches!(group, None | Some("")) && matches!(kind, None | Some("Secret"))
 }
 
+/// The routes with a parentRef naming one of `gateways`.
+pub fn routes_of(gateways: &[Arc<Gateway>], routes: &[Arc<GrpcRoute>]) -> Vec<Arc<GrpcRoute>> {
+    let keys: Vec<Key> = gateways.iter().map(|g| key_of(g.as_ref())).collect();
+    routes
+        .iter()
+        .filter(|r| {
+            let ns = r.namespace().unwrap_or_default();
+            r.spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .any(|p| keys.iter().any(|k| names_gateway(p, &ns, k)))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether `p` names the Gateway `gw` (a route in `route_ns`).
 fn names_gateway(p: &GrpcRouteParentRefs, route_ns: &str, gw: &Key) -> bool {
     matches!(p.group.as_deref(), None | Some("gateway.networking.k8s.io"))

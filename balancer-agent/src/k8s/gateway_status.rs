@@ -9,14 +9,23 @@
 //!   `Programmed` with the Gateway API reasons, the number of GRPCRoutes
 //!   attached, and the route kind served (`GRPCRoute`).
 //!
-//! A JSON merge patch of the `status` subresource, written only when it
-//! differs from the Gateway's current status (condition times aside); a
-//! failed write is tried again at the next change or after
-//! [`RETRY`]. Best-effort: it never stops balancing.
+//! And in each GRPCRoute attached to such a Gateway, one
+//! `status.parents[]` entry per parentRef naming it, under
+//! [`GATEWAY_CONTROLLER`]: `Accepted` (True when at least one of its rules
+//! is served; False, `UnsupportedValue`, with why otherwise) and
+//! `ResolvedRefs` (False, `BackendNotFound`, when a rule was left out for
+//! a backend). Other controllers' entries are kept as read, and the write
+//! carries the route's resourceVersion (a concurrent change makes it fail,
+//! and it is computed again).
+//!
+//! JSON merge patches of the `status` subresources, written only when they
+//! differ from the current status (condition times aside); a failed write
+//! is tried again at the next change or after [`RETRY`]. Best-effort: it
+//! never stops balancing.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use gateway_api::gateways::Gateway;
+use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
 use kube::{
     api::{ListParams, Patch, PatchParams},
@@ -26,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::gateway::{Cond, GatewayVerdict};
+use super::gateway::{Cond, GatewayVerdict, GATEWAY_CONTROLLER};
 
 /// How soon a failed write is tried again.
 pub const RETRY: Duration = Duration::from_secs(30);
@@ -37,6 +46,10 @@ pub struct Input {
     /// balancer's Gateways as the watch has them (with their status).
     pub gateways: Vec<Arc<Gateway>>,
     pub verdicts: Vec<GatewayVerdict>,
+    /// The GRPCRoutes naming one of them.
+    pub routes: Vec<Arc<GrpcRoute>>,
+    /// Rules of those routes left out (`namespace/route#rule`), and why.
+    pub skipped: Vec<(String, String)>,
     /// The writer's node address (when Nodes cannot be listed).
     pub node_ip: IpAddr,
 }
@@ -96,7 +109,108 @@ async fn write_all(client: &kube::Client, input: &Input) -> bool {
             }
         }
     }
+    let ours: Vec<(String, String)> = input.verdicts.iter().map(|v| v.key.clone()).collect();
+    for route in &input.routes {
+        let Some(parents) = route_parents(route, &ours, &input.skipped, Timestamp::now()) else {
+            continue;
+        };
+        let ns = route.namespace().unwrap_or_default();
+        let api: Api<GrpcRoute> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({
+            "metadata": { "resourceVersion": route.resource_version() },
+            "status": { "parents": parents },
+        });
+        match api
+            .patch_status(&route.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(route = %format!("{ns}/{}", route.name_any()), "GRPCRoute status written for its Gateway"),
+            Err(e) => {
+                ok = false;
+                debug!(route = %format!("{ns}/{}", route.name_any()), error = %e, "GRPCRoute status not written; retrying later");
+            }
+        }
+    }
     ok
+}
+
+/// The `status.parents` `route` should have: other controllers' entries as
+/// they are, balancer's gateway entries for the parentRefs naming one of
+/// `ours`; `None` when it has them already (times aside).
+pub fn route_parents(
+    route: &GrpcRoute,
+    ours: &[(String, String)],
+    skipped: &[(String, String)],
+    now: Timestamp,
+) -> Option<Vec<Value>> {
+    let ns = route.namespace().unwrap_or_default();
+    let name = format!("{ns}/{}#", route.name_any());
+    let current = list(&serde_json::to_value(&route.status).unwrap_or(Value::Null)["parents"]);
+    let rules = route.spec.rules.as_ref().map_or(0, Vec::len);
+    let mine: Vec<&(String, String)> = skipped.iter().filter(|(r, _)| r.starts_with(&name)).collect();
+    let accepted = if mine.len() < rules {
+        Cond {
+            ok: true,
+            reason: "Accepted",
+            message: String::new(),
+        }
+    } else {
+        Cond {
+            ok: false,
+            reason: "UnsupportedValue",
+            message: mine
+                .first()
+                .map_or_else(|| "no rules".to_owned(), |(r, why)| format!("{r}: {why}")),
+        }
+    };
+    let unresolved = mine
+        .iter()
+        .find(|(_, why)| why.contains("backend") || why.contains("Service"));
+    let resolved = match unresolved {
+        None => Cond {
+            ok: true,
+            reason: "ResolvedRefs",
+            message: String::new(),
+        },
+        Some((r, why)) => Cond {
+            ok: false,
+            reason: "BackendNotFound",
+            message: format!("{r}: {why}"),
+        },
+    };
+    let mut parents: Vec<Value> = current
+        .iter()
+        .filter(|p| p["controllerName"] != GATEWAY_CONTROLLER)
+        .cloned()
+        .collect();
+    for p in route.spec.parent_refs.iter().flatten() {
+        let gw = (p.namespace.clone().unwrap_or_else(|| ns.clone()), p.name.clone());
+        let is_gateway = matches!(p.group.as_deref(), None | Some("gateway.networking.k8s.io"))
+            && matches!(p.kind.as_deref(), None | Some("Gateway"));
+        if !is_gateway || !ours.contains(&gw) {
+            continue;
+        }
+        // With the defaults the API server fills in, so that what is
+        // stored compares equal to what is written.
+        let mut parent_ref = serde_json::to_value(p).unwrap_or(Value::Null);
+        parent_ref["group"] = json!("gateway.networking.k8s.io");
+        parent_ref["kind"] = json!("Gateway");
+        let old = current
+            .iter()
+            .find(|c| c["controllerName"] == GATEWAY_CONTROLLER && c["parentRef"] == parent_ref)
+            .map(|c| list(&c["conditions"]))
+            .unwrap_or_default();
+        let g = route.metadata.generation;
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": GATEWAY_CONTROLLER,
+            "conditions": [
+                condition("Accepted", &accepted, g, &old, now),
+                condition("ResolvedRefs", &resolved, g, &old, now),
+            ],
+        }));
+    }
+    (strip_times(&Value::Array(parents.clone())) != strip_times(&Value::Array(current))).then_some(parents)
 }
 
 /// The nodes' InternalIP addresses, sorted; `fallback` alone if none can
@@ -127,6 +241,8 @@ async fn node_addresses(client: &kube::Client, fallback: IpAddr) -> Vec<String> 
 
 fn condition(kind: &str, c: &Cond, generation: Option<i64>, current: &[Value], now: Timestamp) -> Value {
     let status = if c.ok { "True" } else { "False" };
+    // Whole seconds: what the API server keeps of a timestamp.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     // The transition time stays while the condition's status does.
     let since = current
         .iter()

@@ -581,9 +581,13 @@ pub async fn run_until(
                 services: translator.route_services(),
                 invalid: t.invalid_routes.clone(),
             });
+            let ours: Vec<Arc<Gateway>> = gateways.into_iter().filter(|g| gateway::is_ours(g)).collect();
+            let routes = gateway::routes_of(&ours, &stores.routes.state());
             election.offer_gateways(gateway_status::Input {
-                gateways: gateways.into_iter().filter(|g| gateway::is_ours(g)).collect(),
+                gateways: ours,
                 verdicts: gw.verdicts,
+                routes,
+                skipped: gw.skipped_rules,
                 node_ip: opts.gateway_ip,
             });
         }
