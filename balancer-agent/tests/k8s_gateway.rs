@@ -20,7 +20,6 @@ use balancer_agent::{
 };
 use greeter::server::TestServer;
 use k8s_fake::{run::K8sRun, FakeApi};
-use k8s_openapi::{api::core::v1::Secret, ByteString};
 use serde_json::{json, Value};
 use support_tls::{h2c_channel, tls_channel, Ca};
 
@@ -79,21 +78,7 @@ fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<
 
 /// The TLS Secret `demo/greeter-tls` holding `leaf`.
 fn apply_secret(fake: &FakeApi, leaf: &support_tls::Leaf) {
-    let mut s = Secret::default();
-    s.metadata.name = Some("greeter-tls".into());
-    s.metadata.namespace = Some("demo".into());
-    s.type_ = Some("kubernetes.io/tls".into());
-    s.data = Some(
-        [
-            ("tls.crt".to_owned(), ByteString(leaf.cert.clone().into_bytes())),
-            ("tls.key".to_owned(), ByteString(leaf.key.clone().into_bytes())),
-        ]
-        .into(),
-    );
-    let mut v = serde_json::to_value(&s).unwrap();
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Secret");
-    fake.apply(v);
+    fake.apply(leaf.secret("demo", "greeter-tls"));
 }
 
 fn start(fake: &FakeApi) -> K8sRun {

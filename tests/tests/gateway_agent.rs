@@ -16,29 +16,10 @@ use balancer_testing::{
 };
 use balancer_tests::apiserver::{FakeApiOptions, FakeApiServer};
 use greeter::server::TestServer;
-use k8s_openapi::{api::core::v1::Secret, ByteString};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[path = "../../balancer-agent/tests/support_tls/mod.rs"]
 mod support_tls;
-
-fn secret(leaf: &support_tls::Leaf) -> Value {
-    let mut s = Secret::default();
-    s.metadata.name = Some("greeter-tls".into());
-    s.metadata.namespace = Some("demo".into());
-    s.type_ = Some("kubernetes.io/tls".into());
-    s.data = Some(
-        [
-            ("tls.crt".to_owned(), ByteString(leaf.cert.clone().into_bytes())),
-            ("tls.key".to_owned(), ByteString(leaf.key.clone().into_bytes())),
-        ]
-        .into(),
-    );
-    let mut v = serde_json::to_value(&s).expect("secret");
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Secret");
-    v
-}
 
 #[test]
 fn the_agent_serves_a_gateway_from_the_api_and_writes_its_status() {
@@ -64,7 +45,7 @@ fn the_agent_serves_a_gateway_from_the_api_and_writes_its_status() {
                 "endpoints": [ { "addresses": ["127.0.0.2"], "conditions": { "ready": true } },
                                { "addresses": ["127.0.0.3"], "conditions": { "ready": true } } ],
                 "ports": [{ "name": "grpc", "port": port, "protocol": "TCP" }] }),
-        secret(&ca.leaf(&["greeter.example.com"])),
+        ca.leaf(&["greeter.example.com"]).secret("demo", "greeter-tls"),
         json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                 "metadata": { "name": "public", "namespace": "demo" },
                 "spec": { "gatewayClassName": "balancer",

@@ -6,6 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use k8s_openapi::{api::core::v1::Secret, ByteString};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -45,6 +46,27 @@ impl Ca {
             cert: cert.pem(),
             key: key.serialize_pem(),
         }
+    }
+}
+
+impl Leaf {
+    /// The `kubernetes.io/tls` Secret `namespace/name` holding it.
+    pub fn secret(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some(namespace.into());
+        s.type_ = Some("kubernetes.io/tls".into());
+        s.data = Some(
+            [
+                ("tls.crt".to_owned(), ByteString(self.cert.clone().into_bytes())),
+                ("tls.key".to_owned(), ByteString(self.key.clone().into_bytes())),
+            ]
+            .into(),
+        );
+        let mut v = serde_json::to_value(&s).expect("a Secret serializes");
+        v["apiVersion"] = "v1".into();
+        v["kind"] = "Secret".into();
+        v
     }
 }
 
