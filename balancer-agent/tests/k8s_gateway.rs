@@ -243,6 +243,14 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
     let settled = writes();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(writes(), settled, "status writes go on: {:#?}", fake.status_writes());
+    // Nothing was said before the Secret had been read.
+    assert!(
+        fake.status_writes()
+            .iter()
+            .all(|w| !w.body.to_string().contains("not found")),
+        "{:#?}",
+        fake.status_writes()
+    );
 
     // The Secret renewed (another CA): new connections get the new
     // certificate once the agent has read it.

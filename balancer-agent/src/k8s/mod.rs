@@ -527,8 +527,12 @@ pub async fn run_until(
         t.model.services = translator.services();
         t.model.locality = stores.locality(&opts.node_name);
         let gateways = stores.gateways.state();
+        let refs = gateway::secret_refs(&gateways);
+        let read = Arc::clone(&secrets.borrow_and_update());
+        // Until the Secrets asked for are read, a listener waiting for one
+        // is not served, and nothing is said about it in the status.
+        let secrets_read = read.asked == refs;
         wanted_secrets.send_if_modified(|w| {
-            let refs = gateway::secret_refs(&gateways);
             let changed = *w != refs;
             *w = refs;
             changed
@@ -541,12 +545,14 @@ pub async fn run_until(
                 &stores.routes.state(),
                 &lookup,
                 &balanced,
-                &secrets.borrow_and_update(),
+                &read.pem,
                 opts.gateway_ip,
             )
         };
         t.model.gateways = gw.gateways;
-        warned.log_gateways(&gw.skipped_rules, &gw.verdicts);
+        if secrets_read {
+            warned.log_gateways(&gw.skipped_rules, &gw.verdicts);
+        }
         translate::enroll(
             &mut t,
             &pods,
@@ -581,15 +587,17 @@ pub async fn run_until(
                 services: translator.route_services(),
                 invalid: t.invalid_routes.clone(),
             });
-            let ours: Vec<Arc<Gateway>> = gateways.into_iter().filter(|g| gateway::is_ours(g)).collect();
-            let routes = gateway::routes_of(&ours, &stores.routes.state());
-            election.offer_gateways(gateway_status::Input {
-                gateways: ours,
-                verdicts: gw.verdicts,
-                routes,
-                skipped: gw.skipped_rules,
-                node_ip: opts.gateway_ip,
-            });
+            if secrets_read {
+                let ours: Vec<Arc<Gateway>> = gateways.into_iter().filter(|g| gateway::is_ours(g)).collect();
+                let routes = gateway::routes_of(&ours, &stores.routes.state());
+                election.offer_gateways(gateway_status::Input {
+                    gateways: ours,
+                    verdicts: gw.verdicts,
+                    routes,
+                    skipped: gw.skipped_rules,
+                    node_ip: opts.gateway_ip,
+                });
+            }
         }
         // The translator checked every service and kept VIPs unique.
         debug_assert_eq!(t.model.validate(), Ok(()));

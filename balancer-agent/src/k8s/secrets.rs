@@ -18,8 +18,15 @@ use tracing::Instrument;
 
 use super::gateway::{secret_pem, Key, SecretPem};
 
-/// What was read, by Secret; a Secret that does not exist is absent.
-pub type Secrets = Arc<HashMap<Key, SecretPem>>;
+/// What was read: the Secrets asked for (`asked`) and, by Secret, their
+/// contents (a Secret that does not exist is absent).
+#[derive(Debug, Default, PartialEq)]
+pub struct Read {
+    pub asked: BTreeSet<Key>,
+    pub pem: HashMap<Key, SecretPem>,
+}
+
+pub type Secrets = Arc<Read>;
 
 /// Starts the reader of the Secrets in `wanted`.
 pub fn spawn(
@@ -31,9 +38,9 @@ pub fn spawn(
     let task = tokio::spawn(
         async move {
             loop {
-                let want = wanted.borrow_and_update().clone();
-                let mut got = HashMap::with_capacity(want.len());
-                for (ns, name) in want {
+                let asked = wanted.borrow_and_update().clone();
+                let mut got = HashMap::with_capacity(asked.len());
+                for (ns, name) in asked.iter().cloned() {
                     let api = Api::<Secret>::namespaced(client.clone(), &ns);
                     let read = match api.get_with(&name, &GetParams::any()).await {
                         Ok(secret) => secret_pem(&secret),
@@ -42,10 +49,11 @@ pub fn spawn(
                     };
                     got.insert((ns, name), read);
                 }
+                let read = Read { asked, pem: got };
                 tx.send_if_modified(|cur| {
-                    let changed = **cur != got;
+                    let changed = **cur != read;
                     if changed {
-                        *cur = Arc::new(got);
+                        *cur = Arc::new(read);
                     }
                     changed
                 });
