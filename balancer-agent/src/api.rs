@@ -14,7 +14,10 @@ use crate::{
     model,
 };
 
-pub use crate::balance::{EndpointStats, ServiceCounters};
+pub use crate::balance::{
+    explain::{BackendPath, EndpointPath, Explanation, RouteChoice, TierPath},
+    EndpointStats, ServiceCounters,
+};
 
 /// `/api/v1/status`: what `/readyz` decides on, and where the state comes from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,6 +87,10 @@ pub struct SourceStatus {
     /// was not found in time (each has a `CgroupNotFound` Event).
     #[serde(default)]
     pub pods_cgroup_missing: Option<u64>,
+    /// Kubernetes mode: routing objects (GRPCRoutes, VirtualServices,
+    /// DestinationRules) not applied as written, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<String>,
 }
 
 /// `/api/v1/services[/{name}]`: a balanced service, its policy, routes and
@@ -114,6 +121,10 @@ pub struct Service {
     /// `Local` when calls stay on the agent's node; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
+    /// The service's own outlier detection, e.g. `after 3 consecutive
+    /// failures, for 30s (growing)`; absent: the agent's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<String>,
 }
 
 impl Service {
@@ -144,7 +155,7 @@ impl Service {
             listen: svc.listen,
             policy: svc.policy.to_string(),
             hash_header: svc.hash_header.clone(),
-            fault: svc.fault.as_ref().map(describe_fault),
+            fault: svc.fault.as_ref().map(ToString::to_string),
             routes: svc.routes.iter().map(Route::from_model).collect(),
             endpoints,
             counters: live.map(|l| l.counters).unwrap_or_default(),
@@ -152,27 +163,15 @@ impl Service {
                 .then(|| svc.traffic_distribution.as_str().to_owned()),
             internal_traffic_policy: (svc.internal_traffic_policy != model::InternalTrafficPolicy::Cluster)
                 .then(|| svc.internal_traffic_policy.as_str().to_owned()),
+            ejection: svc.ejection.map(|e| match e.consecutive_failures {
+                0 => "off".to_owned(),
+                n => format!("after {n} consecutive failures, for {:?} (growing)", e.base),
+            }),
         }
     }
 }
 
 /// `delay 500ms to 10% of calls, abort UNAVAILABLE ("msg") to 5% of calls`.
-fn describe_fault(f: &model::Fault) -> String {
-    let mut parts = Vec::new();
-    if let Some(d) = &f.delay {
-        parts.push(format!("delay {:?} to {}% of calls", d.duration, d.share.percent()));
-    }
-    if let Some(a) = &f.abort {
-        let name = model::GRPC_CODES.get(usize::from(a.code)).copied().unwrap_or("?");
-        parts.push(format!(
-            "abort {name} ({:?}) to {}% of calls",
-            a.message,
-            a.share.percent()
-        ));
-    }
-    parts.join(", ")
-}
-
 /// A route in display form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
@@ -237,17 +236,7 @@ impl Route {
     }
 }
 
-/// `k=v,k2=v2`, or `*` for no labels.
-pub fn selector(labels: &model::Labels) -> String {
-    if labels.is_empty() {
-        return "*".to_owned();
-    }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use crate::model::selector;
 
 /// One endpoint of a service: where it is, what it is, and the balancer's
 /// statistics of it ([`EndpointStats`], flattened into the document).

@@ -25,3 +25,4 @@ pub mod pinned;
 pub mod proxy;
 pub mod redirect;
 pub mod tls;
+pub mod traces;

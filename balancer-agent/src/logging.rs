@@ -107,6 +107,8 @@ pub struct AccessEntry<'a> {
     /// The fault injected into the call, if any: `delay`, `abort` or
     /// `delay+abort`.
     pub injected: Option<&'static str>,
+    /// The call's trace, when it was traced (sampled).
+    pub trace_id: Option<crate::traces::TraceId>,
 }
 
 /// Emits one access log line (a no-op unless the access log is enabled).
@@ -120,6 +122,7 @@ pub fn access(e: &AccessEntry<'_>) {
         duration_ms = e.duration.as_secs_f64() * 1e3,
         retries = e.retries,
         injected = e.injected,
+        trace_id = e.trace_id.map(tracing::field::display),
         "call"
     );
 }
@@ -175,6 +178,7 @@ mod tests {
                 duration: Duration::from_micros(1500),
                 retries: 0,
                 injected: Some("abort"),
+                trace_id: Some(crate::traces::TraceId([0xab; 16])),
             });
             assert_eq!(access_enabled(), access_log);
         });
@@ -194,6 +198,7 @@ mod tests {
         assert_eq!(f["grpc_status"], 0);
         assert_eq!(f["duration_ms"], 1.5);
         assert_eq!(f["injected"], "abort");
+        assert_eq!(f["trace_id"], "abababababababababababababababab");
         // Off unless asked for, even though the base filter lets warnings through.
         assert_eq!(logged(false), "");
     }

@@ -121,6 +121,21 @@ pub struct Service {
     pub traffic_distribution: TrafficDistribution,
     /// Whether calls may leave the agent's node at all.
     pub internal_traffic_policy: InternalTrafficPolicy,
+    /// Passive outlier detection of the endpoints; `None`: the agent's
+    /// defaults.
+    pub ejection: Option<Ejection>,
+}
+
+/// When a service's endpoints are ejected (in Kubernetes: a
+/// DestinationRule's `outlierDetection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Ejection {
+    /// Consecutive failures (connect failures, `UNAVAILABLE`) that eject an
+    /// endpoint; 0: never.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long, the n-th n times as long
+    /// (capped at the agent's maximum).
+    pub base: std::time::Duration,
 }
 
 /// Which endpoints a service's calls prefer (Kubernetes Service
@@ -173,6 +188,40 @@ impl InternalTrafficPolicy {
 pub struct Fault {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
+}
+
+impl fmt::Display for Fault {
+    /// E.g. `delay 2s to 10% of calls, abort UNAVAILABLE ("down") to 5% of calls`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(d) = &self.delay {
+            write!(f, "delay {:?} to {}% of calls", d.duration, d.share.percent())?;
+            sep = ", ";
+        }
+        if let Some(a) = &self.abort {
+            let name = GRPC_CODES.get(usize::from(a.code)).copied().unwrap_or("?");
+            write!(
+                f,
+                "{sep}abort {name} ({:?}) to {}% of calls",
+                a.message,
+                a.share.percent()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A label selector in display form, e.g. `version=v1` (`*` for every
+/// endpoint).
+pub fn selector(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "*".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Delays `share` of the calls by `duration`.
@@ -375,6 +424,10 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     /// Weighted subsets of the service's endpoints.
     pub backends: Vec<Backend>,
+    /// The longest a call of this route may take (in Kubernetes: a
+    /// VirtualService route's `timeout`); a call's own shorter
+    /// `grpc-timeout` still applies.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Every present field must match (GRPCRoute `GRPCRouteMatch`).
@@ -712,6 +765,7 @@ mod tests {
             fault: None,
             traffic_distribution: TrafficDistribution::Any,
             internal_traffic_policy: InternalTrafficPolicy::Cluster,
+            ejection: None,
         }
     }
 
@@ -747,6 +801,7 @@ mod tests {
                 labels: Labels::new(),
                 weight: 0,
             }],
+            timeout: None,
         });
         let m = Model {
             services: vec![Arc::new(s.clone())],

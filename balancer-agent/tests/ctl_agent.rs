@@ -9,6 +9,7 @@ mod support_ctl;
 use std::{net::SocketAddr, path::Path, process::Output, time::Duration};
 
 use balancer_agent::admin::api;
+use balancer_testing::metrics::sum as metric_sum;
 use balancer_testing::{
     agent::{self, AgentProcess, Log},
     port::free_port,
@@ -49,6 +50,16 @@ fn start_agent(dir: &Path, config: &str, extra: &[&str], rust_log: &str, log: Lo
 /// `calls` calls over one HTTP/2 connection to `listen`, `concurrency` at a
 /// time, bounded in time.
 fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize) -> greeter::client::Spread {
+    calls_with(listen, calls, concurrency, &[])
+}
+
+/// The same, each call with `headers`.
+fn calls_with(
+    listen: SocketAddr,
+    calls: u64,
+    concurrency: usize,
+    headers: &[(String, String)],
+) -> greeter::client::Spread {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,26 +68,11 @@ fn calls_over_one_connection(listen: SocketAddr, calls: u64, concurrency: usize)
         let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(60),
-            greeter::client::say_hello_spread(channel, calls, concurrency, Duration::from_secs(10)),
+            greeter::client::say_hello_spread_with(channel, calls, concurrency, Duration::from_secs(10), headers),
         )
         .await
         .expect("calls finished within 60 s")
     })
-}
-
-fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{metric} is not a number"),
-        })
-        .sum()
 }
 
 #[test]
@@ -277,4 +273,91 @@ fn the_agent_refuses_a_non_loopback_admin_address() {
     assert!(!status.success());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("refusing to bind non-loopback address 0.0.0.0:0"), "{err}");
+}
+
+#[test]
+fn service_explain_tells_which_route_and_endpoint_take_a_call() {
+    let servers: Vec<TestServer> = (1..=3)
+        .map(|i| TestServer::spawn(&format!("greeter-{i}")).unwrap())
+        .collect();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "admin: {admin}\nservices:\n  - name: greeter\n    listen: {listen}\n    policy: ring-hash\n    hash_header: x-user-id\n    endpoints:\n"
+    );
+    for (i, s) in servers.iter().enumerate() {
+        let version = if i == 2 { "v2" } else { "v1" };
+        config.push_str(&format!(
+            "      - {{ address: {}, labels: {{ version: {version} }} }}\n",
+            s.addr()
+        ));
+    }
+    config.push_str(
+        "    routes:\n      - name: canary\n        matches: [ { headers: [ { name: x-canary, value: \"1\" } ] } ]\n        backends: [ { labels: { version: v2 }, weight: 100 } ]\n",
+    );
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+
+    // Each user's calls land where `explain` said its key lands.
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let e: api::Explanation = ctl_json(
+            admin,
+            &[
+                "service",
+                "explain",
+                "greeter",
+                "helloworld.Greeter/SayHello",
+                "-H",
+                &format!("x-user-id={user}"),
+            ],
+        );
+        assert!(e.route.is_none(), "{e:?}");
+        assert_eq!(e.hash_key.as_deref(), Some(user));
+        let predicted = e.backends[0].hashed_to.expect("a hash key lands on an endpoint");
+        let before: Vec<u64> = servers.iter().map(TestServer::calls).collect();
+        let spread = calls_with(listen, 5, 1, &[("x-user-id".to_owned(), user.to_owned())]);
+        assert_eq!(spread.ok, 5, "{}", spread.table());
+        let served: Vec<SocketAddr> = servers
+            .iter()
+            .zip(&before)
+            .filter(|(s, b)| s.calls() > **b)
+            .map(|(s, _)| s.addr())
+            .collect();
+        assert_eq!(served, [predicted], "{user}'s calls");
+    }
+
+    // A call with the canary header takes the route, to v2 only.
+    let out = ctl(
+        admin,
+        &[
+            "service",
+            "explain",
+            "greeter",
+            "/helloworld.Greeter/SayHello",
+            "-H",
+            "x-canary=1",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Route:      canary (route 1 of 1)"), "{text}");
+    assert!(
+        text.contains("version=v2") && text.contains(&servers[2].addr().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains(&servers[0].addr().to_string()), "{text}");
+    assert!(text.contains("no x-user-id header"), "{text}");
+
+    // Unknown service, malformed header: one-line errors.
+    let out = ctl(admin, &["service", "explain", "nope", "a.B/C"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service named `nope`"));
+    let out = ctl(admin, &["service", "explain", "greeter", "a.B/C", "-H", "bad header=1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a valid header"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

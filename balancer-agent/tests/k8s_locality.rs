@@ -12,6 +12,7 @@ use balancer_agent::{
     balance::{CallMeta, Table},
     model::{InternalTrafficPolicy, Model, TrafficDistribution},
 };
+use balancer_testing::k8s as k8s_objects;
 use k8s_fake::{run::K8sRun, FakeApi};
 use serde_json::{json, Value};
 
@@ -33,16 +34,10 @@ fn other_node() -> Value {
 }
 
 fn service(name: &str, ip: &str, spec: Value, annotations: Value) -> Value {
-    let mut s = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": "demo", "annotations": annotations },
-        "spec": { "clusterIP": ip, "clusterIPs": [ip],
-                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }] }
-    });
-    if let (Some(out), Some(extra)) = (s["spec"].as_object_mut(), spec.as_object()) {
-        out.extend(extra.clone());
-    }
-    s
+    k8s_objects::merged(
+        k8s_objects::service("demo", name, ip, 8000, 50051),
+        json!({ "metadata": { "annotations": annotations }, "spec": spec }),
+    )
 }
 
 /// `eps`: (ip, node, zone, hinted zones).
@@ -59,14 +54,7 @@ fn slice(svc: &str, eps: &[(&str, &str, &str, Option<&[&str]>)]) -> Value {
             e
         })
         .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": format!("{svc}-abcde"), "namespace": "demo",
-                      "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
-    })
+    k8s_objects::slice("demo", &format!("{svc}-abcde"), svc, 50051, endpoints)
 }
 
 /// Three endpoints: on this node (zone-1), another node of zone-1, zone-2.
@@ -77,7 +65,7 @@ const EPS: [(&str, &str, &str, Option<&[&str]>); 3] = [
 ];
 
 fn seed(fake: &FakeApi) {
-    fake.apply(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } }));
+    fake.apply(k8s_objects::namespace("demo"));
     fake.apply(node(Some("zone-1")));
     fake.apply(other_node());
     fake.apply(service(

@@ -60,11 +60,7 @@ fn cgroups(root: &Path) {
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("metrics parse");
-    scrape.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
-        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-        _ => panic!("{name} is not a gauge"),
-    })
+    balancer_testing::metrics::first(text, name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

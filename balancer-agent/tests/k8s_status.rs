@@ -22,6 +22,7 @@ use balancer_agent::{
     },
     model::Model,
 };
+use balancer_testing::k8s as k8s_objects;
 use k8s_fake::FakeApi;
 use serde_json::{json, Value};
 use tokio::{sync::watch, task::JoinHandle, time::sleep};
@@ -30,23 +31,17 @@ const NODE: &str = "node-a";
 const NAMESPACE: &str = "balancer-system";
 
 fn service(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": "demo" },
-        "spec": { "clusterIP": ip, "clusterIPs": [ip],
-                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }] }
-    })
+    k8s_objects::service("demo", name, ip, 8000, 50051)
 }
 
 fn slice(svc: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": format!("{svc}-abcde"), "namespace": "demo",
-                      "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": "IPv4",
-        "endpoints": [{ "addresses": [ip], "conditions": { "ready": true } }],
-        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
-    })
+    k8s_objects::slice(
+        "demo",
+        &format!("{svc}-abcde"),
+        svc,
+        50051,
+        vec![k8s_objects::ready(ip)],
+    )
 }
 
 fn parent() -> Value {

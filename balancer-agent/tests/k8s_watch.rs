@@ -15,6 +15,7 @@ use balancer_agent::{
     k8s::{self, K8sError, K8sOptions},
     model::{EndpointState, Model},
 };
+use balancer_testing::k8s as k8s_objects;
 use k8s_fake::{run::K8sRun, FakeApi};
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -23,12 +24,7 @@ const NODE: &str = "node-a";
 const POD_UID: &str = "6f1d2c3b-0000-4000-8000-00000000000a";
 
 fn service(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": "demo" },
-        "spec": { "clusterIP": ip, "clusterIPs": [ip],
-                  "ports": [{ "name": "grpc", "port": 8000, "targetPort": 50051 }] }
-    })
+    k8s_objects::service("demo", name, ip, 8000, 50051)
 }
 
 /// `eps`: (ip, ready, serving, terminating).
@@ -40,14 +36,7 @@ fn slice(svc: &str, eps: &[(&str, bool, bool, bool)]) -> Value {
             "conditions": { "ready": r, "serving": s, "terminating": t } })
         })
         .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": format!("{svc}-abcde"), "namespace": "demo",
-                      "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{ "name": "grpc", "port": 50051, "protocol": "TCP" }]
-    })
+    k8s_objects::slice("demo", &format!("{svc}-abcde"), svc, 50051, endpoints)
 }
 
 fn pod(name: &str, uid: &str, node: &str, inject: bool) -> Value {
@@ -65,7 +54,7 @@ fn pod(name: &str, uid: &str, node: &str, inject: bool) -> Value {
 }
 
 fn namespace() -> Value {
-    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "demo" } })
+    k8s_objects::namespace("demo")
 }
 
 fn grpcroute(name: &str, backends: Value) -> Value {

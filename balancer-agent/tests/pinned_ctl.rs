@@ -27,6 +27,7 @@ use balancer_agent::{
         Action, PinnedConn, PinnedError, PodReport,
     },
 };
+use balancer_testing::metrics::first as metric;
 use k8s_fake::FakeApi;
 use serde_json::{json, Value};
 use support_ctl::{cell, ctl, table};
@@ -55,21 +56,6 @@ fn pod_dir(root: &Path, uid: &str) -> PathBuf {
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
         uid.replace('-', "_")
     ))
-}
-
-/// A sample's value, by metric name and labels.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} is not a gauge or counter"),
-        })
 }
 
 fn conn(action: Action) -> PinnedConn {

@@ -11,14 +11,18 @@
 //!   removed on drop, also when a test fails.
 //! * [`process`]: a command placed in a cgroup and a network namespace, and
 //!   a guard that kills and reaps it.
+//! * [`k8s`]: Kubernetes objects (JSON) for the fake API servers.
+//! * [`metrics`]: sample values read from the agent's `/metrics`.
 //!
-//! Only the standard library and libc: the agent's own tests, the
-//! end-to-end tests crate and xtask all build it, and it does not depend on
-//! the agent.
+//! The standard library, libc, serde_json and prometheus-parse only: the agent's own tests,
+//! the end-to-end tests crate and xtask all build it, and it does not
+//! depend on the agent.
 
 pub mod agent;
 pub mod cgroup;
 pub mod http;
+pub mod k8s;
+pub mod metrics;
 pub mod netns;
 pub mod port;
 pub mod process;

@@ -117,11 +117,13 @@ impl Backend {
     }
 }
 
-/// The request's `x-*` ASCII metadata.
+/// The request's `x-*` ASCII metadata, and its W3C trace context
+/// (`traceparent`, `tracestate`).
 fn x_metadata(md: &MetadataMap) -> HashMap<String, String> {
+    let echoed = |k: &str| k.starts_with("x-") || k == "traceparent" || k == "tracestate";
     md.iter()
         .filter_map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-") => {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if echoed(k.as_str()) => {
                 Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
             }
             _ => None,
@@ -346,6 +348,11 @@ impl TestServer {
     /// Calls in progress on this backend.
     pub fn in_flight(&self) -> u64 {
         self.stats.in_flight()
+    }
+
+    /// Its counters, readable after the server is moved away (stopped).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Graceful stop: GOAWAY, open calls finish.

@@ -32,6 +32,7 @@
 //! * [`apiserver`]: `FakeApiServer`, a fake kube-apiserver in its own
 //!   process (`balancer-fake-apiserver`, implemented in [`fake_apiserver`])
 //!   for the agent's Kubernetes mode, with a kubeconfig pointing at it.
+//! * [`otlp`]: a fake OTLP/HTTP collector that keeps the spans it gets.
 //! * [`scale`]: the scale bench (`balancer-scale-bench`): the agent against
 //!   a cluster of S Services.
 
@@ -45,6 +46,7 @@ pub mod kubelet;
 pub mod kubeproxy;
 pub mod manifest;
 pub mod node_agent;
+pub mod otlp;
 pub mod pod;
 pub mod privileged;
 pub mod scale;

@@ -22,6 +22,7 @@ use balancer_testing::{
 use balancer_tests::{
     built,
     cgroup::Cgroup,
+    otlp::Collector,
     privileged::serial_or_skip,
     process::{place, ChildGuard},
     topology::{Pod, Topology},
@@ -524,4 +525,59 @@ fn ring_hash_and_injected_faults_through_the_redirect() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
     assert_eq!(v["errors"], 0, "{v}");
     assert!(took >= Duration::from_millis(2400), "8 delayed calls took {took:?}");
+}
+
+/// Traces on redirected connections: each call's span reaches a collector
+/// (a fake one in the node's namespace); calls that carry the pod's
+/// `traceparent` keep its trace with the pod's span as their parent, the
+/// others each start a trace of their own.
+#[test]
+fn every_redirected_call_gets_a_span_in_the_pods_trace_or_its_own() {
+    let Some(_serial) = serial_or_skip("every_redirected_call_gets_a_span_in_the_pods_trace_or_its_own") else {
+        return;
+    };
+    let topo = Topology::new(1).expect("topology");
+    let listener = topo
+        .node
+        .netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("thread in the node's namespace")
+        .expect("collector listener");
+    let collector = Collector::start_on(listener).expect("collector");
+    let text = format!(
+        "{}tracing:\n  otlp_endpoint: {}\n  service_name: node-1-balancer\n",
+        config(&topo, None),
+        collector.url()
+    );
+    let node = start_node_with(&topo, &text, None);
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const POD_SPAN: &str = "00f067aa0ba902b7";
+    let header = format!("traceparent=00-{TRACE}-{POD_SPAN}-01");
+
+    let v = client_with(&topo.pods[0], 30, &["--header", &header]);
+    assert_eq!(v["errors"], 0, "{v}\nagent log:\n{}", node.log());
+    let v = client(&topo.pods[0], 30);
+    assert_eq!(v["errors"], 0, "{v}");
+
+    let spans = collector.wait_for(60, Duration::from_secs(15));
+    assert_eq!(spans.len(), 60, "one span per call\nagent log:\n{}", node.log());
+    let (child, root): (Vec<_>, Vec<_>) = spans.iter().partition(|s| s.trace_id() == TRACE);
+    assert_eq!((child.len(), root.len()), (30, 30));
+    let backends: std::collections::BTreeSet<&str> = BACKENDS.iter().map(|(_, addr, _)| *addr).collect();
+    for s in &spans {
+        assert_eq!(s.service_name, "node-1-balancer");
+        assert_eq!(s.span.name, "helloworld.Greeter/SayHello");
+        assert_eq!(s.str("balancer.service"), Some("greeter"));
+        assert_eq!(s.int("rpc.grpc.status_code"), Some(0));
+        let ep = s.str("balancer.endpoint").unwrap_or_default();
+        assert!(backends.contains(ep), "{ep} is not a backend");
+    }
+    for s in &child {
+        assert_eq!(s.parent_span_id(), POD_SPAN, "the pod's span is the parent");
+    }
+    let child_spans: std::collections::BTreeSet<String> = child.iter().map(|s| s.span_id()).collect();
+    assert_eq!(child_spans.len(), 30, "a new span per call");
+    let root_traces: std::collections::BTreeSet<String> = root.iter().map(|s| s.trace_id()).collect();
+    assert_eq!(root_traces.len(), 30, "a trace per call without a traceparent");
+    assert!(root.iter().all(|s| s.span.parent_span_id.is_empty()));
 }

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_testing::k8s as k8s_objects;
 use balancer_tests::apiserver::{FakeApiOptions, FakeApiServer};
 use futures::{StreamExt as _, TryStreamExt as _};
 use gateway_api::grpcroutes::GrpcRoute;
@@ -58,21 +59,14 @@ async fn client(api: &FakeApiServer) -> kube::Client {
 }
 
 fn service(ns: &str, name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": ns, "name": name, "labels": {"app": name}},
-        "spec": {"clusterIP": ip, "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}]},
-    })
+    k8s_objects::merged(
+        k8s_objects::service(ns, name, ip, 50051, 50051),
+        json!({"metadata": {"labels": {"app": name}}}),
+    )
 }
 
 fn slice(ns: &str, name: &str, svc: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
-    })
+    k8s_objects::slice(ns, name, svc, 50051, vec![k8s_objects::ready(ip)])
 }
 
 fn pod(ns: &str, name: &str, node: Option<&str>) -> Value {

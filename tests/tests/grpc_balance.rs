@@ -8,23 +8,9 @@ mod grpc_support;
 
 use std::time::{Duration, Instant};
 
-use greeter::{
-    client::{self, Spread},
-    pb::echo::StreamRequest,
-    server::TestServer,
-};
-use grpc_support::{config, ep, free_port, Agent};
+use greeter::{client, pb::echo::StreamRequest, server::TestServer};
+use grpc_support::{config, count, ep, free_port, spread, stop_under_load, Agent};
 use tokio_stream::StreamExt;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn spread(channel: &tonic::transport::Channel, calls: u64, concurrency: usize) -> Spread {
-    client::say_hello_spread(channel.clone(), calls, concurrency, CALL_TIMEOUT).await
-}
-
-fn count(s: &Spread, backend: &str) -> u64 {
-    s.backends.get(backend).copied().unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_of_one_connection_spread_over_every_endpoint() {
@@ -197,26 +183,10 @@ async fn an_endpoint_that_shuts_down_gracefully_fails_no_call() {
     let agent = Agent::start(admin, listen, &config(admin, "greeter", listen, &eps, &[]));
     let ch = client::connect(&agent.target()).await.unwrap();
 
-    let load = tokio::spawn({
-        let ch = ch.clone();
-        async move { spread(&ch, 4000, 16).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while b.calls() < 300 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(b.calls() >= 300, "the load never reached b");
     // GOAWAY from b, its open calls finish, then its port closes: calls not
     // yet sent to b go to a, none fails.
-    let stopping = tokio::task::spawn_blocking(move || b.stop());
-    let s = tokio::time::timeout(Duration::from_secs(60), load)
-        .await
-        .expect("the load ends")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), stopping)
-        .await
-        .expect("b stops once its connections close")
-        .unwrap();
+    let b_stats = b.stats();
+    let s = stop_under_load(&ch, 4000, "b", move || b_stats.calls() >= 300, move || b.stop()).await;
     assert_eq!(s.errors, 0, "a graceful shutdown failed calls:\n{}", s.table());
     assert_eq!(count(&s, "a") + count(&s, "b"), 4000);
 }

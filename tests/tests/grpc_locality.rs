@@ -16,13 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use greeter::{
-    client::{self, Spread},
-    server::TestServer,
-};
-use grpc_support::{free_port, Agent};
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+use greeter::{client, server::TestServer};
+use grpc_support::{count, free_port, spread, stop_under_load, Agent, CALL_TIMEOUT};
 
 /// The agent in zone `a` on node `n1`; `eps`: (address, zone, node).
 fn config(admin: SocketAddr, listen: SocketAddr, service_keys: &str, eps: &[(SocketAddr, &str, &str)]) -> String {
@@ -33,14 +28,6 @@ fn config(admin: SocketAddr, listen: SocketAddr, service_keys: &str, eps: &[(Soc
         writeln!(s, "      - {{ address: \"{addr}\", zone: {zone}, node: {node} }}").unwrap();
     }
     s
-}
-
-fn count(s: &Spread, backend: &str) -> u64 {
-    s.backends.get(backend).copied().unwrap_or_default()
-}
-
-async fn spread(ch: &tonic::transport::Channel, calls: u64, concurrency: usize) -> Spread {
-    client::say_hello_spread(ch.clone(), calls, concurrency, CALL_TIMEOUT).await
 }
 
 /// The endpoints' locality tiers as `balancerctl service show` gets them.
@@ -96,27 +83,18 @@ async fn calls_stay_in_the_zone_and_spill_over_without_a_failed_call_when_it_sto
 
     // Zone a's endpoints stop (GOAWAY, open calls finish) under load: the
     // calls not yet sent go to zone b, none fails.
-    let load = tokio::spawn({
-        let ch = ch.clone();
-        async move { spread(&ch, 3000, 16).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while a1.calls() + a2.calls() < 800 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(a1.calls() + a2.calls() >= 800, "the load never reached zone a");
-    let stopping = tokio::task::spawn_blocking(move || {
-        a1.stop();
-        a2.stop();
-    });
-    let s = tokio::time::timeout(Duration::from_secs(60), load)
-        .await
-        .expect("the load ends")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), stopping)
-        .await
-        .expect("zone a stops once its connections close")
-        .unwrap();
+    let (a1_stats, a2_stats) = (a1.stats(), a2.stats());
+    let s = stop_under_load(
+        &ch,
+        3000,
+        "zone a",
+        move || a1_stats.calls() + a2_stats.calls() >= 800,
+        move || {
+            a1.stop();
+            a2.stop();
+        },
+    )
+    .await;
     assert_eq!(s.errors, 0, "calls failed while zone a stopped:\n{}", s.table());
     assert!(count(&s, "b1") + count(&s, "b2") > 0, "{}", s.table());
 

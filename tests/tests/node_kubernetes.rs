@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_testing::k8s as k8s_objects;
 use balancer_tests::{
     apiserver::{FakeApiOptions, FakeApiServer},
     built,
@@ -40,20 +41,12 @@ const V2: &str = "127.0.0.12";
 const BACKEND_PORT: u16 = 50080;
 
 fn service(name: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"namespace": "demo", "name": name},
-           "spec": {"clusterIP": ip, "clusterIPs": [ip],
-                    "ports": [{"name": "grpc", "port": VIP.port(), "protocol": "TCP"}]}})
+    k8s_objects::service("demo", name, ip, VIP.port(), BACKEND_PORT)
 }
 
 fn slice(service: &str, ips: &[&str]) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"namespace": "demo", "name": format!("{service}-x1"),
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "ports": [{"name": "grpc", "port": BACKEND_PORT, "protocol": "TCP"}],
-           "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-               .collect::<Vec<_>>()})
+    let endpoints = ips.iter().map(|ip| k8s_objects::ready(ip)).collect();
+    k8s_objects::slice("demo", &format!("{service}-x1"), service, BACKEND_PORT, endpoints)
 }
 
 fn pod(name: &str, cgroups: &PodCgroups, ip: Ipv4Addr, annotations: Value) -> Value {

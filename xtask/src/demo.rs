@@ -5,7 +5,10 @@
 //! 10.96.0.10:8000, which nothing routes. The agent's kernel programs
 //! redirect that connection into the agent, which spreads every call of the
 //! one HTTP/2 connection over the endpoints. The demo then rewrites the
-//! agent's config live: 90:10, then 0:100.
+//! agent's config live: 90:10, then 0:100. Last, locality: the agent's node
+//! is in zone-a, the service prefers close endpoints, and its calls stay in
+//! zone-a until zone-a's greeter stops, then spill over to zone-b with no
+//! call failing.
 
 use std::{
     fs,
@@ -39,6 +42,12 @@ const VIP: &str = "10.96.0.10:8000";
 const LISTEN: &str = "10.250.0.1:15001";
 const ADMIN: &str = "127.0.0.1:15000";
 const BACKENDS: [(&str, &str); 2] = [("v1", "127.0.0.1:50051"), ("v2", "127.0.0.1:50052")];
+/// The locality scene's greeters: (name, address, zone).
+const ZONED: [(&str, &str, &str); 3] = [
+    ("zone-a", "127.0.0.1:50053", "zone-a"),
+    ("zone-b-1", "127.0.0.1:50054", "zone-b"),
+    ("zone-b-2", "127.0.0.1:50055", "zone-b"),
+];
 const CALLS: u32 = 300;
 
 pub fn run() -> anyhow::Result<()> {
@@ -58,7 +67,11 @@ pub fn run() -> anyhow::Result<()> {
     let bin = sh::target_dir(&root).join("debug");
 
     let mut demo = Demo::new()?;
-    for (name, addr) in BACKENDS {
+    let names = BACKENDS
+        .iter()
+        .map(|(n, a)| (*n, *a))
+        .chain(ZONED.iter().map(|(n, a, _)| (*n, *a)));
+    for (name, addr) in names {
         let child = Command::new(bin.join("greeter-server"))
             .args(["--listen", addr, "--name", &format!("greeter-{name}")])
             .stdout(Stdio::null())
@@ -69,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     let config = demo.dir.join("balancer.yaml");
-    fs::write(&config, demo.config(None))?;
+    fs::write(&config, demo.config(Scene::Spread))?;
     // The agent runs in a cgroup of its own beside the pod's.
     let mut cmd = agent::command(&bin.join("balancer-agent"), Some(&config));
     cmd.env("RUST_LOG", "warn");
@@ -95,17 +108,41 @@ pub fn run() -> anyhow::Result<()> {
     demo.client(&bin)?;
 
     for (step, weights) in [(2, (90, 10)), (3, (0, 100))] {
-        fs::write(&config, demo.config(Some(weights)))?;
-        // The agent applies a changed file within a second.
-        thread::sleep(Duration::from_millis(1500));
+        demo.rewrite(&config, Scene::Weights(weights.0, weights.1))?;
         println!(
             "\n== {step}. config rewritten live: v1 {} / v2 {}",
             weights.0, weights.1
         );
         demo.client(&bin)?;
     }
+
+    demo.rewrite(&config, Scene::Locality)?;
+    println!(
+        "\n== 4. locality: this node is node-1 in zone-a; the service prefers close endpoints \
+         (one greeter in zone-a, two in zone-b): every call stays in zone-a"
+    );
+    demo.client(&bin)?;
+    let _ = exec(Command::new(bin.join("balancerctl")).args(["--admin", ADMIN, "service", "show", "greeter"]));
+
+    // The zone-a greeter is the third process started (after v1 and v2).
+    let zone_a = demo.backends.remove(BACKENDS.len());
+    drop(zone_a);
+    println!("\n== 5. zone-a's greeter stopped: the calls spill over to zone-b, and none fails");
+    demo.client(&bin)?;
+
     println!("\n== done: cleaning up");
     Ok(())
+}
+
+/// What the agent's config shows.
+#[derive(Clone, Copy)]
+enum Scene {
+    /// v1 and v2, no routes: every call balanced on its own.
+    Spread,
+    /// v1 and v2 split by weight.
+    Weights(u32, u32),
+    /// The zoned greeters, with the agent in zone-a and PreferClose.
+    Locality,
 }
 
 /// Everything the demo creates, removed on drop (also on error). Fields
@@ -131,27 +168,52 @@ impl Demo {
         })
     }
 
-    fn config(&self, weights: Option<(u32, u32)>) -> String {
+    /// Writes the config of `scene`; the agent applies a changed file within
+    /// a second.
+    fn rewrite(&self, config: &Path, scene: Scene) -> anyhow::Result<()> {
+        fs::write(config, self.config(scene))?;
+        thread::sleep(Duration::from_millis(1500));
+        Ok(())
+    }
+
+    fn config(&self, scene: Scene) -> String {
+        let locality = matches!(scene, Scene::Locality);
         let mut s = format!(
             "# balancer demo: written by `cargo xtask demo`\n\
              listen: {LISTEN}\n\
              admin: {ADMIN}\n\
              attach_cgroup: {attach}\n\
              enroll:\n  - {pod}\n\
+             {here}\
              services:\n\
              \x20 - name: greeter\n\
              \x20   vip: {VIP}\n\
              \x20   policy: round-robin\n\
+             {distribution}\
              \x20   endpoints:\n",
             attach = self.pod.attach.path().display(),
             pod = self.pod.cgroup.path().display(),
+            here = if locality { "zone: zone-a\nnode: node-1\n" } else { "" },
+            distribution = if locality {
+                "    traffic_distribution: PreferClose\n"
+            } else {
+                ""
+            },
         );
+        if locality {
+            for (name, addr, zone) in ZONED {
+                s.push_str(&format!(
+                    "      - {{ address: {addr}, labels: {{ name: {name} }}, zone: {zone} }}\n"
+                ));
+            }
+            return s;
+        }
         for (version, addr) in BACKENDS {
             s.push_str(&format!(
                 "      - {{ address: {addr}, labels: {{ version: {version} }} }}\n"
             ));
         }
-        if let Some((v1, v2)) = weights {
+        if let Scene::Weights(v1, v2) = scene {
             s.push_str(&format!(
                 "    routes:\n\
                  \x20     - matches: [ {{ service: helloworld.Greeter }} ]\n\

@@ -117,6 +117,56 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `/api/v1/services/{name}/explain?method=/pkg.Service/Method&header=name:value…`
+fn explain(state: &AdminState, name: &str, query: &str) -> Response<Body> {
+    let Some(name) = percent_decode(name) else {
+        return error(StatusCode::BAD_REQUEST, format!("malformed service name `{name}`"));
+    };
+    let mut method = None;
+    let mut headers = http::HeaderMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // `+` is a space in a query string.
+        let Some(value) = percent_decode(&value.replace('+', " ")) else {
+            return error(StatusCode::BAD_REQUEST, format!("malformed query parameter `{pair}`"));
+        };
+        match key {
+            "method" => method = Some(value),
+            "header" => {
+                let Some((n, v)) = value.split_once(':') else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("header `{value}`: expected name:value"),
+                    );
+                };
+                let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()),
+                    http::HeaderValue::from_str(v.trim()),
+                ) else {
+                    return error(StatusCode::BAD_REQUEST, format!("header `{value}`: not a valid header"));
+                };
+                headers.append(n, v);
+            }
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{key}`")),
+        }
+    }
+    let Some(method) = method else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "explain needs the call: method=/package.Service/Method".to_owned(),
+        );
+    };
+    let path = if method.starts_with('/') {
+        method
+    } else {
+        format!("/{method}")
+    };
+    match state.services.explain(&name, &path, &headers) {
+        Some(e) => json(StatusCode::OK, &e),
+        None => error(StatusCode::NOT_FOUND, format!("no service named `{name}`")),
+    }
+}
+
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
@@ -156,6 +206,9 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "/api/v1/maps" => kernel(state, |k| k.maps().map(|m| json(StatusCode::OK, &m))),
         _ => {
             if let Some(rest) = path.strip_prefix("/api/v1/services/") {
+                if let Some(name) = rest.strip_suffix("/explain") {
+                    return explain(state, name, req.uri().query().unwrap_or(""));
+                }
                 let (name, endpoints) = match rest.strip_suffix("/endpoints") {
                     Some(name) => (name, true),
                     None => (rest, false),

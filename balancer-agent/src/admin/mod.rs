@@ -10,6 +10,7 @@
 //! | `/api/v1/status` | [`api::Status`] |
 //! | `/api/v1/services`, `/api/v1/services/{name}` | [`api::Service`] |
 //! | `/api/v1/services/{name}/endpoints` | [`api::Endpoint`] list |
+//! | `/api/v1/services/{name}/explain?method=/pkg.Svc/M&header=name:value` | [`api::Explanation`]: what applies to that call |
 //! | `/api/v1/pods` | [`api::Pod`] list |
 //! | `/api/v1/conns` | [`api::Conn`] list |
 //! | `/api/v1/programs`, `/api/v1/maps`, `/api/v1/maps/{name}` | [`api::Program`], [`api::Map`], [`api::MapDump`] |
@@ -218,6 +219,7 @@ impl AdminState {
             enrolled_pods: self.pods.pods().len() as u64,
             health: self.health.conditions(),
             pinned: status.pinned,
+            traces: self.metrics.traces.snapshot(),
         }
     }
 }

@@ -12,6 +12,13 @@ use crate::model::Model;
 /// The balanced services with their statistics (the balance table).
 pub trait ServicesView: Send + Sync + 'static {
     fn services(&self) -> Vec<api::Service>;
+
+    /// What the agent would do with a call to `service`'s `path` (e.g.
+    /// `/helloworld.Greeter/SayHello`) with these request headers; `None`
+    /// when there is no such service (or the view cannot tell).
+    fn explain(&self, _service: &str, _path: &str, _headers: &http::HeaderMap) -> Option<api::Explanation> {
+        None
+    }
 }
 
 impl<F> ServicesView for F
@@ -86,12 +93,13 @@ pub fn model_pods(models: watch::Receiver<Arc<Model>>) -> Arc<dyn PodsView> {
 /// many opted-in pods have no cgroup.
 pub fn kubernetes_source(status: watch::Receiver<crate::k8s::Status>) -> Arc<dyn SourceView> {
     Arc::new(move || {
-        let s = *status.borrow();
+        let s = status.borrow().clone();
         api::SourceStatus {
             kind: "kubernetes".to_owned(),
             location: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
             synced: s.synced,
             pods_cgroup_missing: Some(s.pods_cgroup_missing),
+            reports: s.reports,
             ..api::SourceStatus::default()
         }
     })

@@ -48,6 +48,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
 /// close their fast-path sockets (bytes queued to a pod would be lost if
 /// the agent's maps went away first).
 const FAST_PATH_LINGER: Duration = Duration::from_secs(2);
+/// How long a stopping agent waits for the last spans to be exported.
+const TRACES_FLUSH: Duration = Duration::from_secs(3);
 /// How often the attach cgroup is checked for foreign connect programs.
 const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -99,6 +101,9 @@ pub struct Options {
     /// Kubernetes mode: the sweeps for enrolled pods' connections that
     /// bypass the agent.
     pub pinned: pinned::PinnedOptions,
+    /// Traces from the flags (`--otlp-endpoint`), over the static file's
+    /// `tracing:`.
+    pub tracing: Option<crate::traces::TracingConfig>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -161,7 +166,7 @@ async fn start_source(
                 while rx.changed().await.is_ok() {
                     let loaded = rx.borrow_and_update().clone();
                     if loaded.node != first_node {
-                        warn!("listen, admin, attach_cgroup and fast_path changes apply at the next start");
+                        warn!("listen, admin, attach_cgroup, fast_path and tracing changes apply at the next start");
                     }
                     info!(generation = loaded.generation, "configuration reloaded");
                     tx.send_replace(Arc::new(loaded.model.clone()));
@@ -229,6 +234,7 @@ async fn start_source(
                     admin: admin::DEFAULT_ADDR.parse().context("default admin address")?,
                     attach_cgroup: None,
                     fast_path: true,
+                    tracing: None,
                 },
                 models,
                 source: admin::views::kubernetes_source(status),
@@ -334,7 +340,19 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
     let model = models.borrow_and_update().clone();
     let table = Table::new(&model);
-    let observers = Observers::default();
+    let mut observers = Observers::default();
+    let mut exporter = None;
+    if let Some(config) = opts.tracing.clone().or_else(|| node.tracing.clone()) {
+        info!(
+            endpoint = %config.endpoint,
+            sampling = config.sampling.as_ratio(),
+            service_name = %config.service_name,
+            "tracing: a span per call, exported over OTLP/HTTP"
+        );
+        let (tracer, export) = crate::traces::Tracer::new(config, Arc::clone(&observers.metrics.traces));
+        observers.tracer = Some(tracer);
+        exporter = Some(tokio::spawn(export));
+    }
     let mut proxy_opts = ProxyOptions::default();
     if let Some(side) = &kernel_side {
         // Upstream connections to endpoints on this node take the fast path
@@ -482,6 +500,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // Kubernetes side stops, releasing it, bounded inside).
     stopping.send_replace(true);
     stop(kernel.as_ref(), &proxy, &health, opts.drain).await;
+    // The drained calls' spans go out (bounded: a collector that is down
+    // does not hold the stop).
+    if let (Some(tracer), Some(task)) = (&observers.tracer, exporter) {
+        tracer.close();
+        let _ = tokio::time::timeout(TRACES_FLUSH, task).await;
+    }
     if let Some(task) = k8s_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }

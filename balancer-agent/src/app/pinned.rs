@@ -226,6 +226,7 @@ mod tests {
                 fault: None,
                 traffic_distribution: crate::model::TrafficDistribution::Any,
                 internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
+                ejection: None,
             })],
             enrolled: vec![
                 Enrolled {

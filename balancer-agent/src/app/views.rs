@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::{locality, Table},
+    balance::{locality, CallMeta, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -43,6 +43,13 @@ impl ServicesView for TableView {
             })
             .collect()
     }
+
+    fn explain(&self, service: &str, path: &str, headers: &http::HeaderMap) -> Option<api::Explanation> {
+        let model = self.models.borrow().clone();
+        let svc = model.services.iter().find(|s| s.name == service)?;
+        let state = self.table.service(service)?.state()?;
+        Some(state.explain(svc, &CallMeta::from_path(path, headers)))
+    }
 }
 
 /// Static mode: the file and its reload counters.
@@ -56,6 +63,7 @@ pub fn static_source(path: &Path, stats: Arc<ReloadStats>) -> Arc<dyn SourceView
         reloads_failed: stats.failed(),
         last_error: stats.last_error(),
         pods_cgroup_missing: None,
+        reports: Vec::new(),
     })
 }
 
@@ -94,23 +102,7 @@ mod tests {
     use super::*;
     use crate::{balance::Outcome, metrics};
 
-    /// The value of the one sample of `metric` with these labels.
-    fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-        let found: Vec<f64> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{metric} is not a number"),
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{metric}{labels:?} in:\n{text}");
-        found[0]
-    }
+    use balancer_testing::metrics::one as sample;
 
     /// Calls counted by the balancer's atomics show up with the same values
     /// in the JSON API and in `/metrics`, those the agent answered

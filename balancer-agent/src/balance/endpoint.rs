@@ -64,6 +64,10 @@ pub struct EndpointRt {
     in_flight: AtomicUsize,
     /// Nanoseconds since `epoch` until which the endpoint is ejected; 0: never.
     ejected_until: AtomicU64,
+    /// Consecutive failures that eject it (0: never), and the first
+    /// ejection's length: the service's, set at each reload.
+    eject_after: AtomicU32,
+    base_ejection_ns: AtomicU64,
     epoch: Instant,
     ewma: Mutex<Ewma>,
     counters: OnceLock<Box<Counters>>,
@@ -100,12 +104,15 @@ static NO_COUNTS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Count
 impl EndpointRt {
     pub(crate) fn new(address: SocketAddr, opts: Arc<BalanceOptions>, epoch: Instant) -> Self {
         let default_ns = opts.default_rtt.as_nanos() as f64;
+        let (eject_after, base_ejection_ns) = (opts.consecutive_failures, opts.base_ejection.as_nanos() as u64);
         EndpointRt {
             address,
             opts,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
+            eject_after: AtomicU32::new(eject_after),
+            base_ejection_ns: AtomicU64::new(base_ejection_ns),
             epoch,
             ewma: Mutex::new(Ewma {
                 ns: default_ns,
@@ -137,6 +144,13 @@ impl EndpointRt {
         if self.draining.load(Relaxed) != draining {
             self.draining.store(draining, Relaxed);
         }
+    }
+
+    /// The service's outlier detection: `consecutive` failures eject the
+    /// endpoint (0: never) for `base` the first time.
+    pub(crate) fn set_ejection(&self, consecutive: u32, base: Duration) {
+        self.eject_after.store(consecutive, Relaxed);
+        self.base_ejection_ns.store(base.as_nanos() as u64, Relaxed);
     }
 
     pub fn is_draining(&self) -> bool {
@@ -256,7 +270,7 @@ impl EndpointRt {
     /// for `base_ejection × ejections` (capped), after which it takes calls
     /// again; a success afterwards resets the multiplier.
     fn failure(&self) {
-        let threshold = self.opts.consecutive_failures;
+        let threshold = self.eject_after.load(Relaxed);
         if threshold == 0 {
             return;
         }
@@ -270,7 +284,8 @@ impl EndpointRt {
         }
         let k = c.ejections.fetch_add(1, Relaxed).saturating_add(1);
         c.ejections_total.fetch_add(1, Relaxed);
-        let backoff = self.opts.base_ejection.saturating_mul(k).min(self.opts.max_ejection);
+        let base = Duration::from_nanos(self.base_ejection_ns.load(Relaxed));
+        let backoff = base.saturating_mul(k).min(self.opts.max_ejection);
         let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
         self.ejected_until.store(until, Relaxed);
         tracing::warn!(endpoint = %self.address, ejection = k, backoff_ms = backoff.as_millis() as u64,

@@ -151,6 +151,7 @@ mod tests {
             fault: None,
             traffic_distribution: Default::default(),
             internal_traffic_policy: Default::default(),
+            ejection: Default::default(),
         })
     }
 

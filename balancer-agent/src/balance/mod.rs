@@ -14,6 +14,7 @@
 //! with decay, cost = latency × (in-flight + 1)).
 
 pub mod endpoint;
+pub mod explain;
 pub mod gateway;
 pub mod locality;
 pub mod pick;
@@ -81,6 +82,9 @@ pub struct ServiceState {
     pub endpoints: Vec<Arc<EndpointRt>>,
     all: Subset,
     routes: Vec<CompiledRoute>,
+    /// Whether a route has a timeout (calls of other services skip the
+    /// lookup).
+    timeouts: bool,
     /// `internal_traffic_policy: Local` and no endpoint on this node: why
     /// every call gets UNAVAILABLE.
     no_local: Option<Arc<str>>,
@@ -106,6 +110,10 @@ impl ServiceState {
                     .map(|rt| Arc::clone(rt))
                     .unwrap_or_else(|| Arc::new(EndpointRt::new(e.address, Arc::clone(opts), epoch)));
                 rt.set_draining(e.state == EndpointState::Draining);
+                match svc.ejection {
+                    Some(e) => rt.set_ejection(e.consecutive_failures, e.base),
+                    None => rt.set_ejection(opts.consecutive_failures, opts.base_ejection),
+                }
                 rt
             })
             .collect();
@@ -150,6 +158,7 @@ impl ServiceState {
             vips: svc.vips.clone(),
             all,
             endpoints,
+            timeouts: routes.iter().any(|r| r.timeout.is_some()),
             routes,
             no_local,
         }
@@ -177,6 +186,14 @@ impl ServiceState {
     /// The endpoint for a call: the first matching route's weighted backend
     /// (falling back to its other weighted backends when that subset has no
     /// available endpoint), or any endpoint when no route matches.
+    /// The timeout of the route `call` takes, if that route has one.
+    pub fn route_timeout(&self, call: &CallMeta<'_>) -> Option<Duration> {
+        if !self.timeouts {
+            return None;
+        }
+        self.routes.iter().find(|r| r.is_match(call)).and_then(|r| r.timeout)
+    }
+
     pub fn pick(&self, call: &CallMeta<'_>, tried: Tried<'_>) -> Option<Arc<EndpointRt>> {
         let key = self.call_key(call);
         let pick = |subset: &Subset| pick::pick(self.policy, subset, &self.endpoints, tried, key);

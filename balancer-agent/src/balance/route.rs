@@ -275,6 +275,8 @@ pub struct CompiledRoute {
     matches: Matches,
     pub(crate) backends: Vec<(Subset, u32)>,
     split: Split,
+    /// The route's own limit on a call's duration.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl CompiledRoute {
@@ -301,6 +303,7 @@ impl CompiledRoute {
             matches,
             backends,
             split: Split::new(&weights),
+            timeout: route.timeout,
         }
     }
 

@@ -30,6 +30,7 @@ fn service(policy: Policy, endpoints: Vec<Endpoint>, routes: Vec<Route>) -> Serv
         fault: None,
         traffic_distribution: TrafficDistribution::Any,
         internal_traffic_policy: InternalTrafficPolicy::Cluster,
+        ejection: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn split(v1: u32, v2: u32) -> Route {
                 weight: v2,
             },
         ],
+        timeout: None,
     }
 }
 
@@ -165,6 +167,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 }],
             }],
             backends: to("v2"),
+            timeout: None,
         },
         Route {
             name: Some("say-regex".into()),
@@ -174,6 +177,7 @@ fn routes_match_service_method_and_headers_first_match_wins() {
                 headers: vec![],
             }],
             backends: to("v1"),
+            timeout: None,
         },
     ];
     let t = Table::new(&m);
@@ -310,6 +314,59 @@ async fn outlier_ejection_and_backoff() {
     }
     bad.start_call().finish(Outcome::Status(0));
     bad.start_call().finish(Outcome::ConnectFailed);
+    assert!(bad.is_available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_services_own_ejection_settings_apply_and_follow_reloads() {
+    let mut m = three(Policy::RoundRobin);
+    let with = |m: &Model, e: Option<crate::model::Ejection>| {
+        let mut svc = (*m.services[0]).clone();
+        svc.ejection = e;
+        Model {
+            services: vec![Arc::new(svc)],
+            ..m.clone()
+        }
+    };
+    m = with(
+        &m,
+        Some(crate::model::Ejection {
+            consecutive_failures: 2,
+            base: Duration::from_secs(30),
+        }),
+    );
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let bad = Arc::clone(&st.endpoints[0]);
+    bad.start_call().finish(Outcome::ConnectFailed);
+    assert!(bad.is_available());
+    bad.start_call().finish(Outcome::Status(14));
+    assert!(bad.is_ejected(), "two failures eject");
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(bad.is_ejected(), "for 30 s");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(bad.is_available());
+    bad.start_call().finish(Outcome::Status(0));
+
+    // Back to the agent's defaults: the kept endpoint needs five again.
+    t.update(&with(&m, None));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert!(Arc::ptr_eq(&st.endpoints[0], &bad), "the endpoint's state is kept");
+    for _ in 0..4 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
+    assert!(bad.is_available(), "four failures do not eject");
+    // And 0 turns ejection off.
+    t.update(&with(
+        &m,
+        Some(crate::model::Ejection {
+            consecutive_failures: 0,
+            base: Duration::from_secs(30),
+        }),
+    ));
+    for _ in 0..20 {
+        bad.start_call().finish(Outcome::ConnectFailed);
+    }
     assert!(bad.is_available());
 }
 
@@ -788,4 +845,113 @@ async fn ring_hash_picks_on_the_ring_of_the_close_tier_and_spills_the_same_keys(
     // Back after the ejection: every key returns to its endpoint.
     tokio::time::advance(Duration::from_secs(11)).await;
     assert_eq!(owners(&t, &us), first);
+}
+
+fn explain(t: &Table, m: &Model, path: &str, headers: &HeaderMap) -> explain::Explanation {
+    let st = t.service("greeter").unwrap().state().unwrap();
+    st.explain(&m.services[0], &CallMeta::from_path(path, headers))
+}
+
+#[test]
+fn explain_names_the_route_its_backends_shares_and_endpoints_without_moving_the_schedule() {
+    let mut m = three(Policy::RoundRobin);
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(90, 10)];
+    let t = Table::new(&m);
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    let route = e.route.as_ref().unwrap();
+    assert_eq!(
+        (route.index, route.name.as_deref(), route.routes),
+        (0, Some("split"), 1)
+    );
+    let backends: Vec<(&str, u32, f64)> = e
+        .backends
+        .iter()
+        .map(|b| (b.selector.as_str(), b.weight, b.share))
+        .collect();
+    assert_eq!(backends, [("version=v1", 90, 0.9), ("version=v2", 10, 0.1)]);
+    let ports = |b: &explain::BackendPath| -> Vec<u16> {
+        b.tiers
+            .iter()
+            .flat_map(|t| t.endpoints.iter().map(|e| e.address.port()))
+            .collect()
+    };
+    assert_eq!(ports(&e.backends[0]), [1, 2]);
+    assert_eq!(ports(&e.backends[1]), [3]);
+    // Another method matches no route: every endpoint, one backend.
+    let e = explain(&t, &m, "/other.Service/Call", &HeaderMap::new());
+    assert!(e.route.is_none());
+    assert_eq!(ports(&e.backends[0]), [1, 2, 3]);
+    // Asking between calls leaves the exact 90:10 schedule as it was.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    let none = HeaderMap::new();
+    let meta = CallMeta::from_path(SAY_HELLO, &none);
+    let mut v2 = 0;
+    for _ in 0..1000 {
+        explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+        v2 += usize::from(st.pick(&meta, &[]).unwrap().address.port() == 3);
+    }
+    assert_eq!(v2, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn explain_shows_tier_shares_and_endpoint_states_as_they_are_now() {
+    let m = zoned(TrafficDistribution::PreferClose, InternalTrafficPolicy::Cluster, "n9");
+    let t = Table::new(&m);
+    let tiers = |e: &explain::Explanation| -> Vec<(Option<String>, f64, Vec<String>)> {
+        e.backends[0]
+            .tiers
+            .iter()
+            .map(|t| {
+                let states = t.endpoints.iter().map(|e| e.state.clone()).collect();
+                (t.tier.clone(), (t.share * 1000.0).round() / 1000.0, states)
+            })
+            .collect()
+    };
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    let available = || "available".to_owned();
+    assert_eq!(
+        tiers(&e),
+        [
+            (Some("zone".into()), 1.0, vec![available(), available(), available()]),
+            (Some("other".into()), 0.0, vec![available(), available()]),
+        ]
+    );
+    // One of the zone's three ejected: 93.3% stays, as the picks do.
+    let st = t.service("greeter").unwrap().state().unwrap();
+    fail_until_ejected(&st.endpoints[0]);
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    assert_eq!(
+        tiers(&e),
+        [
+            (
+                Some("zone".into()),
+                0.933,
+                vec!["ejected".into(), available(), available()]
+            ),
+            (Some("other".into()), 0.067, vec![available(), available()]),
+        ]
+    );
+}
+
+#[test]
+fn explain_finds_the_endpoint_a_hash_key_lands_on() {
+    let mut m = three(Policy::RingHash);
+    Arc::make_mut(&mut m.services[0]).routes = vec![split(90, 10)];
+    let t = Table::new(&m);
+    let st = t.service("greeter").unwrap().state().unwrap();
+    for user in 0..50 {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", format!("user-{user}").parse().unwrap());
+        let e = explain(&t, &m, SAY_HELLO, &h);
+        assert_eq!(e.hash_key.as_deref(), Some(format!("user-{user}").as_str()));
+        let picked = st.pick(&CallMeta::from_path(SAY_HELLO, &h), &[]).unwrap().address;
+        let predicted: Vec<SocketAddr> = e.backends.iter().filter_map(|b| b.hashed_to).collect();
+        assert_eq!(predicted.len(), 2, "one endpoint per backend");
+        assert!(
+            predicted.contains(&picked),
+            "user-{user}: picked {picked}, explained {predicted:?}"
+        );
+    }
+    let e = explain(&t, &m, SAY_HELLO, &HeaderMap::new());
+    assert!(e.hash_key.is_none() && e.backends.iter().all(|b| b.hashed_to.is_none()));
 }

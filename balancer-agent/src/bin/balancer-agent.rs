@@ -169,6 +169,43 @@ struct Args {
     /// own /proc shows only its own PID namespace).
     #[arg(long, value_name = "DIR", env = "BALANCER_PROCFS", default_value = "/proc")]
     procfs: PathBuf,
+
+    /// Traces: a span per call, exported to this OTLP/HTTP collector
+    /// (e.g. http://otel-collector.observability:4318; the path defaults
+    /// to /v1/traces). Overrides the static file's `tracing:`. Off without it.
+    #[arg(long, value_name = "URL", env = "BALANCER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
+    /// With --otlp-endpoint: the share of the traces the agent starts that
+    /// are sampled, 0 to 1 (default 1); a client's `traceparent` decides
+    /// for its own calls.
+    #[arg(long, value_name = "RATIO", env = "BALANCER_TRACE_SAMPLING")]
+    trace_sampling: Option<f64>,
+
+    /// With --otlp-endpoint: the spans' `service.name` (default balancer).
+    #[arg(long, value_name = "NAME", env = "BALANCER_TRACE_SERVICE_NAME")]
+    trace_service_name: Option<String>,
+}
+
+/// `--otlp-endpoint` and its companions.
+fn tracing_flags(args: &Args) -> Result<Option<balancer_agent::traces::TracingConfig>, String> {
+    let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) else {
+        if args.trace_sampling.is_some() || args.trace_service_name.is_some() {
+            return Err("--trace-sampling and --trace-service-name need --otlp-endpoint".to_owned());
+        }
+        return Ok(None);
+    };
+    balancer_agent::traces::TracingConfig::new(endpoint, args.trace_sampling, args.trace_service_name.as_deref())
+        .map(Some)
+        .map_err(|e| {
+            use balancer_agent::traces::TracingError as E;
+            let flag = match e {
+                E::BadEndpoint(_) | E::NotHttp(_) => "--otlp-endpoint",
+                E::BadSampling(_) => "--trace-sampling",
+                E::EmptyServiceName => "--trace-service-name",
+            };
+            format!("{flag}: {e}")
+        })
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +267,13 @@ fn main() -> std::process::ExitCode {
         None => {}
     }
     return_freed_memory_in_the_background();
+    let tracing = match tracing_flags(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("balancer-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let source = match args.config {
         Some(path) => Source::Static(path),
         None => Source::Kubernetes {
@@ -264,6 +308,7 @@ fn main() -> std::process::ExitCode {
             procfs: args.procfs,
             close_rate: args.pinned_close_rate,
         },
+        tracing,
     };
     match app::main(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,10 @@
 //! enroll: [ /sys/fs/cgroup/unified/balancer/client ]
 //! zone: zone-a                    # the agent's zone and node, for locality
 //! node: node-1
+//! tracing:                        # optional: a span per call, exported over OTLP/HTTP
+//!   otlp_endpoint: http://127.0.0.1:4318   # the collector (path default /v1/traces)
+//!   sampling: 0.1                 # share of new traces kept (default 1); a client's decision wins
+//!   service_name: balancer        # the spans' service.name (default balancer)
 //! services:
 //!   - name: greeter
 //!     vip: 10.96.0.10:8000        # and/or `vips: [..]`
@@ -64,6 +68,8 @@ pub struct NodeConfig {
     pub attach_cgroup: Option<PathBuf>,
     /// Put redirected connections on the sk_msg fast path (default true).
     pub fast_path: bool,
+    /// Traces exported over OTLP (default off).
+    pub tracing: Option<crate::traces::TracingConfig>,
 }
 
 /// One successfully parsed and validated file.

@@ -17,6 +17,7 @@ use crate::model::{
 };
 
 use super::NodeConfig;
+use crate::traces::{TracingConfig, TracingError};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 
@@ -43,6 +44,32 @@ pub struct File {
     /// Listeners for clients outside the cluster (`config/gateway.rs`).
     #[serde(default)]
     gateways: Vec<super::gateway::GatewayFile>,
+    #[serde(default)]
+    tracing: Option<TracingFile>,
+}
+
+/// `tracing:` — the agent's spans, exported over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracingFile {
+    otlp_endpoint: String,
+    #[serde(default)]
+    sampling: Option<f64>,
+    #[serde(default)]
+    service_name: Option<String>,
+}
+
+impl TracingFile {
+    fn into_config(self) -> Result<TracingConfig, Invalid> {
+        TracingConfig::new(&self.otlp_endpoint, self.sampling, self.service_name.as_deref()).map_err(|e| {
+            let key = match e {
+                TracingError::BadEndpoint(_) | TracingError::NotHttp(_) => "otlp_endpoint",
+                TracingError::BadSampling(_) => "sampling",
+                TracingError::EmptyServiceName => "service_name",
+            };
+            invalid(format!("tracing.{key}"), e.to_string())
+        })
+    }
 }
 
 /// A name that is not empty (an empty zone or node would match endpoints
@@ -354,6 +381,7 @@ impl File {
             admin: self.admin.map_or(default_admin, |a| a.0),
             attach_cgroup: self.attach_cgroup,
             fast_path: self.fast_path,
+            tracing: self.tracing.map(TracingFile::into_config).transpose()?,
         };
         let vip_given: Vec<bool> = self.services.iter().map(|s| s.vip.is_some()).collect();
         let services = self
@@ -464,6 +492,7 @@ impl ServiceFile {
                 InternalTrafficPolicyFile::Cluster => InternalTrafficPolicy::Cluster,
                 InternalTrafficPolicyFile::Local => InternalTrafficPolicy::Local,
             },
+            ejection: None,
         })
     }
 }
@@ -507,6 +536,7 @@ impl RouteFile {
                     weight: b.weight,
                 })
                 .collect(),
+            timeout: None,
         })
     }
 }

@@ -50,6 +50,7 @@ fn the_documented_example_parses_into_the_model() {
             admin: "127.0.0.1:15000".parse().unwrap(),
             attach_cgroup: Some("/sys/fs/cgroup/unified/balancer".into()),
             fast_path: true,
+            tracing: None,
         }
     );
     assert_eq!(loaded.generation, 1);
@@ -90,10 +91,12 @@ fn the_documented_example_parses_into_the_model() {
                         weight: 10
                     },
                 ],
+                timeout: None,
             }],
             fault: None,
             traffic_distribution: crate::model::TrafficDistribution::Any,
             internal_traffic_policy: crate::model::InternalTrafficPolicy::Cluster,
+            ejection: None,
         })]
     );
 }
@@ -195,7 +198,7 @@ fn unknown_keys_are_errors_naming_the_key() {
     assert_eq!(
         err("admin: 127.0.0.1:15000\nlisen: 127.0.0.1:15001\n"),
         "greeter.yaml: lisen: unknown field `lisen`, expected one of `listen`, `admin`, \
-         `attach_cgroup`, `enroll`, `fast_path`, `zone`, `node`, `services`, `gateways` at line 2 column 1"
+         `attach_cgroup`, `enroll`, `fast_path`, `zone`, `node`, `services`, `gateways`, `tracing` at line 2 column 1"
     );
     let e = err(
         "services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, weight: 3 }\n",

@@ -6,6 +6,7 @@
 //! kernel directly instead (`--kernel`, needs root).
 
 pub mod client;
+mod explain;
 mod show;
 pub mod table;
 
@@ -187,6 +188,25 @@ pub enum ServiceCmd {
     /// List the services, or show one in detail.
     #[command(visible_alias = "list")]
     Show { name: Option<String> },
+    /// What the agent would do with a call: the route that matches, its
+    /// backends and their shares, the locality tiers and the endpoints that
+    /// may take it (nothing is sent).
+    Explain {
+        name: String,
+        /// The call's method, `package.Service/Method` (a leading `/` is
+        /// fine).
+        method: String,
+        /// A request header of the call, `name=value` (repeatable).
+        #[arg(short = 'H', long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_ascii_lowercase(), v.to_owned()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,10 +276,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Object::Map {
             cmd: Some(MapCmd::Dump { name }),
         } => show::map_dump(cli, &client, out, format, name),
+        Object::Service {
+            cmd: Some(ServiceCmd::Explain { name, method, headers }),
+        } => explain::explain(&client, out, format, name, method, headers),
         Object::Service { cmd } => {
             let name = match cmd {
                 Some(ServiceCmd::Show { name }) => name.as_deref(),
-                None => None,
+                _ => None,
             };
             show::services(&client, out, format, name)
         }

@@ -180,6 +180,9 @@ pub(super) fn services(
         if let Some(l) = locality_line(&svc) {
             writeln!(out, "Locality:   {l}")?;
         }
+        if let Some(e) = &svc.ejection {
+            writeln!(out, "Ejection:   {e}")?;
+        }
         writeln!(out, "Calls:      {}", svc.counters.calls)?;
         writeln!(out, "Errors:     {}", svc.errors())?;
         writeln!(out, "No endpoint: {}", svc.counters.no_endpoint)?;
@@ -480,6 +483,12 @@ pub(super) fn status(client: &AdminClient, out: &mut dyn Write, format: Format) 
             out,
             "No cgroup:  {n} opted-in pods not enrolled (their Events: CgroupNotFound)"
         )?;
+    }
+    if !s.source.reports.is_empty() {
+        writeln!(out, "Not applied as written:")?;
+        for r in &s.source.reports {
+            writeln!(out, "  {r}")?;
+        }
     }
     if let Some(p) = &s.pinned {
         writeln!(

@@ -273,6 +273,7 @@ fn rule_to_route<'a>(
             name: Some(name),
             matches,
             backends,
+            timeout: None,
         },
         ports,
     ))

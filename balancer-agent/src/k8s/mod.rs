@@ -15,7 +15,9 @@
 //!   `spec.internalTrafficPolicy`, endpoints' zones and zone hints (see
 //!   [`crate::balance::locality`]).
 //! - Routes: GRPCRoutes whose `parentRefs` name a Service (GAMMA); see
-//!   [`grpcroute`].
+//!   [`grpcroute`]. Istio's VirtualServices and DestinationRules for
+//!   Services no GRPCRoute routes, and DestinationRules' policies; see
+//!   [`istio`].
 //! - Gateways of balancer's class: every agent serves their listeners on
 //!   its node's address, routed by the GRPCRoutes that name them, with the
 //!   TLS Secrets they reference ([`gateway`], [`secrets`]); the elected
@@ -42,6 +44,7 @@ mod event_note;
 pub mod gateway;
 pub mod gateway_status;
 pub mod grpcroute;
+pub mod istio;
 pub mod lease;
 pub mod mesh;
 pub mod node_events;
@@ -214,13 +217,17 @@ pub enum K8sError {
 }
 
 /// What Kubernetes mode reports besides the model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     /// Every watcher has listed once and the first model is published.
     pub synced: bool,
     /// Opted-in pods whose cgroup has been missing for longer than
     /// [`K8sOptions::cgroup_missing_after`].
     pub pods_cgroup_missing: u64,
+    /// Routing objects not applied as written, one line each: GRPCRoutes
+    /// refused, VirtualServices and DestinationRules refused or applied
+    /// without some fields.
+    pub reports: Vec<String>,
 }
 
 /// A client from the in-cluster configuration or `KUBECONFIG`.
@@ -236,6 +243,10 @@ struct Stores {
     routes: Store<GrpcRoute>,
     /// This node alone (for its zone).
     nodes: Store<Node>,
+    virtual_services: Store<istio::VirtualService>,
+    destination_rules: Store<istio::DestinationRule>,
+    /// Every pod's labels, once a DestinationRule has subsets.
+    pod_labels: Option<Store<istio::PodLabels>>,
     gateways: Store<Gateway>,
 }
 
@@ -268,10 +279,22 @@ impl Stores {
                 None => translator.slice_deleted(key),
             },
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
+            Kind::VirtualServices | Kind::DestinationRules => self.istio(translator),
+            Kind::PodLabels => {
+                let pod = self
+                    .pod_labels
+                    .as_ref()
+                    .and_then(|s| s.get(&ObjectRef::new(&key.1).within(&key.0)));
+                translator.pod_changed(key, pod.as_deref());
+            }
             // Enrollment, locality and gateways are worked out again at
             // every publish.
             Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
+    }
+
+    fn istio(&self, translator: &mut Translator) {
+        translator.istio_replaced(self.virtual_services.state(), self.destination_rules.state());
     }
 
     /// A (re)list of `kind` completed: the translator takes its whole state.
@@ -280,6 +303,12 @@ impl Stores {
             Kind::Services => translator.services_replaced(self.services.state()),
             Kind::EndpointSlices => translator.slices_replaced(self.slices.state()),
             Kind::GrpcRoutes => translator.routes_replaced(self.routes.state()),
+            Kind::VirtualServices | Kind::DestinationRules => self.istio(translator),
+            Kind::PodLabels => {
+                if let Some(s) = &self.pod_labels {
+                    translator.pods_replaced(s.state());
+                }
+            }
             Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
     }
@@ -371,36 +400,63 @@ pub async fn run_until(
         strip::grpc_route,
         sig_tx.clone(),
     );
-    let (gateways, t7) = watch::spawn(
+    let (virtual_services, t7) = watch::spawn(
+        Kind::VirtualServices,
+        Api::all(client.clone()),
+        all.clone(),
+        istio::object::strip_virtual_service,
+        sig_tx.clone(),
+    );
+    let (destination_rules, t8) = watch::spawn(
+        Kind::DestinationRules,
+        Api::all(client.clone()),
+        all.clone(),
+        istio::object::strip_destination_rule,
+        sig_tx.clone(),
+    );
+    let (gateways, t9) = watch::spawn(
         Kind::Gateways,
         Api::all(client.clone()),
         all.clone(),
         strip::gateway,
         sig_tx.clone(),
     );
-    let this_node = all.fields(&format!("metadata.name={}", opts.node_name));
-    let (nodes, t6) = watch::spawn(Kind::Nodes, Api::all(client.clone()), this_node, strip::node, sig_tx);
+    let this_node = all.clone().fields(&format!("metadata.name={}", opts.node_name));
+    let (nodes, t6) = watch::spawn(
+        Kind::Nodes,
+        Api::all(client.clone()),
+        this_node,
+        strip::node,
+        sig_tx.clone(),
+    );
     let (wanted_secrets, wanted) = tokio_watch::channel(BTreeSet::new());
-    let (mut secrets, t8) = secrets::spawn(client.clone(), wanted, opts.secret_refresh);
-    let _tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8]);
-    let stores = Stores {
+    let (mut secrets, t10) = secrets::spawn(client.clone(), wanted, opts.secret_refresh);
+    let mut tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10]);
+    let mut stores = Stores {
         services,
         slices,
         pods,
         namespaces,
         routes,
         nodes,
+        virtual_services,
+        destination_rules,
+        pod_labels: None,
         gateways,
     };
+    // Listed before the first model: every kind of ALL, and pods' labels
+    // once they are watched.
+    let mut required: HashSet<Kind> = Kind::ALL.into_iter().collect();
 
     let events = report::Events::new(client.clone(), opts.reporter());
     let election = opts
         .lease
         .clone()
-        .map(|lease| status::Election::spawn(client, lease, opts.reporter()));
+        .map(|lease| status::Election::spawn(client.clone(), lease, opts.reporter()));
     let mut stop = std::pin::pin!(stop);
     let mut translator = Translator::default();
     let mut route_log = report::RouteLog::default();
+    let mut istio_reports = istio::report::Reports::new(client.clone(), opts.reporter());
     let mut cgroups = cgroup::CgroupFinder::new(&opts.cgroup_root, opts.cgroup_max_depth, opts.cgroup_rescan);
     let mut enrollment = enrollment::Tracker::new(opts.cgroup_missing_after);
     let mut warned = Warned::default();
@@ -454,6 +510,21 @@ pub async fn run_until(
                                 // No CRD (or no permission): no Gateways, a complete state.
                                 synced.insert(kind);
                             }
+                            watch::Failure::NotServed | watch::Failure::Forbidden { .. }
+                                if matches!(kind, Kind::VirtualServices | Kind::DestinationRules | Kind::PodLabels) =>
+                            {
+                                if failing.insert(kind) {
+                                    match failure {
+                                        watch::Failure::NotServed => tracing::info!(resource = kind.resource(),
+                                            "not installed: Istio's traffic rules are not read until its CRDs are"),
+                                        _ => tracing::warn!(resource = kind.resource(), %error,
+                                            "cannot read Istio's traffic rules (grant get/list/watch, deploy/rbac.yaml); \
+                                             they are not applied"),
+                                    }
+                                }
+                                // Nothing readable means nothing to apply: a complete (empty) state.
+                                synced.insert(kind);
+                            }
                             watch::Failure::Forbidden { verb } if !is_ready => {
                                 return Err(K8sError::Forbidden { verb, resource: kind.resource(), message: error });
                             }
@@ -480,9 +551,23 @@ pub async fn run_until(
                         }
                     }
                 }
+                if stores.pod_labels.is_none() && translator.needs_pod_labels() {
+                    // A DestinationRule has subsets: every pod's labels are
+                    // needed to find the subsets' endpoints.
+                    let (store, task) = watch::spawn(
+                        Kind::PodLabels,
+                        Api::all(client.clone()),
+                        all.clone(),
+                        istio::object::strip_pod_labels,
+                        sig_tx.clone(),
+                    );
+                    stores.pod_labels = Some(store);
+                    tasks.0.push(task);
+                    required.insert(Kind::PodLabels);
+                }
                 if !is_ready {
                     // The first model goes out as soon as everything is listed.
-                    synced.len() == Kind::ALL.len()
+                    required.iter().all(|k| synced.contains(k))
                 } else {
                     let due = Instant::now() + opts.debounce;
                     deadline = Some(deadline.map_or(due, |d| d.min(due)));
@@ -520,6 +605,7 @@ pub async fn run_until(
         let pods = stores.pods.state();
         let mut t = Translation {
             invalid_routes: translator.invalid_routes().to_vec(),
+            istio_reports: translator.istio_reports().to_vec(),
             bad_annotations: translator.bad_annotations(),
             dropped: translator.dropped(),
             ..Translation::default()
@@ -561,6 +647,11 @@ pub async fn run_until(
         );
         warned.log(&t);
         route_log.log(&t.invalid_routes);
+        // One agent posts the Events: the route-status leader, or this one
+        // when none is elected.
+        let speaks = election.as_ref().is_none_or(status::Election::is_leading);
+        istio_reports.update(&t.istio_reports, speaks);
+        let reports = report_lines(&t);
         let searched = enrollment::Searched {
             root: cgroups.root(),
             max_depth: cgroups.max_depth(),
@@ -570,8 +661,9 @@ pub async fn run_until(
             events.pod(notice);
         }
         status.send_if_modified(|s| {
-            let changed = s.pods_cgroup_missing != outcome.cgroup_missing;
+            let changed = s.pods_cgroup_missing != outcome.cgroup_missing || s.reports != reports;
             s.pods_cgroup_missing = outcome.cgroup_missing;
+            s.reports = reports;
             changed
         });
         if let Some(until) = outcome.pending_until {
@@ -633,6 +725,19 @@ pub async fn run_until(
             tracing::info!("Kubernetes state synced");
         }
     }
+}
+
+/// One line per routing object not applied as written.
+fn report_lines(t: &Translation) -> Vec<String> {
+    let routes = t.invalid_routes.iter().map(|i| {
+        format!(
+            "GRPCRoute {}/{}: not applied: {}",
+            i.route.namespace().unwrap_or_default(),
+            i.route.name_any(),
+            i.error
+        )
+    });
+    routes.chain(t.istio_reports.iter().map(istio::Report::line)).collect()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -4,8 +4,8 @@
 //! `EndpointSlice` spends about 340 bytes on each endpoint before any string
 //! (the `targetRef` alone is seven optional strings); [`Slice`] is
 //! deserialized from the same JSON but keeps an endpoint's first address,
-//! its conditions, node, zone and zone hints — what [`super::translate`]
-//! reads — in about 70 bytes plus the strings. Unknown fields are skipped while
+//! its conditions, node, zone, zone hints and pod name — what
+//! [`super::translate`] reads — in about 90 bytes plus the strings. Unknown fields are skipped while
 //! parsing, never allocated.
 
 use std::borrow::Cow;
@@ -45,6 +45,10 @@ pub struct SliceEndpoint {
     /// (topology aware routing); `None` without hints.
     #[serde(rename = "hints", default, deserialize_with = "zone_hints")]
     pub for_zones: Option<Zones>,
+    /// `targetRef.name` when it is a Pod: whose labels DestinationRule
+    /// subsets select by.
+    #[serde(rename = "targetRef", default, deserialize_with = "target_pod")]
+    pub target_pod: Option<Box<str>>,
 }
 
 /// Zone names.
@@ -77,6 +81,22 @@ pub struct Conditions {
     pub ready: Option<bool>,
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct TargetRef {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn target_pod<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
+    let target: Option<TargetRef> = Option::deserialize(d)?;
+    Ok(target
+        .filter(|t| t.kind.as_deref() == Some("Pod"))
+        .and_then(|t| t.name)
+        .map(String::into_boxed_str))
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
@@ -164,6 +184,7 @@ mod tests {
         );
         let hint: Vec<&str> = e.for_zones.iter().flatten().map(|z| &**z).collect();
         assert_eq!(hint, ["zone-1"]);
+        assert_eq!(e.target_pod.as_deref(), Some("greeter-0"));
         assert_eq!(lean.endpoints[1].conditions, Conditions::default());
         assert_eq!(lean.endpoints[1].for_zones, None);
         // An empty slice may come with `endpoints: null`.
@@ -173,7 +194,7 @@ mod tests {
         .unwrap();
         assert!(empty.endpoints.is_empty() && empty.ports.is_empty());
         assert!(
-            std::mem::size_of::<SliceEndpoint>() <= 72,
+            std::mem::size_of::<SliceEndpoint>() <= 88,
             "{}",
             std::mem::size_of::<SliceEndpoint>()
         );

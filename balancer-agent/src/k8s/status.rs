@@ -65,6 +65,7 @@ pub struct Election {
     gateways: watch::Sender<Option<Arc<super::gateway_status::Input>>>,
     gateway_writer: JoinHandle<()>,
     stop: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
     elector: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -89,6 +90,7 @@ impl Election {
                 .instrument(tracing::info_span!("election")),
         );
         let writer = StatusWriter::new(client.clone(), RouteEvents::new(client, reporter));
+        let is_leading = leading.clone();
         let writer = tokio::spawn(
             writer
                 .run(leading, inputs)
@@ -99,9 +101,15 @@ impl Election {
             gateways,
             gateway_writer,
             stop,
+            leading: is_leading,
             elector,
             writer,
         }
+    }
+
+    /// Whether this agent holds the Lease now.
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
     }
 
     /// The latest translation; the writer works from the newest it has.

@@ -2,9 +2,9 @@
 //!
 //! Every agent holds every Service and EndpointSlice of the cluster; most of
 //! an object's size is fields the agent never reads (managed fields, owner
-//! references, annotations of other tools, an endpoint's `targetRef` and
-//! hostname). They are dropped as each object arrives, before it
-//! enters a reflector store.
+//! references, annotations of other tools, an endpoint's `targetRef` but
+//! its pod's name, and its hostname). They are dropped as each object
+//! arrives, before it enters a reflector store.
 
 use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Drops what no reader of any kind uses.
-fn common(meta: &mut ObjectMeta) {
+pub(super) fn common(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.owner_references = None;
     meta.finalizers = None;

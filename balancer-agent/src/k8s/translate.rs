@@ -18,6 +18,7 @@ use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, service_label, AttachedRoute, RouteError},
+    istio::{self, DestinationRule, PodLabels, VirtualService},
     mesh::Mesh,
     slice::{Slice, SliceEndpoint},
     translator::{Interner, Translator},
@@ -41,6 +42,10 @@ pub struct Snapshot {
     pub pods: Vec<Arc<Pod>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub routes: Vec<Arc<GrpcRoute>>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    /// Pods' labels, for DestinationRule subsets.
+    pub pod_labels: Vec<Arc<PodLabels>>,
 }
 
 /// A GRPCRoute that was ignored, and why.
@@ -55,6 +60,9 @@ pub struct InvalidRoute {
 pub struct Translation {
     pub model: Model,
     pub invalid_routes: Vec<InvalidRoute>,
+    /// VirtualServices and DestinationRules not applied, or applied without
+    /// some of their fields.
+    pub istio_reports: Vec<istio::Report>,
     /// `(service, problem)` of Services with an annotation that was not
     /// applied (see [`super::annotations`]); they use the default.
     pub bad_annotations: Vec<(String, String)>,
@@ -169,6 +177,19 @@ fn endpoint_state(ep: &SliceEndpoint) -> Option<EndpointState> {
     }
 }
 
+/// The TCP port of an IPv4 slice named `port_name`, if it has one.
+pub(super) fn slice_port(slice: &Slice, port_name: Option<&str>) -> Option<u16> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let port = slice.ports.iter().find(|p| {
+        p.name.as_deref().filter(|n| !n.is_empty()) == port_name && matches!(p.protocol.as_deref(), None | Some("TCP"))
+    });
+    port.and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+}
+
 /// Adds the endpoints of Service `namespace/service`, port `port_name` (from
 /// its EndpointSlices `slices`), to `out`, labelled as belonging to that
 /// Service. An address already present (the same pod behind the parent and
@@ -185,19 +206,9 @@ fn add_endpoints<'s>(
     let (key, value) = service_label(service);
     let mut shared: Option<Arc<Labels>> = None;
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let port = slice.ports.iter().find(|p| {
-            p.name.as_deref().filter(|n| !n.is_empty()) == port_name
-                && matches!(p.protocol.as_deref(), None | Some("TCP"))
-        });
-        let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+        let Some(port) = slice_port(slice, port_name) else {
             continue;
         };
-        if port == 0 {
-            continue;
-        }
         for ep in &slice.endpoints {
             let Some(state) = endpoint_state(ep) else { continue };
             // The API: addresses are fungible; consumers may use the first.
@@ -320,6 +331,7 @@ fn by_precedence(routes: Vec<Route>) -> Vec<Route> {
                 name: r.name.clone(),
                 matches: vec![m.clone()],
                 backends: r.backends.clone(),
+                timeout: r.timeout,
             });
         }
     }
@@ -338,11 +350,16 @@ pub(super) struct Built {
 
 /// Translates one Service: a model service per gRPC port and IPv4 cluster
 /// IP set, with the endpoints of its EndpointSlices (`slices_of(namespace,
-/// service)`) and of the backend Services its `attached` GRPCRoutes select.
-pub(super) fn service<'s>(
+/// service)`) and of the backend Services its `attached` GRPCRoutes select,
+/// or else of those its VirtualService's routes select (`istio`, with its
+/// DestinationRule's subsets marked on the endpoints of the pods
+/// `pod_labels(namespace, pod)` selects, and its policy).
+pub(super) fn service<'s, 'p>(
     svc: &Service,
     attached: &[AttachedRoute],
+    istio: Option<&istio::Applied>,
     slices_of: impl Fn(&str, &str) -> Option<&'s BTreeMap<String, Arc<Slice>>>,
+    pod_labels: &dyn Fn(&str, &str) -> Option<&'p Labels>,
     interner: &mut Interner,
 ) -> Built {
     let mut out = Built::default();
@@ -364,6 +381,10 @@ pub(super) fn service<'s>(
         .iter()
         .map(|p| (format!("{ns}/{name}"), p.clone()))
         .collect();
+    let (policy, hash_header) = match istio.and_then(|i| i.policy.clone()) {
+        Some(p) => p,
+        None => (settings.policy, settings.hash_header.clone()),
+    };
     let slices = |service: &str| slices_of(&ns, service).into_iter().flat_map(BTreeMap::values);
     for sp in &grpc_ports {
         let Ok(port) = u16::try_from(sp.port) else { continue };
@@ -376,22 +397,38 @@ pub(super) fn service<'s>(
 
         let mut endpoints = BTreeMap::new();
         add_endpoints(&mut endpoints, slices(&name), &name, port_name, interner);
-        let mut routes = Vec::new();
-        for a in attached {
-            if a.port.is_some_and(|p| p != sp.port) {
-                continue;
-            }
-            for b in &a.backends {
-                add_endpoints(
-                    &mut endpoints,
-                    slices(&b.service),
-                    &b.service,
-                    b.port_name.as_deref(),
-                    interner,
-                );
-            }
-            routes.extend(a.routes.iter().cloned());
+        let istio_routes = istio.filter(|i| !i.routes.is_empty());
+        let attached: Vec<&AttachedRoute> = attached
+            .iter()
+            .filter(|a| a.port.is_none_or(|p| p == sp.port))
+            .collect();
+        let backends = istio_routes
+            .into_iter()
+            .flat_map(|i| &i.backends)
+            .chain(attached.iter().flat_map(|a| &a.backends));
+        for b in backends {
+            add_endpoints(
+                &mut endpoints,
+                slices(&b.service),
+                &b.service,
+                b.port_name.as_deref(),
+                interner,
+            );
         }
+        if let Some(i) = istio_routes {
+            for subset in &i.subsets {
+                let port_name = match i.backends.iter().find(|b| b.service == subset.service) {
+                    Some(b) => b.port_name.as_deref(),
+                    None => port_name,
+                };
+                istio::label_subset(&mut endpoints, slices(&subset.service), port_name, subset, pod_labels);
+            }
+        }
+        let routes = match istio_routes {
+            // A VirtualService's routes keep their order: first match wins.
+            Some(i) => i.routes.clone(),
+            None => by_precedence(attached.iter().flat_map(|a| a.routes.iter().cloned()).collect()),
+        };
         out.services.push(model::Service {
             name: model_name,
             vips: ips
@@ -399,13 +436,14 @@ pub(super) fn service<'s>(
                 .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, port)))
                 .collect(),
             listen: None,
-            policy: settings.policy,
-            hash_header: settings.hash_header.clone(),
+            policy,
+            hash_header: hash_header.clone(),
             endpoints: endpoints.into_values().collect(),
-            routes: by_precedence(routes),
+            routes,
             fault: settings.fault.clone(),
             traffic_distribution: traffic_distribution(svc),
             internal_traffic_policy: internal_traffic_policy(svc),
+            ejection: istio.and_then(|i| i.ejection),
         });
     }
     out
@@ -420,9 +458,12 @@ pub fn translate(snap: &Snapshot, cgroups_of: impl FnMut(&Pod) -> Vec<PathBuf>) 
     tr.services_replaced(snap.services.clone());
     tr.slices_replaced(snap.endpoint_slices.clone());
     tr.routes_replaced(snap.routes.clone());
+    tr.istio_replaced(snap.virtual_services.clone(), snap.destination_rules.clone());
+    tr.pods_replaced(snap.pod_labels.clone());
     tr.flush();
     let mut t = Translation {
         invalid_routes: tr.invalid_routes().to_vec(),
+        istio_reports: tr.istio_reports().to_vec(),
         bad_annotations: tr.bad_annotations(),
         dropped: tr.dropped(),
         ..Translation::default()

@@ -26,10 +26,11 @@ use kube::ResourceExt;
 
 use super::{
     grpcroute::{self, AttachedRoute},
+    istio::{self, DestinationRule, PodLabels, VirtualService},
     slice::Slice,
     translate::{self, InvalidRoute, SERVICE_NAME_LABEL},
 };
-use crate::model::{self, Model, ModelError};
+use crate::model::{self, Labels, Model, ModelError};
 
 /// `(namespace, name)` of an object.
 pub type Key = (String, String);
@@ -85,6 +86,13 @@ pub struct Translator {
     /// Parent Services whose routes select each backend Service.
     parents_of: HashMap<Key, HashSet<Key>>,
     invalid_routes: Vec<InvalidRoute>,
+    virtual_services: Vec<Arc<VirtualService>>,
+    destination_rules: Vec<Arc<DestinationRule>>,
+    /// What the VirtualServices and DestinationRules give each Service.
+    istio: HashMap<Key, Arc<istio::Applied>>,
+    istio_reports: Vec<istio::Report>,
+    /// Pods' labels, by `(namespace, name)`, for DestinationRule subsets.
+    pod_labels: HashMap<Key, Labels>,
     /// Model service names each Service produced (valid or not).
     produced: HashMap<Key, Vec<Arc<str>>>,
     /// Model services that passed their own checks, by name.
@@ -183,6 +191,75 @@ impl Translator {
         }
     }
 
+    /// The VirtualServices and DestinationRules (all of them: they are few).
+    pub fn istio_replaced(&mut self, vs: Vec<Arc<VirtualService>>, dr: Vec<Arc<DestinationRule>>) {
+        let same = |a: &[Arc<VirtualService>], b: &[Arc<VirtualService>]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+        };
+        let same_dr = |a: &[Arc<DestinationRule>], b: &[Arc<DestinationRule>]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+        };
+        if !(same(&vs, &self.virtual_services) && same_dr(&dr, &self.destination_rules)) {
+            self.virtual_services = vs;
+            self.destination_rules = dr;
+            self.routes_dirty = true;
+        }
+    }
+
+    /// Whether a DestinationRule has subsets: pods' labels are needed.
+    pub fn needs_pod_labels(&self) -> bool {
+        self.destination_rules.iter().any(|dr| {
+            dr.spec
+                .get("subsets")
+                .and_then(|s| s.as_array())
+                .is_some_and(|s| !s.is_empty())
+        })
+    }
+
+    /// A pod's labels were added, changed or deleted (`None`).
+    pub fn pod_changed(&mut self, key: &Key, pod: Option<&PodLabels>) {
+        let labels = pod.and_then(|p| p.metadata.labels.clone()).unwrap_or_default();
+        let old = if labels.is_empty() {
+            self.pod_labels.remove(key)
+        } else {
+            self.pod_labels.insert(key.clone(), labels.clone())
+        };
+        if old.unwrap_or_default() != labels {
+            self.touch_subsets(&key.0);
+        }
+    }
+
+    /// Every pod's labels, after a (re)list.
+    pub fn pods_replaced(&mut self, all: Vec<Arc<PodLabels>>) {
+        let labels: HashMap<Key, Labels> = all
+            .iter()
+            .filter_map(|p| Some((key_of(p.as_ref()), p.metadata.labels.clone().filter(|l| !l.is_empty())?)))
+            .collect();
+        if labels != self.pod_labels {
+            let namespaces: HashSet<String> = labels
+                .keys()
+                .chain(self.pod_labels.keys())
+                .map(|k| k.0.clone())
+                .collect();
+            self.pod_labels = labels;
+            for ns in namespaces {
+                self.touch_subsets(&ns);
+            }
+        }
+    }
+
+    /// The Services of `namespace` whose endpoints are marked by subsets are
+    /// translated again.
+    fn touch_subsets(&mut self, namespace: &str) {
+        let keys: Vec<Key> = self
+            .istio
+            .iter()
+            .filter(|(k, a)| k.0 == namespace && !a.subsets.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.dirty.extend(keys);
+    }
+
     /// The Services after a (re)list: what differs from the known state is
     /// applied or deleted.
     pub fn services_replaced(&mut self, all: Vec<Arc<Service>>) {
@@ -275,20 +352,34 @@ impl Translator {
                 }),
             }
         }
+        let routed: HashSet<Key> = attached.keys().cloned().collect();
+        let translated = istio::translate(&self.virtual_services, &self.destination_rules, lookup, &routed);
         let mut parents_of: HashMap<Key, HashSet<Key>> = HashMap::new();
-        for (parent, list) in &attached {
-            for b in list.iter().flat_map(|a| &a.backends) {
-                parents_of
-                    .entry((parent.0.clone(), b.service.clone()))
-                    .or_default()
-                    .insert(parent.clone());
-            }
+        let istio_backends = translated
+            .services
+            .iter()
+            .flat_map(|(parent, a)| a.backends.iter().map(move |b| (parent, b)));
+        let route_backends = attached
+            .iter()
+            .flat_map(|(parent, list)| list.iter().flat_map(|a| &a.backends).map(move |b| (parent, b)));
+        for (parent, b) in route_backends.chain(istio_backends) {
+            parents_of
+                .entry((parent.0.clone(), b.service.clone()))
+                .or_default()
+                .insert(parent.clone());
         }
         for key in attached.keys().chain(self.attached.keys()) {
             if attached.get(key) != self.attached.get(key) {
                 self.dirty.insert(key.clone());
             }
         }
+        for key in translated.services.keys().chain(self.istio.keys()) {
+            if translated.services.get(key) != self.istio.get(key) {
+                self.dirty.insert(key.clone());
+            }
+        }
+        self.istio = translated.services;
+        self.istio_reports = translated.reports;
         self.route_refs = looked.into_inner();
         self.attached = attached;
         self.parents_of = parents_of;
@@ -312,10 +403,14 @@ impl Translator {
         let Some(svc) = self.services.get(key).cloned() else {
             return;
         };
+        let pod_labels = &self.pod_labels;
+        let labels_of = |ns: &str, name: &str| pod_labels.get(&(ns.to_owned(), name.to_owned()));
         let built = translate::service(
             &svc,
             self.attached.get(key).map(Vec::as_slice).unwrap_or_default(),
+            self.istio.get(key).map(Arc::as_ref),
             |ns, name| self.slices_of.get(&(ns.to_owned(), name.to_owned())),
+            &labels_of,
             &mut self.interner,
         );
         for (name, problem) in built.bad_annotations {
@@ -420,6 +515,12 @@ impl Translator {
             .iter()
             .filter_map(|k| self.services.get(k).cloned())
             .collect()
+    }
+
+    /// VirtualServices and DestinationRules not applied, or applied
+    /// without some of their fields.
+    pub fn istio_reports(&self) -> &[istio::Report] {
+        &self.istio_reports
     }
 
     /// GRPCRoutes that were refused, and why.

@@ -30,10 +30,16 @@ pub enum Kind {
     Nodes,
     /// Gateway API Gateways (balancer's class is served).
     Gateways,
+    VirtualServices,
+    DestinationRules,
+    /// Every pod's labels, for DestinationRule subsets: watched only once a
+    /// DestinationRule has subsets.
+    PodLabels,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    /// The resources listed before the first model is published.
+    pub const ALL: [Kind; 9] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
@@ -41,6 +47,8 @@ impl Kind {
         Kind::GrpcRoutes,
         Kind::Nodes,
         Kind::Gateways,
+        Kind::VirtualServices,
+        Kind::DestinationRules,
     ];
 
     /// The resource as RBAC rules name it (`resource.group`).
@@ -53,6 +61,9 @@ impl Kind {
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
             Kind::Nodes => "nodes",
             Kind::Gateways => "gateways.gateway.networking.k8s.io",
+            Kind::VirtualServices => "virtualservices.networking.istio.io",
+            Kind::DestinationRules => "destinationrules.networking.istio.io",
+            Kind::PodLabels => "pods",
         }
     }
 }

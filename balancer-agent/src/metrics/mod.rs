@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Per-service call latency: the demultiplexer observes every call's
     /// duration (request headers in to the response's end).
     pub latency: LatencyRecorder,
+    /// What became of the agent's spans (tracing on).
+    pub traces: std::sync::Arc<crate::traces::TraceCounters>,
 }
 
 impl Metrics {
@@ -77,6 +79,8 @@ pub struct Scrape {
     pub health: crate::health::Conditions,
     /// The sweeps for pinned connections, when they run.
     pub pinned: Option<api::PinnedSweeps>,
+    /// The agent's spans: exported and dropped.
+    pub traces: crate::traces::TraceCounts,
 }
 
 /// Renders a scrape as OpenMetrics text.
@@ -514,6 +518,22 @@ impl Collector for Scrape {
         if let Some(p) = &self.pinned {
             encode_pinned(e, p)?;
         }
+        counter(
+            e,
+            "balancer_trace_spans_exported",
+            "Spans of calls sent to the OTLP collector.",
+            &[(vec![], self.traces.exported)],
+        )?;
+        counter(
+            e,
+            "balancer_trace_spans_dropped",
+            "Spans of sampled calls lost: the exporter's queue was full (queue_full) or the collector \
+             refused or did not answer (export_failed).",
+            &[
+                (vec![("reason", "queue_full")], self.traces.dropped_queue_full),
+                (vec![("reason", "export_failed")], self.traces.dropped_export_failed),
+            ],
+        )?;
         if let Some(missing) = src.pods_cgroup_missing {
             gauge(
                 e,

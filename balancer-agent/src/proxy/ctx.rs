@@ -9,7 +9,7 @@ use std::sync::{
 use tokio::sync::Notify;
 
 use super::options::ProxyOptions;
-use crate::{balance::Table, conns::ConnRegistry, metrics::Metrics};
+use crate::{balance::Table, conns::ConnRegistry, metrics::Metrics, traces::Tracer};
 
 /// Where the demultiplexer reports what it does: the latency histograms
 /// and the client connections the admin server shows.
@@ -17,6 +17,8 @@ use crate::{balance::Table, conns::ConnRegistry, metrics::Metrics};
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub conns: ConnRegistry,
+    /// Traces: the agent's span per call, when tracing is configured.
+    pub tracer: Option<Arc<Tracer>>,
 }
 /// Counts the tasks that hold client connections, so shutdown can wait.
 #[derive(Debug, Default)]

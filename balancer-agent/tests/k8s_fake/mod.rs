@@ -76,6 +76,8 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
         "/apis/gateway.networking.k8s.io/v1/gateways" => "gateways",
+        "/apis/networking.istio.io/v1/virtualservices" => "virtualservices",
+        "/apis/networking.istio.io/v1/destinationrules" => "destinationrules",
         _ => return None,
     })
 }
@@ -90,6 +92,8 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "GRPCRoute" => "grpcroutes",
         "Gateway" => "gateways",
         "Secret" => "secrets",
+        "VirtualService" => "virtualservices",
+        "DestinationRule" => "destinationrules",
         "Lease" => "leases",
         other => panic!("the fake API server does not serve {other}"),
     }

@@ -90,6 +90,7 @@ pub fn greeter() -> api::Service {
         },
         traffic_distribution: Some("PreferClose".into()),
         internal_traffic_policy: None,
+        ejection: None,
     }
 }
 
@@ -109,6 +110,7 @@ pub fn echo() -> api::Service {
         },
         traffic_distribution: None,
         internal_traffic_policy: None,
+        ejection: None,
     }
 }
 
@@ -227,6 +229,7 @@ pub fn start(kernel: bool) -> Fixture {
         reloads_failed: 1,
         last_error: Some("balancer.yaml: services[0].vip: invalid socket address".into()),
         pods_cgroup_missing: None,
+        reports: Vec::new(),
     });
     if kernel {
         state.kernel = Some(Arc::new(FakeKernel));

@@ -294,6 +294,7 @@ pub fn model_addrs(endpoints: &[(SocketAddr, &str)], policy: Policy) -> Model {
             fault: None,
             traffic_distribution: Default::default(),
             internal_traffic_policy: Default::default(),
+            ejection: None,
         })],
         ..Model::default()
     }
@@ -321,6 +322,7 @@ pub fn split_route(v1: u32, v2: u32) -> Route {
                 weight: v2,
             },
         ],
+        timeout: None,
     }
 }
 

@@ -337,3 +337,49 @@ impl TcpEcho {
         TcpEcho { addr }
     }
 }
+
+/// The deadline of every call the gRPC tests make.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `calls` SayHello calls over `ch`, `concurrency` at a time.
+pub async fn spread(ch: &tonic::transport::Channel, calls: u64, concurrency: usize) -> greeter::client::Spread {
+    greeter::client::say_hello_spread(ch.clone(), calls, concurrency, CALL_TIMEOUT).await
+}
+
+/// How many calls of `s` `backend` served.
+pub fn count(s: &greeter::client::Spread, backend: &str) -> u64 {
+    s.backends.get(backend).copied().unwrap_or_default()
+}
+
+/// `calls` calls over `ch`, 16 at a time; once `reached()` says the load got
+/// where it should (within 20 s), `stop` runs beside it (endpoints stopping
+/// gracefully: GOAWAY, open calls finish, the port closes). Returns the
+/// calls' spread once both are done, each bounded in time; `what` names the
+/// stopping side in failures.
+pub async fn stop_under_load(
+    ch: &tonic::transport::Channel,
+    calls: u64,
+    what: &str,
+    reached: impl Fn() -> bool,
+    stop: impl FnOnce() + Send + 'static,
+) -> greeter::client::Spread {
+    let load = tokio::spawn({
+        let ch = ch.clone();
+        async move { spread(&ch, calls, 16).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reached() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(reached(), "the load never reached {what}");
+    let stopping = tokio::task::spawn_blocking(stop);
+    let s = tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("the load ends")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .unwrap_or_else(|_| panic!("{what} stops once its connections close"))
+        .unwrap();
+    s
+}

@@ -39,7 +39,7 @@ pub const POD: PodSpec<'static> = PodSpec {
 pub const VIP: &str = "10.96.0.20:8000";
 const REDIRECT_LISTEN: &str = "10.250.1.1:15001";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CallPath {
     Direct,
     AgentListener,

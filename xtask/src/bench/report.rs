@@ -102,6 +102,9 @@ const HOW_TO_RUN: &str = "\
 balancer next to the proxies users would pick instead — HAProxy and nginx —
 on the same machine, in the same run. Absolute numbers move from machine to
 machine and run to run; the ratios measured in one run are what to read.
+The targets' calls/s ratios are taken round by round (the paths of a round
+run back to back) and the median of those is shown with their range, so a
+machine that changes speed between rounds moves both sides of each ratio.
 
 ## Run it
 
@@ -315,7 +318,7 @@ pub fn write(out: &Path, s: &Settings, runs: &[Run], extras: &Extras) -> anyhow:
         md.push('\n');
     }
 
-    md.push_str(&targets(&sums, extras));
+    md.push_str(&targets(&sums, &round_values(runs), extras));
     md.push_str(&limits(&sums, extras));
 
     let _ = writeln!(md, "### Every run\n\n| round | path | calls/s | p50 ms | p99 ms | proxy CPU µs/call | busy elsewhere (cores) | used |\n|---:|---|---:|---:|---:|---:|---:|---|");
@@ -416,8 +419,70 @@ are in flight and are released when the connection goes idle.\n",
     md
 }
 
-/// The project's targets for the agent, checked against this run.
-fn targets(sums: &[Summary], extras: &Extras) -> String {
+/// Each path's calls/s by round, from the runs the medians are taken of.
+type Rounds = BTreeMap<CallPath, Vec<(u32, f64)>>;
+
+fn round_values(runs: &[Run]) -> Rounds {
+    let mut out: Rounds = BTreeMap::new();
+    for path in runs.iter().map(|r| r.path) {
+        if out.contains_key(&path) {
+            continue;
+        }
+        let all: Vec<&Run> = runs.iter().filter(|r| r.path == path).collect();
+        let calm: Vec<&Run> = all.iter().copied().filter(|r| !r.disturbed).collect();
+        let used = if calm.is_empty() { all } else { calm };
+        out.insert(path, used.iter().map(|r| (r.round, r.m.calls_per_sec)).collect());
+    }
+    out
+}
+
+/// A ratio of two paths taken round by round: the paths of one round ran
+/// minutes apart at most, so a machine that gets slower or faster between
+/// rounds (other guests of the host, thermal limits) moves both sides of
+/// each ratio alike. The median over the rounds both paths ran in, and the
+/// lowest and highest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Paired {
+    median: f64,
+    lo: f64,
+    hi: f64,
+    rounds: usize,
+}
+
+fn paired(a: &[(u32, f64)], b: &[(u32, f64)]) -> Option<Paired> {
+    let ratios: Vec<f64> = a
+        .iter()
+        .filter_map(|(round, x)| b.iter().find(|(r, _)| r == round).map(|(_, y)| x / y))
+        .filter(|r| r.is_finite())
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    Some(Paired {
+        lo: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        hi: ratios.iter().copied().fold(0.0, f64::max),
+        rounds: ratios.len(),
+        median: median(ratios),
+    })
+}
+
+/// A calls/s ratio of `a` to `b`: paired by round when two rounds or more
+/// have both, else the ratio of the medians.
+fn calls_ratio(rounds: &Rounds, a: &Summary, b: &Summary) -> (f64, String) {
+    let empty = Vec::new();
+    let get = |p: CallPath| rounds.get(&p).unwrap_or(&empty);
+    match paired(get(a.path), get(b.path)) {
+        Some(p) if p.rounds >= 2 => (p.median, format!("{:.2}× (rounds {:.2}–{:.2})", p.median, p.lo, p.hi)),
+        _ => {
+            let r = a.calls_per_sec / b.calls_per_sec;
+            (r, format!("{r:.2}×"))
+        }
+    }
+}
+
+/// The project's targets for the agent, checked against this run; calls/s
+/// ratios are medians of the per-round ratios (see [`paired`]).
+fn targets(sums: &[Summary], rounds: &Rounds, extras: &Extras) -> String {
     let find = |p: CallPath| sums.iter().find(|x| x.path == p);
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "met",
@@ -429,10 +494,10 @@ fn targets(sums: &[Summary], extras: &Extras) -> String {
     let haproxy = find(CallPath::Haproxy);
     let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
     if let (Some(l), Some(h)) = (listener, haproxy) {
-        let r = l.calls_per_sec / h.calls_per_sec;
+        let (r, shown) = calls_ratio(rounds, l, h);
         rows.push((
             "explicit listener ≥ 1.25× HAProxy calls/s".into(),
-            format!("{r:.2}×"),
+            shown,
             Some(r >= 1.25),
         ));
         if let (Some(lc), Some(hc)) = (l.cpu_us_per_call, h.cpu_us_per_call) {
@@ -445,10 +510,10 @@ fn targets(sums: &[Summary], extras: &Extras) -> String {
         }
     }
     if let (Some(l), Some(r)) = (listener, redirect) {
-        let x = r.calls_per_sec / l.calls_per_sec;
+        let (x, shown) = calls_ratio(rounds, r, l);
         rows.push((
             "kernel redirect + fast path ≥ 1.1× the explicit listener's calls/s".into(),
-            format!("{x:.2}×"),
+            shown,
             Some(x >= 1.1),
         ));
         rows.push((
@@ -651,6 +716,18 @@ mod tests {
     }
 
     #[test]
+    fn paired_ratios_follow_a_machine_that_changes_speed_between_rounds() {
+        // The machine halves its speed in round 2: the medians' ratio is
+        // 1.0, the per-round ratios are all 1.2.
+        let a = [(1, 60.0), (2, 30.0), (3, 36.0)];
+        let b = [(1, 50.0), (2, 25.0), (3, 30.0), (4, 99.0)];
+        let p = paired(&a, &b).expect("rounds in common");
+        assert_eq!(p.rounds, 3, "round 4 has only one side");
+        assert!((p.median - 1.2).abs() < 1e-9 && (p.lo - 1.2).abs() < 1e-9, "{p:?}");
+        assert_eq!(paired(&a, &[(9, 1.0)]), None);
+    }
+
+    #[test]
     fn targets_are_checked_against_haproxy_in_the_same_run() {
         let sums = vec![
             summary(CallPath::AgentListener, 40_000.0, 10.0),
@@ -661,7 +738,7 @@ mod tests {
             agent_idle_rss_kb: Some(30 * 1024),
             ..Default::default()
         };
-        let md = targets(&sums, &extras);
+        let md = targets(&sums, &Rounds::new(), &extras);
         assert!(
             md.contains("| explicit listener ≥ 1.25× HAProxy calls/s | 1.33× | met |"),
             "{md}"
@@ -681,6 +758,22 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| agent RSS ≤ 20 MB idle | 30.0 MB | **missed** |"), "{md}");
-        assert_eq!(targets(&[], &Extras::default()), "");
+        assert_eq!(targets(&[], &Rounds::new(), &Extras::default()), "");
+        // With rounds: the per-round ratios decide, not the medians'.
+        let redirect = CallPath::AgentRedirect { fast_path: true };
+        let rounds: Rounds = [
+            (
+                CallPath::AgentListener,
+                vec![(1, 50_000.0), (2, 30_000.0), (3, 40_000.0)],
+            ),
+            (redirect, vec![(1, 56_000.0), (2, 34_000.0), (3, 44_800.0)]),
+        ]
+        .into_iter()
+        .collect();
+        let md = targets(&sums, &rounds, &extras);
+        assert!(
+            md.contains("| kernel redirect + fast path ≥ 1.1× the explicit listener's calls/s | 1.12× (rounds 1.12–1.13) | met |"),
+            "{md}"
+        );
     }
 }

@@ -28,6 +28,7 @@ use super::{
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     pool,
     retry::{self, Next, Standing},
+    trace,
     upstream::UpHandle,
 };
 use crate::{
@@ -41,6 +42,7 @@ use crate::{
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
     proxy::{ctx::Ctx, fault, grpc},
+    traces::{CallSpan, FinishedSpan},
 };
 
 /// The PING that follows the first GOAWAY of a graceful shutdown.
@@ -248,6 +250,8 @@ struct Call {
     /// The service the call went to, and its latency histogram.
     slot: Arc<ServiceSlot>,
     latency: Arc<LatencyHistogram>,
+    /// The agent's span of the call (tracing on).
+    span: Option<Box<CallSpan>>,
     _stream: StreamGuard,
 }
 
@@ -404,10 +408,14 @@ impl ClientState {
                 return;
             }
         };
-        let deadline = head
-            .get(b"grpc-timeout")
-            .and_then(grpc::parse_timeout)
-            .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
+        // Tracing on: the call's span, and the head names it as parent.
+        let (head, span) = match &self.ctx.observers.tracer {
+            None => (head, None),
+            Some(tracer) => {
+                let (head, span) = trace::begin(tracer, &head);
+                (head, Some(span))
+            }
+        };
         let (slot, latency) = match &self.target {
             Targets::Service { slot, latency } => (Arc::clone(slot), Arc::clone(latency)),
             Targets::Gateway(gw) => {
@@ -440,6 +448,18 @@ impl ClientState {
                 }
             }
         };
+        // The call's own grpc-timeout, or its route's timeout if shorter.
+        let route_timeout = slot.state().and_then(|s| {
+            let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
+            s.route_timeout(&CallMeta::from_path(path, &head))
+        });
+        let deadline = head
+            .get(b"grpc-timeout")
+            .and_then(grpc::parse_timeout)
+            .into_iter()
+            .chain(route_timeout)
+            .min()
+            .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
         slot.count_call();
         let call = Call {
             attempt: 0,
@@ -465,6 +485,7 @@ impl ClientState {
             last_error: None,
             slot,
             latency,
+            span,
             _stream: self.handle.stream(),
         };
         self.calls.insert(stream, call);
@@ -837,17 +858,33 @@ impl ClientState {
         }
         let duration = call.started.elapsed();
         call.latency.observe(duration);
+        let retries = call.attempt.saturating_sub(1);
+        let path = || String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
         if logging::access_enabled() {
-            let path = String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
             logging::access(&AccessEntry {
                 service: call.slot.name(),
-                method: &path,
+                method: &path(),
                 endpoint,
                 grpc_status: call.status,
                 duration,
-                retries: call.attempt.saturating_sub(1),
+                retries,
                 injected: call.injected,
+                trace_id: trace::logged_id(call.span.as_deref()),
             });
+        }
+        if let (Some(tracer), Some(span)) = (&self.ctx.observers.tracer, call.span.take()) {
+            if span.sampled {
+                tracer.end(FinishedSpan {
+                    span: *span,
+                    duration,
+                    service: call.slot.name().to_owned(),
+                    path: path(),
+                    endpoint,
+                    retries,
+                    grpc_status: call.status,
+                    fault: call.injected,
+                });
+            }
         }
     }
 

@@ -11,7 +11,8 @@
 //! blocks), [`flow`] (one direction of a stream and its window), [`head`]
 //! (decoded header lists and request checks), [`closed`] (streams that
 //! closed lately), [`budget`] (limits on floods), [`keepalive`] (PINGs that
-//! find dead peers), [`msg`] and [`mailbox`] (how connections talk),
+//! find dead peers), [`trace`] (a call's span and the `traceparent` it
+//! forwards), [`msg`] and [`mailbox`] (how connections talk),
 //! [`driver`] (socket I/O of one connection). The wire formats are in the
 //! `balancer-relay` crate.
 
@@ -27,6 +28,7 @@ mod mailbox;
 mod msg;
 mod pool;
 mod retry;
+mod trace;
 mod upstream;
 
 pub(crate) use client::{serve, Target};
