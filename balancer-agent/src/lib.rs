@@ -24,4 +24,5 @@ pub mod node;
 pub mod pinned;
 pub mod proxy;
 pub mod redirect;
+pub mod tls;
 pub mod traces;

@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 mod filters;
 
 pub use filters::{check_name as check_filter_header, FilterError, Filters, HeaderModifier, HeaderValue, Mirror};
+mod gateway;
+pub use gateway::{
+    host_matches, valid_hostname, CertificateSource, Gateway, GatewayError, GatewayListener, GatewayRoute,
+    ServiceBackend,
+};
 
 /// Labels of an endpoint; route backends select endpoints by them.
 pub type Labels = BTreeMap<String, String>;
@@ -41,6 +46,9 @@ pub struct Model {
     /// Where the agent itself runs: the node and zone that locality-aware
     /// services prefer (see [`TrafficDistribution`]).
     pub locality: Locality,
+    /// Listeners for clients outside the cluster, routing calls to the
+    /// services above; sorted by name.
+    pub gateways: Vec<Arc<Gateway>>,
 }
 
 /// A node and its zone (the agent's; an endpoint's are on [`Endpoint`]).
@@ -525,6 +533,8 @@ pub enum ModelError {
         pattern: String,
         reason: String,
     },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
 impl Model {
@@ -589,6 +599,7 @@ impl Model {
                 (_, None) => {}
             }
         }
+        gateway::validate_all(&self.gateways, &|name| names.contains(name), &listeners)?;
         Ok(())
     }
 
@@ -604,6 +615,7 @@ impl Model {
     /// Sorts the services by name, the order [`diff`] walks them in.
     pub fn sort(&mut self) {
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        self.gateways.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The enrolled cgroup directories (what the kernel map holds).
@@ -805,6 +817,7 @@ mod tests {
             services: vec![Arc::new(svc("a", "10.0.0.1:80")), Arc::new(svc("b", "10.0.0.1:80"))],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::DuplicateVip { .. })));
     }
@@ -827,6 +840,7 @@ mod tests {
             services: vec![Arc::new(s.clone())],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::AllWeightsZero { .. })));
 
@@ -839,6 +853,7 @@ mod tests {
             services: vec![Arc::new(s)],
             enrolled: vec![],
             locality: Locality::default(),
+            gateways: vec![],
         };
         assert!(matches!(m.validate(), Err(ModelError::BadRegex { .. })));
     }
@@ -881,6 +896,7 @@ mod tests {
                 services: vec![Arc::new(s.clone())],
                 enrolled: vec![],
                 locality: Locality::default(),
+                gateways: vec![],
             }
             .validate()
         };

@@ -65,6 +65,8 @@ struct Manifests {
     deployments: Vec<Deployment>,
     services: Vec<Service>,
     routes: Vec<GrpcRoute>,
+    gateways: Vec<gateway_api::gateways::Gateway>,
+    gateway_classes: Vec<gateway_api::gatewayclasses::GatewayClass>,
     quotas: Vec<ResourceQuota>,
 }
 
@@ -93,6 +95,8 @@ fn load(dir: &Path) -> Manifests {
                 ("apps/v1", "DaemonSet") => m.daemonsets.push(strict(&path, &doc)),
                 ("apps/v1", "Deployment") => m.deployments.push(strict(&path, &doc)),
                 ("gateway.networking.k8s.io/v1", "GRPCRoute") => m.routes.push(strict(&path, &doc)),
+                ("gateway.networking.k8s.io/v1", "Gateway") => m.gateways.push(strict(&path, &doc)),
+                ("gateway.networking.k8s.io/v1", "GatewayClass") => m.gateway_classes.push(strict(&path, &doc)),
                 _ => panic!(
                     "{}: {api} {kind} is not checked here: add its type to load()",
                     path.display()
@@ -132,7 +136,39 @@ fn every_manifest_parses_strictly() {
     let m = load(&deploy_dir());
     assert_eq!(m.daemonsets.len(), 1);
     assert_eq!(m.cluster_roles.len(), 1);
-    assert_eq!(m.routes.len(), 1);
+    assert_eq!(m.routes.len(), 2);
+    assert_eq!(m.gateways.len(), 1);
+}
+
+#[test]
+fn the_gateway_class_and_example_are_balancers() {
+    let m = load(&deploy_dir().join("gateway"));
+    let class = m.gateway_classes.first().expect("the GatewayClass");
+    assert_eq!(class.metadata.name.as_deref(), Some(k8s::gateway::GATEWAY_CLASS));
+    assert_eq!(class.spec.controller_name, k8s::gateway::GATEWAY_CONTROLLER);
+    let m = load(&deploy_dir().join("examples").join("gateway"));
+    let gw = m.gateways.first().expect("the example Gateway");
+    assert_eq!(gw.spec.gateway_class_name, k8s::gateway::GATEWAY_CLASS);
+    let route = m.routes.first().expect("its GRPCRoute");
+    let parent = &route.spec.parent_refs.as_ref().expect("parentRefs")[0];
+    assert_eq!(Some(&parent.name), gw.metadata.name.as_ref());
+    // The load balancer sends the Gateway's ports to the agents.
+    let svc = m.services.first().expect("the LoadBalancer Service");
+    let spec = svc.spec.as_ref().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    let ds_labels = agent().1.spec.expect("spec").selector.match_labels.expect("labels");
+    assert_eq!(spec.selector.as_ref(), Some(&ds_labels));
+    let targets: Vec<i32> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| match &p.target_port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let listeners: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+    assert_eq!(targets, listeners);
 }
 
 fn agent() -> (Manifests, DaemonSet) {
@@ -367,6 +403,10 @@ fn rbac_grants_what_the_agent_uses_and_nothing_to_change_workloads() {
             );
         }
     }
+    // Secrets: get only, never listed nor watched.
+    assert!(allows("", "secrets", "get"));
+    assert!(!allows("", "secrets", "list") && !allows("", "secrets", "watch"));
+    assert!(allows("gateway.networking.k8s.io", "gateways/status", "patch"));
     assert!(allows("events.k8s.io", "events", "create"));
     assert!(allows("events.k8s.io", "events", "patch"));
     // The route-status leader patches the status subresource.
@@ -391,7 +431,7 @@ fn rbac_grants_what_the_agent_uses_and_nothing_to_change_workloads() {
         {
             let resources = r.resources.as_deref().unwrap_or_default();
             assert!(
-                resources == ["events"] || resources == ["grpcroutes/status"],
+                resources == ["events"] || resources == ["grpcroutes/status"] || resources == ["gateways/status"],
                 "writes to {resources:?}"
             );
         }

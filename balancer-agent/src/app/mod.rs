@@ -3,6 +3,7 @@
 //! admin server, and the loop that applies every new model to all of them.
 
 pub mod bind;
+pub mod gateways;
 mod listeners;
 pub mod pinned;
 mod views;
@@ -33,6 +34,7 @@ use crate::{
     model::{Change, Model},
     proxy::{FastPath, Observers, Proxy, ProxyOptions},
 };
+use gateways::Gateways;
 use listeners::Listeners;
 
 /// Where the kernel-redirected connections arrive in Kubernetes mode, on
@@ -198,6 +200,11 @@ async fn start_source(
             let (status_tx, status) = watch::channel(crate::k8s::Status::default());
             let mut k8s_opts = crate::k8s::K8sOptions::new(node_name, cgroup_root);
             k8s_opts.instance = opts.pod_name.clone();
+            // Gateway listeners go on the node's address, as the redirect
+            // listener does.
+            if let Some(ip) = listen.map(|l| l.ip()).or(node_address(host_ips)) {
+                k8s_opts.gateway_ip = ip;
+            }
             match (&opts.pod_namespace, &opts.pod_name) {
                 (Some(ns), Some(pod)) => k8s_opts.lease = Some(crate::k8s::lease::LeaseOptions::new(ns, pod)),
                 _ => warn!("POD_NAMESPACE or POD_NAME unset: this agent never writes GRPCRoute status"),
@@ -362,6 +369,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut listeners = Listeners::new(proxy.clone());
     listeners.sync(&model, true).await?;
+    let mut gateways = Gateways::new(proxy.clone(), RELOAD_INTERVAL);
+    // A static file's listener that cannot be served stops the start; a
+    // Gateway object's (a port taken on this node) is logged, and tried
+    // again at the next change.
+    gateways
+        .sync(&model, &table, matches!(opts.source, Source::Static(_)))
+        .await?;
 
     // A second agent on the node (a rolling update) moves to the next admin
     // port unless one was given on the command line; the run directory
@@ -454,6 +468,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 if let Err(e) = listeners.sync(&model, false).await {
                     warn!(error = %Chain(e.as_ref()), "listeners not updated");
+                }
+                if let Err(e) = gateways.sync(&model, &table, false).await {
+                    warn!(error = %Chain(e.as_ref()), "gateway listeners not updated");
                 }
             }
             _ = sync_check.tick(), if kernel.is_some() && !health.maps_synced() => {

@@ -241,6 +241,7 @@ mod tests {
                 Enrolled::from(PathBuf::from("/cg/static")),
             ],
             locality: crate::model::Locality::default(),
+            gateways: vec![],
         };
         let (pods, vips) = targets(&model);
         assert_eq!(vips, HashSet::from(["10.96.0.10:8000".parse().unwrap()]));

@@ -16,6 +16,7 @@
 pub mod endpoint;
 pub mod explain;
 pub mod filters;
+pub mod gateway;
 pub mod locality;
 pub mod pick;
 pub mod rand;

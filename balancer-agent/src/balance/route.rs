@@ -150,7 +150,7 @@ impl Subset {
 
 /// How a route's calls are divided among its backends.
 #[derive(Debug)]
-enum Split {
+pub(crate) enum Split {
     /// One backend with weight.
     Single(usize),
     /// A smooth weighted round-robin schedule (weights reduced by their gcd
@@ -171,7 +171,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Split {
-    fn new(weights: &[u32]) -> Split {
+    pub(crate) fn new(weights: &[u32]) -> Split {
         let live: Vec<(usize, u64)> = weights
             .iter()
             .enumerate()
@@ -216,7 +216,7 @@ impl Split {
         }
     }
 
-    fn next(&self) -> usize {
+    pub(crate) fn next(&self) -> usize {
         match self {
             Split::Single(i) => *i,
             Split::Schedule { order, cursor } => {
@@ -236,11 +236,44 @@ impl Split {
     }
 }
 
+/// A route's matches, compiled: an empty list matches every call,
+/// otherwise any one match.
+#[derive(Debug)]
+pub(crate) struct Matches(Vec<CompiledMatch>);
+
+impl Matches {
+    pub(crate) fn compile(matches: &[model::RouteMatch]) -> Self {
+        Matches(
+            matches
+                .iter()
+                .map(|m| CompiledMatch {
+                    service: m.service.as_ref().map(Matcher::compile),
+                    method: m.method.as_ref().map(Matcher::compile),
+                    headers: m
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                HeaderName::from_bytes(h.name.as_bytes()).ok(),
+                                Matcher::compile(&h.value),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn is_match(&self, call: &CallMeta<'_>) -> bool {
+        self.0.is_empty() || self.0.iter().any(|m| m.is_match(call))
+    }
+}
+
 /// A compiled route: its matches and its weighted backend subsets.
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub name: Option<String>,
-    matches: Vec<CompiledMatch>,
+    matches: Matches,
     pub(crate) backends: Vec<(Subset, u32)>,
     split: Split,
     /// Header edits for the calls sent to each backend (by index; empty
@@ -257,24 +290,7 @@ impl CompiledRoute {
     /// `endpoints` are the service's endpoints, in the order the indices of
     /// subsets refer to; `classes` their locality for this agent.
     pub fn compile(route: &model::Route, endpoints: &[model::Endpoint], classes: &Classes) -> Self {
-        let matches = route
-            .matches
-            .iter()
-            .map(|m| CompiledMatch {
-                service: m.service.as_ref().map(Matcher::compile),
-                method: m.method.as_ref().map(Matcher::compile),
-                headers: m
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            HeaderName::from_bytes(h.name.as_bytes()).ok(),
-                            Matcher::compile(&h.value),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
+        let matches = Matches::compile(&route.matches);
         let backends: Vec<(Subset, u32)> = route
             .backends
             .iter()
@@ -316,7 +332,7 @@ impl CompiledRoute {
 
     /// An empty match list matches every call; otherwise any one match.
     pub fn is_match(&self, call: &CallMeta<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.is_match(call))
+        self.matches.is_match(call)
     }
 
     /// The backend for the next call, by weight.

@@ -47,6 +47,7 @@ fn three(policy: Policy) -> Model {
         ))],
         enrolled: vec![],
         locality: Locality::default(),
+        gateways: vec![],
     }
 }
 
@@ -512,6 +513,7 @@ fn zoned(td: TrafficDistribution, itp: InternalTrafficPolicy, node: &str) -> Mod
             zone: Some("a".into()),
             node: Some(node.into()),
         },
+        gateways: vec![],
     }
 }
 

@@ -35,12 +35,14 @@
 //!     fault:                      # optional: injected faults
 //!       delay: { duration: 500ms, percent: 10 }
 //!       abort: { status: UNAVAILABLE, percent: 5, message: "injected" }
+//! gateways: []                    # listeners for clients outside (see [`gateway`])
 //! ```
 //!
 //! Every error is one line naming the file, the key and the line:
 //! `greeter.yaml: services[0].endpoints[1].address: invalid socket address "x" ... at line 12 column 20`.
 
 mod filters;
+mod gateway;
 mod position;
 mod schema;
 mod watch;
@@ -150,7 +152,8 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
         Ok(raw) => raw,
         Err(e) => return Err(ConfigError::Invalid(from_serde(file, text, e))),
     };
-    let (node, model) = raw.into_config().map_err(|e| {
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    let (node, model) = raw.into_config(base).map_err(|e| {
         let pos = PositionIndex::new(text).find(&e.path);
         ConfigError::Invalid(Invalid {
             file: file.to_owned(),

@@ -44,6 +44,9 @@ pub struct File {
     node: Option<NonEmpty>,
     #[serde(default)]
     services: Vec<ServiceFile>,
+    /// Listeners for clients outside the cluster (`config/gateway.rs`).
+    #[serde(default)]
+    gateways: Vec<super::gateway::GatewayFile>,
     #[serde(default)]
     tracing: Option<TracingFile>,
 }
@@ -269,7 +272,7 @@ struct RouteFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MatchFile {
+pub(super) struct MatchFile {
     #[serde(default)]
     service: Option<StringMatchFile>,
     #[serde(default)]
@@ -308,7 +311,7 @@ fn one() -> u32 {
 
 /// A socket address whose parse error shows the offending text.
 #[derive(Debug, Clone, Copy)]
-struct Addr(SocketAddr);
+pub(super) struct Addr(pub(super) SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -380,7 +383,7 @@ pub(super) fn invalid(path: String, message: impl Into<String>) -> Invalid {
 impl File {
     /// Translates the file into the node settings and a model; checks what
     /// Model::validate does not (and names the key of what it does).
-    pub fn into_config(self) -> Result<(NodeConfig, Model), Invalid> {
+    pub fn into_config(self, base: &std::path::Path) -> Result<(NodeConfig, Model), Invalid> {
         let default_admin: SocketAddr = DEFAULT_ADMIN.parse().expect("the default admin address parses");
         let node = NodeConfig {
             listen: self.listen.map(|a| a.0),
@@ -397,7 +400,14 @@ impl File {
             .enumerate()
             .map(|(i, s)| s.into_service(&format!("services[{i}]"), &names))
             .collect::<Result<Vec<_>, _>>()?;
+        let gateways = self
+            .gateways
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| g.into_gateway(&format!("gateways[{i}]"), base).map(std::sync::Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut model = Model {
+            gateways,
             services: services.into_iter().map(std::sync::Arc::new).collect(),
             enrolled: self.enroll.into_iter().map(crate::model::Enrolled::from).collect(),
             locality: Locality {
@@ -497,23 +507,34 @@ impl ServiceFile {
     }
 }
 
+/// What every route checks alike (services' and gateways'): some
+/// backend with weight, and its matches. `shape` shows a backend.
+pub(super) fn route_matches(
+    at: &str,
+    matches: Vec<MatchFile>,
+    weights: &[u32],
+    shape: &str,
+) -> Result<Vec<RouteMatch>, Invalid> {
+    if weights.is_empty() {
+        return Err(invalid(
+            format!("{at}.backends"),
+            format!("a route needs at least one backend ({shape})"),
+        ));
+    }
+    if weights.iter().all(|w| *w == 0) {
+        return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
+    }
+    matches
+        .into_iter()
+        .enumerate()
+        .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
+        .collect()
+}
+
 impl RouteFile {
     fn into_route(self, at: &str, names: &HashSet<String>) -> Result<Route, Invalid> {
-        if self.backends.is_empty() {
-            return Err(invalid(
-                format!("{at}.backends"),
-                "a route needs at least one backend ({ labels: {...}, weight: N })",
-            ));
-        }
-        if self.backends.iter().all(|b| b.weight == 0) {
-            return Err(invalid(format!("{at}.backends"), "every backend has weight 0"));
-        }
-        let matches = self
-            .matches
-            .into_iter()
-            .enumerate()
-            .map(|(m, mf)| mf.into_match(&format!("{at}.matches[{m}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        let matches = route_matches(at, self.matches, &weights, "{ labels: {...}, weight: N }")?;
         let filters = into_filters(self.filters, &format!("{at}.filters"), names, true)?;
         let backends = self
             .backends
@@ -644,6 +665,7 @@ fn locate_model_error(model: &Model, vip_given: &[bool], e: crate::model::ModelE
                 .unwrap_or_default();
             format!("services[{i}].endpoints[{j}].address")
         }
+        E::Gateway(g) => super::gateway::locate(model, g),
         E::NoBackends { service, route }
         | E::AllWeightsZero { service, route }
         | E::BadRegex { service, route, .. }

@@ -201,7 +201,7 @@ fn unknown_keys_are_errors_naming_the_key() {
     assert_eq!(
         err("admin: 127.0.0.1:15000\nlisen: 127.0.0.1:15001\n"),
         "greeter.yaml: lisen: unknown field `lisen`, expected one of `listen`, `admin`, \
-         `attach_cgroup`, `enroll`, `fast_path`, `zone`, `node`, `services`, `tracing` at line 2 column 1"
+         `attach_cgroup`, `enroll`, `fast_path`, `zone`, `node`, `services`, `gateways`, `tracing` at line 2 column 1"
     );
     let e = err(
         "services:\n  - name: a\n    vip: 10.0.0.1:80\n    endpoints:\n      - { address: 127.0.0.1:1, weight: 3 }\n",

@@ -287,7 +287,7 @@ fn rule_to_route<'a>(
     ))
 }
 
-pub(super) fn backend_port<'a>(
+pub(crate) fn backend_port<'a>(
     i: usize,
     r: &GrpcRouteRulesBackendRefs,
     namespace: &str,
@@ -359,7 +359,7 @@ fn string_match(i: usize, regex: bool, value: Option<&str>) -> Result<Option<Str
     Ok(Some(StringMatch::RegularExpression(value.to_owned())))
 }
 
-fn to_match(i: usize, m: &GrpcRouteRulesMatches) -> Result<RouteMatch, RouteError> {
+pub(crate) fn to_match(i: usize, m: &GrpcRouteRulesMatches) -> Result<RouteMatch, RouteError> {
     let mut out = RouteMatch::default();
     if let Some(method) = &m.method {
         let regex = matches!(method.r#type, Some(GrpcRouteRulesMatchesMethodType::RegularExpression));

@@ -18,6 +18,10 @@
 //!   [`grpcroute`]. Istio's VirtualServices and DestinationRules for
 //!   Services no GRPCRoute routes, and DestinationRules' policies; see
 //!   [`istio`].
+//! - Gateways of balancer's class: every agent serves their listeners on
+//!   its node's address, routed by the GRPCRoutes that name them, with the
+//!   TLS Secrets they reference ([`gateway`], [`secrets`]); the elected
+//!   agent writes their status ([`gateway_status`]).
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
@@ -37,6 +41,8 @@ mod annotations;
 pub mod cgroup;
 pub mod enrollment;
 mod event_note;
+pub mod gateway;
+pub mod gateway_status;
 pub mod grpcroute;
 pub mod istio;
 pub mod lease;
@@ -45,6 +51,7 @@ pub mod node_events;
 mod report;
 mod route_filters;
 pub mod route_status;
+mod secrets;
 pub mod slice;
 mod status;
 pub mod strip;
@@ -52,9 +59,16 @@ pub mod translate;
 pub mod translator;
 pub mod watch;
 
-use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
-use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     runtime::{
@@ -149,6 +163,12 @@ pub struct K8sOptions {
     /// The Lease that elects the one agent writing GRPCRoute status; `None`:
     /// this agent never writes status.
     pub lease: Option<lease::LeaseOptions>,
+    /// Where this agent serves the listeners of balancer's Gateways (the
+    /// node's address).
+    pub gateway_ip: IpAddr,
+    /// How often the Secrets Gateways reference are read again (a renewed
+    /// certificate is served within this time).
+    pub secret_refresh: Duration,
 }
 
 impl K8sOptions {
@@ -172,6 +192,8 @@ impl K8sOptions {
             controller: route_status::CONTROLLER_NAME.to_owned(),
             instance: None,
             lease: None,
+            gateway_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            secret_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -226,6 +248,7 @@ struct Stores {
     destination_rules: Store<istio::DestinationRule>,
     /// Every pod's labels, once a DestinationRule has subsets.
     pod_labels: Option<Store<istio::PodLabels>>,
+    gateways: Store<Gateway>,
 }
 
 impl Stores {
@@ -265,8 +288,9 @@ impl Stores {
                     .and_then(|s| s.get(&ObjectRef::new(&key.1).within(&key.0)));
                 translator.pod_changed(key, pod.as_deref());
             }
-            // Enrollment and locality are worked out again at every publish.
-            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
+            // Enrollment, locality and gateways are worked out again at
+            // every publish.
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
     }
 
@@ -286,7 +310,7 @@ impl Stores {
                     translator.pods_replaced(s.state());
                 }
             }
-            Kind::Pods | Kind::Namespaces | Kind::Nodes => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
         }
     }
 }
@@ -391,6 +415,13 @@ pub async fn run_until(
         istio::object::strip_destination_rule,
         sig_tx.clone(),
     );
+    let (gateways, t9) = watch::spawn(
+        Kind::Gateways,
+        Api::all(client.clone()),
+        all.clone(),
+        strip::gateway,
+        sig_tx.clone(),
+    );
     let this_node = all.clone().fields(&format!("metadata.name={}", opts.node_name));
     let (nodes, t6) = watch::spawn(
         Kind::Nodes,
@@ -399,7 +430,9 @@ pub async fn run_until(
         strip::node,
         sig_tx.clone(),
     );
-    let mut tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8]);
+    let (wanted_secrets, wanted) = tokio_watch::channel(BTreeSet::new());
+    let (mut secrets, t10) = secrets::spawn(client.clone(), wanted, opts.secret_refresh);
+    let mut tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10]);
     let mut stores = Stores {
         services,
         slices,
@@ -410,6 +443,7 @@ pub async fn run_until(
         virtual_services,
         destination_rules,
         pod_labels: None,
+        gateways,
     };
     // Listed before the first model: every kind of ALL, and pods' labels
     // once they are watched.
@@ -465,6 +499,16 @@ pub async fn run_until(
                                          deploy/rbac.yaml): its zone is unknown, so services that prefer \
                                          close endpoints prefer this node's only");
                                 }
+                                synced.insert(kind);
+                            }
+                            watch::Failure::NotServed | watch::Failure::Forbidden { .. } if kind == Kind::Gateways => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(%error,
+                                        "Gateways (gateway.networking.k8s.io/v1) cannot be watched: \
+                                         no gateway listeners until the CRD is installed and readable"
+                                    );
+                                }
+                                // No CRD (or no permission): no Gateways, a complete state.
                                 synced.insert(kind);
                             }
                             watch::Failure::NotServed | watch::Failure::Forbidden { .. }
@@ -531,6 +575,16 @@ pub async fn run_until(
                     false
                 }
             }
+            r = secrets.changed() => {
+                if r.is_err() {
+                    return Err(K8sError::WatchersStopped);
+                }
+                if is_ready {
+                    let due = Instant::now() + opts.debounce;
+                    deadline = Some(deadline.map_or(due, |d| d.min(due)));
+                }
+                false
+            }
             () = sleep_until(deadline) => {
                 deadline = None;
                 true
@@ -559,6 +613,33 @@ pub async fn run_until(
         };
         t.model.services = translator.services();
         t.model.locality = stores.locality(&opts.node_name);
+        let gateways = stores.gateways.state();
+        let refs = gateway::secret_refs(&gateways);
+        let read = Arc::clone(&secrets.borrow_and_update());
+        // Until the Secrets asked for are read, a listener waiting for one
+        // is not served, and nothing is said about it in the status.
+        let secrets_read = read.asked == refs;
+        wanted_secrets.send_if_modified(|w| {
+            let changed = *w != refs;
+            *w = refs;
+            changed
+        });
+        let gw = {
+            let balanced: HashSet<&str> = t.model.services.iter().map(|s| s.name.as_str()).collect();
+            let lookup = |ns: &str, name: &str| stores.services.get(&ObjectRef::new(name).within(ns));
+            gateway::translate(
+                &gateways,
+                &stores.routes.state(),
+                &lookup,
+                &balanced,
+                &read.pem,
+                opts.gateway_ip,
+            )
+        };
+        t.model.gateways = gw.gateways;
+        if secrets_read {
+            warned.log_gateways(&gw.skipped_rules, &gw.verdicts);
+        }
         translate::enroll(
             &mut t,
             &pods,
@@ -599,6 +680,17 @@ pub async fn run_until(
                 services: translator.route_services(),
                 invalid: t.invalid_routes.clone(),
             });
+            if secrets_read {
+                let ours: Vec<Arc<Gateway>> = gateways.into_iter().filter(|g| gateway::is_ours(g)).collect();
+                let routes = gateway::routes_of(&ours, &stores.routes.state());
+                election.offer_gateways(gateway_status::Input {
+                    gateways: ours,
+                    verdicts: gw.verdicts,
+                    routes,
+                    skipped: gw.skipped_rules,
+                    node_ip: opts.gateway_ip,
+                });
+            }
         }
         // The translator checked every service and kept VIPs unique.
         debug_assert_eq!(t.model.validate(), Ok(()));
@@ -661,9 +753,31 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct Warned {
     policies: HashSet<(String, String)>,
     dropped: HashSet<String>,
+    gateways: HashSet<String>,
 }
 
 impl Warned {
+    /// Gateway rules left out and listeners not served, once each.
+    fn log_gateways(&mut self, skipped: &[(String, String)], verdicts: &[gateway::GatewayVerdict]) {
+        let mut now: HashSet<String> = skipped
+            .iter()
+            .map(|(r, why)| format!("GRPCRoute rule {r}: {why}"))
+            .collect();
+        for v in verdicts {
+            for l in v.listeners.iter().filter(|l| !l.programmed()) {
+                let why = if l.accepted.ok { &l.resolved_refs } else { &l.accepted };
+                now.insert(format!(
+                    "Gateway {}/{} listener {}: {} ({})",
+                    v.key.0, v.key.1, l.name, why.message, why.reason
+                ));
+            }
+        }
+        for problem in now.difference(&self.gateways) {
+            tracing::warn!(%problem, "gateway configuration not served");
+        }
+        self.gateways = now;
+    }
+
     fn log(&mut self, t: &Translation) {
         let policies: HashSet<_> = t.bad_annotations.iter().cloned().collect();
         for (service, problem) in policies.difference(&self.policies) {

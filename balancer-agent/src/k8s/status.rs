@@ -62,6 +62,8 @@ type Key = (String, String);
 /// leads. Dropping it stops both without releasing the Lease.
 pub struct Election {
     input: watch::Sender<Option<Arc<StatusInput>>>,
+    gateways: watch::Sender<Option<Arc<super::gateway_status::Input>>>,
+    gateway_writer: JoinHandle<()>,
     stop: watch::Sender<bool>,
     leading: watch::Receiver<bool>,
     elector: JoinHandle<()>,
@@ -73,6 +75,11 @@ impl Election {
         let (leading_tx, leading) = watch::channel(false);
         let (stop, mut stopping) = watch::channel(false);
         let (input, inputs) = watch::channel(None);
+        let (gateways, gateway_inputs) = watch::channel(None);
+        let gateway_writer = tokio::spawn(
+            super::gateway_status::run(client.clone(), leading.clone(), gateway_inputs)
+                .instrument(tracing::info_span!("gateway_status")),
+        );
         let elector = Elector::new(client.clone(), lease);
         let until_stopped = async move {
             let _ = stopping.wait_for(|s| *s).await;
@@ -91,6 +98,8 @@ impl Election {
         );
         Election {
             input,
+            gateways,
+            gateway_writer,
             stop,
             leading: is_leading,
             elector,
@@ -108,10 +117,23 @@ impl Election {
         self.input.send_replace(Some(Arc::new(input)));
     }
 
+    /// The latest Gateways and what their listeners got; only a change is
+    /// passed on to the writer.
+    pub fn offer_gateways(&self, input: super::gateway_status::Input) {
+        self.gateways.send_if_modified(|cur| {
+            if cur.as_deref() == Some(&input) {
+                return false;
+            }
+            *cur = Some(Arc::new(input));
+            true
+        });
+    }
+
     /// Stops writing and releases the Lease if this agent holds it, waiting
     /// at most `wait`.
     pub async fn stop(mut self, wait: Duration) {
         self.writer.abort();
+        self.gateway_writer.abort();
         self.stop.send_replace(true);
         let _ = tokio::time::timeout(wait, &mut self.elector).await;
     }
@@ -120,6 +142,7 @@ impl Election {
 impl Drop for Election {
     fn drop(&mut self) {
         self.writer.abort();
+        self.gateway_writer.abort();
         self.elector.abort();
     }
 }

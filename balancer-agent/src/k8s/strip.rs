@@ -105,6 +105,12 @@ pub fn grpc_route(route: &mut GrpcRoute) {
     route.metadata.managed_fields = None;
 }
 
+/// Gateways: their spec and status are read (status to compare with what
+/// the elected agent writes).
+pub fn gateway(gw: &mut gateway_api::gateways::Gateway) {
+    gw.metadata.managed_fields = None;
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {

@@ -28,6 +28,8 @@ pub enum Kind {
     GrpcRoutes,
     /// The agent's own Node (its zone).
     Nodes,
+    /// Gateway API Gateways (balancer's class is served).
+    Gateways,
     VirtualServices,
     DestinationRules,
     /// Every pod's labels, for DestinationRule subsets: watched only once a
@@ -37,13 +39,14 @@ pub enum Kind {
 
 impl Kind {
     /// The resources listed before the first model is published.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
         Kind::Namespaces,
         Kind::GrpcRoutes,
         Kind::Nodes,
+        Kind::Gateways,
         Kind::VirtualServices,
         Kind::DestinationRules,
     ];
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Namespaces => "namespaces",
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
             Kind::Nodes => "nodes",
+            Kind::Gateways => "gateways.gateway.networking.k8s.io",
             Kind::VirtualServices => "virtualservices.networking.istio.io",
             Kind::DestinationRules => "destinationrules.networking.istio.io",
             Kind::PodLabels => "pods",

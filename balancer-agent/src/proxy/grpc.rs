@@ -6,6 +6,7 @@ use std::time::Duration;
 pub const OK: u16 = 0;
 pub const UNKNOWN: u16 = 2;
 pub const DEADLINE_EXCEEDED: u16 = 4;
+pub const UNIMPLEMENTED: u16 = 12;
 pub const INTERNAL: u16 = 13;
 pub const UNAVAILABLE: u16 = 14;
 

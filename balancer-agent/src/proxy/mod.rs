@@ -11,6 +11,7 @@
 
 mod ctx;
 mod fault;
+mod gateway;
 pub mod grpc;
 mod options;
 mod relay;
@@ -231,7 +232,7 @@ async fn handle_conn(
         Protocol::Closed => {}
         Protocol::Http2 => {
             handle.set_protocol(ConnProtocol::H2);
-            if let Err(e) = relay::serve(ctx, stream, &prefix, slot, &handle).await {
+            if let Err(e) = relay::serve(ctx, stream, &prefix, relay::Target::Service(slot), &handle).await {
                 debug!(error = %e, "client connection ended with an error");
             }
         }

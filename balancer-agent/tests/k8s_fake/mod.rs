@@ -2,8 +2,9 @@
 //! `tower_test::mock` style: lists, watches (with a resourceVersion log so a
 //! resumed watch replays what it missed), 410 Gone to force a relist, an
 //! outage, 403/404 per resource, a record of the Events posted, Leases
-//! (get, create, update with resourceVersion conflicts) and the GRPCRoute
-//! `status` subresource (get, merge patch, update), with every write
+//! (get, create, update with resourceVersion conflicts), Secrets (get) and
+//! the GRPCRoute and Gateway `status` subresources (get, merge patch,
+//! update), with every write
 //! recorded under the name of the client that made it.
 #![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
@@ -74,6 +75,7 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/api/v1/nodes" => "nodes",
         "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
+        "/apis/gateway.networking.k8s.io/v1/gateways" => "gateways",
         "/apis/networking.istio.io/v1/virtualservices" => "virtualservices",
         "/apis/networking.istio.io/v1/destinationrules" => "destinationrules",
         _ => return None,
@@ -88,6 +90,8 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "Node" => "nodes",
         "EndpointSlice" => "endpointslices",
         "GRPCRoute" => "grpcroutes",
+        "Gateway" => "gateways",
+        "Secret" => "secrets",
         "VirtualService" => "virtualservices",
         "DestinationRule" => "destinationrules",
         "Lease" => "leases",
@@ -273,10 +277,10 @@ impl FakeApi {
 
     /// Leases and the GRPCRoute status subresource.
     fn serve_object(&self, method: &Method, target: &Target, body: &Value) -> Response<Body> {
-        let forbidden_as = if target.status {
-            "grpcroutes/status"
-        } else {
-            target.resource
+        let forbidden_as = match (target.status, target.resource) {
+            (true, "gateways") => "gateways/status",
+            (true, _) => "grpcroutes/status",
+            (false, resource) => resource,
         };
         let verb = match *method {
             Method::GET => "get",
@@ -529,13 +533,18 @@ impl Target {
             ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "grpcroutes", rest @ ..] => {
                 ("grpcroutes", "GRPCRoute", (ns, rest))
             }
+            ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "gateways", rest @ ..] => {
+                ("gateways", "Gateway", (ns, rest))
+            }
+            ["api", "v1", "namespaces", ns, "secrets", rest @ ..] => ("secrets", "Secret", (ns, rest)),
             _ => return None,
         };
         let (namespace, rest) = rest;
         let (name, status) = match (resource, rest) {
             ("leases", []) => (None, false),
             ("leases", [name]) => (Some(*name), false),
-            ("grpcroutes", [name, "status"]) => (Some(*name), true),
+            ("grpcroutes" | "gateways", [name, "status"]) => (Some(*name), true),
+            ("secrets", [name]) => (Some(*name), false),
             _ => return None,
         };
         Some(Target {

@@ -131,6 +131,24 @@ pub const RESOURCES: &[ResourceDef] = &[
         status: false,
         fields: &[],
     },
+    ResourceDef {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gateways",
+        kind: "Gateway",
+        namespaced: true,
+        status: true,
+        fields: &[],
+    },
+    ResourceDef {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        status: false,
+        fields: &["type"],
+    },
 ];
 
 /// The events.k8s.io Events, listed by the `events` control command.

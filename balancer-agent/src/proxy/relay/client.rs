@@ -13,14 +13,14 @@ use std::{
 
 use balancer_relay::frame::{self, Reason};
 use bytes::{Bytes, BytesMut};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
     budget::Budget,
     closed::RecentlyClosed,
     conn::{Conn, Event, MAX_HEADER_LIST},
-    driver::{Driver, Machine},
+    driver::{Driver, Io, Machine},
     flow::{Outflow, Owed},
     head::{check_request, Builder, Head, RequestCheck},
     keepalive::{Due, PingTimer},
@@ -33,7 +33,13 @@ use super::{
     upstream::UpHandle,
 };
 use crate::{
-    balance::{endpoint::CallGuard, filters::HeaderEdit, pick::identity, CallMeta, Outcome, ServiceSlot, ServiceState},
+    balance::{
+        endpoint::CallGuard,
+        filters::HeaderEdit,
+        gateway::{GatewaySlot, Miss},
+        pick::identity,
+        CallMeta, Outcome, ServiceSlot, ServiceState,
+    },
     conns::{ConnHandle, StreamGuard},
     logging::{self, AccessEntry},
     metrics::LatencyHistogram,
@@ -69,18 +75,36 @@ const RESET_REFILL: u16 = 100;
 const EMPTY_DATA_BUDGET: u16 = 1_000;
 const EMPTY_DATA_REFILL: u16 = 100;
 
+/// Where a client connection's calls go.
+pub(crate) enum Target {
+    /// Every call to one service (kernel-redirected and explicit listeners).
+    Service(Arc<ServiceSlot>),
+    /// Each call to the service its host and match route it to (gateway
+    /// listeners).
+    Gateway(Arc<GatewaySlot>),
+}
+
+/// [`Target`] with the service's latency histogram at hand.
+enum Targets {
+    Service {
+        slot: Arc<ServiceSlot>,
+        latency: Arc<LatencyHistogram>,
+    },
+    Gateway(Arc<GatewaySlot>),
+}
+
 /// Serves one client connection whose first bytes (`prefix`, the preface)
 /// were already read.
-pub(crate) async fn serve(
+pub(crate) async fn serve<I: Io>(
     ctx: &Arc<Ctx>,
-    io: TcpStream,
+    io: I,
     prefix: &[u8],
-    slot: Arc<ServiceSlot>,
+    target: Target,
     handle: &ConnHandle,
 ) -> io::Result<()> {
     // Built outside this async fn: only the driver lives across its awaits,
     // which keeps every connection's task small.
-    let mut driver = start(ctx, io, prefix, slot, handle);
+    let mut driver = start(ctx, io, prefix, target, handle);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -95,13 +119,7 @@ pub(crate) async fn serve(
 }
 
 /// The connection's driver, with our SETTINGS queued and `prefix` read.
-fn start(
-    ctx: &Arc<Ctx>,
-    io: TcpStream,
-    prefix: &[u8],
-    slot: Arc<ServiceSlot>,
-    handle: &ConnHandle,
-) -> Driver<ClientConn> {
+fn start<I: Io>(ctx: &Arc<Ctx>, io: I, prefix: &[u8], target: Target, handle: &ConnHandle) -> Driver<ClientConn, I> {
     let o = &ctx.opts;
     let conn = Conn::new(o.connection_window);
     let mut out = BytesMut::with_capacity(64);
@@ -119,8 +137,13 @@ fn start(
         conn,
         st: ClientState {
             ctx: Arc::clone(ctx),
-            latency: ctx.observers.metrics.latency.service(slot.name()),
-            slot,
+            target: match target {
+                Target::Service(slot) => Targets::Service {
+                    latency: ctx.observers.metrics.latency.service(slot.name()),
+                    slot,
+                },
+                Target::Gateway(gw) => Targets::Gateway(gw),
+            },
             id: handle.id(),
             handle: handle.stream_source(),
             me: Arc::clone(&mailbox),
@@ -151,8 +174,7 @@ struct ClientConn {
 
 struct ClientState {
     ctx: Arc<Ctx>,
-    slot: Arc<ServiceSlot>,
-    latency: Arc<LatencyHistogram>,
+    target: Targets,
     id: u64,
     handle: crate::conns::StreamSource,
     me: Arc<Mailbox<ToClient>>,
@@ -234,6 +256,9 @@ struct Call {
     copies: Copies,
     started: StdInstant,
     last_error: Option<Box<str>>,
+    /// The service the call went to, and its latency histogram.
+    slot: Arc<ServiceSlot>,
+    latency: Arc<LatencyHistogram>,
     /// The agent's span of the call (tracing on).
     span: Option<Box<CallSpan>>,
     _stream: StreamGuard,
@@ -263,7 +288,6 @@ macro_rules! mirror_env {
             ctx: &$st.ctx,
             conn: $st.id,
             me: &$st.me,
-            slot: &$st.slot,
         }
     };
 }
@@ -418,8 +442,40 @@ impl ClientState {
                 (head, Some(span))
             }
         };
+        let (slot, latency) = match &self.target {
+            Targets::Service { slot, latency } => (Arc::clone(slot), Arc::clone(latency)),
+            Targets::Gateway(gw) => {
+                let routes = gw.current();
+                let authority = head
+                    .get(b":authority")
+                    .or_else(|| head.get(b"host"))
+                    .unwrap_or_default();
+                let authority = std::str::from_utf8(authority).unwrap_or_default();
+                let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
+                match routes.route(authority, &CallMeta::from_path(path, &head)) {
+                    Ok(slot) => {
+                        let latency = self.ctx.observers.metrics.latency.service(slot.name());
+                        (slot, latency)
+                    }
+                    Err(miss) => {
+                        let code = match miss {
+                            Miss::Host(_) | Miss::Route(_) => grpc::UNIMPLEMENTED,
+                            Miss::Service(_) => grpc::UNAVAILABLE,
+                        };
+                        let msg = miss.message(&routes.name);
+                        debug!(stream, code, msg, "gateway call not routed");
+                        put_status(c, out, stream, false, code, &msg);
+                        if !end {
+                            frame::put_rst_stream(out, stream, Reason::NO_ERROR);
+                        }
+                        self.recently_closed.remember(stream, end);
+                        return;
+                    }
+                }
+            }
+        };
         // The call's own grpc-timeout, or its route's timeout if shorter.
-        let route_timeout = self.slot.state().and_then(|s| {
+        let route_timeout = slot.state().and_then(|s| {
             let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
             s.route_timeout(&CallMeta::from_path(path, &head))
         });
@@ -430,7 +486,7 @@ impl ClientState {
             .chain(route_timeout)
             .min()
             .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
-        self.slot.count_call();
+        slot.count_call();
         let call = Call {
             attempt: 0,
             tried: Tried::default(),
@@ -455,6 +511,8 @@ impl ClientState {
             copies: 0,
             started: StdInstant::now(),
             last_error: None,
+            slot,
+            latency,
             span,
             _stream: self.handle.stream(),
         };
@@ -469,7 +527,7 @@ impl ClientState {
     /// delay (other calls of the connection go on meanwhile), answers an
     /// injected abort itself, or sends it on.
     fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let state = self.slot.state();
+        let state = self.calls.get(&stream).and_then(|call| call.slot.state());
         let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
             // The common case: no fault configured, straight on.
             self.attempt_with(c, stream, state, out);
@@ -483,7 +541,7 @@ impl ClientState {
         call.injected = injection.label();
         call.abort = injection.abort;
         if let Some(delay) = injection.delay {
-            self.slot.count_fault_delay();
+            call.slot.count_fault_delay();
             let at = Instant::now() + delay;
             call.held_until = Some(at);
             self.held.push(Reverse((at, stream)));
@@ -500,7 +558,7 @@ impl ClientState {
         };
         call.held_until = None;
         if let Some((code, msg)) = call.abort.take() {
-            self.slot.count_fault_abort();
+            call.slot.count_fault_abort();
             self.answer(c, stream, code, &msg, out);
             return;
         }
@@ -575,7 +633,7 @@ impl ClientState {
 
     /// Sends the call to an endpoint: its first attempt, or a retry.
     fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let state = self.slot.state();
+        let state = self.calls.get(&stream).and_then(|call| call.slot.state());
         self.attempt_with(c, stream, state, out);
     }
 
@@ -586,7 +644,7 @@ impl ClientState {
             return;
         };
         let Some(state) = state else {
-            let msg = format!("service `{}` was removed", self.slot.name());
+            let msg = format!("service `{}` was removed", call.slot.name());
             self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
             return;
         };
@@ -618,7 +676,7 @@ impl ClientState {
         let ep = routed.endpoint;
         drop(state);
         if call.tried.len > 0 {
-            self.slot.count_retry();
+            call.slot.count_retry();
         }
         call.tried.push(identity(&ep));
         call.attempt += 1;
@@ -671,7 +729,9 @@ impl ClientState {
         call.guard = Some(guard);
         if let Some(plan) = plan {
             let (sent, end) = (call.replay.as_deref(), call.req_end);
-            call.copies = self.mirrors.start(&mirror_env!(self), stream, plan, sent, end);
+            call.copies = self
+                .mirrors
+                .start(&mirror_env!(self), &call.slot, stream, plan, sent, end);
         }
     }
 
@@ -755,7 +815,7 @@ impl ClientState {
                     }
                     // The answer accounts for the endpoint (UNAVAILABLE).
                     Next::Failed => {
-                        let msg = format!("service `{}`: {why}", self.slot.name());
+                        let msg = format!("service `{}`: {why}", call.slot.name());
                         self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
                     }
                 }
@@ -804,15 +864,15 @@ impl ClientState {
     /// No endpoint could take the call: UNAVAILABLE, naming the last error.
     fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
         let Some(call) = self.calls.get(&stream) else { return };
-        self.slot.count_no_endpoint();
-        let reason = self
+        call.slot.count_no_endpoint();
+        let reason = call
             .slot
             .state()
             .and_then(|s| s.no_endpoint_reason().map(str::to_owned));
         let msg = match (&call.last_error, reason) {
             (_, Some(reason)) => reason,
-            (Some(e), None) => format!("no endpoint of service `{}` could take the call: {e}", self.slot.name()),
-            (None, None) => format!("no healthy endpoint for service `{}`", self.slot.name()),
+            (Some(e), None) => format!("no endpoint of service `{}` could take the call: {e}", call.slot.name()),
+            (None, None) => format!("no healthy endpoint for service `{}`", call.slot.name()),
         };
         self.answer(c, stream, grpc::UNAVAILABLE, &msg, out);
     }
@@ -828,16 +888,7 @@ impl ClientState {
             key: call.key(self.id, stream),
             reason: Reason::CANCEL,
         });
-        let code_text = code.to_string();
-        let text = grpc::message_text(msg);
-        let mut b = Builder::with_capacity(96 + text.len());
-        if !call.responded {
-            b.push(b":status", b"200", false);
-            b.push(b"content-type", b"application/grpc", false);
-        }
-        b.push(b"grpc-status", code_text.as_bytes(), false);
-        b.push(b"grpc-message", text.as_bytes(), false);
-        c.put_head(out, stream, &b.finish(), true);
+        put_status(c, out, stream, call.responded, code, msg);
         if !call.req_end {
             frame::put_rst_stream(out, stream, Reason::NO_ERROR);
         }
@@ -872,12 +923,12 @@ impl ClientState {
             g.finish(outcome);
         }
         let duration = call.started.elapsed();
-        self.latency.observe(duration);
+        call.latency.observe(duration);
         let retries = call.attempt.saturating_sub(1);
         let path = || String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
         if logging::access_enabled() {
             logging::access(&AccessEntry {
-                service: self.slot.name(),
+                service: call.slot.name(),
                 method: &path(),
                 endpoint,
                 grpc_status: call.status,
@@ -892,7 +943,7 @@ impl ClientState {
                 tracer.end(FinishedSpan {
                     span: *span,
                     duration,
-                    service: self.slot.name().to_owned(),
+                    service: call.slot.name().to_owned(),
                     path: path(),
                     endpoint,
                     retries,
@@ -982,6 +1033,21 @@ impl ClientState {
     }
 }
 
+/// Ends a stream with a gRPC status: trailers-only, or trailers after a
+/// response that already started.
+fn put_status(c: &mut Conn, out: &mut BytesMut, stream: u32, responded: bool, code: u16, msg: &str) {
+    let code_text = code.to_string();
+    let text = grpc::message_text(msg);
+    let mut b = Builder::with_capacity(96 + text.len());
+    if !responded {
+        b.push(b":status", b"200", false);
+        b.push(b"content-type", b"application/grpc", false);
+    }
+    b.push(b"grpc-status", code_text.as_bytes(), false);
+    b.push(b"grpc-message", text.as_bytes(), false);
+    c.put_head(out, stream, &b.finish(), true);
+}
+
 impl Drop for ClientState {
     /// However the connection ends (even dropped at a forced shutdown), its
     /// calls are cancelled upstream and accounted for. Copies sent whole to
@@ -989,14 +1055,8 @@ impl Drop for ClientState {
     fn drop(&mut self) {
         self.abort_all();
         let copies = std::mem::take(&mut self.mirrors);
-        let lingering = !copies.is_empty()
-            && mirror::linger(
-                copies,
-                Arc::clone(&self.ctx),
-                self.id,
-                Arc::clone(&self.me),
-                Arc::clone(&self.slot),
-            );
+        let lingering =
+            !copies.is_empty() && mirror::linger(copies, Arc::clone(&self.ctx), self.id, Arc::clone(&self.me));
         if !lingering {
             self.me.close();
         }
@@ -1061,7 +1121,7 @@ impl Machine for ClientConn {
     }
 }
 
-impl Driver<ClientConn> {
+impl<I: Io> Driver<ClientConn, I> {
     /// Shutting down: GOAWAY, and the connection ends when its calls have.
     fn drain(&mut self) {
         if self.m.st.drain == Drain::No {

@@ -14,6 +14,7 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{
+    io::AsyncWrite,
     net::TcpStream,
     time::{Instant, Sleep},
 };
@@ -51,8 +52,77 @@ pub(crate) trait Machine {
     fn on_timer(&mut self, _now: Instant, _out: &mut BytesMut) {}
 }
 
-pub(crate) struct Driver<M: Machine> {
-    pub io: TcpStream,
+/// The byte stream under a connection: a plain socket (read and written
+/// directly, as the kernel hands bytes over), or TLS on one.
+pub(crate) trait Io {
+    /// Reads once into `buf`, making room for up to [`READ_CHUNK`] bytes;
+    /// `Ok(0)` at end of stream.
+    fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+    /// Writes some of `buf`.
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    /// Pushes out what the stream itself still holds (TLS records); a
+    /// plain socket holds nothing.
+    #[inline]
+    fn poll_flush_out(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Io for TcpStream {
+    #[inline]
+    fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        loop {
+            match self.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            // Room is made only once there is something to read: an idle
+            // connection holds no read buffer.
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    #[inline]
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            match self.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// TLS terminated by the agent (gateway listeners).
+impl<S: tokio::io::AsyncRead + AsyncWrite + Unpin> Io for tokio_rustls::server::TlsStream<S> {
+    fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
+
+    fn poll_flush_out(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_flush(cx)
+    }
+}
+
+pub(crate) struct Driver<M: Machine, I: Io = TcpStream> {
+    pub io: I,
     pub m: M,
     pub mailbox: Arc<Mailbox<M::Msg>>,
     rbuf: BytesMut,
@@ -63,9 +133,9 @@ pub(crate) struct Driver<M: Machine> {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<M: Machine> Driver<M> {
+impl<M: Machine, I: Io> Driver<M, I> {
     /// `out` holds what must be sent first (the preface, SETTINGS).
-    pub fn new(io: TcpStream, m: M, mailbox: Arc<Mailbox<M::Msg>>, out: BytesMut) -> Self {
+    pub fn new(io: I, m: M, mailbox: Arc<Mailbox<M::Msg>>, out: BytesMut) -> Self {
         Driver {
             io,
             m,
@@ -125,10 +195,20 @@ impl<M: Machine> Driver<M> {
                         Poll::Pending => {}
                     }
                 }
+                // Always ready on a plain socket.
+                let flushed = self.out.is_empty()
+                    && match self.io.poll_flush_out(cx) {
+                        Poll::Ready(Ok(())) => true,
+                        Poll::Ready(Err(e)) => {
+                            self.m.on_closed(Some(&e));
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => false,
+                    };
                 if self.fire_timer(cx) {
                     progress = true;
                 }
-                if self.out.is_empty() && (self.m.finished() || (self.eof && self.m.idle())) {
+                if flushed && (self.m.finished() || (self.eof && self.m.idle())) {
                     return Poll::Ready(Ok(()));
                 }
                 if !progress {
@@ -163,41 +243,26 @@ impl<M: Machine> Driver<M> {
 
     /// Reads once; Ok(false) at end of stream.
     fn read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<bool>> {
-        loop {
-            match self.io.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        match self.io.poll_read_into(cx, &mut self.rbuf) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(_)) => {
+                let used = self.m.on_bytes(&self.rbuf, &mut self.out);
+                self.rbuf.advance(used);
+                Poll::Ready(Ok(true))
             }
-            self.rbuf.reserve(READ_CHUNK);
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => {
-                    let used = self.m.on_bytes(&self.rbuf, &mut self.out);
-                    self.rbuf.advance(used);
-                    return Poll::Ready(Ok(true));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.io.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        match self.io.poll_write_from(cx, &self.out) {
+            Poll::Ready(Ok(n)) => {
+                self.out.advance(n);
+                Poll::Ready(Ok(()))
             }
-            match self.io.try_write(&self.out) {
-                Ok(n) => {
-                    self.out.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 

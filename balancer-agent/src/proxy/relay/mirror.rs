@@ -84,6 +84,18 @@ struct Copy {
     req_end: bool,
     /// Its timer in [`Mirrors::timers`].
     until: Instant,
+    /// The mirroring service (the copies count in its counters).
+    slot: Arc<ServiceSlot>,
+}
+
+/// One copy to open: of the call on `stream`, to mirror `service`.
+struct Open<'a> {
+    stream: u32,
+    tag: u32,
+    service: &'a str,
+    head: &'a Head,
+    sent: Option<&'a [u8]>,
+    req_end: bool,
 }
 
 /// What a client connection's copies need of it.
@@ -91,8 +103,6 @@ pub(crate) struct Env<'a> {
     pub ctx: &'a Ctx,
     pub conn: u64,
     pub me: &'a Arc<Mailbox<ToClient>>,
-    /// The mirroring service (its counters).
-    pub slot: &'a ServiceSlot,
 }
 
 impl Env<'_> {
@@ -113,36 +123,50 @@ pub(crate) struct Mirrors {
 }
 
 impl Mirrors {
-    /// Sends the plan's copies of the call on `stream`, with the request
-    /// bytes it sent so far (`None`: not all of them are kept); returns
-    /// the copies that still take request bytes.
-    pub fn start(&mut self, env: &Env<'_>, stream: u32, plan: Plan, sent: Option<&[u8]>, req_end: bool) -> Copies {
+    /// Sends the plan's copies of the call on `stream` of service `slot`,
+    /// with the request bytes it sent so far (`None`: not all of them are
+    /// kept); returns the copies that still take request bytes.
+    pub fn start(
+        &mut self,
+        env: &Env<'_>,
+        slot: &Arc<ServiceSlot>,
+        stream: u32,
+        plan: Plan,
+        sent: Option<&[u8]>,
+        req_end: bool,
+    ) -> Copies {
         let mut open: Copies = 0;
         for (tag, service) in plan.services.iter().enumerate() {
-            if self.start_one(env, stream, tag as u32, service, &plan.head, sent, req_end) {
+            let copy = Open {
+                stream,
+                tag: tag as u32,
+                service,
+                head: &plan.head,
+                sent,
+                req_end,
+            };
+            if self.start_one(env, slot, copy) {
                 if req_end {
-                    env.slot.count_mirrored();
+                    slot.count_mirrored();
                 } else {
                     open |= 1 << tag;
                 }
             } else {
-                env.slot.count_mirror_dropped();
+                slot.count_mirror_dropped();
             }
         }
         open
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_one(
-        &mut self,
-        env: &Env<'_>,
-        stream: u32,
-        tag: u32,
-        service: &str,
-        head: &Head,
-        sent: Option<&[u8]>,
-        req_end: bool,
-    ) -> bool {
+    fn start_one(&mut self, env: &Env<'_>, slot: &Arc<ServiceSlot>, copy: Open<'_>) -> bool {
+        let Open {
+            stream,
+            tag,
+            service,
+            head,
+            sent,
+            req_end,
+        } = copy;
         let Some(sent) = sent.filter(|s| s.len() <= env.ctx.opts.replay_buffer) else {
             return false;
         };
@@ -182,6 +206,7 @@ impl Mirrors {
                 sent: sent.len(),
                 req_end,
                 until,
+                slot: Arc::clone(slot),
             },
         );
         true
@@ -210,7 +235,7 @@ impl Mirrors {
             if end {
                 copy.req_end = true;
                 *open &= !(1 << tag);
-                env.slot.count_mirrored();
+                copy.slot.count_mirrored();
             }
         }
     }
@@ -224,7 +249,7 @@ impl Mirrors {
                     head: head.clone(),
                 });
                 copy.req_end = true;
-                env.slot.count_mirrored();
+                copy.slot.count_mirrored();
             }
         }
         *open = 0;
@@ -248,9 +273,9 @@ impl Mirrors {
         });
         copy.guard.finish(Outcome::Abandoned);
         if copy.req_end {
-            env.slot.count_mirror_failed();
+            copy.slot.count_mirror_failed();
         } else {
-            env.slot.count_mirror_dropped();
+            copy.slot.count_mirror_dropped();
         }
     }
 
@@ -283,8 +308,8 @@ impl Mirrors {
         if let Some(copy) = self.copies.remove(&k) {
             let answered = matches!(outcome, Outcome::Status(_));
             match (copy.req_end, answered) {
-                (false, _) => env.slot.count_mirror_dropped(),
-                (true, false) => env.slot.count_mirror_failed(),
+                (false, _) => copy.slot.count_mirror_dropped(),
+                (true, false) => copy.slot.count_mirror_failed(),
                 (true, true) => {}
             }
             copy.guard.finish(outcome);
@@ -318,13 +343,7 @@ impl Mirrors {
 /// their call): a task of their own takes over the connection's mailbox,
 /// reads and drops their answers until the last one ends or times out,
 /// then closes the mailbox. Returns whether it started (no runtime: no).
-pub(crate) fn linger(
-    mut copies: Mirrors,
-    ctx: Arc<Ctx>,
-    conn: u64,
-    me: Arc<Mailbox<ToClient>>,
-    slot: Arc<ServiceSlot>,
-) -> bool {
+pub(crate) fn linger(mut copies: Mirrors, ctx: Arc<Ctx>, conn: u64, me: Arc<Mailbox<ToClient>>) -> bool {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return false;
     };
@@ -336,7 +355,6 @@ pub(crate) fn linger(
                 ctx: &ctx,
                 conn,
                 me: &me,
-                slot: &slot,
             };
             let take = std::future::poll_fn(|cx| {
                 if me.take(cx, &mut msgs) {

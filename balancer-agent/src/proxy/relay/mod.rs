@@ -32,4 +32,4 @@ mod retry;
 mod trace;
 mod upstream;
 
-pub(crate) use client::serve;
+pub(crate) use client::{serve, Target};
