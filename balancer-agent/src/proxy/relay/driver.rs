@@ -166,10 +166,9 @@ impl<M: Machine, I: Io> Driver<M, I> {
         let r = poll_fn(|cx| {
             for _ in 0..ROUNDS {
                 let mut progress = false;
-                if self.mailbox.take(cx, &mut self.msgs) {
-                    self.m.on_msgs(&mut self.msgs, &mut self.out);
-                    progress = true;
-                }
+                // Read before taking messages: a peer that closed is seen
+                // closed before calls queued for it are written to it, so
+                // those go back unsent (and are retried elsewhere).
                 if !self.eof && self.out.len() < OUT_LIMIT && !self.m.finished() {
                     match self.read(cx) {
                         Poll::Ready(Ok(true)) => progress = true,
@@ -184,6 +183,10 @@ impl<M: Machine, I: Io> Driver<M, I> {
                         }
                         Poll::Pending => {}
                     }
+                }
+                if self.mailbox.take(cx, &mut self.msgs) {
+                    self.m.on_msgs(&mut self.msgs, &mut self.out);
+                    progress = true;
                 }
                 if !self.out.is_empty() {
                     match self.write(cx) {

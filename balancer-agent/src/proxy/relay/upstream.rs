@@ -241,7 +241,7 @@ impl UpState {
             self.handle.closed.store(true, Relaxed);
             self.goaway.get_or_insert(frame::STREAM_ID_MASK);
         }
-        if self.goaway.is_some() || c.finished {
+        if self.goaway.is_some() || c.finished || self.eof {
             give_back(&o.reply, o.key, GaveBack::Refused("upstream connection is closing"));
             self.release();
             return;
@@ -592,6 +592,8 @@ impl Machine for UpConn {
 
     fn on_closed(&mut self, _error: Option<&io::Error>) {
         self.st.eof = true;
+        // No new call leases it from now on.
+        self.st.handle.closed.store(true, Relaxed);
     }
 
     fn finished(&self) -> bool {
