@@ -474,8 +474,11 @@ impl ClientState {
                 }
             }
         };
+        // The service as it is now: read once, for the route's timeout and
+        // the first attempt.
+        let state = slot.state();
         // The call's own grpc-timeout, or its route's timeout if shorter.
-        let route_timeout = slot.state().and_then(|s| {
+        let route_timeout = state.as_ref().and_then(|s| {
             let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
             s.route_timeout(&CallMeta::from_path(path, &head))
         });
@@ -520,14 +523,13 @@ impl ClientState {
         if let Some(d) = deadline {
             self.add_deadline(d, stream);
         }
-        self.inject_or_attempt(c, stream, out);
+        self.inject_or_attempt(c, stream, state, out);
     }
 
     /// Draws the service's faults for a new call: holds it for an injected
     /// delay (other calls of the connection go on meanwhile), answers an
     /// injected abort itself, or sends it on.
-    fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
-        let state = self.calls.get(&stream).and_then(|call| call.slot.state());
+    fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut BytesMut) {
         let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
             // The common case: no fault configured, straight on.
             self.attempt_with(c, stream, state, out);
