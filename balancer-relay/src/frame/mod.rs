@@ -124,6 +124,26 @@ pub fn next(buf: &[u8], max_frame_size: u32) -> Result<Option<Head>, Error> {
     Ok((buf.len() - HEADER_LEN >= head.len as usize).then_some(head))
 }
 
+/// The length of the whole frames at the start of `buf`: what [`next`]
+/// can take without waiting for more bytes. A frame longer than
+/// `max_frame_size` counts with its header only, so that [`next`] refuses
+/// it at once.
+pub fn complete(buf: &[u8], max_frame_size: u32) -> usize {
+    let mut pos = 0;
+    while let Some(raw) = buf[pos..].first_chunk::<HEADER_LEN>() {
+        let len = Head::parse(raw).len;
+        if len > max_frame_size {
+            return pos + HEADER_LEN;
+        }
+        let end = pos + HEADER_LEN + len as usize;
+        if end > buf.len() {
+            break;
+        }
+        pos = end;
+    }
+    pos
+}
+
 /// Checks the client connection preface (RFC 9113 §3.4).
 ///
 /// `Ok(true)` when `buf` starts with the whole [`PREFACE`], `Ok(false)` when

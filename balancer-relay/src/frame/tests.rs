@@ -11,6 +11,38 @@ use super::*;
 // ---- next ----
 
 #[test]
+fn complete_counts_whole_frames_only() {
+    let one = [0, 0, 3, 0x0, 0x1, 0, 0, 0, 1, b'a', b'b', b'c'];
+    let mut two = one.to_vec();
+    two.extend_from_slice(&one);
+    for n in 0..two.len() {
+        let want = if n < one.len() {
+            0
+        } else if n < two.len() {
+            one.len()
+        } else {
+            two.len()
+        };
+        assert_eq!(complete(&two[..n], DEFAULT_MAX_FRAME_SIZE), want, "{n} bytes");
+    }
+    assert_eq!(complete(&two, DEFAULT_MAX_FRAME_SIZE), two.len());
+    // What `complete` gives, `next` walks to the end.
+    let mut pos = 0;
+    while let Some(h) = next(&two[pos..], DEFAULT_MAX_FRAME_SIZE).unwrap() {
+        pos += HEADER_LEN + h.len as usize;
+    }
+    assert_eq!(pos, complete(&two, DEFAULT_MAX_FRAME_SIZE));
+}
+
+#[test]
+fn complete_hands_over_an_oversized_header_for_next_to_refuse() {
+    let mut buf = vec![0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
+    buf.extend_from_slice(&[0, 0x40, 0x01, 0x0, 0, 0, 0, 0, 1]);
+    assert_eq!(complete(&buf, DEFAULT_MAX_FRAME_SIZE), 2 * HEADER_LEN);
+    assert!(next(&buf[HEADER_LEN..], DEFAULT_MAX_FRAME_SIZE).is_err());
+}
+
+#[test]
 fn next_needs_a_whole_header() {
     let frame = [0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
     for n in 0..HEADER_LEN {

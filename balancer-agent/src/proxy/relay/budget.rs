@@ -18,11 +18,15 @@ pub(crate) struct Budget {
     per_second: u16,
 }
 
-/// Seconds since the first budget was made.
-fn seconds(now: Instant) -> u32 {
+/// When the first budget was made: budgets refill at whole seconds since.
+fn epoch(now: Instant) -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| now);
-    u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    *EPOCH.get_or_init(|| now)
+}
+
+/// Seconds since [`epoch`].
+fn seconds(now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(epoch(now)).as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Budget {
@@ -68,7 +72,9 @@ mod tests {
 
     #[test]
     fn a_burst_runs_dry_and_time_refills_it() {
-        let t0 = Instant::now();
+        // At a whole second of the refill clock (the process's other
+        // budgets may have started it).
+        let t0 = epoch(Instant::now()) + Duration::from_secs(10);
         let mut b = Budget::new(3, 2, t0);
         assert!(b.spend(t0) && b.spend(t0) && b.spend(t0));
         assert!(!b.spend(t0), "a fourth at once is over the budget");

@@ -12,7 +12,7 @@ use std::{
 };
 
 use balancer_relay::frame::{self, Reason};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -27,6 +27,7 @@ use super::{
     mailbox::Mailbox,
     mirror::{self, Copies, Mirrors},
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
+    out::Out,
     pool,
     retry::{self, Next, Standing},
     trace,
@@ -293,7 +294,7 @@ macro_rules! mirror_env {
 }
 
 impl ClientState {
-    fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut BytesMut) {
+    fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut Out) {
         match ev {
             Event::Headers { stream, end, block } => self.on_headers(c, stream, end, block, out),
             Event::Data { stream, data, end } => self.on_data(c, stream, data, end, out),
@@ -344,7 +345,7 @@ impl ClientState {
         }
     }
 
-    fn on_headers(&mut self, c: &mut Conn, stream: u32, end: bool, block: &[u8], out: &mut BytesMut) {
+    fn on_headers(&mut self, c: &mut Conn, stream: u32, end: bool, block: &[u8], out: &mut Out) {
         if stream.is_multiple_of(2) {
             c.fail(Reason::PROTOCOL_ERROR, "client stream id is even", out);
             return;
@@ -529,7 +530,7 @@ impl ClientState {
     /// Draws the service's faults for a new call: holds it for an injected
     /// delay (other calls of the connection go on meanwhile), answers an
     /// injected abort itself, or sends it on.
-    fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut BytesMut) {
+    fn inject_or_attempt(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut Out) {
         let Some(fault) = state.as_ref().and_then(|st| st.fault.as_ref()) else {
             // The common case: no fault configured, straight on.
             self.attempt_with(c, stream, state, out);
@@ -554,7 +555,7 @@ impl ClientState {
 
     /// A call past its injected delay (or without one): its injected abort,
     /// or its first attempt.
-    fn release(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+    fn release(&mut self, c: &mut Conn, stream: u32, out: &mut Out) {
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
         };
@@ -578,7 +579,7 @@ impl ClientState {
         }
     }
 
-    fn on_data(&mut self, c: &mut Conn, stream: u32, data: &[u8], end: bool, out: &mut BytesMut) {
+    fn on_data(&mut self, c: &mut Conn, stream: u32, data: Bytes, end: bool, out: &mut Out) {
         if data.is_empty() && !end && !self.empty_data.spend(Instant::now()) {
             c.fail(Reason::ENHANCE_YOUR_CALM, "too many empty DATA frames", out);
             return;
@@ -616,12 +617,11 @@ impl ClientState {
             // A held call keeps its whole request (its stream window bounds
             // it: no credit is returned before it goes on).
             if call.held_until.is_some() || r.len() + data.len() <= self.ctx.opts.replay_buffer {
-                r.extend_from_slice(data);
+                r.extend_from_slice(&data);
             } else {
                 call.replay = None;
             }
         }
-        let data = Bytes::copy_from_slice(data);
         if call.copies != 0 {
             self.mirrors
                 .data(&mirror_env!(self), stream, &mut call.copies, &data, end);
@@ -634,13 +634,13 @@ impl ClientState {
     }
 
     /// Sends the call to an endpoint: its first attempt, or a retry.
-    fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+    fn attempt(&mut self, c: &mut Conn, stream: u32, out: &mut Out) {
         let state = self.calls.get(&stream).and_then(|call| call.slot.state());
         self.attempt_with(c, stream, state, out);
     }
 
     /// [`Self::attempt`] with the service's state already at hand.
-    fn attempt_with(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut BytesMut) {
+    fn attempt_with(&mut self, c: &mut Conn, stream: u32, state: Option<Arc<ServiceState>>, out: &mut Out) {
         let max_attempts = (self.ctx.opts.max_retries + 1).min(MAX_ATTEMPTS);
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
@@ -737,7 +737,7 @@ impl ClientState {
         }
     }
 
-    fn on_msg(&mut self, c: &mut Conn, msg: ToClient, out: &mut BytesMut) {
+    fn on_msg(&mut self, c: &mut Conn, msg: ToClient, out: &mut Out) {
         if msg.attempt & mirror::MIRROR != 0 {
             self.mirrors.on_msg(&mirror_env!(self), msg);
             return;
@@ -834,7 +834,7 @@ impl ClientState {
     }
 
     /// Writes what the response may send; the call ends with its last byte.
-    fn flush(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+    fn flush(&mut self, c: &mut Conn, stream: u32, out: &mut Out) {
         let Some(call) = self.calls.get_mut(&stream) else {
             return;
         };
@@ -851,7 +851,7 @@ impl ClientState {
     }
 
     /// The response went out whole: the call is over.
-    fn finish_response(&mut self, _c: &mut Conn, stream: u32, out: &mut BytesMut) {
+    fn finish_response(&mut self, _c: &mut Conn, stream: u32, out: &mut Out) {
         let Some(call) = self.calls.remove(&stream) else { return };
         if !call.req_end {
             // The endpoint answered before the request was over.
@@ -864,7 +864,7 @@ impl ClientState {
     }
 
     /// No endpoint could take the call: UNAVAILABLE, naming the last error.
-    fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut BytesMut) {
+    fn no_endpoint(&mut self, c: &mut Conn, stream: u32, out: &mut Out) {
         let Some(call) = self.calls.get(&stream) else { return };
         call.slot.count_no_endpoint();
         let reason = call
@@ -881,7 +881,7 @@ impl ClientState {
 
     /// Answers the call from the relay: trailers-only, or trailers after a
     /// response that already started.
-    fn answer(&mut self, c: &mut Conn, stream: u32, code: u16, msg: &str, out: &mut BytesMut) {
+    fn answer(&mut self, c: &mut Conn, stream: u32, code: u16, msg: &str, out: &mut Out) {
         let Some(mut call) = self.calls.remove(&stream) else {
             return;
         };
@@ -903,7 +903,7 @@ impl ClientState {
         self.done(stream, call, outcome);
     }
 
-    fn reset(&mut self, _c: &mut Conn, stream: u32, reason: Reason, out: &mut BytesMut) {
+    fn reset(&mut self, _c: &mut Conn, stream: u32, reason: Reason, out: &mut Out) {
         frame::put_rst_stream(out, stream, reason);
         if let Some(call) = self.calls.remove(&stream) {
             call.tell_up(ToUp::Reset {
@@ -984,13 +984,13 @@ impl ClientState {
 
     /// The second GOAWAY of a graceful shutdown: streams after the last one
     /// seen are refused.
-    fn refuse_new(&mut self, out: &mut BytesMut) {
+    fn refuse_new(&mut self, out: &mut Out) {
         self.drain = Drain::Refusing;
         self.drain_by = None;
         frame::put_goaway(out, self.last_stream, Reason::NO_ERROR, b"shutting down");
     }
 
-    fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut BytesMut) {
+    fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut Out) {
         if self.drain_by.is_some_and(|d| now >= d) {
             self.refuse_new(out);
         }
@@ -1037,7 +1037,7 @@ impl ClientState {
 
 /// Ends a stream with a gRPC status: trailers-only, or trailers after a
 /// response that already started.
-fn put_status(c: &mut Conn, out: &mut BytesMut, stream: u32, responded: bool, code: u16, msg: &str) {
+fn put_status(c: &mut Conn, out: &mut Out, stream: u32, responded: bool, code: u16, msg: &str) {
     let code_text = code.to_string();
     let text = grpc::message_text(msg);
     let mut b = Builder::with_capacity(96 + text.len());
@@ -1068,32 +1068,31 @@ impl Drop for ClientState {
 impl Machine for ClientConn {
     type Msg = ToClient;
 
-    fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
-        let mut used = 0;
+    fn on_bytes(&mut self, buf: &mut BytesMut, out: &mut Out) {
         if !self.st.preface {
             match frame::preface(buf) {
                 Ok(true) => {
                     self.st.preface = true;
-                    used = frame::PREFACE.len();
+                    buf.advance(frame::PREFACE.len());
                 }
-                Ok(false) => return 0,
+                Ok(false) => return,
                 Err(_) => {
                     self.conn.fail(Reason::PROTOCOL_ERROR, "no HTTP/2 preface", out);
-                    return buf.len();
+                    buf.clear();
+                    return;
                 }
             }
         }
         let st = &mut self.st;
-        let used = used + self.conn.read(&buf[used..], out, |c, ev, out| st.on_event(c, ev, out));
+        self.conn.read(buf, out, |c, ev, out| st.on_event(c, ev, out));
         match self.conn.pong.take() {
             Some(DRAIN_PING) if self.st.drain == Drain::Announced => self.st.refuse_new(out),
             Some(_) => self.st.keepalive.answered(Instant::now()),
             None => {}
         }
-        used
     }
 
-    fn on_msgs(&mut self, msgs: &mut Vec<ToClient>, out: &mut BytesMut) {
+    fn on_msgs(&mut self, msgs: &mut Vec<ToClient>, out: &mut Out) {
         for m in msgs.drain(..) {
             self.st.on_msg(&mut self.conn, m, out);
         }
@@ -1118,7 +1117,7 @@ impl Machine for ClientConn {
         Some(self.st.next_timer())
     }
 
-    fn on_timer(&mut self, now: Instant, out: &mut BytesMut) {
+    fn on_timer(&mut self, now: Instant, out: &mut Out) {
         self.st.on_timer(&mut self.conn, now, out);
     }
 }

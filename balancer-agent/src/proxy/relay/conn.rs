@@ -7,12 +7,19 @@ use balancer_relay::{
     frame::{self, flags, Head as FrameHead, HeaderBlock, Kind, Reason, Scope},
     hpack,
 };
-use bytes::BytesMut;
+use std::ops::Range;
 
-use super::{budget::Budget, flow::Outflow, head::Head};
+use bytes::{Bytes, BytesMut};
+
+use super::{budget::Budget, flow::Outflow, head::Head, out::Out};
 
 /// Largest frame we accept (our SETTINGS_MAX_FRAME_SIZE: the default).
 pub(crate) const MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
+/// DATA payloads at least this long go on as slices of the bytes read
+/// (shorter ones are copied). A slice keeps its whole read buffer alive, so
+/// this bounds what a stream's window of held DATA can pin to a few times
+/// that window.
+const SHARE_MIN: usize = 8 * 1024;
 /// Largest encoded header block, and CONTINUATION frames per block.
 const MAX_BLOCK: usize = 64 * 1024;
 const MAX_CONTINUATIONS: u32 = 16;
@@ -34,7 +41,7 @@ pub(crate) enum Event<'a> {
     /// DATA: the payload after padding; `flow` counts against the windows.
     Data {
         stream: u32,
-        data: &'a [u8],
+        data: Bytes,
         end: bool,
     },
     Reset {
@@ -118,7 +125,7 @@ impl Conn {
     }
 
     /// Ends the connection: GOAWAY with `reason`.
-    pub fn fail(&mut self, reason: Reason, what: &str, out: &mut BytesMut) {
+    pub fn fail(&mut self, reason: Reason, what: &str, out: &mut Out) {
         if !self.finished {
             tracing::debug!(%reason, what, "HTTP/2 connection error: GOAWAY");
             frame::put_goaway(out, self.last_peer_stream, reason, what.as_bytes());
@@ -126,17 +133,15 @@ impl Conn {
         }
     }
 
-    /// Parses the frames in `buf`, calling `on` for each stream-level event;
-    /// returns the bytes used.
-    pub fn read(
-        &mut self,
-        buf: &[u8],
-        out: &mut BytesMut,
-        mut on: impl FnMut(&mut Conn, Event<'_>, &mut BytesMut),
-    ) -> usize {
+    /// Takes the whole frames at the start of `buf` (a partial one stays)
+    /// and parses them, calling `on` for each stream-level event.
+    pub fn read(&mut self, buf: &mut BytesMut, out: &mut Out, mut on: impl FnMut(&mut Conn, Event<'_>, &mut Out)) {
+        let n = frame::complete(buf, MAX_FRAME);
+        // Frozen, so that large DATA payloads go on as slices of it.
+        let chunk = buf.split_to(n).freeze();
         let mut pos = 0;
         while !self.finished {
-            let head = match frame::next(&buf[pos..], MAX_FRAME) {
+            let head = match frame::next(&chunk[pos..], MAX_FRAME) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -147,7 +152,7 @@ impl Conn {
             let start = pos + frame::HEADER_LEN;
             let end = start + head.len as usize;
             pos = end;
-            if let Err(e) = self.frame(&head, &buf[start..end], out, &mut on) {
+            if let Err(e) = self.frame(&head, &chunk, start..end, out, &mut on) {
                 match e.scope {
                     Scope::Connection => self.fail(e.reason, e.what, out),
                     Scope::Stream(stream) => on(
@@ -162,24 +167,26 @@ impl Conn {
             }
         }
         self.credit(out);
-        pos
     }
 
     /// Returns connection-level credit once half the window was used.
-    fn credit(&mut self, out: &mut BytesMut) {
+    fn credit(&mut self, out: &mut Out) {
         if self.recv_unacked >= self.recv_window / 2 {
             frame::put_window_update(out, 0, self.recv_unacked);
             self.recv_unacked = 0;
         }
     }
 
+    /// One frame: `head`, with its payload at `at` in `chunk`.
     fn frame(
         &mut self,
         head: &FrameHead,
-        payload: &[u8],
-        out: &mut BytesMut,
-        on: &mut impl FnMut(&mut Conn, Event<'_>, &mut BytesMut),
+        chunk: &Bytes,
+        at: Range<usize>,
+        out: &mut Out,
+        on: &mut impl FnMut(&mut Conn, Event<'_>, &mut Out),
     ) -> Result<(), frame::Error> {
+        let payload = &chunk[at.clone()];
         if let Some(open) = self.block.stream() {
             if head.kind != Kind::Continuation || head.stream != open {
                 return Err(conn_error(Reason::PROTOCOL_ERROR, "a frame inside a header block"));
@@ -189,11 +196,16 @@ impl Conn {
             Kind::Data => {
                 let range = frame::data(head, payload)?;
                 self.take_recv(head.len)?;
+                let data = if range.len() >= SHARE_MIN {
+                    chunk.slice(at.start + range.start..at.start + range.end)
+                } else {
+                    Bytes::copy_from_slice(&payload[range])
+                };
                 on(
                     self,
                     Event::Data {
                         stream: head.stream,
-                        data: &payload[range],
+                        data,
                         end: head.has(flags::END_STREAM),
                     },
                     out,
@@ -354,12 +366,7 @@ impl Conn {
     /// list was too large or `field` stopped it (the block was still
     /// decoded, so the table stays in sync); Err after a compression error
     /// (the connection has failed).
-    pub fn decode(
-        &mut self,
-        block: &[u8],
-        out: &mut BytesMut,
-        mut field: impl FnMut(&[u8], &[u8], bool) -> bool,
-    ) -> bool {
+    pub fn decode(&mut self, block: &[u8], out: &mut Out, mut field: impl FnMut(&[u8], &[u8], bool) -> bool) -> bool {
         match self
             .dec
             .decode(block, MAX_HEADER_LIST, |f| field(f.name, f.value, f.never_index))
@@ -374,7 +381,7 @@ impl Conn {
     }
 
     /// Writes `head` as a header block on `stream`.
-    pub fn put_head(&mut self, out: &mut BytesMut, stream: u32, head: &Head, end: bool) {
+    pub fn put_head(&mut self, out: &mut Out, stream: u32, head: &Head, end: bool) {
         out.reserve(frame::HEADER_LEN + head.len_bytes());
         let at = out.len();
         out.extend_from_slice(&[0; frame::HEADER_LEN]);
@@ -387,7 +394,7 @@ impl Conn {
 
     /// Writes what `flow` may send on `stream` now; returns the DATA bytes
     /// written.
-    pub fn flush(&mut self, out: &mut BytesMut, stream: u32, flow: &mut Outflow) -> usize {
+    pub fn flush(&mut self, out: &mut Out, stream: u32, flow: &mut Outflow) -> usize {
         let n = flow.write(out, stream, &mut self.send_window, self.peer_max_frame);
         if flow.trailers_due() {
             if let Some(t) = flow.take_trailers() {

@@ -6,23 +6,30 @@
 
 use std::{
     future::{poll_fn, Future},
-    io,
+    io::{self, IoSlice},
     pin::Pin,
     sync::Arc,
     task::Poll,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::{
     io::AsyncWrite,
     net::TcpStream,
     time::{Instant, Sleep},
 };
 
-use super::mailbox::Mailbox;
+use super::{
+    mailbox::Mailbox,
+    out::{Out, MAX_SLICES},
+};
 
-/// Bytes read per `read` call.
+/// Room made for each `read` call.
 const READ_CHUNK: usize = 16 * 1024;
+/// A read buffer's size: several reads go into one buffer, so that the
+/// partial frame at the end of a read is seldom copied (it is when the
+/// buffer is full and large DATA payloads read into it are still held).
+const READ_BUFFER: usize = 32 * 1024;
 /// Rounds of read/message/write per poll before yielding to other tasks.
 const ROUNDS: usize = 8;
 /// Bytes waiting to be written beyond which the connection stops reading:
@@ -34,11 +41,11 @@ const OUT_LIMIT: usize = 1 << 20;
 pub(crate) trait Machine {
     type Msg;
 
-    /// Bytes from the peer; returns how many were used (a partial frame is
-    /// left for the next read).
-    fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize;
+    /// Bytes from the peer: takes what it can use from the front of `buf`
+    /// (a partial frame is left for the next read).
+    fn on_bytes(&mut self, buf: &mut BytesMut, out: &mut Out);
     /// Messages from other connections; leaves `msgs` empty.
-    fn on_msgs(&mut self, msgs: &mut Vec<Self::Msg>, out: &mut BytesMut);
+    fn on_msgs(&mut self, msgs: &mut Vec<Self::Msg>, out: &mut Out);
     /// The peer closed its side, or the socket failed.
     fn on_closed(&mut self, error: Option<&io::Error>);
     /// Whether the connection is over once `out` is written.
@@ -49,7 +56,7 @@ pub(crate) trait Machine {
     fn next_timer(&self) -> Option<Instant> {
         None
     }
-    fn on_timer(&mut self, _now: Instant, _out: &mut BytesMut) {}
+    fn on_timer(&mut self, _now: Instant, _out: &mut Out) {}
 }
 
 /// The byte stream under a connection: a plain socket (read and written
@@ -58,13 +65,22 @@ pub(crate) trait Io {
     /// Reads once into `buf`, making room for up to [`READ_CHUNK`] bytes;
     /// `Ok(0)` at end of stream.
     fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
-    /// Writes some of `buf`.
-    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    /// Writes some of `bufs`, in order.
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>>;
     /// Pushes out what the stream itself still holds (TLS records); a
     /// plain socket holds nothing.
     #[inline]
     fn poll_flush_out(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Room for a read: a new buffer of [`READ_BUFFER`], or [`READ_CHUNK`] more.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = BytesMut::with_capacity(READ_BUFFER);
+    } else {
+        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -79,7 +95,7 @@ impl Io for TcpStream {
             }
             // Room is made only once there is something to read: an idle
             // connection holds no read buffer.
-            buf.reserve(READ_CHUNK);
+            make_room(buf);
             match self.try_read_buf(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -89,14 +105,14 @@ impl Io for TcpStream {
     }
 
     #[inline]
-    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
             match self.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
-            match self.try_write(buf) {
+            match self.try_write_vectored(bufs) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
@@ -108,12 +124,12 @@ impl Io for TcpStream {
 /// TLS terminated by the agent (gateway listeners).
 impl<S: tokio::io::AsyncRead + AsyncWrite + Unpin> Io for tokio_rustls::server::TlsStream<S> {
     fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        buf.reserve(READ_CHUNK);
+        make_room(buf);
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 
-    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(self).poll_write(cx, buf)
+    fn poll_write_from(&mut self, cx: &mut std::task::Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush_out(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
@@ -126,7 +142,7 @@ pub(crate) struct Driver<M: Machine, I: Io = TcpStream> {
     pub m: M,
     pub mailbox: Arc<Mailbox<M::Msg>>,
     rbuf: BytesMut,
-    out: BytesMut,
+    out: Out,
     msgs: Vec<M::Msg>,
     eof: bool,
     /// Made at the first timer, dropped when the connection goes idle.
@@ -141,7 +157,7 @@ impl<M: Machine, I: Io> Driver<M, I> {
             m,
             mailbox,
             rbuf: BytesMut::new(),
-            out,
+            out: Out::new(out),
             msgs: Vec::new(),
             eof: false,
             timer: None,
@@ -149,15 +165,14 @@ impl<M: Machine, I: Io> Driver<M, I> {
     }
 
     /// Queues bytes to send (written at the next poll).
-    pub fn push_out(&mut self, f: impl FnOnce(&mut BytesMut)) {
+    pub fn push_out(&mut self, f: impl FnOnce(&mut Out)) {
         f(&mut self.out);
     }
 
     /// Bytes that arrived before the driver started (the sniffed preface).
     pub fn feed(&mut self, bytes: &[u8]) {
         self.rbuf.extend_from_slice(bytes);
-        let used = self.m.on_bytes(&self.rbuf, &mut self.out);
-        self.rbuf.advance(used);
+        self.m.on_bytes(&mut self.rbuf, &mut self.out);
     }
 
     /// Runs until the connection is over. Cancel-safe: all state is in
@@ -169,7 +184,7 @@ impl<M: Machine, I: Io> Driver<M, I> {
                 // Read before taking messages: a peer that closed is seen
                 // closed before calls queued for it are written to it, so
                 // those go back unsent (and are retried elsewhere).
-                if !self.eof && self.out.len() < OUT_LIMIT && !self.m.finished() {
+                if !self.eof && self.out.pending() < OUT_LIMIT && !self.m.finished() {
                     match self.read(cx) {
                         Poll::Ready(Ok(true)) => progress = true,
                         Poll::Ready(Ok(false)) => {
@@ -188,7 +203,7 @@ impl<M: Machine, I: Io> Driver<M, I> {
                     self.m.on_msgs(&mut self.msgs, &mut self.out);
                     progress = true;
                 }
-                if !self.out.is_empty() {
+                if !self.out.is_drained() {
                     match self.write(cx) {
                         Poll::Ready(Ok(())) => progress = true,
                         Poll::Ready(Err(e)) => {
@@ -199,7 +214,7 @@ impl<M: Machine, I: Io> Driver<M, I> {
                     }
                 }
                 // Always ready on a plain socket.
-                let flushed = self.out.is_empty()
+                let flushed = self.out.is_drained()
                     && match self.io.poll_flush_out(cx) {
                         Poll::Ready(Ok(())) => true,
                         Poll::Ready(Err(e)) => {
@@ -249,8 +264,7 @@ impl<M: Machine, I: Io> Driver<M, I> {
         match self.io.poll_read_into(cx, &mut self.rbuf) {
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
             Poll::Ready(Ok(_)) => {
-                let used = self.m.on_bytes(&self.rbuf, &mut self.out);
-                self.rbuf.advance(used);
+                self.m.on_bytes(&mut self.rbuf, &mut self.out);
                 Poll::Ready(Ok(true))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -259,7 +273,9 @@ impl<M: Machine, I: Io> Driver<M, I> {
     }
 
     fn write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        match self.io.poll_write_from(cx, &self.out) {
+        let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.out.slices(&mut iov);
+        match self.io.poll_write_from(cx, &iov[..n]) {
             Poll::Ready(Ok(n)) => {
                 self.out.advance(n);
                 Poll::Ready(Ok(()))
@@ -274,8 +290,8 @@ impl<M: Machine, I: Io> Driver<M, I> {
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
             }
-            if self.out.is_empty() && self.out.capacity() > 0 {
-                self.out = BytesMut::new();
+            if self.out.is_drained() && self.out.capacity() > 0 {
+                self.out.release();
                 self.msgs = Vec::new();
                 self.mailbox.shrink();
             }

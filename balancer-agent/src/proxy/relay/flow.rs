@@ -9,9 +9,9 @@
 use std::collections::VecDeque;
 
 use balancer_relay::frame;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::head::Head;
+use super::{head::Head, out::Out};
 
 #[derive(Default)]
 pub(crate) struct Outflow {
@@ -60,7 +60,7 @@ impl Outflow {
 
     /// Writes DATA frames as far as both windows allow, and END_STREAM
     /// after the last queued byte; returns the bytes written.
-    pub fn write(&mut self, out: &mut BytesMut, stream: u32, conn_window: &mut i64, max_frame: u32) -> usize {
+    pub fn write(&mut self, out: &mut Out, stream: u32, conn_window: &mut i64, max_frame: u32) -> usize {
         let mut sent = 0;
         while !self.chunks.is_empty() {
             let single = self.chunks.len() == 1;
@@ -72,8 +72,7 @@ impl Outflow {
             let n = chunk.len().min(room as usize);
             let last = n == chunk.len() && single && self.end && self.trailers.is_none();
             frame::put_data_head(out, stream, n as u32, last);
-            out.extend_from_slice(&chunk[..n]);
-            chunk.advance(n);
+            out.put_payload(chunk.split_to(n));
             if chunk.is_empty() {
                 self.chunks.pop_front();
             }
@@ -126,7 +125,7 @@ mod tests {
     fn queued_data_waits_for_the_window_and_ends_with_the_stream() {
         let mut f = Outflow::new(10);
         let mut conn = 100i64;
-        let mut out = BytesMut::new();
+        let mut out = Out::default();
         f.push(Bytes::from_static(b"0123456789abcdef"), true);
         assert_eq!(f.write(&mut out, 1, &mut conn, 16_384), 10);
         assert!(!f.ended, "six bytes wait for window");

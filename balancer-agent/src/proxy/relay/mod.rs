@@ -27,6 +27,7 @@ mod keepalive;
 mod mailbox;
 mod mirror;
 mod msg;
+mod out;
 mod pool;
 mod retry;
 mod trace;

@@ -30,6 +30,7 @@ use super::{
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
+    out::Out,
     pool::RelayPool,
 };
 use crate::proxy::options::PoolOptions;
@@ -201,7 +202,8 @@ struct Opening {
     key: CallKey,
     reply: Arc<Mailbox<ToClient>>,
     head: Head,
-    data: BytesMut,
+    /// The request's DATA so far (none empty).
+    data: Vec<Bytes>,
     end: bool,
     trailers: Option<Head>,
 }
@@ -234,7 +236,7 @@ struct UpState {
 }
 
 impl UpState {
-    fn open(&mut self, c: &mut Conn, o: Opening, out: &mut BytesMut) {
+    fn open(&mut self, c: &mut Conn, o: Opening, out: &mut Out) {
         if self.next_stream > frame::STREAM_ID_MASK - 1 {
             // Stream ids used up: the connection takes no new calls and ends
             // once the ones on it have.
@@ -259,7 +261,10 @@ impl UpState {
         if headers_end {
             flow.ended = true;
         } else {
-            flow.push(o.data.freeze(), o.end);
+            for d in o.data {
+                flow.push(d, false);
+            }
+            flow.push(Bytes::new(), o.end);
             if let Some(t) = o.trailers {
                 flow.push_trailers(t);
             }
@@ -281,7 +286,7 @@ impl UpState {
     }
 
     /// Writes what the stream may send, crediting the client connection.
-    fn flush(&mut self, c: &mut Conn, id: u32, out: &mut BytesMut) {
+    fn flush(&mut self, c: &mut Conn, id: u32, out: &mut Out) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let n = c.flush(out, id, &mut s.out);
         if n > 0 {
@@ -289,7 +294,7 @@ impl UpState {
         }
     }
 
-    fn flush_all(&mut self, c: &mut Conn, out: &mut BytesMut) {
+    fn flush_all(&mut self, c: &mut Conn, out: &mut Out) {
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
             self.flush(c, id, out);
@@ -301,7 +306,7 @@ impl UpState {
         self.handle.active.fetch_sub(1, Relaxed);
     }
 
-    fn close_stream(&mut self, c: &mut Conn, id: u32, out: &mut BytesMut) {
+    fn close_stream(&mut self, c: &mut Conn, id: u32, out: &mut Out) {
         if let Some(s) = self.streams.remove(&id) {
             self.by_key.remove(&s.key);
             self.release();
@@ -313,7 +318,7 @@ impl UpState {
         }
     }
 
-    fn on_msg(&mut self, c: &mut Conn, msg: ToUp, out: &mut BytesMut) {
+    fn on_msg(&mut self, c: &mut Conn, msg: ToUp, out: &mut Out) {
         match msg {
             ToUp::Open {
                 key,
@@ -327,7 +332,7 @@ impl UpState {
                     key,
                     reply,
                     head,
-                    data: BytesMut::from(&data[..]),
+                    data: if data.is_empty() { Vec::new() } else { vec![data] },
                     end,
                     trailers: None,
                 },
@@ -342,7 +347,9 @@ impl UpState {
                 }
                 None => {
                     if let Some(o) = self.waiting.iter_mut().find(|o| o.key == key) {
-                        o.data.extend_from_slice(&data);
+                        if !data.is_empty() {
+                            o.data.push(data);
+                        }
                         o.end |= end;
                     }
                 }
@@ -388,7 +395,7 @@ impl UpState {
         }
     }
 
-    fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut BytesMut) {
+    fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut Out) {
         match ev {
             Event::Headers { stream, end, block } => {
                 let mut b = Builder::with_capacity(block.len() * 2 + 64);
@@ -418,10 +425,7 @@ impl UpState {
                     self.close_stream(c, stream, out);
                     return;
                 }
-                s.tell(Upstream::Data {
-                    data: Bytes::copy_from_slice(data),
-                    end,
-                });
+                s.tell(Upstream::Data { data, end });
                 if end {
                     self.remote_end(c, stream, out);
                 }
@@ -481,7 +485,7 @@ impl UpState {
     }
 
     /// The endpoint ended its side of `stream`.
-    fn remote_end(&mut self, c: &mut Conn, id: u32, out: &mut BytesMut) {
+    fn remote_end(&mut self, c: &mut Conn, id: u32, out: &mut Out) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         s.remote_ended = true;
         if !s.out.ended {
@@ -502,7 +506,7 @@ impl UpState {
         at
     }
 
-    fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut BytesMut) {
+    fn on_timer(&mut self, c: &mut Conn, now: Instant, out: &mut Out) {
         if let Some(h) = self.handshake_by {
             if c.peer_settings {
                 self.handshake_by = None;
@@ -560,19 +564,18 @@ impl UpState {
 impl Machine for UpConn {
     type Msg = ToUp;
 
-    fn on_bytes(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
+    fn on_bytes(&mut self, buf: &mut BytesMut, out: &mut Out) {
         let st = &mut self.st;
-        let used = self.conn.read(buf, out, |c, ev, out| st.on_event(c, ev, out));
+        self.conn.read(buf, out, |c, ev, out| st.on_event(c, ev, out));
         if self.conn.pong.take().is_some() {
             self.st.keepalive.answered(Instant::now());
         }
         if self.conn.finished {
             self.st.handle.closed.store(true, Relaxed);
         }
-        used
     }
 
-    fn on_msgs(&mut self, msgs: &mut Vec<ToUp>, out: &mut BytesMut) {
+    fn on_msgs(&mut self, msgs: &mut Vec<ToUp>, out: &mut Out) {
         // A call opened and reset within one batch (a client's rapid reset)
         // never reaches the endpoint.
         let reset: HashSet<CallKey> = msgs
@@ -608,7 +611,7 @@ impl Machine for UpConn {
         Some(self.st.next_timer())
     }
 
-    fn on_timer(&mut self, now: Instant, out: &mut BytesMut) {
+    fn on_timer(&mut self, now: Instant, out: &mut Out) {
         self.st.on_timer(&mut self.conn, now, out);
     }
 }
