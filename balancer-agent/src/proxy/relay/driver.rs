@@ -87,21 +87,17 @@ fn make_room(buf: &mut BytesMut) {
 impl Io for TcpStream {
     #[inline]
     fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        loop {
-            match self.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            // Room is made only once there is something to read: an idle
-            // connection holds no read buffer.
-            make_room(buf);
-            match self.try_read_buf(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        match self.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         }
+        // Room is made only once there is something to read: an idle
+        // connection holds no read buffer. A read that leaves room shows the
+        // socket drained, so the next one waits for readiness instead of
+        // asking the kernel again.
+        make_room(buf);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 
     #[inline]
