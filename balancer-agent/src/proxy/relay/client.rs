@@ -3,13 +3,7 @@
 //! upstream connection, forwards the call's frames both ways, and retries
 //! what an endpoint never handled.
 
-use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
-    io,
-    sync::Arc,
-    time::Instant as StdInstant,
-};
+use std::{cmp::Reverse, collections::BinaryHeap, io, sync::Arc, time::Instant as StdInstant};
 
 use balancer_relay::frame::{self, Reason};
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,6 +26,7 @@ use super::{
     retry::{self, Next, Standing},
     trace,
     upstream::UpHandle,
+    Map,
 };
 use crate::{
     balance::{
@@ -149,7 +144,7 @@ fn start<I: Io>(ctx: &Arc<Ctx>, io: I, prefix: &[u8], target: Target, handle: &C
             handle: handle.stream_source(),
             me: Arc::clone(&mailbox),
             preface: false,
-            calls: HashMap::new(),
+            calls: Map::default(),
             last_stream: 0,
             drain: Drain::No,
             drain_by: None,
@@ -180,7 +175,7 @@ struct ClientState {
     handle: crate::conns::StreamSource,
     me: Arc<Mailbox<ToClient>>,
     preface: bool,
-    calls: HashMap<u32, Call>,
+    calls: Map<u32, Call>,
     last_stream: u32,
     drain: Drain,
     /// The last streams that closed, and whether the client had ended them.

@@ -13,12 +13,7 @@
 //! the call, under an attempt number with [`MIRROR`] set, so that no
 //! attempt of the real call can take its messages.
 
-use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{cmp::Reverse, collections::BinaryHeap, sync::Arc, time::Duration};
 
 use balancer_relay::frame::Reason;
 use bytes::Bytes;
@@ -30,6 +25,7 @@ use super::{
     msg::{CallKey, ToClient, ToUp, Upstream},
     pool,
     upstream::UpHandle,
+    Map,
 };
 use crate::{
     balance::{filters::RouteMirrors, CallGuard, CallMeta, Outcome, ServiceSlot},
@@ -118,7 +114,7 @@ impl Env<'_> {
 /// A client connection's copies in flight.
 #[derive(Default)]
 pub(crate) struct Mirrors {
-    copies: HashMap<(u32, u32), Copy>,
+    copies: Map<(u32, u32), Copy>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
 }
 

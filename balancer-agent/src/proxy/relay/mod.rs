@@ -34,3 +34,9 @@ mod trace;
 mod upstream;
 
 pub(crate) use client::{serve, Target};
+
+/// The maps a connection keeps of its streams and calls. Their keys come
+/// from peers, but a connection holds few (MAX_CONCURRENT_STREAMS), so a
+/// fast seeded hasher serves.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

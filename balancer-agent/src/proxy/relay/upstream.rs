@@ -3,7 +3,7 @@
 //! endpoint answers back to the calls' client connections.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     io,
     net::SocketAddr,
     os::fd::AsFd as _,
@@ -32,6 +32,7 @@ use super::{
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     out::Out,
     pool::RelayPool,
+    Map, Set,
 };
 use crate::proxy::options::PoolOptions;
 
@@ -135,8 +136,8 @@ async fn run(handle: &Arc<UpHandle>, addr: SocketAddr, opts: &PoolOptions) -> Re
         conn,
         st: UpState {
             handle: Arc::clone(handle),
-            streams: HashMap::new(),
-            by_key: HashMap::new(),
+            streams: Map::default(),
+            by_key: Map::default(),
             waiting: VecDeque::new(),
             next_stream: 1,
             goaway: None,
@@ -215,8 +216,8 @@ struct UpConn {
 
 struct UpState {
     handle: Arc<UpHandle>,
-    streams: HashMap<u32, UpStream>,
-    by_key: HashMap<CallKey, u32>,
+    streams: Map<u32, UpStream>,
+    by_key: Map<CallKey, u32>,
     /// Calls beyond the endpoint's MAX_CONCURRENT_STREAMS.
     waiting: VecDeque<Opening>,
     next_stream: u32,
@@ -578,7 +579,7 @@ impl Machine for UpConn {
     fn on_msgs(&mut self, msgs: &mut Vec<ToUp>, out: &mut Out) {
         // A call opened and reset within one batch (a client's rapid reset)
         // never reaches the endpoint.
-        let reset: HashSet<CallKey> = msgs
+        let reset: Set<CallKey> = msgs
             .iter()
             .filter_map(|m| match m {
                 ToUp::Reset { key, .. } => Some(*key),
