@@ -24,9 +24,9 @@ use super::{
     out::Out,
     pool,
     retry::{self, Next, Standing},
+    streams::Streams,
     trace,
     upstream::UpHandle,
-    Map,
 };
 use crate::{
     balance::{
@@ -144,7 +144,7 @@ fn start<I: Io>(ctx: &Arc<Ctx>, io: I, prefix: &[u8], target: Target, handle: &C
             handle: handle.stream_source(),
             me: Arc::clone(&mailbox),
             preface: false,
-            calls: Map::default(),
+            calls: Streams::default(),
             last_stream: 0,
             drain: Drain::No,
             drain_by: None,
@@ -175,7 +175,7 @@ struct ClientState {
     handle: crate::conns::StreamSource,
     me: Arc<Mailbox<ToClient>>,
     preface: bool,
-    calls: Map<u32, Call>,
+    calls: Streams<Call>,
     last_stream: u32,
     drain: Drain,
     /// The last streams that closed, and whether the client had ended them.

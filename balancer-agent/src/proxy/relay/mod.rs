@@ -30,6 +30,7 @@ mod msg;
 mod out;
 mod pool;
 mod retry;
+mod streams;
 mod trace;
 mod upstream;
 

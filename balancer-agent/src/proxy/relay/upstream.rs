@@ -32,6 +32,7 @@ use super::{
     msg::{CallKey, GaveBack, ToClient, ToUp, Upstream},
     out::Out,
     pool::RelayPool,
+    streams::Streams,
     Map, Set,
 };
 use crate::proxy::options::PoolOptions;
@@ -136,7 +137,7 @@ async fn run(handle: &Arc<UpHandle>, addr: SocketAddr, opts: &PoolOptions) -> Re
         conn,
         st: UpState {
             handle: Arc::clone(handle),
-            streams: Map::default(),
+            streams: Streams::default(),
             by_key: Map::default(),
             waiting: VecDeque::new(),
             next_stream: 1,
@@ -216,7 +217,7 @@ struct UpConn {
 
 struct UpState {
     handle: Arc<UpHandle>,
-    streams: Map<u32, UpStream>,
+    streams: Streams<UpStream>,
     by_key: Map<CallKey, u32>,
     /// Calls beyond the endpoint's MAX_CONCURRENT_STREAMS.
     waiting: VecDeque<Opening>,
