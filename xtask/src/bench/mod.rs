@@ -73,6 +73,12 @@ pub struct Args {
     /// instead of building them (release) first.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Also measure the `balancer-agent` in this directory, an earlier
+    /// build (e.g. the last with the h2 engine), on the explicit listener:
+    /// the `baseline` path, and the targets against it (bidi MB/s, the
+    /// backends' CPU per call).
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
     /// Run the scale bench instead: the agent in Kubernetes mode against a
     /// cluster of S Services (ready, memory, CPU per EndpointSlice change,
     /// change → call, VIPs in the kernel map); replaces the "Scale" section
@@ -199,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         in_flight: settings.connections * settings.streams,
         nofile,
         pod,
+        baseline: args.baseline.clone(),
     };
     // Declared after `env`, so dropped (stopped) before the pod's cgroups
     // are removed.
@@ -255,7 +262,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for path in settings.paths.iter().copied() {
-        if !matches!(path, CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx) {
+        if !matches!(
+            path,
+            CallPath::AgentListener | CallPath::Haproxy | CallPath::Nginx | CallPath::Baseline
+        ) {
             continue;
         }
         settings.calm.wait();
@@ -307,11 +317,27 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             let Some(p) = CallPath::from_key(key.trim()) else {
                 bail!(
                     "bench: --paths: unknown path {key:?} (known: {})",
-                    CallPath::ALL.map(|p| p.key()).join(", ")
+                    CallPath::known().map(|p| p.key()).collect::<Vec<_>>().join(", ")
                 );
             };
             paths.push(p);
         }
+    }
+    match &args.baseline {
+        Some(dir) => {
+            if !dir.join("balancer-agent").is_file() {
+                bail!("bench: --baseline: no balancer-agent in {}", dir.display());
+            }
+            if !paths.contains(&CallPath::Baseline) {
+                let at = paths
+                    .iter()
+                    .position(|p| *p == CallPath::AgentListener)
+                    .map_or(0, |i| i + 1);
+                paths.insert(at, CallPath::Baseline);
+            }
+        }
+        None if paths.contains(&CallPath::Baseline) => bail!("bench: --paths baseline needs --baseline DIR"),
+        None => {}
     }
     let mut skipped = Vec::new();
     if !sh::is_root() {

@@ -43,9 +43,14 @@ const REDIRECT_LISTEN: &str = "10.250.1.1:15001";
 pub enum CallPath {
     Direct,
     AgentListener,
-    AgentRedirect { fast_path: bool },
+    AgentRedirect {
+        fast_path: bool,
+    },
     Haproxy,
     Nginx,
+    /// An earlier build of the agent (`--baseline DIR`) on the explicit
+    /// listener, e.g. the last one with the h2 engine.
+    Baseline,
 }
 
 impl CallPath {
@@ -67,6 +72,7 @@ impl CallPath {
             CallPath::AgentRedirect { fast_path: false } => "redirect-nofast",
             CallPath::Haproxy => "haproxy",
             CallPath::Nginx => "nginx",
+            CallPath::Baseline => "baseline",
         }
     }
 
@@ -78,6 +84,7 @@ impl CallPath {
             CallPath::AgentRedirect { fast_path: false } => "balancer, kernel redirect, fast path off",
             CallPath::Haproxy => "HAProxy (`http-reuse always`)",
             CallPath::Nginx => "nginx (`grpc_pass`)",
+            CallPath::Baseline => "baseline: an earlier agent build (`--baseline`), explicit listener",
         }
     }
 
@@ -90,11 +97,17 @@ impl CallPath {
             CallPath::AgentRedirect { fast_path: false } => "redirect, no fast path",
             CallPath::Haproxy => "HAProxy",
             CallPath::Nginx => "nginx",
+            CallPath::Baseline => "baseline build",
         }
     }
 
+    /// Every path `--paths` knows (the baseline only with `--baseline`).
+    pub fn known() -> impl Iterator<Item = CallPath> {
+        CallPath::ALL.into_iter().chain([CallPath::Baseline])
+    }
+
     pub fn from_key(key: &str) -> Option<CallPath> {
-        CallPath::ALL.into_iter().find(|p| p.key() == key)
+        CallPath::known().find(|p| p.key() == key)
     }
 
     pub fn is_agent(self) -> bool {
@@ -117,6 +130,8 @@ pub struct Env {
     /// The open-file limit every proxy inherits.
     pub nofile: u64,
     pub pod: Option<Pod>,
+    /// Where the baseline's `balancer-agent` is.
+    pub baseline: Option<PathBuf>,
 }
 
 /// A started path: its proxy (none for direct) and where clients dial.
@@ -136,7 +151,7 @@ impl Env {
                 in_pod: false,
             }),
             CallPath::AgentListener => {
-                let proxy = self.agent(false, true)?;
+                let proxy = self.agent(&self.bin, false, true)?;
                 Ok(Running {
                     proxy: Some(proxy),
                     target: AGENT_LISTENER.to_owned(),
@@ -147,11 +162,22 @@ impl Env {
                 if self.pod.is_none() {
                     bail!("bench: the kernel-redirect path needs root (eBPF, a network namespace, cgroups)");
                 }
-                let proxy = self.agent(true, fast_path)?;
+                let proxy = self.agent(&self.bin, true, fast_path)?;
                 Ok(Running {
                     proxy: Some(proxy),
                     target: VIP.to_owned(),
                     in_pod: true,
+                })
+            }
+            CallPath::Baseline => {
+                let Some(dir) = &self.baseline else {
+                    bail!("bench: the baseline path needs --baseline DIR");
+                };
+                let proxy = self.agent(dir, false, true)?;
+                Ok(Running {
+                    proxy: Some(proxy),
+                    target: AGENT_LISTENER.to_owned(),
+                    in_pod: false,
                 })
             }
             CallPath::Haproxy => {
@@ -199,12 +225,13 @@ impl Env {
         }
     }
 
-    fn agent(&self, ebpf: bool, fast_path: bool) -> anyhow::Result<Proc> {
+    /// The agent in `bin` (this build's, or the baseline's).
+    fn agent(&self, bin: &Path, ebpf: bool, fast_path: bool) -> anyhow::Result<Proc> {
         let cfg = self.dir.join("balancer.yaml");
         fs::write(&cfg, self.agent_config(ebpf, fast_path))?;
         // With the kernel path the agent runs in a cgroup of its own beside
         // the pod's, as a service manager would start it.
-        let program = self.bin.join("balancer-agent");
+        let program = bin.join("balancer-agent");
         let mut cmd = balancer_testing::agent::command(&program, Some(&cfg));
         if let (Some(pod), true) = (&self.pod, ebpf) {
             pod.place_agent(&mut cmd)?;
@@ -354,6 +381,7 @@ mod tests {
             in_flight: 128,
             nofile: 20_000,
             pod: None,
+            baseline: None,
         }
     }
 
@@ -442,7 +470,7 @@ mod tests {
 
     #[test]
     fn every_path_has_a_unique_key() {
-        for p in CallPath::ALL {
+        for p in CallPath::known() {
             assert_eq!(CallPath::from_key(p.key()), Some(p));
         }
         assert_eq!(CallPath::from_key("envoy"), None);

@@ -127,7 +127,16 @@ Options: `--rounds N` (default 5), `--calls N` (default 200000),
 --streams N` (h2load's `-c`/`-m`, default 4 × 32), `--idle N` (idle
 connections, default 10000), `--paths
 direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
-`--bin-dir DIR` (measure prebuilt binaries instead of building).
+`--bin-dir DIR` (measure prebuilt binaries instead of building),
+`--baseline DIR` (also measure the `balancer-agent` in DIR, an earlier
+build, on the explicit listener: the `baseline` path). The run below has the
+last build with the h2 engine as its baseline:
+
+```sh
+git worktree add /tmp/h2-engine 3036110
+CARGO_TARGET_DIR=/tmp/h2-engine/target cargo build --release -p balancer-agent --manifest-path /tmp/h2-engine/Cargo.toml
+cargo xtask bench --baseline /tmp/h2-engine/target/release
+```
 
 ## Method
 
@@ -154,6 +163,8 @@ direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
     with the fast path on the agent's connections to them take it too;
   - **HAProxy**: `mode http`, `bind … proto h2`, `balance roundrobin`,
     `server … proto h2`, `http-reuse always`;
+  - **baseline** (with `--baseline`): an earlier agent build on the explicit
+    listener, as above;
   - **nginx**: `listen … http2`, `grpc_pass`, an upstream `keepalive` pool
     larger than the calls in flight, `keepalive_requests` raised on both
     sides.
@@ -520,6 +531,30 @@ fn targets(sums: &[Summary], rounds: &Rounds, extras: &Extras) -> String {
             "kernel redirect + fast path: lower p99 than the explicit listener".into(),
             format!("{:.2} vs {:.2} ms", r.p99, l.p99),
             Some(r.p99 < l.p99),
+        ));
+    }
+    if let (Some(l), Some(b)) = (listener, find(CallPath::Baseline)) {
+        rows.push((
+            "backends' CPU per call behind the explicit listener below the baseline's".into(),
+            format!(
+                "{:.1} vs {:.1} µs",
+                l.backend_cpu_us_per_call, b.backend_cpu_us_per_call
+            ),
+            Some(l.backend_cpu_us_per_call < b.backend_cpu_us_per_call),
+        ));
+    }
+    let streaming = |p: CallPath| {
+        extras
+            .streaming
+            .iter()
+            .find(|(x, _)| *x == p)
+            .map(|(_, t)| t.mb_per_sec)
+    };
+    if let (Some(l), Some(b)) = (streaming(CallPath::AgentListener), streaming(CallPath::Baseline)) {
+        rows.push((
+            "bidi streaming MB/s through the explicit listener not below the baseline's".into(),
+            format!("{l:.0} vs {b:.0} MB/s"),
+            Some(l >= b),
         ));
     }
     if let Some(kb) = extras.agent_idle_rss_kb {
