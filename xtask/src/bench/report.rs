@@ -383,8 +383,9 @@ fn limits(sums: &[Summary], extras: &Extras) -> String {
         "CPU. Per call the agent's relay parses the client's frames, decodes \
 the request's header block and re-encodes it towards the endpoint (HPACK \
 with a table per connection and direction, so the fields every call repeats \
-cost a byte or two), copies DATA under a new frame header, and does the \
-same for the response and its trailers; one task drives each connection, \
+cost a byte or two), forwards DATA under a new frame header (payloads of \
+8 KiB or more as slices of the buffer they were read into, never copied), \
+and does the same for the response and its trailers; one task drives each connection, \
 calls have no task of their own, and each connection writes once per \
 scheduler turn whatever number of calls it carries. In this run one greeter \
 backend — tonic on `h2`, answering a call with no other work — spent \

@@ -29,6 +29,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A read buffer's size: several reads go into one buffer, so that the
 /// partial frame at the end of a read is seldom copied (it is when the
 /// buffer is full and large DATA payloads read into it are still held).
+/// Released buffers (this size and smaller) go back to the allocator's
+/// per-thread cache — jemalloc keeps freed blocks up to 32 KiB per thread —
+/// and the next connection with bytes to read takes one from there.
 const READ_BUFFER: usize = 32 * 1024;
 /// Rounds of read/message/write per poll before yielding to other tasks.
 const ROUNDS: usize = 8;

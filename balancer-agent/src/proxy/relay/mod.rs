@@ -1,8 +1,10 @@
 //! The relay engine: a frame-level HTTP/2 data plane. Each connection —
 //! client or upstream — is one task that owns it outright; calls are frames
 //! forwarded between them through mailboxes, with header blocks re-encoded
-//! towards each peer and DATA copied under a rewritten frame header. No task
-//! per call, no lock shared between a connection and its streams.
+//! towards each peer and DATA under a rewritten frame header (large payloads
+//! as slices of the buffer they were read into, written by vectored writes,
+//! never copied). No task per call, no lock shared between a connection and
+//! its streams; per-call state lives in a slab per connection.
 //!
 //! Module map: [`client`] (client connections and the calls on them),
 //! [`upstream`] (connections to endpoints), [`pool`] (which upstream
@@ -13,7 +15,8 @@
 //! closed lately), [`budget`] (limits on floods), [`keepalive`] (PINGs that
 //! find dead peers), [`trace`] (a call's span and the `traceparent` it
 //! forwards), [`msg`] and [`mailbox`] (how connections talk),
-//! [`driver`] (socket I/O of one connection). The wire formats are in the
+//! [`driver`] (socket I/O of one connection), [`out`] (what a connection
+//! has to send), [`streams`] (per-stream state by stream id). The wire formats are in the
 //! `balancer-relay` crate.
 
 mod budget;
