@@ -187,6 +187,117 @@ pub struct Route {
     pub filters: Vec<String>,
 }
 
+/// One string per match, e.g. `service=helloworld.Greeter method=~Say.*`;
+/// `*` for a match (or a list of none) that takes every call.
+fn describe_matches(matches: &[model::RouteMatch]) -> Vec<String> {
+    fn sm(m: &model::StringMatch) -> String {
+        match m {
+            model::StringMatch::Exact(s) => format!("={s}"),
+            model::StringMatch::RegularExpression(s) => format!("=~{s}"),
+        }
+    }
+    if matches.is_empty() {
+        return vec!["*".to_owned()];
+    }
+    matches
+        .iter()
+        .map(|m| {
+            let mut parts = Vec::new();
+            if let Some(s) = &m.service {
+                parts.push(format!("service{}", sm(s)));
+            }
+            if let Some(s) = &m.method {
+                parts.push(format!("method{}", sm(s)));
+            }
+            for h in &m.headers {
+                parts.push(format!("header:{}{}", h.name, sm(&h.value)));
+            }
+            if parts.is_empty() {
+                "*".to_owned()
+            } else {
+                parts.join(" ")
+            }
+        })
+        .collect()
+}
+
+/// A gateway as configured: its listeners and the routes attached to them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub name: String,
+    pub listeners: Vec<GatewayListener>,
+    /// In order: the first that matches a call takes it.
+    pub routes: Vec<GatewayRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayListener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `tls` (ALPN `h2`), or `h2c` (cleartext HTTP/2 with prior knowledge).
+    pub protocol: String,
+    /// The hosts it takes; empty: any.
+    pub hostnames: Vec<String>,
+    /// Where its certificates come from (files or Secrets; never key
+    /// material).
+    pub certificates: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayRoute {
+    pub name: Option<String>,
+    /// Listener names it is attached to; empty: every listener.
+    pub listeners: Vec<String>,
+    pub hostnames: Vec<String>,
+    /// As in [`Route::matches`].
+    pub matches: Vec<String>,
+    pub backends: Vec<GatewayBackend>,
+}
+
+/// A share of a gateway route's calls for a balanced service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayBackend {
+    pub service: String,
+    pub weight: u32,
+}
+
+impl Gateway {
+    pub fn from_model(g: &model::Gateway) -> Self {
+        Gateway {
+            name: g.name.clone(),
+            listeners: g
+                .listeners
+                .iter()
+                .map(|l| GatewayListener {
+                    name: l.name.clone(),
+                    address: l.address,
+                    protocol: if l.is_tls() { "tls" } else { "h2c" }.to_owned(),
+                    hostnames: l.hostnames.clone(),
+                    certificates: l.certificates.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            routes: g
+                .routes
+                .iter()
+                .map(|r| GatewayRoute {
+                    name: r.name.clone(),
+                    listeners: r.listeners.clone(),
+                    hostnames: r.hostnames.clone(),
+                    matches: describe_matches(&r.matches),
+                    backends: r
+                        .backends
+                        .iter()
+                        .map(|b| GatewayBackend {
+                            service: b.service.clone(),
+                            weight: b.weight,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Backend {
     /// Label selector, e.g. `version=v1` (`*` for every endpoint).
@@ -196,39 +307,9 @@ pub struct Backend {
 
 impl Route {
     pub fn from_model(r: &model::Route) -> Self {
-        fn sm(m: &model::StringMatch) -> String {
-            match m {
-                model::StringMatch::Exact(s) => format!("={s}"),
-                model::StringMatch::RegularExpression(s) => format!("=~{s}"),
-            }
-        }
-        let matches = if r.matches.is_empty() {
-            vec!["*".to_owned()]
-        } else {
-            r.matches
-                .iter()
-                .map(|m| {
-                    let mut parts = Vec::new();
-                    if let Some(s) = &m.service {
-                        parts.push(format!("service{}", sm(s)));
-                    }
-                    if let Some(s) = &m.method {
-                        parts.push(format!("method{}", sm(s)));
-                    }
-                    for h in &m.headers {
-                        parts.push(format!("header:{}{}", h.name, sm(&h.value)));
-                    }
-                    if parts.is_empty() {
-                        "*".to_owned()
-                    } else {
-                        parts.join(" ")
-                    }
-                })
-                .collect()
-        };
         Route {
             name: r.name.clone(),
-            matches,
+            matches: describe_matches(&r.matches),
             backends: r
                 .backends
                 .iter()

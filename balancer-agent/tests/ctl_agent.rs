@@ -362,3 +362,94 @@ fn service_explain_tells_which_route_and_endpoint_take_a_call() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `balancerctl gateway` shows what the agent serves to clients outside
+/// the cluster: each gateway's listeners and its routes to services, and a
+/// call through a listener goes where the routes say.
+#[test]
+fn balancerctl_shows_the_gateways_listeners_and_routes() {
+    let server = TestServer::spawn("greeter-1").unwrap();
+    let admin = free_port().unwrap();
+    let (edge, internal) = (free_port().unwrap(), free_port().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"admin: {admin}
+services:
+  - name: greeter
+    vip: 10.96.0.10:8000
+    endpoints: [ {{ address: {backend} }} ]
+gateways:
+  - name: edge/public
+    listeners:
+      - name: edge
+        address: "{edge}"
+        hostnames: [api.example.com]
+      - name: internal
+        address: "{internal}"
+    routes:
+      - name: greeter-api
+        listeners: [edge]
+        matches: [ {{ service: helloworld.Greeter, method: SayHello }} ]
+        backends: [ {{ service: greeter, weight: 3 }} ]
+      - backends: [ {{ service: greeter }} ]
+"#,
+        backend = server.addr(),
+    );
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+
+    let all: Vec<api::Gateway> = ctl_json(admin, &["gateway"]);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let gw = &all[0];
+    assert_eq!(gw.name, "edge/public");
+    let listeners: Vec<(&str, SocketAddr, &str)> = gw
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.address, l.protocol.as_str()))
+        .collect();
+    assert_eq!(listeners, [("edge", edge, "h2c"), ("internal", internal, "h2c")]);
+    assert_eq!(gw.listeners[0].hostnames, ["api.example.com"]);
+    assert_eq!(gw.routes.len(), 2);
+    assert_eq!(gw.routes[0].name.as_deref(), Some("greeter-api"));
+    assert_eq!(gw.routes[0].listeners, ["edge"]);
+    assert_eq!(gw.routes[0].matches, ["service=helloworld.Greeter method=SayHello"]);
+    assert_eq!(
+        (
+            gw.routes[0].backends[0].service.as_str(),
+            gw.routes[0].backends[0].weight
+        ),
+        ("greeter", 3)
+    );
+    assert_eq!(gw.routes[1].matches, ["*"]);
+
+    // The table, by name (a `/` in it is fine).
+    let out = ctl(admin, &["gateway", "show", "edge/public"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Name:       edge/public"), "{text}");
+    assert!(
+        text.contains(&format!("{edge}")) && text.contains("api.example.com"),
+        "{text}"
+    );
+    assert!(text.contains("greeter:3"), "{text}");
+    let list = ctl(admin, &["gw", "list"]);
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        list.contains("edge/public") && list.contains(&format!("{internal} h2c")),
+        "{list}"
+    );
+
+    // What the routes say is what a call gets: the catch-all route serves
+    // the internal listener.
+    let spread = calls_over_one_connection(internal, 3, 1);
+    assert_eq!(spread.ok, 3, "{}", spread.table());
+    assert_eq!(server.calls(), 3);
+
+    let out = ctl(admin, &["gateway", "show", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no gateway named `nope`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

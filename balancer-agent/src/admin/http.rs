@@ -199,6 +199,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         },
         "/api/v1/status" => json(StatusCode::OK, &state.status()),
         "/api/v1/services" => json(StatusCode::OK, &state.services.services()),
+        "/api/v1/gateways" => json(StatusCode::OK, &state.services.gateways()),
         "/api/v1/pods" => json(StatusCode::OK, &state.pods()),
         "/api/v1/conns" => json(StatusCode::OK, &state.conns()),
         "/api/v1/stats" => json(StatusCode::OK, &state.stats()),
@@ -221,6 +222,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                     Some(s) if endpoints => json(StatusCode::OK, &s.endpoints),
                     Some(s) => json(StatusCode::OK, &s),
                     None => error(StatusCode::NOT_FOUND, format!("no service named `{name}`")),
+                };
+            }
+            if let Some(name) = path.strip_prefix("/api/v1/gateways/") {
+                let Some(name) = percent_decode(name) else {
+                    return error(StatusCode::BAD_REQUEST, format!("malformed gateway name in {path}"));
+                };
+                return match state.services.gateways().into_iter().find(|g| g.name == name) {
+                    Some(g) => json(StatusCode::OK, &g),
+                    None => error(StatusCode::NOT_FOUND, format!("no gateway named `{name}`")),
                 };
             }
             if let Some(name) = path.strip_prefix("/api/v1/maps/") {

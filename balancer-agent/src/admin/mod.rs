@@ -11,12 +11,13 @@
 //! | `/api/v1/services`, `/api/v1/services/{name}` | [`api::Service`] |
 //! | `/api/v1/services/{name}/endpoints` | [`api::Endpoint`] list |
 //! | `/api/v1/services/{name}/explain?method=/pkg.Svc/M&header=name:value` | [`api::Explanation`]: what applies to that call |
+//! | `/api/v1/gateways`, `/api/v1/gateways/{name}` | [`api::Gateway`] |
 //! | `/api/v1/pods` | [`api::Pod`] list |
 //! | `/api/v1/conns` | [`api::Conn`] list |
 //! | `/api/v1/programs`, `/api/v1/maps`, `/api/v1/maps/{name}` | [`api::Program`], [`api::Map`], [`api::MapDump`] |
 //! | `/api/v1/stats` | [`api::Stats`] |
 //!
-//! Service names may contain `/` (`namespace/name`); clients send it as-is
+//! Service and gateway names may contain `/` (`namespace/name`); clients send it as-is
 //! or percent-encoded.
 
 pub mod decode;

@@ -19,6 +19,11 @@ pub trait ServicesView: Send + Sync + 'static {
     fn explain(&self, _service: &str, _path: &str, _headers: &http::HeaderMap) -> Option<api::Explanation> {
         None
     }
+
+    /// The gateways (listeners for clients outside the cluster).
+    fn gateways(&self) -> Vec<api::Gateway> {
+        Vec::new()
+    }
 }
 
 impl<F> ServicesView for F

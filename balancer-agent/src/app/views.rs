@@ -50,6 +50,11 @@ impl ServicesView for TableView {
         let state = self.table.service(service)?.state()?;
         Some(state.explain(svc, &CallMeta::from_path(path, headers)))
     }
+
+    fn gateways(&self) -> Vec<api::Gateway> {
+        let model = self.models.borrow().clone();
+        model.gateways.iter().map(|g| api::Gateway::from_model(g)).collect()
+    }
 }
 
 /// Static mode: the file and its reload counters.

@@ -7,6 +7,7 @@
 
 pub mod client;
 mod explain;
+mod gateways;
 mod show;
 pub mod table;
 
@@ -132,6 +133,13 @@ pub enum Object {
         #[command(subcommand)]
         cmd: Option<ServiceCmd>,
     },
+    /// Gateways: listeners for clients outside the cluster and the routes
+    /// that send their calls to services.
+    #[command(visible_alias = "gw")]
+    Gateway {
+        #[command(subcommand)]
+        cmd: Option<GatewayCmd>,
+    },
     /// A service's endpoints: state, ejection, load, latency, calls, errors.
     #[command(visible_alias = "ep")]
     Endpoint {
@@ -210,6 +218,13 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GatewayCmd {
+    /// List the gateways, or show one in detail.
+    #[command(visible_alias = "list")]
+    Show { name: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EndpointCmd {
     /// The endpoints of SERVICE.
     #[command(visible_alias = "list")]
@@ -285,6 +300,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 _ => None,
             };
             show::services(&client, out, format, name)
+        }
+        Object::Gateway { cmd } => {
+            let name = match cmd {
+                Some(GatewayCmd::Show { name }) => name.as_deref(),
+                None => None,
+            };
+            gateways::gateways(&client, out, format, name)
         }
         Object::Endpoint {
             cmd: EndpointCmd::Show { service },

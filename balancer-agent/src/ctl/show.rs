@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{
     client::{segment, AdminClient},
     print_json,
-    table::{opt, secs, Table},
+    table::{join, opt, secs, Table},
     Cli, CtlError, Format,
 };
 use crate::admin::{api, kernel::KernelReader};
@@ -142,14 +142,6 @@ pub(super) fn map_dump(
         if dump.entries.len() == 1 { "" } else { "s" }
     )?;
     Ok(())
-}
-
-fn join<T: ToString>(v: &[T]) -> String {
-    if v.is_empty() {
-        "-".into()
-    } else {
-        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-    }
 }
 
 pub(super) fn services(

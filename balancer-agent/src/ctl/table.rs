@@ -51,6 +51,15 @@ impl Table {
     }
 }
 
+/// Comma-separated, `-` when empty.
+pub fn join<T: ToString>(v: &[T]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
 pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
