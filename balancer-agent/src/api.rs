@@ -241,6 +241,10 @@ pub struct GatewayListener {
     /// Where its certificates come from (files or Secrets; never key
     /// material).
     pub certificates: Vec<String>,
+    /// Calls it answered itself: no such host, no route for the call, or
+    /// the route's service not available.
+    #[serde(default)]
+    pub unrouted: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +278,7 @@ impl Gateway {
                     protocol: if l.is_tls() { "tls" } else { "h2c" }.to_owned(),
                     hostnames: l.hostnames.clone(),
                     certificates: l.certificates.iter().map(ToString::to_string).collect(),
+                    unrouted: 0,
                 })
                 .collect(),
             routes: g

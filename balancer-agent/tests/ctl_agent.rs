@@ -445,6 +445,23 @@ gateways:
     assert_eq!(spread.ok, 3, "{}", spread.table());
     assert_eq!(server.calls(), 3);
 
+    // The edge listener takes api.example.com only: a call to another host
+    // is answered UNIMPLEMENTED by the agent, and counted.
+    let spread = calls_over_one_connection(edge, 2, 1);
+    assert_eq!((spread.ok, spread.errors), (0, 2), "{}", spread.table());
+    assert_eq!(spread.error_codes.get("Unimplemented"), Some(&2), "{}", spread.table());
+    assert_eq!(server.calls(), 3, "no unrouted call reached the backend");
+    let again: api::Gateway = ctl_json(admin, &["gateway", "show", "edge/public"]);
+    let unrouted: Vec<u64> = again.listeners.iter().map(|l| l.unrouted).collect();
+    assert_eq!(unrouted, [2, 0]);
+    let r = balancer_testing::http::get(admin, "/metrics").unwrap();
+    let n = metric_sum(
+        &r.body,
+        "balancer_gateway_unrouted_calls_total",
+        &[("gateway", "edge/public"), ("listener", "edge"), ("reason", "host")],
+    );
+    assert_eq!(n, 2.0, "{}", r.body);
+
     let out = ctl(admin, &["gateway", "show", "nope"]);
     assert!(!out.status.success());
     assert!(

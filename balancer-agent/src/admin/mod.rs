@@ -221,6 +221,7 @@ impl AdminState {
             health: self.health.conditions(),
             pinned: status.pinned,
             traces: self.metrics.traces.snapshot(),
+            unrouted: self.metrics.unrouted.snapshot(),
         }
     }
 }

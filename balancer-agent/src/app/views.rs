@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{api, kernel::KernelReader, AdminState, ServicesView, SourceView},
-    balance::{locality, CallMeta, Table},
+    balance::{gateway::Unrouted, locality, CallMeta, Table},
     config::ReloadStats,
     ebpf::Kernel,
     model::Model,
@@ -23,6 +23,7 @@ use crate::{
 struct TableView {
     table: Arc<Table>,
     models: watch::Receiver<Arc<Model>>,
+    unrouted: Arc<Unrouted>,
 }
 
 impl ServicesView for TableView {
@@ -53,7 +54,17 @@ impl ServicesView for TableView {
 
     fn gateways(&self) -> Vec<api::Gateway> {
         let model = self.models.borrow().clone();
-        model.gateways.iter().map(|g| api::Gateway::from_model(g)).collect()
+        model
+            .gateways
+            .iter()
+            .map(|g| {
+                let mut out = api::Gateway::from_model(g);
+                for l in &mut out.listeners {
+                    l.unrouted = self.unrouted.of(&out.name, &l.name);
+                }
+                out
+            })
+            .collect()
     }
 }
 
@@ -83,6 +94,7 @@ pub fn admin_state(
     let mut state = AdminState::new(Arc::new(TableView {
         table,
         models: models.clone(),
+        unrouted: Arc::clone(&observers.metrics.unrouted),
     }));
     state.pods = crate::admin::views::model_pods(models);
     state.metrics = Arc::clone(&observers.metrics);

@@ -3,7 +3,10 @@
 //! The service's own policy, routes, retries and ejection then pick the
 //! endpoint, as for any call of that service.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, RwLock},
+};
 
 use super::{
     route::{CallMeta, Matches, Split},
@@ -41,6 +44,9 @@ impl GatewaySlot {
 pub struct ListenerRoutes {
     /// `gateway/listener`, for messages.
     pub name: String,
+    /// The gateway's and the listener's names, for counters.
+    pub gateway: String,
+    pub listener: String,
     hostnames: Vec<String>,
     routes: Vec<CompiledGatewayRoute>,
 }
@@ -66,6 +72,15 @@ pub enum Miss {
 }
 
 impl Miss {
+    /// The `reason` label of the call in `balancer_gateway_unrouted_calls_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Miss::Host(_) => "host",
+            Miss::Route(_) => "route",
+            Miss::Service(_) => "service",
+        }
+    }
+
     pub fn message(&self, listener: &str) -> String {
         match self {
             Miss::Host(h) => format!("gateway listener `{listener}` serves no host `{h}`"),
@@ -108,6 +123,8 @@ impl ListenerRoutes {
             .collect();
         ListenerRoutes {
             name: format!("{}/{}", gateway.name, listener.name),
+            gateway: gateway.name.clone(),
+            listener: listener.name.clone(),
             hostnames: listener.hostnames.clone(),
             routes,
         }
@@ -130,6 +147,35 @@ impl ListenerRoutes {
             Some(slot) if !slot.is_removed() => Ok(Arc::clone(slot)),
             _ => Err(Miss::Service(name.clone())),
         }
+    }
+}
+
+/// Calls gateway listeners answered themselves, for want of a host, a route
+/// or a service for them: per gateway, listener and reason. Counted off the
+/// path of routed calls, so a lock serves.
+#[derive(Debug, Default)]
+pub struct Unrouted(Mutex<BTreeMap<(String, String, &'static str), u64>>);
+
+impl Unrouted {
+    pub fn count(&self, routes: &ListenerRoutes, miss: &Miss) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m.entry((routes.gateway.clone(), routes.listener.clone(), miss.reason()))
+            .or_default() += 1;
+    }
+
+    /// (gateway, listener, reason, calls), ordered.
+    pub fn snapshot(&self) -> Vec<(String, String, &'static str, u64)> {
+        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter().map(|((g, l, r), n)| (g.clone(), l.clone(), *r, *n)).collect()
+    }
+
+    /// Every unrouted call of one listener, whatever the reason.
+    pub fn of(&self, gateway: &str, listener: &str) -> u64 {
+        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter()
+            .filter(|((g, l, _), _)| g == gateway && l == listener)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 

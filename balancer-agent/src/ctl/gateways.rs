@@ -28,7 +28,7 @@ pub(super) fn gateways(
     if format != Format::Table {
         return print_json(out, format, &gateways);
     }
-    let mut t = Table::new(&["NAME", "LISTENERS", "ROUTES", "SERVICES"]);
+    let mut t = Table::new(&["NAME", "LISTENERS", "ROUTES", "SERVICES", "UNROUTED"]);
     for g in &gateways {
         let listeners: Vec<String> = g
             .listeners
@@ -47,6 +47,7 @@ pub(super) fn gateways(
             join(&listeners),
             g.routes.len().to_string(),
             join(&services),
+            g.listeners.iter().map(|l| l.unrouted).sum::<u64>().to_string(),
         ]);
     }
     write!(out, "{}", t.render())?;
@@ -56,7 +57,7 @@ pub(super) fn gateways(
 fn detail(out: &mut dyn Write, gw: &api::Gateway) -> Result<(), CtlError> {
     writeln!(out, "Name:       {}", gw.name)?;
     writeln!(out, "Listeners:")?;
-    let mut t = Table::new(&["  NAME", "ADDRESS", "PROTOCOL", "HOSTNAMES", "CERTIFICATES"]);
+    let mut t = Table::new(&["  NAME", "ADDRESS", "PROTOCOL", "HOSTNAMES", "UNROUTED", "CERTIFICATES"]);
     for l in &gw.listeners {
         t.row(vec![
             format!("  {}", l.name),
@@ -67,6 +68,7 @@ fn detail(out: &mut dyn Write, gw: &api::Gateway) -> Result<(), CtlError> {
             } else {
                 join(&l.hostnames)
             },
+            l.unrouted.to_string(),
             join(&l.certificates),
         ]);
     }

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub latency: LatencyRecorder,
     /// What became of the agent's spans (tracing on).
     pub traces: std::sync::Arc<crate::traces::TraceCounters>,
+    /// Calls gateway listeners answered themselves (no host, route or
+    /// service for them).
+    pub unrouted: std::sync::Arc<crate::balance::gateway::Unrouted>,
 }
 
 impl Metrics {
@@ -81,6 +84,8 @@ pub struct Scrape {
     pub pinned: Option<api::PinnedSweeps>,
     /// The agent's spans: exported and dropped.
     pub traces: crate::traces::TraceCounts,
+    /// (gateway, listener, reason, calls).
+    pub unrouted: Vec<(String, String, &'static str, u64)>,
 }
 
 /// Renders a scrape as OpenMetrics text.
@@ -559,6 +564,26 @@ impl Collector for Scrape {
                 (vec![("reason", "export_failed")], self.traces.dropped_export_failed),
             ],
         )?;
+        if !self.unrouted.is_empty() {
+            let rows: Vec<(Labels<'_>, u64)> = self
+                .unrouted
+                .iter()
+                .map(|(g, l, r, n)| {
+                    (
+                        vec![("gateway", g.as_str()), ("listener", l.as_str()), ("reason", *r)],
+                        *n,
+                    )
+                })
+                .collect();
+            counter(
+                e,
+                "balancer_gateway_unrouted_calls",
+                "Calls a gateway listener answered itself: the listener serves no such host (host, \
+                 UNIMPLEMENTED), no route matches the call (route, UNIMPLEMENTED), or the route's service \
+                 is not available (service, UNAVAILABLE).",
+                &rows,
+            )?;
+        }
         if let Some(missing) = src.pods_cgroup_missing {
             gauge(
                 e,

@@ -458,6 +458,7 @@ impl ClientState {
                             Miss::Host(_) | Miss::Route(_) => grpc::UNIMPLEMENTED,
                             Miss::Service(_) => grpc::UNAVAILABLE,
                         };
+                        self.ctx.observers.metrics.unrouted.count(&routes, &miss);
                         let msg = miss.message(&routes.name);
                         debug!(stream, code, msg, "gateway call not routed");
                         put_status(c, out, stream, false, code, &msg);
