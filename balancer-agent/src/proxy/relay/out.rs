@@ -160,26 +160,29 @@ mod tests {
 
     #[test]
     fn payloads_go_out_between_frames_in_the_order_queued() {
+        let big = |b: u8| Bytes::from(vec![b; 1500]);
+        // (in place, bytes): frames written in place and payloads, small
+        // (copied) and large (queued by reference).
+        let pieces = [
+            (true, Bytes::from_static(b"head1")),
+            (false, big(b'a')),
+            (false, big(b'b')),
+            (false, Bytes::from_static(b"small")),
+            (true, Bytes::from_static(b"head2")),
+            (false, big(b'c')),
+            (false, big(b'd')),
+            (true, Bytes::from_static(b"tail")),
+        ];
+        let want: Vec<u8> = pieces.iter().flat_map(|(_, b)| b.iter().copied()).collect();
         for step in [1, 7, 1000, 5000, usize::MAX] {
             let mut out = Out::default();
-            let big = |b: u8| Bytes::from(vec![b; 1500]);
-            let mut want = Vec::new();
-            out.extend_from_slice(b"head1");
-            want.extend_from_slice(b"head1");
-            out.put_payload(big(b'a'));
-            want.extend_from_slice(&[b'a'; 1500]);
-            out.put_payload(big(b'b'));
-            want.extend_from_slice(&[b'b'; 1500]);
-            out.put_payload(Bytes::from_static(b"small"));
-            want.extend_from_slice(b"small");
-            out.extend_from_slice(b"head2");
-            want.extend_from_slice(b"head2");
-            out.put_payload(big(b'c'));
-            want.extend_from_slice(&[b'c'; 1500]);
-            out.put_payload(big(b'd'));
-            want.extend_from_slice(&[b'd'; 1500]);
-            out.extend_from_slice(b"tail");
-            want.extend_from_slice(b"tail");
+            for (in_place, bytes) in &pieces {
+                if *in_place {
+                    out.extend_from_slice(bytes);
+                } else {
+                    out.put_payload(bytes.clone());
+                }
+            }
             assert_eq!(out.pending(), want.len());
             assert_eq!(drain(&mut out, step), want, "written {step} bytes at a time");
             assert_eq!(out.pending(), 0);
