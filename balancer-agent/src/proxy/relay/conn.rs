@@ -137,6 +137,9 @@ impl Conn {
     /// and parses them, calling `on` for each stream-level event.
     pub fn read(&mut self, buf: &mut BytesMut, out: &mut Out, mut on: impl FnMut(&mut Conn, Event<'_>, &mut Out)) {
         let n = frame::complete(buf, MAX_FRAME);
+        if n == 0 {
+            return;
+        }
         // Frozen, so that large DATA payloads go on as slices of it.
         let chunk = buf.split_to(n).freeze();
         let mut pos = 0;
