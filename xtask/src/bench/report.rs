@@ -129,8 +129,8 @@ connections, default 10000), `--paths
 direct,listener,redirect,redirect-nofast,haproxy,nginx`, `--out DIR`,
 `--bin-dir DIR` (measure prebuilt binaries instead of building),
 `--baseline DIR` (also measure the `balancer-agent` in DIR, an earlier
-build, on the explicit listener: the `baseline` path). The run below has the
-last build with the h2 engine as its baseline:
+build, on the explicit listener: the `baseline` path). The last build with
+the h2 engine, the data plane the relay replaced, is commit `3036110`:
 
 ```sh
 git worktree add /tmp/h2-engine 3036110
