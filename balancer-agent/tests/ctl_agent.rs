@@ -470,3 +470,54 @@ gateways:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A route's `timeout` in the static file ends its calls that run longer
+/// with DEADLINE_EXCEEDED; calls of other routes are not touched.
+#[test]
+fn a_route_timeout_from_the_file_ends_a_slow_call() {
+    let server = TestServer::spawn("greeter-1").unwrap();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"admin: {admin}
+services:
+  - name: greeter
+    listen: {listen}
+    endpoints: [ {{ address: {backend} }} ]
+    routes:
+      - name: sleep
+        matches: [ {{ service: balancer.test.Echo, method: Sleep }} ]
+        backends: [ {{ labels: {{}}, weight: 1 }} ]
+        timeout: 300ms
+"#,
+        backend = server.addr(),
+    );
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (slept, took) = rt.block_on(async {
+        let channel = greeter::client::connect(&listen.to_string()).await.unwrap();
+        let started = std::time::Instant::now();
+        let slept = tokio::time::timeout(
+            Duration::from_secs(10),
+            greeter::client::echo(channel).sleep(greeter::pb::echo::SleepRequest { millis: 3000 }),
+        )
+        .await
+        .expect("the call ended within 10 s");
+        (slept, started.elapsed())
+    });
+    let e = slept.expect_err("the route's timeout ends the call");
+    assert_eq!(format!("{:?}", e.code()), "DeadlineExceeded", "{e:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // Calls of the service's other methods have no timeout and go on.
+    let spread = calls_over_one_connection(listen, 3, 1);
+    assert_eq!(spread.ok, 3, "{}", spread.table());
+}

@@ -268,6 +268,10 @@ struct RouteFile {
     /// Header modifiers and mirrors (see [`super::filters`]).
     #[serde(default)]
     filters: Vec<FilterFile>,
+    /// How long the route's calls may take (`2s`, `500ms`); a call's own
+    /// shorter `grpc-timeout` still applies.
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -548,12 +552,22 @@ impl RouteFile {
                 })
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
+        let timeout = match self.timeout {
+            None => None,
+            Some(t) => {
+                let d = parse_duration(&t).map_err(|e| invalid(format!("{at}.timeout"), e.to_string()))?;
+                if d.is_zero() {
+                    return Err(invalid(format!("{at}.timeout"), "a route timeout must be more than 0"));
+                }
+                Some(d)
+            }
+        };
         Ok(Route {
             name: self.name,
             matches,
             backends,
             filters,
-            timeout: None,
+            timeout,
         })
     }
 }

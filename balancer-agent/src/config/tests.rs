@@ -561,6 +561,33 @@ services:
 }
 
 #[test]
+fn a_route_timeout_from_the_file() {
+    let base = "services:\n  - name: a\n    listen: 127.0.0.1:1\n    routes:\n";
+    let loaded = parse(
+        &format!("{base}      - {{ name: slow, timeout: 1.5s, matches: [ {{ method: Export }} ], backends: [ {{ labels: {{}}, weight: 1 }} ] }}\n      - {{ backends: [ {{ labels: {{}}, weight: 1 }} ] }}\n"),
+        "a.yaml",
+    )
+    .unwrap();
+    let routes = &loaded.model.services[0].routes;
+    assert_eq!(routes[0].timeout, Some(std::time::Duration::from_millis(1500)));
+    assert_eq!(routes[1].timeout, None);
+    let e = err(&format!(
+        "{base}      - {{ timeout: soon, backends: [ {{ labels: {{}}, weight: 1 }} ] }}\n"
+    ));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].routes[0].timeout: invalid duration `soon`"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}      - {{ timeout: 0s, backends: [ {{ labels: {{}}, weight: 1 }} ] }}\n"
+    ));
+    assert!(
+        e.starts_with("greeter.yaml: services[0].routes[0].timeout: a route timeout must be more than 0"),
+        "{e}"
+    );
+}
+
+#[test]
 fn ring_hash_and_fault_mistakes_name_the_key() {
     let base = "services:\n  - name: a\n    listen: 127.0.0.1:1\n";
     let e = err(&format!("{base}    policy: ring-hash\n"));
