@@ -185,6 +185,10 @@ pub struct Route {
     /// `mirror: shadow 10%`.
     #[serde(default)]
     pub filters: Vec<String>,
+    /// How long the route's calls may take, e.g. `300ms`; absent: no limit
+    /// but the call's own `grpc-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// One string per match, e.g. `service=helloworld.Greeter method=~Say.*`;
@@ -324,6 +328,7 @@ impl Route {
                 })
                 .collect(),
             filters: crate::balance::filters::describe(r),
+            timeout: r.timeout.map(|d| format!("{d:?}")),
         }
     }
 }

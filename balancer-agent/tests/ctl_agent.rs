@@ -495,6 +495,8 @@ services:
     );
     let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
     agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+    let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
+    assert_eq!(svc.routes[0].timeout.as_deref(), Some("300ms"));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

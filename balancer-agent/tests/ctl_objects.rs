@@ -125,7 +125,7 @@ fn service_show() {
 
     let detail = ok(&fx, &["service", "show", "greeter"]);
     assert!(detail.contains("Policy:     round-robin"), "{detail}");
-    assert!(detail.contains("version=v1:90 version=v2:10"), "{detail}");
+    assert!(detail.contains("version=v1:90 version=v2:10  300ms"), "{detail}");
     assert!(detail.contains("127.0.0.1:50052"), "{detail}");
     assert!(
         detail.contains("Locality:   PreferClose (endpoints: 1 zone, 1 other)"),

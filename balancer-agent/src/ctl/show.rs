@@ -184,7 +184,7 @@ pub(super) fn services(
         if svc.routes.is_empty() {
             writeln!(out, "  (none: every call goes to all ready endpoints)")?;
         } else {
-            let mut t = Table::new(&["  NAME", "MATCHES", "BACKENDS"]);
+            let mut t = Table::new(&["  NAME", "MATCHES", "BACKENDS", "TIMEOUT"]);
             for r in &svc.routes {
                 let backends = r
                     .backends
@@ -195,6 +195,7 @@ pub(super) fn services(
                     format!("  {}", opt(r.name.as_ref())),
                     r.matches.join(" | "),
                     backends.join(" "),
+                    opt(r.timeout.as_ref()),
                 ]);
             }
             write!(out, "{}", t.render())?;

@@ -83,6 +83,7 @@ pub fn greeter() -> api::Service {
                 "request: set x-tenant=acme, remove x-debug".into(),
                 "mirror: greeter-shadow 10%".into(),
             ],
+            timeout: Some("300ms".into()),
         }],
         endpoints: vec![a, b],
         counters: api::ServiceCounters {
