@@ -474,8 +474,18 @@ fn print_run(r: &Run) {
 struct Scratch(PathBuf);
 
 impl Scratch {
+    /// In memory (`/dev/shm`) where the machine has it: h2load logs every
+    /// call, and writing that log back to a disk costs the kernel's flush
+    /// workers a share of a core during the run, which the paths under
+    /// test would pay for.
     fn new() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("balancer-bench-{}", std::process::id()));
+        let shm = Path::new("/dev/shm");
+        let base = if procs::is_tmpfs(shm) {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("balancer-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Scratch(dir))
     }

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     fs,
+    path::Path,
     process::{Child, Command},
     thread,
     time::{Duration, Instant},
@@ -324,4 +325,15 @@ pub fn raise_nofile(want: u64) -> u64 {
             l.rlim_cur
         }
     }
+}
+
+/// Whether `dir` is a tmpfs mount point (per `/proc/mounts`).
+pub fn is_tmpfs(dir: &Path) -> bool {
+    fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next(), f.next(), f.next());
+            at == dir.to_str() && kind == Some("tmpfs")
+        })
+    })
 }

@@ -145,7 +145,9 @@ cargo xtask bench --baseline /tmp/h2-engine/target/release
 - Load: `h2load -t1` making unary `helloworld.Greeter/SayHello` calls with a
   real gRPC body (`HelloRequest{name: \"world\"}`), `content-type:
   application/grpc`, `te: trailers`; a fixed number of calls per run after a
-  warm-up of 5%. Latency percentiles come from h2load's per-request log.
+  warm-up of 5%. Latency percentiles come from h2load's per-request log,
+  written to memory (`/dev/shm`) so that the disk's writeback is not part
+  of the run.
 - gRPC status: h2load only checks the HTTP status, so after every run 300
   calls go through the same path over one connection with `nghttp`, and every
   `grpc-status` trailer is checked; the replies name the backend that
