@@ -497,6 +497,13 @@ services:
     agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
     let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
     assert_eq!(svc.routes[0].timeout.as_deref(), Some("300ms"));
+    // `explain` names the limit for a call the route takes, and none for
+    // one it does not.
+    let out = ctl(admin, &["service", "explain", "greeter", "balancer.test.Echo/Sleep"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Timeout:    300ms"), "{text}");
+    let e: api::Explanation = ctl_json(admin, &["service", "explain", "greeter", "helloworld.Greeter/SayHello"]);
+    assert!(e.route.is_none(), "{e:?}");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

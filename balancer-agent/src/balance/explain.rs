@@ -48,6 +48,10 @@ pub struct RouteChoice {
     /// [`super::filters::describe`]).
     #[serde(default)]
     pub filters: Vec<String>,
+    /// The route's limit on a call's duration, e.g. `300ms` (a call's own
+    /// shorter `grpc-timeout` still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// One backend of the route: its label selector, weight, and where its
@@ -120,6 +124,7 @@ impl ServiceState {
                     name: route.name.clone(),
                     routes: self.routes.len(),
                     filters: route.described.clone(),
+                    timeout: route.timeout.map(|d| format!("{d:?}")),
                 });
                 let total: u64 = route.backends.iter().map(|(_, w)| u64::from(*w)).sum();
                 let configured = svc.routes.get(index).map(|r| r.backends.as_slice()).unwrap_or(&[]);

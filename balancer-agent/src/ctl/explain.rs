@@ -58,6 +58,11 @@ fn render(e: &api::Explanation) -> String {
         )),
         None => s.push_str("Route:      none matches: every ready endpoint may take the call\n"),
     }
+    if let Some(t) = e.route.as_ref().and_then(|r| r.timeout.as_ref()) {
+        s.push_str(&format!(
+            "Timeout:    {t} (a call's own shorter grpc-timeout still applies)\n"
+        ));
+    }
     for f in e.route.iter().flat_map(|r| &r.filters) {
         s.push_str(&format!("Filter:     {f}\n"));
     }
