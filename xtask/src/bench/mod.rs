@@ -134,6 +134,10 @@ pub struct Run {
     /// one call on HTTP/2 (tonic on h2) with no proxy work in it.
     pub backend_cpu_us_per_call: f64,
     pub peak_rss_kb: Option<u64>,
+    /// All the machine's CPU per call, µs: every process's and the
+    /// kernel's (interrupt time included), and the kernel's part of it.
+    pub machine_us_per_call: f64,
+    pub kernel_us_per_call: f64,
     /// Cores busy with processes outside the run, on average.
     pub other_cores: f64,
     pub disturbed: bool,
@@ -437,6 +441,9 @@ fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPa
     let peak_rss_kb = proxy_pid.map(procs::tree_peak_rss_kb);
     let cpu_us_per_call = proxy_pid.map(|_| (cpu1 - cpu0) * 1e6 / m.succeeded.max(1) as f64);
     let backend_cpu_us_per_call = (bcpu1 - bcpu0) * 1e6 / m.succeeded.max(1) as f64;
+    let per_call = |ticks: u64| ticks as f64 / tps * 1e6 / m.succeeded.max(1) as f64;
+    let machine_us_per_call = per_call(mach1.work.saturating_sub(mach0.work));
+    let kernel_us_per_call = per_call(mach1.kernel.saturating_sub(mach0.kernel));
     drop(running);
     Ok(Run {
         path,
@@ -445,6 +452,8 @@ fn measure(env: &Env, backends: &[Proc], body: &Path, s: &Settings, path: CallPa
         cpu_us_per_call,
         backend_cpu_us_per_call,
         peak_rss_kb,
+        machine_us_per_call,
+        kernel_us_per_call,
         other_cores,
         disturbed: other_cores > DISTURBED_CORES,
         sample,

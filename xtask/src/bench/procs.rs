@@ -220,31 +220,44 @@ pub fn tree_rss_kb(pid: u32) -> u64 {
 pub struct MachineCpu {
     pub busy: u64,
     pub kernel_threads: u64,
+    /// All the work the machine did: `busy` and interrupt time.
+    pub work: u64,
+    /// The kernel's part of `work`: system and interrupt time.
+    pub kernel: u64,
 }
 
 impl MachineCpu {
     pub fn now() -> Self {
-        let busy = fs::read_to_string("/proc/stat")
+        // user nice system idle iowait irq softirq steal ...
+        let f: Vec<u64> = fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
                 let line = s.lines().next()?.to_owned();
-                let f: Vec<u64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .map(|v| v.parse().unwrap_or(0))
-                    .collect();
-                // user nice system: what processes and kernel threads ran.
-                // irq and softirq time (loopback traffic of the run itself)
-                // and steal (the hypervisor) belong to no process.
-                Some(f.iter().take(3).sum::<u64>())
+                Some(
+                    line.split_whitespace()
+                        .skip(1)
+                        .map(|v| v.parse().unwrap_or(0))
+                        .collect(),
+                )
             })
-            .unwrap_or(0);
+            .unwrap_or_default();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        // user nice system: what processes and kernel threads ran. irq and
+        // softirq time (loopback traffic of the run itself) and steal (the
+        // hypervisor) belong to no process.
+        let busy = at(0) + at(1) + at(2);
+        let interrupts = at(5) + at(6);
         let kernel_threads = all_pids()
             .into_iter()
             .filter(|&p| p == 2 || parent(p) == Some(2))
             .map(ticks)
             .sum();
-        MachineCpu { busy, kernel_threads }
+        MachineCpu {
+            busy,
+            kernel_threads,
+            work: busy + interrupts,
+            kernel: at(2) + interrupts,
+        }
     }
 }
 
