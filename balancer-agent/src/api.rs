@@ -165,6 +165,10 @@ impl Service {
                 .then(|| svc.internal_traffic_policy.as_str().to_owned()),
             ejection: svc.ejection.map(|e| match e.consecutive_failures {
                 0 => "off".to_owned(),
+                n if e.max_percent < 100 => format!(
+                    "after {n} consecutive failures, for {:?} (growing), at most {}% of endpoints at once",
+                    e.base, e.max_percent
+                ),
                 n => format!("after {n} consecutive failures, for {:?} (growing)", e.base),
             }),
         }

@@ -139,6 +139,9 @@ pub struct Ejection {
     /// The first ejection lasts this long, the n-th n times as long
     /// (capped at the agent's maximum).
     pub base: std::time::Duration,
+    /// At most this share of the service's endpoints is ejected at once,
+    /// 0–100 (100: every endpoint may be).
+    pub max_percent: u32,
 }
 
 /// Which endpoints a service's calls prefer (Kubernetes Service

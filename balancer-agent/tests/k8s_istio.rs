@@ -206,7 +206,8 @@ async fn a_canary_virtual_service_shifts_calls_90_10_then_0_100_by_subset_weight
         greeter.ejection,
         Some(Ejection {
             consecutive_failures: 2,
-            base: Duration::from_secs(45)
+            base: Duration::from_secs(45),
+            max_percent: 10,
         }),
         "the DestinationRule's outlierDetection"
     );
@@ -295,7 +296,7 @@ async fn what_balancer_cannot_honour_is_reported_once_by_an_event_and_by_balance
     // What maps is shown with the service.
     for line in [
         "Policy:     least-request",
-        "Ejection:   after 2 consecutive failures, for 45s (growing)",
+        "Ejection:   after 2 consecutive failures, for 45s (growing), at most 10% of endpoints at once",
     ] {
         assert!(service.lines().any(|l| l == line), "missing {line:?} in:\n{service}");
     }

@@ -74,6 +74,67 @@ pub struct EndpointRt {
     /// The data plane's connections to this endpoint, made at its first
     /// call.
     conns: OnceLock<Box<dyn EndpointConns>>,
+    /// The endpoints of its service, for the service's limit on how many
+    /// may be ejected at once.
+    group: OnceLock<Arc<EjectionGroup>>,
+}
+
+/// The endpoints of one service, as far as ejection goes: at most
+/// `max_percent` of them may be ejected at once. An endpoint is ejected only
+/// while fewer than that share are (so at least one may be, unless the
+/// share is 0), as Envoy and gRPC's outlier detection count.
+#[derive(Debug)]
+pub(crate) struct EjectionGroup {
+    max_percent: AtomicU32,
+    /// The service's endpoints, while `max_percent` is below 100.
+    members: Mutex<Vec<std::sync::Weak<EndpointRt>>>,
+}
+
+impl EjectionGroup {
+    pub(crate) fn new() -> Self {
+        EjectionGroup {
+            max_percent: AtomicU32::new(100),
+            members: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The service's endpoints and its limit, at each reload; each endpoint
+    /// joins the group it was first built in (its service's).
+    pub(crate) fn set(self: &Arc<Self>, max_percent: u32, endpoints: &[Arc<EndpointRt>]) {
+        let max_percent = max_percent.min(100);
+        self.max_percent.store(max_percent, Relaxed);
+        let members = if max_percent < 100 {
+            endpoints.iter().map(Arc::downgrade).collect()
+        } else {
+            Vec::new()
+        };
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
+        for e in endpoints {
+            let _ = e.group.set(Arc::clone(self));
+        }
+    }
+
+    /// Runs `eject` for `me` if the service's limit allows one more
+    /// ejection; the check and the ejection happen under one lock, so two
+    /// endpoints failing together cannot both pass the last place.
+    fn eject_if_allowed(&self, me: &EndpointRt, eject: impl FnOnce()) -> bool {
+        let max = self.max_percent.load(Relaxed) as usize;
+        if max >= 100 {
+            eject();
+            return true;
+        }
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let ejected = members
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|e| !std::ptr::eq(Arc::as_ptr(e), me) && e.is_ejected())
+            .count();
+        let allowed = ejected * 100 < members.len() * max;
+        if allowed {
+            eject();
+        }
+        allowed
+    }
 }
 
 /// The upstream connections a data plane keeps to one endpoint. The
@@ -120,6 +181,7 @@ impl EndpointRt {
             }),
             counters: OnceLock::new(),
             conns: OnceLock::new(),
+            group: OnceLock::new(),
         }
     }
 
@@ -282,14 +344,27 @@ impl EndpointRt {
         if c.consecutive_failures.compare_exchange(n, 0, Relaxed, Relaxed).is_err() {
             return; // someone else ejected it
         }
-        let k = c.ejections.fetch_add(1, Relaxed).saturating_add(1);
-        c.ejections_total.fetch_add(1, Relaxed);
-        let base = Duration::from_nanos(self.base_ejection_ns.load(Relaxed));
-        let backoff = base.saturating_mul(k).min(self.opts.max_ejection);
-        let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
-        self.ejected_until.store(until, Relaxed);
-        tracing::warn!(endpoint = %self.address, ejection = k, backoff_ms = backoff.as_millis() as u64,
-            "endpoint ejected after {n} consecutive failures");
+        let eject = || {
+            let k = c.ejections.fetch_add(1, Relaxed).saturating_add(1);
+            c.ejections_total.fetch_add(1, Relaxed);
+            let base = Duration::from_nanos(self.base_ejection_ns.load(Relaxed));
+            let backoff = base.saturating_mul(k).min(self.opts.max_ejection);
+            let until = self.now_ns().saturating_add(backoff.as_nanos() as u64).max(1);
+            self.ejected_until.store(until, Relaxed);
+            tracing::warn!(endpoint = %self.address, ejection = k, backoff_ms = backoff.as_millis() as u64,
+                "endpoint ejected after {n} consecutive failures");
+        };
+        let ejected = match self.group.get() {
+            Some(group) => group.eject_if_allowed(self, eject),
+            None => {
+                eject();
+                true
+            }
+        };
+        if !ejected {
+            tracing::info!(endpoint = %self.address,
+                "endpoint not ejected after {n} consecutive failures: the service's limit on ejected endpoints is reached");
+        }
     }
 
     /// The endpoint's statistics, read from its atomics: the one place

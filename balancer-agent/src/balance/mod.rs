@@ -36,6 +36,7 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
+use endpoint::EjectionGroup;
 pub use endpoint::{CallGuard, EndpointRt, Outcome};
 pub use route::{CallHeaders, CallMeta};
 pub use stats::{EndpointSnapshot, EndpointStats, ServiceCounters, ServiceSnapshot, TableSnapshot};
@@ -81,6 +82,8 @@ pub struct ServiceState {
     pub fault: Option<model::Fault>,
     pub vips: Vec<SocketAddr>,
     pub endpoints: Vec<Arc<EndpointRt>>,
+    /// Its endpoints' share of ejection, kept across reloads.
+    ejection: Arc<EjectionGroup>,
     all: Subset,
     routes: Vec<CompiledRoute>,
     /// Whether a route has a timeout (calls of other services skip the
@@ -118,6 +121,8 @@ impl ServiceState {
                 rt
             })
             .collect();
+        let ejection = old.map_or_else(|| Arc::new(EjectionGroup::new()), |o| Arc::clone(&o.ejection));
+        ejection.set(svc.ejection.map_or(100, |e| e.max_percent), &endpoints);
         let classes = locality::classify(svc, here);
         let mut routes: Vec<CompiledRoute> = svc
             .routes
@@ -159,6 +164,7 @@ impl ServiceState {
             vips: svc.vips.clone(),
             all,
             endpoints,
+            ejection,
             timeouts: routes.iter().any(|r| r.timeout.is_some()),
             routes,
             no_local,

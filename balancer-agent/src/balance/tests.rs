@@ -339,6 +339,7 @@ async fn a_services_own_ejection_settings_apply_and_follow_reloads() {
         Some(crate::model::Ejection {
             consecutive_failures: 2,
             base: Duration::from_secs(30),
+            max_percent: 100,
         }),
     );
     let t = Table::new(&m);
@@ -368,12 +369,68 @@ async fn a_services_own_ejection_settings_apply_and_follow_reloads() {
         Some(crate::model::Ejection {
             consecutive_failures: 0,
             base: Duration::from_secs(30),
+            max_percent: 100,
         }),
     ));
     for _ in 0..20 {
         bad.start_call().finish(Outcome::ConnectFailed);
     }
     assert!(bad.is_available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_services_ejection_limit_keeps_endpoints_taking_calls() {
+    let limited = |max_percent: u32| {
+        let mut m = three(Policy::RoundRobin);
+        let mut svc = (*m.services[0]).clone();
+        svc.ejection = Some(crate::model::Ejection {
+            consecutive_failures: 2,
+            base: Duration::from_secs(30),
+            max_percent,
+        });
+        m.services = vec![Arc::new(svc)];
+        m
+    };
+    let fail_all = |st: &ServiceState| {
+        for ep in &st.endpoints {
+            for _ in 0..2 {
+                ep.start_call().finish(Outcome::ConnectFailed);
+            }
+        }
+        st.endpoints.iter().filter(|e| e.is_ejected()).count()
+    };
+    let h = HeaderMap::new();
+
+    // Istio's default, 10%: of three endpoints one may be ejected, and
+    // calls still find the other two.
+    let t = Table::new(&limited(10));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert_eq!(fail_all(&st), 1);
+    assert!(st.pick(&CallMeta::from_path(SAY_HELLO, &h), &[]).is_some());
+    // When the ejected one comes back, another may take its place.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(fail_all(&st), 1);
+
+    // 50%: two of three (ejecting while fewer than half are ejected).
+    let t = Table::new(&limited(50));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert_eq!(fail_all(&st), 2);
+    // 0: none.
+    let t = Table::new(&limited(0));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert_eq!(fail_all(&st), 0);
+
+    // The limit follows a reload, and endpoints kept across it count.
+    let t = Table::new(&limited(10));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert_eq!(fail_all(&st), 1);
+    t.update(&limited(100));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    assert_eq!(fail_all(&st), 3, "100%: every endpoint may be ejected");
+    t.update(&limited(50));
+    let st = t.service("greeter").unwrap().state().unwrap();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(fail_all(&st), 2, "after the reload at most two of three again");
 }
 
 #[tokio::test(start_paused = true)]

@@ -20,6 +20,8 @@ use crate::{
 /// Istio's defaults when `outlierDetection` leaves them out.
 const ISTIO_CONSECUTIVE_5XX: u32 = 5;
 const ISTIO_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// Istio's default `maxEjectionPercent`.
+const ISTIO_MAX_EJECTION_PERCENT: u32 = 10;
 
 /// The Service a host names, relative to `namespace`: `name`, `name.ns`,
 /// `name.ns.svc` and `name.ns.svc.<cluster domain>`.
@@ -111,8 +113,11 @@ pub(super) fn destination_rule<'a>(
 /// exactly; `consecutive5xxErrors` (default 5) counts those failures only;
 /// the lower non-zero threshold wins, 0 for both turns ejection off.
 /// `baseEjectionTime` (default 30s) is the first ejection's length, the
-/// n-th lasting n times as long, as in Envoy (capped at 300 s). The agent
-/// ejects at the failure itself, so `interval` has no equivalent.
+/// n-th lasting n times as long, as in Envoy (capped at 300 s).
+/// `maxEjectionPercent` (default 10) caps the share of the service's
+/// endpoints ejected at once: one more is ejected only while fewer than
+/// that share are, so at least one can be. The agent ejects at the failure
+/// itself, so `interval` has no equivalent.
 fn outlier_detection(od: &spec::OutlierDetection, notes: &mut Vec<String>) -> Ejection {
     unsupported("trafficPolicy.outlierDetection.", &od.other, notes);
     let five_xx = od.consecutive_5xx_errors.unwrap_or(ISTIO_CONSECUTIVE_5XX);
@@ -133,14 +138,20 @@ fn outlier_detection(od: &spec::OutlierDetection, notes: &mut Vec<String>) -> Ej
             ISTIO_BASE_EJECTION
         }),
     };
-    if let Some(p) = od.max_ejection_percent.filter(|p| *p < 100) {
-        notes.push(format!(
-            "trafficPolicy.outlierDetection.maxEjectionPercent {p} (the agent may eject every endpoint)"
-        ));
-    }
+    let max_percent = match od.max_ejection_percent {
+        None => ISTIO_MAX_EJECTION_PERCENT,
+        Some(p @ 0..=100) => p as u32,
+        Some(p) => {
+            notes.push(format!(
+                "trafficPolicy.outlierDetection.maxEjectionPercent {p} (not 0–100; {ISTIO_MAX_EJECTION_PERCENT} used)"
+            ));
+            ISTIO_MAX_EJECTION_PERCENT
+        }
+    };
     Ejection {
         consecutive_failures,
         base,
+        max_percent,
     }
 }
 

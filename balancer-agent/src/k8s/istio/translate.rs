@@ -902,6 +902,7 @@ mod tests {
             Some(Ejection {
                 consecutive_failures: n,
                 base: Duration::from_secs(secs),
+                max_percent: 10,
             })
         };
         assert_eq!(
@@ -917,15 +918,27 @@ mod tests {
         );
         let (got, notes) = ejection(json!({ "consecutive5xxErrors": 2, "maxEjectionPercent": 50,
                                             "baseEjectionTime": "soon", "minHealthPercent": 50 }));
-        assert_eq!(got, e(2, 30));
+        assert_eq!(got.map(|e| e.max_percent), Some(50), "maxEjectionPercent applies");
+        assert_eq!(
+            got.map(|e| (e.consecutive_failures, e.base)),
+            Some((2, Duration::from_secs(30)))
+        );
         assert_eq!(
             notes,
             [
                 "DestinationRule demo/greeter: applied without: trafficPolicy.outlierDetection.minHealthPercent (not \
               supported); trafficPolicy.outlierDetection.consecutive5xxErrors counts only connect failures and \
               UNAVAILABLE (as consecutiveGatewayErrors 2); trafficPolicy.outlierDetection.baseEjectionTime `soon` \
-              (not a duration; 30s used); trafficPolicy.outlierDetection.maxEjectionPercent 50 (the agent may eject \
-              every endpoint)"
+              (not a duration; 30s used)"
+            ]
+        );
+        let (got, notes) = ejection(json!({ "maxEjectionPercent": 150 }));
+        assert_eq!(got, e(5, 30));
+        assert_eq!(
+            notes,
+            [
+                "DestinationRule demo/greeter: applied without: trafficPolicy.outlierDetection.maxEjectionPercent 150 \
+              (not 0–100; 10 used)"
             ]
         );
     }
