@@ -82,8 +82,8 @@ pub struct ServiceState {
     pub fault: Option<model::Fault>,
     pub vips: Vec<SocketAddr>,
     pub endpoints: Vec<Arc<EndpointRt>>,
-    /// Its endpoints' share of ejection, kept across reloads.
-    ejection: Arc<EjectionGroup>,
+    /// Its limit on ejected endpoints, kept across reloads.
+    ejection: Option<Arc<EjectionGroup>>,
     all: Subset,
     routes: Vec<CompiledRoute>,
     /// Whether a route has a timeout (calls of other services skip the
@@ -121,8 +121,16 @@ impl ServiceState {
                 rt
             })
             .collect();
-        let ejection = old.map_or_else(|| Arc::new(EjectionGroup::new()), |o| Arc::clone(&o.ejection));
-        ejection.set(svc.ejection.map_or(100, |e| e.max_percent), &endpoints);
+        // A group only for a service that has had a limit (the endpoints of
+        // a large cluster stay small); once made it is kept, as the
+        // endpoints keep theirs.
+        let max_percent = svc.ejection.map_or(100, |e| e.max_percent);
+        let ejection = old
+            .and_then(|o| o.ejection.clone())
+            .or_else(|| (max_percent < 100).then(|| Arc::new(EjectionGroup::new())));
+        if let Some(group) = &ejection {
+            group.set(max_percent, &endpoints);
+        }
         let classes = locality::classify(svc, here);
         let mut routes: Vec<CompiledRoute> = svc
             .routes
