@@ -144,6 +144,12 @@ pub struct Ejection {
     pub max_percent: u32,
 }
 
+impl Ejection {
+    /// The agent's own: for services that set none.
+    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+    pub const DEFAULT_BASE: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
 /// Which endpoints a service's calls prefer (Kubernetes Service
 /// `spec.trafficDistribution`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -530,3 +530,46 @@ services:
     let spread = calls_over_one_connection(listen, 3, 1);
     assert_eq!(spread.ok, 3, "{}", spread.table());
 }
+
+/// A service's `ejection` in the static file: with two of three endpoints
+/// dead, `max_percent: 33` lets one of them be ejected, never both, and the
+/// calls still all succeed (a refused connect is retried elsewhere).
+#[test]
+fn a_services_ejection_limit_from_the_file_keeps_endpoints_in_play() {
+    let server = TestServer::spawn("greeter-1").unwrap();
+    let admin = free_port().unwrap();
+    let listen = free_port().unwrap();
+    // Nothing listens on these: connects are refused.
+    let (dead_a, dead_b) = (free_port().unwrap(), free_port().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"admin: {admin}
+services:
+  - name: greeter
+    listen: {listen}
+    endpoints: [ {{ address: {live} }}, {{ address: {dead_a} }}, {{ address: {dead_b} }} ]
+    ejection: {{ consecutive_failures: 1, base: 60s, max_percent: 33 }}
+"#,
+        live = server.addr(),
+    );
+    let mut agent = start_agent(dir.path(), &config, &[], "warn", Log::Discard);
+    agent.wait_readyz(admin, Duration::from_secs(30)).unwrap();
+    let svc: api::Service = ctl_json(admin, &["service", "show", "greeter"]);
+    assert_eq!(
+        svc.ejection.as_deref(),
+        Some("after 1 consecutive failures, for 60s (growing), at most 33% of endpoints at once")
+    );
+
+    let spread = calls_over_one_connection(listen, 30, 1);
+    assert_eq!(spread.ok, 30, "{}", spread.table());
+    let eps: Vec<api::Endpoint> = ctl_json(admin, &["endpoint", "show", "greeter"]);
+    let dead: Vec<&api::Endpoint> = eps.iter().filter(|e| e.address != server.addr()).collect();
+    assert_eq!(dead.len(), 2, "{eps:?}");
+    assert!(
+        dead.iter().all(|e| e.stats.connect_failures > 0),
+        "both dead endpoints were tried: {eps:?}"
+    );
+    let ejected: Vec<SocketAddr> = eps.iter().filter(|e| e.stats.ejected).map(|e| e.address).collect();
+    assert_eq!(ejected.len(), 1, "one of three ejected at most: {eps:?}");
+    assert_ne!(ejected[0], server.addr());
+}

@@ -63,8 +63,8 @@ pub struct BalanceOptions {
 impl Default for BalanceOptions {
     fn default() -> Self {
         BalanceOptions {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(10),
+            consecutive_failures: model::Ejection::DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: model::Ejection::DEFAULT_BASE,
             max_ejection: Duration::from_secs(300),
             ewma_decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(1),

@@ -11,9 +11,9 @@ use serde::{
 };
 
 use crate::model::{
-    parse_abort_code, parse_duration, Backend, Endpoint, EndpointState, Fault, FaultAbort, FaultDelay, HeaderMatch,
-    InternalTrafficPolicy, Labels, Locality, Model, ModelError, Policy, Route, RouteMatch, Service, Share, StringMatch,
-    TrafficDistribution,
+    parse_abort_code, parse_duration, Backend, Ejection, Endpoint, EndpointState, Fault, FaultAbort, FaultDelay,
+    HeaderMatch, InternalTrafficPolicy, Labels, Locality, Model, ModelError, Policy, Route, RouteMatch, Service, Share,
+    StringMatch, TrafficDistribution,
 };
 
 use super::{
@@ -137,6 +137,59 @@ struct ServiceFile {
     internal_traffic_policy: InternalTrafficPolicyFile,
     #[serde(default)]
     fault: Option<FaultFile>,
+    /// The service's own outlier detection, instead of the agent's.
+    #[serde(default)]
+    ejection: Option<EjectionFile>,
+}
+
+/// `ejection:` of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EjectionFile {
+    /// Consecutive failures (failed connects, `UNAVAILABLE`) that eject an
+    /// endpoint; 0: never.
+    #[serde(default = "default_consecutive_failures")]
+    consecutive_failures: u32,
+    /// The first ejection's length (`10s`); the n-th lasts n times as long.
+    #[serde(default)]
+    base: Option<String>,
+    /// At most this share of the service's endpoints ejected at once.
+    #[serde(default = "hundred_percent")]
+    max_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    Ejection::DEFAULT_CONSECUTIVE_FAILURES
+}
+
+fn hundred_percent() -> u32 {
+    100
+}
+
+impl EjectionFile {
+    fn into_ejection(self, at: &str) -> Result<Ejection, Invalid> {
+        let base = match self.base {
+            None => Ejection::DEFAULT_BASE,
+            Some(b) => {
+                let d = parse_duration(&b).map_err(|e| invalid(format!("{at}.base"), e.to_string()))?;
+                if d.is_zero() {
+                    return Err(invalid(format!("{at}.base"), "an ejection must last more than 0"));
+                }
+                d
+            }
+        };
+        if self.max_percent > 100 {
+            return Err(invalid(
+                format!("{at}.max_percent"),
+                format!("{} is not a percentage (0–100)", self.max_percent),
+            ));
+        }
+        Ok(Ejection {
+            consecutive_failures: self.consecutive_failures,
+            base,
+            max_percent: self.max_percent,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +540,10 @@ impl ServiceFile {
             (_, None) => {}
         }
         let fault = self.fault.map(|f| f.into_fault(&format!("{at}.fault"))).transpose()?;
+        let ejection = self
+            .ejection
+            .map(|e| e.into_ejection(&format!("{at}.ejection")))
+            .transpose()?;
         Ok(Service {
             name: self.name,
             vips,
@@ -506,7 +563,7 @@ impl ServiceFile {
                 InternalTrafficPolicyFile::Cluster => InternalTrafficPolicy::Cluster,
                 InternalTrafficPolicyFile::Local => InternalTrafficPolicy::Local,
             },
-            ejection: None,
+            ejection,
         })
     }
 }

@@ -588,6 +588,51 @@ fn a_route_timeout_from_the_file() {
 }
 
 #[test]
+fn a_services_ejection_from_the_file() {
+    let base = "services:\n  - name: a\n    listen: 127.0.0.1:1\n";
+    let loaded = parse(
+        &format!("{base}    ejection: {{ consecutive_failures: 2, base: 30s, max_percent: 50 }}\n"),
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.model.services[0].ejection,
+        Some(crate::model::Ejection {
+            consecutive_failures: 2,
+            base: std::time::Duration::from_secs(30),
+            max_percent: 50,
+        })
+    );
+    // Omitted keys: the agent's defaults, every endpoint may be ejected.
+    let loaded = parse(&format!("{base}    ejection: {{ max_percent: 10 }}\n"), "a.yaml").unwrap();
+    let e = loaded.model.services[0].ejection.unwrap();
+    assert_eq!(
+        (e.consecutive_failures, e.base, e.max_percent),
+        (5, std::time::Duration::from_secs(10), 10)
+    );
+    assert_eq!(parse(base, "a.yaml").unwrap().model.services[0].ejection, None);
+    for (bad, says) in [
+        (
+            "{ max_percent: 150 }",
+            "services[0].ejection.max_percent: 150 is not a percentage (0–100)",
+        ),
+        ("{ base: soon }", "services[0].ejection.base: invalid duration `soon`"),
+        (
+            "{ base: 0s }",
+            "services[0].ejection.base: an ejection must last more than 0",
+        ),
+        (
+            "{ percent: 10 }",
+            "services[0].ejection.percent: unknown field `percent`",
+        ),
+    ] {
+        let e = err(&format!("{base}    ejection: {bad}\n"));
+        assert!(e.starts_with(&format!("greeter.yaml: {says}")), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
 fn ring_hash_and_fault_mistakes_name_the_key() {
     let base = "services:\n  - name: a\n    listen: 127.0.0.1:1\n";
     let e = err(&format!("{base}    policy: ring-hash\n"));
@@ -748,4 +793,6 @@ fn the_readme_example_parses() {
     let canary = &greeter.routes[0];
     assert_eq!(canary.filters.mirrors[0].service, "greeter-shadow");
     assert!(canary.backends[0].filters.request.is_some());
+    let e = greeter.ejection.expect("the example's ejection");
+    assert_eq!((e.consecutive_failures, e.max_percent), (5, 100));
 }
