@@ -166,17 +166,20 @@ fn hundred_percent() -> u32 {
     100
 }
 
+/// A duration at `at` that must be more than 0 (`zero` says why).
+fn positive_duration(text: &str, at: String, zero: &str) -> Result<std::time::Duration, Invalid> {
+    let d = parse_duration(text).map_err(|e| invalid(at.clone(), e.to_string()))?;
+    if d.is_zero() {
+        return Err(invalid(at, zero));
+    }
+    Ok(d)
+}
+
 impl EjectionFile {
     fn into_ejection(self, at: &str) -> Result<Ejection, Invalid> {
         let base = match self.base {
             None => Ejection::DEFAULT_BASE,
-            Some(b) => {
-                let d = parse_duration(&b).map_err(|e| invalid(format!("{at}.base"), e.to_string()))?;
-                if d.is_zero() {
-                    return Err(invalid(format!("{at}.base"), "an ejection must last more than 0"));
-                }
-                d
-            }
+            Some(b) => positive_duration(&b, format!("{at}.base"), "an ejection must last more than 0")?,
         };
         if self.max_percent > 100 {
             return Err(invalid(
@@ -609,16 +612,10 @@ impl RouteFile {
                 })
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
-        let timeout = match self.timeout {
-            None => None,
-            Some(t) => {
-                let d = parse_duration(&t).map_err(|e| invalid(format!("{at}.timeout"), e.to_string()))?;
-                if d.is_zero() {
-                    return Err(invalid(format!("{at}.timeout"), "a route timeout must be more than 0"));
-                }
-                Some(d)
-            }
-        };
+        let timeout = self
+            .timeout
+            .map(|t| positive_duration(&t, format!("{at}.timeout"), "a route timeout must be more than 0"))
+            .transpose()?;
         Ok(Route {
             name: self.name,
             matches,
