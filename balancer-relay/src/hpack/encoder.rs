@@ -3,9 +3,10 @@
 //! sensitive ones are not, and string literals are sent raw (no Huffman).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hasher};
 
 use bytes::BytesMut;
+use foldhash::fast::FixedState;
 
 use super::integer;
 use super::table::{static_find, DynamicTable, Entry, ENTRY_OVERHEAD, STATIC_LEN};
@@ -252,7 +253,7 @@ impl Hasher for IdentityHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = hash_bytes(self.0, bytes);
+        self.0 = FIELD_HASH.hash_one(bytes);
     }
 
     fn write_u64(&mut self, n: u64) {
@@ -260,40 +261,15 @@ impl Hasher for IdentityHasher {
     }
 }
 
-const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// A fast (non-cryptographic) hash step over `bytes`, 8 at a time.
-fn hash_bytes(mut h: u64, bytes: &[u8]) -> u64 {
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(MUL);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(MUL);
-    }
-    h
-}
-
-/// The final avalanche of MurmurHash3, so that every bit of the key depends
-/// on every input bit (the map uses both the low and the high bits).
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+/// The hash of names and fields. The index maps hold at most a table's
+/// worth of entries and every hit is compared in full, so a fixed seed
+/// serves: a peer that made keys collide would only miss the index.
+const FIELD_HASH: FixedState = FixedState::with_seed(0x9e37_79b9_7f4a_7c15);
 
 fn name_hash(name: &[u8]) -> u64 {
-    mix(hash_bytes(name.len() as u64, name))
+    FIELD_HASH.hash_one(name)
 }
 
 fn pair_hash(name: &[u8], value: &[u8]) -> u64 {
-    let h = hash_bytes((name.len() as u64) ^ MUL, name);
-    mix(hash_bytes(h ^ (value.len() as u64).rotate_left(32), value))
+    FIELD_HASH.hash_one((name, value))
 }
