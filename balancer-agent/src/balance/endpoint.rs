@@ -256,9 +256,9 @@ impl EndpointRt {
         e.ns
     }
 
-    fn observe_rtt(&self, rtt: Duration) {
+    /// A latency sample `rtt`, taken at `now`.
+    fn observe_rtt(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
-        let now = Instant::now();
         let Ok(mut e) = self.ewma.lock() else { return };
         if sample > e.ns {
             // Peak: a slow response raises the estimate at once.
@@ -422,7 +422,8 @@ impl CallGuard {
 
     /// Response headers arrived: a latency sample for the EWMA.
     pub fn first_byte(&self) {
-        self.ep.observe_rtt(self.started.elapsed());
+        let now = Instant::now();
+        self.ep.observe_rtt(now.saturating_duration_since(self.started), now);
     }
 
     pub fn finish(mut self, outcome: Outcome) {

@@ -351,7 +351,7 @@ impl ClientState {
         } else {
             RequestCheck::default()
         };
-        let mut b = Builder::with_capacity(block.len() * 2 + 64);
+        let mut b = Builder::for_block(block.len());
         let whole = c.decode(block, out, |n, v, never| {
             check.field(n, v);
             b.push(n, v, never);

@@ -400,7 +400,7 @@ impl UpState {
     fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut Out) {
         match ev {
             Event::Headers { stream, end, block } => {
-                let mut b = Builder::with_capacity(block.len() * 2 + 64);
+                let mut b = Builder::for_block(block.len());
                 let ok = c.decode(block, out, |n, v, never| {
                     b.push(n, v, never);
                     true
