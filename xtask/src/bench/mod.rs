@@ -236,10 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     for round in 1..=settings.rounds {
-        // Rotate the order so that no path always runs first.
-        let n = settings.paths.len();
-        for i in 0..n {
-            let path = settings.paths[(i + round as usize - 1) % n];
+        for path in round_order(&settings.paths, round) {
             let mut run = measure(&env, &backends, &body, &settings, path, round)?;
             // Again once, if waiting for a calm machine can still help.
             if run.disturbed && settings.calm.has_budget() {
@@ -310,6 +307,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{text}");
     eprintln!("bench: wrote {}", out.join("benchmarks.md").display());
     Ok(())
+}
+
+/// The paths the targets' calls/s ratios compare, in the order they run.
+const COMPARED: [CallPath; 3] = [
+    CallPath::Haproxy,
+    CallPath::AgentListener,
+    CallPath::AgentRedirect { fast_path: true },
+];
+
+/// The order of `paths` in `round` (from 1). The paths the targets compare
+/// run first and back to back, forwards in odd rounds and backwards in even
+/// ones, so that a machine whose speed drifts during a round moves both
+/// sides of a ratio alike and favours neither; the other paths follow,
+/// rotated so that none always runs first.
+fn round_order(paths: &[CallPath], round: u32) -> Vec<CallPath> {
+    let mut order: Vec<CallPath> = COMPARED.into_iter().filter(|p| paths.contains(p)).collect();
+    if round.is_multiple_of(2) {
+        order.reverse();
+    }
+    let rest: Vec<CallPath> = paths.iter().copied().filter(|p| !COMPARED.contains(p)).collect();
+    if !rest.is_empty() {
+        let shift = (round as usize).saturating_sub(1) % rest.len();
+        order.extend(rest[shift..].iter().chain(&rest[..shift]));
+    }
+    order
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {
@@ -503,5 +525,34 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compared_paths_run_back_to_back_alternating_and_every_path_runs_once() {
+        let listener = CallPath::AgentListener;
+        let redirect = CallPath::AgentRedirect { fast_path: true };
+        let nofast = CallPath::AgentRedirect { fast_path: false };
+        let paths = CallPath::ALL;
+        let first = round_order(&paths, 1);
+        let second = round_order(&paths, 2);
+        assert_eq!(first[..3], [CallPath::Haproxy, listener, redirect]);
+        assert_eq!(second[..3], [redirect, listener, CallPath::Haproxy]);
+        for round in 1..=4 {
+            let order = round_order(&paths, round);
+            assert_eq!(order.len(), paths.len());
+            assert!(paths.iter().all(|p| order.contains(p)), "round {round}: {order:?}");
+        }
+        // The others rotate.
+        assert_ne!(first[3], second[3]);
+        // Only some of the compared paths: they still lead.
+        assert_eq!(
+            round_order(&[nofast, listener, CallPath::Direct], 1),
+            [listener, nofast, CallPath::Direct]
+        );
     }
 }

@@ -107,9 +107,11 @@ const HOW_TO_RUN: &str = "\
 balancer next to the proxies users would pick instead — HAProxy and nginx —
 on the same machine, in the same run. Absolute numbers move from machine to
 machine and run to run; the ratios measured in one run are what to read.
-The targets' calls/s ratios are taken round by round (the paths of a round
-run back to back) and the median of those is shown with their range, so a
-machine that changes speed between rounds moves both sides of each ratio.
+The targets' calls/s ratios are taken round by round and the median of
+those is shown with their range. The paths they compare (HAProxy, the
+explicit listener, the kernel redirect) run back to back at the start of
+each round, in the opposite order every other round, so a machine that
+changes speed moves both sides of each ratio alike.
 
 ## Run it
 
@@ -157,8 +159,9 @@ cargo xtask bench --baseline /tmp/h2-engine/target/release
   calls go through the same path over one connection with `nghttp`, and every
   `grpc-status` trailer is checked; the replies name the backend that
   answered, which gives the per-backend share.
-- Paths, interleaved (every path once per round, the order rotated each
-  round), medians over the rounds:
+- Paths, interleaved (every path once per round: HAProxy, explicit
+  listener and kernel redirect first, forwards and backwards in turn, then
+  the others, rotated each round), medians over the rounds:
   - **direct**: h2load straight to one backend — the ceiling, no balancing;
   - **balancer, explicit listener**: the agent with `--no-ebpf`, h2load dials
     the service's listener on 127.0.0.1;
@@ -467,8 +470,8 @@ fn round_values(runs: &[Run]) -> Rounds {
     out
 }
 
-/// A ratio of two paths taken round by round: the paths of one round ran
-/// minutes apart at most, so a machine that gets slower or faster between
+/// A ratio of two paths taken round by round: the paths the targets
+/// compare ran back to back in each round, so a machine that gets slower or faster between
 /// rounds (other guests of the host, thermal limits) moves both sides of
 /// each ratio alike. The median over the rounds both paths ran in, and the
 /// lowest and highest.
