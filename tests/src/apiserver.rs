@@ -27,8 +27,9 @@
 //! # What the HTTP side serves
 //!
 //! Resources: `services`, `pods`, `namespaces`, `nodes` (core `v1`),
-//! `endpointslices` (`discovery.k8s.io/v1`), `grpcroutes`
-//! (`gateway.networking.k8s.io/v1`, with a `status` subresource), `events`
+//! `endpointslices` (`discovery.k8s.io/v1`), `grpcroutes`, `gateways` and
+//! `gatewayclasses` (`gateway.networking.k8s.io/v1`, with a `status`
+//! subresource), `events`
 //! (`events.k8s.io/v1`) and `leases` (`coordination.k8s.io/v1`); every verb
 //! on each (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`),
 //! cluster-wide and per namespace, as kube-apiserver does:
@@ -56,7 +57,8 @@
 //!   and `apply-patch+yaml` (JSON bodies) as JSON merge patches (apply
 //!   creates a missing object), `json-patch+json` as RFC 6902; a
 //!   resourceVersion in a merge patch is a precondition (409).
-//! * `status` subresource (services, pods, namespaces, nodes, grpcroutes):
+//! * `status` subresource (services, pods, namespaces, nodes, grpcroutes,
+//!   gateways, gatewayclasses):
 //!   GET, PUT and PATCH on `.../{name}/status` change only the status, and
 //!   are counted ([`FakeApiServer::status_writes`]); writes to the object
 //!   itself keep its status, and create drops it.

@@ -3,8 +3,8 @@
 //! resumed watch replays what it missed), 410 Gone to force a relist, an
 //! outage, 403/404 per resource, a record of the Events posted, Leases
 //! (get, create, update with resourceVersion conflicts), Secrets (get) and
-//! the GRPCRoute and Gateway `status` subresources (get, merge patch,
-//! update), with every write
+//! the GRPCRoute, Gateway and GatewayClass `status` subresources (get,
+//! merge patch, update), with every write
 //! recorded under the name of the client that made it.
 #![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
 
@@ -76,6 +76,7 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => "grpcroutes",
         "/apis/gateway.networking.k8s.io/v1/gateways" => "gateways",
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses" => "gatewayclasses",
         "/apis/networking.istio.io/v1/virtualservices" => "virtualservices",
         "/apis/networking.istio.io/v1/destinationrules" => "destinationrules",
         _ => return None,
@@ -91,6 +92,7 @@ fn resource_of_kind(kind: &str) -> &'static str {
         "EndpointSlice" => "endpointslices",
         "GRPCRoute" => "grpcroutes",
         "Gateway" => "gateways",
+        "GatewayClass" => "gatewayclasses",
         "Secret" => "secrets",
         "VirtualService" => "virtualservices",
         "DestinationRule" => "destinationrules",
@@ -279,6 +281,7 @@ impl FakeApi {
     fn serve_object(&self, method: &Method, target: &Target, body: &Value) -> Response<Body> {
         let forbidden_as = match (target.status, target.resource) {
             (true, "gateways") => "gateways/status",
+            (true, "gatewayclasses") => "gatewayclasses/status",
             (true, _) => "grpcroutes/status",
             (false, resource) => resource,
         };
@@ -536,6 +539,10 @@ impl Target {
             ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "gateways", rest @ ..] => {
                 ("gateways", "Gateway", (ns, rest))
             }
+            // Cluster-scoped: no namespace.
+            ["apis", "gateway.networking.k8s.io", "v1", "gatewayclasses", rest @ ..] => {
+                ("gatewayclasses", "GatewayClass", (&"", rest))
+            }
             ["api", "v1", "namespaces", ns, "secrets", rest @ ..] => ("secrets", "Secret", (ns, rest)),
             _ => return None,
         };
@@ -543,7 +550,7 @@ impl Target {
         let (name, status) = match (resource, rest) {
             ("leases", []) => (None, false),
             ("leases", [name]) => (Some(*name), false),
-            ("grpcroutes" | "gateways", [name, "status"]) => (Some(*name), true),
+            ("grpcroutes" | "gateways" | "gatewayclasses", [name, "status"]) => (Some(*name), true),
             ("secrets", [name]) => (Some(*name), false),
             _ => return None,
         };

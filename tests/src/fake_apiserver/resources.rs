@@ -149,6 +149,15 @@ pub const RESOURCES: &[ResourceDef] = &[
         status: false,
         fields: &["type"],
     },
+    ResourceDef {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gatewayclasses",
+        kind: "GatewayClass",
+        namespaced: false,
+        status: true,
+        fields: &[],
+    },
 ];
 
 /// The events.k8s.io Events, listed by the `events` control command.
