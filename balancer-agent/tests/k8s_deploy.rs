@@ -407,6 +407,7 @@ fn rbac_grants_what_the_agent_uses_and_nothing_to_change_workloads() {
     assert!(allows("", "secrets", "get"));
     assert!(!allows("", "secrets", "list") && !allows("", "secrets", "watch"));
     assert!(allows("gateway.networking.k8s.io", "gateways/status", "patch"));
+    assert!(allows("gateway.networking.k8s.io", "gatewayclasses/status", "patch"));
     assert!(allows("events.k8s.io", "events", "create"));
     assert!(allows("events.k8s.io", "events", "patch"));
     // The route-status leader patches the status subresource.
@@ -423,15 +424,16 @@ fn rbac_grants_what_the_agent_uses_and_nothing_to_change_workloads() {
                 "verb {v}"
             );
         }
-        // Writes only to Events and route status: never to workloads, nor
-        // to the routes' spec.
+        // Writes only to Events and the status of routes, Gateways and
+        // GatewayClasses: never to workloads, nor to any spec.
         if r.verbs
             .iter()
             .any(|v| ["create", "patch", "update"].contains(&v.as_str()))
         {
             let resources = r.resources.as_deref().unwrap_or_default();
+            let status = ["grpcroutes/status", "gateways/status", "gatewayclasses/status"];
             assert!(
-                resources == ["events"] || resources == ["grpcroutes/status"] || resources == ["gateways/status"],
+                resources == ["events"] || resources.iter().all(|r| status.contains(&r.as_str())),
                 "writes to {resources:?}"
             );
         }

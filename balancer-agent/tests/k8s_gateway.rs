@@ -1,8 +1,10 @@
-//! Kubernetes mode: a Gateway of balancer's class, a GRPCRoute naming it
-//! and the TLS Secret it references, read from the fake API server, serve
-//! gRPC calls from outside the cluster over TLS (the certificate from the
-//! Secret) and cleartext HTTP/2, every call balanced over the Service's
-//! endpoints; the elected agent writes the Gateway's status.
+//! Kubernetes mode: a Gateway of balancer's class (a GatewayClass of its
+//! controller, whatever its name), a GRPCRoute naming it and the TLS Secret
+//! it references, read from the fake API server, serve gRPC calls from
+//! outside the cluster over TLS (the certificate from the Secret) and
+//! cleartext HTTP/2, every call balanced over the Service's endpoints; the
+//! elected agent writes the Gateway's status and the class's. Gateways of
+//! another controller's class are left alone.
 
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 
@@ -52,11 +54,17 @@ fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<
     if let Some(leaf) = secret {
         apply_secret(fake, leaf);
     }
+    // balancer's class under another name than the one deploy/ ships.
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": { "name": "edge", "generation": 1 },
+        "spec": { "controllerName": "balancer.io/gateway-controller" }
+    }));
     fake.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": { "name": "public", "namespace": "demo", "generation": 1 },
         "spec": {
-            "gatewayClassName": "balancer",
+            "gatewayClassName": "edge",
             "listeners": [
                 { "name": "https", "port": https, "protocol": "HTTPS", "hostname": "*.example.com",
                   "tls": { "mode": "Terminate", "certificateRefs": [ { "name": "greeter-tls" } ] } },
@@ -122,6 +130,22 @@ async fn gateway_status(fake: &FakeApi, what: &str, pred: impl Fn(&Value) -> boo
     }
 }
 
+/// A GatewayClass named `balancer` that another controller owns, and a
+/// Gateway of that class listening on `port`.
+fn seed_foreign(fake: &FakeApi, port: u16) {
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": { "name": "balancer", "generation": 1 },
+        "spec": { "controllerName": "example.com/another-controller" }
+    }));
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": { "name": "foreign", "namespace": "demo", "generation": 1 },
+        "spec": { "gatewayClassName": "balancer",
+                  "listeners": [ { "name": "h2c", "port": port, "protocol": "HTTP" } ] }
+    }));
+}
+
 fn condition<'a>(conditions: &'a Value, kind: &str) -> &'a Value {
     conditions
         .as_array()
@@ -150,6 +174,7 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
     let leaf = ca.leaf(&["*.example.com"]);
     let fake = FakeApi::default();
     seed(&fake, port, https, h2c, Some(&leaf));
+    seed_foreign(&fake, free_port());
     let mut run = start(&fake);
     run.until_ready().await;
     let model = run
@@ -157,6 +182,8 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
             m.gateways.first().is_some_and(|g| g.listeners.len() == 2)
         })
         .await;
+    // The other controller's Gateway is not served.
+    assert_eq!(model.gateways.len(), 1, "{:#?}", model.gateways);
     let gw = &model.gateways[0];
     assert_eq!(gw.name, "demo/public");
     assert_eq!(gw.routes.len(), 1);
@@ -209,6 +236,30 @@ async fn a_gateway_with_a_tls_secret_serves_calls_and_gets_its_status() {
             );
         }
     }
+
+    // balancer's class is Accepted; the other controller's class and
+    // Gateway get nothing from balancer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let class = fake.object("gatewayclasses", "/edge").unwrap_or_default();
+        let accepted = condition(&class["status"]["conditions"], "Accepted");
+        if accepted["status"] == "True" {
+            assert_eq!(accepted["reason"], "Accepted", "{class:#}");
+            assert_eq!(accepted["observedGeneration"], 1, "{class:#}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no GatewayClass status: {class:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let foreign = |w: &&k8s_fake::Write| w.path.contains("/gatewayclasses/balancer") || w.path.contains("/foreign");
+    assert!(
+        !fake.status_writes().iter().any(|w| foreign(&w)),
+        "{:#?}",
+        fake.status_writes()
+    );
 
     // The route's status names the Gateway as a parent that accepted it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -311,6 +362,36 @@ async fn a_missing_secret_leaves_the_listener_unserved_and_says_why() {
     seed(&fake, port, https, h2c, Some(&leaf));
     run.until("the https listener is served", Duration::from_secs(20), |m| {
         m.gateways.first().is_some_and(|g| g.listeners.len() == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_gateway_classes_the_class_named_balancer_is_taken_for_balancers() {
+    let port = free_port();
+    let (https, h2c, other) = (free_port(), free_port(), free_port());
+    let fake = FakeApi::default();
+    seed(&fake, port, https, h2c, None);
+    seed_foreign(&fake, other);
+    // GatewayClasses cannot be read (an RBAC role from before they were).
+    fake.forbid("gatewayclasses");
+    let mut run = start(&fake);
+    run.until_ready().await;
+    let model = run
+        .until(
+            "the Gateway of class balancer is served",
+            Duration::from_secs(10),
+            |m| !m.gateways.is_empty(),
+        )
+        .await;
+    let names: Vec<&str> = model.gateways.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["demo/foreign"]);
+    assert_eq!(model.gateways[0].listeners[0].address.port(), other);
+
+    // Readable again: the classes decide.
+    fake.allow("gatewayclasses");
+    run.until("balancer's class is served instead", Duration::from_secs(20), |m| {
+        m.gateways.iter().map(|g| g.name.as_str()).eq(["demo/public"])
     })
     .await;
 }

@@ -1,9 +1,10 @@
 //! The agent binary in Kubernetes mode, against an API server that runs as
-//! its own process: a Gateway of balancer's class, its GRPCRoute and TLS
-//! Secret make the agent serve TLS on its node address (`HOST_IPS`),
-//! every call of an outside client's connection balanced over the
-//! Service's endpoints, and the agent (the only one, so the elected one)
-//! writes the Gateway's status.
+//! its own process: a Gateway of balancer's class (a GatewayClass of its
+//! controller), its GRPCRoute and TLS Secret make the agent serve TLS on
+//! its node address (`HOST_IPS`), every call of an outside client's
+//! connection balanced over the Service's endpoints, and the agent (the
+//! only one, so the elected one) writes the status of the Gateway and of
+//! its class.
 
 use std::{
     net::SocketAddr,
@@ -46,9 +47,12 @@ fn the_agent_serves_a_gateway_from_the_api_and_writes_its_status() {
                                { "addresses": ["127.0.0.3"], "conditions": { "ready": true } } ],
                 "ports": [{ "name": "grpc", "port": port, "protocol": "TCP" }] }),
         ca.leaf(&["greeter.example.com"]).secret("demo", "greeter-tls"),
+        json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": { "name": "grpc-edge" },
+                "spec": { "controllerName": "balancer.io/gateway-controller" } }),
         json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                 "metadata": { "name": "public", "namespace": "demo" },
-                "spec": { "gatewayClassName": "balancer",
+                "spec": { "gatewayClassName": "grpc-edge",
                           "listeners": [ { "name": "https", "port": https.port(), "protocol": "HTTPS",
                                            "tls": { "certificateRefs": [ { "name": "greeter-tls" } ] } } ] } }),
         json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
@@ -118,6 +122,26 @@ fn the_agent_serves_a_gateway_from_the_api_and_writes_its_status() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "no Gateway status: {status:#}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The class is Accepted by balancer's controller.
+    loop {
+        let class = api
+            .get("gatewayclasses", None, "grpc-edge")
+            .expect("get")
+            .expect("the GatewayClass");
+        let accepted = class["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned());
+        if accepted.as_ref().is_some_and(|c| c["status"] == "True") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no GatewayClass status: {class:#}\n{}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(100));

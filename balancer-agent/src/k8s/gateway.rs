@@ -2,9 +2,12 @@
 //! every agent serves their listeners on its node's address, routed by the
 //! GRPCRoutes whose `parentRefs` name the Gateway.
 //!
-//! - Class: `spec.gatewayClassName` equal to [`GATEWAY_CLASS`] (the
-//!   GatewayClass `deploy/gatewayclass.yaml` ships, whose controllerName is
-//!   [`GATEWAY_CONTROLLER`]). Other Gateways are left alone.
+//! - Class: `spec.gatewayClassName` names a GatewayClass whose
+//!   `controllerName` is [`GATEWAY_CONTROLLER`] (`deploy/gateway/` ships
+//!   one, [`GATEWAY_CLASS`]), whatever its name. Other Gateways — those of
+//!   another controller's class, or of a class that does not exist — are
+//!   left alone. When GatewayClasses cannot be read, the class named
+//!   [`GATEWAY_CLASS`] is assumed to be balancer's.
 //! - Listeners: protocol `HTTP` is served as cleartext HTTP/2 (prior
 //!   knowledge), `HTTPS` with `tls.mode: Terminate` as TLS (ALPN `h2`) with
 //!   the certificates of its `certificateRefs`: `kubernetes.io/tls` Secrets
@@ -30,6 +33,7 @@ use std::{
 };
 
 use gateway_api::{
+    gatewayclasses::GatewayClass,
     gateways::{Gateway, GatewayListeners, GatewayListenersTlsMode},
     grpcroutes::{GrpcRoute, GrpcRouteParentRefs},
 };
@@ -39,7 +43,7 @@ use kube::ResourceExt;
 use super::grpcroute::{backend_port, to_match};
 use crate::model::{self, valid_hostname, CertificateSource, GatewayListener, GatewayRoute, ServiceBackend};
 
-/// The `gatewayClassName` of balancer's Gateways.
+/// The name of the GatewayClass `deploy/gateway/` ships.
 pub const GATEWAY_CLASS: &str = "balancer";
 /// The `controllerName` of balancer's GatewayClass.
 pub const GATEWAY_CONTROLLER: &str = "balancer.io/gateway-controller";
@@ -114,17 +118,42 @@ fn key_of<K: ResourceExt>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// Whether `gw` is balancer's.
-pub fn is_ours(gw: &Gateway) -> bool {
-    gw.spec.gateway_class_name == GATEWAY_CLASS
+/// The names of the GatewayClasses balancer serves.
+pub type Classes = BTreeSet<String>;
+
+/// balancer's GatewayClasses among `classes`: those of its controller.
+pub fn our_classes(classes: &[Arc<GatewayClass>]) -> Vec<Arc<GatewayClass>> {
+    classes
+        .iter()
+        .filter(|c| c.spec.controller_name == GATEWAY_CONTROLLER)
+        .cloned()
+        .collect()
 }
 
-/// The Secrets balancer's Gateways reference (in their own namespace):
-/// the only ones the agent reads.
+/// The names of `classes`.
+pub fn class_names(classes: &[Arc<GatewayClass>]) -> Classes {
+    classes.iter().map(|c| c.name_any()).collect()
+}
+
+/// What is taken for balancer's classes when GatewayClasses cannot be
+/// read: the one `deploy/gateway/` ships.
+pub fn assumed_classes() -> Classes {
+    [GATEWAY_CLASS.to_owned()].into()
+}
+
+/// balancer's Gateways among `gateways`: those of one of `classes`.
+pub fn ours(gateways: Vec<Arc<Gateway>>, classes: &Classes) -> Vec<Arc<Gateway>> {
+    gateways
+        .into_iter()
+        .filter(|g| classes.contains(&g.spec.gateway_class_name))
+        .collect()
+}
+
+/// The Secrets balancer's Gateways (`gateways`) reference, in their own
+/// namespace: the only ones the agent reads.
 pub fn secret_refs(gateways: &[Arc<Gateway>]) -> BTreeSet<Key> {
     gateways
         .iter()
-        .filter(|g| is_ours(g))
         .flat_map(|g| {
             let ns = g.namespace().unwrap_or_default();
             g.spec
@@ -264,8 +293,8 @@ fn precedence(hostnames: &[String], has_matches: bool) -> (u8, u8) {
     (host, u8::from(!has_matches))
 }
 
-/// Translates balancer's Gateways. `node_ip` is where this agent serves
-/// them; `services(ns, name)` finds a Service; `balanced` are the model's
+/// Translates balancer's Gateways ([`ours`]). `node_ip` is where this
+/// agent serves them; `services(ns, name)` finds a Service; `balanced` are the model's
 /// service names (a backend must be one); `secrets` the referenced Secrets.
 pub fn translate(
     gateways: &[Arc<Gateway>],
@@ -275,7 +304,7 @@ pub fn translate(
     secrets: &HashMap<Key, SecretPem>,
     node_ip: IpAddr,
 ) -> Translated {
-    let mut ours: Vec<&Arc<Gateway>> = gateways.iter().filter(|g| is_ours(g)).collect();
+    let mut ours: Vec<&Arc<Gateway>> = gateways.iter().collect();
     ours.sort_by_key(|g| (g.creation_timestamp(), key_of(g.as_ref())));
     let mut routes: Vec<&Arc<GrpcRoute>> = routes.iter().collect();
     routes.sort_by_key(|r| (r.creation_timestamp(), key_of(r.as_ref())));

@@ -9,6 +9,9 @@
 //!   `Programmed` with the Gateway API reasons, the number of GRPCRoutes
 //!   attached, and the route kind served (`GRPCRoute`).
 //!
+//! In each of balancer's GatewayClasses (its controllerName), the
+//! `Accepted` condition (True): the class is served.
+//!
 //! And in each GRPCRoute attached to such a Gateway, one
 //! `status.parents[]` entry per parentRef naming it, under
 //! [`GATEWAY_CONTROLLER`]: `Accepted` (True when at least one of its rules
@@ -25,7 +28,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
+use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute};
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
 use kube::{
     api::{ListParams, Patch, PatchParams},
@@ -43,6 +46,8 @@ pub const RETRY: Duration = Duration::from_secs(30);
 /// What the writer needs from one translation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Input {
+    /// balancer's GatewayClasses as the watch has them (with their status).
+    pub classes: Vec<Arc<GatewayClass>>,
     /// balancer's Gateways as the watch has them (with their status).
     pub gateways: Vec<Arc<Gateway>>,
     pub verdicts: Vec<GatewayVerdict>,
@@ -76,10 +81,29 @@ pub async fn run(
     }
 }
 
-/// Writes every Gateway whose status differs; whether all writes worked.
+/// Writes every GatewayClass and Gateway whose status differs; whether
+/// all writes worked.
 async fn write_all(client: &kube::Client, input: &Input) -> bool {
     let mut addresses: Option<Vec<String>> = None;
     let mut ok = true;
+    for class in &input.classes {
+        let current = serde_json::to_value(&class.status).unwrap_or(Value::Null);
+        let Some(desired) = class_status(class, &current, Timestamp::now()) else {
+            continue;
+        };
+        let api: Api<GatewayClass> = Api::all(client.clone());
+        let patch = json!({ "status": desired });
+        match api
+            .patch_status(&class.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(class = %class.name_any(), "GatewayClass status written"),
+            Err(e) => {
+                ok = false;
+                warn!(class = %class.name_any(), error = %e, "GatewayClass status not written; retrying later");
+            }
+        }
+    }
     for v in &input.verdicts {
         let Some(gw) = input
             .gateways
@@ -270,6 +294,27 @@ fn programmed_cond(ok: bool, why_not: &str) -> Cond {
         reason: if ok { "Programmed" } else { "Invalid" },
         message: if ok { String::new() } else { why_not.to_owned() },
     }
+}
+
+/// The status balancer gives one of its GatewayClasses, `current` being
+/// its status now: `Accepted`, True, in place of the API server's default
+/// (`Unknown`, "Waiting for controller"); `None` when it has it already
+/// (times aside). Other fields of the status are kept.
+pub fn class_status(class: &GatewayClass, current: &Value, now: Timestamp) -> Option<Value> {
+    let accepted = Cond {
+        ok: true,
+        reason: "Accepted",
+        message: "served by the balancer agent on every node".to_owned(),
+    };
+    let conditions = list(&current["conditions"]);
+    let desired = json!([condition(
+        "Accepted",
+        &accepted,
+        class.metadata.generation,
+        &conditions,
+        now
+    )]);
+    (strip_times(&desired) != strip_times(&Value::Array(conditions))).then(|| json!({ "conditions": desired }))
 }
 
 /// The status balancer gives a Gateway; `current` is its status now.

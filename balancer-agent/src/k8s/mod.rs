@@ -18,10 +18,11 @@
 //!   [`grpcroute`]. Istio's VirtualServices and DestinationRules for
 //!   Services no GRPCRoute routes, and DestinationRules' policies; see
 //!   [`istio`].
-//! - Gateways of balancer's class: every agent serves their listeners on
-//!   its node's address, routed by the GRPCRoutes that name them, with the
-//!   TLS Secrets they reference ([`gateway`], [`secrets`]); the elected
-//!   agent writes their status ([`gateway_status`]).
+//! - Gateways of balancer's classes (the GatewayClasses of its controller):
+//!   every agent serves their listeners on its node's address, routed by
+//!   the GRPCRoutes that name them, with the TLS Secrets they reference
+//!   ([`gateway`], [`secrets`]); the elected agent writes their status and
+//!   the classes' ([`gateway_status`]).
 //! - Enrolled: pods on this node opted in by [`INJECT_ANNOTATION`] or their
 //!   namespace's [`INJECT_LABEL`], by their cgroup v2 directories (found by
 //!   scanning the node's hierarchy, see [`cgroup`]), unless a service mesh
@@ -68,7 +69,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
+use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     runtime::{
@@ -249,6 +250,7 @@ struct Stores {
     /// Every pod's labels, once a DestinationRule has subsets.
     pod_labels: Option<Store<istio::PodLabels>>,
     gateways: Store<Gateway>,
+    gateway_classes: Store<GatewayClass>,
 }
 
 impl Stores {
@@ -290,7 +292,7 @@ impl Stores {
             }
             // Enrollment, locality and gateways are worked out again at
             // every publish.
-            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways | Kind::GatewayClasses => {}
         }
     }
 
@@ -310,7 +312,7 @@ impl Stores {
                     translator.pods_replaced(s.state());
                 }
             }
-            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways => {}
+            Kind::Pods | Kind::Namespaces | Kind::Nodes | Kind::Gateways | Kind::GatewayClasses => {}
         }
     }
 }
@@ -422,6 +424,13 @@ pub async fn run_until(
         strip::gateway,
         sig_tx.clone(),
     );
+    let (gateway_classes, t11) = watch::spawn(
+        Kind::GatewayClasses,
+        Api::all(client.clone()),
+        all.clone(),
+        strip::gateway_class,
+        sig_tx.clone(),
+    );
     let this_node = all.clone().fields(&format!("metadata.name={}", opts.node_name));
     let (nodes, t6) = watch::spawn(
         Kind::Nodes,
@@ -432,7 +441,7 @@ pub async fn run_until(
     );
     let (wanted_secrets, wanted) = tokio_watch::channel(BTreeSet::new());
     let (mut secrets, t10) = secrets::spawn(client.clone(), wanted, opts.secret_refresh);
-    let mut tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10]);
+    let mut tasks = Tasks(vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11]);
     let mut stores = Stores {
         services,
         slices,
@@ -444,6 +453,7 @@ pub async fn run_until(
         destination_rules,
         pod_labels: None,
         gateways,
+        gateway_classes,
     };
     // Listed before the first model: every kind of ALL, and pods' labels
     // once they are watched.
@@ -464,6 +474,9 @@ pub async fn run_until(
     let mut synced: HashSet<Kind> = HashSet::new();
     let mut failing: HashSet<Kind> = HashSet::new();
     let mut is_ready = false;
+    // GatewayClasses cannot be read (no permission, no CRD): the class
+    // deploy/gateway/ ships is taken for balancer's.
+    let mut classes_unreadable = false;
     let mut deadline: Option<Instant> = None;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -479,12 +492,14 @@ pub async fn run_until(
                         if failing.remove(&kind) {
                             tracing::info!(resource = kind.resource(), "watch resumed");
                         }
+                        classes_unreadable &= kind != Kind::GatewayClasses;
                         stores.changed(&mut translator, kind, &key);
                     }
                     watch::Signal::Synced(kind) => {
                         if failing.remove(&kind) {
                             tracing::info!(resource = kind.resource(), "watch resumed");
                         }
+                        classes_unreadable &= kind != Kind::GatewayClasses;
                         stores.relisted(&mut translator, kind);
                         if synced.insert(kind) {
                             tracing::debug!(resource = kind.resource(), "initial list complete");
@@ -509,6 +524,17 @@ pub async fn run_until(
                                     );
                                 }
                                 // No CRD (or no permission): no Gateways, a complete state.
+                                synced.insert(kind);
+                            }
+                            watch::Failure::NotServed | watch::Failure::Forbidden { .. } if kind == Kind::GatewayClasses => {
+                                if failing.insert(kind) {
+                                    tracing::warn!(%error,
+                                        "GatewayClasses (gateway.networking.k8s.io/v1) cannot be watched \
+                                         (grant get/list/watch on gatewayclasses, deploy/rbac.yaml): the class named \
+                                         `balancer` is taken for balancer's, and no class status is written"
+                                    );
+                                }
+                                classes_unreadable = true;
                                 synced.insert(kind);
                             }
                             watch::Failure::NotServed | watch::Failure::Forbidden { .. }
@@ -613,7 +639,14 @@ pub async fn run_until(
         };
         t.model.services = translator.services();
         t.model.locality = stores.locality(&opts.node_name);
-        let gateways = stores.gateways.state();
+        let (classes, class_names) = if classes_unreadable {
+            (Vec::new(), gateway::assumed_classes())
+        } else {
+            let ours = gateway::our_classes(&stores.gateway_classes.state());
+            let names = gateway::class_names(&ours);
+            (ours, names)
+        };
+        let gateways = gateway::ours(stores.gateways.state(), &class_names);
         let refs = gateway::secret_refs(&gateways);
         let read = Arc::clone(&secrets.borrow_and_update());
         // Until the Secrets asked for are read, a listener waiting for one
@@ -681,10 +714,10 @@ pub async fn run_until(
                 invalid: t.invalid_routes.clone(),
             });
             if secrets_read {
-                let ours: Vec<Arc<Gateway>> = gateways.into_iter().filter(|g| gateway::is_ours(g)).collect();
-                let routes = gateway::routes_of(&ours, &stores.routes.state());
+                let routes = gateway::routes_of(&gateways, &stores.routes.state());
                 election.offer_gateways(gateway_status::Input {
-                    gateways: ours,
+                    classes,
+                    gateways,
                     verdicts: gw.verdicts,
                     routes,
                     skipped: gw.skipped_rules,

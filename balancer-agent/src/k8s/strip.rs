@@ -111,6 +111,12 @@ pub fn gateway(gw: &mut gateway_api::gateways::Gateway) {
     gw.metadata.managed_fields = None;
 }
 
+/// GatewayClasses: their controllerName, and their status (to compare
+/// with what the elected agent writes).
+pub fn gateway_class(class: &mut gateway_api::gatewayclasses::GatewayClass) {
+    class.metadata.managed_fields = None;
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a test fails loudly on an unexpected error")]
 mod tests {

@@ -30,6 +30,8 @@ pub enum Kind {
     Nodes,
     /// Gateway API Gateways (balancer's class is served).
     Gateways,
+    /// Gateway API GatewayClasses (which classes are balancer's).
+    GatewayClasses,
     VirtualServices,
     DestinationRules,
     /// Every pod's labels, for DestinationRule subsets: watched only once a
@@ -39,7 +41,7 @@ pub enum Kind {
 
 impl Kind {
     /// The resources listed before the first model is published.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
@@ -47,6 +49,7 @@ impl Kind {
         Kind::GrpcRoutes,
         Kind::Nodes,
         Kind::Gateways,
+        Kind::GatewayClasses,
         Kind::VirtualServices,
         Kind::DestinationRules,
     ];
@@ -61,6 +64,7 @@ impl Kind {
             Kind::GrpcRoutes => "grpcroutes.gateway.networking.k8s.io",
             Kind::Nodes => "nodes",
             Kind::Gateways => "gateways.gateway.networking.k8s.io",
+            Kind::GatewayClasses => "gatewayclasses.gateway.networking.k8s.io",
             Kind::VirtualServices => "virtualservices.networking.istio.io",
             Kind::DestinationRules => "destinationrules.networking.istio.io",
             Kind::PodLabels => "pods",
