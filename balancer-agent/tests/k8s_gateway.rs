@@ -399,13 +399,17 @@ async fn without_gateway_classes_the_class_named_balancer_is_taken_for_balancers
 /// The translation alone, for what listeners and routes get.
 mod translation {
     use std::{
-        collections::{HashMap, HashSet},
+        collections::{BTreeMap, HashMap, HashSet},
         sync::Arc,
     };
 
-    use balancer_agent::k8s::gateway::{secret_refs, translate, SecretPem, Translated};
+    use balancer_agent::k8s::{
+        gateway::{secret_refs, translate, SecretPem, Translated},
+        gateway_status::route_parents,
+    };
     use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
     use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::jiff::Timestamp;
     use serde_json::{json, Value};
 
     fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
@@ -429,25 +433,46 @@ mod translation {
     }
 
     fn run(gateways: &[Arc<Gateway>], routes: &[Arc<GrpcRoute>]) -> Translated {
+        run_with_namespaces(gateways, routes, &BTreeMap::new())
+    }
+
+    /// `namespaces`: the labels of each namespace known, by name.
+    fn run_with_namespaces(
+        gateways: &[Arc<Gateway>],
+        routes: &[Arc<GrpcRoute>],
+        namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    ) -> Translated {
         let leaf = super::support_tls::Ca::new("ca").leaf(&["a.example.com"]);
         let secrets: HashMap<(String, String), SecretPem> = [(
             ("demo".to_owned(), "s".to_owned()),
             Ok((leaf.cert.into_bytes().into(), leaf.key.into_bytes().into())),
         )]
         .into();
-        let svc: Arc<Service> = from(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": "greeter", "namespace": "demo" },
-            "spec": { "ports": [ { "name": "grpc", "port": 8000 }, { "name": "admin", "port": 9000 } ] }
-        }));
-        let lookup = move |ns: &str, name: &str| (ns == "demo" && name == "greeter").then(|| Arc::clone(&svc));
-        let balanced: HashSet<&str> = ["demo/greeter:grpc"].into();
+        // `greeter` is a balanced Service in `demo`, and in `team-a` for
+        // routes of that namespace.
+        let svc = |ns: &str| -> Arc<Service> {
+            from(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "greeter", "namespace": ns },
+                "spec": { "ports": [ { "name": "grpc", "port": 8000 }, { "name": "admin", "port": 9000 } ] }
+            }))
+        };
+        let services = [svc("demo"), svc("team-a")];
+        let lookup = move |ns: &str, name: &str| {
+            services
+                .iter()
+                .find(|s| s.metadata.namespace.as_deref() == Some(ns) && name == "greeter")
+                .cloned()
+        };
+        let balanced: HashSet<&str> = ["demo/greeter:grpc", "team-a/greeter:grpc"].into();
+        let labels = |ns: &str| namespaces.get(ns).cloned();
         translate(
             gateways,
             routes,
             &lookup,
             &balanced,
             &secrets,
+            &labels,
             "127.0.0.1".parse().unwrap(),
         )
     }
@@ -549,5 +574,126 @@ mod translation {
             "{:?}",
             t.skipped_rules
         );
+    }
+
+    /// A route in namespace `ns` naming the Gateway demo/public, with one
+    /// rule to the Service demo/greeter... of its own namespace: only
+    /// attachment is looked at here.
+    fn route_in(ns: &str, name: &str) -> Arc<GrpcRoute> {
+        from(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": { "name": name, "namespace": ns, "creationTimestamp": "2026-03-01T00:00:00Z" },
+            "spec": { "parentRefs": [ { "name": "public", "namespace": "demo" } ],
+                      "rules": [ { "backendRefs": [ { "name": "greeter", "port": 8000 } ] } ] }
+        }))
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn attached(t: &Translated) -> i32 {
+        t.verdicts[0].listeners[0].attached_routes
+    }
+
+    #[test]
+    fn routes_attach_only_from_the_namespaces_a_listener_allows() {
+        let own = route_in("demo", "own");
+        let team_a = route_in("team-a", "a");
+        let namespaces: BTreeMap<&str, _> = [("demo", labels(&[])), ("team-a", labels(&[("team", "a")]))].into();
+        let with = |allowed: Value| {
+            let gw = gateway(
+                "public",
+                "2026-01-01T00:00:00Z",
+                json!([ { "name": "h2c", "port": 8080, "protocol": "HTTP", "allowedRoutes": allowed } ]),
+            );
+            run_with_namespaces(&[gw], &[Arc::clone(&own), Arc::clone(&team_a)], &namespaces)
+        };
+        let demo_public = ("demo".to_owned(), "public".to_owned());
+
+        // Same namespace, the default: the other namespace's route is refused.
+        let t = with(json!({}));
+        assert_eq!(attached(&t), 1);
+        assert_eq!(t.not_allowed, [("team-a/a".to_owned(), demo_public.clone())]);
+        assert_eq!(t.gateways[0].routes.len(), 1);
+        assert_eq!(t.gateways[0].routes[0].name.as_deref(), Some("demo/own#0"));
+        assert_eq!(t.verdicts, with(json!({ "namespaces": { "from": "Same" } })).verdicts);
+
+        // All namespaces.
+        let t = with(json!({ "namespaces": { "from": "All" } }));
+        assert_eq!((attached(&t), t.not_allowed.len()), (2, 0));
+
+        // A selector on the namespace's labels.
+        for (selector, want) in [
+            (json!({ "matchLabels": { "team": "a" } }), 1),
+            (json!({ "matchLabels": { "team": "b" } }), 0),
+            (
+                json!({ "matchExpressions": [ { "key": "team", "operator": "In", "values": ["a", "c"] } ] }),
+                1,
+            ),
+            (
+                json!({ "matchExpressions": [ { "key": "team", "operator": "NotIn", "values": ["a"] } ] }),
+                1,
+            ),
+            (
+                json!({ "matchExpressions": [ { "key": "team", "operator": "Exists" } ] }),
+                1,
+            ),
+            (
+                json!({ "matchExpressions": [ { "key": "team", "operator": "DoesNotExist" } ] }),
+                1,
+            ),
+            (json!({}), 2),
+        ] {
+            let t = with(json!({ "namespaces": { "from": "Selector", "selector": selector } }));
+            assert_eq!(attached(&t), want, "selector {selector}");
+            assert_eq!(t.not_allowed.len(), 2 - want as usize, "selector {selector}");
+        }
+
+        // The refused route's status says so; the attached one's is Accepted.
+        let t = with(json!({}));
+        let ours = [demo_public];
+        let accepted = |route: &GrpcRoute| {
+            let parents = route_parents(route, &ours, &t.skipped_rules, &t.not_allowed, Timestamp::now()).unwrap();
+            let c = parents[0]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Accepted")
+                .unwrap()
+                .clone();
+            (
+                c["status"].as_str().unwrap().to_owned(),
+                c["reason"].as_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            accepted(&team_a),
+            ("False".to_owned(), "NotAllowedByListeners".to_owned())
+        );
+        assert_eq!(accepted(&own), ("True".to_owned(), "Accepted".to_owned()));
+    }
+
+    #[test]
+    fn a_listener_for_other_route_kinds_is_not_served() {
+        let gw = gateway(
+            "public",
+            "2026-01-01T00:00:00Z",
+            json!([
+                { "name": "http-routes", "port": 8080, "protocol": "HTTP",
+                  "allowedRoutes": { "kinds": [ { "kind": "HTTPRoute" } ] } },
+                { "name": "grpc-routes", "port": 8081, "protocol": "HTTP",
+                  "allowedRoutes": { "kinds": [ { "group": "gateway.networking.k8s.io", "kind": "GRPCRoute" } ] } }
+            ]),
+        );
+        let t = run(&[gw], &[route_in("demo", "own")]);
+        assert_eq!(
+            cond(&t, 0, "http-routes"),
+            (true, "Accepted", false, "InvalidRouteKinds")
+        );
+        assert_eq!(cond(&t, 0, "grpc-routes"), (true, "Accepted", true, "ResolvedRefs"));
+        let served: Vec<&str> = t.gateways[0].listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(served, ["grpc-routes"]);
+        assert_eq!(t.verdicts[0].listeners[1].attached_routes, 1);
     }
 }

@@ -15,8 +15,12 @@
 //!   sharing a port are served by one socket; SNI picks among their
 //!   certificates and `:authority` among their hostnames. Other protocols,
 //!   TLS passthrough and cross-namespace references are not accepted.
-//! - Routes: a GRPCRoute rule attached to the Gateway (all listeners, or
-//!   the one its `sectionName` names) matches on the route's `hostnames`,
+//! - Routes: a GRPCRoute attaches to the listeners its parentRef names (all,
+//!   or the one its `sectionName` names) that allow it: `allowedRoutes`
+//!   `namespaces` (`Same` by default, `All`, or a `Selector` on the route
+//!   namespace's labels) and `kinds` (when set, GRPCRoute must be one; a
+//!   listener that takes no GRPCRoute is not served). A rule of an attached
+//!   route matches on the route's `hostnames`,
 //!   then on its method and header matches; its `backendRefs` name balanced
 //!   Services (gRPC ports) of the route's namespace, weighted. Rules are
 //!   tried most specific first: exact hostnames, then wildcards, then none;
@@ -34,7 +38,10 @@ use std::{
 
 use gateway_api::{
     gatewayclasses::GatewayClass,
-    gateways::{Gateway, GatewayListeners, GatewayListenersTlsMode},
+    gateways::{
+        Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+        GatewayListenersAllowedRoutesNamespacesSelector as Selector, GatewayListenersTlsMode,
+    },
     grpcroutes::{GrpcRoute, GrpcRouteParentRefs},
 };
 use k8s_openapi::api::core::v1::Service;
@@ -112,7 +119,13 @@ pub struct Translated {
     pub verdicts: Vec<GatewayVerdict>,
     /// GRPCRoute rules attached to a Gateway and left out, and why.
     pub skipped_rules: Vec<(String, String)>,
+    /// GRPCRoutes (`namespace/name`) naming a Gateway none of whose
+    /// listeners they may attach to (`allowedRoutes`), and the Gateway.
+    pub not_allowed: Vec<(String, Key)>,
 }
+
+/// A namespace's labels, by its name; `None` when it is not known.
+pub type NamespaceLabels<'a> = &'a dyn Fn(&str) -> Option<BTreeMap<String, String>>;
 
 fn key_of<K: ResourceExt>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
@@ -196,6 +209,55 @@ fn names_gateway(p: &GrpcRouteParentRefs, route_ns: &str, gw: &Key) -> bool {
         && matches!(p.kind.as_deref(), None | Some("Gateway"))
         && p.namespace.as_deref().unwrap_or(route_ns) == gw.0
         && p.name == gw.1
+}
+
+/// Whether listener `l` takes GRPCRoutes: `allowedRoutes.kinds`, when set
+/// and not empty, must name GRPCRoute.
+fn takes_grpc_routes(l: &GatewayListeners) -> bool {
+    match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_deref()) {
+        None | Some([]) => true,
+        Some(kinds) => kinds
+            .iter()
+            .any(|k| k.kind == "GRPCRoute" && k.group.as_deref().is_none_or(|g| g == "gateway.networking.k8s.io")),
+    }
+}
+
+/// Whether listener `l` of a Gateway in `gw_ns` takes routes of
+/// `route_ns`: `allowedRoutes.namespaces.from` `Same` (the default), `All`,
+/// or `Selector`, matched against the namespace's labels.
+fn allows_namespace(l: &GatewayListeners, gw_ns: &str, route_ns: &str, labels: NamespaceLabels<'_>) -> bool {
+    let namespaces = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(From::Same) => route_ns == gw_ns,
+        Some(From::All) => true,
+        Some(From::Selector) => match (namespaces.and_then(|n| n.selector.as_ref()), labels(route_ns)) {
+            (Some(selector), Some(have)) => selects(selector, &have),
+            _ => false,
+        },
+    }
+}
+
+/// A label selector against `labels`: every `matchLabels` pair and every
+/// `matchExpressions` term (In, NotIn, Exists, DoesNotExist) holds; an
+/// empty selector selects everything, an unknown operator nothing.
+fn selects(selector: &Selector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    pairs
+        && selector.match_expressions.iter().flatten().all(|e| {
+            let value = labels.get(&e.key);
+            let listed = || value.is_some_and(|v| e.values.iter().flatten().any(|x| x == v));
+            match e.operator.as_str() {
+                "In" => listed(),
+                "NotIn" => !listed(),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
 }
 
 /// The listener's protocol and certificates, or why it is not accepted.
@@ -295,13 +357,15 @@ fn precedence(hostnames: &[String], has_matches: bool) -> (u8, u8) {
 
 /// Translates balancer's Gateways ([`ours`]). `node_ip` is where this
 /// agent serves them; `services(ns, name)` finds a Service; `balanced` are the model's
-/// service names (a backend must be one); `secrets` the referenced Secrets.
+/// service names (a backend must be one); `secrets` the referenced Secrets;
+/// `namespaces` the labels of the routes' namespaces.
 pub fn translate(
     gateways: &[Arc<Gateway>],
     routes: &[Arc<GrpcRoute>],
     services: &dyn Fn(&str, &str) -> Option<Arc<Service>>,
     balanced: &HashSet<&str>,
     secrets: &HashMap<Key, SecretPem>,
+    namespaces: NamespaceLabels<'_>,
     node_ip: IpAddr,
 ) -> Translated {
     let mut ours: Vec<&Arc<Gateway>> = gateways.iter().collect();
@@ -339,6 +403,12 @@ pub fn translate(
                 Ok(_) if port == 0 => v.accepted = Cond::no("UnsupportedValue", format!("port {}", l.port)),
                 Ok(_) if hostname.as_deref().is_some_and(|h| !valid_hostname(h)) => {
                     v.accepted = Cond::no("UnsupportedValue", "invalid hostname")
+                }
+                Ok(_) if !takes_grpc_routes(l) => {
+                    v.resolved_refs = Cond::no(
+                        "InvalidRouteKinds",
+                        "allowedRoutes.kinds names no GRPCRoute: balancer serves GRPCRoutes only",
+                    )
                 }
                 Ok(_) if ports_taken.get(&port).is_some_and(|other| *other != gw_name) => {
                     v.accepted = Cond::no(
@@ -391,18 +461,27 @@ pub fn translate(
             }
             // The Gateway listeners it attaches to.
             let mut sections: Vec<&str> = Vec::new();
+            let mut refused = false;
             for p in &parents {
                 for l in &gw.spec.listeners {
                     let by_section = p.section_name.as_deref().is_none_or(|s| s == l.name);
                     let by_port = p.port.is_none_or(|port| port == l.port);
                     if by_section && by_port && served.contains_key(l.name.as_str()) {
-                        sections.push(l.name.as_str());
+                        if allows_namespace(l, &ns, &route_ns, namespaces) {
+                            sections.push(l.name.as_str());
+                        } else {
+                            refused = true;
+                        }
                     }
                 }
             }
             sections.sort_unstable();
             sections.dedup();
             if sections.is_empty() {
+                if refused {
+                    out.not_allowed
+                        .push((format!("{route_ns}/{}", route.name_any()), key.clone()));
+                }
                 continue;
             }
             let hostnames: Vec<String> = route

@@ -15,7 +15,8 @@
 //! And in each GRPCRoute attached to such a Gateway, one
 //! `status.parents[]` entry per parentRef naming it, under
 //! [`GATEWAY_CONTROLLER`]: `Accepted` (True when at least one of its rules
-//! is served; False, `UnsupportedValue`, with why otherwise) and
+//! is served; False, `NotAllowedByListeners`, when no listener it names
+//! takes routes of its namespace, or `UnsupportedValue`, with why) and
 //! `ResolvedRefs` (False, `BackendNotFound`, when a rule was left out for
 //! a backend). Other controllers' entries are kept as read, and the write
 //! carries the route's resourceVersion (a concurrent change makes it fail,
@@ -38,7 +39,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::gateway::{Cond, GatewayVerdict, GATEWAY_CONTROLLER};
+use super::gateway::{Cond, GatewayVerdict, Key, GATEWAY_CONTROLLER};
 
 /// How soon a failed write is tried again.
 pub const RETRY: Duration = Duration::from_secs(30);
@@ -55,6 +56,8 @@ pub struct Input {
     pub routes: Vec<Arc<GrpcRoute>>,
     /// Rules of those routes left out (`namespace/route#rule`), and why.
     pub skipped: Vec<(String, String)>,
+    /// Routes (`namespace/route`) no listener of the Gateway takes.
+    pub not_allowed: Vec<(String, Key)>,
     /// The writer's node address (when Nodes cannot be listed).
     pub node_ip: IpAddr,
 }
@@ -135,7 +138,7 @@ async fn write_all(client: &kube::Client, input: &Input) -> bool {
     }
     let ours: Vec<(String, String)> = input.verdicts.iter().map(|v| v.key.clone()).collect();
     for route in &input.routes {
-        let Some(parents) = route_parents(route, &ours, &input.skipped, Timestamp::now()) else {
+        let Some(parents) = route_parents(route, &ours, &input.skipped, &input.not_allowed, Timestamp::now()) else {
             continue;
         };
         let ns = route.namespace().unwrap_or_default();
@@ -160,15 +163,18 @@ async fn write_all(client: &kube::Client, input: &Input) -> bool {
 
 /// The `status.parents` `route` should have: other controllers' entries as
 /// they are, balancer's gateway entries for the parentRefs naming one of
-/// `ours`; `None` when it has them already (times aside).
+/// `ours`; `None` when it has them already (times aside). `not_allowed`:
+/// the (route, Gateway) pairs where no listener takes the route.
 pub fn route_parents(
     route: &GrpcRoute,
-    ours: &[(String, String)],
+    ours: &[Key],
     skipped: &[(String, String)],
+    not_allowed: &[(String, Key)],
     now: Timestamp,
 ) -> Option<Vec<Value>> {
     let ns = route.namespace().unwrap_or_default();
-    let name = format!("{ns}/{}#", route.name_any());
+    let route_key = format!("{ns}/{}", route.name_any());
+    let name = format!("{route_key}#");
     let current = list(&serde_json::to_value(&route.status).unwrap_or(Value::Null)["parents"]);
     let rules = route.spec.rules.as_ref().map_or(0, Vec::len);
     let mine: Vec<&(String, String)> = skipped.iter().filter(|(r, _)| r.starts_with(&name)).collect();
@@ -214,6 +220,19 @@ pub fn route_parents(
         if !is_gateway || !ours.contains(&gw) {
             continue;
         }
+        let refused = not_allowed.iter().any(|(r, g)| *r == route_key && *g == gw);
+        let accepted = if refused {
+            Cond {
+                ok: false,
+                reason: "NotAllowedByListeners",
+                message: format!(
+                    "no listener of Gateway {}/{} allows routes from namespace {ns} (allowedRoutes)",
+                    gw.0, gw.1
+                ),
+            }
+        } else {
+            accepted.clone()
+        };
         // With the defaults the API server fills in, so that what is
         // stored compares equal to what is written.
         let mut parent_ref = serde_json::to_value(p).unwrap_or(Value::Null);
@@ -332,10 +351,16 @@ pub fn desired_status(v: &GatewayVerdict, addresses: &[String], current: &Value,
                 .map(|x| list(&x["conditions"]))
                 .unwrap_or_default();
             let prog = programmed_cond(l.programmed(), "not served");
+            // None of the kinds the listener asks for is served.
+            let kinds = if l.resolved_refs.reason == "InvalidRouteKinds" {
+                json!([])
+            } else {
+                json!([ { "group": "gateway.networking.k8s.io", "kind": "GRPCRoute" } ])
+            };
             json!({
                 "name": l.name,
                 "attachedRoutes": l.attached_routes,
-                "supportedKinds": [ { "group": "gateway.networking.k8s.io", "kind": "GRPCRoute" } ],
+                "supportedKinds": kinds,
                 "conditions": [
                     condition("Accepted", &l.accepted, g, &cur, now),
                     condition("ResolvedRefs", &l.resolved_refs, g, &cur, now),

@@ -660,12 +660,19 @@ pub async fn run_until(
         let gw = {
             let balanced: HashSet<&str> = t.model.services.iter().map(|s| s.name.as_str()).collect();
             let lookup = |ns: &str, name: &str| stores.services.get(&ObjectRef::new(name).within(ns));
+            let labels = |ns: &str| {
+                stores
+                    .namespaces
+                    .get(&ObjectRef::new(ns))
+                    .map(|n| n.metadata.labels.clone().unwrap_or_default())
+            };
             gateway::translate(
                 &gateways,
                 &stores.routes.state(),
                 &lookup,
                 &balanced,
                 &read.pem,
+                &labels,
                 opts.gateway_ip,
             )
         };
@@ -721,6 +728,7 @@ pub async fn run_until(
                     verdicts: gw.verdicts,
                     routes,
                     skipped: gw.skipped_rules,
+                    not_allowed: gw.not_allowed,
                     node_ip: opts.gateway_ip,
                 });
             }
