@@ -55,11 +55,7 @@ fn seed(fake: &FakeApi, backend_port: u16, https: u16, h2c: u16, secret: Option<
         apply_secret(fake, leaf);
     }
     // balancer's class under another name than the one deploy/ ships.
-    fake.apply(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": { "name": "edge", "generation": 1 },
-        "spec": { "controllerName": "balancer.io/gateway-controller" }
-    }));
+    apply_class(fake, "edge", "balancer.io/gateway-controller");
     fake.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": { "name": "public", "namespace": "demo", "generation": 1 },
@@ -130,14 +126,18 @@ async fn gateway_status(fake: &FakeApi, what: &str, pred: impl Fn(&Value) -> boo
     }
 }
 
+fn apply_class(fake: &FakeApi, name: &str, controller: &str) {
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": { "name": name, "generation": 1 },
+        "spec": { "controllerName": controller }
+    }));
+}
+
 /// A GatewayClass named `balancer` that another controller owns, and a
 /// Gateway of that class listening on `port`.
 fn seed_foreign(fake: &FakeApi, port: u16) {
-    fake.apply(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": { "name": "balancer", "generation": 1 },
-        "spec": { "controllerName": "example.com/another-controller" }
-    }));
+    apply_class(fake, "balancer", "example.com/another-controller");
     fake.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": { "name": "foreign", "namespace": "demo", "generation": 1 },

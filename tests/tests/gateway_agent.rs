@@ -100,48 +100,37 @@ fn the_agent_serves_a_gateway_from_the_api_and_writes_its_status() {
     assert_eq!(spread.ok, 30, "{}", spread.table());
     assert!(b1.calls() > 0 && b2.calls() > 0, "spread over both: {}", spread.table());
 
-    // The Gateway's status, from the elected agent.
+    // The Gateway's status, from the elected agent, and its class's.
+    let status = until_condition(&api, &agent, ("gateways", Some("demo"), "public"), "Programmed");
+    assert_eq!(
+        status["addresses"],
+        json!([{ "type": "IPAddress", "value": "127.0.0.1" }])
+    );
+    assert_eq!(status["listeners"][0]["attachedRoutes"], 1, "{status:#}");
+    until_condition(&api, &agent, ("gatewayclasses", None, "grpc-edge"), "Accepted");
+}
+
+/// The status of the object `(resource, namespace, name)` once its
+/// condition `kind` is True (within 30 s).
+fn until_condition(
+    api: &FakeApiServer,
+    agent: &AgentProcess,
+    (resource, namespace, name): (&str, Option<&str>, &str),
+    kind: &str,
+) -> serde_json::Value {
     let started = Instant::now();
     loop {
-        let gw = api
-            .get("gateways", Some("demo"), "public")
-            .expect("get")
-            .expect("the Gateway");
-        let status = &gw["status"];
-        let programmed = status["conditions"]
+        let obj = api.get(resource, namespace, name).expect("get").expect("the object");
+        let status = &obj["status"];
+        let met = status["conditions"]
             .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"));
-        if programmed {
-            assert_eq!(
-                status["addresses"],
-                json!([{ "type": "IPAddress", "value": "127.0.0.1" }])
-            );
-            assert_eq!(status["listeners"][0]["attachedRoutes"], 1, "{status:#}");
-            break;
+            .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"));
+        if met {
+            return status.clone();
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "no Gateway status: {status:#}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    // The class is Accepted by balancer's controller.
-    loop {
-        let class = api
-            .get("gatewayclasses", None, "grpc-edge")
-            .expect("get")
-            .expect("the GatewayClass");
-        let accepted = class["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned());
-        if accepted.as_ref().is_some_and(|c| c["status"] == "True") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no GatewayClass status: {class:#}\n{}",
+            "{resource} {name}: {kind} is not True: {status:#}\n{}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(100));
