@@ -404,7 +404,7 @@ mod translation {
     };
 
     use balancer_agent::k8s::{
-        gateway::{secret_refs, translate, SecretPem, Translated},
+        gateway::{secret_refs, translate, SecretPem, Translated, Unattached},
         gateway_status::route_parents,
     };
     use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
@@ -614,14 +614,21 @@ mod translation {
         // Same namespace, the default: the other namespace's route is refused.
         let t = with(json!({}));
         assert_eq!(attached(&t), 1);
-        assert_eq!(t.not_allowed, [("team-a/a".to_owned(), demo_public.clone())]);
+        assert_eq!(
+            t.unattached,
+            [Unattached {
+                route: "team-a/a".to_owned(),
+                gateway: demo_public.clone(),
+                reason: "NotAllowedByListeners"
+            }]
+        );
         assert_eq!(t.gateways[0].routes.len(), 1);
         assert_eq!(t.gateways[0].routes[0].name.as_deref(), Some("demo/own#0"));
         assert_eq!(t.verdicts, with(json!({ "namespaces": { "from": "Same" } })).verdicts);
 
         // All namespaces.
         let t = with(json!({ "namespaces": { "from": "All" } }));
-        assert_eq!((attached(&t), t.not_allowed.len()), (2, 0));
+        assert_eq!((attached(&t), t.unattached.len()), (2, 0));
 
         // A selector on the namespace's labels.
         for (selector, want) in [
@@ -647,14 +654,14 @@ mod translation {
         ] {
             let t = with(json!({ "namespaces": { "from": "Selector", "selector": selector } }));
             assert_eq!(attached(&t), want, "selector {selector}");
-            assert_eq!(t.not_allowed.len(), 2 - want as usize, "selector {selector}");
+            assert_eq!(t.unattached.len(), 2 - want as usize, "selector {selector}");
         }
 
         // The refused route's status says so; the attached one's is Accepted.
         let t = with(json!({}));
-        let ours = [demo_public];
+        let ours = [demo_public.clone()];
         let accepted = |route: &GrpcRoute| {
-            let parents = route_parents(route, &ours, &t.skipped_rules, &t.not_allowed, Timestamp::now()).unwrap();
+            let parents = route_parents(route, &ours, &t.skipped_rules, &t.unattached, Timestamp::now()).unwrap();
             let c = parents[0]["conditions"]
                 .as_array()
                 .unwrap()
@@ -672,6 +679,34 @@ mod translation {
             ("False".to_owned(), "NotAllowedByListeners".to_owned())
         );
         assert_eq!(accepted(&own), ("True".to_owned(), "Accepted".to_owned()));
+
+        // A sectionName no listener has.
+        let astray = from::<GrpcRoute>(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": { "name": "astray", "namespace": "demo", "creationTimestamp": "2026-03-01T00:00:00Z" },
+            "spec": { "parentRefs": [ { "name": "public", "sectionName": "grpcs" } ],
+                      "rules": [ { "backendRefs": [ { "name": "greeter", "port": 8000 } ] } ] }
+        }));
+        let gw = gateway(
+            "public",
+            "2026-01-01T00:00:00Z",
+            json!([ { "name": "h2c", "port": 8080, "protocol": "HTTP" } ]),
+        );
+        let t = run(&[gw], &[Arc::clone(&astray)]);
+        assert_eq!(attached(&t), 0);
+        assert_eq!(
+            t.unattached,
+            [Unattached {
+                route: "demo/astray".to_owned(),
+                gateway: demo_public,
+                reason: "NoMatchingParent"
+            }]
+        );
+        let parents = route_parents(&astray, &ours, &t.skipped_rules, &t.unattached, Timestamp::now()).unwrap();
+        assert!(
+            parents[0]["conditions"].to_string().contains("NoMatchingParent"),
+            "{parents:#?}"
+        );
     }
 
     #[test]

@@ -119,9 +119,20 @@ pub struct Translated {
     pub verdicts: Vec<GatewayVerdict>,
     /// GRPCRoute rules attached to a Gateway and left out, and why.
     pub skipped_rules: Vec<(String, String)>,
-    /// GRPCRoutes (`namespace/name`) naming a Gateway none of whose
-    /// listeners they may attach to (`allowedRoutes`), and the Gateway.
-    pub not_allowed: Vec<(String, Key)>,
+    /// GRPCRoutes naming a Gateway they do not attach to, and why.
+    pub unattached: Vec<Unattached>,
+}
+
+/// A GRPCRoute (`namespace/name`) whose parentRefs name a Gateway but
+/// attach to none of its listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unattached {
+    pub route: String,
+    pub gateway: Key,
+    /// The Gateway API reason: `NoMatchingParent` (no listener has the
+    /// `sectionName` or `port` named) or `NotAllowedByListeners` (the
+    /// listeners named do not take routes of the route's namespace).
+    pub reason: &'static str,
 }
 
 /// A namespace's labels, by its name; `None` when it is not known.
@@ -461,11 +472,12 @@ pub fn translate(
             }
             // The Gateway listeners it attaches to.
             let mut sections: Vec<&str> = Vec::new();
-            let mut refused = false;
+            let (mut named, mut refused) = (false, false);
             for p in &parents {
                 for l in &gw.spec.listeners {
                     let by_section = p.section_name.as_deref().is_none_or(|s| s == l.name);
                     let by_port = p.port.is_none_or(|port| port == l.port);
+                    named |= by_section && by_port;
                     if by_section && by_port && served.contains_key(l.name.as_str()) {
                         if allows_namespace(l, &ns, &route_ns, namespaces) {
                             sections.push(l.name.as_str());
@@ -478,9 +490,19 @@ pub fn translate(
             sections.sort_unstable();
             sections.dedup();
             if sections.is_empty() {
-                if refused {
-                    out.not_allowed
-                        .push((format!("{route_ns}/{}", route.name_any()), key.clone()));
+                let reason = match (named, refused) {
+                    (false, _) => Some("NoMatchingParent"),
+                    (true, true) => Some("NotAllowedByListeners"),
+                    // Only listeners that are not served: nothing to say
+                    // beyond what their own conditions say.
+                    (true, false) => None,
+                };
+                if let Some(reason) = reason {
+                    out.unattached.push(Unattached {
+                        route: format!("{route_ns}/{}", route.name_any()),
+                        gateway: key.clone(),
+                        reason,
+                    });
                 }
                 continue;
             }

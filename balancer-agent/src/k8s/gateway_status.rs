@@ -15,8 +15,9 @@
 //! And in each GRPCRoute attached to such a Gateway, one
 //! `status.parents[]` entry per parentRef naming it, under
 //! [`GATEWAY_CONTROLLER`]: `Accepted` (True when at least one of its rules
-//! is served; False, `NotAllowedByListeners`, when no listener it names
-//! takes routes of its namespace, or `UnsupportedValue`, with why) and
+//! is served; False, `NoMatchingParent` when no listener has the
+//! `sectionName` or `port` it names, `NotAllowedByListeners` when none of
+//! those takes routes of its namespace, or `UnsupportedValue`, with why) and
 //! `ResolvedRefs` (False, `BackendNotFound`, when a rule was left out for
 //! a backend). Other controllers' entries are kept as read, and the write
 //! carries the route's resourceVersion (a concurrent change makes it fail,
@@ -39,7 +40,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::gateway::{Cond, GatewayVerdict, Key, GATEWAY_CONTROLLER};
+use super::gateway::{Cond, GatewayVerdict, Key, Unattached, GATEWAY_CONTROLLER};
 
 /// How soon a failed write is tried again.
 pub const RETRY: Duration = Duration::from_secs(30);
@@ -56,8 +57,9 @@ pub struct Input {
     pub routes: Vec<Arc<GrpcRoute>>,
     /// Rules of those routes left out (`namespace/route#rule`), and why.
     pub skipped: Vec<(String, String)>,
-    /// Routes (`namespace/route`) no listener of the Gateway takes.
-    pub not_allowed: Vec<(String, Key)>,
+    /// Routes naming one of the Gateways that attach to none of its
+    /// listeners.
+    pub unattached: Vec<Unattached>,
     /// The writer's node address (when Nodes cannot be listed).
     pub node_ip: IpAddr,
 }
@@ -138,7 +140,7 @@ async fn write_all(client: &kube::Client, input: &Input) -> bool {
     }
     let ours: Vec<(String, String)> = input.verdicts.iter().map(|v| v.key.clone()).collect();
     for route in &input.routes {
-        let Some(parents) = route_parents(route, &ours, &input.skipped, &input.not_allowed, Timestamp::now()) else {
+        let Some(parents) = route_parents(route, &ours, &input.skipped, &input.unattached, Timestamp::now()) else {
             continue;
         };
         let ns = route.namespace().unwrap_or_default();
@@ -163,13 +165,13 @@ async fn write_all(client: &kube::Client, input: &Input) -> bool {
 
 /// The `status.parents` `route` should have: other controllers' entries as
 /// they are, balancer's gateway entries for the parentRefs naming one of
-/// `ours`; `None` when it has them already (times aside). `not_allowed`:
+/// `ours`; `None` when it has them already (times aside). `unattached`:
 /// the (route, Gateway) pairs where no listener takes the route.
 pub fn route_parents(
     route: &GrpcRoute,
     ours: &[Key],
     skipped: &[(String, String)],
-    not_allowed: &[(String, Key)],
+    unattached: &[Unattached],
     now: Timestamp,
 ) -> Option<Vec<Value>> {
     let ns = route.namespace().unwrap_or_default();
@@ -220,18 +222,24 @@ pub fn route_parents(
         if !is_gateway || !ours.contains(&gw) {
             continue;
         }
-        let refused = not_allowed.iter().any(|(r, g)| *r == route_key && *g == gw);
-        let accepted = if refused {
-            Cond {
+        let refused = unattached.iter().find(|u| u.route == route_key && u.gateway == gw);
+        let accepted = match refused {
+            Some(u) => Cond {
                 ok: false,
-                reason: "NotAllowedByListeners",
-                message: format!(
-                    "no listener of Gateway {}/{} allows routes from namespace {ns} (allowedRoutes)",
-                    gw.0, gw.1
-                ),
-            }
-        } else {
-            accepted.clone()
+                reason: u.reason,
+                message: if u.reason == "NotAllowedByListeners" {
+                    format!(
+                        "no listener of Gateway {}/{} allows routes from namespace {ns} (allowedRoutes)",
+                        gw.0, gw.1
+                    )
+                } else {
+                    format!(
+                        "Gateway {}/{} has no listener with the sectionName or port named",
+                        gw.0, gw.1
+                    )
+                },
+            },
+            None => accepted.clone(),
         };
         // With the defaults the API server fills in, so that what is
         // stored compares equal to what is written.

@@ -728,7 +728,7 @@ pub async fn run_until(
                     verdicts: gw.verdicts,
                     routes,
                     skipped: gw.skipped_rules,
-                    not_allowed: gw.not_allowed,
+                    unattached: gw.unattached,
                     node_ip: opts.gateway_ip,
                 });
             }
