@@ -404,7 +404,7 @@ mod translation {
     };
 
     use balancer_agent::k8s::{
-        gateway::{secret_refs, translate, SecretPem, Translated, Unattached},
+        gateway::{secret_refs, translate, SecretPem, Translated},
         gateway_status::route_parents,
     };
     use gateway_api::{gateways::Gateway, grpcroutes::GrpcRoute};
@@ -614,14 +614,12 @@ mod translation {
         // Same namespace, the default: the other namespace's route is refused.
         let t = with(json!({}));
         assert_eq!(attached(&t), 1);
-        assert_eq!(
-            t.unattached,
-            [Unattached {
-                route: "team-a/a".to_owned(),
-                gateway: demo_public.clone(),
-                reason: "NotAllowedByListeners"
-            }]
-        );
+        let unattached: Vec<_> = t
+            .unattached
+            .iter()
+            .map(|u| (u.route.as_str(), &u.gateway, u.why.reason))
+            .collect();
+        assert_eq!(unattached, [("team-a/a", &demo_public, "NotAllowedByListeners")]);
         assert_eq!(t.gateways[0].routes.len(), 1);
         assert_eq!(t.gateways[0].routes[0].name.as_deref(), Some("demo/own#0"));
         assert_eq!(t.verdicts, with(json!({ "namespaces": { "from": "Same" } })).verdicts);
@@ -694,14 +692,12 @@ mod translation {
         );
         let t = run(&[gw], &[Arc::clone(&astray)]);
         assert_eq!(attached(&t), 0);
-        assert_eq!(
-            t.unattached,
-            [Unattached {
-                route: "demo/astray".to_owned(),
-                gateway: demo_public,
-                reason: "NoMatchingParent"
-            }]
-        );
+        let unattached: Vec<_> = t
+            .unattached
+            .iter()
+            .map(|u| (u.route.as_str(), &u.gateway, u.why.reason))
+            .collect();
+        assert_eq!(unattached, [("demo/astray", &demo_public, "NoMatchingParent")]);
         let parents = route_parents(&astray, &ours, &t.skipped_rules, &t.unattached, Timestamp::now()).unwrap();
         assert!(
             parents[0]["conditions"].to_string().contains("NoMatchingParent"),

@@ -129,10 +129,11 @@ pub struct Translated {
 pub struct Unattached {
     pub route: String,
     pub gateway: Key,
-    /// The Gateway API reason: `NoMatchingParent` (no listener has the
+    /// The route's `Accepted` condition for that Gateway (False), with the
+    /// Gateway API reason: `NoMatchingParent` (no listener has the
     /// `sectionName` or `port` named) or `NotAllowedByListeners` (the
     /// listeners named do not take routes of the route's namespace).
-    pub reason: &'static str,
+    pub why: Cond,
 }
 
 /// A namespace's labels, by its name; `None` when it is not known.
@@ -490,18 +491,26 @@ pub fn translate(
             sections.sort_unstable();
             sections.dedup();
             if sections.is_empty() {
-                let reason = match (named, refused) {
-                    (false, _) => Some("NoMatchingParent"),
-                    (true, true) => Some("NotAllowedByListeners"),
+                let why = match (named, refused) {
+                    (false, _) => Some(Cond::no(
+                        "NoMatchingParent",
+                        format!("Gateway {gw_name} has no listener with the sectionName or port named"),
+                    )),
+                    (true, true) => Some(Cond::no(
+                        "NotAllowedByListeners",
+                        format!(
+                            "no listener of Gateway {gw_name} allows routes from namespace {route_ns} (allowedRoutes)"
+                        ),
+                    )),
                     // Only listeners that are not served: nothing to say
                     // beyond what their own conditions say.
                     (true, false) => None,
                 };
-                if let Some(reason) = reason {
+                if let Some(why) = why {
                     out.unattached.push(Unattached {
                         route: format!("{route_ns}/{}", route.name_any()),
                         gateway: key.clone(),
-                        reason,
+                        why,
                     });
                 }
                 continue;

@@ -222,25 +222,10 @@ pub fn route_parents(
         if !is_gateway || !ours.contains(&gw) {
             continue;
         }
-        let refused = unattached.iter().find(|u| u.route == route_key && u.gateway == gw);
-        let accepted = match refused {
-            Some(u) => Cond {
-                ok: false,
-                reason: u.reason,
-                message: if u.reason == "NotAllowedByListeners" {
-                    format!(
-                        "no listener of Gateway {}/{} allows routes from namespace {ns} (allowedRoutes)",
-                        gw.0, gw.1
-                    )
-                } else {
-                    format!(
-                        "Gateway {}/{} has no listener with the sectionName or port named",
-                        gw.0, gw.1
-                    )
-                },
-            },
-            None => accepted.clone(),
-        };
+        let accepted = unattached
+            .iter()
+            .find(|u| u.route == route_key && u.gateway == gw)
+            .map_or_else(|| accepted.clone(), |u| u.why.clone());
         // With the defaults the API server fills in, so that what is
         // stored compares equal to what is written.
         let mut parent_ref = serde_json::to_value(p).unwrap_or(Value::Null);
