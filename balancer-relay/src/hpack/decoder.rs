@@ -82,7 +82,21 @@ pub struct Decoder {
     max_table_size: u32,
     /// Huffman-decoded strings of the current field.
     scratch: Vec<u8>,
+    /// The last Huffman-coded value of a field sent without indexing, coded
+    /// and decoded. A peer that never indexes a field sends the same coded
+    /// bytes every time (nghttp2's clients send `:path` so, for every call):
+    /// those are decoded once.
+    memo: Option<Box<Memo>>,
 }
+
+#[derive(Debug, Default)]
+struct Memo {
+    coded: Vec<u8>,
+    decoded: Vec<u8>,
+}
+
+/// The longest coded value kept in [`Decoder::memo`].
+const MEMO_MAX: usize = 256;
 
 fn to_usize(v: u32) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
@@ -97,6 +111,7 @@ impl Decoder {
             table: DynamicTable::new(to_usize(max_table_size)),
             max_table_size,
             scratch: Vec::new(),
+            memo: None,
         }
     }
 
@@ -181,7 +196,11 @@ impl Decoder {
                     lookup(&self.table, name_index)?;
                     None
                 };
-                let value = read_string(block, &mut pos, &mut self.scratch, materialise)?;
+                let value = if materialise && !indexing {
+                    self.read_value(block, &mut pos)?
+                } else {
+                    read_string(block, &mut pos, &mut self.scratch, materialise)?
+                };
                 if !materialise {
                     continue;
                 }
@@ -216,14 +235,45 @@ impl Decoder {
         }
     }
 
-    /// Heap bytes held (table + scratch), for memory accounting.
-    pub fn heap_size(&self) -> usize {
-        self.table.heap_size() + self.scratch.capacity()
+    /// Reads the value of a field sent without indexing into the scratch
+    /// buffer, decoding a Huffman-coded one unless it is the memo's.
+    fn read_value(&mut self, block: &[u8], pos: &mut usize) -> Result<Str, DecodeError> {
+        let (huffman, start, end) = locate_string(block, pos)?;
+        if !huffman {
+            return Ok(Str::Block(start, end));
+        }
+        let coded = &block[start..end];
+        let from = self.scratch.len();
+        match &mut self.memo {
+            Some(m) if m.coded == coded => self.scratch.extend_from_slice(&m.decoded),
+            memo => {
+                huffman::decode(coded, &mut self.scratch)?;
+                if coded.len() <= MEMO_MAX {
+                    let m = memo.get_or_insert_with(Box::default);
+                    m.coded.clear();
+                    m.coded.extend_from_slice(coded);
+                    m.decoded.clear();
+                    m.decoded.extend_from_slice(&self.scratch[from..]);
+                }
+            }
+        }
+        Ok(Str::Scratch(from, self.scratch.len()))
     }
 
-    /// Drops scratch buffers (for a connection going idle); the table is kept.
+    /// Heap bytes held (table + scratch + memo), for memory accounting.
+    pub fn heap_size(&self) -> usize {
+        self.table.heap_size()
+            + self.scratch.capacity()
+            + self.memo.as_ref().map_or(0, |m| {
+                std::mem::size_of::<Memo>() + m.coded.capacity() + m.decoded.capacity()
+            })
+    }
+
+    /// Drops scratch buffers and the memo (for a connection going idle); the
+    /// table is kept.
     pub fn shrink(&mut self) {
         self.scratch = Vec::new();
+        self.memo = None;
     }
 
     #[cfg(test)]
@@ -266,10 +316,9 @@ fn lookup(table: &DynamicTable, index: u64) -> Result<(&[u8], &[u8]), DecodeErro
     }
 }
 
-/// Reads a string literal (§5.2) at `pos`. Huffman-coded strings are decoded
-/// into `scratch` when `materialise` is set; otherwise they are only skipped
-/// (and the returned bytes are meaningless).
-fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>, materialise: bool) -> Result<Str, DecodeError> {
+/// Finds the string literal (§5.2) at `pos` and moves `pos` past it:
+/// whether it is Huffman-coded, and where its bytes are in `block`.
+fn locate_string(block: &[u8], pos: &mut usize) -> Result<(bool, usize, usize), DecodeError> {
     let huffman = *block.get(*pos).ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let len = integer::decode(block, pos, 7)?;
     let start = *pos;
@@ -279,6 +328,14 @@ fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>, materialise
         .filter(|&end| end <= block.len())
         .ok_or(DecodeError::Truncated)?;
     *pos = end;
+    Ok((huffman, start, end))
+}
+
+/// Reads a string literal (§5.2) at `pos`. Huffman-coded strings are decoded
+/// into `scratch` when `materialise` is set; otherwise they are only skipped
+/// (and the returned bytes are meaningless).
+fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>, materialise: bool) -> Result<Str, DecodeError> {
+    let (huffman, start, end) = locate_string(block, pos)?;
     if huffman && materialise {
         let from = scratch.len();
         huffman::decode(&block[start..end], scratch)?;

@@ -414,6 +414,45 @@ fn errors() {
     assert_eq!(r, Err(DecodeError::IndexOutOfRange(62)));
 }
 
+/// A block of one field sent without indexing: `:path` (static name 4)
+/// with a Huffman-coded value.
+fn path_block(path: &str) -> Vec<u8> {
+    let mut coded = Vec::new();
+    huffman::encode(path.as_bytes(), &mut coded);
+    assert!(coded.len() < 127);
+    let mut block = vec![0x04, 0x80 | coded.len() as u8];
+    block.extend_from_slice(&coded);
+    block
+}
+
+#[test]
+fn repeated_huffman_values_decode_alike() {
+    let mut d = Decoder::new(4096);
+    let path = |p: &str| fields(&[(":path", p)]);
+    let a = path_block("/helloworld.Greeter/SayHello");
+    let b = path_block("/helloworld.Greeter/SayHellp");
+    assert_eq!(a.len(), b.len());
+    for block in [&a, &a, &b, &b, &a] {
+        let want = if block == &a {
+            "/helloworld.Greeter/SayHello"
+        } else {
+            "/helloworld.Greeter/SayHellp"
+        };
+        assert_eq!(decode(&mut d, block).unwrap(), path(want));
+    }
+    // Next to a plain literal, and after the decoder went idle.
+    let mut two = a.clone();
+    two.extend_from_slice(&hex("0404 2f61 6263"));
+    assert_eq!(
+        decode(&mut d, &two).unwrap(),
+        fields(&[(":path", "/helloworld.Greeter/SayHello"), (":path", "/abc")])
+    );
+    d.shrink();
+    assert_eq!(decode(&mut d, &a).unwrap(), path("/helloworld.Greeter/SayHello"));
+    // A malformed coding is refused, whatever was decoded before.
+    assert_eq!(decode(&mut d, &hex("0481 1800")), Err(DecodeError::BadHuffman));
+}
+
 #[test]
 fn heap_accounting() {
     let d = Decoder::new(4096);
