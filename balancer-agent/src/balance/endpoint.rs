@@ -275,10 +275,15 @@ impl EndpointRt {
     /// Starts a call on this endpoint: counts it in flight until the guard is
     /// finished or dropped.
     pub fn start_call(self: &Arc<Self>) -> CallGuard {
+        self.start_call_at(Instant::now())
+    }
+
+    /// [`EndpointRt::start_call`], the call starting at `now`.
+    pub fn start_call_at(self: &Arc<Self>, now: Instant) -> CallGuard {
         self.in_flight.fetch_add(1, Relaxed);
         CallGuard {
             ep: Arc::clone(self),
-            started: Instant::now(),
+            started: now,
             finished: false,
         }
     }
@@ -420,9 +425,8 @@ impl CallGuard {
         &self.ep
     }
 
-    /// Response headers arrived: a latency sample for the EWMA.
-    pub fn first_byte(&self) {
-        let now = Instant::now();
+    /// Response headers arrived at `now`: a latency sample for the EWMA.
+    pub fn first_byte_at(&self, now: Instant) {
         self.ep.observe_rtt(now.saturating_duration_since(self.started), now);
     }
 

@@ -202,6 +202,11 @@ impl ServiceState {
     /// (falling back to its other weighted backends when that subset has no
     /// available endpoint), or any endpoint when no route matches.
     /// The timeout of the route `call` takes, if that route has one.
+    /// Whether any route of the service has a timeout.
+    pub fn has_route_timeouts(&self) -> bool {
+        self.timeouts
+    }
+
     pub fn route_timeout(&self, call: &CallMeta<'_>) -> Option<Duration> {
         if !self.timeouts {
             return None;

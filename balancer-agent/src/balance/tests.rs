@@ -263,10 +263,10 @@ async fn peak_ewma_avoids_the_slow_endpoint_and_forgives_it_later() {
     let slow = st.endpoints[0].start_call();
     let fast = st.endpoints[1].start_call();
     tokio::time::advance(Duration::from_millis(2)).await;
-    fast.first_byte();
+    fast.first_byte_at(tokio::time::Instant::now());
     fast.finish(Outcome::Status(0));
     tokio::time::advance(Duration::from_millis(200)).await;
-    slow.first_byte();
+    slow.first_byte_at(tokio::time::Instant::now());
     slow.finish(Outcome::Status(0));
     assert!(st.endpoints[0].ewma_ns() > 100e6);
     let c = count(&t, SAY_HELLO, &HeaderMap::new(), 100);

@@ -3,7 +3,7 @@
 //! upstream connection, forwards the call's frames both ways, and retries
 //! what an endpoint never handled.
 
-use std::{cmp::Reverse, collections::BinaryHeap, io, sync::Arc, time::Instant as StdInstant};
+use std::{cmp::Reverse, collections::BinaryHeap, io, sync::Arc};
 
 use balancer_relay::frame::{self, Reason};
 use bytes::{Buf, Bytes, BytesMut};
@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::{
     budget::Budget,
+    clock::StepClock,
     closed::RecentlyClosed,
     conn::{Conn, Event, MAX_HEADER_LIST},
     driver::{Driver, Io, Machine},
@@ -156,6 +157,7 @@ fn start<I: Io>(ctx: &Arc<Ctx>, io: I, prefix: &[u8], target: Target, handle: &C
             held: BinaryHeap::new(),
             mirrors: Mirrors::default(),
             keepalive: PingTimer::new(o.client_keepalive_interval, o.client_keepalive_timeout, now),
+            clock: StepClock::default(),
         },
     };
     let mut driver = Driver::new(io, machine, mailbox, out);
@@ -194,6 +196,7 @@ struct ClientState {
     /// Copies of calls sent to mirrors (GRPCRoute `RequestMirror`).
     mirrors: Mirrors,
     keepalive: PingTimer,
+    clock: StepClock,
 }
 
 /// Endpoints a call already tried, without allocating.
@@ -250,7 +253,7 @@ struct Call {
     response_edit: Option<Arc<HeaderEdit>>,
     /// Copies of this call that still take its request bytes.
     copies: Copies,
-    started: StdInstant,
+    started: Instant,
     last_error: Option<Box<str>>,
     /// The service the call went to, and its latency histogram.
     slot: Arc<ServiceSlot>,
@@ -475,7 +478,7 @@ impl ClientState {
         // the first attempt.
         let state = slot.state();
         // The call's own grpc-timeout, or its route's timeout if shorter.
-        let route_timeout = state.as_ref().and_then(|s| {
+        let route_timeout = state.as_ref().filter(|s| s.has_route_timeouts()).and_then(|s| {
             let path = std::str::from_utf8(head.get(b":path").unwrap_or_default()).unwrap_or_default();
             s.route_timeout(&CallMeta::from_path(path, &head))
         });
@@ -485,7 +488,7 @@ impl ClientState {
             .into_iter()
             .chain(route_timeout)
             .min()
-            .map(|d| Instant::now() + d.min(std::time::Duration::from_secs(86400 * 365)));
+            .map(|d| self.clock.now() + d.min(std::time::Duration::from_secs(86400 * 365)));
         slot.count_call();
         let call = Call {
             attempt: 0,
@@ -509,7 +512,7 @@ impl ClientState {
             injected: None,
             response_edit: None,
             copies: 0,
-            started: StdInstant::now(),
+            started: self.clock.now(),
             last_error: None,
             slot,
             latency,
@@ -681,7 +684,7 @@ impl ClientState {
         let head = match call.deadline.filter(|_| call.attempt > 1 || call.injected.is_some()) {
             Some(d) => {
                 let left = d
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(self.clock.now())
                     .as_millis()
                     .clamp(1, 99_999_999);
                 edited
@@ -691,7 +694,7 @@ impl ClientState {
             }
             None => edited.unwrap_or_else(|| call.head.clone()),
         };
-        let guard = ep.start_call();
+        let guard = ep.start_call_at(self.clock.now());
         let Some(pool) = pool::of(&ep) else {
             // Only the relay makes an endpoint's connections.
             guard.finish(Outcome::Abandoned);
@@ -751,7 +754,7 @@ impl ClientState {
                 self.resets.earn();
                 call.replay = None;
                 if let Some(g) = &call.guard {
-                    g.first_byte();
+                    g.first_byte_at(self.clock.now());
                 }
                 call.http_ok = head.get(b":status").is_some_and(|s| s.starts_with(b"2"));
                 if end {
@@ -920,7 +923,7 @@ impl ClientState {
         if let Some(g) = call.guard.take() {
             g.finish(outcome);
         }
-        let duration = call.started.elapsed();
+        let duration = self.clock.now().saturating_duration_since(call.started);
         call.latency.observe(duration);
         let retries = call.attempt.saturating_sub(1);
         let path = || String::from_utf8_lossy(call.head.get(b":path").unwrap_or_default()).into_owned();
@@ -1021,6 +1024,8 @@ impl ClientState {
 
     /// The connection is over: calls still open are cancelled upstream.
     fn abort_all(&mut self) {
+        // Called outside the machine's steps (close, drop): a step of its own.
+        self.clock.next_step();
         for (stream, call) in std::mem::take(&mut self.calls) {
             call.tell_up(ToUp::Reset {
                 key: call.key(self.id, stream),
@@ -1065,6 +1070,7 @@ impl Machine for ClientConn {
     type Msg = ToClient;
 
     fn on_bytes(&mut self, buf: &mut BytesMut, out: &mut Out) {
+        self.st.clock.next_step();
         if !self.st.preface {
             match frame::preface(buf) {
                 Ok(true) => {
@@ -1089,6 +1095,7 @@ impl Machine for ClientConn {
     }
 
     fn on_msgs(&mut self, msgs: &mut Vec<ToClient>, out: &mut Out) {
+        self.st.clock.next_step();
         for m in msgs.drain(..) {
             self.st.on_msg(&mut self.conn, m, out);
         }
@@ -1114,6 +1121,7 @@ impl Machine for ClientConn {
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Out) {
+        self.st.clock.next_step();
         self.st.on_timer(&mut self.conn, now, out);
     }
 }

@@ -5,7 +5,7 @@
 //! Request heads are checked against RFC 9113 §8.2–8.3 as they are built;
 //! a malformed request is answered with `RST_STREAM(PROTOCOL_ERROR)`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::balance::{filters::HeaderEdit, CallHeaders};
 
@@ -131,13 +131,13 @@ impl<'a> Iterator for Fields<'a> {
 
 /// Builds a [`Head`] field by field.
 pub(crate) struct Builder {
-    buf: BytesMut,
+    buf: Vec<u8>,
 }
 
 impl Builder {
     pub fn with_capacity(n: usize) -> Builder {
         Builder {
-            buf: BytesMut::with_capacity(n),
+            buf: Vec::with_capacity(n),
         }
     }
 
@@ -153,16 +153,20 @@ impl Builder {
         // Names longer than 64 KiB never get here: the header list limit is
         // far smaller.
         let name = &name[..name.len().min(u16::MAX as usize)];
+        let mut entry = [0u8; ENTRY];
+        entry[0] = if never_index { NEVER_INDEX } else { 0 };
+        entry[1..3].copy_from_slice(&(name.len() as u16).to_be_bytes());
+        entry[3..].copy_from_slice(&(value.len() as u32).to_be_bytes());
         self.buf.reserve(ENTRY + name.len() + value.len());
-        self.buf.put_u8(if never_index { NEVER_INDEX } else { 0 });
-        self.buf.put_u16(name.len() as u16);
-        self.buf.put_u32(value.len() as u32);
-        self.buf.put_slice(name);
-        self.buf.put_slice(value);
+        self.buf.extend_from_slice(&entry);
+        self.buf.extend_from_slice(name);
+        self.buf.extend_from_slice(value);
     }
 
     pub fn finish(self) -> Head {
-        Head { buf: self.buf.freeze() }
+        Head {
+            buf: Bytes::from(self.buf),
+        }
     }
 }
 
@@ -226,7 +230,11 @@ impl RequestCheck {
     }
 
     fn check(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
-        if name.is_empty() || value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        // Without an early exit the scan of the value vectorises.
+        let bad_value = value
+            .iter()
+            .fold(false, |bad, &b| bad | (b == 0) | (b == b'\r') | (b == b'\n'));
+        if name.is_empty() || bad_value {
             return Err(Malformed::BadValue);
         }
         if name[0] == b':' {
@@ -303,12 +311,23 @@ static LOWER_TOKEN: [bool; 256] = {
 /// `:authority`, and `content-length` (if any) is a number, zero when the
 /// HEADERS frame ended the stream. Returns the declared length.
 pub(crate) fn check_request(head: &Head, end: bool) -> Result<Option<u64>, Malformed> {
-    if let (Some(a), Some(h)) = (head.get(b":authority"), head.get(b"host")) {
+    // One pass over the head; the first value of each name counts.
+    let (mut authority, mut host, mut length) = (None, None, None);
+    for f in head.iter() {
+        let slot = match f.name {
+            b":authority" => &mut authority,
+            b"host" => &mut host,
+            b"content-length" => &mut length,
+            _ => continue,
+        };
+        slot.get_or_insert(f.value);
+    }
+    if let (Some(a), Some(h)) = (authority, host) {
         if a != h {
             return Err(Malformed::HostAuthority);
         }
     }
-    let Some(v) = head.get(b"content-length") else {
+    let Some(v) = length else {
         return Ok(None);
     };
     let n = std::str::from_utf8(v)

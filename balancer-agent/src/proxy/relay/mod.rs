@@ -21,6 +21,7 @@
 
 mod budget;
 mod client;
+mod clock;
 mod closed;
 mod conn;
 mod driver;
