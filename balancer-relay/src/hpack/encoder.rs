@@ -32,6 +32,8 @@ pub struct Encoder {
     index: Option<Box<Indexes>>,
     /// Size updates owed at the start of the next block: (smallest, final).
     pending: Option<(u32, u32)>,
+    /// Counts the changes of the table's state (inserts, size changes).
+    generation: u64,
 }
 
 impl Default for Encoder {
@@ -81,6 +83,7 @@ impl Encoder {
             table: DynamicTable::new(MAX_TABLE_SIZE as usize),
             index: None,
             pending: None,
+            generation: 0,
         }
     }
 
@@ -96,6 +99,7 @@ impl Encoder {
         }
         let smallest = self.pending.map_or(size, |(smallest, _)| smallest.min(size));
         self.pending = Some((smallest, size));
+        self.generation += 1;
         let Encoder { table, index, .. } = self;
         table.set_max_size(size as usize, |seq, e| forget(index, seq, e));
     }
@@ -103,6 +107,7 @@ impl Encoder {
     /// Starts a header block: writes any pending table size update.
     pub fn begin(&mut self, dst: &mut BytesMut) {
         if let Some((smallest, size)) = self.pending.take() {
+            self.generation += 1;
             if smallest < size {
                 integer::encode(dst, SIZE_UPDATE, 5, smallest.into());
             }
@@ -150,6 +155,14 @@ impl Encoder {
         }
     }
 
+    /// Changes whenever the encoder's state changes: a block encoded twice
+    /// with no change in between is the same bytes, and a block whose
+    /// encoding changed nothing may be sent again as it is, for as long as
+    /// the generation stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Heap bytes held (table + index), for memory accounting.
     pub fn heap_size(&self) -> usize {
         let slot = std::mem::size_of::<(u64, u64)>() + 1;
@@ -182,6 +195,7 @@ impl Encoder {
     }
 
     fn insert(&mut self, name: &[u8], value: &[u8], pair_key: u64) {
+        self.generation += 1;
         let Encoder { table, index, .. } = self;
         if !table.fits(name, value) {
             table.clear(|seq, e| forget(index, seq, e));

@@ -454,6 +454,31 @@ fn repeated_huffman_values_decode_alike() {
 }
 
 #[test]
+fn encoder_generation_follows_the_table() {
+    let mut e = Encoder::new();
+    let mut dst = BytesMut::new();
+    let g0 = e.generation();
+    e.field(b":path", b"/s.S/M", false, &mut dst);
+    e.field(b"grpc-timeout", b"1S", false, &mut dst);
+    let g1 = e.generation();
+    assert_ne!(g0, g1, "inserts");
+    e.field(b":path", b"/s.S/M", false, &mut dst);
+    e.field(b":method", b"POST", false, &mut dst);
+    e.field(b"grpc-timeout", b"2S", false, &mut dst);
+    e.field(b"authorization", b"secret", false, &mut dst);
+    assert_eq!(
+        e.generation(),
+        g1,
+        "indexed, static and unindexed fields change nothing"
+    );
+    e.set_peer_max_table_size(256);
+    let g2 = e.generation();
+    assert_ne!(g2, g1, "a size change");
+    e.begin(&mut dst);
+    assert_ne!(e.generation(), g2, "the size update written");
+}
+
+#[test]
 fn heap_accounting() {
     let d = Decoder::new(4096);
     assert_eq!(d.heap_size(), 0);

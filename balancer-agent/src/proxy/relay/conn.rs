@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{budget::Budget, flow::Outflow, head::Head, out::Out};
+use super::{budget::Budget, flow::Outflow, head::Head, out::Out, sent::SentBlocks};
 
 /// Largest frame we accept (our SETTINGS_MAX_FRAME_SIZE: the default).
 pub(crate) const MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
@@ -94,6 +94,9 @@ pub(crate) struct Conn {
     /// looked.
     pub pong: Option<[u8; 8]>,
     control: Budget,
+    /// The header blocks sent last (made at the first block that may
+    /// repeat; kept, like the HPACK tables, for the connection's life).
+    sent: Option<Box<SentBlocks>>,
 }
 
 impl Conn {
@@ -113,6 +116,7 @@ impl Conn {
             pong: None,
             peer_settings: false,
             control: Budget::new(CONTROL_BUDGET, CONTROL_REFILL, tokio::time::Instant::now()),
+            sent: None,
         }
     }
 
@@ -383,14 +387,27 @@ impl Conn {
         }
     }
 
-    /// Writes `head` as a header block on `stream`.
+    /// Writes `head` as a header block on `stream`: the block sent last for
+    /// the same fields if the encoder's table has not changed since.
     pub fn put_head(&mut self, out: &mut Out, stream: u32, head: &Head, end: bool) {
         out.reserve(frame::HEADER_LEN + head.len_bytes());
         let at = out.len();
         out.extend_from_slice(&[0; frame::HEADER_LEN]);
-        self.enc.begin(out);
-        for f in head.iter() {
-            self.enc.field(f.name, f.value, f.never_index, out);
+        let generation = self.enc.generation();
+        match self.sent.as_deref().and_then(|s| s.get(head.as_bytes(), generation)) {
+            Some(block) => out.extend_from_slice(block),
+            None => {
+                self.enc.begin(out);
+                for f in head.iter() {
+                    self.enc.field(f.name, f.value, f.never_index, out);
+                }
+                if self.enc.generation() == generation {
+                    let block = &out[at + frame::HEADER_LEN..];
+                    self.sent
+                        .get_or_insert_with(Box::default)
+                        .put(head.as_bytes(), block, generation);
+                }
+            }
         }
         frame::finish_headers(out, at, stream, end, self.peer_max_frame);
     }
@@ -413,5 +430,65 @@ fn conn_error(reason: Reason, what: &'static str) -> frame::Error {
         reason,
         scope: Scope::Connection,
         what,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::proxy::relay::head::Builder;
+
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn head(fields: &[(&str, &str)]) -> Head {
+        let mut b = Builder::with_capacity(256);
+        for (n, v) in fields {
+            b.push(n.as_bytes(), v.as_bytes(), false);
+        }
+        b.finish()
+    }
+
+    fn fields(h: &Head) -> Fields {
+        h.iter().map(|f| (f.name.to_vec(), f.value.to_vec())).collect()
+    }
+
+    /// Sends `h` as one HEADERS frame; returns its block and what the peer
+    /// decodes from it.
+    fn send(c: &mut Conn, peer: &mut hpack::Decoder, h: &Head) -> (Vec<u8>, Fields) {
+        let mut out = Out::new(BytesMut::new());
+        c.put_head(&mut out, 1, h, true);
+        let block = out[frame::HEADER_LEN..].to_vec();
+        let mut got = Vec::new();
+        peer.decode(&block, usize::MAX, |f| {
+            got.push((f.name.to_vec(), f.value.to_vec()));
+            true
+        })
+        .unwrap();
+        (block, got)
+    }
+
+    #[test]
+    fn repeated_heads_keep_the_peer_table_in_step() {
+        let mut c = Conn::new(65_535);
+        let mut peer = hpack::Decoder::new(4096);
+        let a = head(&[(":method", "POST"), (":path", "/s.S/M"), ("x-a", "1")]);
+        let b = head(&[(":method", "POST"), (":path", "/s.S/N"), ("x-b", "2")]);
+        let mut blocks = Vec::new();
+        for h in [&a, &a, &b, &a, &b, &b, &a, &a] {
+            let (block, got) = send(&mut c, &mut peer, h);
+            assert_eq!(got, fields(h));
+            blocks.push(block);
+        }
+        assert_eq!(blocks[6], blocks[7], "a repeated head is the same block");
+        assert!(blocks[7].len() <= 3, "every field indexed: {:?}", blocks[7]);
+        // The peer shrinks its table: the next block starts with the size
+        // update, not with the block sent last.
+        c.enc.set_peer_max_table_size(0);
+        let (block, got) = send(&mut c, &mut peer, &a);
+        assert_eq!(got, fields(&a));
+        assert_eq!(block[0] & 0xe0, 0x20, "a size update first: {block:?}");
     }
 }

@@ -62,6 +62,11 @@ impl Head {
         self.buf.len()
     }
 
+    /// The fields as stored: equal bytes, equal fields.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The same head through a route's header edit, in one pass: fields
     /// whose name the edit clears are dropped, the edit's fields appended
     /// (after every pseudo-header, which an edit never names).

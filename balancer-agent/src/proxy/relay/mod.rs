@@ -34,6 +34,7 @@ mod msg;
 mod out;
 mod pool;
 mod retry;
+mod sent;
 mod streams;
 mod trace;
 mod upstream;
