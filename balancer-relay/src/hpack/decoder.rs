@@ -87,6 +87,8 @@ pub struct Decoder {
     /// bytes every time (nghttp2's clients send `:path` so, for every call):
     /// those are decoded once.
     memo: Option<Box<Memo>>,
+    /// Counts the changes of the table (inserts, size updates).
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +114,7 @@ impl Decoder {
             max_table_size,
             scratch: Vec::new(),
             memo: None,
+            generation: 0,
         }
     }
 
@@ -123,6 +126,7 @@ impl Decoder {
     /// (indices count from the newest entry, so the encoder only ever refers
     /// to entries both tables hold).
     pub fn set_max_table_size(&mut self, max: u32) {
+        self.generation += 1;
         self.max_table_size = max;
         self.table.set_max_size(to_usize(max), |_, _| {});
     }
@@ -175,6 +179,7 @@ impl Decoder {
                     });
                 }
                 // size <= max_table_size, a u32.
+                self.generation += 1;
                 self.table
                     .set_max_size(usize::try_from(size).unwrap_or(usize::MAX), |_, _| {});
             } else {
@@ -218,6 +223,7 @@ impl Decoder {
                     stopped = deliver(&mut list_size, max_list_size, &mut emit, field);
                 }
                 if indexing {
+                    self.generation += 1;
                     if self.table.fits(name, value) {
                         // Copied before inserting: the name may be that of an
                         // entry the insertion evicts.
@@ -258,6 +264,13 @@ impl Decoder {
             }
         }
         Ok(Str::Scratch(from, self.scratch.len()))
+    }
+
+    /// Changes whenever the table changes: a block whose decoding left the
+    /// generation as it was decodes to the same fields again, for as long
+    /// as the generation stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Heap bytes held (table + scratch + memo), for memory accounting.

@@ -479,6 +479,24 @@ fn encoder_generation_follows_the_table() {
 }
 
 #[test]
+fn decoder_generation_follows_the_table() {
+    let mut d = Decoder::new(4096);
+    let g0 = d.generation();
+    // C.3.1: three static fields and one literal with indexing.
+    decode(&mut d, &hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d")).unwrap();
+    let g1 = d.generation();
+    assert_ne!(g0, g1, "an insert");
+    // Indexed fields, static and dynamic, and a literal without indexing.
+    decode(&mut d, &hex("8286 84be 0404 2f61 6263")).unwrap();
+    assert_eq!(d.generation(), g1, "nothing inserted");
+    decode(&mut d, &hex("3f61 82")).unwrap();
+    assert_ne!(d.generation(), g1, "a size update");
+    let g2 = d.generation();
+    d.set_max_table_size(1024);
+    assert_ne!(d.generation(), g2, "a new limit");
+}
+
+#[test]
 fn heap_accounting() {
     let d = Decoder::new(4096);
     assert_eq!(d.heap_size(), 0);

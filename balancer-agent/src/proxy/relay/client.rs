@@ -349,20 +349,35 @@ impl ClientState {
             return;
         }
         let trailers = self.calls.contains_key(&stream);
-        let mut check = if trailers {
-            RequestCheck::trailers()
-        } else {
-            RequestCheck::default()
+        let generation = c.dec.generation();
+        // A request head the client sent before, unless it is trailers.
+        let repeated = if trailers { None } else { c.repeated_head(block) };
+        let is_repeat = repeated.is_some();
+        // The head, or why it was refused (None: it did not decode whole).
+        let decoded = match repeated {
+            Some(head) => Ok(head),
+            None => {
+                let mut check = if trailers {
+                    RequestCheck::trailers()
+                } else {
+                    RequestCheck::default()
+                };
+                let mut b = Builder::for_block(block.len());
+                let whole = c.decode(block, out, |n, v, never| {
+                    check.field(n, v);
+                    b.push(n, v, never);
+                    true
+                });
+                if c.finished {
+                    return;
+                }
+                match check.finish() {
+                    Ok(()) if whole => Ok(b.finish()),
+                    Ok(()) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            }
         };
-        let mut b = Builder::for_block(block.len());
-        let whole = c.decode(block, out, |n, v, never| {
-            check.field(n, v);
-            b.push(n, v, never);
-            true
-        });
-        if c.finished {
-            return;
-        }
         if trailers {
             let Some(call) = self.calls.get_mut(&stream) else {
                 return;
@@ -372,10 +387,13 @@ impl ClientState {
                 self.reset(c, stream, Reason::STREAM_CLOSED, out);
                 return;
             }
-            if !end || !whole || check.finish().is_err() || call.content_left.is_some_and(|n| n != 0) {
-                self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
-                return;
-            }
+            let head = match decoded {
+                Ok(head) if end && call.content_left.is_none_or(|n| n == 0) => head,
+                _ => {
+                    self.reset(c, stream, Reason::PROTOCOL_ERROR, out);
+                    return;
+                }
+            };
             if call.held_until.is_some() {
                 // gRPC clients end requests with DATA; trailers cannot wait
                 // in a held call's request.
@@ -390,7 +408,6 @@ impl ClientState {
             }
             call.req_end = true;
             call.replay = None;
-            let head = b.finish();
             if call.copies != 0 {
                 self.mirrors
                     .trailers(&mirror_env!(self), stream, &mut call.copies, &head);
@@ -417,14 +434,16 @@ impl ClientState {
             frame::put_rst_stream(out, stream, Reason::REFUSED_STREAM);
             return;
         }
-        if !whole || check.finish().is_err() {
-            if let Some(e) = check.error {
-                debug!(stream, error = %e, "malformed request");
+        let head = match decoded {
+            Ok(head) => head,
+            Err(e) => {
+                if let Some(e) = e {
+                    debug!(stream, error = %e, "malformed request");
+                }
+                frame::put_rst_stream(out, stream, Reason::PROTOCOL_ERROR);
+                return;
             }
-            frame::put_rst_stream(out, stream, Reason::PROTOCOL_ERROR);
-            return;
-        }
-        let head = b.finish();
+        };
         let content_left = match check_request(&head, end) {
             Ok(n) => n,
             Err(e) => {
@@ -433,6 +452,9 @@ impl ClientState {
                 return;
             }
         };
+        if !is_repeat {
+            c.keep_head(block, &head, generation);
+        }
         // Tracing on: the call's span, and the head names it as parent.
         let (head, span) = match &self.ctx.observers.tracer {
             None => (head, None),

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{budget::Budget, flow::Outflow, head::Head, out::Out, sent::SentBlocks};
+use super::{budget::Budget, flow::Outflow, head::Head, out::Out, recent::Recent};
 
 /// Largest frame we accept (our SETTINGS_MAX_FRAME_SIZE: the default).
 pub(crate) const MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
@@ -94,9 +94,11 @@ pub(crate) struct Conn {
     /// looked.
     pub pong: Option<[u8; 8]>,
     control: Budget,
-    /// The header blocks sent last (made at the first block that may
-    /// repeat; kept, like the HPACK tables, for the connection's life).
-    sent: Option<Box<SentBlocks>>,
+    /// The header blocks sent last, by head, and the heads received last,
+    /// by block (made at the first block that may repeat; kept, like the
+    /// HPACK tables, for the connection's life).
+    sent: Option<Box<Recent<Box<[u8]>>>>,
+    received: Option<Box<Recent<Head>>>,
 }
 
 impl Conn {
@@ -117,6 +119,7 @@ impl Conn {
             peer_settings: false,
             control: Budget::new(CONTROL_BUDGET, CONTROL_REFILL, tokio::time::Instant::now()),
             sent: None,
+            received: None,
         }
     }
 
@@ -387,6 +390,25 @@ impl Conn {
         }
     }
 
+    /// The head decoded last from these same block bytes, if the decoder's
+    /// table is as that decoding left it, and that decoding changed nothing
+    /// in it: decoding again would give the same fields. Only heads their
+    /// side accepted are kept ([`Conn::keep_head`]).
+    pub fn repeated_head(&self, block: &[u8]) -> Option<Head> {
+        self.received.as_deref()?.get(block, self.dec.generation()).cloned()
+    }
+
+    /// `head`, decoded from `block` while the decoder was at `generation`,
+    /// was accepted: kept for [`Conn::repeated_head`] if decoding it changed
+    /// nothing in the decoder's table.
+    pub fn keep_head(&mut self, block: &[u8], head: &Head, generation: u64) {
+        if self.dec.generation() == generation {
+            self.received
+                .get_or_insert_with(Box::default)
+                .put(block, head.clone(), generation);
+        }
+    }
+
     /// Writes `head` as a header block on `stream`: the block sent last for
     /// the same fields if the encoder's table has not changed since.
     pub fn put_head(&mut self, out: &mut Out, stream: u32, head: &Head, end: bool) {
@@ -403,6 +425,7 @@ impl Conn {
                 }
                 if self.enc.generation() == generation {
                     let block = &out[at + frame::HEADER_LEN..];
+                    let block = block.into();
                     self.sent
                         .get_or_insert_with(Box::default)
                         .put(head.as_bytes(), block, generation);
@@ -468,6 +491,75 @@ mod tests {
         })
         .unwrap();
         (block, got)
+    }
+
+    /// Receives `block` as a side does: the head kept for the same bytes,
+    /// or decoded (and kept). Returns the head and whether it was kept.
+    fn receive(c: &mut Conn, block: &[u8]) -> (Fields, bool) {
+        if let Some(h) = c.repeated_head(block) {
+            return (fields(&h), true);
+        }
+        let generation = c.dec.generation();
+        let mut b = Builder::with_capacity(256);
+        let mut out = Out::new(BytesMut::new());
+        assert!(c.decode(block, &mut out, |n, v, never| {
+            b.push(n, v, never);
+            true
+        }));
+        let h = b.finish();
+        c.keep_head(block, &h, generation);
+        (fields(&h), false)
+    }
+
+    #[test]
+    fn repeated_blocks_decode_as_the_peer_coded_them() {
+        // The peer's encoder: literals with indexing, then indexes; a
+        // literal without indexing keeps the table as it is.
+        let mut peer = hpack::Encoder::new();
+        let a = head(&[(":method", "POST"), (":path", "/s.S/M"), ("x-a", "1")]);
+        let b = head(&[(":method", "POST"), (":path", "/s.S/N"), ("grpc-timeout", "1S")]);
+        let b2 = head(&[(":method", "POST"), (":path", "/s.S/N"), ("grpc-timeout", "2S")]);
+        let mut c = Conn::new(65_535);
+        let mut hits = Vec::new();
+        let mut first = None;
+        for h in [&a, &a, &b, &a, &b2, &b2, &a] {
+            let mut block = BytesMut::new();
+            for f in h.iter() {
+                peer.field(f.name, f.value, f.never_index, &mut block);
+            }
+            let (got, hit) = receive(&mut c, &block);
+            assert_eq!(got, fields(h));
+            hits.push(hit);
+            first.get_or_insert(block);
+        }
+        assert_eq!(hits, [false, false, false, false, false, true, true]);
+        // The first block of `a` inserted its fields: sent again now, it
+        // inserts them again, and is decoded, not taken from before.
+        let first = first.unwrap();
+        assert_eq!(receive(&mut c, &first), (fields(&a), false));
+        // `a` sent again names its fields by index; once newer entries come
+        // in before them, the same bytes name other fields.
+        let mut e = hpack::Encoder::new();
+        let mut c = Conn::new(65_535);
+        let encode = |e: &mut hpack::Encoder, h: &Head| {
+            let mut block = BytesMut::new();
+            for f in h.iter() {
+                e.field(f.name, f.value, f.never_index, &mut block);
+            }
+            block
+        };
+        let first_a = encode(&mut e, &a);
+        let again = encode(&mut e, &a);
+        assert_eq!(receive(&mut c, &first_a), (fields(&a), false));
+        assert_eq!(receive(&mut c, &again), (fields(&a), false));
+        assert_eq!(receive(&mut c, &again), (fields(&a), true));
+        let mut other = BytesMut::new();
+        e.field(b"x-b", b"2", false, &mut other);
+        e.field(b"x-c", b"3", false, &mut other);
+        let _ = receive(&mut c, &other);
+        let (got, hit) = receive(&mut c, &again);
+        assert!(!hit, "the table changed since");
+        assert_ne!(got, fields(&a), "the same indexes now name the newer entries");
     }
 
     #[test]

@@ -400,20 +400,32 @@ impl UpState {
     fn on_event(&mut self, c: &mut Conn, ev: Event<'_>, out: &mut Out) {
         match ev {
             Event::Headers { stream, end, block } => {
-                let mut b = Builder::for_block(block.len());
-                let ok = c.decode(block, out, |n, v, never| {
-                    b.push(n, v, never);
-                    true
-                });
+                // A head (or trailers) the endpoint sent before, or decoded.
+                let head = match c.repeated_head(block) {
+                    Some(head) => Some(head),
+                    None => {
+                        let generation = c.dec.generation();
+                        let mut b = Builder::for_block(block.len());
+                        let ok = c.decode(block, out, |n, v, never| {
+                            b.push(n, v, never);
+                            true
+                        });
+                        ok.then(|| {
+                            let head = b.finish();
+                            c.keep_head(block, &head, generation);
+                            head
+                        })
+                    }
+                };
                 let Some(s) = self.streams.get_mut(&stream) else { return };
-                if !ok {
+                let Some(head) = head else {
                     frame::put_rst_stream(out, stream, Reason::PROTOCOL_ERROR);
                     s.tell(Upstream::GaveBack(GaveBack::Lost("endpoint sent headers too large")));
                     self.close_stream(c, stream, out);
                     return;
-                }
+                };
                 s.responded = true;
-                s.tell(Upstream::Head { head: b.finish(), end });
+                s.tell(Upstream::Head { head, end });
                 if end {
                     self.remote_end(c, stream, out);
                 }
