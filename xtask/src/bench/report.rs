@@ -395,8 +395,8 @@ fn limits(sums: &[Summary], extras: &Extras) -> String {
         "CPU. Per call the agent's relay parses the client's frames, decodes \
 the request's header block and re-encodes it towards the endpoint (HPACK \
 with a table per connection and direction, so the fields every call repeats \
-cost a byte or two, and a head that repeats the last one sent on the \
-connection goes out as the same block, not encoded again), forwards DATA under a new frame header (payloads of \
+cost a byte or two; a block received again byte for byte gives the head \
+decoded before, and a head sent again goes out as the same block), forwards DATA under a new frame header (payloads of \
 8 KiB or more as slices of the buffer they were read into, never copied), \
 and does the same for the response and its trailers; one task drives each connection, \
 calls have no task of their own, and each connection writes once per \
