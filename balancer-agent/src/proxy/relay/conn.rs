@@ -25,6 +25,10 @@ const MAX_BLOCK: usize = 64 * 1024;
 const MAX_CONTINUATIONS: u32 = 16;
 /// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub(crate) const MAX_HEADER_LIST: usize = 16 * 1024;
+/// The largest head kept for [`Conn::repeated_head`]: a usual gRPC head is a
+/// few hundred bytes, and a small block may decode to a large head, which
+/// would otherwise outlive its call.
+const MAX_KEPT_HEAD: usize = 1024;
 /// Control frames (SETTINGS, PING) a peer may send (a budget refilled every
 /// second) before the connection is ended with ENHANCE_YOUR_CALM.
 const CONTROL_BUDGET: u16 = 10_000;
@@ -402,7 +406,7 @@ impl Conn {
     /// was accepted: kept for [`Conn::repeated_head`] if decoding it changed
     /// nothing in the decoder's table.
     pub fn keep_head(&mut self, block: &[u8], head: &Head, generation: u64) {
-        if self.dec.generation() == generation {
+        if self.dec.generation() == generation && head.len_bytes() <= MAX_KEPT_HEAD {
             self.received
                 .get_or_insert_with(Box::default)
                 .put(block, head.clone(), generation);
@@ -560,6 +564,17 @@ mod tests {
         let (got, hit) = receive(&mut c, &again);
         assert!(!hit, "the table changed since");
         assert_ne!(got, fields(&a), "the same indexes now name the newer entries");
+        // A large head is decoded every time, not kept past its call.
+        let value = "v".repeat(MAX_KEPT_HEAD);
+        let large = head(&[(":path", "/s.S/M"), ("x-large", &value)]);
+        let mut e = hpack::Encoder::new();
+        let mut c = Conn::new(65_535);
+        let first = encode(&mut e, &large);
+        let block = encode(&mut e, &large);
+        assert!(block.len() < 8, "the large field is indexed: {block:?}");
+        assert_eq!(receive(&mut c, &first), (fields(&large), false));
+        assert_eq!(receive(&mut c, &block), (fields(&large), false));
+        assert_eq!(receive(&mut c, &block), (fields(&large), false));
     }
 
     #[test]
