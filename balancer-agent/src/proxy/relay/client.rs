@@ -17,7 +17,7 @@ use super::{
     conn::{Conn, Event, MAX_HEADER_LIST},
     driver::{Driver, Io, Machine},
     flow::{Outflow, Owed},
-    head::{check_request, Builder, Head, RequestCheck},
+    head::{check_request, Builder, Head, Malformed, RequestCheck},
     keepalive::{Due, PingTimer},
     mailbox::Mailbox,
     mirror::{self, Copies, Mirrors},
@@ -199,6 +199,36 @@ struct ClientState {
     clock: StepClock,
 }
 
+/// Decodes a request's header block (or its trailers), checking it field by
+/// field (RFC 9113 §8.2–8.3): the head, or why it is refused (`None`: it did
+/// not decode whole). `None` when the block failed the connection.
+fn decode_request(
+    c: &mut Conn,
+    block: &[u8],
+    trailers: bool,
+    out: &mut Out,
+) -> Option<Result<Head, Option<Malformed>>> {
+    let mut check = if trailers {
+        RequestCheck::trailers()
+    } else {
+        RequestCheck::default()
+    };
+    let mut b = Builder::for_block(block.len());
+    let whole = c.decode(block, out, |n, v, never| {
+        check.field(n, v);
+        b.push(n, v, never);
+        true
+    });
+    if c.finished {
+        return None;
+    }
+    Some(match check.finish() {
+        Ok(()) if whole => Ok(b.finish()),
+        Ok(()) => Err(None),
+        Err(e) => Err(Some(e)),
+    })
+}
+
 /// Endpoints a call already tried, without allocating.
 #[derive(Default)]
 struct Tried {
@@ -356,27 +386,10 @@ impl ClientState {
         // The head, or why it was refused (None: it did not decode whole).
         let decoded = match repeated {
             Some(head) => Ok(head),
-            None => {
-                let mut check = if trailers {
-                    RequestCheck::trailers()
-                } else {
-                    RequestCheck::default()
-                };
-                let mut b = Builder::for_block(block.len());
-                let whole = c.decode(block, out, |n, v, never| {
-                    check.field(n, v);
-                    b.push(n, v, never);
-                    true
-                });
-                if c.finished {
-                    return;
-                }
-                match check.finish() {
-                    Ok(()) if whole => Ok(b.finish()),
-                    Ok(()) => Err(None),
-                    Err(e) => Err(Some(e)),
-                }
-            }
+            None => match decode_request(c, block, trailers, out) {
+                Some(decoded) => decoded,
+                None => return,
+            },
         };
         if trailers {
             let Some(call) = self.calls.get_mut(&stream) else {

@@ -101,7 +101,7 @@ pub(crate) struct Conn {
     /// The header blocks sent last, by head, and the heads received last,
     /// by block (made at the first block that may repeat; kept, like the
     /// HPACK tables, for the connection's life).
-    sent: Option<Box<Recent<Box<[u8]>>>>,
+    sent: Option<Box<Recent<Vec<u8>>>>,
     received: Option<Box<Recent<Head>>>,
 }
 
@@ -407,9 +407,10 @@ impl Conn {
     /// nothing in the decoder's table.
     pub fn keep_head(&mut self, block: &[u8], head: &Head, generation: u64) {
         if self.dec.generation() == generation && head.len_bytes() <= MAX_KEPT_HEAD {
-            self.received
-                .get_or_insert_with(Box::default)
-                .put(block, head.clone(), generation);
+            let kept = self.received.get_or_insert_with(Box::default).put(block, generation);
+            if let Some(h) = kept {
+                h.clone_from(head);
+            }
         }
     }
 
@@ -428,11 +429,14 @@ impl Conn {
                     self.enc.field(f.name, f.value, f.never_index, out);
                 }
                 if self.enc.generation() == generation {
-                    let block = &out[at + frame::HEADER_LEN..];
-                    let block = block.into();
-                    self.sent
+                    let kept = self
+                        .sent
                         .get_or_insert_with(Box::default)
-                        .put(head.as_bytes(), block, generation);
+                        .put(head.as_bytes(), generation);
+                    if let Some(b) = kept {
+                        b.clear();
+                        b.extend_from_slice(&out[at + frame::HEADER_LEN..]);
+                    }
                 }
             }
         }

@@ -16,22 +16,23 @@ const MAX_KEY: usize = 512;
 /// is at the generation it was made at.
 #[derive(Debug)]
 pub(crate) struct Recent<V> {
-    slots: [Option<Slot<V>>; 2],
+    slots: [Slot<V>; 2],
     /// The slot the next new value replaces.
     next: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Slot<V> {
     key: Vec<u8>,
     value: V,
-    generation: u64,
+    /// `None`: an empty slot.
+    generation: Option<u64>,
 }
 
-impl<V> Default for Recent<V> {
+impl<V: Default> Default for Recent<V> {
     fn default() -> Self {
         Recent {
-            slots: [None, None],
+            slots: Default::default(),
             next: 0,
         }
     }
@@ -42,28 +43,31 @@ impl<V> Recent<V> {
     pub fn get(&self, key: &[u8], generation: u64) -> Option<&V> {
         self.slots
             .iter()
-            .flatten()
-            .find(|s| s.generation == generation && s.key == key)
+            .find(|s| s.generation == Some(generation) && s.key == key)
             .map(|s| &s.value)
     }
 
-    /// `value` was made from `key`, which left the table at `generation`
-    /// (unchanged by the making).
-    pub fn put(&mut self, key: &[u8], value: V, generation: u64) {
+    /// Where to put the value made from `key`, which left the table at
+    /// `generation` (unchanged by the making): the older slot, whose
+    /// buffers are reused, so a connection whose blocks never repeat (a
+    /// `grpc-timeout` that differs per call) copies bytes per call but
+    /// allocates nothing. `None`: the key is too large to keep.
+    pub fn put(&mut self, key: &[u8], generation: u64) -> Option<&mut V> {
         if key.len() > MAX_KEY {
-            return;
+            return None;
         }
         let i = self.next;
         self.next = (i + 1) % self.slots.len();
-        self.slots[i] = Some(Slot {
-            key: key.to_vec(),
-            value,
-            generation,
-        });
+        let slot = &mut self.slots[i];
+        slot.key.clear();
+        slot.key.extend_from_slice(key);
+        slot.generation = Some(generation);
+        Some(&mut slot.value)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -71,16 +75,16 @@ mod tests {
     fn two_values_kept_for_their_generation() {
         let mut r = Recent::default();
         assert_eq!(r.get(b"a", 0), None);
-        r.put(b"head", "H", 7);
-        r.put(b"trailers", "T", 7);
+        *r.put(b"head", 7).unwrap() = "H";
+        *r.put(b"trailers", 7).unwrap() = "T";
         assert_eq!(r.get(b"head", 7), Some(&"H"));
         assert_eq!(r.get(b"trailers", 7), Some(&"T"));
         assert_eq!(r.get(b"head", 8), None, "the table changed since");
         assert_eq!(r.get(b"heae", 7), None);
-        r.put(b"other", "O", 7);
+        *r.put(b"other", 7).unwrap() = "O";
         assert_eq!(r.get(b"head", 7), None, "the older value made room");
         assert_eq!(r.get(b"trailers", 7), Some(&"T"));
-        r.put(&[0; MAX_KEY + 1], "B", 7);
+        assert!(r.put(&[0; MAX_KEY + 1], 7).is_none());
         assert_eq!(r.get(&[0; MAX_KEY + 1], 7), None, "a large key is not kept");
     }
 }
