@@ -596,6 +596,14 @@ mod translation {
         t.verdicts[0].listeners[0].attached_routes
     }
 
+    /// The routes left unattached: (route, gateway, reason).
+    fn unattached_routes(t: &Translated) -> Vec<(&str, &(String, String), &str)> {
+        t.unattached
+            .iter()
+            .map(|u| (u.route.as_str(), &u.gateway, u.why.reason))
+            .collect()
+    }
+
     #[test]
     fn routes_attach_only_from_the_namespaces_a_listener_allows() {
         let own = route_in("demo", "own");
@@ -614,11 +622,7 @@ mod translation {
         // Same namespace, the default: the other namespace's route is refused.
         let t = with(json!({}));
         assert_eq!(attached(&t), 1);
-        let unattached: Vec<_> = t
-            .unattached
-            .iter()
-            .map(|u| (u.route.as_str(), &u.gateway, u.why.reason))
-            .collect();
+        let unattached = unattached_routes(&t);
         assert_eq!(unattached, [("team-a/a", &demo_public, "NotAllowedByListeners")]);
         assert_eq!(t.gateways[0].routes.len(), 1);
         assert_eq!(t.gateways[0].routes[0].name.as_deref(), Some("demo/own#0"));
@@ -692,11 +696,7 @@ mod translation {
         );
         let t = run(&[gw], &[Arc::clone(&astray)]);
         assert_eq!(attached(&t), 0);
-        let unattached: Vec<_> = t
-            .unattached
-            .iter()
-            .map(|u| (u.route.as_str(), &u.gateway, u.why.reason))
-            .collect();
+        let unattached = unattached_routes(&t);
         assert_eq!(unattached, [("demo/astray", &demo_public, "NoMatchingParent")]);
         let parents = route_parents(&astray, &ours, &t.skipped_rules, &t.unattached, Timestamp::now()).unwrap();
         assert!(
